@@ -1,0 +1,229 @@
+"""`python -m trainkit`: run one cell from the command line and write its result record.
+
+    python -m trainkit run --model gpt --precision amp-bf16 --batch-size 32 --grad-accum 4 \
+        --world-size 2 --steps 50 --warmup-steps 5 --output gpt.json
+    python -m trainkit repro gpt.json --output again.json     # rerun a record's exact config
+    python -m trainkit env                                    # the environment fingerprint
+
+Every RunConfig field is an option (--batch-size for batch_size; --flag/--no-flag for booleans),
+with the field's docstring as its help. Exit status: 0 when the record's status is ok, 1 for any
+other status (the record is still written), 2 for bad input (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, NoReturn
+
+from . import config as cfg
+from .config import ConfigError, RunConfig, field_help
+
+CHOICES = {"model": cfg.MODELS, "precision": cfg.PRECISIONS, "optimizer": cfg.OPTIMIZERS,
+           "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES}
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _number(kind: type, optional: bool) -> Any:
+    def parse(text: str) -> Any:
+        if optional and text.lower() in ("none", "off"):
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _choice(field: str, valid: tuple[str, ...]) -> Any:
+    def parse(text: str) -> str:
+        if text not in valid:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(valid)})")
+        return text
+
+    parse.__name__ = field
+    return parse
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per RunConfig field, typed from its annotation, documented by its docstring."""
+    group = parser.add_argument_group("run configuration (RunConfig fields)")
+    for field in dataclasses.fields(RunConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = str(field.type)
+        default = field.default
+        help_text = f"{field_help(field.name)} (default: {default})"
+        if kind == "bool":
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        elif field.name in CHOICES:
+            group.add_argument(flag, dest=field.name, type=_choice(field.name, CHOICES[field.name]),
+                               default=None, metavar="{" + ",".join(CHOICES[field.name]) + "}", help=help_text)
+        elif kind.startswith("int"):
+            group.add_argument(flag, dest=field.name, type=_number(int, "None" in kind), default=None,
+                               metavar="N", help=help_text)
+        elif kind.startswith("float"):
+            group.add_argument(flag, dest=field.name, type=_number(float, "None" in kind), default=None,
+                               metavar="X", help=help_text)
+        else:
+            group.add_argument(flag, dest=field.name, default=None, metavar="TEXT", help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """A RunConfig from parsed options: given options replace the base's (or the defaults)."""
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+               if getattr(args, f.name, None) is not None}
+    try:
+        return dataclasses.replace(base, **changes) if base is not None else RunConfig(**changes)
+    except ConfigError as exc:
+        raise UsageError(f"invalid configuration: {exc}") from None
+
+
+def check_paths(config: RunConfig, output: str | None) -> None:
+    """Input files and the output directory, checked before any process starts."""
+    if config.data != "synthetic" and not os.path.isdir(config.data_root or ""):
+        raise UsageError(f"--data-root {config.data_root!r} is not a directory")
+    if config.resume_from and not os.path.isfile(config.resume_from):
+        raise UsageError(f"--resume-from {config.resume_from!r} is not a file")
+    if output:
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent):
+            raise UsageError(f"--output {output!r}: directory {parent!r} does not exist")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="trainkit", description="Measure what precision and gradient accumulation do to "
+                                                 "PyTorch training, one cell at a time.")
+    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env}", parser_class=Parser)
+    run = sub.add_parser("run", help="run one cell and write its result record")
+    repro = sub.add_parser("repro", help="rerun the config of a result record (options override it)")
+    repro.add_argument("record", help="a result record (JSON) written by `trainkit run` or the bench")
+    for p in (run, repro):
+        add_config_options(p)
+        out = p.add_argument_group("output and limits")
+        out.add_argument("--output", "-o", metavar="FILE.json", help="write the result record here "
+                         "(default: print it to stdout)")
+        out.add_argument("--cell-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                         help="end the cell as 'timeout' after this many seconds (default: 900)")
+        out.add_argument("--memory-limit-gb", type=_positive_float, default=None, metavar="GB",
+                         help="cap each CPU worker's extra address space (an allocation past it ends "
+                              "the cell as 'oom' instead of exhausting the machine)")
+        out.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    sub.add_parser("env", help="print the environment fingerprint as JSON")
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _load_record_config(path: str) -> RunConfig:
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return RunConfig.from_dict(record["config"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: not a readable result record ({type(exc).__name__}: {exc})") from None
+    except ConfigError as exc:
+        raise UsageError(f"{path}: its config is not valid here: {exc}") from None
+
+
+def _progress_printer(config: RunConfig, quiet: bool):  # noqa: ANN202
+    if quiet:
+        return None
+    import time
+
+    started = time.monotonic()
+
+    def show(phase: str, step: int, total: int, loss: float | None) -> None:
+        elapsed = time.monotonic() - started
+        rate = step / elapsed if elapsed > 0 else 0.0
+        left = (total - step) / rate if rate > 0 else float("nan")
+        loss_text = f" loss {loss:.4f}" if loss is not None else ""
+        print(f"[trainkit] {config.cell_id}: step {step}/{total}{loss_text}  "
+              f"{elapsed:.0f}s elapsed, ~{left:.0f}s left", file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
+    from .launch import DEFAULT_CELL_TIMEOUT_S, launched_by_torchrun, run_cell, run_under_torchrun
+    from .result import write_json
+
+    config = config_from_args(args, base)
+    check_paths(config, args.output)
+    if launched_by_torchrun():
+        record = run_under_torchrun(config)
+        if record is None:
+            return 0  # not rank 0: rank 0 writes the record
+    else:
+        if not args.quiet:
+            print(f"[trainkit] {config.cell_id}: starting {config.world_size} rank(s)", file=sys.stderr, flush=True)
+        memory_limit = int(args.memory_limit_gb * 2**30) if args.memory_limit_gb else None
+        record = run_cell(config, timeout_s=args.cell_timeout or DEFAULT_CELL_TIMEOUT_S,
+                          memory_limit_bytes=memory_limit, progress=_progress_printer(config, args.quiet))
+    if args.output:
+        write_json(record, args.output)
+    else:
+        print(json.dumps(record, indent=2))
+    if not args.quiet:
+        print(summary_line(record), file=sys.stderr, flush=True)
+    return 0 if record["status"] == "ok" else 1
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    if record["status"] != "ok":
+        return f"[trainkit] {record['cell_id']}: {record['status']}: {record['status_detail']}"
+    memory = record["memory"]
+    peak = memory["torch_max_allocated_bytes"] or memory["host_rss_peak_bytes"]
+    which = "allocator" if memory["torch_max_allocated_bytes"] else "host RSS"
+    return (f"[trainkit] {record['cell_id']}: {record['throughput_samples_per_s']:.1f} samples/s, "
+            f"step {record['step_time_s']['median'] * 1e3:.2f} ms (median of {record['step_time_s']['n']}), "
+            f"peak {which} {peak / 2**20:.1f} MiB, final loss {record['loss']['final']}")
+
+
+def cmd_env() -> int:
+    import torch
+
+    from .env import collect_env
+
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    print(json.dumps(collect_env(device), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise UsageError("trainkit: choose a command: run, repro or env (see --help)")
+        if args.command == "env":
+            return cmd_env()
+        base = _load_record_config(args.record) if args.command == "repro" else None
+        return cmd_run(args, base)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,258 @@
+"""What a run is: one frozen, validated dataclass that every part of trainkit reads.
+
+A run is one cell of the benchmark matrix (model x precision x batch size x accumulation x world
+size) plus the knobs that shape training (optimizer, schedule, data) and measurement. Every field
+has a docstring; validation happens on construction and names the bad field, its value and the
+valid choices, so a typo fails before any process starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+MODELS = ("mlp", "cnn", "resnet18", "resnet50", "gpt")
+PRECISIONS = ("fp32", "tf32", "amp-fp16", "amp-bf16", "half-fp16", "half-bf16")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "exponential", "lambda", "cosine")
+DATASETS = ("synthetic", "mnist", "cifar10", "imagefolder")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Which models each real data set can feed: the seed MLP and CNN read 1x28x28 images, the
+# ResNets 3-channel images, the GPT token sequences (synthetic only).
+MODELS_FOR_DATA = {
+    "synthetic": MODELS,
+    "mnist": ("mlp", "cnn"),
+    "cifar10": ("resnet18", "resnet50"),
+    "imagefolder": ("resnet18", "resnet50"),
+}
+
+
+class ConfigError(ValueError):
+    """A run configuration with a bad value; the message names the field and the valid choices."""
+
+
+def _choices(field: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{field}={value!r} is not valid; choose from {', '.join(valid)}")
+
+
+def _at_least(field: str, value: Any, minimum: float, kind: type = int) -> None:
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{field}={value!r} must be an integer >= {minimum}")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{field}={value!r} must be a number >= {minimum}")
+    if not value >= minimum:  # also rejects NaN
+        raise ConfigError(f"{field}={value!r} must be >= {minimum}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """One training run: a cell of the benchmark matrix and everything that shapes it."""
+
+    # --- the matrix axes -------------------------------------------------------------------
+    model: str = "mlp"
+    """Model to train: mlp (the seed SimpleNN 784-128-64-10), cnn (the seed two-conv net),
+    resnet18, resnet50 (torchvision, no weights) or gpt (a small decoder-only transformer)."""
+    precision: str = "fp32"
+    """Precision policy: fp32, tf32, amp-fp16, amp-bf16, half-fp16 or half-bf16 (see precision.py)."""
+    batch_size: int = 64
+    """Micro-batch size per rank, in samples."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; effective batch = batch_size * grad_accum * world_size."""
+    world_size: int = 1
+    """Number of ranks (one process each): GPUs on CUDA, processes on CPU (gloo)."""
+
+    # --- length of the run -----------------------------------------------------------------
+    steps: int = 20
+    """Timed optimizer steps, run after the warmup steps."""
+    warmup_steps: int = 3
+    """Untimed optimizer steps run first: the first optimizer step (lazy state), cuDNN autotuning
+    and allocator growth all happen here, never in the timed steps."""
+    epochs: int | None = None
+    """Train for whole epochs over the data set instead of a fixed number of steps. The last
+    accumulation window of an epoch may be short; `steps` is then ignored (warmup still applies)."""
+    dataset_size: int | None = None
+    """Samples in one epoch of synthetic data (epoch mode); real data sets bring their own size."""
+
+    # --- optimisation ----------------------------------------------------------------------
+    optimizer: str = "sgd"
+    """sgd (with momentum), adam or adamw; norms and biases never get weight decay."""
+    lr: float = 0.01
+    """Peak learning rate."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 0.0
+    """Weight decay for weight matrices and kernels (not for norms and biases)."""
+    adam_eps: float | None = None
+    """Adam epsilon; None means 1e-8, or 1e-4 for half-fp16 where 1e-8 underflows to zero in fp16
+    and the update divides by it (pytorch/pytorch#8860)."""
+    schedule: str = "constant"
+    """Learning-rate schedule, stepped once per optimizer step: constant, exponential
+    (lr * gamma**step), lambda (LambdaLR: linear decay to zero over the run) or cosine (linear
+    warmup for lr_warmup_steps, then cosine decay to zero)."""
+    lr_gamma: float = 0.99
+    """Decay factor per optimizer step of the exponential schedule."""
+    lr_warmup_steps: int = 0
+    """Linear learning-rate warmup of the cosine schedule, in optimizer steps."""
+    clip_grad_norm: float | None = None
+    """Clip the global gradient norm to this value (after unscaling); None disables clipping."""
+
+    # --- loss scaling ----------------------------------------------------------------------
+    init_scale: float = 2.0**16
+    """Initial GradScaler scale (amp-fp16); the seeds suggest 1024 for long-sequence transformers."""
+    growth_interval: int = 2000
+    """Clean optimizer steps before GradScaler doubles the scale (amp-fp16)."""
+    static_loss_scale: float = 1.0
+    """Fixed loss scale for half-fp16, which cannot use GradScaler (it refuses fp16 gradients)."""
+    min_loss_scale: float = 1.0
+    """amp-fp16 only: a scale below this means even unscaled gradients overflow, so the cell is
+    ended as diverged instead of silently skipping every step (NVIDIA/apex#715)."""
+
+    # --- data --------------------------------------------------------------------------------
+    data: str = "synthetic"
+    """synthetic (generated on the device, labels from a fixed random teacher), mnist, cifar10
+    or imagefolder (read from data_root; never downloaded)."""
+    data_root: str | None = None
+    """Directory of a real data set (torchvision layout)."""
+    image_size: int | None = None
+    """Side of the square input images; None means 28 for mlp/cnn and 224 for the ResNets."""
+    seq_len: int = 64
+    """Tokens per sample for gpt."""
+    vocab_size: int = 256
+    """Vocabulary size for gpt."""
+    gpt_layers: int = 2
+    """Transformer blocks of gpt."""
+    gpt_heads: int = 4
+    """Attention heads of gpt."""
+    gpt_width: int = 128
+    """Embedding width of gpt (divisible by gpt_heads)."""
+    shuffle: bool = True
+    """Shuffle real data sets every epoch (seeded by seed and epoch)."""
+    num_workers: int = 0
+    """DataLoader worker processes for real data."""
+    pin_memory: bool = True
+    """Pin host memory of real batches so the copy to the GPU is asynchronous (CUDA only)."""
+    prefetch_factor: int | None = None
+    """Batches each DataLoader worker loads ahead (needs num_workers > 0)."""
+    persistent_workers: bool = False
+    """Keep DataLoader workers alive between epochs (needs num_workers > 0)."""
+    drop_last: bool = False
+    """Drop the last, incomplete micro-batch of each epoch of real data."""
+
+    # --- device and determinism --------------------------------------------------------------
+    device: str = "auto"
+    """auto (cuda if available), cpu or cuda."""
+    seed: int = 0
+    """Seed of weights, data and shuffling; the same seed gives the same loss curve."""
+    cudnn_benchmark: bool = True
+    """Let cuDNN autotune convolution algorithms (during warmup; shapes are fixed)."""
+
+    # --- checkpoints -------------------------------------------------------------------------
+    checkpoint_dir: str | None = None
+    """Directory for checkpoints (model, optimizer, scaler, scheduler, step, config, RNG)."""
+    checkpoint_every: int | None = None
+    """Save a checkpoint every this many optimizer steps (and after the last one)."""
+    resume_from: str | None = None
+    """Checkpoint file to resume from; the resumed run continues the same loss curve."""
+
+    def __post_init__(self) -> None:
+        _choices("model", self.model, MODELS)
+        _choices("precision", self.precision, PRECISIONS)
+        _choices("optimizer", self.optimizer, OPTIMIZERS)
+        _choices("schedule", self.schedule, SCHEDULES)
+        _choices("data", self.data, DATASETS)
+        _choices("device", self.device, DEVICES)
+        for name in ("batch_size", "grad_accum", "world_size", "steps", "growth_interval",
+                     "seq_len", "vocab_size", "gpt_layers", "gpt_heads", "gpt_width"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "lr_warmup_steps", "num_workers", "seed"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("epochs", "dataset_size", "checkpoint_every", "prefetch_factor"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
+        if self.image_size is not None:
+            _at_least("image_size", self.image_size, 8)
+        for name in ("lr", "momentum", "weight_decay", "lr_gamma", "init_scale",
+                     "static_loss_scale", "min_loss_scale"):
+            _at_least(name, getattr(self, name), 0.0, float)
+        for name in ("lr", "init_scale", "static_loss_scale", "lr_gamma"):
+            if getattr(self, name) == 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0")
+        for name in ("adam_eps", "clip_grad_norm"):
+            value = getattr(self, name)
+            if value is not None:
+                _at_least(name, value, 0.0, float)
+                if value == 0:
+                    raise ConfigError(f"{name}={value!r} must be > 0 (or unset)")
+        if self.gpt_width % self.gpt_heads:
+            raise ConfigError(f"gpt_width={self.gpt_width} must be divisible by gpt_heads={self.gpt_heads}")
+        if self.model not in MODELS_FOR_DATA[self.data]:
+            raise ConfigError(f"model={self.model!r} cannot read data={self.data!r}; "
+                              f"choose from {', '.join(MODELS_FOR_DATA[self.data])}")
+        if self.model in ("mlp", "cnn") and self.image_size not in (None, 28):
+            raise ConfigError(f"image_size={self.image_size} is not valid for {self.model}: "
+                              "the seed models read 28x28 images")
+        if self.data != "synthetic" and not self.data_root:
+            raise ConfigError(f"data={self.data!r} needs data_root (a local directory; nothing is downloaded)")
+        if self.data == "synthetic" and self.dataset_size is None and self.epochs is not None:
+            raise ConfigError("epochs with synthetic data needs dataset_size (samples per epoch)")
+        if self.num_workers == 0 and (self.prefetch_factor is not None or self.persistent_workers):
+            raise ConfigError("prefetch_factor and persistent_workers need num_workers > 0")
+        if (self.checkpoint_every is None) != (self.checkpoint_dir is None):
+            raise ConfigError("checkpoint_every and checkpoint_dir go together")
+
+    # --- derived quantities, computed once so every part agrees -----------------------------
+    @property
+    def effective_batch(self) -> int:
+        """Samples per optimizer step over all ranks and micro-batches."""
+        return self.batch_size * self.grad_accum * self.world_size
+
+    @property
+    def resolved_image_size(self) -> int:
+        if self.image_size is not None:
+            return self.image_size
+        return 28 if self.model in ("mlp", "cnn") else 224
+
+    @property
+    def resolved_adam_eps(self) -> float:
+        if self.adam_eps is not None:
+            return self.adam_eps
+        return 1e-4 if self.precision == "half-fp16" else 1e-8
+
+    @property
+    def tokens_per_sample(self) -> int | None:
+        return self.seq_len if self.model == "gpt" else None
+
+    @property
+    def cell_id(self) -> str:
+        """Readable id of the matrix cell, e.g. resnet50-amp-fp16-bs256-ga4-gpus2."""
+        return (f"{self.model}-{self.precision}-bs{self.batch_size}"
+                f"-ga{self.grad_accum}-gpus{self.world_size}")
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from a record's config, ignoring derived keys the record adds."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def field_help(name: str) -> str:
+    """The docstring of a RunConfig field (the CLI uses it as the option's help)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(RunConfig))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and node.target.id == name and isinstance(following, ast.Expr)):
+            return " ".join(str(following.value.value).split())  # type: ignore[attr-defined]
+    return ""

@@ -1,0 +1,299 @@
+"""Data: synthetic learnable samples generated on the device, and real DataLoader pipelines.
+
+Both are served as *windows*: one optimizer step's micro-batches for this rank, plus the number
+of samples the step covers over all ranks (the loss of a micro-batch is weighted by its share of
+that, so the gradient is the mean over the effective batch even when the last window of an epoch
+is short).
+
+Synthetic samples are indexed by a global sample number: step s covers samples
+[s * effective_batch, (s + 1) * effective_batch), and micro-batch m of rank r takes a contiguous
+block of them. So the samples of a step are the same whatever its split into ranks and
+micro-batches, which makes accumulation and world-size equivalence testable exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+
+from .config import RunConfig
+from .models import ModelSpec
+
+POOL_MAX_SAMPLES = 4096
+POOL_MAX_BYTES = 256 * 2**20  # bounds the device memory the synthetic pool takes from the model
+EVAL_SAMPLES = 256
+LATENT_SIDE = 7  # synthetic images are smooth: bilinear upsampling of a 7x7 latent, plus noise
+
+
+@dataclass
+class Window:
+    """One optimizer step's data for this rank."""
+
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    global_samples: int
+    """Samples in this optimizer step over all ranks and micro-batches."""
+
+
+class SyntheticTeacher:
+    """A fixed random teacher: labels follow from inputs, so losses fall and compare across modes.
+
+    Images: a random linear map of the image's low-resolution latent picks one of 10 classes.
+    Tokens: a random, peaked Markov chain over the vocabulary generates the sequences.
+    """
+
+    def __init__(self, spec: ModelSpec, seed: int, device: torch.device) -> None:
+        self.spec = spec
+        self.device = device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        if spec.tokens:
+            vocab = spec.num_classes
+            logits = 3.0 * torch.randn(vocab, vocab, generator=gen, device=device)
+            self.transitions = torch.softmax(logits, dim=1)
+        else:
+            channels = spec.input_shape[0]
+            latent_dim = channels * LATENT_SIDE * LATENT_SIDE
+            self.weight = torch.randn(latent_dim, spec.num_classes, generator=gen, device=device)
+
+    def sample(self, count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.spec.tokens:
+            seq_len = self.spec.input_shape[0]
+            vocab = self.spec.num_classes
+            tokens = torch.empty(count, seq_len + 1, dtype=torch.long, device=self.device)
+            tokens[:, 0] = torch.randint(vocab, (count,), generator=gen, device=self.device)
+            # Inverse-CDF sampling: one searchsorted per position (torch.multinomial over a
+            # (count, vocab) matrix per position is ~20x slower on the CPU).
+            cdf = self.transitions.cumsum(dim=1)
+            cdf[:, -1] = 1.0  # guard the top against rounding so every uniform sample lands in a bucket
+            uniforms = torch.rand(seq_len, count, 1, generator=gen, device=self.device)
+            for t in range(seq_len):
+                tokens[:, t + 1] = torch.searchsorted(cdf[tokens[:, t]], uniforms[t]).squeeze(1)
+            return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        channels, height, width = self.spec.input_shape
+        latent = torch.randn(count, channels, LATENT_SIDE, LATENT_SIDE, generator=gen, device=self.device)
+        labels = (latent.flatten(1) @ self.weight).argmax(dim=1)
+        images = F.interpolate(latent, size=(height, width), mode="bilinear", align_corners=False)
+        images += 0.1 * torch.randn(images.shape, generator=gen, device=self.device)
+        return images, labels
+
+
+def pool_size(spec: ModelSpec) -> int:
+    """Samples in the synthetic pool: depends on the sample's shape only, never on the batch
+    split, so configs that must be equivalent read the same samples."""
+    per_sample = 8 * torch.Size(spec.input_shape).numel() if spec.tokens else 4 * torch.Size(spec.input_shape).numel()
+    return max(1, min(POOL_MAX_SAMPLES, POOL_MAX_BYTES // per_sample))
+
+
+class SyntheticData:
+    """Step mode: an endless stream of global sample numbers mapped onto a pool on the device."""
+
+    def __init__(self, config: RunConfig, spec: ModelSpec, device: torch.device, input_dtype: torch.dtype,
+                 rank: int) -> None:
+        self.config = config
+        self.rank = rank
+        teacher = SyntheticTeacher(spec, config.seed, device)
+        gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+        size = config.dataset_size or pool_size(spec)
+        inputs, self.targets = teacher.sample(size, gen)
+        self.inputs = inputs if spec.tokens else inputs.to(input_dtype)
+        eval_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
+        eval_inputs, eval_targets = teacher.sample(EVAL_SAMPLES, eval_gen)
+        self.eval_set = (eval_inputs if spec.tokens else eval_inputs.to(input_dtype), eval_targets)
+        self.pool_bytes = self.inputs.nbytes + self.targets.nbytes
+
+    def _take(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.inputs.shape[0]
+        first = start % size
+        if first + count <= size:  # the common case: a view, no copy in the timed step
+            return self.inputs[first:first + count], self.targets[first:first + count]
+        index = (torch.arange(count, device=self.inputs.device) + first) % size
+        return self.inputs.index_select(0, index), self.targets.index_select(0, index)
+
+    def windows(self, start_step: int) -> Iterator[Window]:
+        """Windows from optimizer step start_step on, forever (the loop decides when to stop)."""
+        step = start_step
+        while True:
+            yield self.window(step)
+            step += 1
+
+    def window(self, step: int) -> Window:
+        cfg = self.config
+        base = step * cfg.effective_batch
+        micro = [self._take(base + (m * cfg.world_size + self.rank) * cfg.batch_size, cfg.batch_size)
+                 for m in range(cfg.grad_accum)]
+        return Window(micro, cfg.effective_batch)
+
+
+class _SkipSampler(Sampler[int]):
+    """The indices of a sampler after the first `skip` (resuming mid-epoch)."""
+
+    def __init__(self, sampler: Sampler[int], skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[int]:
+        for i, index in enumerate(self.sampler):
+            if i >= self.skip:
+                yield index
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]
+
+
+class _IndexDataset(Dataset):
+    """Synthetic samples on the device, served by index (epoch mode)."""
+
+    def __init__(self, synthetic: SyntheticData) -> None:
+        self.synthetic = synthetic
+
+    def __len__(self) -> int:
+        return self.synthetic.inputs.shape[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.tensor(indices, device=self.synthetic.inputs.device)
+        return self.synthetic.inputs.index_select(0, index), self.synthetic.targets.index_select(0, index)
+
+
+def _keep(batch: Any) -> Any:
+    return batch
+
+
+class EpochData:
+    """Epoch mode: a data set split over ranks by DistributedSampler (shuffled per epoch with
+    seed + epoch, padded to equal rank shares), grouped into windows of grad_accum micro-batches,
+    the last window of an epoch holding what is left."""
+
+    def __init__(self, config: RunConfig, dataset: Dataset, device: torch.device, input_dtype: torch.dtype,
+                 rank: int, on_device: bool) -> None:
+        self.config, self.dataset, self.device, self.input_dtype = config, dataset, device, input_dtype
+        self.rank, self.on_device = rank, on_device
+        self.micro_per_epoch = len(self._loader(0, 0))
+        if self.micro_per_epoch == 0:
+            raise ValueError(f"{len(dataset)} samples make no micro-batch of {config.batch_size} "  # type: ignore[arg-type]
+                             f"on each of {config.world_size} ranks")
+        self.steps_per_epoch = -(-self.micro_per_epoch // config.grad_accum)
+
+    def _loader(self, epoch: int, skip: int) -> DataLoader:
+        cfg = self.config
+        sampler = DistributedSampler(self.dataset, num_replicas=cfg.world_size, rank=self.rank,
+                                     shuffle=cfg.shuffle, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+        if self.on_device:  # synthetic: batches are gathered on the device, no workers, no collate
+            return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=_SkipSampler(sampler, skip),
+                              drop_last=cfg.drop_last, collate_fn=_keep)
+        return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=_SkipSampler(sampler, skip),
+                          drop_last=cfg.drop_last, num_workers=cfg.num_workers,
+                          pin_memory=cfg.pin_memory and self.device.type == "cuda",
+                          prefetch_factor=cfg.prefetch_factor, persistent_workers=cfg.persistent_workers,
+                          generator=torch.Generator().manual_seed(cfg.seed))
+
+    def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = batch
+        inputs = inputs.to(self.device, non_blocking=True)
+        if inputs.is_floating_point():
+            inputs = inputs.to(self.input_dtype)
+        return inputs, targets.to(self.device, non_blocking=True)
+
+    def windows(self, start_step: int) -> Iterator[Window]:
+        """Windows from optimizer step start_step on, forever (the loop decides when to stop)."""
+        k = self.config.grad_accum
+        epoch, step_in_epoch = divmod(start_step, self.steps_per_epoch)
+        while True:
+            loader = self._loader(epoch, step_in_epoch * k * self.config.batch_size)
+            window: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for batch in loader:
+                window.append(self._to_device(batch))
+                if len(window) == k:
+                    yield self._close(window)
+                    window = []
+            if window:  # the short last window of the epoch
+                yield self._close(window)
+            epoch, step_in_epoch = epoch + 1, 0
+
+    def _close(self, window: list[tuple[torch.Tensor, torch.Tensor]]) -> Window:
+        # DistributedSampler gives every rank the same number of samples, so the step's total is
+        # world_size times this rank's.
+        local = sum(inputs.shape[0] for inputs, _ in window)
+        return Window(window, local * self.config.world_size)
+
+
+def build_real_dataset(config: RunConfig) -> Dataset:
+    """A torchvision data set read from config.data_root; never a download."""
+    import torchvision
+    from torchvision import transforms as T
+
+    root = config.data_root or ""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data_root={root!r} is not a directory")
+    if config.data == "mnist":
+        # Seed 1: ToTensor, then Normalize(mean 0.5, std 0.5) to [-1, 1].
+        tf = T.Compose([T.ToTensor(), T.Normalize((0.5,), (0.5,))])
+        return torchvision.datasets.MNIST(root, train=True, transform=tf, download=False)
+    if config.data == "cifar10":
+        tf = T.Compose([T.Resize(config.resolved_image_size), T.ToTensor(),
+                        T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
+
+        class LocalCIFAR10(torchvision.datasets.CIFAR10):
+            """torchvision checks the MD5 sums of the official archive's files; a local copy (or a
+            test's small generated one) is trusted when every batch file is present."""
+
+            def _check_integrity(self) -> bool:
+                folder = os.path.join(self.root, self.base_folder)
+                return all(os.path.isfile(os.path.join(folder, name)) for name, _ in self.train_list + self.test_list)
+
+        return LocalCIFAR10(root, train=True, transform=tf, download=False)
+    # Seed 5: resize to 224 (the image size), ImageNet normalisation.
+    size = config.resolved_image_size
+    tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
+                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    return torchvision.datasets.ImageFolder(root, transform=tf)
+
+
+def num_classes_of(dataset: Dataset) -> int:
+    classes = getattr(dataset, "classes", None)
+    return len(classes) if classes else 10
+
+
+def hold_out(dataset: Dataset, eval_samples: int = EVAL_SAMPLES) -> tuple[Dataset, Dataset]:
+    """Split a real data set into training samples and a fixed held-out tail for the eval loss."""
+    n = len(dataset)  # type: ignore[arg-type]
+    held = min(eval_samples, n // 5)
+    return Subset(dataset, range(n - held)), Subset(dataset, range(n - held, n))
+
+
+def stack_eval(dataset: Dataset, device: torch.device, input_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+    inputs = torch.stack([torch.as_tensor(x) for x, _ in pairs]).to(device)
+    targets = torch.as_tensor([int(y) for _, y in pairs]).to(device)
+    return (inputs.to(input_dtype) if inputs.is_floating_point() else inputs), targets
+
+
+
+@dataclass
+class DataBundle:
+    """What the loop gets from the data: windows, a fixed held-out eval set, and facts to record."""
+
+    source: SyntheticData | EpochData
+    eval_set: tuple[torch.Tensor, torch.Tensor]
+    steps_per_epoch: int | None
+    device_bytes: int
+    """Device memory the data itself holds (the synthetic pool), reported beside the peaks."""
+
+
+def build_data(config: RunConfig, spec: ModelSpec, device: torch.device, input_dtype: torch.dtype,
+               rank: int, dataset: Dataset | None = None) -> DataBundle:
+    """The data of a run; `dataset` is the real data set (built first: it decides num_classes)."""
+    if config.data == "synthetic":
+        synthetic = SyntheticData(config, spec, device, input_dtype, rank)
+        if config.epochs is None:
+            return DataBundle(synthetic, synthetic.eval_set, None, synthetic.pool_bytes)
+        epochs = EpochData(config, _IndexDataset(synthetic), device, input_dtype, rank, on_device=True)
+        return DataBundle(epochs, synthetic.eval_set, epochs.steps_per_epoch, synthetic.pool_bytes)
+    assert dataset is not None, "real data needs its data set"
+    train, held = hold_out(dataset)
+    epochs = EpochData(config, train, device, input_dtype, rank, on_device=False)
+    return DataBundle(epochs, stack_eval(held, device, input_dtype), epochs.steps_per_epoch, 0)

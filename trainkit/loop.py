@@ -1,0 +1,259 @@
+"""The training loop: one rank's model, optimizer, data and precision policy, stepped.
+
+`Trainer.train_step` is the whole algorithm and reads top to bottom: micro-batches with loss
+weighting and DDP's no_sync, then unscale, clip, step, zero and schedule. Everything else here
+builds what it needs or reads results out after the fact, so nothing in a step waits on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .data import Window, build_data, build_real_dataset, num_classes_of
+from .measure import StepTimer
+from .models import build_spec
+from .precision import build_precision
+
+
+class Unsupported(Exception):
+    """The device cannot run this cell (e.g. bf16 below compute capability 8.0)."""
+
+
+def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum, Adam or AdamW; weight decay only on matrices and kernels, never on
+    norms and biases (one parameter group each)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return optimizer_class(groups, lr=config.lr, eps=config.resolved_adam_eps)
+
+
+def lr_factor(config: RunConfig, total_steps: int):  # noqa: ANN201 - returns a LambdaLR lambda
+    """The multiplier of the peak learning rate at each optimizer step, or None for constant."""
+    if config.schedule == "lambda":
+        return lambda step: max(0.0, 1.0 - step / total_steps)
+    if config.schedule == "cosine":
+        warmup = config.lr_warmup_steps
+
+        def cosine(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        return cosine
+    return None
+
+
+def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer,
+                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A schedule stepped once per optimizer step (never per micro-batch), or None."""
+    if config.schedule == "constant":
+        return None
+    if config.schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total_steps))
+
+
+class Trainer:
+    """One rank of a run, built once (model, policy, optimizer, schedule, data), then stepped.
+
+    The per-step loss and GradScaler skips are written into tensors on the device and read once
+    at the end, so a step never waits for the host.
+    """
+
+    def __init__(self, config: RunConfig, device: torch.device, rank: int = 0) -> None:
+        self.config, self.device, self.rank = config, device, rank
+        self.world_size = config.world_size
+        self.policy = build_precision(config, device)
+        reason = self.policy.unsupported_reason()
+        if reason:
+            raise Unsupported(reason)
+        self.policy.configure_backends()
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
+
+        dataset = build_real_dataset(config) if config.data != "synthetic" else None
+        self.spec = build_spec(config, num_classes_of(dataset) if dataset is not None else 10)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
+        model = self.policy.convert_module(self.spec.build().to(device))
+        self.raw_model = model
+        if self.world_size > 1:
+            device_ids = [device.index] if device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        self.model = model
+        self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
+
+        self.data = build_data(config, self.spec, device, self.policy.input_dtype, rank, dataset)
+        if config.epochs is not None:
+            assert self.data.steps_per_epoch is not None
+            self.total_steps = config.epochs * self.data.steps_per_epoch
+        else:
+            self.total_steps = config.warmup_steps + config.steps
+        self.optimizer = build_optimizer(config, self.raw_model)
+        self.scheduler = build_scheduler(config, self.optimizer, self.total_steps)
+
+        self.step = 0
+        self.loss_curve = torch.zeros(self.total_steps, device=device)
+        """This rank's share of each step's mean loss (the shares of all ranks add up)."""
+        self.skipped = torch.zeros(self.total_steps, dtype=torch.bool, device=device)
+        self.step_samples: list[int] = []
+        """Samples each step of this process covered, over all ranks (known without a sync)."""
+        self.resumed_from_step: int | None = None
+        if config.resume_from:
+            self.load_checkpoint(config.resume_from)
+        self.windows: Iterator[Window] = self.data.source.windows(self.step)
+
+    # --- the step ------------------------------------------------------------------------------
+    def train_step(self) -> None:
+        """One optimizer step over this rank's micro-batches of the effective batch."""
+        window = next(self.windows)
+        self.step_samples.append(window.global_samples)
+        last_micro = len(window.micro_batches) - 1
+        for i, (inputs, targets) in enumerate(window.micro_batches):
+            share = inputs.shape[0] / window.global_samples  # of the effective batch, all ranks
+            # DDP decides during forward whether backward will all-reduce, so no_sync must cover
+            # forward and backward (baidu-baige/LoongForge#163); only the last micro-batch syncs.
+            with self.sync_gradients(i == last_micro):
+                with self.policy.forward_context():
+                    loss = self.spec.loss_fn(self.policy.convert_output(self.model(inputs)), targets)
+                # DDP averages gradients over ranks, hence the world_size: the gradient is the mean
+                # over the effective batch, however it is split (a short last window included).
+                self.policy.backward(loss * (share * self.world_size))
+            self.loss_curve[self.step] += loss.detach() * share
+        self.policy.unscale_(self.optimizer)  # once per step, before clipping (pytorch#36601)
+        if self.config.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad_norm)
+        skipped = self.policy.optimizer_step(self.optimizer)
+        if skipped is not None:
+            self.skipped[self.step] = skipped
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_schedule()
+        self.step += 1
+
+    def sync_gradients(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        if sync or self.world_size == 1:
+            return contextlib.nullcontext()
+        return self.model.no_sync()  # type: ignore[operator]
+
+    def step_schedule(self) -> None:
+        if self.scheduler is None:
+            return
+        if self.policy.scaler is None:
+            self.scheduler.step()
+            return
+        # A step GradScaler skipped still advances the schedule; torch warns when the very first
+        # optimizer step was skipped (pytorch/pytorch#44511), which is expected here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
+
+    # --- running ------------------------------------------------------------------------------
+    def run(self, steps: int, timer: StepTimer | None = None) -> None:
+        """Run up to `steps` optimizer steps (fewer at the end of the run), marking each boundary
+        on the timer and writing checkpoints between steps, outside the timed spans."""
+        if timer is not None:
+            timer.mark()
+        for _ in range(min(steps, self.total_steps - self.step)):
+            self.train_step()
+            if timer is not None:
+                timer.mark()
+            if self.checkpoint_due():
+                if timer is not None:
+                    timer.pause()
+                self.save_checkpoint()
+                if timer is not None:
+                    timer.mark()
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+    def first_nonfinite_step(self) -> int | None:
+        """First step whose loss is inf/NaN, or None (reads the curve: a host sync)."""
+        bad = (~torch.isfinite(self.loss_curve[: self.step])).nonzero()
+        return int(bad[0, 0]) if bad.numel() else None
+
+    def scale_collapsed(self) -> bool:
+        scaler = self.policy.scaler
+        return scaler is not None and scaler.get_scale() < self.config.min_loss_scale
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss on the fixed held-out samples, in the policy's forward precision."""
+        inputs, targets = self.data.eval_set
+        self.raw_model.eval()
+        total = torch.zeros((), device=self.device)
+        for start in range(0, inputs.shape[0], self.config.batch_size):
+            x, y = inputs[start:start + self.config.batch_size], targets[start:start + self.config.batch_size]
+            with self.policy.forward_context():
+                loss = self.spec.loss_fn(self.policy.convert_output(self.raw_model(x)), y)
+            total += loss.float() * x.shape[0]
+        self.raw_model.train()
+        return float(total) / inputs.shape[0]
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every
+        return every is not None and (self.step % every == 0 or self.finished)
+
+    def checkpoint_path(self, step: int) -> str:
+        return os.path.join(self.config.checkpoint_dir or ".", f"step{step:08d}.pt")
+
+    def save_checkpoint(self) -> str | None:
+        """Everything a resumed run needs to continue the same loss curve (rank 0 writes)."""
+        curve = self.loss_curve[: self.step].clone()
+        if self.world_size > 1:  # every rank holds its share of each step's loss: add them up
+            torch.distributed.all_reduce(curve)
+        if self.rank != 0:
+            return None
+        path = self.checkpoint_path(self.step)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        state = {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "precision": self.policy.state_dict(),
+            "loss_curve": curve.cpu(),
+            "skipped": self.skipped[: self.step].cpu(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
+        }
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)  # never a half-written checkpoint under the real name
+        return path
+
+    def load_checkpoint(self, path: str) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["step"] > self.total_steps:
+            raise ValueError(f"checkpoint {path} is at step {state['step']}, past this run's {self.total_steps} steps")
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.policy.load_state_dict(state["precision"])
+        self.step = state["step"]
+        # The loaded curve holds the sum over ranks; rank 0 carries it so the merged curve is whole.
+        if self.rank == 0:
+            self.loss_curve[: self.step] = state["loss_curve"].to(self.device)
+        self.skipped[: self.step] = state["skipped"].to(self.device)
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        random.setstate(state["rng"]["python"])
+        if state["rng"]["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        self.resumed_from_step = self.step

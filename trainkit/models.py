@@ -1,0 +1,166 @@
+"""Model builders: the seeds' MLP and CNN, torchvision ResNets and a small GPT.
+
+Every model is described by a ModelSpec: how to build it, its loss, what one sample looks like,
+whether it has BatchNorm (not accumulation-equivalent: statistics are per micro-batch), and its
+training FLOPs per sample, counted once on the meta device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import RunConfig
+
+
+class SimpleNN(nn.Module):
+    """Seed 1's model, exactly: 784 -> 128 -> 64 -> 10 with ReLU and log_softmax (for NLLLoss)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(28 * 28, 128)
+        self.fc2 = nn.Linear(128, 64)
+        self.fc3 = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return F.log_softmax(self.fc3(x), dim=1)
+
+
+class TwoConvNet(nn.Module):
+    """Seed 4's CNN: two 5x5 conv + ReLU + 2x2 max-pool stages, then one linear classifier."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+        self.out = nn.Linear(32 * 7 * 7, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.conv2(self.conv1(x)).flatten(1))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: causal self-attention and a 4x MLP, each residual."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, 4 * width)
+        self.fc_out = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, width = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(width, dim=2)
+        q, k, v = (t.view(batch, seq, self.heads, width // self.heads).transpose(1, 2) for t in (q, k, v))
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(attn.transpose(1, 2).reshape(batch, seq, width))
+        return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    """A small decoder-only transformer (nanoGPT's shape): token + position embeddings, pre-LN
+    blocks, a final LayerNorm and a linear head. LayerNorm keeps it accumulation-equivalent."""
+
+    def __init__(self, vocab_size: int, seq_len: int, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, width)
+        self.pos = nn.Embedding(seq_len, width)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab_size, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(idx.shape[1], device=idx.device)
+        x = self.tok(idx) + self.pos(positions)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+def nll_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.nll_loss(output, target)
+
+
+def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # Flattening covers both classifiers (N, C) and language models (N, T, V); mean per token.
+    return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the loop and the data need to know about a model."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    input_shape: tuple[int, ...]
+    """Shape of one sample: (C, H, W) for images, (T,) for token ids."""
+    num_classes: int
+    """Classes of a classifier, or the vocabulary of a language model."""
+    tokens: bool
+    has_batchnorm: bool
+
+
+def build_spec(config: RunConfig, num_classes: int = 10) -> ModelSpec:
+    """The spec of config.model; num_classes comes from the data (10 for the synthetic teacher)."""
+    side = config.resolved_image_size
+    if config.model == "mlp":
+        return ModelSpec("mlp", SimpleNN, nll_loss, (1, 28, 28), 10, False, False)
+    if config.model == "cnn":
+        return ModelSpec("cnn", lambda: TwoConvNet(num_classes), cross_entropy, (1, 28, 28), num_classes, False, False)
+    if config.model in ("resnet18", "resnet50"):
+        import torchvision
+
+        factory = getattr(torchvision.models, config.model)
+        return ModelSpec(config.model, lambda: factory(weights=None, num_classes=num_classes), cross_entropy,
+                         (3, side, side), num_classes, False, True)
+    if config.model == "gpt":
+        def build() -> nn.Module:
+            return GPT(config.vocab_size, config.seq_len, config.gpt_width, config.gpt_layers, config.gpt_heads)
+
+        return ModelSpec("gpt", build, cross_entropy, (config.seq_len,), config.vocab_size, True, False)
+    raise ValueError(f"model={config.model!r} is not valid")
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def training_flops_per_sample(spec: ModelSpec) -> float:
+    """FLOPs of one forward + backward pass per sample, counted by torch's FlopCounterMode on the
+    meta device (no memory, no compute). Counts matmuls, convolutions and attention; elementwise
+    ops are ignored, as in every MFU convention (PaLM appendix B)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = 2  # any size works: the count is linear in the batch
+    with torch.device("meta"):
+        model = spec.build()
+        if spec.tokens:
+            x = torch.zeros((batch, *spec.input_shape), dtype=torch.long)
+        else:
+            x = torch.zeros((batch, *spec.input_shape))
+        target_shape = (batch, *spec.input_shape) if spec.tokens else (batch,)
+        target = torch.zeros(target_shape, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        spec.loss_fn(model(x), target).backward()
+    return counter.get_total_flops() / batch
+
+
+def gpt_flops_per_token(config: RunConfig) -> float:
+    """PaLM's formula (appendix B) for the training FLOPs of one token: 6 per weight of every
+    linear layer (2 forward, 4 backward; embeddings are lookups, not matmuls), plus 12*L*T*d for
+    attention's QK^T and AV over the full T x T square (SDPA's math does not skip the masked half)."""
+    width, layers, seq_len = config.gpt_width, config.gpt_layers, config.seq_len
+    linear_weights = layers * 12 * width * width + width * config.vocab_size
+    return 6 * linear_weights + 12 * layers * width * seq_len

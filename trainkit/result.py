@@ -1,0 +1,163 @@
+"""The result record: one JSON object per cell, the contract between trainkit, bench and reports.
+
+Each rank produces a partial result; `merge_ranks` turns them into one record (memory is the max
+over ranks, never a sum; throughput is global; the loss of a step is the sum of the ranks' shares).
+A record is written whatever the status, so a failed cell is a result too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+from typing import Any
+
+from .config import RunConfig
+from .measure import mfu, peak_flops_per_s, summarize_s
+
+SCHEMA = "trainkit.result/1"
+STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "unsupported")
+MEMORY_KEYS = ("torch_max_allocated_bytes", "torch_max_reserved_bytes", "nvml_process_peak_bytes",
+               "nvml_context_baseline_bytes", "host_rss_peak_bytes")
+RECORD_KEYS = ("schema", "cell_id", "status", "status_detail", "config", "throughput_samples_per_s",
+               "step_time_s", "memory", "loss", "scaler", "mfu", "flops_per_sample", "energy_j_per_sample", "env")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _max_or_none(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str = "ok",
+                status_detail: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One record from the partial results of the ranks that reported (possibly none)."""
+    if status not in STATUSES:
+        raise ValueError(f"status={status!r} is not one of {STATUSES}")
+    partials = sorted(partials, key=lambda p: p.get("rank", 0))
+    lead = partials[0] if partials else {}
+
+    # A step ends when its slowest rank ends.
+    per_rank_times = [p.get("step_times_s", []) for p in partials]
+    n_timed = min((len(t) for t in per_rank_times), default=0)
+    step_times = [max(t[i] for t in per_rank_times) for i in range(n_timed)]
+    timed_samples = lead.get("timed_samples", [])[:n_timed]
+    throughput = sum(timed_samples) / sum(step_times) if step_times and sum(step_times) > 0 else None
+
+    curves = [p.get("loss_curve", []) for p in partials]
+    n_curve = min((len(c) for c in curves), default=0)
+    curve = [sum(c[i] for c in curves) for i in range(n_curve)]
+    skipped_flags = lead.get("skipped", [])[:n_curve]
+    first_timed = lead.get("first_timed_step", 0)
+    timed_skips = skipped_flags[first_timed:first_timed + n_timed]
+    timed_skips += [False] * (n_timed - len(timed_skips))
+    kept_samples = sum(n for n, skipped in zip(timed_samples, timed_skips) if not skipped)
+    effective = kept_samples / sum(step_times) if step_times and sum(step_times) > 0 else None
+
+    memory: dict[str, Any] = {k: _max_or_none([p.get("memory", {}).get(k) for p in partials]) for k in MEMORY_KEYS}
+    memory["data_device_bytes"] = lead.get("memory", {}).get("data_device_bytes")
+    memory["nvml_method"] = lead.get("memory", {}).get("nvml_method", "not measured")
+    memory["per_rank"] = [dict(p.get("memory", {}), rank=p.get("rank")) for p in partials]
+
+    energies = [p.get("energy_j") for p in partials]
+    energy_per_sample = None
+    if partials and all(e is not None for e in energies) and timed_samples:
+        energy_per_sample = sum(energies) / sum(timed_samples)  # energy adds up over GPUs
+
+    derived = lead.get("derived", {})
+    flops = lead.get("flops_per_sample")
+    env = lead.get("env", {})
+    peak = peak_flops_per_s(env.get("gpu_name"), config.precision) if derived.get("device", "").startswith("cuda") else None
+    tokens = config.tokens_per_sample
+
+    record = {
+        "schema": SCHEMA,
+        "cell_id": config.cell_id,
+        "status": status,
+        "status_detail": status_detail,
+        "config": {**config.to_dict(), "effective_batch": config.effective_batch,
+                   "resolved_adam_eps": config.resolved_adam_eps, "resolved_image_size": config.resolved_image_size,
+                   "tokens_per_sample": tokens, **derived},
+        "throughput_samples_per_s": throughput,
+        "effective_throughput_samples_per_s": effective,
+        "tokens_per_s": throughput * tokens if throughput is not None and tokens else None,
+        "step_time_s": summarize_s(step_times),
+        "warmup_time_s": _max_or_none([p.get("warmup_time_s") for p in partials]),
+        "fixed_cost_s": lead.get("fixed_cost_s", {}),
+        "memory": memory,
+        "loss": {"final": _finite_or_none(curve[-1]) if curve else None,
+                 "initial": _finite_or_none(curve[0]) if curve else None,
+                 "eval": _finite_or_none(lead.get("eval_loss")),
+                 "curve": [c if math.isfinite(c) else None for c in curve],
+                 "resumed_from_step": lead.get("resumed_from_step")},
+        "scaler": {"enabled": config.precision == "amp-fp16",
+                   "init_scale": config.init_scale if config.precision == "amp-fp16" else None,
+                   "final_scale": lead.get("final_scale"),
+                   "skipped_steps": sum(timed_skips),
+                   "skipped_steps_total": sum(1 for s in skipped_flags if s)},
+        "flops_per_sample": flops,
+        "peak_flops_per_s": peak,
+        "mfu": mfu(flops, throughput, peak, config.world_size),
+        "energy_j_per_sample": energy_per_sample,
+        "nvml_samples": [s for p in partials for s in p.get("nvml_samples", [])],
+        "env": env,
+        "ranks_reported": len(partials),
+        "finished_at": now_iso(),
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+def check_record(record: Any) -> list[str]:
+    """What is wrong with a record, as readable lines (empty when it honours the contract)."""
+    if not isinstance(record, dict):
+        return [f"a record must be a JSON object, not {type(record).__name__}"]
+    problems = [f"missing key {k!r}" for k in RECORD_KEYS if k not in record]
+    if record.get("schema") != SCHEMA:
+        problems.append(f"schema is {record.get('schema')!r}, expected {SCHEMA!r}")
+    if record.get("status") not in STATUSES:
+        problems.append(f"status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
+    if not isinstance(record.get("memory", {}), dict) or any(k not in record.get("memory", {}) for k in MEMORY_KEYS):
+        problems.append("memory lacks one of " + ", ".join(MEMORY_KEYS))
+    return problems
+
+
+def write_json(record: dict[str, Any], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, allow_nan=False)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def append_jsonl(record: dict[str, Any], path: str) -> None:
+    """Append one record as a line and flush it to disk: a run killed later keeps this cell."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """Records of a results file; a torn last line (a run killed mid-write) is ignored."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
