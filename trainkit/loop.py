@@ -107,9 +107,11 @@ class Trainer:
         self.scheduler = build_scheduler(config, self.optimizer, self.total_steps)
 
         self.step = 0
-        self.loss_curve = torch.zeros(self.total_steps, device=device)
-        """This rank's share of each step's mean loss (the shares of all ranks add up)."""
-        self.skipped = torch.zeros(self.total_steps, dtype=torch.bool, device=device)
+        self.step_losses: list[tuple[list[torch.Tensor], list[float]]] = []
+        """Per step: the micro-batches' loss tensors and their shares of the effective batch.
+        Kept as device tensors and combined only when read, so a step adds no kernels for them."""
+        self.step_skips: list[torch.Tensor | None] = []
+        """Per step: GradScaler's skip flag as a device tensor (None for modes without a scaler)."""
         self.step_samples: list[int] = []
         """Samples each step of this process covered, over all ranks (known without a sync)."""
         self.resumed_from_step: int | None = None
@@ -121,7 +123,7 @@ class Trainer:
     def train_step(self) -> None:
         """One optimizer step over this rank's micro-batches of the effective batch."""
         window = next(self.windows)
-        self.step_samples.append(window.global_samples)
+        losses, shares = [], []
         last_micro = len(window.micro_batches) - 1
         for i, (inputs, targets) in enumerate(window.micro_batches):
             share = inputs.shape[0] / window.global_samples  # of the effective batch, all ranks
@@ -130,18 +132,21 @@ class Trainer:
             with self.sync_gradients(i == last_micro):
                 with self.policy.forward_context():
                     loss = self.spec.loss_fn(self.policy.convert_output(self.model(inputs)), targets)
-                # DDP averages gradients over ranks, hence the world_size: the gradient is the mean
-                # over the effective batch, however it is split (a short last window included).
-                self.policy.backward(loss * (share * self.world_size))
-            self.loss_curve[self.step] += loss.detach() * share
+                # DDP averages gradients over ranks, hence world_size: the gradient is the mean over
+                # the effective batch however it is split, a short last window included. (A weight
+                # of exactly 1 is skipped: on small models each extra kernel shows in the timing.)
+                weight = share * self.world_size
+                self.policy.backward(loss * weight if weight != 1.0 else loss)
+            losses.append(loss.detach())
+            shares.append(share)
         self.policy.unscale_(self.optimizer)  # once per step, before clipping (pytorch#36601)
         if self.config.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad_norm)
-        skipped = self.policy.optimizer_step(self.optimizer)
-        if skipped is not None:
-            self.skipped[self.step] = skipped
+        self.step_skips.append(self.policy.optimizer_step(self.optimizer))
         self.optimizer.zero_grad(set_to_none=True)
         self.step_schedule()
+        self.step_losses.append((losses, shares))
+        self.step_samples.append(window.global_samples)
         self.step += 1
 
     def sync_gradients(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
@@ -182,9 +187,24 @@ class Trainer:
     def finished(self) -> bool:
         return self.step >= self.total_steps
 
+    def loss_curve(self) -> torch.Tensor:
+        """This rank's share of every step's mean loss, fp32 on the device (the ranks' shares add
+        up to the step's mean over the effective batch). Reading it is a host sync."""
+        flat = [loss.float() for losses, _ in self.step_losses for loss in losses]
+        if not flat:
+            return torch.zeros(0, device=self.device)
+        weights = torch.tensor([s for _, shares in self.step_losses for s in shares], device=self.device)
+        steps = torch.tensor([i for i, (losses, _) in enumerate(self.step_losses) for _ in losses], device=self.device)
+        curve = torch.zeros(len(self.step_losses), device=self.device)
+        return curve.index_add_(0, steps, torch.stack(flat) * weights)
+
+    def skipped(self) -> list[bool]:
+        """Whether GradScaler skipped each step (a host sync)."""
+        return [bool(flag) if flag is not None else False for flag in self.step_skips]
+
     def first_nonfinite_step(self) -> int | None:
-        """First step whose loss is inf/NaN, or None (reads the curve: a host sync)."""
-        bad = (~torch.isfinite(self.loss_curve[: self.step])).nonzero()
+        """First step whose loss is inf/NaN, or None (a host sync)."""
+        bad = (~torch.isfinite(self.loss_curve())).nonzero()
         return int(bad[0, 0]) if bad.numel() else None
 
     def scale_collapsed(self) -> bool:
@@ -215,7 +235,7 @@ class Trainer:
 
     def save_checkpoint(self) -> str | None:
         """Everything a resumed run needs to continue the same loss curve (rank 0 writes)."""
-        curve = self.loss_curve[: self.step].clone()
+        curve = self.loss_curve()
         if self.world_size > 1:  # every rank holds its share of each step's loss: add them up
             torch.distributed.all_reduce(curve)
         if self.rank != 0:
@@ -230,7 +250,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "precision": self.policy.state_dict(),
             "loss_curve": curve.cpu(),
-            "skipped": self.skipped[: self.step].cpu(),
+            "skipped": self.skipped(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
         }
@@ -248,10 +268,10 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.policy.load_state_dict(state["precision"])
         self.step = state["step"]
-        # The loaded curve holds the sum over ranks; rank 0 carries it so the merged curve is whole.
-        if self.rank == 0:
-            self.loss_curve[: self.step] = state["loss_curve"].to(self.device)
-        self.skipped[: self.step] = state["skipped"].to(self.device)
+        # The saved curve is the sum over ranks: rank 0 carries it, so the merged curve is whole.
+        for loss in state["loss_curve"].tolist():
+            self.step_losses.append(([torch.tensor(loss if self.rank == 0 else 0.0, device=self.device)], [1.0]))
+        self.step_skips.extend(torch.tensor(flag) for flag in state["skipped"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         random.setstate(state["rng"]["python"])
         if state["rng"]["cuda"] is not None and self.device.type == "cuda":

@@ -44,6 +44,9 @@ def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str =
         raise ValueError(f"status={status!r} is not one of {STATUSES}")
     partials = sorted(partials, key=lambda p: p.get("rank", 0))
     lead = partials[0] if partials else {}
+    checksums = {p["param_checksum"] for p in partials if p.get("param_checksum") is not None}
+    if status == "ok" and len(checksums) > 1:
+        status, status_detail = "crashed", f"ranks ended with different parameters (checksums {sorted(checksums)})"
 
     # A step ends when its slowest rank ends.
     per_rank_times = [p.get("step_times_s", []) for p in partials]
@@ -62,6 +65,17 @@ def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str =
     kept_samples = sum(n for n, skipped in zip(timed_samples, timed_skips) if not skipped)
     effective = kept_samples / sum(step_times) if step_times and sum(step_times) > 0 else None
 
+    epoch_means = None
+    steps_per_epoch = lead.get("derived", {}).get("steps_per_epoch")
+    if config.epochs is not None and steps_per_epoch and curve:
+        # Sample-weighted, so the short last window of an epoch counts for what it holds.
+        samples = lead.get("step_samples", [])
+        weights = samples if len(samples) == len(curve) else [1] * len(curve)
+        epoch_means = []
+        for start in range(0, len(curve), steps_per_epoch):
+            pairs = list(zip(curve[start:start + steps_per_epoch], weights[start:start + steps_per_epoch]))
+            epoch_means.append(sum(c * w for c, w in pairs) / sum(w for _, w in pairs))
+
     memory: dict[str, Any] = {k: _max_or_none([p.get("memory", {}).get(k) for p in partials]) for k in MEMORY_KEYS}
     memory["data_device_bytes"] = lead.get("memory", {}).get("data_device_bytes")
     memory["nvml_method"] = lead.get("memory", {}).get("nvml_method", "not measured")
@@ -75,7 +89,7 @@ def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str =
     derived = lead.get("derived", {})
     flops = lead.get("flops_per_sample")
     env = lead.get("env", {})
-    peak = peak_flops_per_s(env.get("gpu_name"), config.precision) if derived.get("device", "").startswith("cuda") else None
+    peak = peak_flops_per_s(env.get("gpu_name"), config.precision) if derived.get("resolved_device", "").startswith("cuda") else None
     tokens = config.tokens_per_sample
 
     record = {
@@ -97,6 +111,7 @@ def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str =
                  "initial": _finite_or_none(curve[0]) if curve else None,
                  "eval": _finite_or_none(lead.get("eval_loss")),
                  "curve": [c if math.isfinite(c) else None for c in curve],
+                 "epoch_means": epoch_means,
                  "resumed_from_step": lead.get("resumed_from_step")},
         "scaler": {"enabled": config.precision == "amp-fp16",
                    "init_scale": config.init_scale if config.precision == "amp-fp16" else None,

@@ -155,7 +155,9 @@ class RankWorker:
             self.timer.mark()
             if progress is not None and time.perf_counter() - last_report >= PROGRESS_INTERVAL_S:
                 last_report = time.perf_counter()
-                progress(self.trainer.step, self.trainer.total_steps, float(self.trainer.loss_curve[self.trainer.step - 1]))
+                losses, shares = self.trainer.step_losses[-1]  # this rank's micro-batches of the last step
+                local_mean = sum(float(x) * s for x, s in zip(losses, shares)) / sum(shares)
+                progress(self.trainer.step, self.trainer.total_steps, local_mean)
                 self.check_divergence()
         self.step_times_s.extend(self.timer.read_s())
         self.check_divergence()
@@ -193,11 +195,15 @@ class RankWorker:
             step_times_s=self.step_times_s,
             timed_samples=trainer.step_samples[local_first:local_first + len(self.step_times_s)],
             first_timed_step=first_timed,
-            loss_curve=trainer.loss_curve[: trainer.step].tolist(),
-            skipped=trainer.skipped[: trainer.step].tolist(),
+            loss_curve=trainer.loss_curve().tolist(),
+            skipped=trainer.skipped(),
+            step_samples=trainer.step_samples,
             final_scale=trainer.policy.scaler.get_scale() if trainer.policy.scaler is not None else None,
             nvml_samples=self.nvml_samples,
             derived=self.derived(),
+            # DDP keeps replicas identical only if every rank synced the same gradients; a wrong
+            # no_sync ends with ranks apart (modelscope/FunASR#3472), so compare them at the end.
+            param_checksum=float(sum(p.detach().double().sum() for p in trainer.raw_model.parameters())),
         )
         if self.rank == 0:
             self.partial["env"] = collect_env(self.device)
@@ -213,7 +219,7 @@ class RankWorker:
         state_dtypes = {str(v.dtype) for s in trainer.optimizer.state.values() for v in s.values()
                         if isinstance(v, torch.Tensor) and v.ndim > 0}
         return {
-            "device": str(self.device),
+            "resolved_device": str(self.device),
             "param_dtype": str(param.dtype),
             "grad_dtype": str(param.dtype),  # gradients take their parameter's dtype
             "compute_dtype": str(trainer.policy.compute_dtype),

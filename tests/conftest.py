@@ -1,0 +1,58 @@
+"""Shared test helpers: small CPU runs of the real library, no mocks of the training path."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+from trainkit.config import RunConfig
+from trainkit.loop import Trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU = torch.device("cpu")
+
+# Small, fast shapes for every model on a 2-core CPU.
+SMALL = {
+    "mlp": {},
+    "cnn": {},
+    "gpt": {"seq_len": 16, "vocab_size": 64, "gpt_layers": 1, "gpt_heads": 2, "gpt_width": 32},
+    "resnet18": {"image_size": 32},
+    "resnet50": {"image_size": 32},
+}
+
+
+def small_config(model: str = "mlp", **changes: object) -> RunConfig:
+    values: dict[str, object] = {"model": model, "batch_size": 8, "steps": 3, "warmup_steps": 0, "device": "cpu"}
+    values.update(SMALL[model])
+    values.update(changes)
+    return RunConfig(**values)  # type: ignore[arg-type]
+
+
+def train(config: RunConfig) -> Trainer:
+    """Build and run a whole run in this process."""
+    trainer = Trainer(config, CPU)
+    trainer.run(trainer.total_steps)
+    return trainer
+
+
+def flat_params(trainer: Trainer) -> torch.Tensor:
+    return torch.cat([p.detach().float().flatten() for p in trainer.raw_model.parameters()])
+
+
+def trainkit_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trainkit", *args]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    """Policies set global backend flags; every test starts from and returns to the defaults."""
+    saved = (torch.get_default_dtype(), torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision(),
+             torch.get_num_threads())
+    yield
+    torch.set_default_dtype(saved[0])
+    torch.backends.cudnn.benchmark = saved[1]
+    torch.set_float32_matmul_precision(saved[2])
+    torch.set_num_threads(saved[3])

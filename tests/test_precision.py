@@ -1,0 +1,95 @@
+"""Every precision policy honours one contract; the scaler-specific behaviour is tested apart."""
+
+from unittest import mock
+
+import pytest
+import torch
+
+from trainkit.config import PRECISIONS
+from trainkit.loop import Trainer, Unsupported
+from trainkit.precision import POLICIES, MixedPrecision, build_precision
+
+from .conftest import CPU, flat_params, small_config, train
+
+CPU_PRECISIONS = [p for p in PRECISIONS if p != "tf32"]
+EXPECTED_PARAM_DTYPE = {"fp32": torch.float32, "amp-fp16": torch.float32, "amp-bf16": torch.float32,
+                        "half-fp16": torch.float16, "half-bf16": torch.bfloat16}
+
+
+@pytest.mark.parametrize("model", ["mlp", "gpt"])
+@pytest.mark.parametrize("precision", CPU_PRECISIONS)
+def test_policy_contract(precision, model):
+    """Finite loss after a few steps, parameter dtypes as the mode says, default dtype untouched,
+    a scaler only in amp-fp16."""
+    default_dtype = torch.get_default_dtype()
+    trainer = train(small_config(model, precision=precision, steps=4, optimizer="adam", lr=1e-3))
+    curve = trainer.loss_curve()
+    assert torch.isfinite(curve).all(), curve
+    assert {p.dtype for p in trainer.raw_model.parameters()} == {EXPECTED_PARAM_DTYPE[precision]}
+    assert torch.get_default_dtype() == default_dtype
+    assert (trainer.policy.scaler is not None) == (precision == "amp-fp16")
+    # Optimizer state follows the parameters (pure half keeps its Adam moments in half too).
+    state_dtypes = {v.dtype for s in trainer.optimizer.state.values() for v in s.values() if v.ndim > 0}
+    assert state_dtypes == {EXPECTED_PARAM_DTYPE[precision]}
+
+
+def test_policies_are_one_class_per_name():
+    assert tuple(POLICIES) == PRECISIONS
+    assert len(set(POLICIES.values())) == len(PRECISIONS)
+
+
+def test_tf32_is_unsupported_on_cpu_with_a_reason():
+    with pytest.raises(Unsupported, match="tf32 needs a CUDA GPU"):
+        Trainer(small_config(precision="tf32"), CPU)
+
+
+def test_fp32_turns_tf32_off_explicitly():
+    torch.backends.cudnn.allow_tf32 = True  # cuDNN's default
+    build_precision(small_config(precision="fp32"), CPU).configure_backends()
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.get_float32_matmul_precision() == "highest"
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def test_amp_fp16_calls_unscale_step_and_update_once_per_optimizer_step():
+    policy = MixedPrecision(CPU, small_config(precision="amp-fp16"))
+    policy._scaler = mock.Mock()
+    policy._scaler._scale = torch.tensor(8.0)
+    optimizer = mock.Mock()
+    policy.unscale_(optimizer)
+    policy.optimizer_step(optimizer)
+    policy._scaler.unscale_.assert_called_once_with(optimizer)
+    policy._scaler.step.assert_called_once_with(optimizer)
+    policy._scaler.update.assert_called_once_with()
+
+
+@pytest.mark.parametrize("grad_accum", [1, 3])
+def test_scaler_updates_once_per_optimizer_step_in_the_loop(grad_accum):
+    trainer = Trainer(small_config(precision="amp-fp16", grad_accum=grad_accum, steps=4), CPU)
+    scaler = trainer.policy.scaler
+    with mock.patch.object(scaler, "update", wraps=scaler.update) as update, \
+            mock.patch.object(scaler, "unscale_", wraps=scaler.unscale_) as unscale:
+        trainer.run(4)
+    assert update.call_count == 4
+    assert unscale.call_count == 4
+
+
+def test_half_fp16_static_loss_scale_is_divided_out():
+    """With a static loss scale the update must equal the unscaled one (SGD, exact powers of 2)."""
+    plain = train(small_config(precision="half-fp16", steps=2))
+    scaled = train(small_config(precision="half-fp16", steps=2, static_loss_scale=1024.0))
+    for a, b in zip(plain.raw_model.parameters(), scaled.raw_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_clipping_sees_unscaled_gradients_under_amp_fp16():
+    """Clipping after unscale_: the clipped update under AMP matches fp32's closely; clipping
+    scaled gradients (2**16 times too large) would shrink the update to almost nothing."""
+    start = flat_params(Trainer(small_config(), CPU))
+    unclipped = flat_params(train(small_config(steps=1, lr=0.1, momentum=0.0)))
+    fp32 = flat_params(train(small_config(steps=1, clip_grad_norm=0.01, lr=0.1, momentum=0.0)))
+    amp = flat_params(train(small_config(steps=1, clip_grad_norm=0.01, lr=0.1, momentum=0.0, precision="amp-fp16")))
+    assert (fp32 - start).norm() < 0.5 * (unclipped - start).norm()  # the clip is active
+    assert float((fp32 - start).norm()) == pytest.approx(0.1 * 0.01, rel=1e-3)  # lr * max_norm
+    assert float((amp - start).norm()) == pytest.approx(float((fp32 - start).norm()), rel=0.02)
