@@ -166,11 +166,11 @@ def _progress_printer(config: RunConfig, quiet: bool):  # noqa: ANN202
 
 
 def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
-    from .launch import DEFAULT_CELL_TIMEOUT_S, launched_by_torchrun, run_cell, run_under_torchrun
-    from .result import write_json
-
     config = config_from_args(args, base)
     check_paths(config, args.output)
+    # torch is imported only now: bad input is refused in a fraction of a second.
+    from .launch import DEFAULT_CELL_TIMEOUT_S, launched_by_torchrun, run_cell, run_under_torchrun
+    from .result import write_json
     if launched_by_torchrun():
         record = run_under_torchrun(config)
         if record is None:

@@ -8,7 +8,10 @@ valid choices, so a typo fails before any process starts.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +41,18 @@ def _choices(field: str, value: Any, valid: tuple[str, ...]) -> None:
         raise ConfigError(f"{field}={value!r} is not valid; choose from {', '.join(valid)}")
 
 
-def _at_least(field: str, value: Any, minimum: float, kind: type = int) -> None:
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+def _at_least(field: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{field}={value!r} must be an integer >= {minimum}")
-    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ConfigError(f"{field}={value!r} must be a number >= {minimum}")
-    if not value >= minimum:  # also rejects NaN
+    if value < minimum:
         raise ConfigError(f"{field}={value!r} must be >= {minimum}")
+
+
+def _number(field: str, value: Any, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{field}={value!r} must be a number")
+    if not (value > 0 if positive else value >= 0):  # also rejects NaN
+        raise ConfigError(f"{field}={value!r} must be {'> 0' if positive else '>= 0'}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,18 +182,13 @@ class RunConfig:
                 _at_least(name, getattr(self, name), 1)
         if self.image_size is not None:
             _at_least("image_size", self.image_size, 8)
-        for name in ("lr", "momentum", "weight_decay", "lr_gamma", "init_scale",
-                     "static_loss_scale", "min_loss_scale"):
-            _at_least(name, getattr(self, name), 0.0, float)
-        for name in ("lr", "init_scale", "static_loss_scale", "lr_gamma"):
-            if getattr(self, name) == 0:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0")
+        for name in ("momentum", "weight_decay", "min_loss_scale"):
+            _number(name, getattr(self, name), positive=False)
+        for name in ("lr", "lr_gamma", "init_scale", "static_loss_scale"):
+            _number(name, getattr(self, name), positive=True)
         for name in ("adam_eps", "clip_grad_norm"):
-            value = getattr(self, name)
-            if value is not None:
-                _at_least(name, value, 0.0, float)
-                if value == 0:
-                    raise ConfigError(f"{name}={value!r} must be > 0 (or unset)")
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), positive=True)
         if self.gpt_width % self.gpt_heads:
             raise ConfigError(f"gpt_width={self.gpt_width} must be divisible by gpt_heads={self.gpt_heads}")
         if self.model not in MODELS_FOR_DATA[self.data]:
@@ -246,13 +249,17 @@ class RunConfig:
 
 def field_help(name: str) -> str:
     """The docstring of a RunConfig field (the CLI uses it as the option's help)."""
-    import ast
-    import inspect
+    return _field_docs().get(name, "")
 
+
+@functools.cache
+def _field_docs() -> dict[str, str]:
+    # A docstring under a dataclass field is not kept at run time; read it from the source.
     tree = ast.parse(inspect.getsource(RunConfig))
     body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
     for node, following in zip(body, body[1:]):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and node.target.id == name and isinstance(following, ast.Expr)):
-            return " ".join(str(following.value.value).split())  # type: ignore[attr-defined]
-    return ""
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)):
+            docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
