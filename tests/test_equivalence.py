@@ -10,7 +10,7 @@ import torch
 from trainkit.launch import run_cell
 from trainkit.loop import Trainer
 
-from .conftest import CPU, flat_params, small_config, train
+from .conftest import flat_params, small_config, train
 
 RTOL = 1e-5
 

@@ -14,6 +14,7 @@ micro-batches, which makes accumulation and world-size equivalence testable exac
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -239,11 +240,17 @@ def build_real_dataset(config: RunConfig) -> Dataset:
 
         class LocalCIFAR10(torchvision.datasets.CIFAR10):
             """torchvision checks the MD5 sums of the official archive's files; a local copy (or a
-            test's small generated one) is trusted when every batch file is present."""
+            test's small generated one) is trusted when every file is present."""
 
             def _check_integrity(self) -> bool:
                 folder = os.path.join(self.root, self.base_folder)
-                return all(os.path.isfile(os.path.join(folder, name)) for name, _ in self.train_list + self.test_list)
+                names = [name for name, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+                return all(os.path.isfile(os.path.join(folder, name)) for name in names)
+
+            def _load_meta(self) -> None:
+                with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+                    self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+                self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
         return LocalCIFAR10(root, train=True, transform=tf, download=False)
     # Seed 5: resize to 224 (the image size), ImageNet normalisation.

@@ -7,8 +7,8 @@ training FLOPs per sample, counted once on the meta device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -89,7 +89,8 @@ def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str =
     derived = lead.get("derived", {})
     flops = lead.get("flops_per_sample")
     env = lead.get("env", {})
-    peak = peak_flops_per_s(env.get("gpu_name"), config.precision) if derived.get("resolved_device", "").startswith("cuda") else None
+    on_gpu = derived.get("resolved_device", "").startswith("cuda")
+    peak = peak_flops_per_s(env.get("gpu_name"), config.precision) if on_gpu else None
     tokens = config.tokens_per_sample
 
     record = {
