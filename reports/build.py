@@ -1,0 +1,170 @@
+"""`build_report`: result files -> one self-contained HTML page, plus the summary as CSV and Markdown.
+
+    from reports.build import build_report
+    paths = build_report(["results.jsonl", "bench.json"], "reports/out/report.html")
+    # {"html": ".../report.html", "csv": ".../report.csv", "markdown": ".../report.md"}
+
+The page answers, per model and hardware: what each precision does to throughput, loss and
+memory (summary), how throughput and memory grow with batch size, what accumulation costs at a
+fixed effective batch, how the loss curves of the precisions compare, what the fp16 loss scaler
+did, how throughput scales across GPUs, which cells did not finish and why, and on what
+environment each run was measured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any
+
+import pandas as pd
+
+from . import figures, html
+from .load import to_frame
+from .records import InputError, Run, all_records, fingerprint, read_runs
+from .summary import PRECISION_ORDER, TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
+
+SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
+            ("accumulation", "Accumulation"), ("loss", "Loss curves"), ("scaler", "Loss scaling"),
+            ("scaling", "Scaling"), ("failures", "Cells that did not finish"), ("environment", "Environment"))
+
+
+OPEN_ROWS = 120
+
+
+def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return sorted({(str(m), str(h)) for m, h in zip(frame["model"], frame["hardware"]) if isinstance(m, str)})
+
+
+def _header(runs: list[Run], frame: pd.DataFrame) -> str:
+    statuses = frame["status"].value_counts()
+    not_ok = ", ".join(f"{n} {s}" for s, n in statuses.items() if s != "ok")
+    counts = (f"{len(frame)} records of {frame['cell'].nunique()} cells from {len(runs)} "
+              f"file{'s' if len(runs) != 1 else ''}: {statuses.get('ok', 0)} ok" + (f", {not_ok}" if not_ok else ""))
+    models = sorted(frame["model"].dropna().astype(str).unique())
+    hardware = sorted(frame["hardware"].astype(str).unique())
+    precisions = [p for p in PRECISION_ORDER if p in set(frame["precision"])]
+    filters = "".join([html.select("model", "model", models), html.select("hardware", "hardware", hardware),
+                       html.select("precision", "precision", precisions)])
+    nav = "".join(f'<a href="#{key}">{html.esc(title)}</a>' for key, title in SECTIONS)
+    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f'<p class="note">{html.esc(counts)}. Generated {generated}.</p>'
+            f'<div class="filters">{filters}</div><nav>{nav}</nav>')
+
+
+def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
+    parts = []
+    if frame["hardware"].astype(str).str.startswith("CPU").any():
+        parts.append('<p class="warn">CPU rows are correctness and smoke rows, not speed claims: half '
+                     "precision on a CPU is emulated or slow, so its speedups say nothing about GPUs.</p>")
+    # A long matrix would bury the charts under its tables: past this many rows they start folded.
+    state = " open" if len(table) <= OPEN_ROWS else ""
+    for group, rows in groups(table):
+        shown = formatted(rows)
+        classes = ["status-failed" if s != "ok" else "" for s in rows["status"]]
+        parts.append(f'<div{html.attrs({"model": group["model"], "hardware": group["hardware"]})}>'
+                     f"<details{state}><summary><h3>{html.esc(group_title(group))} "
+                     f'<span class="note">({len(rows)} cells)</span></h3></summary>'
+                     + html.frame_table(shown, text_columns=TEXT_HEADERS,
+                                  row_attrs=[{"precision": p} for p in rows["precision"]], row_classes=classes)
+                     + "</details></div>")
+    return "".join(parts)
+
+
+def _chart_sections(table: pd.DataFrame, frame: pd.DataFrame) -> dict[str, str]:
+    keys = ["throughput", "memory", "accumulation", "loss", "scaler", "scaling"]
+    out = {k: [] for k in keys}
+    for n, (model, hardware) in enumerate(_pairs(frame)):
+        cells = table[(table["model"] == model) & (table["hardware"] == hardware)]
+        records = frame[(frame["model"] == model) & (frame["hardware"] == hardware)]
+        for key, chart in zip(keys, figures.charts_for(cells, records)):
+            out[key].append(f'<div{html.attrs({"model": model, "hardware": hardware})}>'
+                            f"<h3>{html.esc(model)} · {html.esc(hardware)}</h3>"
+                            + html.chart(chart, div_id=f"{key}-{n}") + "</div>")
+    return {k: "".join(v) for k, v in out.items()}
+
+
+def _failures_section(frame: pd.DataFrame) -> str:
+    failed = frame[frame["status"] != "ok"].sort_values(["model", "cell"])
+    if failed.empty:
+        return '<p class="note">Every cell finished.</p>'
+    shown = pd.DataFrame({"cell": failed["cell"], "status": failed["status"],
+                          "reason": failed["status_detail"].fillna("").astype(str),
+                          "run": failed["run"], "finished": failed["finished_at"].fillna("")})
+    rows = [{"model": m, "hardware": h, "precision": p}
+            for m, h, p in zip(failed["model"], failed["hardware"], failed["precision"])]
+    return html.frame_table(shown, text_columns=shown.columns, row_attrs=rows)
+
+
+ENV_KEYS = ("gpu_name", "gpu_count", "driver", "cuda", "cudnn", "torch", "cpu", "cpu_count", "python",
+            "hostname", "git_commit", "git_dirty")
+
+
+def environments(runs: list[Run]) -> pd.DataFrame:
+    """One row per run and distinct environment fingerprint in it, with the fuller environment."""
+    rows = []
+    for run in runs:
+        seen: dict[str, dict[str, Any]] = {}
+        for record in run.records:
+            env = record.get("env") or run.machine_info.get("trainkit_env") or {}
+            if not env:
+                continue
+            key = repr(sorted(fingerprint(env).items()))
+            entry = seen.setdefault(key, {"run": run.label, "kind": run.kind, "records": 0,
+                                          "fingerprint": ", ".join(f"{k}={v}" for k, v in fingerprint(env).items()),
+                                          **{k: env.get(k) for k in ENV_KEYS}})
+            entry["records"] += 1
+        rows.extend(seen.values())
+    frame = pd.DataFrame(rows)
+    if not frame.empty and "git_commit" in frame:
+        frame["git_commit"] = frame["git_commit"].map(lambda c: str(c)[:12] if c else c)
+    return frame
+
+
+def _environment_section(runs: list[Run]) -> str:
+    envs = environments(runs)
+    if envs.empty:
+        return '<p class="note">No record carries an environment.</p>'
+    parts = []
+    if envs["fingerprint"].nunique() > 1:
+        parts.append('<p class="warn">The runs were measured on different environments (fingerprint = GPU, '
+                     "driver, CUDA, torch; on a CPU, the CPU and torch): compare their numbers with care.</p>")
+    shown = envs.dropna(axis=1, how="all").fillna("").astype(str)
+    parts.append(html.frame_table(shown, text_columns=shown.columns))
+    return "".join(parts)
+
+
+def render(runs: list[Run], title: str = "trainkit report") -> tuple[str, pd.DataFrame]:
+    """The page and the summary table of some runs."""
+    frame = to_frame(all_records(runs))
+    table = summary(frame)
+    charts = _chart_sections(table, frame)
+    bodies = {"summary": _summary_section(table, frame), **charts, "failures": _failures_section(frame),
+              "environment": _environment_section(runs)}
+    body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in SECTIONS)
+    return html.page(title, _header(runs, frame), body), table
+
+
+def _write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit report") -> dict[str, str]:
+    """Read result files (pytest-benchmark JSON, results JSON lines, single records, or directories
+    of them), write the HTML report and, beside it, the summary as CSV and Markdown (same stem).
+    Returns the paths written: {"html": ..., "csv": ..., "markdown": ...}. Raises records.InputError
+    (one line) on a missing, malformed or empty input, or an output that cannot be written."""
+    runs = read_runs(list(inputs))
+    page, table = render(runs, title)
+    stem = os.path.splitext(output_html)[0]
+    paths = {"html": output_html, "csv": stem + ".csv", "markdown": stem + ".md"}
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output_html)), exist_ok=True)
+        _write(paths["html"], page)
+        _write(paths["csv"], table.to_csv(index=False))
+        _write(paths["markdown"], to_markdown(table))
+    except OSError as e:
+        raise InputError(f"{output_html}: cannot write the report: {e.strerror or e}") from None
+    return paths

@@ -1,0 +1,110 @@
+"""`python -m reports`: build a report from result files, or compare two runs.
+
+    python -m reports build results.jsonl bench.json -o reports/out/report.html
+    python -m reports compare baseline/ candidate/ -o reports/out/compare.html [--relative 0.07 --k 3]
+
+Exit status: 0 done (compare: no gated cell regressed), 1 (compare) a gated cell regressed or
+failed, 2 bad input: a missing, malformed or empty result file, printed as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from .records import InputError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """0.07 or 7%."""
+    return _number(text[:-1]) / 100 if text.endswith("%") else _number(text)
+
+
+def _override(text: str) -> tuple[str, float]:
+    metric, _, value = text.partition("=")
+    if not value:
+        raise argparse.ArgumentTypeError(f"expected METRIC=FRACTION, e.g. memory=0.03: {text!r}")
+    return metric, _fraction(value)
+
+
+def parser() -> Parser:
+    top = Parser(prog="python -m reports", description=__doc__.split("\n\n")[0])
+    sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    build = sub.add_parser("build", help="one self-contained HTML report (+ CSV and Markdown summary beside it)")
+    build.add_argument("inputs", nargs="+", metavar="RESULTS",
+                       help="pytest-benchmark JSON, results JSON lines, single records, or directories of them")
+    build.add_argument("-o", "--output", default="reports/out/report.html", help="HTML file to write")
+    build.add_argument("--title", default="trainkit report")
+
+    compare = sub.add_parser("compare", help="per-cell verdicts of a candidate run against a baseline")
+    compare.add_argument("baseline", metavar="BASELINE", help="result file or directory (repeats are combined)")
+    compare.add_argument("candidate", metavar="CANDIDATE", help="result file or directory")
+    compare.add_argument("-o", "--output", default="reports/out/compare.html", help="HTML file to write")
+    compare.add_argument("--relative", type=_fraction, default=0.07,
+                         help="smallest relative change that counts, e.g. 0.07 or 7%% (default 7%%, TorchBench's)")
+    compare.add_argument("--k", type=_number, default=3.0,
+                         help="a change must also exceed k times the measured relative spread (default 3)")
+    compare.add_argument("--spread", choices=("iqr", "mad"), default="iqr",
+                         help="spread across repeated records of a cell (default iqr)")
+    compare.add_argument("--threshold", type=_override, action="append", default=[], metavar="METRIC=FRACTION",
+                         help="relative threshold for one metric (throughput, memory, loss); repeatable")
+    compare.add_argument("--gate-metrics", default="throughput,memory,loss",
+                         help="comma-separated metrics whose regression fails the run (default all three)")
+    compare.add_argument("--gate-cells", nargs="+", default=["*"], metavar="GLOB",
+                         help="cell ids the gate covers, as glob patterns (default all)")
+    return top
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import build_report
+
+    paths = build_report(args.inputs, args.output, title=args.title)
+    print("wrote " + ", ".join(paths.values()))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_files, headline, regressions_text
+    from .verdict import Thresholds
+
+    try:
+        thresholds = Thresholds(relative=args.relative, k=args.k, spread=args.spread,
+                                per_metric=dict(args.threshold),
+                                gate_metrics=tuple(m for m in args.gate_metrics.split(",") if m),
+                                gate_cells=tuple(args.gate_cells))
+    except ValueError as e:
+        raise InputError(f"python -m reports compare: {e}") from None
+    result, paths = compare_files(args.baseline, args.candidate, args.output, thresholds)
+    if result.env_differs:
+        print(f"warning: {result.env_difference()}", file=sys.stderr)
+    print(headline(result))
+    for line in regressions_text(result):
+        print(line)
+    print("wrote " + ", ".join(paths.values()))
+    return 0 if result.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+        return _build(args) if args.command == "build" else _compare(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

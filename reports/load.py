@@ -1,0 +1,136 @@
+"""Records -> one tidy pandas frame: one row per record, dot-flattened keys ("memory.host_rss_peak_bytes").
+
+A few short columns are added so the tables and figures read plainly:
+
+    model, precision, batch_size, grad_accum, gpus, effective_batch   the matrix axes (from config)
+    hardware          GPU model or "CPU <model>" (see records.hardware)
+    variant           config fields besides the axes where a record departs from the usual value
+                      among the records of its model ("lr=1e+06"), else ""; precision_variant: the
+                      same for fields that only one precision reads (init_scale of amp-fp16)
+    cell              cell_id plus the variants: the key that repeats of one cell share
+    peak_memory_bytes the headline memory measure, named in memory_measure (see verdict.MEMORY_MEASURES)
+    run, source       which input file the record came from
+
+Every numeric field may be null (a cell that failed has no throughput; a CPU run has no GPU
+memory), so numeric columns are floats with NaN, and code downstream never assumes a value.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+
+from .records import UNKNOWN_HARDWARE, Run, all_records, hardware
+from .verdict import MEMORY_MEASURES
+
+NUMERIC = ("throughput_samples_per_s", "effective_throughput_samples_per_s", "tokens_per_s",
+           "step_time_s.median", "step_time_s.iqr", "loss.final", "loss.initial", "loss.eval",
+           "scaler.final_scale", "scaler.init_scale", "scaler.skipped_steps", "scaler.skipped_steps_total",
+           "mfu", "energy_j_per_sample", *(f"memory.{m}" for m in MEMORY_MEASURES))
+# Other columns the report reads; created empty when no record has them (a file of refused cells).
+OTHER = ("cell_id", "status", "status_detail", "finished_at", "run", "loss.curve", "memory.nvml_method",
+         "scaler.enabled")
+
+
+# Config fields that change the work besides the five axes, with the records they matter to: a
+# field outside its scope (init_scale of an fp32 cell, seq_len of a ResNet) never splits cells.
+SHARED_FIELDS = {
+    "optimizer": None, "lr": None, "weight_decay": None, "schedule": None, "clip_grad_norm": None,
+    "data": None, "momentum": lambda r: r.get("config.optimizer") == "sgd",
+    "resolved_image_size": lambda r: r.get("model") != "gpt",
+    **{k: (lambda r: r.get("model") == "gpt") for k in ("seq_len", "vocab_size", "gpt_layers", "gpt_heads",
+                                                         "gpt_width")},
+}
+# Fields that only one precision reads: they split cells of that precision, but its comparison
+# with fp32 still pairs it with the fp32 cell of the same shared variant.
+PRECISION_FIELDS = {
+    "init_scale": lambda r: r.get("precision") == "amp-fp16",
+    "static_loss_scale": lambda r: r.get("precision") == "half-fp16",
+}
+
+
+def _label(key: str, value: Any) -> str:
+    return f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+
+
+def _variants(frame: pd.DataFrame, fields: dict[str, Any]) -> pd.Series:
+    """Per record, "field=value" for each field (in scope) where the record departs from the most
+    common value among the records of its model; "" for the usual records."""
+    columns = ["model", "precision", "config.optimizer", *(f"config.{f}" for f in fields)]
+    rows = frame[[c for c in dict.fromkeys(columns) if c in frame]].to_dict("records")
+    labels: list[list[str]] = [[] for _ in rows]
+    for model in frame["model"].dropna().unique():
+        members = [i for i, r in enumerate(rows) if r["model"] == model]
+        for field, in_scope in fields.items():
+            column = f"config.{field}"
+            scoped = [i for i in members if column in rows[i] and (in_scope is None or in_scope(rows[i]))]
+            values = Counter(repr(rows[i][column]) for i in scoped)
+            if len(values) > 1:
+                usual = values.most_common(1)[0][0]  # the usual value goes without saying
+                for i in scoped:
+                    if repr(rows[i][column]) != usual:
+                        labels[i].append(_label(field, rows[i][column]))
+    return pd.Series([" ".join(parts) for parts in labels], index=frame.index, dtype=object)
+
+
+def _flatten(record: dict[str, Any], prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{"memory": {"host_rss_peak_bytes": 1}} -> {"memory.host_rss_peak_bytes": 1}; lists stay whole.
+    (pandas.json_normalize does the same, but deep-copies every record: seconds for 1,000.)"""
+    out = {} if out is None else out
+    for key, value in record.items():
+        if key == "nvml_samples":
+            continue  # long, and not read by the report
+        if isinstance(value, dict):
+            _flatten(value, f"{prefix}{key}.", out)
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _hardware(frame: pd.DataFrame, records: list[dict[str, Any]]) -> pd.Series:
+    """records.hardware per record; a record without an environment (a cell refused before its
+    worker reported one) takes the hardware of the other records of its run, when they agree."""
+    labels = pd.Series([hardware(r.get("env")) for r in records], index=frame.index, dtype=object)
+    known = labels != UNKNOWN_HARDWARE
+    for run, group in labels[known].groupby(frame.loc[known, "run"]):
+        if group.nunique() == 1:
+            labels[(frame["run"] == run) & ~known] = group.iloc[0]
+    return labels
+
+
+def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The tidy frame of a list of records (see the module docstring)."""
+    frame = pd.DataFrame([_flatten(r) for r in records])
+    for column in NUMERIC:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else float("nan")
+    for column in OTHER:
+        if column not in frame:
+            frame[column] = None
+    config = {"model": "config.model", "precision": "config.precision", "batch_size": "config.batch_size",
+              "grad_accum": "config.grad_accum", "gpus": "config.world_size",
+              "effective_batch": "config.effective_batch"}
+    for short, column in config.items():
+        frame[short] = frame[column] if column in frame else None
+    for short in ("batch_size", "grad_accum", "gpus", "effective_batch"):
+        frame[short] = pd.to_numeric(frame[short], errors="coerce").astype("Int64")
+    frame["hardware"] = _hardware(frame, records)
+    frame["variant"] = _variants(frame, SHARED_FIELDS)
+    frame["precision_variant"] = _variants(frame, PRECISION_FIELDS)
+    label = (frame["variant"] + " " + frame["precision_variant"]).str.strip()
+    frame["cell"] = frame["cell_id"].where(label == "", frame["cell_id"] + " " + label)
+
+    measure = pd.Series(None, index=frame.index, dtype=object)
+    peak = pd.Series(float("nan"), index=frame.index)
+    for m in reversed(MEMORY_MEASURES):  # the first measure present wins
+        present = frame[f"memory.{m}"].notna()
+        measure = measure.mask(present, m)
+        peak = peak.mask(present, frame[f"memory.{m}"])
+    frame["memory_measure"] = measure
+    frame["peak_memory_bytes"] = peak
+    return frame
+
+
+def load(runs: list[Run]) -> pd.DataFrame:
+    return to_frame(all_records(runs))

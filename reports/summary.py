@@ -1,0 +1,178 @@
+"""The summary table: one row per cell, medians over its ok repeats, compared with fp32 and with 1 GPU.
+
+Columns (CSV names; units in the names):
+
+    model, hardware, gpus, batch_size, grad_accum, effective_batch, precision, variant
+    status                    ok when any repeat finished, else the status of the last one
+    repeats                   ok records combined (median) into the row
+    throughput_samples_per_s  global samples/s over the timed optimizer steps
+    speedup_vs_fp32           throughput / throughput of the fp32 cell of the same shape
+    final_loss, loss_diff_vs_fp32   loss of the last step, and minus the fp32 cell's
+    peak_memory_mib, memory_measure  the headline memory measure (see verdict.MEMORY_MEASURES), MiB = 2**20 B
+    skipped_steps             optimizer steps GradScaler skipped (amp-fp16 only)
+    weak_scaling_efficiency   thr_N / (N * thr_1) for the same per-GPU batch and accumulation (N > 1)
+    speedup_vs_tf32           only when tf32 cells exist: NVIDIA's published AMP speedups are over TF32
+
+"Same shape" = same model, hardware, GPU count, micro-batch, accumulation and shared variant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+MIB = 2**20
+PRECISION_ORDER = ("fp32", "tf32", "amp-fp16", "amp-bf16", "half-fp16", "half-bf16")
+KEYS = ["model", "hardware", "variant", "gpus", "batch_size", "grad_accum", "effective_batch",
+        "precision", "precision_variant", "cell"]
+SHAPE = ["model", "hardware", "variant", "gpus", "batch_size", "grad_accum"]
+GROUP = ["model", "hardware", "gpus"]  # one table per group in HTML and Markdown
+COLUMNS = ["model", "hardware", "gpus", "batch_size", "grad_accum", "effective_batch", "precision", "variant",
+           "status", "repeats", "throughput_samples_per_s", "speedup_vs_fp32", "final_loss", "loss_diff_vs_fp32",
+           "peak_memory_mib", "memory_measure", "skipped_steps", "weak_scaling_efficiency"]
+
+
+def _precision_rank(precision: pd.Series) -> pd.Series:
+    return precision.map({p: i for i, p in enumerate(PRECISION_ORDER)}).fillna(len(PRECISION_ORDER))
+
+
+def cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell (KEYS): medians over its ok records; cells with no ok record keep NaN."""
+    # Only amp-fp16 has a scaler that can skip; elsewhere "0 skipped" would suggest one exists.
+    frame = frame.assign(skipped=frame["scaler.skipped_steps_total"].where(frame["scaler.enabled"].eq(True)))
+    latest = frame.sort_values("finished_at", na_position="first").groupby(KEYS, dropna=False, sort=False)
+    table = latest.agg(last_status=("status", "last"), any_ok=("status", lambda s: bool((s == "ok").any())))
+    ok = frame[frame["status"] == "ok"]
+    medians = ok.groupby(KEYS, dropna=False, sort=False).agg(
+        repeats=("status", "size"),
+        throughput_samples_per_s=("throughput_samples_per_s", "median"),
+        final_loss=("loss.final", "median"),
+        peak_memory_bytes=("peak_memory_bytes", "median"),
+        memory_measure=("memory_measure", "first"),
+        skipped_steps=("skipped", "median"),
+    )
+    table = table.join(medians).reset_index()
+    table["status"] = table["last_status"].where(~table["any_ok"], "ok")
+    table["repeats"] = table["repeats"].fillna(0).astype(int)
+    table["peak_memory_mib"] = table["peak_memory_bytes"] / MIB
+    return table.drop(columns=["last_status", "any_ok"])
+
+
+def _versus(table: pd.DataFrame, on: list[str], where: pd.Series, suffix: str) -> pd.DataFrame:
+    """Each row joined with the reference row (the row matching `where`) of the same `on` keys."""
+    reference = table.loc[where, on + ["throughput_samples_per_s", "final_loss"]]
+    reference = reference.drop_duplicates(subset=on)  # precision variants of the reference: first wins
+    return table.merge(reference, on=on, how="left", suffixes=("", suffix))
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """The summary table (module docstring) of a tidy frame, sorted for reading."""
+    table = cells(frame)
+    fp32 = (table["precision"] == "fp32") & (table["status"] == "ok")
+    table = _versus(table, SHAPE, fp32, "_fp32")
+    table["speedup_vs_fp32"] = table["throughput_samples_per_s"] / table["throughput_samples_per_s_fp32"]
+    table["loss_diff_vs_fp32"] = table["final_loss"] - table["final_loss_fp32"]
+    columns = list(COLUMNS)
+    tf32 = (table["precision"] == "tf32") & (table["status"] == "ok")
+    if tf32.any():
+        table = _versus(table, SHAPE, tf32, "_tf32")
+        table["speedup_vs_tf32"] = table["throughput_samples_per_s"] / table["throughput_samples_per_s_tf32"]
+        columns.insert(columns.index("speedup_vs_fp32") + 1, "speedup_vs_tf32")
+    one_gpu = (table["gpus"] == 1) & (table["status"] == "ok")
+    per_gpu = ["model", "hardware", "variant", "batch_size", "grad_accum", "precision", "precision_variant"]
+    table = _versus(table, per_gpu, one_gpu, "_1gpu")
+    ideal = table["gpus"].astype(float) * table["throughput_samples_per_s_1gpu"]
+    table["weak_scaling_efficiency"] = (table["throughput_samples_per_s"] / ideal).where(table["gpus"] > 1)
+    table["variant"] = (table["variant"] + " " + table["precision_variant"]).str.strip()
+    table = table.assign(_rank=_precision_rank(table["precision"]))
+    table = table.sort_values(["model", "hardware", "gpus", "batch_size", "grad_accum", "_rank", "variant"])
+    return table[columns].reset_index(drop=True)
+
+
+# --- formatting, shared by the HTML page and the Markdown file ---------------------------------
+
+MEASURE_NAMES = {"torch_max_reserved_bytes": "reserved", "torch_max_allocated_bytes": "allocated",
+                 "nvml_process_peak_bytes": "NVML", "host_rss_peak_bytes": "host RSS"}
+TEXT_HEADERS = ("precision", "variant", "status", "measured as")  # left-aligned; the rest are numbers
+HEADERS = {
+    "batch_size": "batch", "grad_accum": "accum", "effective_batch": "eff. batch",
+    "throughput_samples_per_s": "samples/s", "speedup_vs_fp32": "vs fp32", "speedup_vs_tf32": "vs tf32",
+    "final_loss": "final loss", "loss_diff_vs_fp32": "Δ loss vs fp32", "peak_memory_mib": "peak MiB",
+    "memory_measure": "measured as", "skipped_steps": "skipped steps",
+    "weak_scaling_efficiency": "weak scaling",
+}
+
+
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt(column: str, value: object) -> str:
+    if _missing(value):
+        return "–"
+    if column == "throughput_samples_per_s":
+        return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    if column.startswith("speedup"):
+        return f"{value:.2f}×"
+    if column == "final_loss":
+        return f"{value:.4f}"
+    if column == "loss_diff_vs_fp32":
+        return f"{value:+.4f}"
+    if column == "peak_memory_mib":
+        return f"{value:,.0f}"
+    if column == "weak_scaling_efficiency":
+        return f"{value:.0%}"
+    if column == "skipped_steps":
+        return f"{value:g}"
+    if column == "memory_measure":
+        return MEASURE_NAMES.get(str(value), str(value))
+    return str(value)
+
+
+def formatted(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as display strings, under short headers, without the group columns; an empty
+    variant column is left out, and a memory measure shared by all rows moves into the header."""
+    headers = dict(HEADERS)
+    measures = table["memory_measure"].dropna().unique()
+    hidden = set(GROUP)
+    if len(measures) <= 1:
+        hidden.add("memory_measure")
+        if len(measures) == 1:
+            headers["peak_memory_mib"] = f"peak MiB ({_fmt('memory_measure', measures[0])})"
+    if not (table["variant"] != "").any():
+        hidden.add("variant")
+    shown = [c for c in table.columns if c not in hidden]
+    return pd.DataFrame({headers.get(c, c): [_fmt(c, v) for v in table[c]] for c in shown}, index=table.index)
+
+
+def groups(table: pd.DataFrame) -> list[tuple[dict[str, object], pd.DataFrame]]:
+    """(model, hardware, gpus) groups in reading order, each with its rows."""
+    out = []
+    for key, rows in table.groupby(GROUP, sort=False, dropna=False):
+        out.append((dict(zip(GROUP, key)), rows))
+    return out
+
+
+def ranks_label(gpus: object, hardware: object) -> str:
+    """ "2 GPUs", or "2 ranks" on a CPU, where the ranks are processes."""
+    unit = "rank" if str(hardware).startswith("CPU") else "GPU"
+    return f"{gpus} {unit}{'' if gpus == 1 else 's'}"
+
+
+def group_title(group: dict[str, object]) -> str:
+    return f"{group['model']} · {group['hardware']} · {ranks_label(group['gpus'], group['hardware'])}"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The summary as Markdown: a heading and a table per group (for READMEs and issue comments)."""
+    parts = ["# trainkit summary", ""]
+    for group, rows in groups(table):
+        shown = formatted(rows)
+        parts += [f"## {group_title(group)}", "",
+                  "| " + " | ".join(shown.columns) + " |",
+                  "|" + "|".join("---" if c in TEXT_HEADERS else "---:" for c in shown.columns) + "|"]
+        parts += ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in shown.itertuples(index=False)]
+        parts.append("")
+    return "\n".join(parts)
+

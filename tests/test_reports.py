@@ -1,0 +1,301 @@
+"""Reports built from real trainkit output on the CPU: the tables hold the records' numbers, the page
+renders in a real browser, and a 1,000-cell report stays fast and small."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import functools
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, plotly)")
+pytest.importorskip("plotly", reason="reports need the `reports` extra (pandas, plotly)")
+
+from reports.build import build_report  # noqa: E402
+from trainkit.config import RunConfig  # noqa: E402
+from trainkit.launch import run_cell  # noqa: E402
+from trainkit.result import append_jsonl  # noqa: E402
+
+# A small matrix that exercises every part of the page: precisions x batch sizes, accumulation at a
+# fixed effective batch of 64, two rank counts, a GradScaler that must skip steps (a 2**30 initial
+# scale overflows), and three ways not to finish.
+CELLS = (
+    [dict(model="mlp", precision=p, batch_size=b) for p in ("fp32", "amp-bf16", "amp-fp16", "half-bf16")
+     for b in (16, 64)]
+    + [dict(model="mlp", precision=p, batch_size=64 // a, grad_accum=a) for p in ("fp32", "amp-bf16") for a in (2, 4)]
+    + [dict(model="gpt", precision=p, batch_size=4, world_size=w) for p in ("fp32", "amp-bf16") for w in (1, 2)]
+    + [dict(model="gpt", precision="amp-fp16", batch_size=4, init_scale=2.0**30)]
+    + [dict(model="mlp", precision="tf32", batch_size=16),  # unsupported on a CPU
+       dict(model="mlp", precision="amp-fp16", batch_size=16, lr=1e6)]  # diverged
+)
+GPT_SMALL = dict(seq_len=16, vocab_size=64, gpt_layers=1, gpt_heads=2, gpt_width=32)
+
+
+@functools.cache
+def real_records() -> tuple[dict, ...]:
+    """Records of CELLS from the real launcher (one worker process per cell), made once per session."""
+    records = []
+    for cell in CELLS:
+        shape = GPT_SMALL if cell["model"] == "gpt" else {}
+        config = RunConfig(steps=6, warmup_steps=1, device="cpu", **shape, **cell)
+        records.append(run_cell(config, timeout_s=300))
+    return tuple(records)
+
+
+def by_cell(records) -> dict[str, dict]:
+    """Records of the usual cells by cell id (the diverged lr=1e6 cell shares its id with an ok one)."""
+    return {r["cell_id"]: r for r in records if r["config"]["lr"] == 0.01}
+
+
+def write_results(records, path: str, torn: bool = False) -> str:
+    for record in records:
+        append_jsonl(record, path)
+    if torn:  # a run killed while appending its next cell
+        with open(path, "a") as f:
+            f.write(json.dumps(records[0])[:100])
+    return path
+
+
+def write_benchmark_json(records, path: str) -> str:
+    """The shape pytest-benchmark writes with --benchmark-json: ok cells only, the record in extra_info."""
+    ok = [r for r in records if r["status"] == "ok"]
+    doc = {"machine_info": {"node": "test", "trainkit_env": ok[0]["env"]}, "commit_info": {"id": "test"},
+           "datetime": "2026-01-01T00:00:00", "version": "5.1.0",
+           "benchmarks": [{"group": None, "name": f"test_train[{r['cell_id']}]", "fullname": "bench/x.py::test_train",
+                           "params": {"cell": r["cell_id"]}, "extra_info": r,
+                           "stats": {k: r["step_time_s"][k] for k in ("min", "max", "mean", "median", "iqr")}
+                           | {"rounds": r["step_time_s"]["n"], "stddev": 0.0}} for r in ok]}
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return path
+
+
+@pytest.fixture(scope="session")
+def records():
+    return real_records()
+
+
+@pytest.fixture(scope="session")
+def report(records, tmp_path_factory):
+    """A report of the real records, given both as a results file (torn last line) and as
+    pytest-benchmark JSON, the way bench leaves them."""
+    out = tmp_path_factory.mktemp("report")
+    results = write_results(records, str(out / "results.jsonl"), torn=True)
+    bench = write_benchmark_json(records, str(out / "bench.json"))
+    paths = build_report([results, bench], str(out / "site" / "report.html"))
+    with open(paths["html"]) as f:
+        page = f.read()
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    with open(paths["markdown"]) as f:
+        markdown = f.read()
+    return {"paths": paths, "html": page, "rows": rows, "markdown": markdown, "results": results}
+
+
+def row_of(rows, cell_id: str, variant: str = "") -> dict:
+    match = [r for r in rows if f"{r['model']}-{r['precision']}-bs{r['batch_size']}-ga{r['grad_accum']}-gpus{r['gpus']}"
+             == cell_id and r["variant"] == variant]
+    assert len(match) == 1, (cell_id, variant, match)
+    return match[0]
+
+
+def test_the_cells_ended_as_designed(records):
+    statuses = {(r["cell_id"], r["config"]["lr"]): r["status"] for r in records}
+    assert statuses[("mlp-tf32-bs16-ga1-gpus1", 0.01)] == "unsupported"
+    assert statuses[("mlp-amp-fp16-bs16-ga1-gpus1", 1e6)] == "diverged"
+    assert sum(s == "ok" for s in statuses.values()) == len(CELLS) - 2
+    assert by_cell(records)["gpt-amp-fp16-bs4-ga1-gpus1"]["scaler"]["skipped_steps_total"] > 0
+
+
+def test_writes_html_csv_and_markdown_beside_each_other(report):
+    paths = report["paths"]
+    assert set(paths) == {"html", "csv", "markdown"}
+    assert os.path.dirname(paths["csv"]) == os.path.dirname(paths["html"]) == os.path.dirname(paths["markdown"])
+    assert paths["csv"].endswith("report.csv") and paths["markdown"].endswith("report.md")
+
+
+def test_the_page_is_self_contained(report):
+    page = report["html"]
+    assert page.count("* plotly.js v") == 1  # the library inlined once, not once per chart
+    assert not re.search(r"<script[^>]+src=", page) and not re.search(r"<link[^>]+href=", page)
+    assert "cdn.plot.ly" not in page.replace("https://cdn.plot.ly", "")  # no script fetched from the CDN
+
+
+def test_summary_figures_are_the_records_numbers(report, records):
+    rows, cells = report["rows"], by_cell(records)
+    for cell_id, record in cells.items():
+        row = row_of(rows, cell_id)
+        assert row["status"] == record["status"]
+        if record["status"] != "ok":
+            assert row["throughput_samples_per_s"] == "" and row["repeats"] == "0"
+            continue
+        assert row["repeats"] == "1"  # the same cell in both input files counts once
+        assert float(row["throughput_samples_per_s"]) == pytest.approx(record["throughput_samples_per_s"])
+        assert float(row["final_loss"]) == pytest.approx(record["loss"]["final"])
+        assert float(row["peak_memory_mib"]) == pytest.approx(record["memory"]["host_rss_peak_bytes"] / 2**20)
+        assert row["memory_measure"] == "host_rss_peak_bytes"  # a CPU run measures nothing else
+        fp32 = cells[cell_id.replace(record["config"]["precision"], "fp32", 1)]
+        assert float(row["speedup_vs_fp32"]) == pytest.approx(
+            record["throughput_samples_per_s"] / fp32["throughput_samples_per_s"])
+        assert float(row["loss_diff_vs_fp32"]) == pytest.approx(record["loss"]["final"] - fp32["loss"]["final"])
+        if record["config"]["precision"] == "amp-fp16":
+            assert float(row["skipped_steps"]) == record["scaler"]["skipped_steps_total"]
+        else:
+            assert row["skipped_steps"] == ""  # no loss scaler, so nothing to skip
+
+
+def test_weak_scaling_efficiency_is_thr_n_over_n_thr_1(report, records):
+    cells = by_cell(records)
+    for precision in ("fp32", "amp-bf16"):
+        one, two = cells[f"gpt-{precision}-bs4-ga1-gpus1"], cells[f"gpt-{precision}-bs4-ga1-gpus2"]
+        row = row_of(report["rows"], f"gpt-{precision}-bs4-ga1-gpus2")
+        expected = two["throughput_samples_per_s"] / (2 * one["throughput_samples_per_s"])
+        assert float(row["weak_scaling_efficiency"]) == pytest.approx(expected)
+        assert row_of(report["rows"], f"gpt-{precision}-bs4-ga1-gpus1")["weak_scaling_efficiency"] == ""
+
+
+def test_a_cell_with_another_learning_rate_is_its_own_row(report, records):
+    diverged = next(r for r in records if r["status"] == "diverged")
+    row = row_of(report["rows"], diverged["cell_id"], variant="lr=1e+06")
+    assert row["status"] == "diverged" and row["speedup_vs_fp32"] == ""
+
+
+def test_markdown_has_a_table_per_model_and_rank_count(report, records):
+    markdown = report["markdown"]
+    for title in ("## mlp · CPU", "## gpt · CPU"):
+        assert title in markdown
+    assert re.search(r"## gpt · CPU .* · 2 ranks", markdown)
+    throughput = by_cell(records)["mlp-fp32-bs64-ga1-gpus1"]["throughput_samples_per_s"]
+    shown = f"{throughput:,.0f}" if throughput >= 100 else f"{throughput:.3g}"
+    assert f"| {shown} |" in markdown
+    assert "peak MiB (host RSS)" in markdown
+
+
+def test_page_lists_unfinished_cells_with_their_reason(report, records):
+    page = report["html"]
+    section = page[page.index('<section id="failures">'):page.index('<section id="environment">')]
+    for record in records:
+        if record["status"] != "ok":
+            assert record["status"] in section
+            assert html.escape(record["status_detail"]) in section
+
+
+def test_page_says_which_memory_measures_a_cpu_run_lacks(report):
+    lacks = "Not measured in these cells: PyTorch allocator peak, PyTorch reserved peak, NVML process peak"
+    assert lacks in report["html"]
+
+
+def test_page_shows_the_environment_of_each_run(report, records):
+    page = report["html"]
+    section = page[page.index('<section id="environment">'):]
+    env = by_cell(records)["mlp-fp32-bs16-ga1-gpus1"]["env"]
+    assert f"torch={env['torch']}" in section and "results.jsonl" in section
+    assert env["git_commit"][:12] in section
+
+
+def test_every_chart_of_the_matrix_is_drawn(report):
+    page = report["html"]
+    for section in ("throughput", "memory", "accumulation", "loss", "scaler", "scaling"):
+        body = page[page.index(f'<section id="{section}">'):]
+        body = body[:body.index("</section>")]
+        assert 'class="chart"' in body, section
+
+
+# --- in a real browser --------------------------------------------------------------------------
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        if os.environ.get("TRAINKIT_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("TRAINKIT_REQUIRE_CHROMIUM=1 but no chromium on PATH (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium); set TRAINKIT_REQUIRE_CHROMIUM=1 to fail")
+    return found
+
+
+def headless(browser: str, profile: str, url: str, *args: str) -> subprocess.CompletedProcess:
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--no-first-run", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+               "--enable-logging=stderr", "--v=0", "--virtual-time-budget=8000", *args, url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_the_page_renders_offline_in_chromium_without_console_errors(report, tmp_path):
+    browser = chromium()
+    url = "file://" + os.path.abspath(report["paths"]["html"])
+    done = headless(browser, str(tmp_path / "profile"), url, "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    charts = report["html"].count('<div class="chart">')
+    assert charts >= 6
+    assert done.stdout.count('class="plot-container') == charts  # each chart drawn by plotly.js
+    console = [line for line in done.stderr.splitlines() if "Uncaught" in line or "CONSOLE" in line]
+    assert console == []
+    shot = tmp_path / "report.png"
+    done = headless(browser, str(tmp_path / "profile"), url, f"--screenshot={shot}", "--window-size=1400,2000")
+    assert done.returncode == 0 and shot.stat().st_size > 50_000  # a blank page is a few kB
+
+
+def test_a_filter_in_the_url_hides_the_other_models(report, tmp_path):
+    browser = chromium()
+    url = "file://" + os.path.abspath(report["paths"]["html"]) + "#model=gpt"
+    done = headless(browser, str(tmp_path / "profile"), url, "--dump-dom")
+    assert done.returncode == 0 and "Uncaught" not in done.stderr
+    blocks = re.findall(r'<div data-model="(\w+)"[^>]*?( hidden(?:="")?)?>', done.stdout)
+    assert {m for m, hidden in blocks if not hidden} == {"gpt"}
+    assert {m for m, hidden in blocks if hidden} == {"mlp"}
+
+
+# --- size and speed ------------------------------------------------------------------------------
+
+def synthesize(records, n: int) -> list[dict]:
+    """n distinct cells made by varying real records: axes, throughput, memory and loss curve."""
+    templates = [r for r in records if r["status"] == "ok"]
+    out = []
+    precisions = ("fp32", "amp-bf16", "amp-fp16", "half-bf16", "tf32")
+    shapes = [(m, p, 2**b, 2**a, 2**g) for m in ("mlp", "gpt", "cnn", "resnet18") for p in precisions
+              for b in range(2, 9) for a in range(3) for g in range(3)]
+    for i, (model, precision, batch, accum, gpus) in enumerate(shapes[:n]):
+        record = copy.deepcopy(templates[i % len(templates)])
+        config = record["config"]
+        config.update(model=model, precision=precision, batch_size=batch, grad_accum=accum, world_size=gpus,
+                      effective_batch=batch * accum * gpus)
+        record["cell_id"] = f"{model}-{precision}-bs{batch}-ga{accum}-gpus{gpus}"
+        scale = 1 + (i % 17) / 10
+        record["throughput_samples_per_s"] *= scale
+        record["memory"]["host_rss_peak_bytes"] = int(record["memory"]["host_rss_peak_bytes"] * scale)
+        record["loss"]["curve"] = [v * (1 + j / 400) for j in range(8) for v in record["loss"]["curve"]][:50]
+        if i % 41 == 0:
+            record.update(status="oom", status_detail="CUDA out of memory (synthetic)", throughput_samples_per_s=None)
+        out.append(record)
+    return out
+
+
+def test_a_thousand_cells_build_in_under_10_s_and_15_mb(records, tmp_path):
+    many = synthesize(records, 1000)
+    assert len({r["cell_id"] for r in many}) == 1000
+    results = write_results(many, str(tmp_path / "results.jsonl"))
+    started = time.perf_counter()
+    paths = build_report([results], str(tmp_path / "report.html"))
+    elapsed_s = time.perf_counter() - started
+    size_mb = os.path.getsize(paths["html"]) / 1e6
+    print(f"1,000 cells: built in {elapsed_s:.2f} s, {size_mb:.1f} MB")
+    assert elapsed_s < 10
+    assert size_mb < 15
+    with open(paths["csv"]) as f:
+        assert sum(1 for _ in f) == 1001  # header + one row per cell
+
+
+def test_the_command_line_builds_the_same_summary_from_the_results_file_alone(report, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "reports", "build", report["results"], "-o", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "r.csv") as f:
+        assert list(csv.DictReader(f)) == report["rows"]

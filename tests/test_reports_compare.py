@@ -1,0 +1,156 @@
+"""`python -m reports compare` on real records, and how both commands treat bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, plotly)")
+
+from reports.cli import main  # noqa: E402
+
+from .test_reports import by_cell, real_records, write_results  # noqa: E402
+
+
+def reports_cmd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reports", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """The real records, as a results file (the diverged lr=1e6 cell left out: it shares a cell id)."""
+    usual = [r for r in real_records() if r["config"]["lr"] == 0.01]
+    return usual, write_results(usual, str(tmp_path_factory.mktemp("base") / "results.jsonl"))
+
+
+def halved(record: dict) -> dict:
+    """The same cell, twice as slow: throughput halved, every step time doubled."""
+    record = copy.deepcopy(record)
+    if record["status"] == "ok":
+        record["throughput_samples_per_s"] /= 2
+        steps = record["step_time_s"]
+        steps.update({k: steps[k] * 2 for k in ("median", "iqr", "min", "max", "mean")},
+                     values=[v * 2 for v in steps["values"]])
+    return record
+
+
+def test_a_run_compared_with_itself_passes(baseline, tmp_path):
+    _, path = baseline
+    done = reports_cmd("compare", path, path, "-o", str(tmp_path / "compare.html"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("PASS: 0 gated cell(s) regressed")
+    assert "environment" not in done.stderr
+    page = (tmp_path / "compare.html").read_text()
+    assert not re.search(r'class="[^"]*v-regressed', page) and "PASS" in page
+    assert (tmp_path / "compare.md").exists() and (tmp_path / "compare.csv").exists()
+
+
+def test_a_run_with_half_the_throughput_fails(baseline, tmp_path, capsys):
+    records, path = baseline
+    slow = write_results([halved(r) for r in records], str(tmp_path / "slow.jsonl"))
+    assert main(["compare", path, slow, "-o", str(tmp_path / "compare.html")]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL:")
+    assert re.search(r'class="[^"]*v-regressed', (tmp_path / "compare.html").read_text())
+    # Each ok cell regressed unless its own steps varied so much (relative IQR above 50 % / 3) that
+    # halving is within 3 spreads of noise; then it is "noisy", never "unchanged".
+    rows = {line.split(",")[0]: line for line in (tmp_path / "compare.csv").read_text().splitlines()[1:]}
+    for record in records:
+        if record["status"] != "ok":
+            continue
+        steps = record["step_time_s"]
+        expected = "regressed" if steps["iqr"] / steps["median"] * 3 < 0.5 else "noisy"
+        assert f",{expected}," in rows[record["cell_id"]], record["cell_id"]
+        if expected == "regressed":
+            assert f"  {record['cell_id']}: regressed: throughput -50.0%" in out
+
+
+def test_a_cell_that_diverges_in_the_candidate_is_a_failure(baseline, tmp_path, capsys):
+    records, path = baseline
+    diverged = next(r for r in real_records() if r["status"] == "diverged")
+    candidate = [r for r in records if r["cell_id"] != diverged["cell_id"]] + [diverged]
+    cand = write_results(candidate, str(tmp_path / "cand.jsonl"))
+    assert main(["compare", path, cand, "-o", str(tmp_path / "compare.html")]) == 1
+    out = capsys.readouterr().out
+    assert f"  {diverged['cell_id']}: failed (now diverged: diverged@" in out
+
+
+def test_a_cell_outside_the_gate_does_not_fail_it(baseline, tmp_path):
+    records, path = baseline
+    slow = write_results([halved(r) if r["config"]["model"] == "gpt" else r for r in records],
+                         str(tmp_path / "slow.jsonl"))
+    assert main(["compare", path, slow, "-o", str(tmp_path / "c.html"), "--gate-cells", "mlp-*"]) == 0
+
+
+def test_a_different_environment_is_said_plainly(baseline, tmp_path):
+    records, path = baseline
+    moved = copy.deepcopy(records)
+    for record in moved:
+        if record["env"]:
+            record["env"]["torch"] = "9.9.9"
+    other = write_results(moved, str(tmp_path / "other.jsonl"))
+    done = reports_cmd("compare", path, other, "-o", str(tmp_path / "compare.html"))
+    torch_version = by_cell(records)["mlp-fp32-bs16-ga1-gpus1"]["env"]["torch"]
+    assert f"warning: environment fingerprints differ: torch {torch_version} -> 9.9.9" in done.stderr
+    assert "environment fingerprints differ" in (tmp_path / "compare.html").read_text()
+    assert "environment fingerprints differ" in (tmp_path / "compare.md").read_text()
+
+
+# --- bad input: exit 2 and one line, for both commands ------------------------------------------
+
+def bad_inputs(tmp_path) -> dict[str, str]:
+    (tmp_path / "malformed.json").write_text('{"benchmarks": [')
+    (tmp_path / "other.json").write_text(json.dumps({"machine_info": {}, "results": []}))
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "no_benchmarks.json").write_text(json.dumps({"machine_info": {}, "benchmarks": []}))
+    (tmp_path / "empty_dir").mkdir()
+    return {"missing": str(tmp_path / "missing.json"), "malformed": str(tmp_path / "malformed.json"),
+            "not a result file": str(tmp_path / "other.json"), "empty results": str(tmp_path / "empty.jsonl"),
+            "empty run": str(tmp_path / "no_benchmarks.json"), "empty directory": str(tmp_path / "empty_dir")}
+
+
+@pytest.mark.parametrize("kind", ["missing", "malformed", "not a result file", "empty results", "empty run",
+                                  "empty directory"])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, kind, baseline):
+    bad = bad_inputs(tmp_path)[kind]
+    assert main(["build", bad, "-o", str(tmp_path / "r.html")]) == 2
+    assert main(["compare", baseline[1], bad, "-o", str(tmp_path / "c.html")]) == 2
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"error: {bad}: ") for line in lines), err
+    assert out == "" and not (tmp_path / "r.html").exists()
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
+    bad = bad_inputs(tmp_path)["malformed"]
+    done = reports_cmd("build", bad, "-o", str(tmp_path / "r.html"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: {bad}: malformed JSON at line 1 column 17: Expecting value"
+    usage = reports_cmd("compare", bad)
+    assert usage.returncode == 2 and len(usage.stderr.splitlines()) == 1 and "CANDIDATE" in usage.stderr
+
+
+def test_bad_options_are_bad_input(baseline, tmp_path, capsys):
+    path = baseline[1]
+    assert main(["compare", path, path, "--relative", "lots"]) == 2
+    assert main(["compare", path, path, "--gate-metrics", "speed"]) == 2
+    assert main(["compare", path, path, "--threshold", "memory"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "not a number: 'lots'" in err[0] and "metric 'speed'" in err[1]
+
+
+def test_thresholds_from_the_command_line(baseline, tmp_path, capsys):
+    records, path = baseline
+    slightly = copy.deepcopy(records)
+    for record in slightly:
+        if record["status"] == "ok":
+            record["memory"]["host_rss_peak_bytes"] = int(record["memory"]["host_rss_peak_bytes"] * 1.05)
+    cand = write_results(slightly, str(tmp_path / "bigger.jsonl"))
+    assert main(["compare", path, cand, "-o", str(tmp_path / "a.html")]) == 0  # 5 % is within 7 %
+    assert main(["compare", path, cand, "-o", str(tmp_path / "b.html"), "--threshold", "memory=2%"]) == 1
+    assert "memory +5.0% (threshold ±2.0%)" in capsys.readouterr().out
