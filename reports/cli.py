@@ -69,6 +69,9 @@ def parser() -> Parser:
                          help="comma-separated metrics whose regression fails the run (default all three)")
     compare.add_argument("--gate-cells", nargs="+", default=["*"], metavar="GLOB",
                          help="cell ids the gate covers, as glob patterns (default all)")
+    compare.add_argument("--fail-on-removed", action="store_true",
+                         help="a baseline cell missing from the candidate fails too (pytest-benchmark JSON "
+                              "leaves out cells that did not finish)")
     return top
 
 
@@ -88,12 +91,12 @@ def _compare(args: argparse.Namespace) -> int:
         thresholds = Thresholds(relative=args.relative, k=args.k, spread=args.spread,
                                 per_metric=dict(args.threshold),
                                 gate_metrics=tuple(m for m in args.gate_metrics.split(",") if m),
-                                gate_cells=tuple(args.gate_cells))
+                                gate_cells=tuple(args.gate_cells), fail_on_removed=args.fail_on_removed)
     except ValueError as e:
         raise InputError(f"python -m reports compare: {e}") from None
     result, paths = compare_files(args.baseline, args.candidate, args.output, thresholds)
-    if result.env_differs:
-        print(f"warning: {result.env_difference()}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(headline(result))
     for line in regressions_text(result):
         print(line)

@@ -19,9 +19,23 @@ import os
 
 from . import html
 from .records import InputError, all_records, read_runs
-from .verdict import FAILED, METRICS, Comparison, MetricVerdict, Thresholds, compare_records
+from .verdict import (
+    FAILED,
+    MEASURE_NAMES,
+    METRICS,
+    NOT_MEASURED,
+    REMOVED,
+    SEVERITY,
+    UNCHANGED,
+    CellVerdict,
+    Comparison,
+    MetricVerdict,
+    Thresholds,
+    compare_records,
+)
 
 UNITS = {"throughput": "samples/s", "memory": "MiB", "loss": ""}
+TITLES = {"throughput": "throughput (samples/s)", "memory": "peak memory (MiB)", "loss": "final loss"}
 
 
 def _value(metric: str, value: float | None) -> str:
@@ -42,23 +56,59 @@ def _change(v: MetricVerdict) -> str:
     return f"{v.change:+.1%}"
 
 
-def rows(result: Comparison) -> list[dict[str, str]]:
-    """One flat row per cell: status, verdict, and per metric baseline, candidate, change, threshold."""
+def _sorted(result: Comparison) -> list[CellVerdict]:
+    """Worst first, so a reader meets the regressions before the rows that did not move."""
+    return sorted(result.cells, key=lambda c: (SEVERITY.index(c.verdict), c.cell))
+
+
+def rows(result: Comparison) -> list[dict[str, object]]:
+    """One flat row per cell with raw numbers, for the CSV: statuses, verdicts and, per metric,
+    baseline and candidate medians (memory in MiB), relative change and threshold (fractions)."""
     out = []
     for cell in result.cells:
-        row = {"cell": cell.cell, "verdict": cell.verdict, "gated": "yes" if cell.gated else "no",
-               "baseline status": cell.baseline_status or "–", "candidate status": cell.candidate_status or "–"}
+        row: dict[str, object] = {"cell": cell.cell, "verdict": cell.verdict, "gated": cell.gated,
+                                  "baseline_status": cell.baseline_status, "candidate_status": cell.candidate_status}
         for metric in METRICS:
             v = cell.metrics.get(metric)
-            unit = f" ({UNITS[metric]})" if UNITS[metric] else ""
-            row[f"{metric} baseline{unit}"] = _value(metric, v.baseline) if v else "–"
-            row[f"{metric} candidate{unit}"] = _value(metric, v.candidate) if v else "–"
-            row[f"{metric} change"] = _change(v) if v else "–"
-            row[f"{metric} threshold"] = f"±{v.threshold:.1%}" if v and v.threshold is not None else "–"
-            row[f"{metric} verdict"] = v.verdict if v else "–"
+            scale = 2**20 if metric == "memory" else 1
+            row[f"{metric}_baseline"] = v.baseline / scale if v and v.baseline is not None else None
+            row[f"{metric}_candidate"] = v.candidate / scale if v and v.candidate is not None else None
+            row[f"{metric}_change"] = v.change if v else None
+            row[f"{metric}_threshold"] = v.threshold if v else None
+            row[f"{metric}_verdict"] = v.verdict if v else None
+        row["memory_measure"] = cell.memory_measure
         row["note"] = cell.note
         out.append(row)
     return out
+
+
+def _metric_text(metric: str, v: MetricVerdict | None) -> str:
+    """"13.4 → 6.68 (−50.0 %, threshold ±8.4 %)" for a page or Markdown cell."""
+    if v is None:
+        return "–"
+    if v.baseline is None or v.candidate is None:
+        return v.verdict
+    change = f"{_change(v)}, ±{v.threshold:.1%}" if v.threshold is not None else _change(v)
+    return f"{_value(metric, v.baseline)} → {_value(metric, v.candidate)} ({change})"
+
+
+def _display(result: Comparison) -> tuple[list[str], list[list[str]], list[CellVerdict]]:
+    titles = dict(TITLES)
+    measures = {c.memory_measure for c in result.cells if c.memory_measure}
+    if len(measures) == 1:
+        (measure,) = measures
+        titles["memory"] = f"peak memory (MiB, {MEASURE_NAMES.get(measure, measure)})"
+    columns = ["cell", "verdict", "status", *(titles[m] for m in METRICS), "note"]
+    cells = _sorted(result)
+    table = []
+    for cell in cells:
+        status = cell.baseline_status or "–"
+        if cell.candidate_status != cell.baseline_status:
+            status += f" → {cell.candidate_status or '–'}"
+        verdict = cell.verdict + ("" if cell.gated else " (not gated)")
+        table.append([cell.cell, verdict, status, *(_metric_text(m, cell.metrics.get(m)) for m in METRICS),
+                      cell.note])
+    return columns, table, cells
 
 
 def headline(result: Comparison) -> str:
@@ -75,15 +125,14 @@ def thresholds_line(t: Thresholds) -> str:
 
 
 def to_markdown(result: Comparison) -> str:
+    """Headline, warnings, the rule, and the cells that moved (all of them when none did)."""
     lines = [f"**{headline(result)}**", ""]
-    if result.env_differs:
-        lines += [f"> ⚠ {result.env_difference()}", ""]
+    lines += [line for warning in result.warnings for line in (f"> ⚠ {warning}", "")]
     lines += [thresholds_line(result.thresholds), ""]
-    table = [r for r in rows(result) if r["verdict"] not in ("unchanged", "n/a")] or rows(result)
-    columns = ["cell", "verdict", "baseline status", "candidate status", "throughput change", "memory change",
-               "loss change", "note"]
+    columns, table, cells = _display(result)
+    moved = [row for row, cell in zip(table, cells) if cell.verdict not in (UNCHANGED, NOT_MEASURED)]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(r[c].replace("|", "\\|") for c in columns) + " |" for r in table]
+    lines += ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in (moved or table)]
     return "\n".join(lines) + "\n"
 
 
@@ -97,17 +146,17 @@ def to_csv(result: Comparison) -> str:
 
 
 def to_html(result: Comparison, baseline: list[str], candidate: list[str]) -> str:
-    table = rows(result)
-    columns = list(table[0]) if table else ["cell"]
-    classes = {c: [f"v-{r[c].replace(' ', '-')}" for r in table] for c in columns if c.endswith("verdict")}
+    columns, table, cells = _display(result)
+    classes = {"verdict": [f"v-{c.verdict.replace(' ', '-')}" for c in cells]}
+    for metric, title in zip(METRICS, columns[3:]):
+        classes[title] = [f"v-{c.metrics[metric].verdict}" if metric in c.metrics else "" for c in cells]
     status = "bad" if not result.passed else "note"
     header = (f'<p class="{status}"><b>{html.esc(headline(result))}</b></p>'
-              + (f'<p class="warn"><b>{html.esc(result.env_difference())}</b></p>' if result.env_differs else "")
+              + "".join(f'<p class="warn"><b>{html.esc(w)}</b></p>' for w in result.warnings)
               + f'<p class="note">baseline: {html.esc(", ".join(baseline))}<br>'
               f'candidate: {html.esc(", ".join(candidate))}<br>{html.esc(thresholds_line(result.thresholds))}</p>')
-    text = ("cell", "verdict", "gated", "baseline status", "candidate status", "note")
-    body = html.table(columns, [[r[c] for c in columns] for r in table],
-                      text_columns=[c for c in columns if c in text or c.endswith("verdict")], cell_classes=classes)
+    body = html.table(columns, table, text_columns=("cell", "verdict", "status", "note"), wrap_columns=("note",),
+                      cell_classes=classes)
     return html.page("trainkit comparison", header, f"<section>{body}</section>", with_plotly=False)
 
 
@@ -117,6 +166,12 @@ def compare_files(baseline: str, candidate: str, output_html: str,
     return the comparison and the paths written. Raises InputError on bad input."""
     base_runs, cand_runs = read_runs([baseline]), read_runs([candidate])
     result = compare_records(all_records(base_runs), all_records(cand_runs), thresholds)
+    removed = sum(c.verdict == REMOVED for c in result.cells)
+    if removed and any(r.kind == "pytest-benchmark" for r in cand_runs) and not thresholds.fail_on_removed:
+        result.warnings.append(
+            f"{removed} cell(s) of the baseline are missing from the candidate, which includes pytest-benchmark "
+            "JSON: it leaves out cells that did not finish, so compare the results files (every status) or "
+            "pass --fail-on-removed")
     stem = os.path.splitext(output_html)[0]
     paths = {"html": output_html, "markdown": stem + ".md", "csv": stem + ".csv"}
     try:

@@ -19,9 +19,10 @@ A cell's spread: across repeated records (several runs of one cell), the IQR (or
 metric relative to its median; with a single record, the record's own step-time IQR relative to
 its median for throughput, and zero for memory and loss (a single value carries no spread).
 
-Cells: `new` (only in the candidate), `removed` (only in the baseline), `failed` (ok in the
-baseline, a non-ok status in the candidate: oom, diverged, crashed, timeout, unsupported; this
-counts as a regression), `fixed` (the reverse), `still failing` (non-ok on both sides).
+Cells: `new` (only in the candidate), `removed` (only in the baseline; fails the gate only with
+`fail_on_removed`), `failed` (ok in the baseline, a non-ok status in the candidate: oom, diverged,
+crashed, timeout, unsupported; this counts as a regression), `fixed` (the reverse), `still failing`
+(non-ok on both sides). A metric missing on one side is `n/a`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ METRICS = {
 # alone; then NVML's per-process peak; on the CPU only the host's resident set exists.
 MEMORY_MEASURES = ("torch_max_reserved_bytes", "torch_max_allocated_bytes", "nvml_process_peak_bytes",
                    "host_rss_peak_bytes")
+MEASURE_NAMES = {"torch_max_reserved_bytes": "reserved", "torch_max_allocated_bytes": "allocated",
+                 "nvml_process_peak_bytes": "NVML", "host_rss_peak_bytes": "host RSS"}  # short, for headers
 
 IMPROVED, UNCHANGED, REGRESSED, NOISY = "improved", "unchanged", "regressed", "noisy"
 NEW, REMOVED, FAILED, FIXED, STILL_FAILING, NOT_MEASURED = "new", "removed", "failed", "fixed", "still failing", "n/a"
@@ -69,6 +72,10 @@ class Thresholds:
     """Metrics whose regression fails the gate; the others are reported only."""
     gate_cells: tuple[str, ...] = ("*",)
     """Glob patterns of the cell ids the gate covers."""
+    fail_on_removed: bool = False
+    """A cell of the baseline missing from the candidate fails the gate too. pytest-benchmark JSON
+    leaves out cells that did not finish, so there a cell that starts to fail looks removed;
+    results files keep every status and need no such rule."""
 
     def __post_init__(self) -> None:
         if not self.relative >= 0 or not self.k >= 0:
@@ -84,6 +91,11 @@ class Thresholds:
 
     def gated(self, cell: str) -> bool:
         return any(fnmatch.fnmatchcase(cell, pattern) for pattern in self.gate_cells)
+
+    @property
+    def failing_verdicts(self) -> tuple[str, ...]:
+        """Cell verdicts that fail the gate."""
+        return GATE_FAILS + ((REMOVED,) if self.fail_on_removed else ())
 
 
 def _iqr(values: list[float]) -> float:
@@ -190,41 +202,46 @@ class CellVerdict:
     candidate_status: str | None
     metrics: dict[str, MetricVerdict]
     note: str = ""
+    failing_verdicts: tuple[str, ...] = GATE_FAILS
+    memory_measure: str | None = None
+    """The memory key compared (see MEMORY_MEASURES)."""
 
     @property
     def fails_gate(self) -> bool:
-        return self.gated and self.verdict in GATE_FAILS
+        return self.gated and self.verdict in self.failing_verdicts
 
 
 def decide_cell(cell: str, baseline: CellData | None, candidate: CellData | None,
                 thresholds: Thresholds = Thresholds()) -> CellVerdict:
     """Verdict for one cell: new, removed, failed, fixed, still failing, or the worst verdict of
     its gated metrics (all metrics are reported either way)."""
-    gated = thresholds.gated(cell)
+    gated, failing = thresholds.gated(cell), thresholds.failing_verdicts
     b_status = baseline.status if baseline else None
     c_status = candidate.status if candidate else None
     if baseline is None or candidate is None:
-        return CellVerdict(cell, NEW if baseline is None else REMOVED, gated, b_status, c_status, {})
+        return CellVerdict(cell, NEW if baseline is None else REMOVED, gated, b_status, c_status, {},
+                           failing_verdicts=failing)
     if not candidate.ok and baseline.ok:
         detail = candidate.status_detail or candidate.status
-        return CellVerdict(cell, FAILED, gated, b_status, c_status, {}, note=f"now {c_status}: {detail}")
+        return CellVerdict(cell, FAILED, gated, b_status, c_status, {}, f"now {c_status}: {detail}", failing)
     if not candidate.ok and not baseline.ok:
         return CellVerdict(cell, STILL_FAILING, gated, b_status, c_status, {},
-                           note=candidate.status_detail or c_status or "")
+                           candidate.status_detail or c_status or "", failing)
     metrics = {m: decide_metric(m, baseline.metrics.get(m), candidate.metrics.get(m), thresholds) for m in METRICS}
-    note = ""
+    notes = []
     if not baseline.ok:
-        verdict, note = FIXED, f"was {b_status}"
+        verdict = FIXED
+        notes.append(f"was {b_status}")
     else:
         judged = [metrics[m].verdict for m in thresholds.gate_metrics] or [UNCHANGED]
         verdict = min(judged, key=SEVERITY.index)
     if baseline.memory_measure and candidate.memory_measure and baseline.memory_measure != candidate.memory_measure:
-        note = f"memory measured as {baseline.memory_measure} vs {candidate.memory_measure}"
+        notes.append(f"memory measured as {baseline.memory_measure} vs {candidate.memory_measure}")
     changed = {k: (v, candidate.config.get(k)) for k, v in baseline.config.items() if candidate.config.get(k) != v}
     if changed:
-        note = "; ".join(filter(None, [note, "config changed: " + ", ".join(
-            f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))]))
-    return CellVerdict(cell, verdict, gated, b_status, c_status, metrics, note)
+        notes.append("config changed: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
+    return CellVerdict(cell, verdict, gated, b_status, c_status, metrics, "; ".join(notes), failing,
+                       candidate.memory_measure or baseline.memory_measure)
 
 
 # --- from records --------------------------------------------------------------------------
@@ -282,6 +299,8 @@ class Comparison:
     baseline_fingerprints: list[dict[str, Any]]
     candidate_fingerprints: list[dict[str, Any]]
     thresholds: Thresholds
+    warnings: list[str] = field(default_factory=list)
+    """Lines a reader must see beside the verdicts (the fingerprint mismatch among them)."""
 
     @property
     def env_differs(self) -> bool:
@@ -344,4 +363,7 @@ def compare_records(baseline: list[dict[str, Any]], candidate: list[dict[str, An
         b = cell_data(base[cell], measure) if cell in base else None
         c = cell_data(cand[cell], measure) if cell in cand else None
         verdicts.append(decide_cell(cell, b, c, thresholds))
-    return Comparison(verdicts, _fingerprints(baseline), _fingerprints(candidate), thresholds)
+    result = Comparison(verdicts, _fingerprints(baseline), _fingerprints(candidate), thresholds)
+    if result.env_differs:
+        result.warnings.append(result.env_difference())
+    return result

@@ -287,3 +287,18 @@ def test_the_gate_path_imports_neither_pandas_nor_plotly_nor_torch():
             "print(sorted(m for m in ('pandas', 'plotly', 'torch', 'trainkit') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_removed_cells_fail_the_gate_only_when_asked():
+    asked = Thresholds(fail_on_removed=True)
+    assert decide_cell("a", data("ok"), None, asked).fails_gate
+    assert not decide_cell("a", None, data("ok"), asked).fails_gate  # a new cell never does
+    result = compare_records([record(), record(cell="gpt-fp32-bs8-ga1-gpus1")], [record()], asked)
+    assert not result.passed and [c.cell for c in result.regressions] == ["gpt-fp32-bs8-ga1-gpus1"]
+
+
+def test_a_fixed_cell_keeps_its_note_beside_a_config_change():
+    base = cell_data([record(status="oom")])
+    cand = cell_data([record(lr=0.02)])
+    verdict = decide_cell("a", base, cand)
+    assert verdict.verdict == FIXED and verdict.note == "was oom; config changed: lr 0.01 -> 0.02"
