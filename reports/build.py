@@ -93,44 +93,47 @@ def _failures_section(frame: pd.DataFrame) -> str:
                           "run": failed["run"], "finished": failed["finished_at"].fillna("")})
     rows = [{"model": m, "hardware": h, "precision": p}
             for m, h, p in zip(failed["model"], failed["hardware"], failed["precision"])]
-    return html.frame_table(shown, text_columns=shown.columns, row_attrs=rows)
+    return html.frame_table(shown, text_columns=shown.columns, wrap_columns=("reason",), row_attrs=rows)
 
 
 ENV_KEYS = ("gpu_name", "gpu_count", "driver", "cuda", "cudnn", "torch", "cpu", "cpu_count", "python",
             "hostname", "git_commit", "git_dirty")
 
 
+NOT_RECORDED = "not recorded"
+
+
 def environments(runs: list[Run]) -> pd.DataFrame:
-    """One row per run and distinct environment fingerprint in it, with the fuller environment."""
+    """One row per input file and distinct environment fingerprint in it, with the fuller environment
+    and how many of the file's records were measured there."""
     rows = []
     for run in runs:
         seen: dict[str, dict[str, Any]] = {}
-        for record in run.records:
-            env = record.get("env") or run.machine_info.get("trainkit_env") or {}
+        for env in run.envs:
+            env = env or run.machine_info.get("trainkit_env") or {}
             if not env:
-                continue
+                continue  # a cell refused before its worker reported an environment
             key = repr(sorted(fingerprint(env).items()))
             entry = seen.setdefault(key, {"run": run.label, "kind": run.kind, "records": 0,
                                           "fingerprint": ", ".join(f"{k}={v}" for k, v in fingerprint(env).items()),
                                           **{k: env.get(k) for k in ENV_KEYS}})
             entry["records"] += 1
-        rows.extend(seen.values())
+        rows.extend(seen.values() or [{"run": run.label, "kind": run.kind, "records": len(run.envs),
+                                       "fingerprint": NOT_RECORDED}])
     frame = pd.DataFrame(rows)
-    if not frame.empty and "git_commit" in frame:
-        frame["git_commit"] = frame["git_commit"].map(lambda c: str(c)[:12] if c else c)
+    if "git_commit" in frame:
+        frame["git_commit"] = frame["git_commit"].map(lambda c: str(c)[:12] if isinstance(c, str) else c)
     return frame
 
 
 def _environment_section(runs: list[Run]) -> str:
     envs = environments(runs)
-    if envs.empty:
-        return '<p class="note">No record carries an environment.</p>'
     parts = []
-    if envs["fingerprint"].nunique() > 1:
+    if envs.loc[envs["fingerprint"] != NOT_RECORDED, "fingerprint"].nunique() > 1:
         parts.append('<p class="warn">The runs were measured on different environments (fingerprint = GPU, '
                      "driver, CUDA, torch; on a CPU, the CPU and torch): compare their numbers with care.</p>")
     shown = envs.dropna(axis=1, how="all").fillna("").astype(str)
-    parts.append(html.frame_table(shown, text_columns=shown.columns))
+    parts.append(html.frame_table(shown, text_columns=shown.columns, wrap_columns=("fingerprint", "cpu")))
     return "".join(parts)
 
 

@@ -36,7 +36,8 @@ summary h3 .note { font-weight: normal; }
 table { border-collapse: collapse; margin: 6px 0 14px; font-variant-numeric: tabular-nums; }
 th, td { padding: 3px 9px; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
 th { background: #f6f6f6; position: sticky; top: 0; }
-td.text, th.text { text-align: left; white-space: normal; max-width: 520px; }
+td.text, th.text { text-align: left; }
+td.wrap { white-space: normal; min-width: 240px; max-width: 520px; }
 tr.status-failed td, td.v-regressed, td.v-failed { background: #fdecea; }
 td.v-improved, td.v-fixed { background: #e9f5ec; }
 td.v-noisy { background: #fff4e5; }
@@ -51,8 +52,9 @@ function tkFilters() {
     el.hidden = !Object.entries(want).every(([k, v]) => v === '*' || !(k in el.dataset) || el.dataset[k] === v);
   }
   for (const plot of document.querySelectorAll('.js-plotly-plot')) {
-    const visible = plot.data.map(t => want.precision === '*' || !t.meta || t.meta === want.precision ? true : false);
-    if (plot.offsetParent !== null) { Plotly.restyle(plot, { visible: visible }); Plotly.Plots.resize(plot); }
+    const shown = t => want.precision === '*' || !t.meta || t.meta === want.precision;
+    Plotly.restyle(plot, { visible: plot.data.map(shown) });
+    if (plot.offsetParent !== null) Plotly.Plots.resize(plot);  // drawn while hidden, it has no size yet
   }
   const hash = Object.entries(want).filter(([, v]) => v !== '*').map(([k, v]) => k + '=' + encodeURIComponent(v));
   history.replaceState(null, '', hash.length ? '#' + hash.join('&') : location.pathname + location.search);
@@ -78,11 +80,12 @@ def attrs(values: Mapping[str, object]) -> str:
 
 
 def table(columns: list[str], rows: list[list[str]], text_columns: Iterable[str] = (),
-          row_attrs: list[dict[str, object]] | None = None, row_classes: list[str] | None = None,
-          cell_classes: Mapping[str, list[str]] | None = None) -> str:
-    """An HTML table of display strings; text columns align left, numbers right. cell_classes
-    gives, per column, one CSS class per row (e.g. the colour of a verdict)."""
-    text_columns = set(text_columns)
+          wrap_columns: Iterable[str] = (), row_attrs: list[dict[str, object]] | None = None,
+          row_classes: list[str] | None = None, cell_classes: Mapping[str, list[str]] | None = None) -> str:
+    """An HTML table of display strings: text columns align left, numbers right, wrap columns
+    (long reasons and notes) break lines. cell_classes gives, per column, one CSS class per row
+    (e.g. the colour of a verdict)."""
+    text_columns, wrap_columns = set(text_columns), set(wrap_columns)
     head = "".join(f'<th class="text">{esc(c)}</th>' if c in text_columns else f"<th>{esc(c)}</th>"
                    for c in columns)
     body = []
@@ -90,6 +93,7 @@ def table(columns: list[str], rows: list[list[str]], text_columns: Iterable[str]
         cells = []
         for column, value in zip(columns, row):
             classes = " ".join(filter(None, ["text" if column in text_columns else "",
+                                             "wrap" if column in wrap_columns else "",
                                              (cell_classes or {}).get(column, [""] * len(rows))[i]]))
             cells.append(f'<td class="{classes}">{esc(value)}</td>' if classes else f"<td>{esc(value)}</td>")
         row_class = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""

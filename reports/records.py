@@ -44,13 +44,16 @@ class Run:
     kind: str
     """pytest-benchmark, results (JSON lines) or record (one JSON object)."""
     records: list[dict[str, Any]]
-    """Result records, each with `run` (the label below) and `source` added."""
+    """Result records, each with `run` (the label below) and `source` added by read_runs, which also
+    drops a record an earlier file already holds (see `envs` for what the file itself says)."""
     label: str = ""
     """Short name of the run in tables and legends (the file name, or its path when names clash)."""
     machine_info: dict[str, Any] = field(default_factory=dict)
     """pytest-benchmark's machine_info (with bench's fingerprint under `trainkit_env`), if any."""
     commit_info: dict[str, Any] = field(default_factory=dict)
     datetime: str | None = None
+    envs: list[dict[str, Any]] = field(default_factory=list)
+    """The environment of every record in the file, duplicates included."""
 
 
 def fingerprint(env: dict[str, Any] | None) -> dict[str, Any]:
@@ -176,6 +179,7 @@ def read_runs(paths: list[str]) -> list[Run]:
     seen: set[tuple[Any, ...]] = set()
     for run, name in zip(runs, names):
         run.label = name if names.count(name) == 1 else run.source
+        run.envs = [r.get("env") or {} for r in run.records]
         unique = []
         for record in run.records:
             key = _dedup_key(record)

@@ -22,6 +22,8 @@ import math
 
 import pandas as pd
 
+from .verdict import MEASURE_NAMES
+
 MIB = 2**20
 PRECISION_ORDER = ("fp32", "tf32", "amp-fp16", "amp-bf16", "half-fp16", "half-bf16")
 KEYS = ["model", "hardware", "variant", "gpus", "batch_size", "grad_accum", "effective_batch",
@@ -92,8 +94,6 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 # --- formatting, shared by the HTML page and the Markdown file ---------------------------------
 
-MEASURE_NAMES = {"torch_max_reserved_bytes": "reserved", "torch_max_allocated_bytes": "allocated",
-                 "nvml_process_peak_bytes": "NVML", "host_rss_peak_bytes": "host RSS"}
 TEXT_HEADERS = ("precision", "variant", "status", "measured as")  # left-aligned; the rest are numbers
 HEADERS = {
     "batch_size": "batch", "grad_accum": "accum", "effective_batch": "eff. batch",
@@ -131,8 +131,9 @@ def _fmt(column: str, value: object) -> str:
 
 
 def formatted(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as display strings, under short headers, without the group columns; an empty
-    variant column is left out, and a memory measure shared by all rows moves into the header."""
+    """The table as display strings, under short headers, without the group columns. Columns with
+    nothing to say in these rows are left out, and a memory measure shared by all rows moves into
+    the header."""
     headers = dict(HEADERS)
     measures = table["memory_measure"].dropna().unique()
     hidden = set(GROUP)
@@ -142,6 +143,9 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
             headers["peak_memory_mib"] = f"peak MiB ({_fmt('memory_measure', measures[0])})"
     if not (table["variant"] != "").any():
         hidden.add("variant")
+    for column in ("skipped_steps", "weak_scaling_efficiency", "speedup_vs_tf32"):
+        if column in table and table[column].isna().all():  # no amp-fp16 cell, one GPU count, no tf32
+            hidden.add(column)
     shown = [c for c in table.columns if c not in hidden]
     return pd.DataFrame({headers.get(c, c): [_fmt(c, v) for v in table[c]] for c in shown}, index=table.index)
 
