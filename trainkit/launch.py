@@ -219,6 +219,32 @@ def run_cell(config: RunConfig, timeout_s: float = DEFAULT_CELL_TIMEOUT_S, memor
             return cell.record_for(failure)
 
 
+def probe(device: str = "auto", timeout_s: float = 300.0) -> dict[str, Any]:
+    """Ask a fresh worker process what the cells will run on (device, GPU count and capability,
+    the environment fingerprint): this process never initialises CUDA."""
+    from .worker import probe as probe_main
+
+    ctx = _fork_server()
+    parent_end, child_end = ctx.Pipe()
+    process = ctx.Process(target=probe_main, args=(child_end, device, dict(os.environ)), name="trainkit-probe")
+    process.start()
+    child_end.close()
+    try:
+        if not parent_end.poll(timeout_s):
+            raise RuntimeError(f"the device probe did not answer within {timeout_s:g} s")
+        kind, payload = parent_end.recv()
+    except EOFError:
+        raise RuntimeError(f"the device probe died (exit code {process.exitcode})") from None
+    finally:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+    if kind != "ok":
+        status, detail = payload
+        raise RuntimeError(f"the device probe failed: {status}: {detail}")
+    return payload
+
+
 def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "MASTER_ADDR" in os.environ)
 

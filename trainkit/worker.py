@@ -288,3 +288,20 @@ def serve(config: RunConfig, rank: int, local_rank: int, local_world_size: int, 
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def probe(conn: Any, device: str, environ: dict[str, str]) -> None:
+    """Entry point of a probe process: what cells on `device` will run on, and the fingerprint."""
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        chosen = select_device(RunConfig(device=device), 0)
+        info: dict[str, Any] = {"device": chosen.type, "gpu_count": 0, "capability": None, "gpu_name": None,
+                                "cpu_count": os.cpu_count() or 1}
+        if chosen.type == "cuda":
+            info.update(gpu_count=torch.cuda.device_count(), capability=torch.cuda.get_device_capability(chosen),
+                        gpu_name=torch.cuda.get_device_name(chosen))
+        info["env"] = collect_env(chosen)
+        conn.send(("ok", info))
+    except BaseException as exc:
+        conn.send(("failed", classify(exc)))

@@ -1,0 +1,257 @@
+"""The benchmark matrix as pytest-benchmark tests: `pytest bench --benchmark-only`.
+
+One test per cell, e.g. test_train[gpt-amp-bf16-bs32-ga4-gpus2], parametrized by model,
+precision, batch_size, grad_accum and gpus (so --benchmark-group-by param:precision works).
+Cells the hardware cannot run are skipped at collection with the reason. Each cell runs in its
+own worker process(es); pytest-benchmark times single optimizer steps as measured by the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Any
+
+import pytest
+
+from trainkit.env import fingerprint
+from trainkit.launch import DEFAULT_CELL_TIMEOUT_S, probe
+
+from .matrix import AXIS_OPTIONS, PRESET_NAMES, Hardware, build_matrix, parse_list, preset
+from .runner import BenchSession, SessionOptions, end_cell, timestamp
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_REPORT_DIR = os.path.join(os.path.dirname(HERE), "reports", "out")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("trainkit", "trainkit benchmark matrix")
+    group.addoption("--preset", choices=PRESET_NAMES, default=None,
+                    help="matrix to run: tiny (CI smoke), quick (default), full, nightly (the GPU matrix)")
+    for name, (flag, _, valid) in AXIS_OPTIONS.items():
+        choices = f" ({', '.join(valid)})" if valid else ""
+        group.addoption(flag, dest=f"tk_{name}", default=None, metavar="A,B",
+                        help=f"comma list replacing the preset's {name} axis{choices}")
+    group.addoption("--steps", dest="tk_steps", type=int, default=None, metavar="N",
+                    help="timed optimizer steps per cell (default: the preset's)")
+    group.addoption("--warmup-steps", dest="tk_warmup_steps", type=int, default=None, metavar="N",
+                    help="untimed optimizer steps before them (default: the preset's)")
+    group.addoption("--rounds", dest="tk_rounds", type=int, default=None, metavar="N",
+                    help="how many of the timed steps pytest-benchmark records one by one (default: all); "
+                         "the rest run as one window timed by the worker")
+    group.addoption("--repeats", dest="tk_repeats", type=int, default=1, metavar="N",
+                    help="run every cell N times, each in fresh worker processes (ids end in -repK)")
+    group.addoption("--lr", dest="tk_lr", type=float, default=None, metavar="X",
+                    help="learning rate for every cell (default: each model's recipe)")
+    group.addoption("--device", dest="tk_device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="run the cells on this device (default: a GPU if one is visible)")
+    group.addoption("--cell-timeout", dest="tk_cell_timeout", type=float, default=DEFAULT_CELL_TIMEOUT_S,
+                    metavar="SECONDS", help="a cell taking longer ends with status timeout")
+    group.addoption("--cell-memory-limit-gb", dest="tk_memory_limit", type=float, default=None, metavar="GB",
+                    help="cap each CPU worker's extra address space; past it the cell ends as oom")
+    group.addoption("--strict-cells", dest="tk_strict", action="store_true",
+                    help="a cell that does not end ok fails the test (default: it is reported and xfailed)")
+    group.addoption("--report-dir", dest="tk_report_dir", default=DEFAULT_REPORT_DIR, metavar="DIR",
+                    help="where the results file and the HTML report go (default: reports/out/)")
+    group.addoption("--results-file", dest="tk_results_file", default=None, metavar="FILE.jsonl",
+                    help="results file, one record per cell of any status (default: in --report-dir)")
+    group.addoption("--no-report", dest="tk_no_report", action="store_true",
+                    help="do not build the HTML report at the end")
+
+
+_CONFIG: list[pytest.Config] = []
+
+
+def _usage(message: str) -> None:
+    """Bad input: one line naming the value and the valid choices, exit status 2, no traceback.
+    (pytest's own usage errors exit 4 and print a usage banner; the suite promises 2 and a line.)"""
+    capture = _CONFIG[0].pluginmanager.get_plugin("capturemanager") if _CONFIG else None
+    if capture is not None:
+        capture.suspend_global_capture(in_=True)
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    os._exit(2)
+
+
+def _positive(config: pytest.Config, name: str, flag: str) -> None:
+    value = config.getoption(name)
+    if value is not None and value < 1:
+        _usage(f"{flag}: {value} must be >= 1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _CONFIG[:] = [config]
+    overrides = {}
+    for name, (flag, kind, valid) in AXIS_OPTIONS.items():
+        text = config.getoption(f"tk_{name}")
+        if text is not None:
+            try:
+                overrides[name] = parse_list(flag, text, kind, valid)
+            except ValueError as exc:
+                _usage(str(exc))
+    for name, flag in (("tk_steps", "--steps"), ("tk_rounds", "--rounds"), ("tk_repeats", "--repeats")):
+        _positive(config, name, flag)
+    warmup = config.getoption("tk_warmup_steps")
+    if warmup is not None and warmup < 0:
+        _usage(f"--warmup-steps: {warmup} must be >= 0")
+    if config.getoption("tk_cell_timeout") <= 0:
+        _usage(f"--cell-timeout: {config.getoption('tk_cell_timeout')} must be > 0")
+    config.stash[OVERRIDES] = overrides
+
+
+OVERRIDES = pytest.StashKey[dict]()
+HARDWARE = pytest.StashKey[dict]()
+SESSION = pytest.StashKey[BenchSession]()
+CELLS = pytest.StashKey[list]()
+
+
+def _hardware(config: pytest.Config) -> dict[str, Any]:
+    """Probed once per session, in a worker process (this process never initialises CUDA)."""
+    if HARDWARE not in config.stash:
+        try:
+            config.stash[HARDWARE] = probe(config.getoption("tk_device"))
+        except RuntimeError as exc:
+            _usage(str(exc))
+    return config.stash[HARDWARE]
+
+
+def _cells(config: pytest.Config) -> list:
+    if CELLS in config.stash:
+        return config.stash[CELLS]
+    info = _hardware(config)
+    hw = Hardware(info["device"], info["gpu_count"], tuple(info["capability"]) if info["capability"] else None,
+                  info["gpu_name"], info["cpu_count"])
+    name = config.getoption("preset") or "quick"
+    chosen = preset(name, on_gpu=hw.device == "cuda")
+    steps = config.getoption("tk_steps") or chosen.steps
+    warmup = config.getoption("tk_warmup_steps")
+    warmup = chosen.warmup_steps if warmup is None else warmup
+    rounds = config.getoption("tk_rounds")
+    if rounds is not None and rounds > steps:
+        _usage(f"--rounds: {rounds} is more than the {steps} timed steps per cell")
+    run_options = {"lr": config.getoption("tk_lr")} if config.getoption("tk_lr") is not None else {}
+    try:
+        cells = build_matrix(chosen, hw, config.stash[OVERRIDES], steps, warmup, config.getoption("tk_repeats"),
+                             run_options)
+    except ValueError as exc:  # a RunConfig that an override made invalid names its field
+        _usage(str(exc))
+    config.stash[CELLS] = cells
+    return cells
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.name != "test_train":
+        return
+    cells = _cells(metafunc.config)
+    params = []
+    for cell in cells:
+        marks = [pytest.mark.skip(reason=cell.skip_reason)] if cell.skip_reason else []
+        params.append(pytest.param(cell.model, cell.precision, cell.batch_size, cell.grad_accum, cell.gpus,
+                                   cell.repeat, id=cell.id, marks=marks))
+    metafunc.parametrize("model,precision,batch_size,grad_accum,gpus,repeat", params)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    if CELLS not in config.stash:
+        return
+    report_dir = config.getoption("tk_report_dir")
+    results = config.getoption("tk_results_file") or os.path.join(report_dir, f"results-{timestamp()}.jsonl")
+    rounds = config.getoption("tk_rounds") or 10**9
+    limit = config.getoption("tk_memory_limit")
+    options = SessionOptions(rounds=rounds, cell_timeout_s=config.getoption("tk_cell_timeout"),
+                             memory_limit_bytes=int(limit * 2**30) if limit else None,
+                             strict_cells=config.getoption("tk_strict"), report_dir=report_dir,
+                             results_file=results)
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(text: str) -> None:
+        """Progress reaches the terminal even while the test's output is being captured; pytest's
+        own pass/xfail mark follows on the same line."""
+        if terminal is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            terminal.write(text, flush=True)
+
+    bench = BenchSession(options, write)
+    selected = {item.callspec.id for item in items if hasattr(item, "callspec")}
+    cells = [c for c in config.stash[CELLS] if c.id in selected]
+    bench.total = sum(1 for c in cells if not c.skip_reason)
+    bench.note_skipped(cells)
+    config.stash[SESSION] = bench
+
+
+@pytest.fixture
+def cell_spec(request: pytest.FixtureRequest):
+    wanted = request.node.callspec.id
+    return next(c for c in request.config.stash[CELLS] if c.id == wanted)
+
+
+@pytest.fixture
+def bench_session(request: pytest.FixtureRequest) -> BenchSession:
+    return request.config.stash[SESSION]
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    """The environment fingerprint (GPU, driver, CUDA, cuDNN, NCCL, torch, CPU, git commit):
+    pytest-benchmark's own machine id knows nothing of GPUs."""
+    env = _hardware(config)["env"]
+    machine_info["trainkit_env"] = env
+    machine_info["trainkit_fingerprint"] = fingerprint(env)
+    for key in ("gpu_name", "gpu_count", "driver", "cuda", "cudnn", "nccl", "torch", "git_commit"):
+        machine_info[key] = env.get(key)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    bench = config.stash.get(SESSION, None)
+    if bench is None or not bench.records:
+        return
+    tr = terminalreporter
+    ran = [r for r in bench.records if not r.get("skipped_at_collection")]
+    tr.section("trainkit cells")
+    tr.write_line(f"{'cell':44} {'status':11} {'samples/s':>11} {'step ms':>9} {'peak MiB':>9} {'final loss':>10}")
+    for r in ran:
+        memory = r["memory"]
+        peak = memory.get("torch_max_allocated_bytes") or memory.get("host_rss_peak_bytes")
+        median = (r.get("step_time_s") or {}).get("median")
+        name = r["cell_id"] + (f"-rep{r['repeat']}" if r.get("repeat") else "")
+        tr.write_line(f"{name:44} {r['status']:11} {_fmt(r.get('throughput_samples_per_s'), 1):>11} "
+                      f"{_fmt(median and median * 1e3, 2):>9} {_fmt(peak and peak / 2**20, 1):>9} "
+                      f"{_fmt((r.get('loss') or {}).get('final'), 4):>10}")
+    failed = bench.failed()
+    if failed:
+        tr.section("cells that did not end ok", red=True)
+        for r in failed:
+            tr.write_line(f"{r['cell_id']:44} {r['status']:11} {r['status_detail']}")
+    tr.write_line(f"results file: {bench.options.results_file}")
+    report = getattr(bench, "report_path", None)
+    if report:
+        tr.write_line(f"report: {report}")
+    elif getattr(bench, "report_note", None):
+        tr.write_line(bench.report_note)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    bench = session.config.stash.get(SESSION, None)
+    if bench is None or not bench.records or session.config.getoption("tk_no_report"):
+        return
+    try:
+        from reports.build import build_report
+    except ImportError as exc:
+        bench.report_note = f"no HTML report: {exc} (install trainkit[reports])"
+        return
+    output = os.path.join(bench.options.report_dir, "report.html")
+    try:
+        build_report([bench.options.results_file], output)
+        bench.report_path = output
+    except Exception as exc:  # the records are safe in the results file; say why there is no report
+        bench.report_note = f"no HTML report: {type(exc).__name__}: {exc}"
+
+
+__all__ = ["end_cell"]

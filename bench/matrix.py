@@ -1,0 +1,204 @@
+"""The benchmark matrix: presets, per-axis overrides, and which cells the hardware can run.
+
+A preset is a list of blocks; a block is the cross product of its axes plus the model options
+that size the models for the hardware (a GPT for a 2-core CPU is not a GPT for an H100). Options
+given on the command line replace an axis in every block.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainkit.config import MODELS, PRECISIONS, RunConfig
+
+AXES = ("model", "precision", "batch_size", "grad_accum", "gpus")
+CONV_MODELS = ("cnn", "resnet18", "resnet50")
+
+# Model sizes per hardware. CPU rows are correctness and smoke rows, never speed claims.
+CPU_GPT = {"gpt_layers": 2, "gpt_width": 64, "gpt_heads": 4, "seq_len": 32, "vocab_size": 128}
+GPU_GPT = {"gpt_layers": 12, "gpt_width": 768, "gpt_heads": 12, "seq_len": 1024, "vocab_size": 50304}  # GPT-2 124M
+GPU_GPT_SMALL = {"gpt_layers": 6, "gpt_width": 512, "gpt_heads": 8, "seq_len": 512, "vocab_size": 32768}
+CPU_RESNET = {"image_size": 32}
+
+# Training recipe per model: the seeds' SGD for the MLP and CNN, AdamW for the transformer.
+RECIPES: dict[str, dict[str, Any]] = {
+    "mlp": {"optimizer": "sgd", "lr": 0.01},
+    "cnn": {"optimizer": "sgd", "lr": 0.01},
+    "resnet18": {"optimizer": "sgd", "lr": 0.05},
+    "resnet50": {"optimizer": "sgd", "lr": 0.05},
+    "gpt": {"optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.1},
+}
+
+
+@dataclass(frozen=True)
+class Block:
+    """A cross product of axis values, with model options per model."""
+
+    models: tuple[str, ...]
+    precisions: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    grad_accums: tuple[int, ...]
+    gpus: tuple[int, ...]
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named matrix with its run lengths."""
+
+    name: str
+    blocks: tuple[Block, ...]
+    steps: int
+    warmup_steps: int
+    description: str
+
+
+ALL = PRECISIONS
+PRESETS_CPU = {
+    "tiny": Preset("tiny", (Block(("mlp", "gpt"), ("fp32", "amp-bf16"), (16,), (1, 2), (1,),
+                                  {"gpt": CPU_GPT}),), 4, 1,
+                   "4 cells for CI and smoke tests (seconds)"),
+    "quick": Preset("quick", (
+        Block(("mlp", "gpt"), ALL, (32,), (1, 4), (1, 2), {"gpt": CPU_GPT}),
+        Block(("cnn",), ("fp32", "amp-bf16", "half-bf16"), (32,), (1, 4), (1,)),
+    ), 8, 2, "every CPU-capable precision x accumulation 1, 4 x ranks 1, 2 for mlp and gpt, plus cnn"),
+    "full": Preset("full", (
+        Block(("mlp", "gpt"), ALL, (16, 64), (1, 2, 4), (1, 2), {"gpt": CPU_GPT}),
+        Block(("cnn", "resnet18"), ("fp32", "amp-bf16", "half-bf16"), (16, 32), (1, 4), (1, 2),
+              {"resnet18": CPU_RESNET}),
+    ), 20, 3, "more batch sizes, accumulation steps and models (minutes on a CPU)"),
+}
+PRESETS_GPU = {
+    "tiny": PRESETS_CPU["tiny"],
+    "quick": Preset("quick", (
+        Block(("mlp", "gpt", "resnet18"), ALL, (64,), (1, 4), (1,), {"gpt": GPU_GPT_SMALL}),
+    ), 20, 5, "every precision x accumulation 1, 4 on one GPU"),
+    "full": Preset("full", (
+        Block(("mlp",), ALL, (256, 4096), (1, 4), (1, 2)),
+        Block(("resnet50",), ALL, (64, 128, 256), (1, 4), (1, 2)),
+        Block(("gpt",), ALL, (4, 8, 16), (1, 4), (1, 2), {"gpt": GPU_GPT}),
+    ), 30, 10, "mlp, resnet50 and GPT-2 124M over batch sizes, accumulation and 1-2 GPUs"),
+}
+NIGHTLY = Preset("nightly", (
+    Block(("mlp",), ALL, (4096,), (1, 4), (1, 2, 4, 8)),
+    Block(("resnet50",), ALL, (64, 256), (1, 4), (1, 2, 4, 8)),
+    Block(("gpt",), ALL, (8, 16), (1, 4), (1, 2, 4, 8), {"gpt": GPU_GPT}),
+), 50, 10, "the GPU matrix: mlp, resnet50, GPT-2 124M x every precision x 1-8 GPUs")
+PRESET_NAMES = ("tiny", "quick", "full", "nightly")
+
+
+def preset(name: str, on_gpu: bool) -> Preset:
+    if name == "nightly":
+        return NIGHTLY
+    return (PRESETS_GPU if on_gpu else PRESETS_CPU)[name]
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the cells will run on, as a probe worker saw it."""
+
+    device: str  # "cpu" or "cuda"
+    gpu_count: int = 0
+    capability: tuple[int, int] | None = None
+    gpu_name: str | None = None
+    cpu_count: int = 1
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell of the matrix: its axis values, its config, and why it is skipped (if it is)."""
+
+    model: str
+    precision: str
+    batch_size: int
+    grad_accum: int
+    gpus: int
+    repeat: int
+    config: RunConfig
+    skip_reason: str | None
+
+    @property
+    def id(self) -> str:
+        base = self.config.cell_id
+        return base if self.repeat == 0 else f"{base}-rep{self.repeat}"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"model": self.model, "precision": self.precision, "batch_size": self.batch_size,
+                "grad_accum": self.grad_accum, "gpus": self.gpus, "repeat": self.repeat}
+
+
+def skip_reason(model: str, precision: str, gpus: int, hw: Hardware) -> str | None:
+    """Why this hardware cannot run the cell meaningfully, or None."""
+    if hw.device == "cuda":
+        if gpus > hw.gpu_count:
+            return f"needs {gpus} GPUs, {hw.gpu_count} visible"
+        if precision in ("tf32", "amp-bf16", "half-bf16") and hw.capability and hw.capability < (8, 0):
+            major, minor = hw.capability
+            return f"{precision} needs compute capability >= 8.0 ({hw.gpu_name} is {major}.{minor})"
+        return None
+    if precision == "tf32":
+        return "tf32 needs a CUDA GPU with compute capability >= 8.0"
+    if model in CONV_MODELS and "fp16" in precision:
+        return "fp16 convolutions on the CPU are ~100x slower than fp32: not a meaningful row"
+    if gpus > hw.cpu_count:
+        return f"needs {gpus} CPU ranks, {hw.cpu_count} cores"
+    return None
+
+
+def build_matrix(chosen: Preset, hw: Hardware, overrides: dict[str, tuple[Any, ...]], steps: int, warmup_steps: int,
+                 repeats: int = 1, run_options: dict[str, Any] | None = None) -> list[CellSpec]:
+    """The cells of a preset with axis overrides applied, in a stable order, without duplicates."""
+    cells: dict[str, CellSpec] = {}
+    for block in chosen.blocks:
+        axes = {"model": block.models, "precision": block.precisions, "batch_size": block.batch_sizes,
+                "grad_accum": block.grad_accums, "gpus": block.gpus}
+        axes.update(overrides)
+        for model, precision, batch_size, grad_accum, gpus in itertools.product(*(axes[a] for a in AXES)):
+            options = {**RECIPES[model], **block.model_options.get(model, {}), **(run_options or {})}
+            if model in ("resnet18", "resnet50") and hw.device == "cpu":
+                options = {**CPU_RESNET, **options}
+            if model == "gpt" and hw.device == "cpu":
+                options = {**CPU_GPT, **options}
+            config = RunConfig(model=model, precision=precision, batch_size=batch_size, grad_accum=grad_accum,
+                               world_size=gpus, steps=steps, warmup_steps=warmup_steps, device=hw.device,
+                               **options)
+            reason = skip_reason(model, precision, gpus, hw)
+            if chosen is NIGHTLY and hw.device != "cuda":
+                reason = "the nightly preset is the GPU matrix; on a CPU use --preset tiny, quick or full"
+            for repeat in range(repeats):
+                spec = CellSpec(model, precision, batch_size, grad_accum, gpus, repeat, config, reason)
+                cells.setdefault(spec.id, spec)
+    return list(cells.values())
+
+
+def parse_list(option: str, text: str, kind: type, valid: tuple[str, ...] | None = None) -> tuple[Any, ...]:
+    """A comma list of an axis option; raises ValueError naming the bad value and the valid ones."""
+    values = []
+    for item in (part.strip() for part in text.split(",")):
+        if valid is not None:
+            if item not in valid:
+                raise ValueError(f"{option}: unknown value {item!r}; valid: {', '.join(valid)}")
+            values.append(item)
+            continue
+        try:
+            number = kind(item)
+        except ValueError:
+            raise ValueError(f"{option}: {item!r} is not an integer; give a comma list such as 1,2,4") from None
+        if number < 1:
+            raise ValueError(f"{option}: {item!r} must be >= 1")
+        values.append(number)
+    if not values:
+        raise ValueError(f"{option}: empty list")
+    return tuple(dict.fromkeys(values))
+
+
+AXIS_OPTIONS = {
+    "model": ("--model", str, MODELS),
+    "precision": ("--precision", str, PRECISIONS),
+    "batch_size": ("--batch-size", int, None),
+    "grad_accum": ("--grad-accum", int, None),
+    "gpus": ("--gpus", int, None),
+}

@@ -1,0 +1,115 @@
+"""One benchmark session: runs cells in isolated workers, keeps every record, shows progress.
+
+Every cell's record, whatever its status, is appended (and fsynced) to the results file the
+moment the cell ends, so a run killed halfway keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from trainkit.launch import Cell, CellFailed
+from trainkit.result import append_jsonl, merge_ranks
+
+from .clock import advance
+from .matrix import CellSpec
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """The bench options that shape how each cell runs (documented in conftest's --help)."""
+
+    rounds: int
+    cell_timeout_s: float
+    memory_limit_bytes: int | None
+    strict_cells: bool
+    report_dir: str
+    results_file: str
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class BenchSession:
+    def __init__(self, options: SessionOptions, write: Any) -> None:
+        self.options = options
+        self.write = write
+        self.records: list[dict[str, Any]] = []
+        self.total = 0
+        self.started = time.monotonic()
+        self.cell_seconds: list[float] = []
+        os.makedirs(os.path.dirname(os.path.abspath(options.results_file)), exist_ok=True)
+        open(options.results_file, "w").close()  # this session's file, empty until a cell ends
+
+    def keep(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        append_jsonl(record, self.options.results_file)
+
+    def note_skipped(self, cells: list[CellSpec]) -> None:
+        """Cells the hardware cannot run are results too: status unsupported, with the reason."""
+        for cell in cells:
+            if cell.skip_reason:
+                self.keep(merge_ranks(cell.config, [], "unsupported", cell.skip_reason,
+                                      extra={"repeat": cell.repeat, "skipped_at_collection": True}))
+
+    def _progress(self, cell: CellSpec) -> None:
+        done = len(self.cell_seconds)
+        elapsed = time.monotonic() - self.started
+        left = ""
+        if done:
+            left = f", ~{_clock(sum(self.cell_seconds) / done * (self.total - done))} left"
+        self.write(f"\n[cell {done + 1}/{self.total}] {cell.id} (elapsed {_clock(elapsed)}{left}) ")
+
+    def run(self, cell: CellSpec, benchmark: Any) -> dict[str, Any]:
+        """Start the cell's workers, warm up, let pytest-benchmark time `rounds` single steps,
+        run the remaining steps as one window, and keep the record."""
+        self._progress(cell)
+        began = time.monotonic()
+        config = cell.config
+        rounds = min(self.options.rounds, config.steps)
+        with Cell(config, self.options.cell_timeout_s, self.options.memory_limit_bytes) as workers:
+            try:
+                workers.start()
+                workers.warmup()
+                benchmark.pedantic(lambda: advance(workers.step()), rounds=rounds, iterations=1, warmup_rounds=0)
+                if rounds < config.steps:
+                    workers.run_timed()
+                record = workers.finish()
+            except CellFailed as failure:
+                record = workers.record_for(failure)
+        record["repeat"] = cell.repeat
+        record["bench_rounds"] = rounds
+        self.cell_seconds.append(time.monotonic() - began)
+        self.keep(record)
+        benchmark.extra_info.update(record)  # mutate, never rebind: pytest-benchmark holds this dict
+        if record["status"] != "ok":
+            benchmark.has_error = True  # partial timings of a failed cell stay out of the JSON
+        summary = (f"{record['throughput_samples_per_s']:.1f} samples/s" if record["status"] == "ok"
+                   else f"{record['status']}: {record['status_detail']}")
+        self.write(f"-> {summary} ")
+        return record
+
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] != "ok" and not r.get("skipped_at_collection")]
+
+
+def end_cell(record: dict[str, Any], strict: bool) -> None:
+    """A non-ok cell is a result, not an error: xfail it with its status (fail with --strict-cells)."""
+    if record["status"] == "ok":
+        return
+    reason = f"{record['status']}: {record['status_detail']}"
+    if strict:
+        pytest.fail(f"cell {record['cell_id']} ended {reason}", pytrace=False)
+    pytest.xfail(reason)
+
+
+def timestamp() -> str:
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -1,0 +1,295 @@
+"""The benchmark matrix: `pytest bench --benchmark-only`, run for real in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench.matrix import NIGHTLY, Hardware, build_matrix, parse_list, preset, skip_reason
+from trainkit.result import RECORD_KEYS, check_record, read_jsonl
+
+from .conftest import REPO
+
+CPU_HW = Hardware("cpu", cpu_count=2)
+
+
+def bench_cmd(tmp_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-p", "no:randomly",
+            "--report-dir", str(tmp_path / "out"), "--results-file", str(tmp_path / "results.jsonl"), *args]
+
+
+def run_bench(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(bench_cmd(tmp_path, *args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def records(tmp_path: Path) -> dict[str, dict]:
+    return {r["cell_id"] + (f"-rep{r['repeat']}" if r.get("repeat") else ""): r
+            for r in read_jsonl(str(tmp_path / "results.jsonl"))}
+
+
+# --- the matrix, as pure functions ----------------------------------------------------------
+
+def test_quick_preset_covers_what_it_promises_on_a_cpu():
+    quick = preset("quick", on_gpu=False)
+    cells = build_matrix(quick, CPU_HW, {}, quick.steps, quick.warmup_steps)
+    runnable = [c for c in cells if not c.skip_reason]
+    assert {c.precision for c in runnable} == {"fp32", "amp-fp16", "amp-bf16", "half-fp16", "half-bf16"}
+    assert {c.grad_accum for c in runnable} >= {1, 4} and {c.gpus for c in runnable} == {1, 2}
+    assert len({c.model for c in runnable}) >= 2
+    assert {c.skip_reason for c in cells if c.precision == "tf32"} == {
+        "tf32 needs a CUDA GPU with compute capability >= 8.0"}
+
+
+def test_overrides_replace_axes_and_ids_are_readable():
+    cells = build_matrix(preset("quick", on_gpu=False), CPU_HW,
+                         {"model": ("resnet50",), "precision": ("amp-fp16", "fp32"), "batch_size": (256,),
+                          "grad_accum": (4,), "gpus": (2,)}, steps=3, warmup_steps=1)
+    assert [c.id for c in cells] == ["resnet50-amp-fp16-bs256-ga4-gpus2", "resnet50-fp32-bs256-ga4-gpus2"]
+    assert cells[0].skip_reason.startswith("fp16 convolutions on the CPU")
+    assert cells[1].skip_reason is None and cells[1].config.image_size == 32  # CPU-sized ResNet
+
+
+@pytest.mark.parametrize(("model", "precision", "gpus", "hw", "reason"), [
+    ("gpt", "amp-bf16", 1, Hardware("cuda", 1, (7, 0), "Tesla V100"), "compute capability >= 8.0 (Tesla V100 is 7.0)"),
+    ("gpt", "tf32", 1, Hardware("cuda", 1, (7, 5), "Tesla T4"), "tf32 needs compute capability >= 8.0"),
+    ("gpt", "fp32", 4, Hardware("cuda", 2, (9, 0), "H100"), "needs 4 GPUs, 2 visible"),
+    ("gpt", "amp-bf16", 2, Hardware("cuda", 8, (9, 0), "H100"), None),
+    ("resnet18", "half-fp16", 1, CPU_HW, "fp16 convolutions on the CPU"),
+    ("mlp", "half-fp16", 1, CPU_HW, None),
+    ("mlp", "fp32", 4, CPU_HW, "needs 4 CPU ranks, 2 cores"),
+])
+def test_skip_reasons(model, precision, gpus, hw, reason):
+    got = skip_reason(model, precision, gpus, hw)
+    assert got == reason if reason is None else reason in got
+
+
+def test_the_nightly_preset_is_skipped_on_a_cpu_with_a_reason():
+    cells = build_matrix(NIGHTLY, CPU_HW, {}, 2, 1)
+    assert cells and all("GPU matrix" in c.skip_reason for c in cells)
+
+
+@pytest.mark.parametrize(("text", "kind", "valid", "message"), [
+    ("mlp,vit", str, ("mlp", "gpt"), "--x: unknown value 'vit'; valid: mlp, gpt"),
+    ("1,two", int, None, "--x: 'two' is not an integer"),
+    ("0", int, None, "--x: '0' must be >= 1"),
+])
+def test_axis_lists_reject_unknown_values(text, kind, valid, message):
+    with pytest.raises(ValueError, match=message):
+        parse_list("--x", text, kind, valid)
+
+
+# --- the suite, run for real ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "mlp,vit"], "error: --model: unknown value 'vit'; valid: mlp, cnn, resnet18, resnet50, gpt"),
+    (["--precision", "fp8"], "error: --precision: unknown value 'fp8'; valid: fp32, tf32, amp-fp16"),
+    (["--batch-size", "big"], "error: --batch-size: 'big' is not an integer"),
+    (["--gpus", "0"], "error: --gpus: '0' must be >= 1"),
+    (["--steps", "0"], "error: --steps: 0 must be >= 1"),
+    (["--steps", "3", "--rounds", "5"], "error: --rounds: 5 is more than the 3 timed steps per cell"),
+])
+def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
+    proc = run_bench(tmp_path, *args, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().startswith(message) and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_collection_lists_cells_with_readable_ids_and_skip_reasons(tmp_path):
+    proc = run_bench(tmp_path, "--collect-only", "-q", "--preset", "quick", "--model", "gpt", "--gpus", "1",
+                     "--grad-accum", "4", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "bench/test_train.py::test_train[gpt-amp-bf16-bs32-ga4-gpus1]" in proc.stdout
+    assert "bench/test_train.py::test_train[gpt-tf32-bs32-ga4-gpus1]" in proc.stdout  # collected, then skipped
+    proc = run_bench(tmp_path, "-rs", "--preset", "quick", "--model", "cnn", "--precision", "amp-fp16,tf32")
+    assert "fp16 convolutions on the CPU are ~100x slower" in proc.stdout
+    assert "tf32 needs a CUDA GPU" in proc.stdout
+    assert all(r["status"] == "unsupported" for r in records(tmp_path).values())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One real run of the tiny preset with 2 ranks and 2 repeats, JSON saved with the raw data."""
+    tmp_path = tmp_path_factory.mktemp("tiny")
+    proc = run_bench(tmp_path, "--preset", "tiny", "--gpus", "1,2", "--precision", "fp32,amp-bf16", "--model", "mlp",
+                     "--steps", "6", "--rounds", "4", "--warmup-steps", "2", "--repeats", "2",
+                     "--benchmark-json", str(tmp_path / "bench.json"), "--benchmark-save-data",
+                     "--benchmark-group-by", "param:precision")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp_path, proc, json.loads((tmp_path / "bench.json").read_text())
+
+
+def test_the_json_holds_a_record_for_every_timed_cell(tiny_run):
+    tmp_path, _, data = tiny_run
+    names = {b["name"] for b in data["benchmarks"]}
+    expected = {f"test_train[mlp-{p}-bs16-ga{ga}-gpus{g}{rep}]" for p in ("fp32", "amp-bf16") for ga in (1, 2)
+                for g in (1, 2) for rep in ("", "-rep1")}
+    assert names == expected
+    for bench in data["benchmarks"]:
+        record = bench["extra_info"]
+        assert check_record(record) == [] and set(RECORD_KEYS) <= set(record)
+        assert record["status"] == "ok" and bench["params"]["precision"] == record["config"]["precision"]
+        assert bench["stats"]["rounds"] == 4 and record["step_time_s"]["n"] == 6
+    assert data["machine_info"]["trainkit_fingerprint"]["torch"].startswith("2.")
+    assert data["machine_info"]["trainkit_env"]["git_commit"]
+    assert len(records(tmp_path)) == len(expected)  # the results file has every cell too
+
+
+def test_benchmarks_time_the_steps_the_worker_timed_never_the_warmup(tiny_run):
+    """pytest-benchmark's rounds are exactly the first timed steps of the record, which come after
+    the warmup steps; the pipe round trip to the worker is not in them."""
+    _, _, data = tiny_run
+    for bench in data["benchmarks"]:
+        record = bench["extra_info"]
+        assert bench["stats"]["data"] == pytest.approx(record["step_time_s"]["values"][:4], rel=1e-12)
+        assert len(record["loss"]["curve"]) == 2 + 6  # warmup steps ran, untimed
+        assert record["warmup_time_s"] > 0
+        measured, own = bench["stats"]["median"], sorted(record["step_time_s"]["values"][:4])
+        assert abs(measured - (own[1] + own[2]) / 2) <= 0.05 * measured  # within 5% (here: equal)
+        assert all(rt >= st for rt, st in zip(record["step_round_trip_s"], bench["stats"]["data"]))
+
+
+def test_each_cell_and_each_repeat_runs_in_its_own_processes(tiny_run):
+    _, _, data = tiny_run
+    pids = [tuple(b["extra_info"]["worker_pids"]) for b in data["benchmarks"]]
+    assert len(set(pids)) == len(pids)
+    assert {len(p) for p in pids} == {1, 2}
+
+
+def test_progress_and_the_summary_table_are_shown(tiny_run):
+    _, proc, _ = tiny_run
+    assert "[cell 1/16] mlp-fp32-bs16-ga1-gpus1 (elapsed" in proc.stdout
+    assert "[cell 16/16]" in proc.stdout and "left)" in proc.stdout
+    assert "trainkit cells" in proc.stdout and "samples/s" in proc.stdout
+    assert "benchmark 'precision=fp32': 8 tests" in proc.stdout  # --benchmark-group-by param:precision
+
+
+def test_pytest_benchmark_compare_reads_the_json(tiny_run):
+    tmp_path, _, _ = tiny_run
+    cli = Path(sys.executable).with_name("pytest-benchmark")
+    proc = subprocess.run([str(cli), "compare", str(tmp_path / "bench.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "test_train[mlp-fp32-bs16-ga1-gpus1]" in proc.stdout
+
+
+def test_autosave_and_compare_keep_working(tmp_path):
+    storage = f"file://{tmp_path / 'storage'}"
+    common = ("--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--grad-accum", "1",
+              "--benchmark-storage", storage)
+    assert run_bench(tmp_path, *common, "--benchmark-autosave").returncode == 0
+    proc = run_bench(tmp_path, *common, "--benchmark-compare")
+    assert proc.returncode == 0, proc.stderr
+    assert "0001" in proc.stdout  # compared with the first saved run
+
+
+def test_oom_and_divergence_end_their_cells_and_the_matrix_goes_on(tmp_path):
+    """Real faults: a batch past the workers' address-space cap, and a learning rate fp16 cannot
+    hold (fp32 stays finite at it)."""
+    proc = run_bench(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "half-fp16,fp32",
+                     "--batch-size", "200000,16", "--grad-accum", "1", "--lr", "30", "--steps", "3",
+                     "--warmup-steps", "1", "--cell-memory-limit-gb", "0.5", "-rx")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    got = records(tmp_path)
+    assert got["mlp-half-fp16-bs200000-ga1-gpus1"]["status"] == "oom"
+    assert got["mlp-half-fp16-bs16-ga1-gpus1"]["status"] == "diverged"
+    assert got["mlp-half-fp16-bs16-ga1-gpus1"]["status_detail"].startswith("diverged@")
+    assert got["mlp-fp32-bs200000-ga1-gpus1"]["status"] == "oom"
+    assert got["mlp-fp32-bs16-ga1-gpus1"]["status"] == "ok"  # the cell after the failures ran
+    assert "cells that did not end ok" in proc.stdout and "XFAIL" in proc.stdout
+    data_names = proc.stdout
+    assert "3 xfailed" in data_names and "1 passed" in data_names
+
+
+def test_strict_cells_turns_a_failed_cell_into_a_failure(tmp_path):
+    proc = run_bench(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "half-fp16",
+                     "--grad-accum", "1", "--lr", "30", "--steps", "3", "--strict-cells")
+    assert proc.returncode == 1
+    assert "cell mlp-half-fp16-bs16-ga1-gpus1 ended diverged" in proc.stdout
+
+
+def _workers(bench: psutil.Process) -> list[psutil.Process]:
+    """Cell workers: the children of the fork server, itself a child of the bench process."""
+    found = []
+    for child in bench.children():
+        try:
+            if "forkserver" in " ".join(child.cmdline()):
+                found += child.children()
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _signal(process: psutil.Process, signum: int) -> bool:
+    try:
+        process.send_signal(signum)
+        return True
+    except psutil.NoSuchProcess:  # it ended (a probe, or a cell that finished) before the signal
+        return False
+
+
+def _wait_for_new_worker(bench: psutil.Process, seen: set[int], deadline: float) -> psutil.Process:
+    while time.monotonic() < deadline:
+        for worker in _workers(bench):
+            if worker.pid not in seen:
+                return worker
+        time.sleep(0.05)
+    raise AssertionError("no new worker appeared")
+
+
+def test_a_killed_worker_and_a_hung_worker_end_their_cells_and_the_matrix_goes_on(tmp_path):
+    cmd = bench_cmd(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--grad-accum", "1",
+                    "--batch-size", "16,17,18", "--steps", "2500", "--rounds", "5", "--warmup-steps", "1",
+                    "--cell-timeout", "12")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        bench = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120
+        seen: set[int] = set()
+        for signum in (signal.SIGKILL, signal.SIGSTOP):  # a crash, then a real hang
+            while True:
+                worker = _wait_for_new_worker(bench, seen, deadline)
+                seen.add(worker.pid)
+                time.sleep(1.0)  # let it reach its timed steps
+                if _signal(worker, signum):
+                    break
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    got = records(tmp_path)
+    assert got["mlp-fp32-bs16-ga1-gpus1"]["status"] == "crashed", out[-2000:]
+    assert "killed by SIGKILL" in got["mlp-fp32-bs16-ga1-gpus1"]["status_detail"]
+    assert got["mlp-fp32-bs17-ga1-gpus1"]["status"] == "timeout"
+    assert got["mlp-fp32-bs18-ga1-gpus1"]["status"] == "ok"
+    assert proc.returncode == 0
+
+
+def test_a_run_killed_mid_matrix_keeps_its_finished_cells(tmp_path):
+    cmd = bench_cmd(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--grad-accum", "1,2,3,4",
+                    "--steps", "1500", "--rounds", "5", "--warmup-steps", "1")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    results = tmp_path / "results.jsonl"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if results.exists() and len(results.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole run, workers included, at once
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    kept = read_jsonl(str(results))
+    assert 2 <= len(kept) < 4
+    assert all(r["status"] == "ok" and check_record(r) == [] for r in kept)
