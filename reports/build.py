@@ -27,12 +27,11 @@ from .summary import PRECISION_ORDER, TEXT_HEADERS, formatted, group_title, grou
 SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
             ("accumulation", "Accumulation"), ("loss", "Loss curves"), ("scaler", "Loss scaling"),
             ("scaling", "Scaling"), ("failures", "Cells that did not finish"), ("environment", "Environment"))
-
-
-OPEN_ROWS = 120
+OPEN_ROWS = 120  # past this many summary rows the tables start folded, so they do not bury the charts
 
 
 def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(model, hardware) pairs, each one block of every chart section."""
     return sorted({(str(m), str(h)) for m, h in zip(frame["model"], frame["hardware"]) if isinstance(m, str)})
 
 
@@ -57,7 +56,6 @@ def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
     if frame["hardware"].astype(str).str.startswith("CPU").any():
         parts.append('<p class="warn">CPU rows are correctness and smoke rows, not speed claims: half '
                      "precision on a CPU is emulated or slow, so its speedups say nothing about GPUs.</p>")
-    # A long matrix would bury the charts under its tables: past this many rows they start folded.
     state = " open" if len(table) <= OPEN_ROWS else ""
     for group, rows in groups(table):
         shown = formatted(rows)
@@ -65,8 +63,8 @@ def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
         parts.append(f'<div{html.attrs({"model": group["model"], "hardware": group["hardware"]})}>'
                      f"<details{state}><summary><h3>{html.esc(group_title(group))} "
                      f'<span class="note">({len(rows)} cells)</span></h3></summary>'
-                     + html.frame_table(shown, text_columns=TEXT_HEADERS,
-                                  row_attrs=[{"precision": p} for p in rows["precision"]], row_classes=classes)
+                     + html.frame_table(shown, text_columns=TEXT_HEADERS, row_classes=classes,
+                                        row_attrs=[{"precision": p} for p in rows["precision"]])
                      + "</details></div>")
     return "".join(parts)
 
