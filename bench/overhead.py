@@ -1,0 +1,102 @@
+"""trainkit's loop against a hand-written one: the cost of the library, measured side by side.
+
+Both loops train the same model from the same initial weights on the same samples in the same
+process, in interleaved blocks (hand, trainkit, trainkit, hand, ...) so that drift in the
+machine's speed falls on both alike. The hand-written loop is the seeds' loop:
+zero_grad -> forward -> loss -> backward -> step.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from trainkit.config import RunConfig
+from trainkit.loop import Trainer
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class HandWrittenLoop:
+    """The seeds' loop, over the model and samples of a Trainer built for the purpose."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.model, self.loss_fn, self.data = trainer.raw_model, trainer.spec.loss_fn, trainer.data.source
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=trainer.config.lr,
+                                         momentum=trainer.config.momentum)
+
+    def run(self, steps: int, first_step: int) -> None:
+        for step in range(first_step, first_step + steps):
+            inputs, targets = self.data.window(step).micro_batches[0]
+            self.optimizer.zero_grad()
+            loss = self.loss_fn(self.model(inputs), targets)
+            loss.backward()
+            self.optimizer.step()
+
+
+def measure(config: RunConfig, blocks: int, steps_per_block: int) -> dict[str, Any]:
+    """Interleaved blocks of both loops; returns per-step times (s) of each and their ratio."""
+    if config.grad_accum != 1 or config.world_size != 1 or config.precision != "fp32":
+        raise ValueError("the hand-written loop is single-rank fp32 without accumulation")
+    device = torch.device("cuda", 0) if config.device != "cpu" and torch.cuda.is_available() else torch.device("cpu")
+    config = config.replace(warmup_steps=3, steps=blocks * steps_per_block)  # a run long enough for all blocks
+    hand = HandWrittenLoop(Trainer(config, device))
+    library = Trainer(config, device)  # the same seed: the same initial weights and samples
+    hand.run(3, 0)  # warm both up, lazy optimizer state included
+    library.run(3)
+    times: dict[str, list[float]] = {"hand": [], "trainkit": []}
+    step = 3
+    for block in range(blocks):
+        order = ("hand", "trainkit") if block % 2 == 0 else ("trainkit", "hand")
+        for name in order:
+            _sync(device)
+            started = time.perf_counter()
+            if name == "hand":
+                hand.run(steps_per_block, step)
+            else:
+                library.run(steps_per_block)
+            _sync(device)
+            times[name].append((time.perf_counter() - started) / steps_per_block)
+        step += steps_per_block
+    # Throughput ratio per interleaved pair, then the median: robust to a slow moment.
+    ratios = [h / t for h, t in zip(times["hand"], times["trainkit"])]
+    return {"hand_step_s": times["hand"], "trainkit_step_s": times["trainkit"],
+            "throughput_ratio": statistics.median(ratios), "device": str(device),
+            "samples_per_step": config.batch_size, "torch_num_threads": torch.get_num_threads()}
+
+
+def run_in_worker(config: RunConfig, blocks: int, steps_per_block: int, timeout_s: float = 600) -> dict[str, Any]:
+    """`measure` in a fresh worker process from trainkit's fork server (isolated, torch preloaded)."""
+    from trainkit.launch import _fork_server
+
+    ctx = _fork_server()
+    parent_end, child_end = ctx.Pipe()
+    process = ctx.Process(target=_child, args=(child_end, config, blocks, steps_per_block, dict(os.environ)))
+    process.start()
+    child_end.close()
+    try:
+        if not parent_end.poll(timeout_s):
+            raise TimeoutError(f"the overhead measurement took more than {timeout_s:g} s")
+        kind, payload = parent_end.recv()
+    finally:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+    if kind != "ok":
+        raise RuntimeError(payload)
+    return payload
+
+
+def _child(conn: Any, config: RunConfig, blocks: int, steps_per_block: int, environ: dict[str, str]) -> None:
+    os.environ.update(environ)
+    try:
+        conn.send(("ok", measure(config, blocks, steps_per_block)))
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,30 @@
+"""The library's cost: trainkit's loop against the seeds' hand-written loop, side by side."""
+
+import pytest
+
+from trainkit.config import RunConfig
+
+from .clock import advance, worker_clock
+from .overhead import run_in_worker
+
+MIN_RATIO = 0.98  # trainkit must keep at least 98% of a hand-written loop's throughput
+
+CASES = {
+    # The seed MLP at the seed's batch of 64, and a CPU-sized ResNet-18.
+    "mlp": (RunConfig(model="mlp", batch_size=64, momentum=0.9), 15, 200),
+    "resnet18": (RunConfig(model="resnet18", batch_size=32, image_size=32, lr=0.05), 9, 4),
+}
+
+
+@pytest.mark.bench
+@pytest.mark.benchmark(timer=worker_clock, group="overhead")
+@pytest.mark.parametrize("model", list(CASES))
+def test_overhead(benchmark, model, request):
+    config, blocks, steps_per_block = CASES[model]
+    device = request.config.getoption("tk_device")
+    result = run_in_worker(config.replace(device=device), blocks, steps_per_block)
+    times = iter(result["trainkit_step_s"])  # measured in the worker; replayed to the benchmark
+    benchmark.pedantic(lambda: advance(next(times)), rounds=blocks, iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update(result)
+    assert result["throughput_ratio"] >= MIN_RATIO, (
+        f"trainkit reached {result['throughput_ratio']:.3f} of the hand-written loop's throughput")
