@@ -210,6 +210,33 @@ def test_every_chart_of_the_matrix_is_drawn(report):
         assert 'class="chart"' in body, section
 
 
+def test_a_gpu_record_reports_reserved_memory_and_every_measure(records, tmp_path):
+    """No GPU here: real records given the memory fields a GPU run fills (the numbers are the
+    record's host RSS scaled, so each measure is distinct and checkable)."""
+    gpu = []
+    for record in copy.deepcopy([r for r in records if r["status"] == "ok" and r["config"]["model"] == "mlp"]):
+        rss = record["memory"]["host_rss_peak_bytes"]
+        record["env"].update(gpu_name="NVIDIA H100 80GB HBM3", driver="580.65", cuda="13.0")
+        record["memory"].update(torch_max_allocated_bytes=rss // 4, torch_max_reserved_bytes=rss // 2,
+                                nvml_process_peak_bytes=rss, nvml_method="per-process")
+        gpu.append(record)
+    paths = build_report([write_results(gpu, str(tmp_path / "gpu.jsonl"))], str(tmp_path / "gpu.html"))
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["hardware"] for r in rows} == {"NVIDIA H100 80GB HBM3"}
+    for record in gpu:
+        row = row_of(rows, record["cell_id"])
+        assert row["memory_measure"] == "torch_max_reserved_bytes"
+        assert float(row["peak_memory_mib"]) == pytest.approx(record["memory"]["torch_max_reserved_bytes"] / 2**20)
+    with open(paths["html"]) as f:
+        page = f.read()
+    memory = page[page.index('<section id="memory">'):page.index('<section id="accumulation">')]
+    assert "Not measured" not in memory
+    for title in ("PyTorch allocator peak", "PyTorch reserved peak", "NVML process peak", "host RSS peak"):
+        assert title in memory
+    assert "1 GPU" in page and "CPU rows are correctness" not in page
+
+
 # --- in a real browser --------------------------------------------------------------------------
 
 def chromium() -> str:
