@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from trainkit.config import ProfileConfig
 from trainkit.env import fingerprint
 from trainkit.launch import DEFAULT_CELL_TIMEOUT_S, probe
 
@@ -58,6 +59,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="results file, one record per cell of any status (default: in --report-dir)")
     group.addoption("--no-report", dest="tk_no_report", action="store_true",
                     help="do not build the HTML report at the end")
+    group.addoption("--phase-steps", dest="tk_phase_steps", type=int, default=3, metavar="N",
+                    help="after the timed steps, time N steps phase by phase: data, forward, backward, "
+                         "optimizer (default 3; 0 turns it off)")
+    group.addoption("--profile", dest="tk_profile", action="store_true",
+                    help="after the timed steps, record 3 steps per cell with torch.profiler (Chrome trace, "
+                         "top operators, share of time in reduced precision)")
+    group.addoption("--memory-snapshot", dest="tk_memory_snapshot", action="store_true",
+                    help="after the timed steps, record 2 steps of CUDA allocator history per cell (CUDA only)")
+    group.addoption("--profile-dir", dest="tk_profile_dir", default=None, metavar="DIR",
+                    help="where traces and snapshots go (default: REPORT_DIR/profiles)")
 
 
 _CONFIG: list[pytest.Config] = []
@@ -92,6 +103,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 _usage(str(exc))
     for name, flag in (("tk_steps", "--steps"), ("tk_rounds", "--rounds"), ("tk_repeats", "--repeats")):
         _positive(config, name, flag)
+    if config.getoption("tk_phase_steps") < 0:
+        _usage(f"--phase-steps: {config.getoption('tk_phase_steps')} must be >= 0")
     warmup = config.getoption("tk_warmup_steps")
     if warmup is not None and warmup < 0:
         _usage(f"--warmup-steps: {warmup} must be >= 0")
@@ -159,10 +172,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     results = config.getoption("tk_results_file") or os.path.join(report_dir, f"results-{timestamp()}.jsonl")
     rounds = config.getoption("tk_rounds") or 10**9
     limit = config.getoption("tk_memory_limit")
+    profile = ProfileConfig(phase_steps=config.getoption("tk_phase_steps"),
+                            trace_steps=3 if config.getoption("tk_profile") else 0,
+                            snapshot_steps=2 if config.getoption("tk_memory_snapshot") else 0,
+                            output_dir=config.getoption("tk_profile_dir") or os.path.join(report_dir, "profiles"))
     options = SessionOptions(rounds=rounds, cell_timeout_s=config.getoption("tk_cell_timeout"),
                              memory_limit_bytes=int(limit * 2**30) if limit else None,
                              strict_cells=config.getoption("tk_strict"), report_dir=report_dir,
-                             results_file=results)
+                             results_file=results, profile=profile)
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
 
@@ -178,7 +195,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     selected = {item.callspec.id for item in items if hasattr(item, "callspec")}
     cells = [c for c in config.stash[CELLS] if c.id in selected]
     bench.total = sum(1 for c in cells if not c.skip_reason)
-    bench.note_skipped(cells)
+    bench.note_skipped(cells, _hardware(config)["env"])
     config.stash[SESSION] = bench
 
 

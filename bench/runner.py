@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from trainkit.config import ProfileConfig
 from trainkit.launch import Cell, CellFailed
 from trainkit.result import append_jsonl, merge_ranks
 
@@ -31,6 +32,7 @@ class SessionOptions:
     strict_cells: bool
     report_dir: str
     results_file: str
+    profile: ProfileConfig | None = None
 
 
 def _clock(seconds: float) -> str:
@@ -53,12 +55,13 @@ class BenchSession:
         self.records.append(record)
         append_jsonl(record, self.options.results_file)
 
-    def note_skipped(self, cells: list[CellSpec]) -> None:
-        """Cells the hardware cannot run are results too: status unsupported, with the reason."""
+    def note_skipped(self, cells: list[CellSpec], env: dict[str, Any]) -> None:
+        """Cells the hardware cannot run are results too: status unsupported, with the reason and
+        the environment that could not run them."""
         for cell in cells:
             if cell.skip_reason:
                 self.keep(merge_ranks(cell.config, [], "unsupported", cell.skip_reason,
-                                      extra={"repeat": cell.repeat, "skipped_at_collection": True}))
+                                      extra={"repeat": cell.repeat, "skipped_at_collection": True, "env": env}))
 
     def _progress(self, cell: CellSpec) -> None:
         done = len(self.cell_seconds)
@@ -75,7 +78,8 @@ class BenchSession:
         began = time.monotonic()
         config = cell.config
         rounds = min(self.options.rounds, config.steps)
-        with Cell(config, self.options.cell_timeout_s, self.options.memory_limit_bytes) as workers:
+        with Cell(config, self.options.cell_timeout_s, self.options.memory_limit_bytes,
+                  profile=self.options.profile) as workers:
             try:
                 workers.start()
                 workers.warmup()

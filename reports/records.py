@@ -12,9 +12,8 @@ A directory stands for every `*.json` and `*.jsonl` file under it (pytest-benchm
 `.benchmarks/<machine>/NNNN_*.json`). Anything else is bad input: `InputError`, one line, which the
 CLI prints and turns into exit status 2.
 
-This module does not import trainkit: `trainkit.result` and `trainkit.env` import torch (about 3 s),
-and reading a report must not cost that. The schema name and fingerprint keys are repeated here and
-a test holds them equal to trainkit's.
+The schema and the fingerprint come from `trainkit.schema`, which does not import torch: reading a
+report must not cost torch's 3 s import.
 """
 
 from __future__ import annotations
@@ -24,9 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA = "trainkit.result/1"  # trainkit.result.SCHEMA
-FINGERPRINT_KEYS_GPU = ("gpu_name", "driver", "cuda", "torch")  # trainkit.env.FINGERPRINT_KEYS
-FINGERPRINT_KEYS_CPU = ("cpu", "torch")
+from trainkit.schema import SCHEMA, fingerprint  # noqa: F401 - fingerprint is part of this module's interface
+
 OK = "ok"
 UNKNOWN_HARDWARE = "unknown device"
 
@@ -54,14 +52,6 @@ class Run:
     datetime: str | None = None
     envs: list[dict[str, Any]] = field(default_factory=list)
     """The environment of every record in the file, duplicates included."""
-
-
-def fingerprint(env: dict[str, Any] | None) -> dict[str, Any]:
-    """The part of the environment a baseline must match (trainkit.env.fingerprint):
-    GPU model, driver, CUDA and torch; on the CPU, the CPU model and torch."""
-    env = env or {}
-    keys = FINGERPRINT_KEYS_GPU if env.get("gpu_name") else FINGERPRINT_KEYS_CPU
-    return {k: env.get(k) for k in keys}
 
 
 def hardware(env: dict[str, Any] | None) -> str:

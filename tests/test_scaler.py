@@ -43,4 +43,19 @@ def test_skipped_steps_reach_the_record_and_the_effective_throughput():
 def test_no_scaler_no_skips(precision):
     record = run_cell(small_config(precision=precision, steps=2), timeout_s=120)
     assert record["scaler"] == {"enabled": False, "init_scale": None, "final_scale": None,
-                                "skipped_steps": 0, "skipped_steps_total": 0}
+                                "skipped_steps": 0, "skipped_steps_total": 0, "scale_curve": None}
+
+
+def test_the_scale_curve_replays_gradscalers_rule():
+    from trainkit.result import scale_curve
+
+    assert scale_curve([True, False, False, False, True, False], 8.0, growth_interval=2) == [
+        4.0, 4.0, 8.0, 8.0, 4.0, 4.0]
+
+
+def test_the_recorded_scale_curve_ends_at_the_scalers_final_scale():
+    record = run_cell(small_config(precision="amp-fp16", steps=10, warmup_steps=0, init_scale=2.0**30,
+                                   growth_interval=3), timeout_s=120)
+    curve = record["scaler"]["scale_curve"]
+    assert len(curve) == 10 and curve[-1] == record["scaler"]["final_scale"]
+    assert min(curve) < 2.0**30 and max(curve) > min(curve)  # it fell on overflow, grew after clean steps

@@ -20,7 +20,7 @@ import sys
 from typing import Any, NoReturn
 
 from . import config as cfg
-from .config import ConfigError, RunConfig, field_help
+from .config import ConfigError, ProfileConfig, RunConfig, field_help
 
 CHOICES = {"model": cfg.MODELS, "precision": cfg.PRECISIONS, "optimizer": cfg.OPTIMIZERS,
            "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES}
@@ -122,8 +122,36 @@ def build_parser() -> Parser:
                          help="cap each CPU worker's extra address space (an allocation past it ends "
                               "the cell as 'oom' instead of exhausting the machine)")
         out.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+        prof = p.add_argument_group("profiling (a separate pass after the timed steps; never in them)")
+        prof.add_argument("--phase-steps", type=_non_negative_int, default=3, metavar="N",
+                          help="optimizer steps timed phase by phase: data, forward, backward, optimizer "
+                               "(default: 3; 0 turns it off)")
+        prof.add_argument("--profile", action="store_true",
+                          help="record 3 steps with torch.profiler: a Chrome trace (Perfetto, chrome://tracing), "
+                               "the top operators and the share of time in reduced precision")
+        prof.add_argument("--memory-snapshot", action="store_true",
+                          help="record 2 steps of CUDA allocator history for pytorch.org/memory_viz (CUDA only)")
+        prof.add_argument("--profile-dir", metavar="DIR", default=None,
+                          help="where traces and snapshots go (default: OUTPUT.profile/, or ./trainkit-profiles/)")
     sub.add_parser("env", help="print the environment fingerprint as JSON")
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def profile_config(args: argparse.Namespace) -> ProfileConfig:
+    """The profiling passes the options ask for."""
+    directory = args.profile_dir or (f"{args.output}.profile" if args.output else "trainkit-profiles")
+    return ProfileConfig(phase_steps=args.phase_steps, trace_steps=3 if args.profile else 0,
+                         snapshot_steps=2 if args.memory_snapshot else 0, output_dir=directory)
 
 
 def _positive_float(text: str) -> float:
@@ -172,7 +200,7 @@ def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
     from .launch import DEFAULT_CELL_TIMEOUT_S, launched_by_torchrun, run_cell, run_under_torchrun
     from .result import write_json
     if launched_by_torchrun():
-        record = run_under_torchrun(config)
+        record = run_under_torchrun(config, profile_config(args))
         if record is None:
             return 0  # not rank 0: rank 0 writes the record
     else:
@@ -180,7 +208,8 @@ def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
             print(f"[trainkit] {config.cell_id}: starting {config.world_size} rank(s)", file=sys.stderr, flush=True)
         memory_limit = int(args.memory_limit_gb * 2**30) if args.memory_limit_gb else None
         record = run_cell(config, timeout_s=args.cell_timeout or DEFAULT_CELL_TIMEOUT_S,
-                          memory_limit_bytes=memory_limit, progress=_progress_printer(config, args.quiet))
+                          memory_limit_bytes=memory_limit, progress=_progress_printer(config, args.quiet),
+                          profile=profile_config(args))
     if args.output:
         write_json(record, args.output)
     else:

@@ -21,6 +21,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "exponential", "lambda", "cosine")
 DATASETS = ("synthetic", "mnist", "cifar10", "imagefolder")
 DEVICES = ("auto", "cpu", "cuda")
+FP16_MAX = 65504.0
 
 # Which models each real data set can feed: the seed MLP and CNN read 1x28x28 images, the
 # ResNets 3-channel images, the GPT token sequences (synthetic only).
@@ -189,6 +190,9 @@ class RunConfig:
         for name in ("adam_eps", "clip_grad_norm"):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), positive=True)
+        if self.precision == "half-fp16" and self.lr > FP16_MAX:
+            raise ConfigError(f"lr={self.lr!r} cannot be represented in fp16 (max {FP16_MAX:g}), which "
+                              "half-fp16's optimizer steps use")
         if self.gpt_width % self.gpt_heads:
             raise ConfigError(f"gpt_width={self.gpt_width} must be divisible by gpt_heads={self.gpt_heads}")
         if self.model not in MODELS_FOR_DATA[self.data]:
@@ -263,3 +267,26 @@ def _field_docs() -> dict[str, str]:
                 and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)):
             docs[node.target.id] = " ".join(str(following.value.value).split())
     return docs
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileConfig:
+    """What to profile after a cell's timed steps (never during them)."""
+
+    phase_steps: int = 3
+    """Optimizer steps timed phase by phase (data, forward, backward, optimizer); 0 turns it off."""
+    trace_steps: int = 0
+    """Optimizer steps recorded by torch.profiler into a Chrome trace; 0 turns it off."""
+    snapshot_steps: int = 0
+    """Optimizer steps recorded in a CUDA allocator snapshot (CUDA only); 0 turns it off."""
+    snapshot_max_entries: int = 100_000
+    """Bound on the allocator history: unbounded snapshots grow past what the viewer can open
+    (pytorch/pytorch#155889)."""
+    output_dir: str | None = None
+    """Directory for trace and snapshot files (required when either is on)."""
+
+    def __post_init__(self) -> None:
+        for name in ("phase_steps", "trace_steps", "snapshot_steps", "snapshot_max_entries"):
+            _at_least(name, getattr(self, name), 0)
+        if (self.trace_steps or self.snapshot_steps) and not self.output_dir:
+            raise ConfigError("trace_steps and snapshot_steps need output_dir")

@@ -13,6 +13,7 @@ micro-batches, which makes accumulation and world-size equivalence testable exac
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 from collections.abc import Iterator
@@ -186,8 +187,12 @@ class EpochData:
         if self.on_device:  # synthetic: batches are gathered on the device, no workers, no collate
             return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=_SkipSampler(sampler, skip),
                               drop_last=cfg.drop_last, collate_fn=_keep)
+        # Workers are forked from this rank: started any other way (a worker inherits the fork
+        # server's start method) they would outlive a killed rank, whose PID their watchdog
+        # never sees. They never touch CUDA, so forking after CUDA's initialisation is safe.
+        context = multiprocessing.get_context("fork") if cfg.num_workers > 0 else None
         return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=_SkipSampler(sampler, skip),
-                          drop_last=cfg.drop_last, num_workers=cfg.num_workers,
+                          drop_last=cfg.drop_last, num_workers=cfg.num_workers, multiprocessing_context=context,
                           pin_memory=cfg.pin_memory and self.device.type == "cuda",
                           prefetch_factor=cfg.prefetch_factor, persistent_workers=cfg.persistent_workers,
                           generator=torch.Generator().manual_seed(cfg.seed))

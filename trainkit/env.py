@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .measure import Nvml, alloc_conf
+from .schema import FINGERPRINT_KEYS, fingerprint  # noqa: F401 - part of this module's interface
 
 CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
@@ -91,13 +92,3 @@ def collect_env(device: torch.device) -> dict[str, Any]:
             env.update(driver=info["driver"], gpu_power_limit_w=info["power_limit_w"],
                        gpu_max_sm_clock_mhz=info["max_sm_clock_mhz"], gpu_ecc=info["ecc"], gpu_mig=info["mig"])
     return env
-
-
-FINGERPRINT_KEYS = ("gpu_name", "driver", "cuda", "torch")
-
-
-def fingerprint(env: dict[str, Any]) -> dict[str, Any]:
-    """The part of the environment a baseline must match: GPU model, driver, CUDA and torch
-    (on CPU: the CPU model and torch)."""
-    keys = FINGERPRINT_KEYS if env.get("gpu_name") else ("cpu", "torch")
-    return {k: env.get(k) for k in keys}

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import RunConfig
+from .config import ProfileConfig, RunConfig
+from .measure import GpuSampler, Nvml
 from .result import merge_ranks
 
 DEFAULT_CELL_TIMEOUT_S = 900.0
@@ -69,8 +70,10 @@ class Cell:
     """
 
     def __init__(self, config: RunConfig, timeout_s: float = DEFAULT_CELL_TIMEOUT_S,
-                 memory_limit_bytes: int | None = None, progress: ProgressFn | None = None) -> None:
+                 memory_limit_bytes: int | None = None, progress: ProgressFn | None = None,
+                 profile: ProfileConfig | None = None) -> None:
         self.config = config
+        self.profile = profile
         self.timeout_s = timeout_s
         self.memory_limit_bytes = memory_limit_bytes
         self.progress = progress
@@ -80,6 +83,8 @@ class Cell:
         self.deadline = 0.0
         self.fixed_cost_s: dict[str, float] = {}
         self.step_round_trip_s: list[float] = []
+        self.sampler = GpuSampler([])
+        self.sampling = False
 
     def __enter__(self) -> Cell:
         return self
@@ -102,13 +107,16 @@ class Cell:
             parent_end, child_end = ctx.Pipe()
             env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank))
             process = ctx.Process(target=serve, name=f"trainkit-{self.config.cell_id}-rank{rank}",
-                                  args=(self.config, rank, rank, world, child_end, env, self.memory_limit_bytes))
+                                  args=(self.config, rank, rank, world, child_end, env, self.memory_limit_bytes,
+                                        self.profile))
             process.start()
             child_end.close()
             self.processes.append(process)
             self.conns.append(parent_end)
         replies = self._gather("start")
-        self.fixed_cost_s = {"spawn_to_ready_s": time.perf_counter() - started, **replies[0]}
+        self.fixed_cost_s = {"spawn_to_ready_s": time.perf_counter() - started, **replies[0]["fixed_cost_s"]}
+        uuids = [r["gpu_uuid"] for r in replies if r["gpu_uuid"]]
+        self.sampler = GpuSampler([n for n in (Nvml.open(uuid=u) for u in dict.fromkeys(uuids)) if n is not None])
 
     @property
     def pids(self) -> list[int]:
@@ -142,6 +150,10 @@ class Cell:
             if remaining <= 0:
                 raise CellFailed("timeout", f"no reply within the cell timeout of {self.timeout_s:g} s "
                                             f"(during {phase})", [])
+            if self.sampling:
+                self.sampler.maybe_sample()
+                due = self.sampler.due_in_s()
+                remaining = remaining if due is None else min(remaining, max(due, 0.001))
             waitables = list(pending.values()) + [self.processes[r].sentinel for r in pending]
             ready = mpc.wait(waitables, timeout=remaining)
             for rank, conn in list(pending.items()):
@@ -180,16 +192,24 @@ class Cell:
     def step(self) -> float:
         """One timed optimizer step on every rank; its duration is the slowest rank's."""
         started = time.perf_counter()
-        duration = max(self._gather(f"step {len(self.step_round_trip_s) + 1}", "step"))
+        self.sampling = True
+        try:
+            duration = max(self._gather(f"step {len(self.step_round_trip_s) + 1}", "step"))
+        finally:
+            self.sampling = False
         self.step_round_trip_s.append(time.perf_counter() - started)
         return duration
 
     def run_timed(self) -> None:
-        self._gather("timed steps", "run")
+        self.sampling = True
+        try:
+            self._gather("timed steps", "run")
+        finally:
+            self.sampling = False
 
     def finish(self) -> dict[str, Any]:
         partials = self._gather("finish", "finish")
-        return merge_ranks(self.config, partials, extra=self._extra(partials))
+        return self._with_samples(merge_ranks(self.config, partials, extra=self._extra(partials)))
 
     def _extra(self, partials: list[dict[str, Any]]) -> dict[str, Any]:
         fixed = dict(self.fixed_cost_s)
@@ -200,16 +220,30 @@ class Cell:
             extra["step_round_trip_s"] = self.step_round_trip_s
         return extra
 
+    def _with_samples(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The launcher's NVML samples of the timed steps: clocks, temperature, power, throttling;
+        and the energy from power readings where the energy counter is unsupported."""
+        summary = self.sampler.summary()
+        record["gpu_samples"] = summary
+        record["throttled"] = summary["throttled"] if summary else None
+        if record["energy_j_per_sample"] is None and record["status"] == "ok":
+            energy = self.sampler.energy_j()
+            samples = record["timed_samples"]
+            if energy is not None and samples:
+                record["energy_j_per_sample"] = energy / samples
+                record["energy_method"] = "power-integral (NVML power samples)"
+        return record
+
     def record_for(self, failure: CellFailed) -> dict[str, Any]:
         self.close()
-        return merge_ranks(self.config, failure.partials, failure.status, failure.detail,
-                           extra=self._extra(failure.partials))
+        return self._with_samples(merge_ranks(self.config, failure.partials, failure.status, failure.detail,
+                                              extra=self._extra(failure.partials)))
 
 
 def run_cell(config: RunConfig, timeout_s: float = DEFAULT_CELL_TIMEOUT_S, memory_limit_bytes: int | None = None,
-             progress: ProgressFn | None = None) -> dict[str, Any]:
+             progress: ProgressFn | None = None, profile: ProfileConfig | None = None) -> dict[str, Any]:
     """Run a whole cell (warmup, then all timed steps as one window) and return its record."""
-    with Cell(config, timeout_s, memory_limit_bytes, progress) as cell:
+    with Cell(config, timeout_s, memory_limit_bytes, progress, profile) as cell:
         try:
             cell.start()
             cell.warmup()
@@ -249,7 +283,7 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "MASTER_ADDR" in os.environ)
 
 
-def run_under_torchrun(config: RunConfig) -> dict[str, Any] | None:
+def run_under_torchrun(config: RunConfig, profile: ProfileConfig | None = None) -> dict[str, Any] | None:
     """This process is one rank started by torchrun (any number of nodes): run it in place,
     gather the partial results on rank 0 and return the record there (None on other ranks)."""
     import torch.distributed as dist
@@ -263,7 +297,7 @@ def run_under_torchrun(config: RunConfig) -> dict[str, Any] | None:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     worker, status, detail = None, "ok", ""
     try:
-        worker = RankWorker(config, rank, local_rank, local_world)
+        worker = RankWorker(config, rank, local_rank, local_world, profile)
         worker.warmup()
         worker.run_timed()
         partial = worker.collect()

@@ -13,7 +13,7 @@ import os
 import random
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,6 +23,14 @@ from .data import Window, build_data, build_real_dataset, num_classes_of
 from .measure import StepTimer
 from .models import build_spec
 from .precision import build_precision
+
+if TYPE_CHECKING:
+    from .profile import PhaseMarks
+
+
+def _mark(marks: PhaseMarks | None, phase: str) -> None:
+    if marks is not None:
+        marks.mark(phase)
 
 
 class Unsupported(Exception):
@@ -120,9 +128,11 @@ class Trainer:
         self.windows: Iterator[Window] = self.data.source.windows(self.step)
 
     # --- the step ------------------------------------------------------------------------------
-    def train_step(self) -> None:
-        """One optimizer step over this rank's micro-batches of the effective batch."""
+    def train_step(self, marks: PhaseMarks | None = None) -> None:
+        """One optimizer step over this rank's micro-batches of the effective batch.
+        `marks`, when given, marks the end of each phase (the profiler's phase breakdown)."""
         window = next(self.windows)
+        _mark(marks, "data")
         losses, shares = [], []
         last_micro = len(window.micro_batches) - 1
         for i, (inputs, targets) in enumerate(window.micro_batches):
@@ -132,11 +142,13 @@ class Trainer:
             with self.sync_gradients(i == last_micro):
                 with self.policy.forward_context():
                     loss = self.spec.loss_fn(self.policy.convert_output(self.model(inputs)), targets)
+                _mark(marks, "forward")
                 # DDP averages gradients over ranks, hence world_size: the gradient is the mean over
                 # the effective batch however it is split, a short last window included. (A weight
                 # of exactly 1 is skipped: on small models each extra kernel shows in the timing.)
                 weight = share * self.world_size
                 self.policy.backward(loss * weight if weight != 1.0 else loss)
+            _mark(marks, "backward")
             losses.append(loss.detach())
             shares.append(share)
         self.policy.unscale_(self.optimizer)  # once per step, before clipping (pytorch#36601)
@@ -145,6 +157,7 @@ class Trainer:
         self.step_skips.append(self.policy.optimizer_step(self.optimizer))
         self.optimizer.zero_grad(set_to_none=True)
         self.step_schedule()
+        _mark(marks, "optimizer")
         self.step_losses.append((losses, shares))
         self.step_samples.append(window.global_samples)
         self.step += 1

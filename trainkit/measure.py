@@ -233,3 +233,54 @@ def mfu(flops_per_sample: float | None, throughput_samples_per_s: float | None, 
 
 def alloc_conf() -> str | None:
     return os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")
+
+
+class GpuSampler:
+    """Samples the cell's GPUs through NVML from the launcher process while the workers run
+    their timed steps: SM clock, temperature, power and clock-event reasons, every interval_s.
+    Sampling from another process costs the workers nothing (no thread beside their loop)."""
+
+    def __init__(self, nvmls: list[Nvml], interval_s: float = 0.1) -> None:
+        self.nvmls, self.interval_s = nvmls, interval_s
+        self.samples: list[dict[str, Any]] = []
+        self.next_due = 0.0
+
+    def due_in_s(self) -> float | None:
+        """Seconds until the next sample is due (None when there is nothing to sample)."""
+        return max(0.0, self.next_due - time.monotonic()) if self.nvmls else None
+
+    def maybe_sample(self) -> None:
+        now = time.monotonic()
+        if not self.nvmls or now < self.next_due:
+            return
+        self.next_due = now + self.interval_s
+        for gpu, nvml in enumerate(self.nvmls):
+            self.samples.append({"gpu": gpu, "t_s": now, **nvml.sample()})
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.samples:
+            return None
+        clocks = [s["sm_clock_mhz"] for s in self.samples if s["sm_clock_mhz"] is not None]
+        temps = [s["temperature_c"] for s in self.samples if s["temperature_c"] is not None]
+        powers = [s["power_w"] for s in self.samples if s["power_w"] is not None]
+        reasons = sorted({r for s in self.samples for r in (s["throttle_reasons"] or [])})
+        return {
+            "samples": len(self.samples), "interval_s": self.interval_s,
+            "sm_clock_mhz": {"min": min(clocks), "median": statistics.median(clocks), "max": max(clocks)}
+            if clocks else None,
+            "temperature_c_max": max(temps) if temps else None,
+            "power_w_mean": statistics.fmean(powers) if powers else None,
+            "throttle_reasons": reasons,
+            "throttled": any(r in SLOWDOWN_REASONS for r in reasons),
+        }
+
+    def energy_j(self) -> float | None:
+        """Energy over the sampled span from power readings (trapezoids, summed over GPUs): the
+        fallback where the energy counter is unsupported; None for spans under a second."""
+        total = 0.0
+        for gpu in range(len(self.nvmls)):
+            points = [(s["t_s"], s["power_w"]) for s in self.samples if s["gpu"] == gpu and s["power_w"] is not None]
+            if len(points) < 2 or points[-1][0] - points[0][0] < 1.0:
+                return None
+            total += sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(points, points[1:]))
+        return total if self.nvmls else None

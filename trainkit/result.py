@@ -8,20 +8,23 @@ A record is written whatever the status, so a failed cell is a result too.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
-import os
 from typing import Any
 
 from .config import RunConfig
 from .measure import mfu, peak_flops_per_s, summarize_s
 
-SCHEMA = "trainkit.result/1"
-STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "unsupported")
-MEMORY_KEYS = ("torch_max_allocated_bytes", "torch_max_reserved_bytes", "nvml_process_peak_bytes",
-               "nvml_context_baseline_bytes", "host_rss_peak_bytes")
-RECORD_KEYS = ("schema", "cell_id", "status", "status_detail", "config", "throughput_samples_per_s",
-               "step_time_s", "memory", "loss", "scaler", "mfu", "flops_per_sample", "energy_j_per_sample", "env")
+# The contract itself lives in schema.py (no torch), re-exported here for the library's users.
+from .schema import (  # noqa: F401
+    MEMORY_KEYS,
+    RECORD_KEYS,
+    SCHEMA,
+    STATUSES,
+    append_jsonl,
+    check_record,
+    read_jsonl,
+    write_json,
+)
 
 
 def now_iso() -> str:
@@ -35,6 +38,21 @@ def _max_or_none(values: list[Any]) -> Any:
 
 def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def scale_curve(skipped: list[bool], init_scale: float, growth_interval: int) -> list[float]:
+    """GradScaler's scale after each step, replayed from the skip flags with its own rule: halve
+    on a skipped step (and restart the count), double after growth_interval clean steps in a row."""
+    scale, clean, curve = init_scale, 0, []
+    for was_skipped in skipped:
+        if was_skipped:
+            scale, clean = scale * 0.5, 0
+        else:
+            clean += 1
+            if clean == growth_interval:
+                scale, clean = scale * 2.0, 0
+        curve.append(scale)
+    return curve
 
 
 def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str = "ok",
@@ -82,9 +100,10 @@ def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str =
     memory["per_rank"] = [dict(p.get("memory", {}), rank=p.get("rank")) for p in partials]
 
     energies = [p.get("energy_j") for p in partials]
-    energy_per_sample = None
+    energy_per_sample, energy_method = None, None
     if partials and all(e is not None for e in energies) and timed_samples:
         energy_per_sample = sum(energies) / sum(timed_samples)  # energy adds up over GPUs
+        energy_method = "NVML energy counter over the timed steps"
 
     derived = lead.get("derived", {})
     flops = lead.get("flops_per_sample")
@@ -118,11 +137,16 @@ def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str =
                    "init_scale": config.init_scale if config.precision == "amp-fp16" else None,
                    "final_scale": lead.get("final_scale"),
                    "skipped_steps": sum(timed_skips),
-                   "skipped_steps_total": sum(1 for s in skipped_flags if s)},
+                   "skipped_steps_total": sum(1 for s in skipped_flags if s),
+                   "scale_curve": scale_curve(skipped_flags, config.init_scale, config.growth_interval)
+                   if config.precision == "amp-fp16" and not lead.get("resumed_from_step") else None},
         "flops_per_sample": flops,
         "peak_flops_per_s": peak,
         "mfu": mfu(flops, throughput, peak, config.world_size),
         "energy_j_per_sample": energy_per_sample,
+        "energy_method": energy_method,
+        "timed_samples": sum(timed_samples),
+        "profile": lead.get("profile"),
         "nvml_samples": [s for p in partials for s in p.get("nvml_samples", [])],
         "env": env,
         "ranks_reported": len(partials),
@@ -131,49 +155,3 @@ def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str =
     if extra:
         record.update(extra)
     return record
-
-
-def check_record(record: Any) -> list[str]:
-    """What is wrong with a record, as readable lines (empty when it honours the contract)."""
-    if not isinstance(record, dict):
-        return [f"a record must be a JSON object, not {type(record).__name__}"]
-    problems = [f"missing key {k!r}" for k in RECORD_KEYS if k not in record]
-    if record.get("schema") != SCHEMA:
-        problems.append(f"schema is {record.get('schema')!r}, expected {SCHEMA!r}")
-    if record.get("status") not in STATUSES:
-        problems.append(f"status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
-    if not isinstance(record.get("memory", {}), dict) or any(k not in record.get("memory", {}) for k in MEMORY_KEYS):
-        problems.append("memory lacks one of " + ", ".join(MEMORY_KEYS))
-    return problems
-
-
-def write_json(record: dict[str, Any], path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
-
-
-def append_jsonl(record: dict[str, Any], path: str) -> None:
-    """Append one record as a line and flush it to disk: a run killed later keeps this cell."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record, allow_nan=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """Records of a results file; a torn last line (a run killed mid-write) is ignored."""
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records

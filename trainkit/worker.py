@@ -17,11 +17,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .config import RunConfig
+from .config import ProfileConfig, RunConfig
 from .env import collect_env
 from .loop import Trainer, Unsupported
 from .measure import Nvml, StepTimer, host_rss_peak_bytes, torch_memory
 from .models import count_params, training_flops_per_sample
+from .profile import profile_cell
 
 PROGRESS_INTERVAL_S = 0.5
 ENERGY_MIN_WINDOW_S = 1.0  # NVML's energy counter updates every ~10 ms (gpuopenanalytics/pynvml#18)
@@ -72,9 +73,10 @@ def limit_host_memory(extra_bytes: int) -> None:
 class RankWorker:
     """Builds one rank's Trainer and measures it."""
 
-    def __init__(self, config: RunConfig, rank: int = 0, local_rank: int = 0, local_world_size: int = 1) -> None:
+    def __init__(self, config: RunConfig, rank: int = 0, local_rank: int = 0, local_world_size: int = 1,
+                 profile: ProfileConfig | None = None) -> None:
         started = time.perf_counter()
-        self.config, self.rank = config, rank
+        self.config, self.rank, self.profile = config, rank, profile
         self.partial: dict[str, Any] = {"rank": rank, "pid": os.getpid(), "memory": {}}
         self.device = select_device(config, local_rank)
         if self.device.type == "cpu":
@@ -88,6 +90,7 @@ class RankWorker:
         memory = self.partial["memory"]
         memory["nvml_method"] = "per-process (nvmlDeviceGetComputeRunningProcesses)" if self.nvml else \
             ("unavailable: no NVML" if self.device.type == "cuda" else "unavailable: no GPU")
+        self.gpu_uuid = str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
             torch.zeros(1, device=self.device)  # creates the CUDA context: the baseline below
             torch.cuda.synchronize(self.device)
@@ -187,7 +190,7 @@ class RankWorker:
             end_mj = self.nvml.energy_mj()
             window_s = time.perf_counter() - started
             if end_mj is not None and window_s >= ENERGY_MIN_WINDOW_S and end_mj >= energy_mj:
-                self.partial["energy_j"] = (end_mj - energy_mj) / 1e3
+                self.partial["energy_j"] = (end_mj - energy_mj) / 1e3  # a counter reset shows as end < start
         self._sample("timed-end")
         first_timed = self.first_timed_step if self.first_timed_step is not None else trainer.step
         local_first = first_timed - (trainer.resumed_from_step or 0)
@@ -210,7 +213,19 @@ class RankWorker:
             self.partial["flops_per_sample"] = training_flops_per_sample(trainer.spec)
             if evaluate:
                 self.partial["eval_loss"] = trainer.evaluate()
+        if evaluate and self.profile is not None:
+            self.partial["profile"] = self._profile()
         return self.partial
+
+    def _profile(self) -> dict[str, Any]:
+        """The profiling passes, after everything above was read: they never touch those figures.
+        A profiler failure is reported beside the cell's results, which stay valid."""
+        try:
+            result = profile_cell(self.trainer, self.profile, self.rank)  # type: ignore[arg-type]
+            self._sync()
+            return result
+        except Exception as exc:
+            return {"error": classify(exc)[1]}
 
     def derived(self) -> dict[str, Any]:
         """Facts of the run the config alone does not say: dtypes, backend flags, sizes."""
@@ -251,7 +266,7 @@ def failure_partial(worker: RankWorker | None, rank: int) -> dict[str, Any]:
 
 
 def serve(config: RunConfig, rank: int, local_rank: int, local_world_size: int, conn: Any,
-          environ: dict[str, str], memory_limit_bytes: int | None) -> None:
+          environ: dict[str, str], memory_limit_bytes: int | None, profile: ProfileConfig | None = None) -> None:
     """Entry point of a launched rank: answers the launcher's commands over `conn`."""
     os.environ.clear()
     os.environ.update(environ)  # the launcher's environment now, not the fork server's at its start
@@ -259,8 +274,8 @@ def serve(config: RunConfig, rank: int, local_rank: int, local_world_size: int, 
     try:
         if memory_limit_bytes is not None:
             limit_host_memory(memory_limit_bytes)
-        worker = RankWorker(config, rank, local_rank, local_world_size)
-        conn.send(("ready", worker.partial["fixed_cost_s"]))
+        worker = RankWorker(config, rank, local_rank, local_world_size, profile)
+        conn.send(("ready", {"fixed_cost_s": worker.partial["fixed_cost_s"], "gpu_uuid": worker.gpu_uuid}))
         while True:
             command = conn.recv()
             if command == "warmup":

@@ -1,0 +1,73 @@
+"""The result record's contract, without torch: what bench, reports and the nightly gate share.
+
+Importing this module costs nothing (no torch), so readers of results stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+SCHEMA = "trainkit.result/1"
+STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "unsupported")
+MEMORY_KEYS = ("torch_max_allocated_bytes", "torch_max_reserved_bytes", "nvml_process_peak_bytes",
+               "nvml_context_baseline_bytes", "host_rss_peak_bytes")
+RECORD_KEYS = ("schema", "cell_id", "status", "status_detail", "config", "throughput_samples_per_s",
+               "step_time_s", "memory", "loss", "scaler", "mfu", "flops_per_sample", "energy_j_per_sample", "env")
+
+# What a baseline must match: GPU model, driver, CUDA and torch (on the CPU: the CPU model and torch).
+FINGERPRINT_KEYS = ("gpu_name", "driver", "cuda", "torch")
+FINGERPRINT_KEYS_CPU = ("cpu", "torch")
+
+
+def fingerprint(env: dict[str, Any] | None) -> dict[str, Any]:
+    env = env or {}
+    keys = FINGERPRINT_KEYS if env.get("gpu_name") else FINGERPRINT_KEYS_CPU
+    return {k: env.get(k) for k in keys}
+
+
+def check_record(record: Any) -> list[str]:
+    """What is wrong with a record, as readable lines (empty when it honours the contract)."""
+    if not isinstance(record, dict):
+        return [f"a record must be a JSON object, not {type(record).__name__}"]
+    problems = [f"missing key {k!r}" for k in RECORD_KEYS if k not in record]
+    if record.get("schema") != SCHEMA:
+        problems.append(f"schema is {record.get('schema')!r}, expected {SCHEMA!r}")
+    if record.get("status") not in STATUSES:
+        problems.append(f"status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
+    if not isinstance(record.get("memory", {}), dict) or any(k not in record.get("memory", {}) for k in MEMORY_KEYS):
+        problems.append("memory lacks one of " + ", ".join(MEMORY_KEYS))
+    return problems
+
+
+def write_json(record: dict[str, Any], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, allow_nan=False)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def append_jsonl(record: dict[str, Any], path: str) -> None:
+    """Append one record as a line and flush it to disk: a run killed later keeps this cell."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """Records of a results file; a torn last line (a run killed mid-write) is ignored."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
