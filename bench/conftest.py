@@ -59,6 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="results file, one record per cell of any status (default: in --report-dir)")
     group.addoption("--no-report", dest="tk_no_report", action="store_true",
                     help="do not build the HTML report at the end")
+    group.addoption("--overhead", dest="tk_overhead", action="store_true",
+                    help="also measure trainkit's loop against a hand-written loop (bench/test_overhead.py)")
     group.addoption("--phase-steps", dest="tk_phase_steps", type=int, default=3, metavar="N",
                     help="after the timed steps, time N steps phase by phase: data, forward, backward, "
                          "optimizer (default 3; 0 turns it off)")

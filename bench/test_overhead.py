@@ -20,6 +20,8 @@ CASES = {
 @pytest.mark.benchmark(timer=worker_clock, group="overhead")
 @pytest.mark.parametrize("model", list(CASES))
 def test_overhead(benchmark, model, request):
+    if not request.config.getoption("tk_overhead"):
+        pytest.skip("pass --overhead to measure trainkit against a hand-written loop")
     config, blocks, steps_per_block = CASES[model]
     device = request.config.getoption("tk_device")
     result = run_in_worker(config.replace(device=device), blocks, steps_per_block)

@@ -22,7 +22,7 @@ CPU_HW = Hardware("cpu", cpu_count=2)
 
 
 def bench_cmd(tmp_path: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-p", "no:randomly",
+    return [sys.executable, "-m", "pytest", "bench/test_train.py", "--benchmark-only", "-p", "no:randomly",
             "--report-dir", str(tmp_path / "out"), "--results-file", str(tmp_path / "results.jsonl"), *args]
 
 
