@@ -90,3 +90,28 @@ def test_the_fixed_cost_of_a_cell_is_small_once_the_fork_server_runs():
     run_cell(small_config(steps=1), timeout_s=120)  # starts the fork server if needed
     record = run_cell(small_config(steps=1), timeout_s=120)
     assert record["fixed_cost_s"]["spawn_to_ready_s"] < 1.0
+
+
+def test_the_same_cell_runs_under_torchrun_and_rank_0_writes_the_record(tmp_path):
+    """torchrun's environment contract (what multi-node runs use): no launcher, the ranks gather
+    their partial results on rank 0, and the record equals the launcher's for the same cell."""
+    import json
+    import subprocess
+    import sys
+
+    from trainkit.launch import _free_port
+
+    from .conftest import REPO
+
+    out = tmp_path / "torchrun.json"
+    args = ["--model", "mlp", "--world-size", "2", "--batch-size", "8", "--steps", "3", "--warmup-steps", "1",
+            "--device", "cpu", "--quiet", "--phase-steps", "0"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(_free_port()), "-m", "trainkit", "run", *args, "-o", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["status"] == "ok" and record["ranks_reported"] == 2
+    assert record["config"]["distributed_backend"] == "gloo"
+    launched = run_cell(small_config(world_size=2, steps=3, warmup_steps=1), timeout_s=120)
+    assert record["loss"]["curve"] == launched["loss"]["curve"]
