@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -124,8 +125,10 @@ CELLS = pytest.StashKey[list]()
 def _hardware(config: pytest.Config) -> dict[str, Any]:
     """Probed once per session, in a worker process (this process never initialises CUDA)."""
     if HARDWARE not in config.stash:
+        started = time.monotonic()
         try:
             config.stash[HARDWARE] = probe(config.getoption("tk_device"))
+            config.stash[HARDWARE]["probe_s"] = time.monotonic() - started
         except RuntimeError as exc:
             _usage(str(exc))
     return config.stash[HARDWARE]
@@ -194,6 +197,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             terminal.write(text, flush=True)
 
     bench = BenchSession(options, write)
+    bench.setup_s = _hardware(config)["probe_s"]
     selected = {item.callspec.id for item in items if hasattr(item, "callspec")}
     cells = [c for c in config.stash[CELLS] if c.id in selected]
     bench.total = sum(1 for c in cells if not c.skip_reason)
@@ -247,6 +251,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.section("cells that did not end ok", red=True)
         for r in failed:
             tr.write_line(f"{r['cell_id']:44} {r['status']:11} {r['status_detail']}")
+    tr.write_line(bench.time_split())
     tr.write_line(f"results file: {bench.options.results_file}")
     report = getattr(bench, "report_path", None)
     if report:

@@ -46,6 +46,7 @@ class BenchSession:
         self.write = write
         self.records: list[dict[str, Any]] = []
         self.total = 0
+        self.setup_s = 0.0
         self.started = time.monotonic()
         self.cell_seconds: list[float] = []
         os.makedirs(os.path.dirname(os.path.abspath(options.results_file)), exist_ok=True)
@@ -100,6 +101,20 @@ class BenchSession:
                    else f"{record['status']}: {record['status_detail']}")
         self.write(f"-> {summary} ")
         return record
+
+    def time_split(self) -> str:
+        """Where the session's wall time went: timed steps, warmup, and each cell's fixed cost."""
+        ran = [r for r in self.records if not r.get("skipped_at_collection")]
+        wall = time.monotonic() - self.started
+        timed = sum(sum(r["step_time_s"].get("values") or []) for r in ran)
+        warmup = sum(r.get("warmup_time_s") or 0 for r in ran)
+        fixed = sorted(r["fixed_cost_s"]["spawn_to_ready_s"] for r in ran
+                       if r.get("fixed_cost_s", {}).get("spawn_to_ready_s") is not None)
+        if not ran or not fixed:
+            return f"wall time {wall:.1f} s, no cell ran"
+        return (f"wall time {wall:.1f} s for {len(ran)} cells (after {self.setup_s:.1f} s starting the fork server): "
+                f"timed steps {timed:.1f} s ({timed / wall:.0%}), warmup {warmup:.1f} s; fixed cost per cell "
+                f"(process start to model built): median {fixed[len(fixed) // 2]:.2f} s, max {fixed[-1]:.2f} s")
 
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["status"] != "ok" and not r.get("skipped_at_collection")]
