@@ -147,7 +147,6 @@ def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str =
         "energy_method": energy_method,
         "timed_samples": sum(timed_samples),
         "profile": lead.get("profile"),
-        "nvml_samples": [s for p in partials for s in p.get("nvml_samples", [])],
         "env": env,
         "ranks_reported": len(partials),
         "finished_at": now_iso(),

@@ -105,7 +105,6 @@ class RankWorker:
         self.step_times_s: list[float] = []
         self.first_timed_step: int | None = None
         self.energy_start: tuple[float, int] | None = None
-        self.nvml_samples: list[dict[str, Any]] = []
 
     def _nvml_used(self) -> int | None:
         return self.nvml.process_used_bytes({os.getpid()}) if self.nvml else None
@@ -113,10 +112,6 @@ class RankWorker:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    def _sample(self, phase: str) -> None:
-        if self.nvml:
-            self.nvml_samples.append({"rank": self.rank, "phase": phase, **self.nvml.sample()})
 
     # --- commands ----------------------------------------------------------------------------
     def warmup(self) -> float:
@@ -130,7 +125,6 @@ class RankWorker:
     def _begin_timed(self) -> None:
         if self.first_timed_step is None:
             self.first_timed_step = self.trainer.step
-            self._sample("timed-start")
             if self.nvml and (energy := self.nvml.energy_mj()) is not None:
                 self.energy_start = (time.perf_counter(), energy)
 
@@ -191,7 +185,6 @@ class RankWorker:
             window_s = time.perf_counter() - started
             if end_mj is not None and window_s >= ENERGY_MIN_WINDOW_S and end_mj >= energy_mj:
                 self.partial["energy_j"] = (end_mj - energy_mj) / 1e3  # a counter reset shows as end < start
-        self._sample("timed-end")
         first_timed = self.first_timed_step if self.first_timed_step is not None else trainer.step
         local_first = first_timed - (trainer.resumed_from_step or 0)
         self.partial.update(
@@ -202,7 +195,6 @@ class RankWorker:
             skipped=trainer.skipped(),
             step_samples=trainer.step_samples,
             final_scale=trainer.policy.scaler.get_scale() if trainer.policy.scaler is not None else None,
-            nvml_samples=self.nvml_samples,
             derived=self.derived(),
             # DDP keeps replicas identical only if every rank synced the same gradients; a wrong
             # no_sync ends with ranks apart (modelscope/FunASR#3472), so compare them at the end.
