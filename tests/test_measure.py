@@ -193,3 +193,15 @@ def test_no_nvml_at_all_gives_none(monkeypatch):
 
 def test_torch_is_free_of_cuda_here():
     assert not torch.cuda.is_initialized()  # this process never initialises CUDA
+
+
+@pytest.mark.parametrize(("precision", "optimizer", "state_per_param"), [
+    ("fp32", "adam", 2 * 4), ("half-fp16", "adam", 2 * 2), ("fp32", "sgd", 4), ("amp-bf16", "sgd", 4)])
+def test_model_state_bytes_are_recorded(precision, optimizer, state_per_param):
+    from trainkit.launch import run_cell
+
+    record = run_cell(small_config(precision=precision, optimizer=optimizer, steps=1), timeout_s=120)
+    config = record["config"]
+    width = 2 if precision.startswith("half") else 4
+    assert config["param_bytes"] == config["params"] * width
+    assert config["optimizer_state_bytes"] == config["params"] * state_per_param  # moments / momentum buffers

@@ -253,30 +253,37 @@ def run_cell(config: RunConfig, timeout_s: float = DEFAULT_CELL_TIMEOUT_S, memor
             return cell.record_for(failure)
 
 
+def call_in_fresh_process(target: Callable[..., None], *args: Any, timeout_s: float = 300.0,
+                          what: str = "the worker") -> Any:
+    """Run `target(conn, *args, environ)` in a fresh process from the fork server and return the
+    payload it sends as ("ok", payload); ("failed", detail) or its death raise RuntimeError."""
+    ctx = _fork_server()
+    parent_end, child_end = ctx.Pipe()
+    process = ctx.Process(target=target, args=(child_end, *args, dict(os.environ)), name=f"trainkit-{what}")
+    process.start()
+    child_end.close()
+    try:
+        if not parent_end.poll(timeout_s):
+            raise RuntimeError(f"{what} did not answer within {timeout_s:g} s")
+        kind, payload = parent_end.recv()
+    except EOFError:
+        raise RuntimeError(f"{what} died (exit code {process.exitcode})") from None
+    finally:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+        parent_end.close()
+    if kind != "ok":
+        raise RuntimeError(f"{what} failed: {payload}")
+    return payload
+
+
 def probe(device: str = "auto", timeout_s: float = 300.0) -> dict[str, Any]:
     """Ask a fresh worker process what the cells will run on (device, GPU count and capability,
     the environment fingerprint): this process never initialises CUDA."""
     from .worker import probe as probe_main
 
-    ctx = _fork_server()
-    parent_end, child_end = ctx.Pipe()
-    process = ctx.Process(target=probe_main, args=(child_end, device, dict(os.environ)), name="trainkit-probe")
-    process.start()
-    child_end.close()
-    try:
-        if not parent_end.poll(timeout_s):
-            raise RuntimeError(f"the device probe did not answer within {timeout_s:g} s")
-        kind, payload = parent_end.recv()
-    except EOFError:
-        raise RuntimeError(f"the device probe died (exit code {process.exitcode})") from None
-    finally:
-        process.join(timeout=10)
-        if process.is_alive():
-            process.kill()
-    if kind != "ok":
-        status, detail = payload
-        raise RuntimeError(f"the device probe failed: {status}: {detail}")
-    return payload
+    return call_in_fresh_process(probe_main, device, timeout_s=timeout_s, what="the device probe")
 
 
 def launched_by_torchrun() -> bool:

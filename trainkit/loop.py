@@ -39,15 +39,17 @@ class Unsupported(Exception):
 
 def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum, Adam or AdamW; weight decay only on matrices and kernels, never on
-    norms and biases (one parameter group each)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    norms and biases (a parameter group each; one group when there is no decay at all, which
+    keeps the optimizer's fused update to a single call)."""
+    params = list(model.parameters())
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if config.weight_decay:
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return optimizer_class(groups, lr=config.lr, eps=config.resolved_adam_eps)
+    return optimizer_class(groups, lr=config.lr, eps=config.resolved_adam_eps, weight_decay=0.0)
 
 
 def lr_factor(config: RunConfig, total_steps: int):  # noqa: ANN201 - returns a LambdaLR lambda

@@ -223,8 +223,10 @@ class RankWorker:
         """Facts of the run the config alone does not say: dtypes, backend flags, sizes."""
         trainer = self.trainer
         param = next(trainer.raw_model.parameters())
-        state_dtypes = {str(v.dtype) for s in trainer.optimizer.state.values() for v in s.values()
-                        if isinstance(v, torch.Tensor) and v.ndim > 0}
+        state = [v for s in trainer.optimizer.state.values() for v in s.values()
+                 if isinstance(v, torch.Tensor) and v.ndim > 0]
+        state_dtypes = {str(v.dtype) for v in state}
+        param_bytes = sum(p.numel() * p.element_size() for p in trainer.raw_model.parameters())
         return {
             "resolved_device": str(self.device),
             "param_dtype": str(param.dtype),
@@ -240,6 +242,9 @@ class RankWorker:
             "has_batchnorm": trainer.spec.has_batchnorm,
             "num_classes": trainer.spec.num_classes,
             "params": count_params(trainer.raw_model),
+            # The floor of any peak: weights, their gradients (same dtype) and optimizer state.
+            "param_bytes": param_bytes,
+            "optimizer_state_bytes": sum(v.numel() * v.element_size() for v in state),
             "total_steps": trainer.total_steps,
             "steps_per_epoch": trainer.data.steps_per_epoch,
             "torch_num_threads": torch.get_num_threads(),
@@ -311,4 +316,5 @@ def probe(conn: Any, device: str, environ: dict[str, str]) -> None:
         info["env"] = collect_env(chosen)
         conn.send(("ok", info))
     except BaseException as exc:
-        conn.send(("failed", classify(exc)))
+        status, detail = classify(exc)
+        conn.send(("failed", f"{status}: {detail}"))
