@@ -20,10 +20,13 @@ import os
 from . import html
 from .records import InputError, all_records, read_runs
 from .verdict import (
+    DRIFTED,
     FAILED,
     MEASURE_NAMES,
     METRICS,
+    NOISY,
     NOT_MEASURED,
+    REGRESSED,
     REMOVED,
     SEVERITY,
     UNCHANGED,
@@ -63,7 +66,8 @@ def _sorted(result: Comparison) -> list[CellVerdict]:
 
 def rows(result: Comparison) -> list[dict[str, object]]:
     """One flat row per cell with raw numbers, for the CSV: statuses, verdicts and, per metric,
-    baseline and candidate medians (memory in MiB), relative change and threshold (fractions)."""
+    baseline and candidate medians (memory in MiB) and how many repeats each is over, relative
+    change, spread and threshold (fractions)."""
     out = []
     for cell in result.cells:
         row: dict[str, object] = {"cell": cell.cell, "verdict": cell.verdict, "gated": cell.gated,
@@ -73,7 +77,10 @@ def rows(result: Comparison) -> list[dict[str, object]]:
             scale = 2**20 if metric == "memory" else 1
             row[f"{metric}_baseline"] = v.baseline / scale if v and v.baseline is not None else None
             row[f"{metric}_candidate"] = v.candidate / scale if v and v.candidate is not None else None
+            row[f"{metric}_baseline_n"] = v.baseline_n if v else None
+            row[f"{metric}_candidate_n"] = v.candidate_n if v else None
             row[f"{metric}_change"] = v.change if v else None
+            row[f"{metric}_spread"] = v.spread if v else None
             row[f"{metric}_threshold"] = v.threshold if v else None
             row[f"{metric}_verdict"] = v.verdict if v else None
         row["memory_measure"] = cell.memory_measure
@@ -89,6 +96,8 @@ def _metric_text(metric: str, v: MetricVerdict | None) -> str:
     if v.baseline is None or v.candidate is None:
         return v.verdict
     change = f"{_change(v)}, ±{v.threshold:.1%}" if v.threshold is not None else _change(v)
+    if v.verdict == NOISY and v.note:  # why it is not gated: too few repeats, or too wide a spread
+        change += f"; {v.note}"
     return f"{_value(metric, v.baseline)} → {_value(metric, v.candidate)} ({change})"
 
 
@@ -120,8 +129,15 @@ def headline(result: Comparison) -> str:
 
 def thresholds_line(t: Thresholds) -> str:
     overrides = "".join(f", {m} {r:.0%}" for m, r in t.per_metric.items())
-    return (f"regressed = worse by more than max({t.relative:.0%}{overrides}, {t.k:g} × {t.spread.upper()} spread); "
+    line = (f"regressed = worse by more than max({t.relative:.0%}{overrides}, {t.k:g} × {t.spread.upper()} spread); "
             f"gated metrics: {', '.join(t.gate_metrics) or 'none'}; gated cells: {' '.join(t.gate_cells)}")
+    if t.two_sided:
+        line += f"; drifted = {', '.join(t.two_sided)} moved either way beyond the threshold"
+    if t.min_repeats > 1 or t.max_spread is not None:
+        limits = [f"fewer than {t.min_repeats} repeats"] if t.min_repeats > 1 else []
+        limits += [f"a spread above {t.max_spread:.0%}"] if t.max_spread is not None else []
+        line += f"; noisy (not gated): {' or '.join(limits)}"
+    return line
 
 
 def to_markdown(result: Comparison) -> str:
@@ -145,11 +161,17 @@ def to_csv(result: Comparison) -> str:
     return out.getvalue()
 
 
+def _css(verdict: str) -> str:
+    """The verdict's CSS class; a drift fails the gate, so it is coloured as a regression."""
+    name = f"v-{verdict.replace(' ', '-')}"
+    return f"v-{REGRESSED} {name}" if verdict == DRIFTED else name
+
+
 def to_html(result: Comparison, baseline: list[str], candidate: list[str]) -> str:
     columns, table, cells = _display(result)
-    classes = {"verdict": [f"v-{c.verdict.replace(' ', '-')}" for c in cells]}
+    classes = {"verdict": [_css(c.verdict) for c in cells]}
     for metric, title in zip(METRICS, columns[3:]):
-        classes[title] = [f"v-{c.metrics[metric].verdict}" if metric in c.metrics else "" for c in cells]
+        classes[title] = [_css(c.metrics[metric].verdict) if metric in c.metrics else "" for c in cells]
     status = "bad" if not result.passed else "note"
     header = (f'<p class="{status}"><b>{html.esc(headline(result))}</b></p>'
               + "".join(f'<p class="warn"><b>{html.esc(w)}</b></p>' for w in result.warnings)
@@ -158,6 +180,24 @@ def to_html(result: Comparison, baseline: list[str], candidate: list[str]) -> st
     body = html.table(columns, table, text_columns=("cell", "verdict", "status", "note"), wrap_columns=("note",),
                       cell_classes=classes)
     return html.page("trainkit comparison", header, f"<section>{body}</section>", with_plotly=False)
+
+
+def write_comparison(result: Comparison, output_html: str, baseline: list[str],
+                     candidate: list[str]) -> dict[str, str]:
+    """Write the page, Markdown and CSV of a comparison (same stem); baseline and candidate name
+    the inputs on the page. Returns the paths written; raises InputError when they cannot be."""
+    stem = os.path.splitext(output_html)[0]
+    paths = {"html": output_html, "markdown": stem + ".md", "csv": stem + ".csv"}
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output_html)), exist_ok=True)
+        texts = {"html": to_html(result, baseline, candidate), "markdown": to_markdown(result),
+                 "csv": to_csv(result)}
+        for key, path in paths.items():
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(texts[key])
+    except OSError as e:
+        raise InputError(f"{output_html}: cannot write the comparison: {e.strerror or e}") from None
+    return paths
 
 
 def compare_files(baseline: str, candidate: str, output_html: str,
@@ -172,28 +212,19 @@ def compare_files(baseline: str, candidate: str, output_html: str,
             f"{removed} cell(s) of the baseline are missing from the candidate, which includes pytest-benchmark "
             "JSON: it leaves out cells that did not finish, so compare the results files (every status) or "
             "pass --fail-on-removed")
-    stem = os.path.splitext(output_html)[0]
-    paths = {"html": output_html, "markdown": stem + ".md", "csv": stem + ".csv"}
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(output_html)), exist_ok=True)
-        texts = {"html": to_html(result, [r.source for r in base_runs], [r.source for r in cand_runs]),
-                 "markdown": to_markdown(result), "csv": to_csv(result)}
-        for key, path in paths.items():
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(texts[key])
-    except OSError as e:
-        raise InputError(f"{output_html}: cannot write the comparison: {e.strerror or e}") from None
+    paths = write_comparison(result, output_html, [r.source for r in base_runs], [r.source for r in cand_runs])
     return result, paths
 
 
 def regressions_text(result: Comparison) -> list[str]:
-    """A line per gated cell that regressed or failed, naming the metric and the change."""
+    """A line per gated cell that regressed, drifted or failed, naming the metric and the change."""
     lines = []
     for cell in result.regressions:
         if cell.verdict == FAILED:
             lines.append(f"  {cell.cell}: failed ({cell.note})")
             continue
-        worse = [f"{m} {_change(v)} (threshold ±{v.threshold:.1%})" for m, v in cell.metrics.items()
-                 if v.verdict == "regressed" and m in result.thresholds.gate_metrics]
-        lines.append(f"  {cell.cell}: regressed: {', '.join(worse)}")
+        worse = [f"{m} {_change(v)} (threshold ±{v.threshold:.1%}{', drift' if v.verdict == DRIFTED else ''})"
+                 for m, v in cell.metrics.items()
+                 if v.verdict in (REGRESSED, DRIFTED) and m in result.thresholds.gate_metrics]
+        lines.append(f"  {cell.cell}: {cell.verdict}: {', '.join(worse)}")
     return lines

@@ -12,6 +12,12 @@ per-cell numbers. The rule, per cell and metric:
     within relative                    -> unchanged
     beyond relative but within k*spread -> noisy (a real change cannot be told from the noise)
 
+A metric is also noisy, whatever its change, when a side has fewer than `min_repeats` values or its
+spread exceeds `max_spread` (the cell's own runs disagree too much to gate on): it is reported, not
+gated. A metric named in `two_sided` (the final loss, for a nightly gate) fails the gate when it
+moves beyond the threshold in either direction: `drifted`. With a fixed seed and the same
+environment, a lower loss is as much a sign of changed numerics as a higher one.
+
 7 % is TorchBench's DEFAULT_REGRESSION_DELTA_THRESHOLD (pytorch/benchmark regression_detector.py);
 k = 3 spreads keeps a cell whose steps vary by 10 % from flagging a 20 % wobble.
 
@@ -49,11 +55,11 @@ MEMORY_MEASURES = ("torch_max_reserved_bytes", "torch_max_allocated_bytes", "nvm
 MEASURE_NAMES = {"torch_max_reserved_bytes": "reserved", "torch_max_allocated_bytes": "allocated",
                  "nvml_process_peak_bytes": "NVML", "host_rss_peak_bytes": "host RSS"}  # short, for headers
 
-IMPROVED, UNCHANGED, REGRESSED, NOISY = "improved", "unchanged", "regressed", "noisy"
+IMPROVED, UNCHANGED, REGRESSED, DRIFTED, NOISY = "improved", "unchanged", "regressed", "drifted", "noisy"
 NEW, REMOVED, FAILED, FIXED, STILL_FAILING, NOT_MEASURED = "new", "removed", "failed", "fixed", "still failing", "n/a"
 # Worst first: a cell's verdict is the worst of its gated metrics.
-SEVERITY = (FAILED, REGRESSED, NOISY, STILL_FAILING, IMPROVED, FIXED, UNCHANGED, NOT_MEASURED, NEW, REMOVED)
-GATE_FAILS = (FAILED, REGRESSED)
+SEVERITY = (FAILED, REGRESSED, DRIFTED, NOISY, STILL_FAILING, IMPROVED, FIXED, UNCHANGED, NOT_MEASURED, NEW, REMOVED)
+GATE_FAILS = (FAILED, REGRESSED, DRIFTED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,13 +82,25 @@ class Thresholds:
     """A cell of the baseline missing from the candidate fails the gate too. pytest-benchmark JSON
     leaves out cells that did not finish, so there a cell that starts to fail looks removed;
     results files keep every status and need no such rule."""
+    max_spread: float | None = None
+    """Noise limit: a metric whose relative spread (either side) exceeds it is noisy, reported and
+    not gated, whatever its change. None: no limit."""
+    min_repeats: int = 1
+    """Fewest values (repeated records) each side needs for a metric to be gated; with fewer it is
+    noisy. A nightly gate asks for 3: one run of a cell cannot tell a change from its noise."""
+    two_sided: tuple[str, ...] = ()
+    """Metrics that fail the gate when they move beyond the threshold either way (`drifted`)."""
 
     def __post_init__(self) -> None:
         if not self.relative >= 0 or not self.k >= 0:
             raise ValueError(f"relative={self.relative} and k={self.k} must be >= 0")
         if self.spread not in ("iqr", "mad"):
             raise ValueError(f"spread={self.spread!r} is not valid; choose from iqr, mad")
-        for name in (*self.per_metric, *self.gate_metrics):
+        if self.max_spread is not None and not self.max_spread >= 0:
+            raise ValueError(f"max_spread={self.max_spread} must be >= 0")
+        if self.min_repeats < 1:
+            raise ValueError(f"min_repeats={self.min_repeats} must be >= 1")
+        for name in (*self.per_metric, *self.gate_metrics, *self.two_sided):
             if name not in METRICS:
                 raise ValueError(f"metric {name!r} is not valid; choose from {', '.join(METRICS)}")
 
@@ -141,7 +159,11 @@ class MetricVerdict:
     threshold: float | None = None
     """The relative change this metric had to exceed: max(relative, k * spread)."""
     spread: float | None = None
+    """The larger relative spread of the two sides."""
     note: str = ""
+    baseline_n: int = 0
+    """How many values (repeated records) each side's median is over."""
+    candidate_n: int = 0
 
 
 def decide_metric(metric: str, baseline: Samples | None, candidate: Samples | None,
@@ -161,16 +183,26 @@ def decide_metric(metric: str, baseline: Samples | None, candidate: Samples | No
         change = float("inf") if c > b else float("-inf")
     else:
         change = (c - b) / abs(b)
+
+    def verdict(name: str, note: str = "") -> MetricVerdict:
+        return MetricVerdict(metric, name, b, c, change, threshold, spread, note, len(baseline.values),
+                             len(candidate.values))
+
+    fewest = min(len(baseline.values), len(candidate.values))
+    if fewest < thresholds.min_repeats:
+        return verdict(NOISY, f"{fewest} repeat(s), {thresholds.min_repeats} needed to gate")
+    if thresholds.max_spread is not None and spread > thresholds.max_spread:
+        return verdict(NOISY, f"spread {spread:.1%} above the noise limit of {thresholds.max_spread:.1%}")
+    if metric in thresholds.two_sided:
+        if abs(change) > threshold:
+            return verdict(DRIFTED, "moved either way beyond the threshold")
+        return verdict(UNCHANGED if abs(change) <= relative else NOISY)
     worse = -change if higher_is_better else change
     if worse > threshold:
-        verdict = REGRESSED
-    elif -worse > threshold:
-        verdict = IMPROVED
-    elif abs(change) <= relative:
-        verdict = UNCHANGED
-    else:
-        verdict = NOISY
-    return MetricVerdict(metric, verdict, b, c, change, threshold, spread)
+        return verdict(REGRESSED)
+    if -worse > threshold:
+        return verdict(IMPROVED)
+    return verdict(UNCHANGED if abs(change) <= relative else NOISY)
 
 
 @dataclass(frozen=True)
@@ -326,6 +358,11 @@ class Comparison:
     @property
     def passed(self) -> bool:
         return not self.regressions
+
+    @property
+    def noisy(self) -> list[CellVerdict]:
+        """Cells whose worst gated metric could not be told from the noise: reported, not gated."""
+        return [c for c in self.cells if c.verdict == NOISY]
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +167,30 @@ def test_thresholds_from_the_command_line(baseline, tmp_path, capsys):
     assert main(["compare", path, cand, "-o", str(tmp_path / "a.html")]) == 0  # 5 % is within 7 %
     assert main(["compare", path, cand, "-o", str(tmp_path / "b.html"), "--threshold", "memory=2%"]) == 1
     assert "memory +5.0% (threshold ±2.0%)" in capsys.readouterr().out
+
+
+def test_a_drifting_loss_and_a_noisy_cell_on_the_page_the_markdown_and_the_csv(baseline, tmp_path):
+    from reports.compare import compare_files, regressions_text
+    from reports.verdict import Thresholds
+
+    records, path = baseline
+    moved = copy.deepcopy(records)
+    ok = [r for r in moved if r["status"] == "ok"]
+    ok[0]["loss"]["final"] *= 0.95  # lower, yet a drift: the same seed should land on the same loss
+    cand = write_results(moved, str(tmp_path / "moved.jsonl"))
+    drift = Thresholds(per_metric={"loss": 0.02}, two_sided=("loss",), gate_metrics=("loss",))
+    result, paths = compare_files(path, cand, str(tmp_path / "compare.html"), drift)
+    assert [c.cell for c in result.regressions] == [ok[0]["cell_id"]]
+    assert regressions_text(result) == [f"  {ok[0]['cell_id']}: drifted: loss -5.0% (threshold ±2.0%, drift)"]
+    assert 'class="v-regressed v-drifted"' in Path(paths["html"]).read_text()
+    assert "drifted = loss moved either way beyond the threshold" in Path(paths["markdown"]).read_text()
+    with open(paths["csv"]) as f:
+        rows = {row["cell"]: row for row in csv.DictReader(f)}
+    row = rows[ok[0]["cell_id"]]
+    assert (row["loss_verdict"], row["loss_baseline_n"], row["loss_candidate_n"]) == ("drifted", "1", "1")
+    assert float(row["loss_change"]) == pytest.approx(-0.05) and float(row["loss_spread"]) == 0.0
+    # Asking for 3 repeats of single-record runs: nothing is gated, and the page says why.
+    few = Thresholds(min_repeats=3)
+    result, paths = compare_files(path, cand, str(tmp_path / "few.html"), few)
+    assert result.passed and {c.verdict for c in result.cells if c.candidate_status == "ok"} == {"noisy"}
+    assert "1 repeat(s), 3 needed to gate" in Path(paths["markdown"]).read_text()

@@ -11,6 +11,7 @@ import pytest
 
 from reports import records as rec
 from reports.verdict import (
+    DRIFTED,
     FAILED,
     FIXED,
     IMPROVED,
@@ -113,6 +114,39 @@ def test_a_change_from_zero_is_infinite_not_a_crash():
     assert decide_metric("memory", Samples((0.0,)), Samples((0.0,))).verdict == UNCHANGED
 
 
+def test_a_spread_above_the_noise_limit_is_noisy_whatever_the_change():
+    limit = Thresholds(max_spread=0.10)
+    wide = Samples((100.0, 70.0, 130.0))  # IQR 30 / median 100 = 30 %
+    halved = decide_metric("throughput", wide, Samples((50.0, 50.0, 50.0)), limit)
+    assert halved.verdict == NOISY and halved.spread == pytest.approx(0.30)
+    assert halved.note == "spread 30.0% above the noise limit of 10.0%"
+    # Within the limit the usual rule decides, and without a limit the 3 x 30 % threshold would say noisy too.
+    tight = Samples((100.0, 99.0, 101.0))
+    assert decide_metric("throughput", tight, Samples((50.0, 50.0, 51.0)), limit).verdict == REGRESSED
+    assert decide_metric("throughput", tight, Samples((100.0, 100.0, 100.0)), limit).verdict == UNCHANGED
+
+
+def test_too_few_repeats_are_reported_but_not_gated():
+    three = Thresholds(min_repeats=3)
+    v = decide_metric("throughput", Samples((100.0, 100.0, 100.0)), Samples((50.0,), record_spread=0.0), three)
+    assert v.verdict == NOISY and v.note == "1 repeat(s), 3 needed to gate"
+    assert (v.baseline_n, v.candidate_n, v.change) == (3, 1, pytest.approx(-0.5))  # still reported
+    assert decide_metric("throughput", Samples((100.0,) * 3), Samples((50.0,) * 3), three).verdict == REGRESSED
+
+
+def test_a_two_sided_metric_drifts_either_way():
+    drift = Thresholds(per_metric={"loss": 0.02}, two_sided=("loss",))
+    assert decide_metric("loss", Samples((2.0,)), Samples((2.1,)), drift).verdict == DRIFTED
+    lower = decide_metric("loss", Samples((2.0,)), Samples((1.9,)), drift)
+    assert lower.verdict == DRIFTED and lower.change == pytest.approx(-0.05)
+    assert decide_metric("loss", Samples((2.0,)), Samples((2.01,)), drift).verdict == UNCHANGED
+    # One-sided (the default), a lower loss is an improvement and never fails the gate.
+    assert decide_metric("loss", Samples((2.0,)), Samples((1.5,))).verdict == IMPROVED
+    cell = decide_cell("a", data("ok"), CellData(("ok",), {"throughput": Samples((100.0,)),
+                                                           "memory": Samples((1.0,)), "loss": Samples((1.5,))}), drift)
+    assert cell.verdict == DRIFTED and cell.fails_gate
+
+
 def test_thresholds_are_validated():
     with pytest.raises(ValueError, match="spread"):
         Thresholds(spread="stddev")
@@ -120,6 +154,12 @@ def test_thresholds_are_validated():
         Thresholds(gate_metrics=("speed",))
     with pytest.raises(ValueError, match="must be >= 0"):
         Thresholds(relative=-0.1)
+    with pytest.raises(ValueError, match="max_spread=-1"):
+        Thresholds(max_spread=-1)
+    with pytest.raises(ValueError, match="min_repeats=0"):
+        Thresholds(min_repeats=0)
+    with pytest.raises(ValueError, match="metric 'speed'"):
+        Thresholds(two_sided=("speed",))
 
 
 # --- cells ---------------------------------------------------------------------------------------
