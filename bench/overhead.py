@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from trainkit.config import RunConfig
+from trainkit.launch import call_in_fresh_process
 from trainkit.loop import Trainer
 
 
@@ -74,24 +75,8 @@ def measure(config: RunConfig, blocks: int, steps_per_block: int) -> dict[str, A
 
 def run_in_worker(config: RunConfig, blocks: int, steps_per_block: int, timeout_s: float = 600) -> dict[str, Any]:
     """`measure` in a fresh worker process from trainkit's fork server (isolated, torch preloaded)."""
-    from trainkit.launch import _fork_server
-
-    ctx = _fork_server()
-    parent_end, child_end = ctx.Pipe()
-    process = ctx.Process(target=_child, args=(child_end, config, blocks, steps_per_block, dict(os.environ)))
-    process.start()
-    child_end.close()
-    try:
-        if not parent_end.poll(timeout_s):
-            raise TimeoutError(f"the overhead measurement took more than {timeout_s:g} s")
-        kind, payload = parent_end.recv()
-    finally:
-        process.join(timeout=10)
-        if process.is_alive():
-            process.kill()
-    if kind != "ok":
-        raise RuntimeError(payload)
-    return payload
+    return call_in_fresh_process(_child, config, blocks, steps_per_block, timeout_s=timeout_s,
+                                 what="the overhead measurement")
 
 
 def _child(conn: Any, config: RunConfig, blocks: int, steps_per_block: int, environ: dict[str, str]) -> None:

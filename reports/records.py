@@ -9,7 +9,8 @@ Two kinds of file come out of bench, and a third out of `python -m trainkit run 
 - one record as a JSON object.
 
 A directory stands for every `*.json` and `*.jsonl` file under it (pytest-benchmark autosaves to
-`.benchmarks/<machine>/NNNN_*.json`). Anything else is bad input: `InputError`, one line, which the
+`.benchmarks/<machine>/NNNN_*.json`) but the profiler's Chrome traces (`*.trace.json`, which bench
+writes under its report directory). Anything else is bad input: `InputError`, one line, which the
 CLI prints and turns into exit status 2.
 
 The schema and the fingerprint come from `trainkit.schema`, which does not import torch: reading a
@@ -26,6 +27,7 @@ from typing import Any
 from trainkit.schema import SCHEMA, fingerprint  # noqa: F401 - fingerprint is part of this module's interface
 
 OK = "ok"
+TRACE_SUFFIX = ".trace.json"  # trainkit.profile's Chrome traces: JSON, never results
 UNKNOWN_HARDWARE = "unknown device"
 
 
@@ -141,7 +143,8 @@ def expand(paths: list[str]) -> list[str]:
     for path in paths:
         if os.path.isdir(path):
             found = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
-                           for name in names if name.endswith((".json", ".jsonl")))
+                           for name in names if name.endswith((".json", ".jsonl"))
+                           and not name.endswith(TRACE_SUFFIX))
             if not found:
                 raise InputError(f"{path}: directory without .json or .jsonl result files")
             files.extend(found)
