@@ -1,0 +1,24 @@
+"""The nightly GPU job and its regression gate: `python -m nightly run|preflight|matrix|report|compare|status|promote`.
+
+All of the job's logic lives here, so it runs the same on a CI runner, any GPU host or a cluster
+login node, and on a CPU with a small preset. The workflow (.github/workflows/nightly-gpu.yml)
+only calls these commands. One run writes everything into one directory (see rundir.py):
+
+    preflight   is the machine fit to measure?   GPU visible, idle, free memory; clocks and
+                throttle reasons recorded                                  -> preflight.json
+    matrix      the bench matrix, every cell repeated in fresh workers    -> results.jsonl, benchmark.json
+    report      the HTML report of the run                                 -> report.html, .csv, .md
+    compare     the gate: against the baseline of the same environment     -> compare.html, .csv, .md
+    status      the run's verdict as an exit status (and GitHub outputs)   -> summary.md
+
+Exit status, the same for every command:
+
+    0  pass (or no comparable baseline: said plainly, not a regression)
+    1  regression: a gated cell regressed, drifted or started to fail
+    2  bad input: an option, a file or a preset that cannot be used here
+    3  infrastructure failure: the pre-flight failed or the matrix could not run; not a regression
+"""
+
+PASS, REGRESSION, BAD_INPUT, INFRASTRUCTURE = 0, 1, 2, 3
+LABELS = {PASS: "pass", REGRESSION: "regression", BAD_INPUT: "bad input", INFRASTRUCTURE: "infrastructure failure"}
+NO_BASELINE = "no comparable baseline"

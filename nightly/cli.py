@@ -1,0 +1,294 @@
+"""`python -m nightly`: the nightly job as commands over one run directory (--out).
+
+    python -m nightly run --out DIR [--preset nightly --repeats 3 --device cuda] [-- BENCH OPTIONS]
+    python -m nightly preflight --out DIR [--device cuda --min-free-fraction 0.9 --min-gpus 8]
+    python -m nightly matrix --out DIR [--preset nightly --repeats 3] [-- --model gpt --cell-timeout 600]
+    python -m nightly report --out DIR
+    python -m nightly compare --out DIR [--baselines reports/baselines | --baseline PATH] [--candidate FILE]
+    python -m nightly status --out DIR
+    python -m nightly promote DIR [--baselines reports/baselines] [--force]
+
+`run` is preflight, matrix, report and compare in a row, stopping at a failed pre-flight or matrix.
+Exit status: 0 pass or no comparable baseline, 1 regression, 2 bad input, 3 infrastructure failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn
+
+from reports.records import InputError
+
+from . import BAD_INPUT, LABELS, NO_BASELINE, PASS
+from .rundir import TITLES, Outcome, RunDir, Stage
+
+DEFAULT_OUT = os.path.join("reports", "out", "nightly")
+ANNOTATIONS = {1: "Performance regression", 2: "Bad input", 3: "Infrastructure failure (not a regression)"}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _fraction(text: str) -> float:
+    """0.07 or 7%."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _optional_fraction(text: str) -> float | None:
+    return None if text == "none" else _fraction(text)
+
+
+def _override(text: str) -> tuple[str, float]:
+    metric, _, value = text.partition("=")
+    if not value:
+        raise argparse.ArgumentTypeError(f"expected METRIC=FRACTION, e.g. memory=0.03: {text!r}")
+    return metric, _fraction(value)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return () if text == "none" else tuple(n for n in text.split(",") if n)
+
+
+def _add_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"the run directory: every artifact and nightly.json (default {DEFAULT_OUT})")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: the GPUs if torch sees one, else the CPU; cuda: no GPU is an infrastructure "
+                        "failure (use it on GPU runners)")
+
+
+def _add_preflight(p: argparse.ArgumentParser) -> None:
+    from .preflight import PreflightLimits as L
+
+    p.add_argument("--min-free-fraction", type=_fraction, default=L.min_free_fraction, metavar="F",
+                   help="each GPU needs this share of its memory free (default %(default)s)")
+    p.add_argument("--min-gpus", type=int, default=L.min_gpus, metavar="N",
+                   help="fewest GPUs torch must see; the runner's count catches a lost GPU (default: no check)")
+    p.add_argument("--allow-foreign-processes", action="store_true",
+                   help="let other processes compute on the GPUs (default: that is an infrastructure failure)")
+    p.add_argument("--fail-on-slowdown", action="store_true",
+                   help="a GPU throttled while idle fails the pre-flight (default: a warning)")
+
+
+def _add_matrix(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=("tiny", "quick", "full", "nightly"), default="nightly",
+                   help="bench's matrix (default nightly: the GPU matrix, 1-8 GPUs; on a CPU use tiny)")
+    p.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="runs of every cell in fresh workers (default 3; fewer are reported, not gated)")
+    p.add_argument("bench_args", nargs="*", metavar="-- BENCH_OPTIONS",
+                   help="further bench options after --, e.g. -- --model gpt --cell-timeout 600")
+
+
+def _add_gate(p: argparse.ArgumentParser) -> None:
+    from .gate import NIGHTLY_THRESHOLDS as T
+
+    p.add_argument("--baselines", default=None, metavar="DIR",
+                   help="where baselines live, one directory per fingerprint (default reports/baselines)")
+    p.add_argument("--baseline", default=None, metavar="PATH",
+                   help="compare with this baseline directory or results file instead (still like with like)")
+    p.add_argument("--relative", type=_fraction, default=T.relative, help="smallest relative change that counts "
+                   "(default 7%%, TorchBench's)")
+    p.add_argument("--k", type=_fraction, default=T.k, help="a change must also exceed k x the spread (default 3)")
+    p.add_argument("--spread", choices=("iqr", "mad"), default=T.spread, help="spread over repeats (default iqr)")
+    p.add_argument("--threshold", type=_override, action="append", default=[], metavar="METRIC=FRACTION",
+                   help="relative threshold for one metric, repeatable (default loss=2%%)")
+    p.add_argument("--two-sided", type=_names, default=T.two_sided, metavar="METRICS",
+                   help="metrics gated in both directions, as drift (default loss; none for none)")
+    p.add_argument("--max-spread", type=_optional_fraction, default=T.max_spread, metavar="F",
+                   help="noise limit: a cell metric spread wider than this is noisy, not gated (default 10%%)")
+    p.add_argument("--min-repeats", type=int, default=T.min_repeats, metavar="N",
+                   help="repeats a side needs for a metric to be gated (default 3)")
+    p.add_argument("--gate-metrics", type=_names, default=T.gate_metrics, metavar="METRICS",
+                   help="metrics whose regression fails the run (default throughput,memory,loss)")
+    p.add_argument("--gate-cells", nargs="+", default=list(T.gate_cells), metavar="GLOB",
+                   help="cell ids the gate covers, as glob patterns (default all)")
+    p.add_argument("--fail-on-removed", action="store_true",
+                   help="a baseline cell missing from the run fails it too (default: reported)")
+
+
+def parser() -> Parser:
+    top = Parser(prog="python -m nightly", description=__doc__.split("\n\n")[0])
+    sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
+    run = sub.add_parser("run", help="pre-flight, matrix, report and comparison in a row")
+    for add in (_add_out, _add_device, _add_preflight, _add_gate, _add_matrix):
+        add(run)
+    preflight = sub.add_parser("preflight", help="is the machine fit to measure? (exit 3 when not)")
+    for add in (_add_out, _add_device, _add_preflight):
+        add(preflight)
+    matrix = sub.add_parser("matrix", help="bench's matrix, every cell repeated (exit 3 when it cannot run)")
+    for add in (_add_out, _add_device, _add_matrix):
+        add(matrix)
+    report = sub.add_parser("report", help="the HTML report of the run")
+    _add_out(report)
+    compare = sub.add_parser("compare", help="the gate: the run against the baseline of its environment")
+    _add_out(compare)
+    compare.add_argument("--candidate", default=None, metavar="PATH",
+                         help="results to gate instead of the run's results.jsonl (a file or directory)")
+    _add_gate(compare)
+    status = sub.add_parser("status", help="the run's verdict as an exit status, label and summary")
+    _add_out(status)
+    promote = sub.add_parser("promote", help="make a green run the baseline of its environment")
+    promote.add_argument("run_dir", metavar="DIR", help="the run directory (a downloaded nightly artifact)")
+    promote.add_argument("--baselines", default=None, metavar="DIR", help="default reports/baselines")
+    promote.add_argument("--force", action="store_true",
+                         help="promote a run that is not green, not from main, or of uncommitted code")
+    return top
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def _limits(args: argparse.Namespace):
+    from .preflight import PreflightLimits
+
+    return PreflightLimits(device=args.device, min_free_fraction=args.min_free_fraction, min_gpus=args.min_gpus,
+                           allow_foreign_processes=args.allow_foreign_processes,
+                           fail_on_slowdown=args.fail_on_slowdown)
+
+
+def _matrix_options(args: argparse.Namespace):
+    from .matrix import MatrixOptions
+
+    return MatrixOptions(preset=args.preset, repeats=args.repeats, device=args.device,
+                         bench_args=tuple(args.bench_args))
+
+
+def _thresholds(args: argparse.Namespace):
+    from reports.verdict import Thresholds
+
+    from .gate import NIGHTLY_THRESHOLDS
+
+    return Thresholds(relative=args.relative, k=args.k, spread=args.spread,
+                      per_metric={**NIGHTLY_THRESHOLDS.per_metric, **dict(args.threshold)},
+                      gate_metrics=args.gate_metrics, gate_cells=tuple(args.gate_cells),
+                      fail_on_removed=args.fail_on_removed, max_spread=args.max_spread,
+                      min_repeats=args.min_repeats, two_sided=args.two_sided)
+
+
+def _finish(run: RunDir, stage: Stage) -> int:
+    """Record the stage, refresh summary.md, print the stage's line."""
+    from . import summary
+
+    run.record(stage)
+    summary.write(run)
+    label = "" if stage.exit_status == PASS else f"{LABELS[stage.exit_status]}: "
+    print(f"nightly {TITLES[stage.name]}: {label}{stage.line}", flush=True)
+    for line in stage.details.get("regressions", []):
+        print(f"  {line}", flush=True)
+    return stage.exit_status
+
+
+def _escape(text: str) -> str:
+    """GitHub workflow-command data escaping (%, CR, LF)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _github(run: RunDir, outcome: Outcome) -> None:
+    """Under GitHub Actions: the job summary, step outputs (exit_status, label) and an annotation
+    whose title says whose problem it is. Elsewhere nothing: the same run works on any host."""
+    if os.environ.get("GITHUB_ACTIONS") != "true":
+        return
+    from . import summary
+
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
+            f.write(summary.render(run) + "\n")
+    if os.environ.get("GITHUB_OUTPUT"):
+        with open(os.environ["GITHUB_OUTPUT"], "a", encoding="utf-8") as f:
+            f.write(f"exit_status={outcome.exit_status}\nlabel={outcome.label}\n")
+    if outcome.exit_status in ANNOTATIONS:
+        print(f"::error title={ANNOTATIONS[outcome.exit_status]}::{_escape(outcome.line)}", flush=True)
+    elif outcome.label == NO_BASELINE:
+        print(f"::notice title=No comparable baseline::{_escape(outcome.line)}", flush=True)
+
+
+def _status(run: RunDir) -> int:
+    from . import summary
+
+    if not run.state():
+        raise InputError(f"{run.root}: no nightly run here (no nightly.json)")
+    outcome = run.outcome()
+    path = summary.write(run)
+    print(f"trainkit nightly: {outcome.label} (exit {outcome.exit_status}): {outcome.line}")
+    print(f"summary: {path}")
+    _github(run, outcome)
+    return outcome.exit_status
+
+
+def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> int:
+    from .gate import run_compare
+    from .matrix import run_matrix
+    from .preflight import run_preflight
+    from .report import run_report
+
+    if _finish(run, run_preflight(configs["limits"], run)) != PASS:
+        return _status(run)
+    if _finish(run, run_matrix(configs["matrix_options"], run)) != PASS:
+        return _status(run)
+    _finish(run, run_report(run))
+    _finish(run, run_compare(run, configs["thresholds"], baselines_root=args.baselines, baseline=args.baseline))
+    return _status(run)
+
+
+def _configs(args: argparse.Namespace) -> dict[str, object]:
+    """The command's limits, options and thresholds, validated before anything runs: a value their
+    dataclasses refuse is bad input."""
+    makers = {"limits": _limits, "matrix_options": _matrix_options, "thresholds": _thresholds}
+    needs = {"run": ("limits", "matrix_options", "thresholds"), "preflight": ("limits",),
+             "matrix": ("matrix_options",), "compare": ("thresholds",)}.get(args.command, ())
+    try:
+        return {name: makers[name](args) for name in needs}
+    except ValueError as exc:
+        raise InputError(f"python -m nightly {args.command}: {exc}") from None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    configs = _configs(args)
+    if args.command == "promote":
+        from .baselines import DEFAULT_ROOT, promote, shown
+
+        baseline = promote(RunDir(args.run_dir), args.baselines or DEFAULT_ROOT, force=args.force)
+        print(f"promoted {args.run_dir} to {baseline.describe()}")
+        print(f"commit it: git add {shown(baseline.path)} && git commit")
+        return PASS
+    run = RunDir(args.out)
+    if args.command == "status":
+        return _status(run)
+    if args.command == "run":
+        return _run(args, run, configs)
+    if args.command == "preflight":
+        from .preflight import run_preflight
+
+        return _finish(run, run_preflight(configs["limits"], run))
+    if args.command == "matrix":
+        from .matrix import run_matrix
+
+        return _finish(run, run_matrix(configs["matrix_options"], run))
+    if args.command == "report":
+        from .report import run_report
+
+        return _finish(run, run_report(run))
+    from .gate import run_compare
+
+    return _finish(run, run_compare(run, configs["thresholds"], candidate=args.candidate,
+                                    baselines_root=args.baselines, baseline=args.baseline))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _dispatch(parser().parse_args(argv))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return BAD_INPUT

@@ -1,0 +1,112 @@
+"""The gate: tonight's run against the baseline of the same environment.
+
+The decision itself is reports.verdict's (see its docstring for the rule); the nightly's defaults
+make it stricter about noise and about numerics than a one-off `python -m reports compare`:
+
+    throughput  regressed when lower by more than max(7 %, 3 x spread)       TorchBench's 7 %
+    peak memory regressed when higher by more than max(7 %, 3 x spread)      reserved on a GPU, RSS on a CPU
+    final loss  drifted when it moves either way by more than max(2 %, 3 x spread)
+    status      failed when ok in the baseline and oom, diverged, crashed or timeout now
+
+    spread      IQR / median over the repeats of a cell (at least 3, in separate worker processes)
+    noisy       a spread above 10 %, or fewer than 3 repeats: reported, never gated
+
+Cells bench could not run on this runner (more GPUs than it has) are left out of both sides and
+listed: the runner's shape is not the code's doing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Any
+
+from reports.compare import headline, regressions_text, write_comparison
+from reports.records import all_records, read_runs
+from reports.verdict import Samples, Thresholds, cell_data, compare_records
+
+from . import NO_BASELINE, PASS, REGRESSION
+from .baselines import MANIFEST, Baseline, describe_fingerprint, find, load, load_all, run_fingerprint, slug
+from .rundir import COMPARE, RESULTS, RunDir, Stage
+
+NIGHTLY_THRESHOLDS = Thresholds(per_metric={"loss": 0.02}, two_sided=("loss",), max_spread=0.10, min_repeats=3)
+"""The nightly's defaults; every field is a `python -m nightly compare` option."""
+
+
+def measured(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records of cells that ran (bench records cells it skipped at collection as unsupported)."""
+    return [r for r in records if not r.get("skipped_at_collection")]
+
+
+def _read(path: str) -> list[dict[str, Any]]:
+    return all_records(read_runs([path]))
+
+
+def _explicit(path: str) -> Baseline:
+    """A baseline named on the command line: a baseline directory, or any results file or directory."""
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        return load(path)
+    return Baseline(path, {"fingerprint": run_fingerprint(_read(path), path), "source": path})
+
+
+def run_compare(run: RunDir, thresholds: Thresholds = NIGHTLY_THRESHOLDS, candidate: str | None = None,
+                baselines_root: str | None = None, baseline: str | None = None) -> Stage:
+    """Compare the run's results (or `candidate`) with the baseline of its environment from
+    baselines_root (or the one named by `baseline`); write compare.html, .md and .csv."""
+    from .baselines import DEFAULT_ROOT
+
+    root = baselines_root or DEFAULT_ROOT
+    candidate = candidate or run.path(RESULTS)
+    cand_records = _read(candidate)
+    fp = run_fingerprint(cand_records, candidate)
+    chosen = _explicit(baseline) if baseline else find(root, fp)
+    details: dict[str, Any] = {"fingerprint": fp, "slug": slug(fp), "candidate": candidate,
+                               "thresholds": asdict(thresholds)}
+    if chosen is None or chosen.fingerprint != fp:
+        others = [chosen] if chosen else load_all(root)
+        line = f"{NO_BASELINE} for {describe_fingerprint(fp)}"
+        if others:
+            line += "; baselines exist for: " + " | ".join(describe_fingerprint(b.fingerprint) for b in others)
+        details.update(outcome=NO_BASELINE, baselines=[b.describe() for b in others])
+        return Stage("compare", PASS, line, details)
+
+    base_records = _read(chosen.results if os.path.isfile(chosen.results) else chosen.path)
+    result = compare_records(measured(base_records), measured(cand_records), thresholds)
+    ran_before = {r["cell_id"] for r in measured(base_records)}
+    not_run = sorted({r["cell_id"] for r in cand_records if r.get("skipped_at_collection")} & ran_before)
+    if not_run:
+        reason = next(r["status_detail"] for r in cand_records if r["cell_id"] == not_run[0])
+        result.warnings.append(f"{len(not_run)} cell(s) of the baseline could not run on this runner "
+                               f"({reason}): {', '.join(not_run[:5])}{' ...' if len(not_run) > 5 else ''}")
+    write_comparison(result, run.path(COMPARE), [chosen.results], [candidate])
+    details.update(outcome="pass" if result.passed else "regression", baseline=chosen.describe(),
+                   counts=result.counts(), regressions=[line.strip() for line in regressions_text(result)],
+                   noisy=[c.cell for c in result.noisy], warnings=result.warnings)
+    return Stage("compare", PASS if result.passed else REGRESSION,
+                 f"{headline(result)} against {chosen.describe()}", details)
+
+
+def _spread(samples: Samples) -> float | None:
+    return samples.spread() if len(samples.values) >= 2 else None
+
+
+def cell_rows(records: list[dict[str, Any]], max_spread: float | None) -> list[dict[str, Any]]:
+    """Per cell of a run: status, repeats, and median and spread (IQR / median over the repeats)
+    of throughput, peak memory and final loss; noisy when a spread exceeds max_spread."""
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for record in measured(records):
+        by_cell.setdefault(record["cell_id"], []).append(record)
+    rows = []
+    for cell, group in by_cell.items():
+        data = cell_data(group)
+        row: dict[str, Any] = {"cell": cell, "status": data.status, "repeats": len(group),
+                               "ok": sum(s == "ok" for s in data.statuses), "memory_measure": data.memory_measure,
+                               "throttled": sum(bool(r.get("throttled")) for r in group)}
+        for metric, samples in data.metrics.items():
+            row[f"{metric}_median"] = samples.median() if samples.values else None
+            row[f"{metric}_spread"] = _spread(samples)
+        spreads = [row[f"{m}_spread"] for m in data.metrics if row[f"{m}_spread"] is not None]
+        row["noisy"] = max_spread is not None and any(s > max_spread for s in spreads)
+        rows.append(row)
+    return rows
+

@@ -1,0 +1,97 @@
+"""The matrix: bench's pytest-benchmark suite, every cell repeated in fresh worker processes.
+
+The nightly runs exactly what a person would run (`pytest bench/test_train.py --benchmark-only`),
+in a subprocess, so bench's options, progress and skip reasons are the usual ones. Cells that end
+oom, diverged or crashed are results, not errors (bench records and xfails them); the matrix
+"could not run" (an infrastructure failure) when pytest itself fails or the GPUs vanish mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+
+from trainkit.schema import read_jsonl
+
+from . import BAD_INPUT, INFRASTRUCTURE, PASS
+from .rundir import BENCH_JSON, RESULTS, ROOT, RunDir, Stage
+
+BENCH_TEST = os.path.join("bench", "test_train.py")  # not `bench`: the opt-in overhead benchmark stays out
+PYTEST_USAGE_ERRORS = (2, 4)  # bench's own option errors exit 2; pytest's usage errors 4
+PYTEST_NO_TESTS = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatrixOptions:
+    """What to run. Every field is a `python -m nightly matrix` option."""
+
+    preset: str = "nightly"
+    """bench's preset: nightly is the GPU matrix (1, 2, 4 and 8 GPUs where the runner has them);
+    tiny, quick and full also run on a CPU."""
+    repeats: int = 3
+    """Runs of every cell, each in fresh worker processes; the gate needs 3 to tell noise from change."""
+    device: str = "auto"
+    """auto, cpu or cuda: where the cells run."""
+    bench_args: tuple[str, ...] = ()
+    """Further bench options, as given after `--` (--model mlp, --cell-timeout 600, --steps 20, ...)."""
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ValueError(f"repeats={self.repeats} must be >= 1")
+
+
+def bench_command(options: MatrixOptions, run: RunDir) -> list[str]:
+    """The pytest command line; the report is the report stage's job (--no-report)."""
+    return [sys.executable, "-m", "pytest", BENCH_TEST, "--benchmark-only", "-p", "no:cacheprovider",
+            "--preset", options.preset, "--repeats", str(options.repeats), "--device", options.device,
+            "--report-dir", os.path.abspath(run.root), "--results-file", os.path.abspath(run.path(RESULTS)),
+            "--benchmark-json", os.path.abspath(run.path(BENCH_JSON)), "--no-report", *options.bench_args]
+
+
+def run_matrix(options: MatrixOptions, run: RunDir) -> Stage:
+    """Run bench (its output streams through), then read what it recorded."""
+    if not os.path.isfile(os.path.join(ROOT, BENCH_TEST)):
+        return Stage("matrix", BAD_INPUT, f"{ROOT} is not a trainkit checkout ({BENCH_TEST} is missing)")
+    os.makedirs(run.root, exist_ok=True)
+    command = bench_command(options, run)
+    details = {"preset": options.preset, "repeats": options.repeats, "device": options.device, "command": command}
+    sys.stdout.flush()
+    returncode = subprocess.run(command, cwd=ROOT).returncode
+    details["pytest_exit_status"] = returncode
+    records = read_jsonl(run.path(RESULTS)) if run.exists(RESULTS) else []
+    ran = [r for r in records if not r.get("skipped_at_collection")]
+    skipped = [r for r in records if r.get("skipped_at_collection")]
+    if skipped and not ran:
+        # Judged before pytest's exit status: with every cell skipped, pytest-benchmark warns that it
+        # saves nothing, and the suite's warnings-as-errors turn that into a pytest error.
+        return Stage("matrix", BAD_INPUT, f"no cell of the preset can run here: {skipped[0]['status_detail']}",
+                     details)
+    if returncode in PYTEST_USAGE_ERRORS:
+        return Stage("matrix", BAD_INPUT, f"bench refused its options (pytest exit {returncode}; see its error above)",
+                     details)
+    if returncode == PYTEST_NO_TESTS:
+        return Stage("matrix", BAD_INPUT, "the options select no cell of the matrix", details)
+    if returncode != 0:
+        return Stage("matrix", INFRASTRUCTURE, f"bench exited {returncode}: the matrix could not run", details)
+    from .preflight import postflight  # after the matrix: do the GPUs still answer?
+
+    lost = postflight(run)
+    if lost:
+        return Stage("matrix", INFRASTRUCTURE, lost, details)
+    if not ran:
+        return Stage("matrix", INFRASTRUCTURE, "bench ran but wrote no record", details)
+    statuses = Counter(r["status"] for r in ran)
+    cells = len({r["cell_id"] for r in ran})
+    throttled = len({r["cell_id"] for r in ran if r.get("throttled")})
+    line = (f"{cells} cells x {options.repeats} repeats ({options.preset}): "
+            + ", ".join(f"{n} {status}" for status, n in statuses.most_common()))
+    if throttled:
+        line += f"; {throttled} cell(s) throttled during timed steps"
+    if skipped:
+        line += f"; {len({r['cell_id'] for r in skipped})} cell(s) not run here ({skipped[0]['status_detail']}, ...)"
+    details.update(cells=cells, statuses=dict(statuses), throttled_cells=throttled,
+                   not_run_cells=len({r["cell_id"] for r in skipped}))
+    return Stage("matrix", PASS, line, details)

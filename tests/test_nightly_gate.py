@@ -1,0 +1,289 @@
+"""The nightly gate's decisions (nightly.gate, nightly.rundir), on small hand-made records: noise-aware
+thresholds over repeats, like-with-like baselines, new, removed and failing cells, loss drift, and the
+exit status and label a run ends with. Pure Python: no worker runs here (test_nightly_e2e runs them)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from nightly import BAD_INPUT, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
+from nightly.baselines import MANIFEST, slug
+from nightly.cli import main
+from nightly.gate import NIGHTLY_THRESHOLDS, cell_rows, run_compare
+from nightly.rundir import COMPARE, RunDir, Stage, overall
+from reports.records import InputError
+from reports.verdict import Thresholds
+from trainkit.schema import SCHEMA, fingerprint
+
+H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver": "575.51.03", "cuda": "12.8", "torch": "2.7.0",
+        "cpu": "x", "hostname": "runner-1"}
+MLP, GPT = "mlp-fp32-bs4096-ga1-gpus1", "gpt-amp-bf16-bs8-ga4-gpus2"
+
+
+def record(cell=MLP, throughput=1000.0, memory=2**30, loss=2.0, status="ok", env=None, repeat=0, **extra):
+    """A record with the fields the gate reads (the real schema's keys, the rest null)."""
+    ok = status == "ok"
+    step_s = 4096 / throughput if ok else None
+    return {"schema": SCHEMA, "cell_id": cell, "status": status, "status_detail": "" if ok else f"{status}: boom",
+            "config": {"model": cell.split("-")[0], "lr": 0.01}, "repeat": repeat,
+            "throughput_samples_per_s": throughput if ok else None,
+            "step_time_s": {"median": step_s, "iqr": step_s * 0.01 if ok else None},
+            "memory": {"torch_max_allocated_bytes": None, "torch_max_reserved_bytes": memory if ok else None,
+                       "nvml_process_peak_bytes": None, "host_rss_peak_bytes": 3 * 2**30},
+            "loss": {"final": loss if ok else None}, "scaler": {}, "env": dict(H100 if env is None else env),
+            "finished_at": f"2026-01-01T00:00:{repeat:02d}", **extra}
+
+
+def repeats(cell=MLP, throughputs=(1000.0, 1000.0, 1000.0), memory=2**30, loss=2.0, statuses=None, env=None):
+    statuses = statuses or ["ok"] * len(throughputs)
+    return [record(cell, t, memory, loss, s, env, repeat=i) for i, (t, s) in enumerate(zip(throughputs, statuses))]
+
+
+def write_results(path, records) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    return str(path)
+
+
+def baseline_dir(root, records) -> str:
+    """A promoted baseline as `promote` lays it out: results and a manifest keyed by the fingerprint."""
+    fp = fingerprint(records[0]["env"])
+    path = os.path.join(root, slug(fp))
+    write_results(os.path.join(path, "results.jsonl"), records)
+    with open(os.path.join(path, MANIFEST), "w") as f:
+        json.dump({"fingerprint": fp, "commit": "abc123", "preset": "nightly", "repeats": 3}, f)
+    return path
+
+
+@pytest.fixture
+def gate(tmp_path):
+    """compare(baseline records, candidate records, thresholds) -> the compare stage."""
+    def compare(base, cand, thresholds=NIGHTLY_THRESHOLDS) -> Stage:
+        root = str(tmp_path / "baselines")
+        if base:
+            baseline_dir(root, base)
+        run = RunDir(str(tmp_path / "run"))
+        candidate = write_results(str(tmp_path / "run" / "results.jsonl"), cand)
+        return run_compare(run, thresholds, candidate=candidate, baselines_root=root)
+    return compare
+
+
+def verdicts(stage: Stage, tmp_path) -> dict[str, str]:
+    with open(tmp_path / "run" / "compare.csv") as f:
+        lines = f.read().splitlines()
+    header = lines[0].split(",")
+    return {row.split(",")[0]: row.split(",")[header.index("verdict")] for row in lines[1:]}
+
+
+# --- noise ------------------------------------------------------------------------------------------
+
+def test_a_quiet_cell_that_slows_by_a_tenth_regresses(gate, tmp_path):
+    stage = gate(repeats(throughputs=(1000, 1010, 990)), repeats(throughputs=(900, 905, 895)))
+    assert stage.exit_status == REGRESSION and stage.details["outcome"] == "regression"
+    assert stage.details["regressions"] == [f"{MLP}: regressed: throughput -10.0% (threshold ±7.0%)"]
+    assert "FAIL: 1 gated cell(s) regressed or failed of 1" in stage.line
+    assert os.path.exists(tmp_path / "run" / COMPARE)
+
+
+def test_the_threshold_widens_with_the_spread_over_repeats(gate, tmp_path):
+    # Candidate IQR / median = 8 %: the threshold is 3 x 8 % = 24 %, so -8 % is noise and -30 % is not.
+    wobbly = (850.0, 920.0, 997.0)
+    assert gate(repeats(), repeats(throughputs=wobbly)).exit_status == PASS
+    assert verdicts(None, tmp_path) == {MLP: "noisy"}
+    slow = tuple(t * 0.7 / 0.92 for t in wobbly)  # median 700: -30 %
+    stage = gate(repeats(), repeats(throughputs=slow))
+    assert stage.exit_status == REGRESSION and "threshold ±24.0%" in stage.details["regressions"][0]
+
+
+def test_a_cell_whose_own_runs_disagree_is_noisy_reported_and_not_gated(gate, tmp_path):
+    # 30 % spread in the baseline: even a halved throughput cannot be told from that.
+    stage = gate(repeats(throughputs=(1000, 700, 1300)), repeats(throughputs=(500, 350, 650)))
+    assert stage.exit_status == PASS and stage.details["noisy"] == [MLP]
+    with open(tmp_path / "run" / "compare.md") as f:
+        assert "spread 30.0% above the noise limit of 10.0%" in f.read()
+    # The same halving over quiet repeats fails the gate.
+    assert gate(repeats(), repeats(throughputs=(500, 500, 500))).exit_status == REGRESSION
+
+
+def test_fewer_than_three_repeats_are_reported_not_gated(gate):
+    stage = gate(repeats(), repeats(throughputs=(500.0,)))
+    assert stage.exit_status == PASS and stage.details["noisy"] == [MLP]
+    asked_for_one = Thresholds(**{**vars(NIGHTLY_THRESHOLDS), "min_repeats": 1})
+    assert gate(repeats(), repeats(throughputs=(500.0,)), asked_for_one).exit_status == REGRESSION
+
+
+def test_peak_memory_is_gated(gate):
+    stage = gate(repeats(memory=10 * 2**30), repeats(memory=12 * 2**30))
+    assert stage.exit_status == REGRESSION
+    assert stage.details["regressions"] == [f"{MLP}: regressed: memory +20.0% (threshold ±7.0%)"]
+    assert gate(repeats(memory=10 * 2**30), repeats(memory=8 * 2**30)).exit_status == PASS  # smaller is better
+
+
+def test_the_final_loss_drifting_either_way_fails(gate):
+    lower = gate(repeats(loss=2.0), repeats(loss=1.9))
+    assert lower.exit_status == REGRESSION
+    assert lower.details["regressions"] == [f"{MLP}: drifted: loss -5.0% (threshold ±2.0%, drift)"]
+    assert gate(repeats(loss=2.0), repeats(loss=2.1)).exit_status == REGRESSION
+    assert gate(repeats(loss=2.0), repeats(loss=2.02)).exit_status == PASS  # 1 %: within the 2 % tolerance
+
+
+# --- cells that come, go or fail -------------------------------------------------------------------
+
+def test_a_cell_that_used_to_pass_and_now_fails_is_a_regression(gate):
+    for status in ("oom", "diverged", "crashed", "timeout"):
+        stage = gate(repeats(), repeats(statuses=["ok", status, "ok"]))
+        assert stage.exit_status == REGRESSION, status
+        assert stage.details["regressions"] == [f"{MLP}: failed (now {status}: {status}: boom)"]
+
+
+def test_cells_that_keep_failing_or_get_fixed_do_not_fail_the_gate(gate):
+    assert gate(repeats(statuses=["oom"] * 3), repeats(statuses=["oom"] * 3)).exit_status == PASS
+    assert gate(repeats(statuses=["oom"] * 3), repeats()).exit_status == PASS
+
+
+def test_new_and_removed_cells_are_reported_and_removed_ones_gated_on_request(gate, tmp_path):
+    base = repeats(MLP) + repeats(GPT)
+    cand = repeats(MLP) + repeats("resnet50-fp32-bs64-ga1-gpus1")
+    stage = gate(base, cand)
+    assert stage.exit_status == PASS and stage.details["counts"] == {"unchanged": 1, "new": 1, "removed": 1}
+    strict = Thresholds(**{**vars(NIGHTLY_THRESHOLDS), "fail_on_removed": True})
+    stage = gate(base, cand, strict)
+    assert stage.exit_status == REGRESSION and verdicts(stage, tmp_path)[GPT] == "removed"
+
+
+def test_cells_this_runner_cannot_run_are_left_out_not_failed(gate):
+    """An 8-GPU baseline, a runner that shows 4: bench records the 8-GPU cells as unsupported."""
+    eight = "mlp-fp32-bs4096-ga1-gpus8"
+    skipped = [record(eight, status="unsupported", repeat=i, skipped_at_collection=True) for i in range(3)]
+    stage = gate(repeats(MLP) + repeats(eight), repeats(MLP) + skipped)
+    assert stage.exit_status == PASS and stage.details["counts"] == {"unchanged": 1, "removed": 1}
+    assert stage.details["warnings"] == [f"1 cell(s) of the baseline could not run on this runner "
+                                         f"(unsupported: boom): {eight}"]
+    # A worker that now refuses a cell it used to run is a failure, not the runner's shape.
+    refused = repeats(eight, statuses=["unsupported"] * 3)
+    assert gate(repeats(MLP) + repeats(eight), repeats(MLP) + refused).exit_status == REGRESSION
+
+
+# --- like with like ---------------------------------------------------------------------------------
+
+def test_a_baseline_of_another_driver_is_not_comparable(gate, tmp_path):
+    other = dict(H100, driver="580.65.06")
+    stage = gate(repeats(env=other), repeats(throughputs=(100.0, 100.0, 100.0)))
+    assert stage.exit_status == PASS and stage.details["outcome"] == NO_BASELINE
+    assert stage.line.startswith(f"{NO_BASELINE} for gpu_name NVIDIA H100 80GB HBM3, driver 575.51.03, ")
+    assert "baselines exist for: gpu_name NVIDIA H100 80GB HBM3, driver 580.65.06" in stage.line
+    assert not os.path.exists(tmp_path / "run" / COMPARE)  # no comparison, not even an informative one
+
+
+def test_no_baseline_at_all_is_said_plainly(gate):
+    stage = gate([], repeats())
+    assert stage.exit_status == PASS and stage.line == (f"{NO_BASELINE} for gpu_name NVIDIA H100 80GB HBM3, "
+                                                        "driver 575.51.03, cuda 12.8, torch 2.7.0")
+
+
+def test_the_baseline_is_chosen_by_fingerprint_among_several(tmp_path):
+    root = str(tmp_path / "baselines")
+    baseline_dir(root, repeats(throughputs=(500.0,) * 3, env=dict(H100, torch="2.6.0")))
+    baseline_dir(root, repeats())
+    cand = write_results(str(tmp_path / "c.jsonl"), repeats())
+    stage = run_compare(RunDir(str(tmp_path / "run")), candidate=cand, baselines_root=root)
+    assert stage.exit_status == PASS and stage.details["outcome"] == "pass"
+    assert "nvidia-h100-80gb-hbm3-driver-575.51.03-cuda-12.8-torch-2.7.0" in stage.details["baseline"]
+
+
+def test_an_explicit_baseline_of_another_environment_is_not_compared_either(tmp_path):
+    base = write_results(str(tmp_path / "base.jsonl"), repeats(env=dict(H100, cuda="13.0")))
+    cand = write_results(str(tmp_path / "c.jsonl"), repeats(throughputs=(1.0, 1.0, 1.0)))
+    stage = run_compare(RunDir(str(tmp_path / "run")), candidate=cand, baseline=base)
+    assert stage.exit_status == PASS and stage.details["outcome"] == NO_BASELINE and "cuda 13.0" in stage.line
+
+
+def test_a_run_that_mixes_environments_is_bad_input(tmp_path):
+    cand = write_results(str(tmp_path / "c.jsonl"), repeats() + repeats(GPT, env=dict(H100, hostname="b",
+                                                                                        driver="1")))
+    with pytest.raises(InputError, match="records from 2 environments"):
+        run_compare(RunDir(str(tmp_path / "run")), candidate=cand, baselines_root=str(tmp_path))
+    assert main(["compare", "--out", str(tmp_path / "run"), "--candidate", cand]) == BAD_INPUT
+
+
+def test_gate_options_from_the_command_line(tmp_path, capsys):
+    root = str(tmp_path / "baselines")
+    baseline_dir(root, repeats())
+    cand = write_results(str(tmp_path / "c.jsonl"), repeats(throughputs=(950.0,) * 3))  # -5 %
+    out = ["compare", "--out", str(tmp_path / "run"), "--candidate", cand, "--baselines", root]
+    assert main(out) == PASS
+    assert main([*out, "--relative", "3%"]) == REGRESSION
+    assert f"  {MLP}: regressed: throughput -5.0% (threshold ±3.0%)" in capsys.readouterr().out
+    assert main([*out, "--relative", "3%", "--gate-metrics", "memory,loss"]) == PASS
+    assert main([*out, "--max-spread", "-1"]) == BAD_INPUT
+    assert main([*out, "--two-sided", "speed"]) == BAD_INPUT
+    assert "metric 'speed' is not valid" in capsys.readouterr().err
+
+
+# --- the run's verdict --------------------------------------------------------------------------
+
+def stages(**exit_statuses: int) -> dict:
+    return {name: {"exit_status": status, "line": f"{name} said {status}"} for name, status in exit_statuses.items()}
+
+
+@pytest.mark.parametrize("ran, expected", [
+    (dict(preflight=3), (INFRASTRUCTURE, "infrastructure failure", "pre-flight: preflight said 3")),
+    (dict(preflight=0, matrix=3), (INFRASTRUCTURE, "infrastructure failure", "matrix: matrix said 3")),
+    (dict(preflight=0, matrix=2), (BAD_INPUT, "bad input", "matrix: matrix said 2")),
+    (dict(preflight=0, matrix=0, report=0, compare=1), (REGRESSION, "regression", "comparison: compare said 1")),
+    (dict(preflight=0, matrix=0, report=3, compare=1), (REGRESSION, "regression", "comparison: compare said 1")),
+    (dict(preflight=0, matrix=0, report=3, compare=0), (INFRASTRUCTURE, "infrastructure failure",
+                                                        "report: report said 3")),
+    (dict(preflight=0, matrix=0, report=0, compare=0), (PASS, "pass", "comparison: compare said 0")),
+    (dict(preflight=0), (INFRASTRUCTURE, "infrastructure failure", "matrix: did not run (the job stopped before it)")),
+    (dict(preflight=0, matrix=0, report=0), (INFRASTRUCTURE, "infrastructure failure",
+                                             "comparison: did not run (the job stopped before it)")),
+])
+def test_the_run_is_labelled_by_its_earliest_failing_stage(ran, expected):
+    outcome = overall(stages(**ran))
+    assert (outcome.exit_status, outcome.label, outcome.line) == expected
+
+
+def test_no_comparable_baseline_is_a_passing_label_of_its_own():
+    ran = stages(preflight=0, matrix=0, report=0, compare=0)
+    ran["compare"]["outcome"] = NO_BASELINE
+    assert overall(ran).label == NO_BASELINE and overall(ran).exit_status == PASS
+
+
+def test_status_under_github_actions_writes_the_summary_outputs_and_an_annotation(tmp_path, monkeypatch, capsys):
+    run = RunDir(str(tmp_path / "run"))
+    run.record(Stage("preflight", INFRASTRUCTURE, "GPU 0 (NVIDIA H100) is busy: 1 foreign process(es) (pid 99)"))
+    summary, output = tmp_path / "step_summary.md", tmp_path / "output.txt"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    assert main(["status", "--out", run.root]) == INFRASTRUCTURE
+    out = capsys.readouterr().out
+    assert ("::error title=Infrastructure failure (not a regression)::pre-flight: GPU 0 (NVIDIA H100) is busy"
+            in out)
+    assert output.read_text() == "exit_status=3\nlabel=infrastructure failure\n"
+    text = summary.read_text()
+    assert text.startswith("# trainkit nightly: ⚠️ infrastructure failure (exit 3)")
+    assert "not a regression" in text and "| pre-flight | 3 | GPU 0 (NVIDIA H100) is busy" in text
+    # Outside GitHub Actions the same command touches none of that.
+    monkeypatch.delenv("GITHUB_ACTIONS")
+    assert main(["status", "--out", run.root]) == INFRASTRUCTURE
+    assert output.read_text() == "exit_status=3\nlabel=infrastructure failure\n"
+    assert "::error" not in capsys.readouterr().out
+
+
+def test_status_of_a_directory_without_a_run_is_bad_input(tmp_path, capsys):
+    assert main(["status", "--out", str(tmp_path)]) == BAD_INPUT
+    assert "no nightly run here" in capsys.readouterr().err
+
+
+def test_cell_rows_give_median_and_spread_over_repeats():
+    rows = cell_rows(repeats(throughputs=(900.0, 1000.0, 1100.0), loss=2.0), max_spread=0.05)
+    (row,) = rows
+    assert (row["throughput_median"], row["ok"], row["repeats"]) == (1000.0, 3, 3)
+    assert row["throughput_spread"] == pytest.approx(0.10) and row["loss_spread"] == 0.0 and row["noisy"]
+    assert cell_rows(repeats(), max_spread=0.05)[0]["noisy"] is False
