@@ -68,8 +68,10 @@ class Baseline:
 
     def describe(self) -> str:
         m = self.manifest
-        commit = (m.get("commit") or "unknown commit")[:12]
-        return (f"{shown(self.path)} (commit {commit}, promoted {m.get('promoted_at')}, "
+        if "promoted_at" not in m:  # results named on the command line, not a promoted baseline
+            return shown(self.path)
+        commit = m["commit"][:12] if m.get("commit") else "an unknown commit"
+        return (f"{shown(self.path)} (commit {commit}, promoted {m['promoted_at']}, "
                 f"preset {m.get('preset')} x {m.get('repeats')} repeats)")
 
 
