@@ -7,8 +7,9 @@
 The page answers, per model and hardware: what each precision does to throughput, loss and
 memory (summary), how throughput and memory grow with batch size, what accumulation costs at a
 fixed effective batch, how the loss curves of the precisions compare, what the fp16 loss scaler
-did, how throughput scales across GPUs, which cells did not finish and why, and on what
-environment each run was measured.
+did, how throughput scales across GPUs, where each cell's step time goes (the profile: phases,
+top operators, MFU, energy, links to traces and memory snapshots), which cells did not finish and
+why, and on what environment each run was measured.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from typing import Any
 
 import pandas as pd
 
-from . import figures, html
+from . import figures, html, profiles
 from .load import to_frame
 from .records import InputError, Run, all_records, fingerprint, read_runs
 from .summary import PRECISION_ORDER, TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
 
 SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
             ("accumulation", "Accumulation"), ("loss", "Loss curves"), ("scaler", "Loss scaling"),
-            ("scaling", "Scaling"), ("failures", "Cells that did not finish"), ("environment", "Environment"))
+            ("scaling", "Scaling"), ("profile", "Profile"), ("failures", "Cells that did not finish"),
+            ("environment", "Environment"))
 OPEN_ROWS = 120  # past this many summary rows the tables start folded, so they do not bury the charts
 
 
@@ -135,13 +137,15 @@ def _environment_section(runs: list[Run]) -> str:
     return "".join(parts)
 
 
-def render(runs: list[Run], title: str = "trainkit report") -> tuple[str, pd.DataFrame]:
-    """The page and the summary table of some runs."""
+def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".") -> tuple[str, pd.DataFrame]:
+    """The page and the summary table of some runs; links to profile files are made relative to
+    base_dir, the page's directory, where they lie under it."""
     frame = to_frame(all_records(runs))
     table = summary(frame)
     charts = _chart_sections(table, frame)
-    bodies = {"summary": _summary_section(table, frame), **charts, "failures": _failures_section(frame),
-              "environment": _environment_section(runs)}
+    bodies = {"summary": _summary_section(table, frame), **charts,
+              "profile": profiles.section(frame, _pairs(frame), base_dir, OPEN_ROWS),
+              "failures": _failures_section(frame), "environment": _environment_section(runs)}
     body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in SECTIONS)
     return html.page(title, _header(runs, frame), body), table
 
@@ -158,7 +162,7 @@ def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit 
     Returns the paths written: {"html": ..., "csv": ..., "markdown": ...}. Raises records.InputError
     (one line) on a missing, malformed or empty input, or an output that cannot be written."""
     runs = read_runs(list(inputs))
-    page, table = render(runs, title)
+    page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)))
     stem = os.path.splitext(output_html)[0]
     paths = {"html": output_html, "csv": stem + ".csv", "markdown": stem + ".md"}
     try:

@@ -19,6 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .load import PHASES
 from .summary import MIB, PRECISION_ORDER, ranks_label
 
 PRECISION_COLORS = {"fp32": "#4c72b0", "tf32": "#8172b3", "amp-fp16": "#dd8452", "amp-bf16": "#55a868",
@@ -27,7 +28,10 @@ MEMORY_LABELS = {"torch_max_allocated_bytes": "PyTorch allocator peak",
                  "torch_max_reserved_bytes": "PyTorch reserved peak",
                  "nvml_process_peak_bytes": "NVML process peak",
                  "host_rss_peak_bytes": "host RSS peak"}
+# Compute phases in blues, darker as the step goes on; waiting for data stands out in amber.
+PHASE_COLORS = {"data": "#e8a33d", "forward": "#9ecae1", "backward": "#4292c6", "optimizer": "#08519c"}
 MAX_PANELS = 4  # small multiples side by side before a chart stops being readable
+MAX_BARS = 40  # bars in one phase chart; the profile table below it holds every cell
 HEIGHT_PX = 420
 # A small template instead of a named one: plotly deep-copies named templates on every use,
 # which costs seconds over a report of many charts.
@@ -276,6 +280,71 @@ def scaling(cells: pd.DataFrame) -> Chart:
     fig.update_yaxes(tickformat=".0%", row=1, col=2)
     return Chart(title, fig, "Weak scaling: the per-GPU batch and accumulation are fixed, so N GPUs do N times "
                  "the work; 100 % efficiency is N times the 1-GPU throughput. One line per batch and accumulation.")
+
+
+def _bar_slices(per_cell: pd.DataFrame, limit: int = MAX_BARS) -> pd.DataFrame:
+    """The cells to draw: whole (GPU count, accumulation) slices, fewest GPUs and least
+    accumulation first, while they fit in `limit` bars (the first slice always, cut to `limit`)."""
+    shown = []
+    for _, rows in per_cell.groupby(["gpus", "grad_accum"], sort=True, dropna=False):
+        if shown and sum(len(r) for r in shown) + len(rows) > limit:
+            break
+        shown.append(rows)
+    return pd.concat(shown).head(limit)
+
+
+def phase_bars(records: pd.DataFrame) -> Chart:
+    """Where an optimizer step's time goes: a stacked bar per cell (data, forward, backward,
+    optimizer; median over the cell's records), the data-bound cells flagged. One trace per phase
+    and precision, so the precision filter hides bars like it hides lines elsewhere."""
+    title = "Phases of an optimizer step"
+    columns = [f"profile.phases_s.{p}" for p in PHASES]
+    rows = records[records[columns].notna().all(axis=1)]
+    if rows.empty:
+        return Chart(title, None, "No cell here recorded a phase breakdown (profiling off, "
+                     "--phase-steps 0, or the profiling pass failed).")
+    keys = ["cell", "precision", "variant", "precision_variant", "gpus", "grad_accum", "batch_size"]
+    per_cell = rows.groupby(keys, dropna=False, sort=False).agg(
+        **{p: (c, "median") for p, c in zip(PHASES, columns)},
+        data_bound=("profile.data_bound", lambda s: bool(s.eq(True).any()))).reset_index()
+    per_cell = per_cell.assign(_rank=per_cell["precision"].map(_order)).sort_values(
+        ["gpus", "grad_accum", "batch_size", "variant", "_rank", "precision_variant"])
+    shown = _bar_slices(per_cell)
+    total_s = shown[list(PHASES)].sum(axis=1)
+    variant = (shown["variant"] + " " + shown["precision_variant"]).str.strip()
+    labels = [f"bs{b} ga{a} ×{g} {p}" + (f" {v}" if v else "") + (
+        " <span style='color:#c0392b'>data-bound</span>" if bound else "")
+        for b, a, g, p, v, bound in zip(shown["batch_size"], shown["grad_accum"], shown["gpus"], shown["precision"],
+                                        variant, shown["data_bound"])]
+    shown = shown.assign(label=labels, total_ms=total_s * 1e3)
+
+    fig = _figure(height_px=26 * len(shown) + 130)
+    for phase in PHASES:  # legend entries with no precision, so the filter never hides them
+        fig.add_trace(go.Bar(x=[None], y=[None], orientation="h", name=phase, legendgroup=phase,
+                             marker_color=PHASE_COLORS[phase], hoverinfo="skip"))
+    for precision in sorted(shown["precision"].unique(), key=_order):
+        part = shown[shown["precision"] == precision]
+        for phase in PHASES:
+            ms = part[phase] * 1e3
+            fig.add_trace(go.Bar(
+                x=ms, y=part["label"], orientation="h", name=phase, legendgroup=phase, showlegend=False,
+                meta=precision, marker_color=PHASE_COLORS[phase],
+                customdata=list(zip(ms / part["total_ms"], part["total_ms"], part["cell"].astype(str))),
+                hovertemplate=(f"{phase}: %{{x:.3~f}} ms (%{{customdata[0]:.0%}} of %{{customdata[1]:.3~f}} ms)"
+                               "<br>%{customdata[2]}<extra></extra>")))
+    fig.update_layout(barmode="stack", bargap=0.25, legend=dict(title_text="phase", traceorder="normal",
+                                                                orientation="h", x=0, y=1, yanchor="bottom"))
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=list(shown["label"]),
+                     autorange="reversed", automargin=True)
+    fig.update_xaxes(title_text="ms per optimizer step", rangemode="tozero")
+
+    methods = ", ".join(sorted(rows["profile.phase_method"].dropna().astype(str).unique())) or "unknown method"
+    steps = sorted({int(n) for n in rows["profile.phase_steps"].dropna()})
+    note = f"Median over {' or '.join(map(str, steps)) or 'a few'} steps, timed with {methods}."
+    if len(shown) < len(per_cell):
+        note += (f" Showing {len(shown)} of {len(per_cell)} cells (the fewest GPUs and least accumulation "
+                 "first); the table below has every cell.")
+    return Chart(title, fig, note)
 
 
 def charts_for(cells: pd.DataFrame, records: pd.DataFrame) -> list[Chart]:

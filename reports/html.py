@@ -42,6 +42,15 @@ tr.status-failed td, td.v-regressed, td.v-failed { background: #fdecea; }
 td.v-improved, td.v-fixed { background: #e9f5ec; }
 td.v-noisy { background: #fff4e5; }
 .chart { min-height: 200px; }
+.wide { overflow-x: auto; }
+table.compact th { white-space: normal; vertical-align: bottom; }
+table.compact th, table.compact td { padding: 3px 6px; }
+tr.row-note td { white-space: normal; padding: 0 9px 5px 24px; font-size: 13px; }
+tr:has(+ tr.row-note) td { border-bottom: none; }
+.flag { color: #a8322d; }
+details.ops summary { cursor: pointer; }
+details.ops ol { margin: 2px 0 4px; padding-left: 22px; columns: 2; }
+code { font-size: 12px; }
 """
 
 FILTER_JS = """
@@ -54,6 +63,12 @@ function tkFilters() {
   for (const plot of document.querySelectorAll('.js-plotly-plot')) {
     const shown = t => want.precision === '*' || !t.meta || t.meta === want.precision;
     Plotly.restyle(plot, { visible: plot.data.map(shown) });
+    const axis = plot.layout.yaxis;
+    if (axis && axis.categoryorder === 'array') {  // bars per cell: drop the rows of hidden cells
+      plot.tkCategories = plot.tkCategories || axis.categoryarray.slice();
+      const used = new Set(plot.data.filter(shown).flatMap(t => t.y || []));
+      Plotly.relayout(plot, { 'yaxis.categoryarray': plot.tkCategories.filter(c => used.has(c)) });
+    }
     if (plot.offsetParent !== null) Plotly.Plots.resize(plot);  // drawn while hidden, it has no size yet
   }
   const hash = Object.entries(want).filter(([, v]) => v !== '*').map(([k, v]) => k + '=' + encodeURIComponent(v));
@@ -81,11 +96,15 @@ def attrs(values: Mapping[str, object]) -> str:
 
 def table(columns: list[str], rows: list[list[str]], text_columns: Iterable[str] = (),
           wrap_columns: Iterable[str] = (), row_attrs: list[dict[str, object]] | None = None,
-          row_classes: list[str] | None = None, cell_classes: Mapping[str, list[str]] | None = None) -> str:
+          row_classes: list[str] | None = None, cell_classes: Mapping[str, list[str]] | None = None,
+          raw_columns: Iterable[str] = (), row_notes: list[str] | None = None, css_class: str = "") -> str:
     """An HTML table of display strings: text columns align left, numbers right, wrap columns
     (long reasons and notes) break lines. cell_classes gives, per column, one CSS class per row
-    (e.g. the colour of a verdict)."""
-    text_columns, wrap_columns = set(text_columns), set(wrap_columns)
+    (e.g. the colour of a verdict). Values are escaped, except in raw_columns, whose values are
+    HTML the caller built (links, a folded list) and escaped itself. A non-empty row note is a
+    line of HTML (escaped by the caller) under its row, across the whole table, with the row's
+    attributes so that a filter hides both."""
+    text_columns, wrap_columns, raw_columns = set(text_columns), set(wrap_columns), set(raw_columns)
     head = "".join(f'<th class="text">{esc(c)}</th>' if c in text_columns else f"<th>{esc(c)}</th>"
                    for c in columns)
     body = []
@@ -95,10 +114,16 @@ def table(columns: list[str], rows: list[list[str]], text_columns: Iterable[str]
             classes = " ".join(filter(None, ["text" if column in text_columns else "",
                                              "wrap" if column in wrap_columns else "",
                                              (cell_classes or {}).get(column, [""] * len(rows))[i]]))
-            cells.append(f'<td class="{classes}">{esc(value)}</td>' if classes else f"<td>{esc(value)}</td>")
+            shown = value if column in raw_columns else esc(value)
+            cells.append(f'<td class="{classes}">{shown}</td>' if classes else f"<td>{shown}</td>")
         row_class = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
-        body.append(f"<tr{row_class}{attrs(row_attrs[i]) if row_attrs else ''}>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        row_attr = attrs(row_attrs[i]) if row_attrs else ""
+        body.append(f"<tr{row_class}{row_attr}>{''.join(cells)}</tr>")
+        if row_notes and row_notes[i]:
+            body.append(f'<tr class="row-note"{row_attr}><td class="text" colspan="{len(columns)}">'
+                        f"{row_notes[i]}</td></tr>")
+    table_class = f' class="{esc(css_class)}"' if css_class else ""
+    return f"<table{table_class}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def frame_table(frame: pd.DataFrame, **options: Any) -> str:

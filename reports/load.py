@@ -11,6 +11,10 @@ A few short columns are added so the tables and figures read plainly:
     peak_memory_bytes the headline memory measure, named in memory_measure (see verdict.MEMORY_MEASURES)
     run, source       which input file the record came from
 
+The profile of a cell flattens the same way ("profile.phases_s.data", "profile.trace_file",
+"gpu_samples.sm_clock_mhz.median"); a record profiled with no result has only "profile.error",
+and one not profiled has none of them (the columns exist, empty).
+
 Every numeric field may be null (a cell that failed has no throughput; a CPU run has no GPU
 memory), so numeric columns are floats with NaN, and code downstream never assumes a value.
 """
@@ -25,13 +29,21 @@ import pandas as pd
 from .records import UNKNOWN_HARDWARE, Run, all_records, hardware
 from .verdict import MEMORY_MEASURES
 
+# The phases of an optimizer step, in the order they run (trainkit.profile.PHASES, without its torch import).
+PHASES = ("data", "forward", "backward", "optimizer")
 NUMERIC = ("throughput_samples_per_s", "effective_throughput_samples_per_s", "tokens_per_s",
            "step_time_s.median", "step_time_s.iqr", "loss.final", "loss.initial", "loss.eval",
            "scaler.final_scale", "scaler.init_scale", "scaler.skipped_steps", "scaler.skipped_steps_total",
-           "mfu", "energy_j_per_sample", *(f"memory.{m}" for m in MEMORY_MEASURES))
+           "mfu", "peak_flops_per_s", "energy_j_per_sample", *(f"memory.{m}" for m in MEMORY_MEASURES),
+           *(f"profile.phases_s.{p}" for p in PHASES), "profile.phase_total_s", "profile.phase_steps",
+           "profile.data_share", "profile.reduced_precision_share", "profile.trace_steps",
+           *(f"gpu_samples.sm_clock_mhz.{s}" for s in ("min", "median", "max")), "gpu_samples.temperature_c_max",
+           "gpu_samples.power_w_mean")
 # Other columns the report reads; created empty when no record has them (a file of refused cells).
-OTHER = ("cell_id", "status", "status_detail", "finished_at", "run", "loss.curve", "memory.nvml_method",
-         "scaler.enabled")
+OTHER = ("cell_id", "status", "status_detail", "finished_at", "run", "source", "loss.curve", "memory.nvml_method",
+         "scaler.enabled", "energy_method", "throttled", "gpu_samples.throttle_reasons", "profile.error",
+         "profile.phase_method", "profile.data_bound", "profile.top_ops", "profile.time_basis", "profile.trace_file",
+         "profile.memory_snapshot_file", "profile.memory_snapshot_note")
 
 
 # Config fields that change the work besides the five axes, with the records they matter to: a

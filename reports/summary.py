@@ -11,7 +11,16 @@ Columns (CSV names; units in the names):
     peak_memory_mib, memory_measure  the headline memory measure (see verdict.MEMORY_MEASURES), MiB = 2**20 B
     skipped_steps             optimizer steps GradScaler skipped (amp-fp16 only)
     weak_scaling_efficiency   thr_N / (N * thr_1) for the same per-GPU batch and accumulation (N > 1)
-    speedup_vs_tf32           only when tf32 cells exist: NVIDIA's published AMP speedups are over TF32
+
+Columns only present when some record has them (a CPU run has no MFU and no energy):
+
+    speedup_vs_tf32           when tf32 cells exist: NVIDIA's published AMP speedups are over TF32
+    mfu                       model FLOPs utilisation: achieved FLOP/s over the device's peak for the dtype
+    energy_j_per_sample       joules per training sample over the timed steps (all GPUs of the cell)
+    phase_data_s, phase_forward_s, phase_backward_s, phase_optimizer_s, data_share
+                              the phase breakdown: median seconds per optimizer step spent waiting for
+                              data, in forward, backward and the optimizer step, and data's share of
+                              the step (CSV only: the page draws them in its profile section)
 
 "Same shape" = same model, hardware, GPU count, micro-batch, accumulation and shared variant.
 """
@@ -22,6 +31,7 @@ import math
 
 import pandas as pd
 
+from .load import PHASES
 from .verdict import MEASURE_NAMES
 
 MIB = 2**20
@@ -33,6 +43,7 @@ GROUP = ["model", "hardware", "gpus"]  # one table per group in HTML and Markdow
 COLUMNS = ["model", "hardware", "gpus", "batch_size", "grad_accum", "effective_batch", "precision", "variant",
            "status", "repeats", "throughput_samples_per_s", "speedup_vs_fp32", "final_loss", "loss_diff_vs_fp32",
            "peak_memory_mib", "memory_measure", "skipped_steps", "weak_scaling_efficiency"]
+PHASE_COLUMNS = [*(f"phase_{p}_s" for p in PHASES), "data_share"]
 
 
 def _precision_rank(precision: pd.Series) -> pd.Series:
@@ -53,6 +64,10 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
         peak_memory_bytes=("peak_memory_bytes", "median"),
         memory_measure=("memory_measure", "first"),
         skipped_steps=("skipped", "median"),
+        mfu=("mfu", "median"),
+        energy_j_per_sample=("energy_j_per_sample", "median"),
+        data_share=("profile.data_share", "median"),
+        **{f"phase_{p}_s": (f"profile.phases_s.{p}", "median") for p in PHASES},
     )
     table = table.join(medians).reset_index()
     table["status"] = table["last_status"].where(~table["any_ok"], "ok")
@@ -87,6 +102,12 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     ideal = table["gpus"].astype(float) * table["throughput_samples_per_s_1gpu"]
     table["weak_scaling_efficiency"] = (table["throughput_samples_per_s"] / ideal).where(table["gpus"] > 1)
     table["variant"] = (table["variant"] + " " + table["precision_variant"]).str.strip()
+    # Present when any cell has them: a CPU run has neither MFU nor energy, a run with
+    # --phase-steps 0 no phases; a column of blanks would say "measured, nothing there".
+    for column, before in (("mfu", "final_loss"), ("energy_j_per_sample", "skipped_steps")):
+        if table[column].notna().any():
+            columns.insert(columns.index(before), column)
+    columns += [c for c in PHASE_COLUMNS if table[c].notna().any()]
     table = table.assign(_rank=_precision_rank(table["precision"]))
     table = table.sort_values(["model", "hardware", "gpus", "batch_size", "grad_accum", "_rank", "variant"])
     return table[columns].reset_index(drop=True)
@@ -100,12 +121,17 @@ HEADERS = {
     "throughput_samples_per_s": "samples/s", "speedup_vs_fp32": "vs fp32", "speedup_vs_tf32": "vs tf32",
     "final_loss": "final loss", "loss_diff_vs_fp32": "Δ loss vs fp32", "peak_memory_mib": "peak MiB",
     "memory_measure": "measured as", "skipped_steps": "skipped steps",
-    "weak_scaling_efficiency": "weak scaling",
+    "weak_scaling_efficiency": "weak scaling", "mfu": "MFU", "energy_j_per_sample": "J/sample",
 }
 
 
 def _missing(value: object) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def mfu_text(value: float) -> str:
+    """MFU as a percentage to three digits: a small model's MFU can be far below 1 %."""
+    return f"{value * 100:.3g}%" if value >= 1e-4 else "<0.01%"
 
 
 def _fmt(column: str, value: object) -> str:
@@ -123,6 +149,10 @@ def _fmt(column: str, value: object) -> str:
         return f"{value:,.0f}"
     if column == "weak_scaling_efficiency":
         return f"{value:.0%}"
+    if column == "mfu":
+        return mfu_text(value)
+    if column == "energy_j_per_sample":
+        return f"{value:.3g}"
     if column == "skipped_steps":
         return f"{value:g}"
     if column == "memory_measure":
@@ -131,20 +161,20 @@ def _fmt(column: str, value: object) -> str:
 
 
 def formatted(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as display strings, under short headers, without the group columns. Columns with
-    nothing to say in these rows are left out, and a memory measure shared by all rows moves into
-    the header."""
+    """The table as display strings, under short headers, without the group columns and the phase
+    columns (the page's profile section draws those). Columns with nothing to say in these rows are
+    left out, and a memory measure shared by all rows moves into the header."""
     headers = dict(HEADERS)
     measures = table["memory_measure"].dropna().unique()
-    hidden = set(GROUP)
+    hidden = set(GROUP) | set(PHASE_COLUMNS)
     if len(measures) <= 1:
         hidden.add("memory_measure")
         if len(measures) == 1:
             headers["peak_memory_mib"] = f"peak MiB ({_fmt('memory_measure', measures[0])})"
     if not (table["variant"] != "").any():
         hidden.add("variant")
-    for column in ("skipped_steps", "weak_scaling_efficiency", "speedup_vs_tf32"):
-        if column in table and table[column].isna().all():  # no amp-fp16 cell, one GPU count, no tf32
+    for column in ("skipped_steps", "weak_scaling_efficiency", "speedup_vs_tf32", "mfu", "energy_j_per_sample"):
+        if column in table and table[column].isna().all():  # no amp-fp16 cell, one GPU count, no tf32, a CPU
             hidden.add(column)
     shown = [c for c in table.columns if c not in hidden]
     return pd.DataFrame({headers.get(c, c): [_fmt(c, v) for v in table[c]] for c in shown}, index=table.index)
