@@ -9,6 +9,9 @@
     python -m nightly promote DIR [--baselines reports/baselines] [--force]
 
 `run` is preflight, matrix, report and compare in a row, stopping at a failed pre-flight or matrix.
+`run` and `preflight` begin a new run in --out (an earlier run's artifacts there are removed); the
+other commands add to the run they find.
+
 Exit status: 0 pass or no comparable baseline, 1 regression, 2 bad input, 3 infrastructure failure.
 """
 
@@ -37,6 +40,16 @@ def _fraction(text: str) -> float:
     """0.07 or 7%."""
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value >= 0:
@@ -101,7 +114,7 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
                    help="compare with this baseline directory or results file instead (still like with like)")
     p.add_argument("--relative", type=_fraction, default=T.relative, help="smallest relative change that counts "
                    "(default 7%%, TorchBench's)")
-    p.add_argument("--k", type=_fraction, default=T.k, help="a change must also exceed k x the spread (default 3)")
+    p.add_argument("--k", type=_number, default=T.k, help="a change must also exceed k x the spread (default 3)")
     p.add_argument("--spread", choices=("iqr", "mad"), default=T.spread, help="spread over repeats (default iqr)")
     p.add_argument("--threshold", type=_override, action="append", default=[], metavar="METRIC=FRACTION",
                    help="relative threshold for one metric, repeatable (default loss=2%%)")
@@ -233,6 +246,7 @@ def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> i
     from .preflight import run_preflight
     from .report import run_report
 
+    run.start()
     if _finish(run, run_preflight(configs["limits"], run)) != PASS:
         return _status(run)
     if _finish(run, run_matrix(configs["matrix_options"], run)) != PASS:
@@ -271,6 +285,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "preflight":
         from .preflight import run_preflight
 
+        run.start()
         return _finish(run, run_preflight(configs["limits"], run))
     if args.command == "matrix":
         from .matrix import run_matrix

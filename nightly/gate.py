@@ -78,6 +78,11 @@ def run_compare(run: RunDir, thresholds: Thresholds = NIGHTLY_THRESHOLDS, candid
         reason = next(r["status_detail"] for r in cand_records if r["cell_id"] == not_run[0])
         result.warnings.append(f"{len(not_run)} cell(s) of the baseline could not run on this runner "
                                f"({reason}): {', '.join(not_run[:5])}{' ...' if len(not_run) > 5 else ''}")
+    throttled = sorted({r["cell_id"] for r in cand_records if r.get("throttled")}
+                       & {c.cell for c in result.regressions})
+    if throttled:
+        result.warnings.append(f"{len(throttled)} failing cell(s) ran throttled (NVML clock-event reasons): "
+                               f"{', '.join(throttled)}; check the runner's cooling and clocks before the code")
     write_comparison(result, run.path(COMPARE), [chosen.results], [candidate])
     details.update(outcome="pass" if result.passed else "regression", baseline=chosen.describe(),
                    counts=result.counts(), regressions=[line.strip() for line in regressions_text(result)],

@@ -21,7 +21,7 @@ from .rundir import BENCH_JSON, RESULTS, ROOT, RunDir, Stage
 
 BENCH_TEST = os.path.join("bench", "test_train.py")  # not `bench`: the opt-in overhead benchmark stays out
 PYTEST_USAGE_ERRORS = (2, 4)  # bench's own option errors exit 2; pytest's usage errors 4
-PYTEST_NO_TESTS = 5
+PYTEST_TESTS_FAILED, PYTEST_NO_TESTS = 1, 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +58,9 @@ def run_matrix(options: MatrixOptions, run: RunDir) -> Stage:
     os.makedirs(run.root, exist_ok=True)
     command = bench_command(options, run)
     details = {"preset": options.preset, "repeats": options.repeats, "device": options.device, "command": command}
+    for stale in (RESULTS, BENCH_JSON):  # a refused run must not leave an earlier run's results to judge
+        if run.exists(stale):
+            os.remove(run.path(stale))
     sys.stdout.flush()
     returncode = subprocess.run(command, cwd=ROOT).returncode
     details["pytest_exit_status"] = returncode
@@ -74,7 +77,8 @@ def run_matrix(options: MatrixOptions, run: RunDir) -> Stage:
                      details)
     if returncode == PYTEST_NO_TESTS:
         return Stage("matrix", BAD_INPUT, "the options select no cell of the matrix", details)
-    if returncode != 0:
+    # With --strict-cells, cells that did not end ok fail their tests (exit 1): results for the gate.
+    if returncode != 0 and not (returncode == PYTEST_TESTS_FAILED and ran):
         return Stage("matrix", INFRASTRUCTURE, f"bench exited {returncode}: the matrix could not run", details)
     from .preflight import postflight  # after the matrix: do the GPUs still answer?
 

@@ -26,6 +26,8 @@ TITLES = {"preflight": "pre-flight", "matrix": "matrix", "report": "report", "co
 # Artifacts, by name inside the run directory.
 STATE, PREFLIGHT, RESULTS, BENCH_JSON = "nightly.json", "preflight.json", "results.jsonl", "benchmark.json"
 REPORT, COMPARE, SUMMARY = "report.html", "compare.html", "summary.md"
+ARTIFACTS = (SUMMARY, PREFLIGHT, RESULTS, BENCH_JSON, REPORT, "report.csv", "report.md", COMPARE, "compare.csv",
+             "compare.md", STATE)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,14 @@ class RunDir:
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self.path(name))
+
+    def start(self) -> None:
+        """Begin a new run here: what an earlier run left in the directory goes."""
+        if os.path.isdir(self.root):
+            for name in ARTIFACTS:
+                if self.exists(name):
+                    os.remove(self.path(name))
+        os.makedirs(self.root, exist_ok=True)
 
     def state(self) -> dict[str, Any]:
         try:

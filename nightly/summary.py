@@ -12,27 +12,16 @@ import json
 import os
 from typing import Any
 
+from reports.records import all_records, read_runs
+from reports.verdict import MEASURE_NAMES
 from trainkit.schema import read_jsonl
 
 from . import BAD_INPUT, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
 from .gate import NIGHTLY_THRESHOLDS, cell_rows
-from .rundir import (
-    BENCH_JSON,
-    COMPARE,
-    PREFLIGHT,
-    REPORT,
-    RESULTS,
-    STAGES,
-    STATE,
-    SUMMARY,
-    TITLES,
-    RunDir,
-)
+from .rundir import ARTIFACTS, PREFLIGHT, RESULTS, STAGES, SUMMARY, TITLES, RunDir
 
 GiB, MiB = 2**30, 2**20
 ICONS = {PASS: "✅", REGRESSION: "❌", BAD_INPUT: "⛔", INFRASTRUCTURE: "⚠️"}
-ARTIFACTS = (SUMMARY, PREFLIGHT, RESULTS, BENCH_JSON, REPORT, "report.csv", "report.md", COMPARE, "compare.csv",
-             "compare.md", STATE)
 
 
 def _cell(text: object) -> str:
@@ -63,14 +52,22 @@ def _next_step(run: RunDir, status: int, label: str) -> str:
     return ""
 
 
-def _cells_section(run: RunDir, max_spread: float | None) -> list[str]:
-    if not run.exists(RESULTS):
+def _cells_section(run: RunDir, max_spread: float | None, candidate: str | None) -> list[str]:
+    """The run's cells, or those of the results `compare --candidate` gated."""
+    if run.exists(RESULTS):
+        records = read_jsonl(run.path(RESULTS))
+    elif candidate and os.path.exists(candidate):
+        records = all_records(read_runs([candidate]))
+    else:
         return []
-    rows = cell_rows(read_jsonl(run.path(RESULTS)), max_spread)
+    rows = cell_rows(records, max_spread)
     if not rows:
         return []
     measures = {r["memory_measure"] for r in rows if r["memory_measure"]}
-    measure = f", {measures.pop().removesuffix('_bytes').replace('_', ' ')}" if len(measures) == 1 else ""
+    measure = ""
+    if len(measures) == 1:  # one measure for every cell: name it once, in the header
+        (name,) = measures
+        measure = f" ({MEASURE_NAMES.get(name, name)})"
     limit = f"; noisy: a spread above {max_spread:.0%}, reported and not gated" if max_spread is not None else ""
     table = [[r["cell"], r["status"], f"{r['ok']}/{r['repeats']}", _num(r["throughput_median"], ",.1f"),
               _num(r["throughput_spread"], ".1%"), _num(r["memory_median"] and r["memory_median"] / MiB, ",.1f"),
@@ -125,7 +122,7 @@ def render(run: RunDir) -> str:
         with open(run.path("compare.md"), encoding="utf-8") as f:
             lines += ["## Gate", "", f.read().strip(), ""]
     thresholds: dict[str, Any] = compare.get("thresholds") or {"max_spread": NIGHTLY_THRESHOLDS.max_spread}
-    lines += _cells_section(run, thresholds.get("max_spread"))
+    lines += _cells_section(run, thresholds.get("max_spread"), compare.get("candidate"))
     lines += _preflight_section(run)
     present = [name for name in ARTIFACTS if run.exists(name) or name == SUMMARY]
     lines += ["## Artifacts", "", ", ".join(f"`{name}`" for name in present), ""]

@@ -287,3 +287,13 @@ def test_cell_rows_give_median_and_spread_over_repeats():
     assert (row["throughput_median"], row["ok"], row["repeats"]) == (1000.0, 3, 3)
     assert row["throughput_spread"] == pytest.approx(0.10) and row["loss_spread"] == 0.0 and row["noisy"]
     assert cell_rows(repeats(), max_spread=0.05)[0]["noisy"] is False
+
+
+def test_a_failing_cell_that_ran_throttled_says_so(gate, tmp_path):
+    hot = [dict(r, throttled=True) for r in repeats(throughputs=(700.0, 700.0, 700.0))]
+    stage = gate(repeats(), hot)
+    assert stage.exit_status == REGRESSION
+    assert stage.details["warnings"] == [f"1 failing cell(s) ran throttled (NVML clock-event reasons): {MLP}; "
+                                         "check the runner's cooling and clocks before the code"]
+    with open(tmp_path / "run" / "compare.md") as f:
+        assert "ran throttled" in f.read()
