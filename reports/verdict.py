@@ -64,7 +64,8 @@ GATE_FAILS = (FAILED, REGRESSED, DRIFTED)
 
 @dataclass(frozen=True, kw_only=True)
 class Thresholds:
-    """When a difference counts. Every field is a `python -m reports compare` option."""
+    """When a difference counts. Every field is a `python -m nightly compare` option, and all but
+    max_spread, min_repeats and two_sided are `python -m reports compare` options too."""
 
     relative: float = 0.07
     """Smallest relative change that counts (TorchBench's 7 %)."""
