@@ -87,14 +87,19 @@ def open_gpus() -> tuple[list[tuple[str, Any]], str | None]:
         return [], f"NVML is not available: {exc}"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [str(i) for i in range(count)] if visible is None else [v.strip() for v in visible.split(",") if v.strip()]
-    gpus = []
+    gpus, unknown = [], []
     for gpu_id in ids:
-        # Indices here are NVML's (PCI bus order); CUDA numbers the same way with CUDA_DEVICE_ORDER=PCI_BUS_ID.
-        nvml = Nvml.open(uuid=gpu_id) if gpu_id.startswith(("GPU-", "MIG-")) else (
-            Nvml.open(index=int(gpu_id)) if gpu_id.isdigit() else None)
-        if nvml is not None:
+        if gpu_id.startswith(("GPU-", "MIG-")):
+            nvml = Nvml.open(uuid=gpu_id)
+        elif gpu_id.isdigit():  # NVML's index (PCI bus order); CUDA's too with CUDA_DEVICE_ORDER=PCI_BUS_ID
+            nvml = Nvml.open(index=int(gpu_id))
+        else:
+            nvml = None
+        if nvml is None:
+            unknown.append(gpu_id)
+        else:
             gpus.append((gpu_id, nvml))
-    return gpus, None
+    return gpus, f"NVML cannot open GPU {', '.join(unknown)}" if unknown else None
 
 
 def gpu_facts(gpu_id: str, nvml: Any) -> dict[str, Any]:

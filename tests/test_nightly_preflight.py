@@ -174,3 +174,11 @@ def test_a_gpu_that_vanishes_during_the_matrix_is_caught_after_it(machine, tmp_p
 
 def test_the_slowdown_reasons_are_trainkits():
     assert pf.SLOWDOWN_REASONS == trainkit.measure.SLOWDOWN_REASONS
+
+
+def test_a_visible_gpu_nvml_cannot_open_fails(machine, tmp_path, monkeypatch):
+    machine()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,bogus")
+    status, facts = preflight(tmp_path)
+    assert status == INFRASTRUCTURE
+    assert facts["problems"] == ["NVML cannot open GPU bogus: cannot check that the GPUs are idle"]
