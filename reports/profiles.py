@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from trainkit.schema import DATA_BOUND_SHARE
+
 from . import figures, html
 from .load import PHASES
 from .summary import PRECISION_ORDER, TEXT_HEADERS, mfu_text
@@ -37,7 +39,7 @@ VIEWERS = ('Open a trace in <a href="https://ui.perfetto.dev">Perfetto</a> ("Ope
 PHASES_NOTE = ("Each profiled cell ran a few extra optimizer steps after its timed ones (so profiling never "
                "slows the figures above) and timed their phases: data = getting the step's micro-batches; "
                "forward; backward (with DDP's gradient all-reduce); optimizer = unscale, clip, step, zero_grad. "
-               "A cell is data-bound when data takes more than 20 % of the step.")  # profile.DATA_BOUND_SHARE
+               f"A cell is data-bound when data takes more than {DATA_BOUND_SHARE:.0%} of the step.")
 NOT_PROFILED = ("No cell was profiled. The phase breakdown is on by default (--phase-steps N, 0 turns it "
                 "off); --profile adds a torch.profiler trace and top operators per cell, --memory-snapshot "
                 "a CUDA allocator snapshot.")

@@ -1,6 +1,7 @@
 """Profiling: where a cell's time goes, without changing the figures it sits beside."""
 
 import json
+import os
 import sys
 import time
 import types
@@ -92,7 +93,7 @@ def test_profiling_never_changes_the_figures_beside_it(tmp_path):
     assert abs(profiled["step_time_s"]["median"] - plain["step_time_s"]["median"]) <= allowed
 
 
-def test_the_cli_writes_the_trace_beside_the_record(tmp_path):
+def test_the_cli_writes_the_trace_beside_the_record(tmp_path, monkeypatch):
     from trainkit.cli import main
 
     out = tmp_path / "r.json"
@@ -101,6 +102,11 @@ def test_the_cli_writes_the_trace_beside_the_record(tmp_path):
     record = json.loads(out.read_text())
     trace = tmp_path / "r.json.profile" / "mlp-fp32-bs8-ga1-gpus1" / "rank0.trace.json"
     assert record["profile"]["trace_file"] == str(trace) and trace.exists()
+    monkeypatch.chdir(tmp_path)  # a relative --output: the record still names the trace by its absolute path
+    assert main(["run", "--model", "mlp", "--steps", "2", "--batch-size", "8", "--device", "cpu", "--profile",
+                 "--phase-steps", "0", "-q", "-o", "rel.json"]) == 0
+    relative = json.loads((tmp_path / "rel.json").read_text())["profile"]["trace_file"]
+    assert os.path.isabs(relative) and os.path.exists(relative)
     assert record["profile"]["memory_snapshot_file"] is None
     assert record["profile"]["memory_snapshot_note"] == "allocator snapshots need a CUDA device"
 

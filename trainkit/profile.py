@@ -16,9 +16,9 @@ import torch
 
 from .config import ProfileConfig
 from .loop import Trainer
+from .schema import DATA_BOUND_SHARE
 
 PHASES = ("data", "forward", "backward", "optimizer")
-DATA_BOUND_SHARE = 0.2  # above this share of the step, the data pipeline is the bottleneck
 REDUCED_DTYPES = ("c10::Half", "c10::BFloat16")
 
 
@@ -123,7 +123,7 @@ def profile_cell(trainer: Trainer, config: ProfileConfig, rank: int) -> dict[str
     """Every profiling pass the config asks for, one after the other (all ranks take part: DDP's
     collectives need them; each rank writes its own files)."""
     result: dict[str, Any] = {}
-    stem = os.path.join(config.output_dir or ".", trainer.config.cell_id, f"rank{rank}")
+    stem = os.path.join(os.path.abspath(config.output_dir or "."), trainer.config.cell_id, f"rank{rank}")
     if config.phase_steps:
         result.update(phase_breakdown(trainer, config.phase_steps))
     if config.trace_steps:
