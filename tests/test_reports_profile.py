@@ -223,8 +223,9 @@ def test_every_rank_of_a_ddp_cell_has_its_trace_linked(profiled):
     assert os.path.samefile(profiled["site"] / urllib.parse.unquote(href1), rank1)
 
 
-def test_a_trace_path_recorded_relative_to_the_run_is_found_beside_its_results(tmp_path):
-    """`trainkit run -o x.json --profile` in some directory records its trace path relative to it."""
+def test_a_trace_written_beside_the_run_is_linked_relative_to_a_report_beside_it(tmp_path):
+    """`trainkit run -o x.json --profile` records its trace by absolute path; a report in the same
+    directory links it relatively, so the directory can move as a whole."""
     done = subprocess.run(trainkit_cmd("run", "--model", "mlp", "--batch-size", "16", "--steps", "2",
                                        "--warmup-steps", "1", "--device", "cpu", "--profile", "--quiet",
                                        "-o", "x.json"), cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -232,10 +233,10 @@ def test_a_trace_path_recorded_relative_to_the_run_is_found_beside_its_results(t
     assert done.returncode == 0, done.stderr[-2000:]
     with open(tmp_path / "x.json") as f:
         trace = json.load(f)["profile"]["trace_file"]
-    assert not os.path.isabs(trace)
+    assert os.path.isabs(trace) and os.path.isfile(trace)
     report = read_report(build_report([str(tmp_path / "x.json")], str(tmp_path / "report.html")))
-    [(href, _)] = links(report["section"])[str(tmp_path / trace)]  # the link's title: the file found
-    assert href == urllib.parse.quote(trace) and os.path.isfile(tmp_path / trace)
+    [(href, _)] = links(report["section"])[trace]  # the link's title: the file found
+    assert href == urllib.parse.quote(os.path.relpath(trace, tmp_path))
 
 
 def test_a_directory_of_results_and_traces_reads_as_its_results(profiled, tmp_path):
