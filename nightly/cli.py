@@ -20,12 +20,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from reports.records import InputError
 
 from . import BAD_INPUT, LABELS, NO_BASELINE, PASS
 from .rundir import TITLES, Outcome, RunDir, Stage
+
+if TYPE_CHECKING:
+    from reports.verdict import Thresholds
 
 DEFAULT_OUT = os.path.join("reports", "out", "nightly")
 ANNOTATIONS = {1: "Performance regression", 2: "Bad input", 3: "Infrastructure failure (not a regression)"}
@@ -240,8 +243,19 @@ def _status(run: RunDir) -> int:
     return outcome.exit_status
 
 
-def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> int:
+def _compare(args: argparse.Namespace, run: RunDir, thresholds: Thresholds, candidate: str | None = None) -> Stage:
+    """The gate as a stage: results it cannot use (a run that mixes machines, a broken manifest)
+    are recorded as bad input, so `status` and the summary say so."""
     from .gate import run_compare
+
+    try:
+        return run_compare(run, thresholds, candidate=candidate, baselines_root=args.baselines,
+                           baseline=args.baseline)
+    except InputError as exc:
+        return Stage("compare", BAD_INPUT, str(exc))
+
+
+def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> int:
     from .matrix import run_matrix
     from .preflight import run_preflight
     from .report import run_report
@@ -252,7 +266,7 @@ def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> i
     if _finish(run, run_matrix(configs["matrix_options"], run)) != PASS:
         return _status(run)
     _finish(run, run_report(run))
-    _finish(run, run_compare(run, configs["thresholds"], baselines_root=args.baselines, baseline=args.baseline))
+    _finish(run, _compare(args, run, configs["thresholds"]))
     return _status(run)
 
 
@@ -295,10 +309,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .report import run_report
 
         return _finish(run, run_report(run))
-    from .gate import run_compare
-
-    return _finish(run, run_compare(run, configs["thresholds"], candidate=args.candidate,
-                                    baselines_root=args.baselines, baseline=args.baseline))
+    return _finish(run, _compare(args, run, configs["thresholds"], args.candidate))
 
 
 def main(argv: list[str] | None = None) -> int:

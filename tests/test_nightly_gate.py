@@ -215,6 +215,8 @@ def test_a_run_that_mixes_environments_is_bad_input(tmp_path):
     with pytest.raises(InputError, match="records from 2 environments"):
         run_compare(RunDir(str(tmp_path / "run")), candidate=cand, baselines_root=str(tmp_path))
     assert main(["compare", "--out", str(tmp_path / "run"), "--candidate", cand]) == BAD_INPUT
+    outcome = RunDir(str(tmp_path / "run")).outcome()  # recorded: status and the summary say why
+    assert (outcome.exit_status, outcome.label) == (BAD_INPUT, "bad input") and "2 environments" in outcome.line
 
 
 def test_gate_options_from_the_command_line(tmp_path, capsys):
