@@ -22,7 +22,7 @@ from .config import RunConfig
 from .data import Window, build_data, build_real_dataset, num_classes_of
 from .measure import StepTimer
 from .models import build_spec
-from .precision import build_precision
+from .precision import NO_CONTEXT, build_precision
 
 if TYPE_CHECKING:
     from .profile import PhaseMarks
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 def _mark(marks: PhaseMarks | None, phase: str) -> None:
     if marks is not None:
         marks.mark(phase)
+
+
+CURVE_CHUNK_STEPS = 64
 
 
 class Unsupported(Exception):
@@ -118,10 +121,12 @@ class Trainer:
 
         self.step = 0
         self.step_losses: list[tuple[list[torch.Tensor], list[float]]] = []
-        """Per step: the micro-batches' loss tensors and their shares of the effective batch.
-        Kept as device tensors and combined only when read, so a step adds no kernels for them."""
-        self.step_skips: list[torch.Tensor | None] = []
-        """Per step: GradScaler's skip flag as a device tensor (None for modes without a scaler)."""
+        """Recent steps: the micro-batches' loss tensors and their shares of the effective batch,
+        kept as they are (a step adds no kernel for them) and folded into `curve_chunks` every
+        CURVE_CHUNK_STEPS steps, so that thousands of small tensors never pile up."""
+        self.curve_chunks: list[torch.Tensor] = []
+        self.step_skips: dict[int, torch.Tensor] = {}
+        """GradScaler's skip flag of each step, as a device tensor (modes with a scaler only)."""
         self.step_samples: list[int] = []
         """Samples each step of this process covered, over all ranks (known without a sync)."""
         self.resumed_from_step: int | None = None
@@ -156,17 +161,21 @@ class Trainer:
         self.policy.unscale_(self.optimizer)  # once per step, before clipping (pytorch#36601)
         if self.config.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad_norm)
-        self.step_skips.append(self.policy.optimizer_step(self.optimizer))
+        if (skipped := self.policy.optimizer_step(self.optimizer)) is not None:
+            self.step_skips[self.step] = skipped
         self.optimizer.zero_grad(set_to_none=True)
         self.step_schedule()
         _mark(marks, "optimizer")
         self.step_losses.append((losses, shares))
+        if len(self.step_losses) == CURVE_CHUNK_STEPS:
+            self.curve_chunks.append(self._fold(self.step_losses))
+            self.step_losses = []
         self.step_samples.append(window.global_samples)
         self.step += 1
 
     def sync_gradients(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
         if sync or self.world_size == 1:
-            return contextlib.nullcontext()
+            return NO_CONTEXT
         return self.model.no_sync()  # type: ignore[operator]
 
     def step_schedule(self) -> None:
@@ -202,20 +211,25 @@ class Trainer:
     def finished(self) -> bool:
         return self.step >= self.total_steps
 
+    def _fold(self, steps: list[tuple[list[torch.Tensor], list[float]]]) -> torch.Tensor:
+        """Each step's loss as the share-weighted sum of its micro-batches' losses, fp32."""
+        if not steps:
+            return torch.zeros(0, device=self.device)
+        if all(len(losses) == 1 and shares == [1.0] for losses, shares in steps):
+            return torch.stack([losses[0] for losses, _ in steps]).float()
+        flat = torch.stack([loss for losses, _ in steps for loss in losses]).float()
+        weights = torch.tensor([s for _, shares in steps for s in shares], device=self.device)
+        index = torch.tensor([i for i, (losses, _) in enumerate(steps) for _ in losses], device=self.device)
+        return torch.zeros(len(steps), device=self.device).index_add_(0, index, flat * weights)
+
     def loss_curve(self) -> torch.Tensor:
         """This rank's share of every step's mean loss, fp32 on the device (the ranks' shares add
         up to the step's mean over the effective batch). Reading it is a host sync."""
-        flat = [loss.float() for losses, _ in self.step_losses for loss in losses]
-        if not flat:
-            return torch.zeros(0, device=self.device)
-        weights = torch.tensor([s for _, shares in self.step_losses for s in shares], device=self.device)
-        steps = torch.tensor([i for i, (losses, _) in enumerate(self.step_losses) for _ in losses], device=self.device)
-        curve = torch.zeros(len(self.step_losses), device=self.device)
-        return curve.index_add_(0, steps, torch.stack(flat) * weights)
+        return torch.cat([*self.curve_chunks, self._fold(self.step_losses)])
 
     def skipped(self) -> list[bool]:
         """Whether GradScaler skipped each step (a host sync)."""
-        return [bool(flag) if flag is not None else False for flag in self.step_skips]
+        return [bool(self.step_skips[step]) if step in self.step_skips else False for step in range(self.step)]
 
     def first_nonfinite_step(self) -> int | None:
         """First step whose loss is inf/NaN, or None (a host sync)."""
@@ -284,9 +298,9 @@ class Trainer:
         self.policy.load_state_dict(state["precision"])
         self.step = state["step"]
         # The saved curve is the sum over ranks: rank 0 carries it, so the merged curve is whole.
-        for loss in state["loss_curve"].tolist():
-            self.step_losses.append(([torch.tensor(loss if self.rank == 0 else 0.0, device=self.device)], [1.0]))
-        self.step_skips.extend(torch.tensor(flag) for flag in state["skipped"])
+        curve = state["loss_curve"].to(self.device, torch.float32)
+        self.curve_chunks = [curve if self.rank == 0 else torch.zeros_like(curve)]
+        self.step_skips = {step: torch.tensor(flag) for step, flag in enumerate(state["skipped"]) if flag}
         torch.set_rng_state(state["rng"]["torch"].cpu())
         random.setstate(state["rng"]["python"])
         if state["rng"]["cuda"] is not None and self.device.type == "cuda":

@@ -16,6 +16,8 @@ from torch import nn
 
 from .config import PRECISIONS, RunConfig
 
+NO_CONTEXT = contextlib.nullcontext()  # stateless, so one instance serves every step
+
 
 class Precision:
     """fp32 weights and math, TF32 explicitly off: the reference every other mode is compared to."""
@@ -52,7 +54,7 @@ class Precision:
         return module
 
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext()
+        return NO_CONTEXT
 
     def convert_output(self, output: torch.Tensor) -> torch.Tensor:
         return output

@@ -152,8 +152,9 @@ class RankWorker:
             self.timer.mark()
             if progress is not None and time.perf_counter() - last_report >= PROGRESS_INTERVAL_S:
                 last_report = time.perf_counter()
-                losses, shares = self.trainer.step_losses[-1]  # this rank's micro-batches of the last step
-                local_mean = sum(float(x) * s for x, s in zip(losses, shares)) / sum(shares)
+                # This rank's share of the last step's loss; every rank holds an equal share of the
+                # samples, so world_size times it is the mean over this rank's samples.
+                local_mean = float(self.trainer.loss_curve()[-1]) * self.config.world_size
                 progress(self.trainer.step, self.trainer.total_steps, local_mean)
                 self.check_divergence()
         self.step_times_s.extend(self.timer.read_s())
