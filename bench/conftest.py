@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 import pytest
@@ -96,9 +97,6 @@ def _positive(config: pytest.Config, name: str, flag: str) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     _CONFIG[:] = [config]
-    # A matrix whose every cell was skipped (e.g. only GPU cells on a CPU) is a result, not an
-    # error: pytest-benchmark's warning about an empty JSON must not become one.
-    config.addinivalue_line("filterwarnings", "ignore:Not saving anything, no benchmarks have been run")
     overrides = {}
     for name, (flag, kind, valid) in AXIS_OPTIONS.items():
         text = config.getoption(f"tk_{name}")
@@ -263,8 +261,18 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(bench.report_note)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Any:
+    """Build the report first (the terminal summary, printed inside, names it). A matrix whose
+    every cell was skipped (only GPU cells on a CPU, say) is a result: pytest-benchmark's warning
+    about its empty JSON must not become an error."""
+    _build_report(session)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Not saving anything, no benchmarks have been run")
+        return (yield)
+
+
+def _build_report(session: pytest.Session) -> None:
     bench = session.config.stash.get(SESSION, None)
     if bench is None or not bench.records or session.config.getoption("tk_no_report"):
         return
