@@ -69,6 +69,14 @@ def parser() -> Parser:
                          help="comma-separated metrics whose regression fails the run (default all three)")
     compare.add_argument("--gate-cells", nargs="+", default=["*"], metavar="GLOB",
                          help="cell ids the gate covers, as glob patterns (default all)")
+    compare.add_argument("--max-spread", type=_fraction, default=None,
+                         help="a metric whose relative spread over a cell's repeats exceeds this is noisy: "
+                              "reported, not gated (default: no limit)")
+    compare.add_argument("--min-repeats", type=int, default=1,
+                         help="a metric with fewer repeated records on either side is noisy (default 1)")
+    compare.add_argument("--two-sided", default="", metavar="METRICS",
+                         help="comma-separated metrics that fail the gate when they move either way beyond "
+                              "the threshold (verdict 'drifted'), e.g. loss for a fixed-seed nightly")
     compare.add_argument("--fail-on-removed", action="store_true",
                          help="a baseline cell missing from the candidate fails too (pytest-benchmark JSON "
                               "leaves out cells that did not finish)")
@@ -91,7 +99,9 @@ def _compare(args: argparse.Namespace) -> int:
         thresholds = Thresholds(relative=args.relative, k=args.k, spread=args.spread,
                                 per_metric=dict(args.threshold),
                                 gate_metrics=tuple(m for m in args.gate_metrics.split(",") if m),
-                                gate_cells=tuple(args.gate_cells), fail_on_removed=args.fail_on_removed)
+                                gate_cells=tuple(args.gate_cells), fail_on_removed=args.fail_on_removed,
+                                max_spread=args.max_spread, min_repeats=args.min_repeats,
+                                two_sided=tuple(m for m in args.two_sided.split(",") if m))
     except ValueError as e:
         raise InputError(f"python -m reports compare: {e}") from None
     result, paths = compare_files(args.baseline, args.candidate, args.output, thresholds)

@@ -194,3 +194,21 @@ def test_a_drifting_loss_and_a_noisy_cell_on_the_page_the_markdown_and_the_csv(b
     result, paths = compare_files(path, cand, str(tmp_path / "few.html"), few)
     assert result.passed and {c.verdict for c in result.cells if c.candidate_status == "ok"} == {"noisy"}
     assert "1 repeat(s), 3 needed to gate" in Path(paths["markdown"]).read_text()
+
+
+def test_noise_and_drift_options_from_the_command_line(baseline, tmp_path, capsys):
+    """--min-repeats makes single-record cells noisy (reported, never gated); --two-sided loss fails
+    a final loss that moved the other way (lower), which the one-sided default lets pass."""
+    records, path = baseline
+    slow = write_results([halved(r) for r in records], str(tmp_path / "slow.jsonl"))
+    assert main(["compare", path, slow, "-o", str(tmp_path / "a.html"), "--k", "0"]) == 1
+    assert main(["compare", path, slow, "-o", str(tmp_path / "b.html"), "--k", "0", "--min-repeats", "3"]) == 0
+    lower = copy.deepcopy(records)
+    for record in lower:
+        if record["status"] == "ok":
+            record["loss"]["final"] *= 0.8
+    cand = write_results(lower, str(tmp_path / "lower.jsonl"))
+    capsys.readouterr()
+    assert main(["compare", path, cand, "-o", str(tmp_path / "c.html")]) == 0
+    assert main(["compare", path, cand, "-o", str(tmp_path / "d.html"), "--two-sided", "loss"]) == 1
+    assert "drifted" in capsys.readouterr().out
