@@ -22,7 +22,7 @@ from trainkit.env import fingerprint
 from trainkit.launch import DEFAULT_CELL_TIMEOUT_S, probe
 
 from .matrix import AXIS_OPTIONS, PRESET_NAMES, Hardware, build_matrix, parse_list, preset
-from .runner import BenchSession, SessionOptions, end_cell, timestamp
+from .runner import BenchSession, SessionOptions, timestamp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_REPORT_DIR = os.path.join(os.path.dirname(HERE), "reports", "out")
@@ -287,6 +287,3 @@ def _build_report(session: pytest.Session) -> None:
         bench.report_path = output
     except Exception as exc:  # the records are safe in the results file; say why there is no report
         bench.report_note = f"no HTML report: {type(exc).__name__}: {exc}"
-
-
-__all__ = ["end_cell"]
