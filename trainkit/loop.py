@@ -166,12 +166,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step_schedule()
         _mark(marks, "optimizer")
+        self.record(losses, shares, window.global_samples)
+        self.step += 1
+
+    def record(self, losses: list[torch.Tensor], shares: list[float], samples: int) -> None:
+        """Keep a step's losses (device tensors: no sync) and sample count for the record."""
         self.step_losses.append((losses, shares))
         if len(self.step_losses) == CURVE_CHUNK_STEPS:
             self.curve_chunks.append(self._fold(self.step_losses))
             self.step_losses = []
-        self.step_samples.append(window.global_samples)
-        self.step += 1
+        self.step_samples.append(samples)
 
     def sync_gradients(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
         if sync or self.world_size == 1:
