@@ -16,6 +16,7 @@ import torch
 
 from .config import ProfileConfig
 from .loop import Trainer
+from .measure import StepTimer
 from .schema import DATA_BOUND_SHARE
 
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -50,17 +51,25 @@ class PhaseMarks:
 
 
 def phase_breakdown(trainer: Trainer, steps: int) -> dict[str, Any]:
-    """Median seconds per phase of an optimizer step, over `steps` extra steps."""
+    """Median seconds per phase of an optimizer step over `steps` extra steps, each followed by an
+    unmarked step timed whole: adjacent in time, the two show whether the phases add up to the
+    step (a shared machine's speed drifts too much for a comparison with steps seconds earlier)."""
     per_step: list[dict[str, float]] = []
+    whole = StepTimer(trainer.device)
     for _ in range(steps):
         marks = PhaseMarks(trainer.device)
         marks.mark("start")
         trainer.train_step(marks)
         per_step.append(marks.read_s())
+        whole.mark()
+        trainer.train_step()
+        whole.mark()
+        whole.pause()
     phases = {p: statistics.median(s[p] for s in per_step) for p in PHASES}
     total = sum(phases.values())
     data_share = phases["data"] / total if total > 0 else None
     return {"phases_s": phases, "phase_total_s": total, "phase_steps": steps,
+            "step_s": statistics.median(whole.read_s()),
             "phase_method": "cuda-events" if trainer.device.type == "cuda" else "synchronised clock",
             "data_share": data_share, "data_bound": data_share is not None and data_share > DATA_BOUND_SHARE}
 
