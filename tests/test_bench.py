@@ -247,18 +247,21 @@ def _wait_for_new_worker(bench: psutil.Process, seen: set[int], deadline: float)
 
 def test_a_killed_worker_and_a_hung_worker_end_their_cells_and_the_matrix_goes_on(tmp_path):
     cmd = bench_cmd(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--grad-accum", "1",
-                    "--batch-size", "16,17,18", "--steps", "2500", "--rounds", "5", "--warmup-steps", "1",
-                    "--cell-timeout", "12")
+                    "--batch-size", "16,17,18", "--steps", "6000", "--rounds", "5", "--warmup-steps", "1",
+                    "--cell-timeout", "15")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         bench = psutil.Process(proc.pid)
         deadline = time.monotonic() + 120
+        while not (tmp_path / "results.jsonl").exists():  # created after the device probe has ended
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
         seen: set[int] = set()
         for signum in (signal.SIGKILL, signal.SIGSTOP):  # a crash, then a real hang
             while True:
                 worker = _wait_for_new_worker(bench, seen, deadline)
                 seen.add(worker.pid)
-                time.sleep(1.0)  # let it reach its timed steps
+                time.sleep(0.3)  # let it reach its timed steps (the cell runs for seconds)
                 if _signal(worker, signum):
                     break
         out, _ = proc.communicate(timeout=240)
