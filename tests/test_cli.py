@@ -105,7 +105,7 @@ def test_repro_reruns_a_records_config_with_overrides(tmp_path, capsys):
 
 def test_progress_is_shown_on_stderr(tmp_path):
     proc = subprocess.run(trainkit_cmd("run", "--model", "gpt", "--seq-len", "16", "--batch-size", "8",
-                                       "--steps", "200", "--warmup-steps", "1", "--device", "cpu",
+                                       "--steps", "800", "--warmup-steps", "1", "--device", "cpu",
                                        "-o", str(tmp_path / "r.json")),
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
