@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
+from reports.cli import Parser, fraction, metric_threshold, number
 from reports.records import InputError
 
 from . import BAD_INPUT, LABELS, NO_BASELINE, PASS
@@ -34,41 +35,8 @@ DEFAULT_OUT = os.path.join("reports", "out", "nightly")
 ANNOTATIONS = {1: "Performance regression", 2: "Bad input", 3: "Infrastructure failure (not a regression)"}
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise InputError(f"{self.prog}: {message}")
-
-
-def _fraction(text: str) -> float:
-    """0.07 or 7%."""
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
-
-
 def _optional_fraction(text: str) -> float | None:
-    return None if text == "none" else _fraction(text)
-
-
-def _override(text: str) -> tuple[str, float]:
-    metric, _, value = text.partition("=")
-    if not value:
-        raise argparse.ArgumentTypeError(f"expected METRIC=FRACTION, e.g. memory=0.03: {text!r}")
-    return metric, _fraction(value)
+    return None if text == "none" else fraction(text)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -89,7 +57,7 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 def _add_preflight(p: argparse.ArgumentParser) -> None:
     from .preflight import PreflightLimits as L
 
-    p.add_argument("--min-free-fraction", type=_fraction, default=L.min_free_fraction, metavar="F",
+    p.add_argument("--min-free-fraction", type=fraction, default=L.min_free_fraction, metavar="F",
                    help="each GPU needs this share of its memory free (default %(default)s)")
     p.add_argument("--min-gpus", type=int, default=L.min_gpus, metavar="N",
                    help="fewest GPUs torch must see; the runner's count catches a lost GPU (default: no check)")
@@ -115,11 +83,11 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
                    help="where baselines live, one directory per fingerprint (default reports/baselines)")
     p.add_argument("--baseline", default=None, metavar="PATH",
                    help="compare with this baseline directory or results file instead (still like with like)")
-    p.add_argument("--relative", type=_fraction, default=T.relative, help="smallest relative change that counts "
+    p.add_argument("--relative", type=fraction, default=T.relative, help="smallest relative change that counts "
                    "(default 7%%, TorchBench's)")
-    p.add_argument("--k", type=_number, default=T.k, help="a change must also exceed k x the spread (default 3)")
+    p.add_argument("--k", type=number, default=T.k, help="a change must also exceed k x the spread (default 3)")
     p.add_argument("--spread", choices=("iqr", "mad"), default=T.spread, help="spread over repeats (default iqr)")
-    p.add_argument("--threshold", type=_override, action="append", default=[], metavar="METRIC=FRACTION",
+    p.add_argument("--threshold", type=metric_threshold, action="append", default=[], metavar="METRIC=FRACTION",
                    help="relative threshold for one metric, repeatable (default loss=2%%)")
     p.add_argument("--two-sided", type=_names, default=T.two_sided, metavar="METRICS",
                    help="metrics gated in both directions, as drift (default loss; none for none)")

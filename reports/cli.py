@@ -21,7 +21,8 @@ class Parser(argparse.ArgumentParser):
         raise InputError(f"{self.prog}: {message}")
 
 
-def _number(text: str) -> float:
+def number(text: str) -> float:
+    """A number >= 0 (an argparse type; the nightly gate's options use it too)."""
     try:
         value = float(text)
     except ValueError:
@@ -31,16 +32,17 @@ def _number(text: str) -> float:
     return value
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
     """0.07 or 7%."""
-    return _number(text[:-1]) / 100 if text.endswith("%") else _number(text)
+    return number(text[:-1]) / 100 if text.endswith("%") else number(text)
 
 
-def _override(text: str) -> tuple[str, float]:
+def metric_threshold(text: str) -> tuple[str, float]:
+    """METRIC=FRACTION."""
     metric, _, value = text.partition("=")
     if not value:
         raise argparse.ArgumentTypeError(f"expected METRIC=FRACTION, e.g. memory=0.03: {text!r}")
-    return metric, _fraction(value)
+    return metric, fraction(value)
 
 
 def parser() -> Parser:
@@ -57,19 +59,19 @@ def parser() -> Parser:
     compare.add_argument("baseline", metavar="BASELINE", help="result file or directory (repeats are combined)")
     compare.add_argument("candidate", metavar="CANDIDATE", help="result file or directory")
     compare.add_argument("-o", "--output", default="reports/out/compare.html", help="HTML file to write")
-    compare.add_argument("--relative", type=_fraction, default=0.07,
+    compare.add_argument("--relative", type=fraction, default=0.07,
                          help="smallest relative change that counts, e.g. 0.07 or 7%% (default 7%%, TorchBench's)")
-    compare.add_argument("--k", type=_number, default=3.0,
+    compare.add_argument("--k", type=number, default=3.0,
                          help="a change must also exceed k times the measured relative spread (default 3)")
     compare.add_argument("--spread", choices=("iqr", "mad"), default="iqr",
                          help="spread across repeated records of a cell (default iqr)")
-    compare.add_argument("--threshold", type=_override, action="append", default=[], metavar="METRIC=FRACTION",
+    compare.add_argument("--threshold", type=metric_threshold, action="append", default=[], metavar="METRIC=FRACTION",
                          help="relative threshold for one metric (throughput, memory, loss); repeatable")
     compare.add_argument("--gate-metrics", default="throughput,memory,loss",
                          help="comma-separated metrics whose regression fails the run (default all three)")
     compare.add_argument("--gate-cells", nargs="+", default=["*"], metavar="GLOB",
                          help="cell ids the gate covers, as glob patterns (default all)")
-    compare.add_argument("--max-spread", type=_fraction, default=None,
+    compare.add_argument("--max-spread", type=fraction, default=None,
                          help="a metric whose relative spread over a cell's repeats exceeds this is noisy: "
                               "reported, not gated (default: no limit)")
     compare.add_argument("--min-repeats", type=int, default=1,
