@@ -59,13 +59,6 @@ def baseline_dir(root, records) -> str:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _outside_github_actions(monkeypatch):
-    """`status` writes to GitHub's job summary under GitHub Actions; these tests may run there (ci.yml)."""
-    for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def gate(tmp_path):
     """compare(baseline records, candidate records, thresholds) -> the compare stage."""

@@ -28,13 +28,6 @@ CPU_PROBE = {"device": "cpu", "gpu_count": 0, "capability": None, "gpu_name": No
 IDLE = 0x1  # nvmlClocksEventReasonGpuIdle: a healthy idle GPU
 
 
-@pytest.fixture(autouse=True)
-def _outside_github_actions(monkeypatch):
-    """`status` writes to GitHub's job summary under GitHub Actions; these tests may run there (ci.yml)."""
-    for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def machine(monkeypatch):
     """machine(probe=..., gpus=N, procs=[...], free_gib=..., reasons=...) installs what the pre-flight will see."""
