@@ -255,14 +255,20 @@ def headless(browser: str, profile: str, url: str, *args: str) -> subprocess.Com
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-def assert_every_chart_renders(page_path: str, page_html: str, tmp_path) -> None:
-    """Open the page offline in headless Chromium: one plot-container per chart, no console error."""
-    done = headless(chromium(), str(tmp_path / "profile"), "file://" + os.path.abspath(page_path), "--dump-dom")
+def rendered_dom(page_path: str, tmp_path, fragment: str = "") -> str:
+    """The DOM of the page after headless Chromium ran it offline; no console error allowed."""
+    url = "file://" + os.path.abspath(page_path) + fragment
+    done = headless(chromium(), str(tmp_path / "profile"), url, "--dump-dom")
     assert done.returncode == 0, done.stderr[-2000:]
-    charts = page_html.count('<div class="chart">')
-    assert done.stdout.count('class="plot-container') == charts  # each chart drawn by plotly.js
     console = [line for line in done.stderr.splitlines() if "Uncaught" in line or "CONSOLE" in line]
     assert console == []
+    return done.stdout
+
+
+def assert_every_chart_renders(page_path: str, page_html: str, tmp_path) -> None:
+    """One plot-container per chart: each chart drawn by plotly.js."""
+    dom = rendered_dom(page_path, tmp_path)
+    assert dom.count('class="plot-container') == page_html.count('<div class="chart">')
 
 
 def test_the_page_renders_offline_in_chromium_without_console_errors(report, tmp_path):
@@ -271,16 +277,13 @@ def test_the_page_renders_offline_in_chromium_without_console_errors(report, tmp
 
 
 def test_filters_in_the_url_hide_other_models_and_precisions(report, tmp_path):
-    browser = chromium()
-    url = "file://" + os.path.abspath(report["paths"]["html"]) + "#model=gpt&precision=fp32"
-    done = headless(browser, str(tmp_path / "profile"), url, "--dump-dom")
-    assert done.returncode == 0 and "Uncaught" not in done.stderr
-    blocks = re.findall(r'<div data-model="(\w+)"[^>]*?( hidden(?:="")?)?>', done.stdout)
+    dom = rendered_dom(report["paths"]["html"], tmp_path, "#model=gpt&precision=fp32")
+    blocks = re.findall(r'<div data-model="(\w+)"[^>]*?( hidden(?:="")?)?>', dom)
     assert {m for m, hidden in blocks if not hidden} == {"gpt"}
     assert {m for m, hidden in blocks if hidden} == {"mlp"}
-    rows = re.findall(r'<tr data-precision="([\w-]+)"( hidden(?:="")?)?>', done.stdout)
+    rows = re.findall(r'<tr data-precision="([\w-]+)"( hidden(?:="")?)?>', dom)
     assert {p for p, hidden in rows if not hidden} == {"fp32"} and len({p for p, _ in rows}) > 1
-    legend = re.findall(r'class="legendtext"[^>]*>([^<]*)<', done.stdout)
+    legend = re.findall(r'class="legendtext"[^>]*>([^<]*)<', dom)
     assert legend and set(legend) == {"fp32"}  # the other precisions' traces are hidden in every chart
 
 

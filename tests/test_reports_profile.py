@@ -37,8 +37,7 @@ from .conftest import REPO, SMALL, trainkit_cmd  # noqa: E402
 from .datasets import write_mnist  # noqa: E402
 from .test_reports import (  # noqa: E402
     assert_every_chart_renders,
-    chromium,
-    headless,
+    rendered_dom,
     synthesize,
     write_results,
 )
@@ -374,11 +373,7 @@ def test_the_page_with_its_profile_section_renders_without_console_errors(profil
 
 def test_the_precision_filter_drops_the_other_precisions_bars(profiled, tmp_path):
     """fp32 only: the mlp chart loses its amp-bf16 bar, which sits between fp32 bars, with no empty row left."""
-    browser = chromium()
-    url = "file://" + os.path.abspath(profiled["paths"]["html"]) + "#precision=fp32"
-    done = headless(browser, str(tmp_path / "profile"), url, "--dump-dom")
-    assert done.returncode == 0 and "Uncaught" not in done.stderr
-    dom = done.stdout
+    dom = rendered_dom(profiled["paths"]["html"], tmp_path, "#precision=fp32")
     chart = dom[dom.index('id="profile-1"'):]  # mlp: pairs are in (model, hardware) order
     chart = chart[:chart.index("<details")]  # the chart, up to its table
     ticks = re.findall(r'class="ytick"><text[^>]*>(.*?)</text>', chart)
