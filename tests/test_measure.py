@@ -103,8 +103,9 @@ def test_step_time_grows_with_the_work():
     from trainkit.launch import run_cell
 
     small = run_cell(small_config(batch_size=16, steps=8), timeout_s=120)
-    large = run_cell(small_config(batch_size=16, grad_accum=8, steps=8), timeout_s=120)
-    assert large["step_time_s"]["median"] > 3 * small["step_time_s"]["median"]
+    large = run_cell(small_config(batch_size=16, grad_accum=16, steps=8), timeout_s=120)
+    # 16 times the work; a shared machine's speed swings up to 2-3x between runs, never 16x.
+    assert large["step_time_s"]["median"] > 4 * small["step_time_s"]["median"]
 
 
 # --- NVML, exercised on the CPU through a stand-in module with NVML's interface ----------------

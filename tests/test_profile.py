@@ -76,20 +76,24 @@ def test_the_trace_loads_and_holds_the_models_operators(tmp_path, precision, red
 
 
 def test_profiling_never_changes_the_figures_beside_it(tmp_path):
-    """The same cell with and without every profiling pass: the same loss curve to the bit, the
-    same number of timed steps and step times within the run's own noise."""
+    """The same cell with and without every profiling pass, interleaved three times: the same loss
+    curve to the bit, the same timed steps, and step times that differ by no more than the runs of
+    each kind differ among themselves (a shared machine's speed swings between runs)."""
     config = small_config("gpt", batch_size=16, steps=12, warmup_steps=2)
-    plain = run_cell(config, timeout_s=120, profile=ProfileConfig(phase_steps=0))
-    profiled = run_cell(config, timeout_s=120, profile=ProfileConfig(phase_steps=3, trace_steps=2,
-                                                                      output_dir=str(tmp_path)))
-    again = run_cell(config, timeout_s=120, profile=ProfileConfig(phase_steps=0))
-    assert plain["profile"] == {} and profiled["profile"]["trace_file"].startswith(str(tmp_path))
-    assert profiled["loss"]["curve"] == plain["loss"]["curve"] == again["loss"]["curve"]
-    assert profiled["loss"]["eval"] == plain["loss"]["eval"]
-    assert profiled["step_time_s"]["n"] == plain["step_time_s"]["n"] == 12
-    noise = abs(plain["step_time_s"]["median"] - again["step_time_s"]["median"])
-    allowed = max(3 * noise, 3 * plain["step_time_s"]["iqr"], 0.25 * plain["step_time_s"]["median"])
-    assert abs(profiled["step_time_s"]["median"] - plain["step_time_s"]["median"]) <= allowed
+    plain, profiled = [], []
+    for _ in range(3):
+        plain.append(run_cell(config, timeout_s=120, profile=ProfileConfig(phase_steps=0)))
+        profiled.append(run_cell(config, timeout_s=120, profile=ProfileConfig(phase_steps=3, trace_steps=2,
+                                                                               output_dir=str(tmp_path))))
+    assert plain[0]["profile"] == {} and profiled[0]["profile"]["trace_file"].startswith(str(tmp_path))
+    for record in plain + profiled:
+        assert record["loss"]["curve"] == plain[0]["loss"]["curve"]
+        assert record["loss"]["eval"] == plain[0]["loss"]["eval"] and record["step_time_s"]["n"] == 12
+    medians = {name: sorted(r["step_time_s"]["median"] for r in runs)
+               for name, runs in (("plain", plain), ("profiled", profiled))}
+    noise = sum(m[-1] - m[0] for m in medians.values())
+    difference = abs(medians["profiled"][1] - medians["plain"][1])
+    assert difference <= max(noise, 0.25 * medians["plain"][1])
 
 
 def test_the_cli_writes_the_trace_beside_the_record(tmp_path, monkeypatch):
