@@ -37,6 +37,7 @@ from .conftest import REPO, SMALL, trainkit_cmd  # noqa: E402
 from .datasets import write_mnist  # noqa: E402
 from .test_reports import (  # noqa: E402
     assert_every_chart_renders,
+    read_built,
     rendered_dom,
     synthesize,
     write_results,
@@ -85,14 +86,9 @@ def profiled(tmp_path_factory):
 
 
 def read_report(paths: dict[str, str]) -> dict:
-    with open(paths["html"]) as f:
-        page = f.read()
-    with open(paths["csv"]) as f:
-        rows = list(csv.DictReader(f))
-    with open(paths["markdown"]) as f:
-        markdown = f.read()
-    section = page[page.index('<section id="profile">'):page.index('<section id="failures">')]
-    return {"html": page, "rows": rows, "markdown": markdown, "section": section}
+    built = read_built(paths)
+    page = built["html"]
+    return {**built, "section": page[page.index('<section id="profile">'):page.index('<section id="failures">')]}
 
 
 def cell_label(record: dict) -> str:
