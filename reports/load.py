@@ -26,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from trainkit.precision_facts import loss_scaling_of
+
 from .records import UNKNOWN_HARDWARE, Run, all_records, hardware
 from .verdict import MEMORY_MEASURES
 
@@ -58,8 +60,8 @@ SHARED_FIELDS = {
 # Fields that only one precision reads: they split cells of that precision, but its comparison
 # with fp32 still pairs it with the fp32 cell of the same shared variant.
 PRECISION_FIELDS = {
-    "init_scale": lambda r: r.get("precision") == "amp-fp16",
-    "static_loss_scale": lambda r: r.get("precision") == "half-fp16",
+    "init_scale": lambda r: loss_scaling_of(r.get("precision")) == "dynamic",
+    "static_loss_scale": lambda r: loss_scaling_of(r.get("precision")) == "static",
 }
 
 

@@ -5,13 +5,13 @@ from unittest import mock
 import pytest
 import torch
 
-from trainkit.config import PRECISIONS
 from trainkit.loop import Trainer, Unsupported
-from trainkit.precision import POLICIES, MixedPrecision, build_precision
+from trainkit.precision import MixedPrecision, build_precision
+from trainkit.precision_facts import precision_names
 
 from .conftest import CPU, flat_params, small_config, train
 
-CPU_PRECISIONS = [p for p in PRECISIONS if p != "tf32"]
+CPU_PRECISIONS = [p for p in precision_names() if p != "tf32"]
 EXPECTED_PARAM_DTYPE = {"fp32": torch.float32, "amp-fp16": torch.float32, "amp-bf16": torch.float32,
                         "half-fp16": torch.float16, "half-bf16": torch.bfloat16}
 
@@ -31,11 +31,6 @@ def test_policy_contract(precision, model):
     # Optimizer state follows the parameters (pure half keeps its Adam moments in half too).
     state_dtypes = {v.dtype for s in trainer.optimizer.state.values() for v in s.values() if v.ndim > 0}
     assert state_dtypes == {EXPECTED_PARAM_DTYPE[precision]}
-
-
-def test_policies_are_one_class_per_name():
-    assert tuple(POLICIES) == PRECISIONS
-    assert len(set(POLICIES.values())) == len(PRECISIONS)
 
 
 def test_tf32_is_unsupported_on_cpu_with_a_reason():

@@ -21,8 +21,9 @@ from typing import Any, NoReturn
 
 from . import config as cfg
 from .config import ConfigError, ProfileConfig, RunConfig, field_help
+from .precision_facts import precision_names
 
-CHOICES = {"model": cfg.MODELS, "precision": cfg.PRECISIONS, "optimizer": cfg.OPTIMIZERS,
+CHOICES = {"model": cfg.MODELS, "precision": precision_names(), "optimizer": cfg.OPTIMIZERS,
            "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES}
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .precision_facts import facts_of
+
 
 class StepTimer:
     """Times consecutive optimizer steps: mark() at every boundary, read_s() once at the end.
@@ -207,10 +209,6 @@ PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
     ("T4", {"fp32": 8.1, "fp16": 65.0}),
 ]
 
-# Which peak a precision mode can reach: the dtype its matmuls run in.
-PEAK_KIND = {"fp32": "fp32", "tf32": "tf32", "amp-fp16": "fp16", "amp-bf16": "bf16",
-             "half-fp16": "fp16", "half-bf16": "bf16"}
-
 
 def peak_flops_per_s(gpu_name: str | None, precision: str) -> float | None:
     """Dense peak FLOP/s of one GPU for a precision mode, or None when unknown (never a guess)."""
@@ -218,7 +216,7 @@ def peak_flops_per_s(gpu_name: str | None, precision: str) -> float | None:
         return None
     for key, table in PEAK_TFLOPS:
         if key in gpu_name:
-            tflops = table.get(PEAK_KIND[precision])
+            tflops = table.get(facts_of(precision).peak_kind)
             return None if tflops is None else tflops * 1e12
     return None
 

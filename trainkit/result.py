@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import RunConfig
 from .measure import mfu, peak_flops_per_s, summarize_s
+from .precision_facts import facts_of
 
 # The contract itself lives in schema.py (no torch), re-exported here for the library's users.
 from .schema import (  # noqa: F401
@@ -111,6 +112,7 @@ def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str =
     on_gpu = derived.get("resolved_device", "").startswith("cuda")
     peak = peak_flops_per_s(env.get("gpu_name"), config.precision) if on_gpu else None
     tokens = config.tokens_per_sample
+    dynamic_scaling = facts_of(config.precision).loss_scaling == "dynamic"
 
     record = {
         "schema": SCHEMA,
@@ -133,13 +135,13 @@ def merge_ranks(config: RunConfig, partials: list[dict[str, Any]], status: str =
                  "curve": [c if math.isfinite(c) else None for c in curve],
                  "epoch_means": epoch_means,
                  "resumed_from_step": lead.get("resumed_from_step")},
-        "scaler": {"enabled": config.precision == "amp-fp16",
-                   "init_scale": config.init_scale if config.precision == "amp-fp16" else None,
+        "scaler": {"enabled": dynamic_scaling,
+                   "init_scale": config.init_scale if dynamic_scaling else None,
                    "final_scale": lead.get("final_scale"),
                    "skipped_steps": sum(timed_skips),
                    "skipped_steps_total": sum(1 for s in skipped_flags if s),
                    "scale_curve": scale_curve(skipped_flags, config.init_scale, config.growth_interval)
-                   if config.precision == "amp-fp16" and not lead.get("resumed_from_step") else None},
+                   if dynamic_scaling and not lead.get("resumed_from_step") else None},
         "flops_per_sample": flops,
         "peak_flops_per_s": peak,
         "mfu": mfu(flops, throughput, peak, config.world_size),
