@@ -8,15 +8,17 @@ import pytest
 import torch
 
 from trainkit.config import RunConfig
-from trainkit.measure import Nvml, StepTimer, mfu, peak_flops_per_s, summarize_s
-from trainkit.models import build_spec, gpt_flops_per_token, training_flops_per_sample
+from trainkit.flops import gpt_flops_per_token, mfu, peak_flops_per_s, training_flops_per_sample
+from trainkit.models import build_spec
+from trainkit.nvml import Nvml
 from trainkit.result import merge_ranks
+from trainkit.timing import Marks, summarize_s
 
 from .conftest import CPU, small_config
 
 
 def test_step_timer_is_contiguous_and_skips_paused_spans():
-    timer = StepTimer(CPU)
+    timer = Marks(CPU)
     timer.mark()
     time.sleep(0.02)
     timer.mark()

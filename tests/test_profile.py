@@ -12,8 +12,9 @@ import torch
 from trainkit.config import ConfigError, ProfileConfig
 from trainkit.launch import run_cell
 from trainkit.loop import Trainer
-from trainkit.measure import GpuSampler, Nvml
-from trainkit.profile import PHASES, PhaseMarks, memory_snapshot, phase_breakdown, torch_trace
+from trainkit.nvml import GpuSampler, Nvml
+from trainkit.profile import PHASES, memory_snapshot, phase_breakdown, torch_trace
+from trainkit.timing import Marks
 
 from .conftest import CPU, small_config
 from .test_measure import fake_pynvml
@@ -24,12 +25,12 @@ def test_phases_add_up_to_the_step_they_split():
     trainer = Trainer(small_config("gpt", grad_accum=3, batch_size=16, steps=20), CPU)
     trainer.run(2)
     for _ in range(5):
-        marks = PhaseMarks(CPU)
+        marks = Marks(CPU)
         started = time.perf_counter()
         marks.mark("start")
         trainer.train_step(marks)
         outside = time.perf_counter() - started
-        phases = marks.read_s()
+        phases = marks.totals_s(PHASES)
         assert set(phases) == set(PHASES) and all(v >= 0 for v in phases.values())
         assert sum(phases.values()) == pytest.approx(outside, rel=0.10)
         assert phases["forward"] > 0 and phases["backward"] > 0 and phases["optimizer"] > 0

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import ProfileConfig, RunConfig
-from .measure import GpuSampler, Nvml
+from .nvml import GpuSampler, Nvml
 from .result import merge_ranks
 
 DEFAULT_CELL_TIMEOUT_S = 900.0

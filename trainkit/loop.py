@@ -13,22 +13,19 @@ import os
 import random
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .config import RunConfig
 from .data import Window, build_data, build_real_dataset, num_classes_of
-from .measure import StepTimer
 from .models import build_spec
 from .precision import NO_CONTEXT, build_precision
-
-if TYPE_CHECKING:
-    from .profile import PhaseMarks
+from .timing import Marks
 
 
-def _mark(marks: PhaseMarks | None, phase: str) -> None:
+def _mark(marks: Marks | None, phase: str) -> None:
     if marks is not None:
         marks.mark(phase)
 
@@ -135,7 +132,7 @@ class Trainer:
         self.windows: Iterator[Window] = self.data.source.windows(self.step)
 
     # --- the step ------------------------------------------------------------------------------
-    def train_step(self, marks: PhaseMarks | None = None) -> None:
+    def train_step(self, marks: Marks | None = None) -> None:
         """One optimizer step over this rank's micro-batches of the effective batch.
         `marks`, when given, marks the end of each phase (the profiler's phase breakdown)."""
         window = next(self.windows)
@@ -195,7 +192,7 @@ class Trainer:
             self.scheduler.step()
 
     # --- running ------------------------------------------------------------------------------
-    def run(self, steps: int, timer: StepTimer | None = None) -> None:
+    def run(self, steps: int, timer: Marks | None = None) -> None:
         """Run up to `steps` optimizer steps (fewer at the end of the run), marking each boundary
         on the timer and writing checkpoints between steps, outside the timed spans."""
         if timer is not None:

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from .config import RunConfig
-from .measure import mfu, peak_flops_per_s, summarize_s
+from .flops import mfu, peak_flops_per_s
 from .precision_facts import facts_of
 
 # The contract itself lives in schema.py (no torch), re-exported here for the library's users.
@@ -26,6 +26,7 @@ from .schema import (  # noqa: F401
     read_jsonl,
     write_json,
 )
+from .timing import summarize_s
 
 
 def now_iso() -> str:

@@ -19,10 +19,13 @@ import torch.distributed as dist
 
 from .config import ProfileConfig, RunConfig
 from .env import collect_env
+from .flops import training_flops_per_sample
 from .loop import Trainer, Unsupported
-from .measure import Nvml, StepTimer, host_rss_peak_bytes, torch_memory
-from .models import count_params, training_flops_per_sample
+from .memory import host_rss_peak_bytes, torch_memory
+from .models import count_params
+from .nvml import Nvml
 from .profile import profile_cell
+from .timing import Marks
 
 PROGRESS_INTERVAL_S = 0.5
 ENERGY_MIN_WINDOW_S = 1.0  # NVML's energy counter updates every ~10 ms (gpuopenanalytics/pynvml#18)
@@ -101,7 +104,7 @@ class RankWorker:
         self.partial["fixed_cost_s"] = {"init_s": initialised - started, "build_s": built - initialised}
         self.partial["resumed_from_step"] = self.trainer.resumed_from_step
         memory["data_device_bytes"] = self.trainer.data.device_bytes if self.device.type == "cuda" else None
-        self.timer = StepTimer(self.device)
+        self.timer = Marks(self.device)
         self.step_times_s: list[float] = []
         self.first_timed_step: int | None = None
         self.energy_start: tuple[float, int] | None = None

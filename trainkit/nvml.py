@@ -1,86 +1,15 @@
-"""Measurement: step timers, memory, NVML (optional), MFU and summary statistics.
+"""NVML, optional: memory per process, energy, clocks, temperature, power and throttle reasons.
 
-Rules this module keeps (each one a bug someone shipped, see the design notes):
-- GPU time comes from CUDA events read after one synchronisation, never from a host clock around
-  asynchronous launches; on the CPU, work is synchronous and perf_counter is exact.
-- Step boundaries are contiguous (one marker between two steps), so the steps add up to the window.
-- NVML is optional: no GPU, no NVML, MIG or "not supported" give None, never a crash.
+nvidia-ml-py provides the `pynvml` module; the deprecated "pynvml" distribution is never used. No
+GPU, no NVML, MIG or "not supported" give None, never a crash. No torch at import: the launcher's
+sampler and the nightly pre-flight read GPUs without it.
 """
 
 from __future__ import annotations
 
-import os
-import resource
 import statistics
 import time
 from typing import Any
-
-import torch
-
-from .precision_facts import facts_of
-
-
-class StepTimer:
-    """Times consecutive optimizer steps: mark() at every boundary, read_s() once at the end.
-
-    pause() ends a run of contiguous steps, so work between two steps (a checkpoint) is not
-    counted in the next one.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.marks: list[Any] = []
-
-    def pause(self) -> None:
-        self.marks.append(None)
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def read_s(self) -> list[float]:
-        """Durations between consecutive marks, in seconds; synchronises once, then resets."""
-        marks, self.marks = self.marks, []
-        pairs = [(a, b) for a, b in zip(marks, marks[1:]) if a is not None and b is not None]
-        if not pairs:
-            return []
-        if self.cuda:
-            pairs[-1][1].synchronize()
-            return [a.elapsed_time(b) / 1e3 for a, b in pairs]
-        return [b - a for a, b in pairs]
-
-
-def summarize_s(values: list[float]) -> dict[str, float | int | list[float] | None]:
-    """median, IQR, min, max, mean and count of step times (seconds), plus the values."""
-    if not values:
-        return {"median": None, "iqr": None, "min": None, "max": None, "mean": None, "n": 0, "values": []}
-    if len(values) >= 2:
-        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    else:
-        q1 = q3 = values[0]
-    return {"median": statistics.median(values), "iqr": q3 - q1, "min": min(values), "max": max(values),
-            "mean": statistics.fmean(values), "n": len(values), "values": list(values)}
-
-
-def host_rss_peak_bytes() -> int:
-    """Peak resident set size of this process (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def torch_memory(device: torch.device) -> dict[str, int | None]:
-    if device.type != "cuda":
-        return {"torch_max_allocated_bytes": None, "torch_max_reserved_bytes": None}
-    torch.cuda.synchronize(device)
-    return {"torch_max_allocated_bytes": torch.cuda.max_memory_allocated(device),
-            "torch_max_reserved_bytes": torch.cuda.max_memory_reserved(device)}
-
-
-# ---------------------------------------------------------------------------------------------
-# NVML (nvidia-ml-py provides the pynvml module; the deprecated "pynvml" distribution is not used)
 
 
 class Nvml:
@@ -91,7 +20,8 @@ class Nvml:
         self.handle = handle
 
     @classmethod
-    def open(cls, device: torch.device | None = None, uuid: str | None = None, index: int | None = None) -> Nvml | None:
+    def open(cls, device: Any = None, uuid: str | None = None, index: int | None = None) -> Nvml | None:
+        """NVML for a torch CUDA device, a GPU UUID or an NVML index; None when NVML cannot be used."""
         try:
             import pynvml
         except ImportError:
@@ -99,6 +29,8 @@ class Nvml:
         try:
             pynvml.nvmlInit()
             if uuid is None and device is not None and device.type == "cuda":
+                import torch  # only for a torch device; the launcher and the pre-flight pass UUIDs
+
                 # UUIDs survive CUDA_VISIBLE_DEVICES and CUDA's own device ordering; indices do not.
                 uuid = str(torch.cuda.get_device_properties(device).uuid)
             if uuid is not None:
@@ -186,51 +118,6 @@ def throttle_names(nv: Any, bits: int) -> list[str]:
                 if name not in ("All", "None") and isinstance(value, int) and value and bits & value == value:
                     names.append(name)
     return sorted(set(names))
-
-
-# ---------------------------------------------------------------------------------------------
-# MFU: dense peak FLOP/s per GPU and dtype, from NVIDIA's datasheets (no sparsity).
-# A100: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
-# H100/H200: https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet
-#            https://nvdam.widen.net/s/nb5zzzsjdf/hpc-datasheet-sc23-h200-datasheet-3002446
-# L4: https://www.nvidia.com/en-us/data-center/l4/   A10: https://www.nvidia.com/en-us/data-center/products/a10-gpu/
-# V100: https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf
-# T4: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/tesla-t4/t4-tensor-core-datasheet-951643.pdf
-# Keys are matched as substrings of the GPU name, first match wins (so "H100 PCIe" precedes "H100").
-PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
-    ("H200", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),
-    ("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}),
-    ("H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0, "fp16": 835.0}),
-    ("H100", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),  # SXM
-    ("A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}),
-    ("L4", {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0}),
-    ("A10", {"fp32": 31.2, "tf32": 62.5, "bf16": 125.0, "fp16": 125.0}),
-    ("V100", {"fp32": 15.7, "fp16": 125.0}),
-    ("T4", {"fp32": 8.1, "fp16": 65.0}),
-]
-
-
-def peak_flops_per_s(gpu_name: str | None, precision: str) -> float | None:
-    """Dense peak FLOP/s of one GPU for a precision mode, or None when unknown (never a guess)."""
-    if not gpu_name:
-        return None
-    for key, table in PEAK_TFLOPS:
-        if key in gpu_name:
-            tflops = table.get(facts_of(precision).peak_kind)
-            return None if tflops is None else tflops * 1e12
-    return None
-
-
-def mfu(flops_per_sample: float | None, throughput_samples_per_s: float | None, peak_per_gpu: float | None,
-        gpus: int) -> float | None:
-    """Model FLOPs utilisation: achieved model FLOP/s over the peak of all GPUs used."""
-    if not flops_per_sample or not throughput_samples_per_s or not peak_per_gpu:
-        return None
-    return flops_per_sample * throughput_samples_per_s / (peak_per_gpu * gpus)
-
-
-def alloc_conf() -> str | None:
-    return os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")
 
 
 class GpuSampler:
