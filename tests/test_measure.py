@@ -86,6 +86,45 @@ def test_peak_table_and_mfu():
     assert peak_flops_per_s("Tesla V100-SXM2-16GB", "amp-bf16") is None  # no bf16 tensor cores
     assert peak_flops_per_s("Some Future GPU", "fp32") is None  # unknown: None, never a guess
     assert peak_flops_per_s(None, "fp32") is None
+
+
+# Names where one contains another, or that differ by a suffix: a substring match gets each wrong.
+NEAR_COLLISIONS = [
+    ("NVIDIA L4", "NVIDIA L40S"), ("NVIDIA L4", "NVIDIA L40"), ("NVIDIA L40", "NVIDIA L40S"),
+    ("NVIDIA H200", "NVIDIA H200 NVL"), ("NVIDIA H100 PCIe", "NVIDIA H100 NVL"),
+    ("NVIDIA H100 80GB HBM3", "NVIDIA H100 NVL"), ("NVIDIA A10", "NVIDIA A40"),
+    ("NVIDIA A10", "NVIDIA A100-SXM4-40GB"), ("Tesla V100-SXM2-16GB", "Tesla V100-PCIE-16GB"),
+]
+NOT_IN_THE_TABLE = [
+    "NVIDIA A10G",  # another chip than the A10, without a datasheet
+    "NVIDIA A100-SXM4-40GB MIG 1g.5gb", "NVIDIA H100 80GB HBM3 MIG 1g.20gb",  # a slice, not the GPU
+    "NVIDIA H20", "NVIDIA GH200 480GB", "NVIDIA GB200", "NVIDIA GeForce RTX 4090 D", "NVIDIA GeForce RTX 3090 Ti",
+    "Tesla V100S-PCIE-32GB", "NVIDIA Graphics Device", "A100-SXM4-40GB", "NVIDIA H100", "NVIDIA RTX A4000",
+]
+
+
+@pytest.mark.parametrize(("short", "long"), NEAR_COLLISIONS)
+def test_peaks_match_gpu_names_exactly(short, long):
+    from trainkit.flops import PEAK_TFLOPS
+
+    assert short in PEAK_TFLOPS and long in PEAK_TFLOPS
+    assert peak_flops_per_s(short, "amp-bf16") != peak_flops_per_s(long, "amp-bf16") \
+        or PEAK_TFLOPS[short] != PEAK_TFLOPS[long]
+    assert peak_flops_per_s(long, "fp32") == PEAK_TFLOPS[long]["fp32"] * 1e12
+
+
+@pytest.mark.parametrize("name", NOT_IN_THE_TABLE)
+def test_a_gpu_without_a_sourced_peak_has_none(name):
+    from trainkit.flops import peak_unknown_reason
+
+    assert peak_flops_per_s(name, "amp-bf16") is None and peak_flops_per_s(name, "fp32") is None
+    assert name in peak_unknown_reason(name, "amp-bf16")
+
+
+def test_the_l40s_and_h200_nvl_get_their_own_peaks():
+    assert peak_flops_per_s("NVIDIA L40S", "amp-bf16") == pytest.approx(362.05e12)  # not the L4's 121
+    assert peak_flops_per_s("NVIDIA H200 NVL", "amp-bf16") == pytest.approx(835.5e12)  # not the SXM's 989
+    assert peak_flops_per_s("NVIDIA B200", "tf32") is None  # NVIDIA's own pages disagree
     assert mfu(1e9, 1000.0, 1e13, 2) == pytest.approx(0.05)
     assert mfu(1e9, 1000.0, None, 1) is None
 
