@@ -141,6 +141,10 @@ def _cells(config: pytest.Config) -> list:
     info = _hardware(config)
     hw = Hardware(info["device"], info["gpu_count"], tuple(info["capability"]) if info["capability"] else None,
                   info["gpu_name"], info["cpu_count"])
+    if config.getoption("tk_memory_limit") and hw.device == "cuda":
+        from trainkit.cli import MEMORY_LIMIT_ON_GPU
+
+        _usage(f"--cell-memory-limit-gb {MEMORY_LIMIT_ON_GPU}; here the cells run on CUDA (use --device cpu)")
     name = config.getoption("preset") or "quick"
     chosen = preset(name, on_gpu=hw.device == "cuda")
     steps = config.getoption("tk_steps") or chosen.steps

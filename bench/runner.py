@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from trainkit.config import ProfileConfig
-from trainkit.launch import Cell, CellFailed
+from trainkit.launch import CellFailed, CellWorkers
 from trainkit.result import append_jsonl, merge_ranks
 
 from .clock import advance
@@ -79,7 +79,7 @@ class BenchSession:
         began = time.monotonic()
         config = cell.config
         rounds = min(self.options.rounds, config.steps)
-        with Cell(config, self.options.cell_timeout_s, self.options.memory_limit_bytes,
+        with CellWorkers(config, self.options.cell_timeout_s, self.options.memory_limit_bytes,
                   profile=self.options.profile) as workers:
             try:
                 workers.start()

@@ -11,7 +11,7 @@ from trainkit.config import RunConfig
 from trainkit.flops import gpt_flops_per_token, mfu, peak_flops_per_s, training_flops_per_sample
 from trainkit.models import build_spec
 from trainkit.nvml import Nvml
-from trainkit.result import merge_ranks
+from trainkit.result import LauncherReport, RankLoss, RankMemory, RankReport, RankTiming, merge_ranks
 from trainkit.timing import Marks, summarize_s
 
 from .conftest import CPU, small_config
@@ -39,16 +39,18 @@ def test_summary_statistics():
     assert summarize_s([])["median"] is None
 
 
-def _partial(rank, times, curve, memory, samples=(32, 32)):
-    return {"rank": rank, "step_times_s": times, "timed_samples": list(samples), "loss_curve": curve,
-            "skipped": [False] * len(curve), "first_timed_step": len(curve) - len(times),
-            "memory": memory, "param_checksum": 1.5, "derived": {"resolved_device": "cpu"}, "env": {}}
+def _report(rank, times, curve, memory, samples=(32, 32)):
+    return RankReport(rank=rank, pid=100 + rank,
+                      timing=RankTiming(step_times_s=times, timed_samples=list(samples),
+                                        first_timed_step=len(curve) - len(times)),
+                      loss=RankLoss(curve=curve, skipped=[False] * len(curve)), memory=RankMemory(**memory),
+                      param_checksum=1.5, derived={"resolved_device": "cpu"}, env={})
 
 
 def test_merge_takes_the_slowest_rank_the_max_memory_and_sums_the_loss_shares():
     config = RunConfig(batch_size=16, world_size=2)
-    rank0 = _partial(0, [0.10, 0.20], [1.0, 0.8, 0.6], {"host_rss_peak_bytes": 100, "torch_max_allocated_bytes": 7})
-    rank1 = _partial(1, [0.15, 0.10], [1.2, 0.9, 0.5], {"host_rss_peak_bytes": 300, "torch_max_allocated_bytes": 5})
+    rank0 = _report(0, [0.10, 0.20], [1.0, 0.8, 0.6], {"host_rss_peak_bytes": 100, "torch_max_allocated_bytes": 7})
+    rank1 = _report(1, [0.15, 0.10], [1.2, 0.9, 0.5], {"host_rss_peak_bytes": 300, "torch_max_allocated_bytes": 5})
     record = merge_ranks(config, [rank1, rank0])
     assert record["step_time_s"]["values"] == [0.15, 0.20]
     assert record["throughput_samples_per_s"] == pytest.approx(64 / 0.35)  # global, not per rank
@@ -60,8 +62,8 @@ def test_merge_takes_the_slowest_rank_the_max_memory_and_sums_the_loss_shares():
 
 def test_ranks_that_end_apart_are_a_failed_cell():
     config = RunConfig(world_size=2)
-    a, b = _partial(0, [0.1], [1.0], {}), _partial(1, [0.1], [1.0], {})
-    b["param_checksum"] = 2.5
+    a, b = _report(0, [0.1], [1.0], {}), _report(1, [0.1], [1.0], {})
+    b.param_checksum = 2.5
     record = merge_ranks(config, [a, b])
     assert record["status"] == "crashed" and "different parameters" in record["status_detail"]
 
@@ -233,8 +235,18 @@ def test_no_nvml_at_all_gives_none(monkeypatch):
     assert Nvml.open(uuid="GPU-0000") is None
 
 
-def test_torch_is_free_of_cuda_here():
-    assert not torch.cuda.is_initialized()  # this process never initialises CUDA
+def test_the_launching_process_never_touches_cuda(monkeypatch):
+    """Only workers touch CUDA: a launcher that initialised it would hand forked processes a broken
+    context and hold GPU memory of its own. Every way into CUDA here is a recording stand-in."""
+    from trainkit.launch import probe, run_cell
+
+    calls = []
+    for name in ("_lazy_init", "init", "is_available", "device_count", "current_device", "get_device_properties",
+                 "get_device_capability", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, _name=name, **k: calls.append(_name))
+    assert probe("auto")["device"] == "cpu"
+    assert run_cell(small_config(world_size=2, steps=2), timeout_s=120)["status"] == "ok"
+    assert calls == []
 
 
 @pytest.mark.parametrize(("precision", "optimizer", "state_per_param"), [
@@ -247,3 +259,75 @@ def test_model_state_bytes_are_recorded(precision, optimizer, state_per_param):
     width = 2 if precision.startswith("half") else 4
     assert config["param_bytes"] == config["params"] * width
     assert config["optimizer_state_bytes"] == config["params"] * state_per_param  # moments / momentum buffers
+
+
+# --- energy: over the timed steps, and nothing else ---------------------------------------------
+
+def test_energy_counts_the_timed_windows_never_the_idle_time_between_rounds(monkeypatch):
+    """A stand-in energy counter that rises at 100 W whether or not a step runs: bench rounds with
+    idle gaps between them (the pipe, pytest), then a window of steps. Energy per sample is 100 W x
+    the window's own seconds over its samples; the rounds are too short for the counter and the
+    gaps are in no span."""
+    from trainkit.result import merge_energy
+    from trainkit.worker import RankWorker
+
+    monkeypatch.setattr(RankWorker, "_energy_mj", lambda self: int(time.monotonic() * 100 * 1e3))
+    worker = RankWorker(small_config(batch_size=64, steps=10**6, warmup_steps=1))
+    worker.warmup()
+    for _ in range(3):
+        worker.step()
+        time.sleep(0.2)  # idle: 20 J at 100 W that a window from the first round on would count
+    steps = 64
+    while worker._timed_span(steps) and worker.report.timing.spans[-1].seconds < 1.2:
+        steps *= 2  # windows of growing length until one is long enough for the counter, on any machine
+    report = worker.collect(evaluate=False)
+    assert [s.steps for s in report.timing.spans[:3]] == [1, 1, 1]
+    long = [s for s in report.timing.spans if s.seconds >= 1.0]
+    per_sample, method, seconds = merge_energy([report], LauncherReport(), on_gpu=True)
+    assert seconds == sum(s.seconds for s in long) and f"{len(long)} timed window" in method
+    # The counter is read just outside each window's marks: within a few ms of 100 W x its seconds.
+    assert per_sample * sum(s.samples for s in long) == pytest.approx(100 * seconds, rel=0.02, abs=0.5)
+
+
+def test_energy_of_rounds_too_short_for_the_counter_is_null_with_the_reason():
+    from trainkit.result import TimedSpan, merge_energy
+
+    report = RankReport(rank=0, pid=1, timing=RankTiming(spans=[TimedSpan(1, 0.02, 32, 0.0)] * 20))
+    per_sample, method, _ = merge_energy([report], LauncherReport(), on_gpu=True)
+    assert per_sample is None and method.startswith("not measured: no run of timed steps lasted 1 s")
+    assert merge_energy([report], LauncherReport(), on_gpu=False)[1] == \
+        "not measured: energy comes from NVML, on GPUs only"
+
+
+def test_the_nvml_process_peak_is_the_largest_sample_not_the_last(monkeypatch):
+    """The launcher samples each rank's process memory through the timed windows; a process that
+    grew and then released memory (e.g. after empty_cache) reports its maximum."""
+    from trainkit.nvml import GpuSampler
+
+    procs = [_proc(4242, 1000)]
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(procs=procs))
+    gpu = Nvml.open(uuid="GPU-0")
+    sampler = GpuSampler([gpu], interval_s=0.0, processes=[(gpu, 4242)])
+    sampler.open_window()
+    for used in (1000, 5000, 3000):
+        procs[0] = _proc(4242, used)
+        sampler.maybe_sample()
+    sampler.close_window()
+    assert sampler.process_peaks == [5000]
+    assert sampler.process_note().startswith("per-process") and "largest of 4 samples" in sampler.process_note()
+
+
+def test_the_nvml_method_says_why_there_is_no_process_peak(monkeypatch):
+    from trainkit.nvml import GpuSampler
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(procs=[_proc(1, 100)]))  # not the worker's PID
+    gpu = Nvml.open(uuid="GPU-0")
+    sampler = GpuSampler([gpu], processes=[(gpu, 4242)])
+    sampler.open_window()
+    sampler.close_window()
+    assert sampler.process_peaks == [None] and sampler.process_note().startswith("unavailable: NVML lists none")
+    record = merge_ranks(RunConfig(), [RankReport(rank=0, pid=4242)],
+                         launcher=LauncherReport(nvml_process_peak_bytes=sampler.process_peaks,
+                                                 nvml_note=sampler.process_note()))
+    assert record["memory"]["nvml_process_peak_bytes"] is None
+    assert record["memory"]["nvml_method"].startswith("unavailable")

@@ -39,12 +39,18 @@ def test_tf32_is_unsupported_on_cpu_with_a_reason():
 
 
 def test_fp32_turns_tf32_off_explicitly():
-    torch.backends.cudnn.allow_tf32 = True  # cuDNN's default
-    build_precision(small_config(precision="fp32"), CPU).configure_backends()
-    assert torch.backends.cudnn.allow_tf32 is False
-    assert torch.backends.cuda.matmul.allow_tf32 is False
-    assert torch.get_float32_matmul_precision() == "highest"
-    torch.backends.cudnn.allow_tf32 = True
+    """Every flag starts on (cuDNN's default is on; a user's script may have turned matmul's on), so
+    only an explicit off passes."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    try:
+        build_precision(small_config(precision="fp32"), CPU).configure_backends()
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_amp_fp16_calls_unscale_step_and_update_once_per_optimizer_step():

@@ -183,20 +183,27 @@ def _progress_printer(config: RunConfig, quiet: bool):  # noqa: ANN202
 
     started = time.monotonic()
 
-    def show(phase: str, step: int, total: int, loss: float | None) -> None:
+    def show(phase: str, step: int, total: int) -> None:
+        # The step count is the host's: the device may be a few steps behind, and reading a loss
+        # here would make the timed window wait for it.
         elapsed = time.monotonic() - started
         rate = step / elapsed if elapsed > 0 else 0.0
         left = (total - step) / rate if rate > 0 else float("nan")
-        loss_text = f" loss {loss:.4f}" if loss is not None else ""
-        print(f"[trainkit] {config.cell_id}: step {step}/{total}{loss_text}  "
+        print(f"[trainkit] {config.cell_id}: step {step}/{total}  "
               f"{elapsed:.0f}s elapsed, ~{left:.0f}s left", file=sys.stderr, flush=True)
 
     return show
 
 
+MEMORY_LIMIT_ON_GPU = ("caps a CPU worker's address space (RLIMIT_AS); CUDA reserves far more address space "
+                       "than memory, so on a GPU it would fail every cell (the GPU's memory is the limit there)")
+
+
 def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
     config = config_from_args(args, base)
     check_paths(config, args.output)
+    if args.memory_limit_gb and config.device == "cuda":
+        raise UsageError(f"--memory-limit-gb {MEMORY_LIMIT_ON_GPU}; use it with --device cpu")
     # torch is imported only now: bad input is refused in a fraction of a second.
     from .launch import DEFAULT_CELL_TIMEOUT_S, launched_by_torchrun, run_cell, run_under_torchrun
     from .result import write_json

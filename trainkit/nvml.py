@@ -121,26 +121,57 @@ def throttle_names(nv: Any, bits: int) -> list[str]:
 
 
 class GpuSampler:
-    """Samples the cell's GPUs through NVML from the launcher process while the workers run
-    their timed steps: SM clock, temperature, power and clock-event reasons, every interval_s.
-    Sampling from another process costs the workers nothing (no thread beside their loop)."""
+    """Samples a cell's GPUs through NVML from the launcher process while its ranks run their timed
+    steps: SM clock, temperature, power and clock-event reasons of every GPU, and the memory NVML
+    attributes to each rank's process, every interval_s. Sampling from another process costs the
+    ranks nothing (no thread beside their loop).
 
-    def __init__(self, nvmls: list[Nvml], interval_s: float = 0.1) -> None:
+    The timed steps come as windows (a bench round, or the remaining steps as one window):
+    open_window() and close_window() bracket each, and close_window() takes one more sample, so the
+    memory peaks include the state at the end of every window (PyTorch's cache only grows)."""
+
+    def __init__(self, nvmls: list[Nvml], interval_s: float = 0.1,
+                 processes: list[tuple[Nvml, int]] | None = None) -> None:
         self.nvmls, self.interval_s = nvmls, interval_s
+        self.processes = processes or []
+        """(NVML of its GPU, PID) of each rank, in rank order."""
         self.samples: list[dict[str, Any]] = []
+        self.process_peaks: list[int | None] = [None] * len(self.processes)
+        self.process_samples = 0
+        self.windows: list[tuple[float, float]] = []
+        self.window_start: float | None = None
         self.next_due = 0.0
 
     def due_in_s(self) -> float | None:
         """Seconds until the next sample is due (None when there is nothing to sample)."""
         return max(0.0, self.next_due - time.monotonic()) if self.nvmls else None
 
+    def open_window(self) -> None:
+        self.window_start = time.monotonic()
+        self.next_due = 0.0  # sample at once
+
+    def close_window(self) -> None:
+        self.sample()
+        if self.window_start is not None:
+            self.windows.append((self.window_start, time.monotonic()))
+        self.window_start = None
+
     def maybe_sample(self) -> None:
-        now = time.monotonic()
-        if not self.nvmls or now < self.next_due:
+        if self.nvmls and time.monotonic() >= self.next_due:
+            self.sample()
+
+    def sample(self) -> None:
+        if not self.nvmls:
             return
+        now = time.monotonic()
         self.next_due = now + self.interval_s
         for gpu, nvml in enumerate(self.nvmls):
             self.samples.append({"gpu": gpu, "t_s": now, **nvml.sample()})
+        for rank, (nvml, pid) in enumerate(self.processes):
+            used = nvml.process_used_bytes({pid})
+            if used is not None:
+                self.process_samples += 1
+                self.process_peaks[rank] = max(used, self.process_peaks[rank] or 0)
 
     def summary(self) -> dict[str, Any] | None:
         if not self.samples:
@@ -159,13 +190,28 @@ class GpuSampler:
             "throttled": any(r in SLOWDOWN_REASONS for r in reasons),
         }
 
-    def energy_j(self) -> float | None:
-        """Energy over the sampled span from power readings (trapezoids, summed over GPUs): the
-        fallback where the energy counter is unsupported; None for spans under a second."""
-        total = 0.0
-        for gpu in range(len(self.nvmls)):
-            points = [(s["t_s"], s["power_w"]) for s in self.samples if s["gpu"] == gpu and s["power_w"] is not None]
-            if len(points) < 2 or points[-1][0] - points[0][0] < 1.0:
-                return None
-            total += sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(points, points[1:]))
-        return total if self.nvmls else None
+    def process_note(self) -> str:
+        """How nvml_process_peak_bytes was taken, or why it is null."""
+        if not self.process_samples:
+            return ("unavailable: NVML lists none of the cell's processes (in a container, run with the host's "
+                    "PID namespace: docker --pid=host)")
+        return (f"per-process (nvmlDeviceGetComputeRunningProcesses): the largest of {self.process_samples} "
+                "samples over the timed steps and at the end of each window")
+
+    def energy_j(self, min_window_s: float = 1.0) -> tuple[float | None, float]:
+        """Energy from power readings over the windows at least min_window_s long (each GPU's mean
+        power in the window times its length, summed over GPUs), and the seconds those windows
+        cover: the fallback where the energy counter is unsupported. (None, 0) when no window
+        qualifies or one has fewer than two readings of a GPU."""
+        total, covered = 0.0, 0.0
+        for start, end in self.windows:
+            if end - start < min_window_s:
+                continue
+            for gpu in range(len(self.nvmls)):
+                powers = [s["power_w"] for s in self.samples
+                          if s["gpu"] == gpu and s["power_w"] is not None and start <= s["t_s"] <= end]
+                if len(powers) < 2:
+                    return None, 0.0
+                total += statistics.fmean(powers) * (end - start)
+            covered += end - start
+        return (total, covered) if covered else (None, 0.0)

@@ -89,7 +89,8 @@ class Precision:
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
         """Step the optimizer. Returns a 0-d bool tensor on the device that is True when the step
-        was skipped (only GradScaler skips), or None; never a host sync."""
+        was skipped (only GradScaler skips), or None. Only GradScaler's step waits on the host: it
+        reads whether any gradient overflowed, which decides the update."""
         optimizer.step()
         return None
 
