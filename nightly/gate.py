@@ -4,7 +4,8 @@ The decision itself is reports.verdict's (see its docstring for the rule); the n
 make it stricter about noise and about numerics than a one-off `python -m reports compare`:
 
     throughput  regressed when lower by more than max(7 %, 3 x spread)       TorchBench's 7 %
-    peak memory regressed when higher by more than max(7 %, 3 x spread)      reserved on a GPU, RSS on a CPU
+    peak memory regressed when higher by more than max(7 %, 3 x spread)      the headline measure: reserved
+                                                                             on a GPU, RSS growth on a CPU
     final loss  drifted when it moves either way by more than max(2 %, 3 x spread)
     status      failed when ok in the baseline and oom, diverged, crashed or timeout now
 

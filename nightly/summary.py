@@ -13,8 +13,7 @@ import os
 from typing import Any
 
 from reports.records import all_records, read_runs
-from reports.verdict import MEASURE_NAMES
-from trainkit.schema import read_jsonl
+from trainkit.schema import MEMORY_NAMES, read_jsonl
 
 from . import BAD_INPUT, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
 from .gate import NIGHTLY_THRESHOLDS, cell_rows
@@ -67,7 +66,7 @@ def _cells_section(run: RunDir, max_spread: float | None, candidate: str | None)
     measure = ""
     if len(measures) == 1:  # one measure for every cell: name it once, in the header
         (name,) = measures
-        measure = f" ({MEASURE_NAMES.get(name, name)})"
+        measure = f" ({MEMORY_NAMES.get(name, name)})"
     limit = f"; noisy: a spread above {max_spread:.0%}, reported and not gated" if max_spread is not None else ""
     table = [[r["cell"], r["status"], f"{r['ok']}/{r['repeats']}", _num(r["throughput_median"], ",.1f"),
               _num(r["throughput_spread"], ".1%"), _num(r["memory_median"] and r["memory_median"] / MiB, ",.1f"),

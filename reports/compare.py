@@ -17,12 +17,13 @@ import io
 import math
 import os
 
+from trainkit.schema import MEMORY_NAMES
+
 from . import html
 from .records import InputError, all_records, read_runs
 from .verdict import (
     DRIFTED,
     FAILED,
-    MEASURE_NAMES,
     METRICS,
     NOISY,
     NOT_MEASURED,
@@ -106,7 +107,7 @@ def _display(result: Comparison) -> tuple[list[str], list[list[str]], list[CellV
     measures = {c.memory_measure for c in result.cells if c.memory_measure}
     if len(measures) == 1:
         (measure,) = measures
-        titles["memory"] = f"peak memory (MiB, {MEASURE_NAMES.get(measure, measure)})"
+        titles["memory"] = f"peak memory (MiB, {MEMORY_NAMES.get(measure, measure)})"
     columns = ["cell", "verdict", "status", *(titles[m] for m in METRICS), "note"]
     cells = _sorted(result)
     table = []

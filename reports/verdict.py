@@ -35,25 +35,20 @@ from __future__ import annotations
 
 import fnmatch
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from trainkit.schema import headline_memory
 
 from .records import OK, fingerprint, get
 
 # Metrics: record key, and whether a larger value is better.
 METRICS = {
     "throughput": ("throughput_samples_per_s", True),
-    "memory": (None, False),  # the headline memory measure, see headline_memory
+    "memory": (None, False),  # the headline memory measure: trainkit.schema.headline_memory
     "loss": ("loss.final", False),
 }
-# Which memory number stands for a cell: what PyTorch holds on the device (allocations plus its
-# cache, without the CUDA context, so a driver update does not move it); then the allocations
-# alone; then NVML's per-process peak; on the CPU only the host's resident set exists.
-MEMORY_MEASURES = ("torch_max_reserved_bytes", "torch_max_allocated_bytes", "nvml_process_peak_bytes",
-                   "host_rss_peak_bytes")
-MEASURE_NAMES = {"torch_max_reserved_bytes": "reserved", "torch_max_allocated_bytes": "allocated",
-                 "nvml_process_peak_bytes": "NVML", "host_rss_peak_bytes": "host RSS"}  # short, for headers
 
 IMPROVED, UNCHANGED, REGRESSED, DRIFTED, NOISY = "improved", "unchanged", "regressed", "drifted", "noisy"
 NEW, REMOVED, FAILED, FIXED, STILL_FAILING, NOT_MEASURED = "new", "removed", "failed", "fixed", "still failing", "n/a"
@@ -237,7 +232,7 @@ class CellVerdict:
     note: str = ""
     failing_verdicts: tuple[str, ...] = GATE_FAILS
     memory_measure: str | None = None
-    """The memory key compared (see MEMORY_MEASURES)."""
+    """The memory key compared (see trainkit.schema.HEADLINE_MEMORY)."""
 
     @property
     def fails_gate(self) -> bool:
@@ -286,15 +281,6 @@ WORK_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "adam_eps", "sched
                "gpt_layers", "gpt_heads", "gpt_width")
 
 
-def headline_memory(records: Iterable[dict[str, Any]]) -> str | None:
-    """The first memory measure (MEMORY_MEASURES order) that every given record has."""
-    records = list(records)
-    for measure in MEMORY_MEASURES:
-        if records and all(isinstance(get(r, f"memory.{measure}"), (int, float)) for r in records):
-            return measure
-    return None
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -303,7 +289,7 @@ def cell_data(records: list[dict[str, Any]], memory_measure: str | None = "auto"
     """Combine the repeated records of one cell (all with the same cell_id). memory_measure is a
     key of `memory` to compare, "auto" for the headline one of these records, None for none."""
     ok = [r for r in records if r.get("status") == OK]
-    measure = headline_memory(ok) if memory_measure == "auto" else memory_measure
+    measure = headline_memory(r.get("memory") for r in ok) if memory_measure == "auto" else memory_measure
 
     def samples(key: str | None) -> Samples:
         values = tuple(v for v in (_number(get(r, key)) for r in ok) if v is not None) if key else ()
@@ -397,7 +383,7 @@ def compare_records(baseline: list[dict[str, Any]], candidate: list[dict[str, An
     for cell in sorted(set(base) | set(cand)):
         b_ok = [r for r in base.get(cell, []) if r.get("status") == OK]
         c_ok = [r for r in cand.get(cell, []) if r.get("status") == OK]
-        measure = headline_memory(b_ok + c_ok)  # the same measure on both sides, or none
+        measure = headline_memory(r.get("memory") for r in b_ok + c_ok)  # the same measure on both sides, or none
         b = cell_data(base[cell], measure) if cell in base else None
         c = cell_data(cand[cell], measure) if cell in cand else None
         verdicts.append(decide_cell(cell, b, c, thresholds))

@@ -6,13 +6,19 @@ Importing this module costs nothing (no torch), so readers of results stay fast.
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 SCHEMA = "trainkit.result/1"
 STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "unsupported")
 MEMORY_KEYS = ("torch_max_allocated_bytes", "torch_max_reserved_bytes", "nvml_process_peak_bytes",
                "nvml_context_baseline_bytes", "host_rss_peak_bytes")
+OPTIONAL_MEMORY_KEYS = ("host_rss_growth_bytes",)
+"""Memory keys newer records carry and older ones lack; check_record does not ask for them.
+host_rss_growth_bytes: a CPU cell's own growth of the resident set over its worker's baseline
+(most of a worker's RSS is torch, inherited from the fork server, the same for every cell)."""
 RECORD_KEYS = ("schema", "cell_id", "status", "status_detail", "config", "throughput_samples_per_s",
                "step_time_s", "memory", "loss", "scaler", "mfu", "flops_per_sample", "energy_j_per_sample", "env")
 
@@ -29,6 +35,35 @@ def fingerprint(env: dict[str, Any] | None) -> dict[str, Any]:
     env = env or {}
     keys = FINGERPRINT_KEYS if env.get("gpu_name") else FINGERPRINT_KEYS_CPU
     return {k: env.get(k) for k in keys}
+
+
+# The one number that stands for a cell's peak memory, wherever one is printed or judged (the
+# `trainkit run` line, bench's table, the report's summary, the regression gate), first found
+# first: what PyTorch holds on the device (allocations plus its cache, without the CUDA context,
+# so a driver update does not move it); the allocations alone; NVML's per-process peak; on a CPU,
+# the cell's own RSS growth, else the whole worker's RSS (older records lack the growth).
+HEADLINE_MEMORY = ("torch_max_reserved_bytes", "torch_max_allocated_bytes", "nvml_process_peak_bytes",
+                   "host_rss_growth_bytes", "host_rss_peak_bytes")
+MEMORY_NAMES = {"torch_max_reserved_bytes": "reserved", "torch_max_allocated_bytes": "allocated",
+                "nvml_process_peak_bytes": "NVML", "host_rss_growth_bytes": "host RSS growth",
+                "host_rss_peak_bytes": "host RSS"}
+"""Short names of the memory measures, for headers and printed lines."""
+
+
+def _measured(value: Any) -> bool:
+    # A finite number: null means not measurable, and tables read back from pandas hold NaN.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def headline_memory(memories: Iterable[Mapping[str, Any] | None]) -> str | None:
+    """The memory measure that stands for these records' peak: the first of HEADLINE_MEMORY that
+    every one of the given `memory` objects measured, so repeats and both sides of a comparison
+    are judged on one measure. None when there is no memory object or no measure common to all."""
+    memories = [m or {} for m in memories]
+    for measure in HEADLINE_MEMORY:
+        if memories and all(_measured(m.get(measure)) for m in memories):
+            return measure
+    return None
 
 
 def check_record(record: Any) -> list[str]:
