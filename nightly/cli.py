@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from reports.cli import Parser, fraction, metric_threshold, number
 from reports.records import InputError
+from trainkit.schema import ResultsFileError, cut_off_lines_on_stderr
 
 from . import BAD_INPUT, LABELS, NO_BASELINE, PASS
 from .rundir import TITLES, Outcome, RunDir, Stage
@@ -282,7 +283,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _dispatch(parser().parse_args(argv))
-    except InputError as exc:
+        with cut_off_lines_on_stderr():  # every stage reads results.jsonl: a cut-off line is said once
+            return _dispatch(parser().parse_args(argv))
+    except (InputError, ResultsFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT

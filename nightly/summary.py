@@ -12,8 +12,8 @@ import json
 import os
 from typing import Any
 
-from reports.records import all_records, read_runs
-from trainkit.schema import MEMORY_NAMES, read_jsonl
+from reports.records import InputError, all_records, read_runs
+from trainkit.schema import MEMORY_NAMES, ResultsFileError, read_jsonl
 
 from . import BAD_INPUT, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
 from .gate import NIGHTLY_THRESHOLDS, cell_rows
@@ -53,12 +53,15 @@ def _next_step(run: RunDir, status: int, label: str) -> str:
 
 def _cells_section(run: RunDir, max_spread: float | None, candidate: str | None) -> list[str]:
     """The run's cells, or those of the results `compare --candidate` gated."""
-    if run.exists(RESULTS):
-        records = read_jsonl(run.path(RESULTS))
-    elif candidate and os.path.exists(candidate):
-        records = all_records(read_runs([candidate]))
-    else:
-        return []
+    try:
+        if run.exists(RESULTS):
+            records = read_jsonl(run.path(RESULTS))
+        elif candidate and os.path.exists(candidate):
+            records = all_records(read_runs([candidate]))
+        else:
+            return []
+    except (ResultsFileError, InputError) as exc:  # the verdict above already says it is bad input
+        return ["## Cells of this run", "", f"The results cannot be read: {exc}", ""]
     rows = cell_rows(records, max_spread)
     if not rows:
         return []

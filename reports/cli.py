@@ -13,6 +13,8 @@ import argparse
 import sys
 from typing import NoReturn
 
+from trainkit.schema import cut_off_lines_on_stderr
+
 from .records import InputError
 
 
@@ -119,7 +121,8 @@ def _compare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
-        return _build(args) if args.command == "build" else _compare(args)
+        with cut_off_lines_on_stderr():  # a results file a killed run left: said once, then read
+            return _build(args) if args.command == "build" else _compare(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

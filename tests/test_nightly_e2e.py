@@ -114,6 +114,20 @@ def test_the_run_against_its_own_baseline_passes(tonight, baselines, tmp_path, c
     assert RunDir(str(tmp_path / "again")).outcome().label == "pass"
 
 
+def test_a_cut_off_copy_of_the_results_is_gated_on_its_complete_records(tonight, baselines, tmp_path):
+    """The matrix killed while appending its 13th record: the gate reads the 12 before it, and the
+    command says so once on stderr, though the comparison and the summary both read the file."""
+    run, _ = tonight
+    torn = tmp_path / "torn.jsonl"
+    text = Path(run.path("results.jsonl")).read_text()
+    torn.write_text(text + text.splitlines()[0][:120])
+    done = nightly("compare", "--out", str(tmp_path / "torn"), "--candidate", str(torn), "--baselines", baselines)
+    assert done.returncode == PASS, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [f"warning: {torn} line 13 is cut off (a run killed while writing it?); "
+                                        "read the 12 complete records before it"]
+    assert "nightly comparison: PASS: 0 gated cell(s) regressed or failed of 4" in done.stdout
+
+
 def doctored(run: RunDir, path: str) -> str:
     """Tonight's results, twice as slow: throughput halved, every step time doubled."""
     with open(path, "w") as f:

@@ -299,3 +299,40 @@ def test_a_failing_cell_that_ran_throttled_says_so(gate, tmp_path):
                                          "check the runner's cooling and clocks before the code"]
     with open(tmp_path / "run" / "compare.md") as f:
         assert "ran throttled" in f.read()
+
+
+# --- results a killed run left ------------------------------------------------------------------
+
+def test_a_cut_off_results_file_is_gated_on_its_complete_records_and_said_once(tmp_path, capsys):
+    """The matrix killed while appending a record: compare, the summary, status and promote each read
+    results.jsonl; every command says once which line was cut off and goes on with the rest."""
+    root = str(tmp_path / "baselines")
+    baseline_dir(root, repeats())
+    run = RunDir(str(tmp_path / "run"))
+    results = write_results(run.path("results.jsonl"), repeats())
+    with open(results, "a") as f:
+        f.write(json.dumps(record())[:80])
+    said = [f"warning: {results} line 4 is cut off (a run killed while writing it?); "
+            "read the 3 complete records before it"]
+    assert main(["compare", "--out", run.root, "--baselines", root]) == PASS
+    out, err = capsys.readouterr()
+    assert err.splitlines() == said and "PASS: 0 gated cell(s) regressed or failed of 1" in out
+    assert main(["status", "--out", run.root]) == PASS
+    assert capsys.readouterr().err.splitlines() == said
+    assert main(["promote", run.root, "--baselines", str(tmp_path / "promoted"), "--force"]) == PASS
+    assert capsys.readouterr().err.splitlines() == said
+
+
+def test_a_results_file_with_a_bad_line_in_the_middle_is_bad_input(tmp_path, capsys):
+    root = str(tmp_path / "baselines")
+    baseline_dir(root, repeats())
+    run = RunDir(str(tmp_path / "run"))
+    lines = [json.dumps(r) for r in repeats()]
+    os.makedirs(run.root)
+    with open(run.path("results.jsonl"), "w") as f:
+        f.write("\n".join([lines[0], lines[1][:80], lines[2]]) + "\n")
+    assert main(["compare", "--out", run.root, "--baselines", root]) == BAD_INPUT
+    assert f"{run.path('results.jsonl')}: line 2 is not valid JSON" in capsys.readouterr().out
+    assert main(["status", "--out", run.root]) == BAD_INPUT
+    assert main(["promote", run.root, "--baselines", str(tmp_path / "promoted"), "--force"]) == BAD_INPUT
+    assert "line 2 is not valid JSON" in capsys.readouterr().err

@@ -118,17 +118,20 @@ def test_a_different_environment_is_said_plainly(baseline, tmp_path):
 
 def bad_inputs(tmp_path) -> dict[str, str]:
     (tmp_path / "malformed.json").write_text('{"benchmarks": [')
+    line = json.dumps({"schema": "trainkit.result/1", "cell_id": "mlp-fp32-bs16-ga1-gpus1"})
+    (tmp_path / "middle.jsonl").write_text(f"{line}\n{line[:20]}\n{line}\n")  # not a cut-off last line
     (tmp_path / "other.json").write_text(json.dumps({"machine_info": {}, "results": []}))
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "no_benchmarks.json").write_text(json.dumps({"machine_info": {}, "benchmarks": []}))
     (tmp_path / "empty_dir").mkdir()
     return {"missing": str(tmp_path / "missing.json"), "malformed": str(tmp_path / "malformed.json"),
             "not a result file": str(tmp_path / "other.json"), "empty results": str(tmp_path / "empty.jsonl"),
-            "empty run": str(tmp_path / "no_benchmarks.json"), "empty directory": str(tmp_path / "empty_dir")}
+            "empty run": str(tmp_path / "no_benchmarks.json"), "empty directory": str(tmp_path / "empty_dir"),
+            "bad middle line": str(tmp_path / "middle.jsonl")}
 
 
 @pytest.mark.parametrize("kind", ["missing", "malformed", "not a result file", "empty results", "empty run",
-                                  "empty directory"])
+                                  "empty directory", "bad middle line"])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, kind, baseline):
     bad = bad_inputs(tmp_path)[kind]
     assert main(["build", bad, "-o", str(tmp_path / "r.html")]) == 2
@@ -137,6 +140,21 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, kind, baseline):
     lines = err.splitlines()
     assert len(lines) == 2 and all(line.startswith(f"error: {bad}: ") for line in lines), err
     assert out == "" and not (tmp_path / "r.html").exists()
+
+
+def test_a_cut_off_results_file_is_read_and_said_once_on_stderr(baseline, tmp_path, capsys):
+    """A run killed while appending a record: build and compare read the complete records and say
+    which file and line were cut off, once, however many times the file is read."""
+    records, path = baseline
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(Path(path).read_text() + json.dumps(records[0])[:100])
+    said = (f"warning: {torn} line {len(records) + 1} is cut off (a run killed while writing it?); "
+            f"read the {len(records)} complete records before it")
+    assert main(["compare", str(torn), str(torn), "-o", str(tmp_path / "c.html")]) == 0  # read twice
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [said] and out.startswith("PASS: 0 gated cell(s) regressed")
+    done = reports_cmd("build", str(torn), "-o", str(tmp_path / "r.html"))  # Python's own warning filters
+    assert done.returncode == 0 and done.stderr.splitlines() == [said], done.stderr
 
 
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):

@@ -30,6 +30,7 @@ from reports.verdict import (
     decide_cell,
     decide_metric,
 )
+from trainkit.schema import CutOffLineWarning, ResultsFileError, cut_off_lines_on_stderr, read_jsonl
 
 CPU_ENV = {"cpu": "AMD EPYC", "torch": "2.14.1", "gpu_name": None, "hostname": "a"}
 GPU_ENV = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver": "580.1", "cuda": "13.0", "torch": "2.14.1", "cpu": "x"}
@@ -269,13 +270,37 @@ def write_lines(path, records, tail=""):
     return str(path)
 
 
-def test_a_torn_last_line_is_ignored_but_a_bad_middle_line_is_an_error(tmp_path):
+def test_a_cut_off_last_line_is_read_past_with_a_warning_naming_the_file_and_line(tmp_path):
     torn = write_lines(tmp_path / "torn.jsonl", [record(), record(cell="b-fp32-bs1-ga1-gpus1")], tail='{"schema": "tra')
-    assert len(rec.read_run(torn).records) == 2
+    said = f"{torn} line 3 is cut off (a run killed while writing it?); read the 2 complete records before it"
+    # Both readers are one: reports' and the one bench's results and the nightly read with.
+    for read in (lambda: rec.read_run(torn).records, lambda: read_jsonl(torn)):
+        with pytest.warns(CutOffLineWarning) as caught:
+            assert [r["cell_id"] for r in read()] == ["mlp-fp32-bs64-ga1-gpus1", "b-fp32-bs1-ga1-gpus1"]
+        assert [str(w.message) for w in caught] == [said]
+    one = write_lines(tmp_path / "one.jsonl", [record()], tail='{"schema": "tra')
+    with pytest.warns(CutOffLineWarning, match="line 2 is cut off .*; read the 1 complete record before it$"):
+        assert len(read_jsonl(one)) == 1
+
+
+def test_a_bad_line_that_is_not_the_last_is_an_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(record()) + "\n{oops\n" + json.dumps(record()) + "\n")
     with pytest.raises(rec.InputError, match="line 2 is not valid JSON"):
         rec.read_run(str(bad))
+    with pytest.raises(ResultsFileError, match=f"^{bad}: line 2 is not valid JSON"):
+        read_jsonl(str(bad))  # it used to skip the line without a word
+
+
+def test_a_cut_off_line_is_said_once_on_stderr_however_often_it_is_read(tmp_path, capsys):
+    torn = write_lines(tmp_path / "torn.jsonl", [record()], tail="{")
+    with cut_off_lines_on_stderr():
+        for _ in range(3):
+            assert len(read_jsonl(torn)) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {torn} line 2 is cut off (a run killed while writing it?); read the 1 complete record before it"]
+    with pytest.warns(CutOffLineWarning):  # outside it, an ordinary warning again
+        read_jsonl(torn)
 
 
 @pytest.mark.parametrize("content, message", [

@@ -5,11 +5,14 @@ Importing this module costs nothing (no torch), so readers of results stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
-from typing import Any
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TextIO
 
 SCHEMA = "trainkit.result/1"
 STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "unsupported")
@@ -97,16 +100,59 @@ def append_jsonl(record: dict[str, Any], path: str) -> None:
         os.fsync(f.fileno())
 
 
+class ResultsFileError(ValueError):
+    """A results file that is not JSON lines: a line other than the last is not JSON. The message
+    is one line naming the file and the line (bad input, exit status 2, in every command)."""
+
+
+class CutOffLineWarning(UserWarning):
+    """A results file whose last line is cut off, as a run killed while appending a record leaves
+    it: the complete records before it are read, and this says so, naming the file and the line."""
+
+
+def parse_jsonl(text: str, path: str) -> list[tuple[int, Any]]:
+    """(line number, object) for each non-blank line of a results file's text; `path` names it in
+    messages. A last line that is not JSON is a cut-off record: left out, with a CutOffLineWarning.
+    Any other line that is not JSON raises ResultsFileError."""
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    parsed: list[tuple[int, Any]] = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            parsed.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            if i < len(lines) - 1:
+                raise ResultsFileError(f"{path}: line {n} is not valid JSON ({e.msg}); not a results file") from None
+            k = len(parsed)
+            warnings.warn(CutOffLineWarning(
+                f"{path} line {n} is cut off (a run killed while writing it?); "
+                f"read the {k} complete record{'' if k == 1 else 's'} before it"), stacklevel=2)
+    return parsed
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """Records of a results file; a torn last line (a run killed mid-write) is ignored."""
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    """Records of a results file (see parse_jsonl: a cut-off last line warns, any other line that
+    is not JSON raises ResultsFileError)."""
+    with open(path, encoding="utf-8") as f:
+        return [obj for _, obj in parse_jsonl(f.read(), path)]
+
+
+@contextlib.contextmanager
+def cut_off_lines_on_stderr() -> Iterator[None]:
+    """Within it, each CutOffLineWarning is printed on stderr once, as `warning: MESSAGE`: a command
+    reads its results at several stages and should say it once, in its own words, not Python's
+    warning format (nor, under warnings-as-errors, fail on it). Other warnings keep their filters."""
+    shown: set[str] = set()
+    with warnings.catch_warnings():  # restores the filters and showwarning on the way out
+        warnings.simplefilter("always", CutOffLineWarning)
+        show_other = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+            if not issubclass(category, CutOffLineWarning):
+                show_other(message, category, filename, lineno, file, line)
+            elif str(message) not in shown:
+                shown.add(str(message))
+                print(f"warning: {message}", file=sys.stderr, flush=True)
+
+        warnings.showwarning = show
+        yield
