@@ -1,8 +1,9 @@
 """summary.md: the run on one page of Markdown, for a person and for GitHub's job summary.
 
 Its first line says what happened and whose problem it is: a regression (the code), an
-infrastructure failure (the runner: retry, do not bisect), bad input (the job's options), a pass,
-or no comparable baseline. Then each stage's line, the gate's table, every cell of the run with its
+infrastructure failure (the runner: retry, do not bisect), an inconclusive gate (the runner was
+too noisy to tell: quiet it and retry, do not bisect), bad input (the job's options), a pass, or
+no comparable baseline. Then each stage's line, the gate's table, every cell of the run with its
 median and spread over the repeats, what the pre-flight saw, and the artifacts.
 """
 
@@ -15,12 +16,12 @@ from typing import Any
 from reports.records import InputError, all_records, read_runs
 from trainkit.schema import MEMORY_NAMES, ResultsFileError, read_jsonl
 
-from . import BAD_INPUT, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
+from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
 from .gate import NIGHTLY_THRESHOLDS, cell_rows
 from .rundir import ARTIFACTS, PREFLIGHT, RESULTS, STAGES, SUMMARY, TITLES, RunDir
 
 GiB, MiB = 2**30, 2**20
-ICONS = {PASS: "✅", REGRESSION: "❌", BAD_INPUT: "⛔", INFRASTRUCTURE: "⚠️"}
+ICONS = {PASS: "✅", REGRESSION: "❌", BAD_INPUT: "⛔", INFRASTRUCTURE: "⚠️", INCONCLUSIVE: "❔"}
 
 
 def _cell(text: object) -> str:
@@ -40,6 +41,12 @@ def _next_step(run: RunDir, status: int, label: str) -> str:
     if status == INFRASTRUCTURE:
         return ("An infrastructure failure is not a regression: the runner was unfit or the matrix could not run. "
                 "Fix or drain the runner and re-run the job; do not bisect the code.")
+    if status == INCONCLUSIVE:
+        return ("Inconclusive is neither a pass nor a regression: nothing failed the gate, but too many of the "
+                "gated cells were noisy to tell whether the code got slower, bigger or changed its numerics. "
+                "The runner was too noisy to gate on: look at the cells' spreads and throttling below and at the "
+                "pre-flight's load, quiet the runner (nothing else running, persistence mode and locked clocks) "
+                "and re-run the job; do not bisect the code. An inconclusive run cannot be promoted.")
     if status == REGRESSION:
         return ("Open compare.html in the artifact. If the change is intended, review it and make this run the "
                 f"baseline: `python -m nightly promote {run.root} --force`, then commit reports/baselines/.")
