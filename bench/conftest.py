@@ -22,7 +22,7 @@ from trainkit.env import fingerprint
 from trainkit.launch import DEFAULT_CELL_TIMEOUT_S, probe
 
 from .matrix import AXIS_OPTIONS, PRESET_NAMES, Hardware, build_matrix, parse_list, preset
-from .runner import BenchSession, SessionOptions, timestamp
+from .runner import TABLE_HEADER, BenchSession, SessionOptions, table_row, timestamp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_REPORT_DIR = os.path.join(os.path.dirname(HERE), "reports", "out")
@@ -231,10 +231,6 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         machine_info[key] = env.get(key)
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     bench = config.stash.get(SESSION, None)
     if bench is None or not bench.records:
@@ -242,15 +238,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr = terminalreporter
     ran = [r for r in bench.records if not r.get("skipped_at_collection")]
     tr.section("trainkit cells")
-    tr.write_line(f"{'cell':44} {'status':11} {'samples/s':>11} {'step ms':>9} {'peak MiB':>9} {'final loss':>10}")
+    tr.write_line(TABLE_HEADER)
     for r in ran:
-        memory = r["memory"]
-        peak = memory.get("torch_max_allocated_bytes") or memory.get("host_rss_peak_bytes")
-        median = (r.get("step_time_s") or {}).get("median")
-        name = r["cell_id"] + (f"-rep{r['repeat']}" if r.get("repeat") else "")
-        tr.write_line(f"{name:44} {r['status']:11} {_fmt(r.get('throughput_samples_per_s'), 1):>11} "
-                      f"{_fmt(median and median * 1e3, 2):>9} {_fmt(peak and peak / 2**20, 1):>9} "
-                      f"{_fmt((r.get('loss') or {}).get('final'), 4):>10}")
+        tr.write_line(table_row(r))
     failed = bench.failed()
     if failed:
         tr.section("cells that did not end ok", red=True)

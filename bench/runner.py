@@ -17,6 +17,7 @@ import pytest
 from trainkit.config import ProfileConfig
 from trainkit.launch import CellFailed, CellWorkers
 from trainkit.result import append_jsonl, merge_ranks
+from trainkit.schema import MEMORY_NAMES, headline_memory
 
 from .clock import advance
 from .matrix import CellSpec
@@ -118,6 +119,27 @@ class BenchSession:
 
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["status"] != "ok" and not r.get("skipped_at_collection")]
+
+
+TABLE_HEADER = (f"{'cell':44} {'status':11} {'samples/s':>11} {'step ms':>9} {'peak MiB':>9} {'final loss':>10}"
+                "  memory measure")
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table_row(record: dict[str, Any]) -> str:
+    """The record's line in the session's closing table (TABLE_HEADER): its peak memory is the
+    headline measure the report and the gate use, named at the end of the line."""
+    memory = record.get("memory") or {}
+    measure = headline_memory([memory])
+    peak = memory[measure] if measure else None
+    median = (record.get("step_time_s") or {}).get("median")
+    name = record["cell_id"] + (f"-rep{record['repeat']}" if record.get("repeat") else "")
+    return (f"{name:44} {record['status']:11} {_fmt(record.get('throughput_samples_per_s'), 1):>11} "
+            f"{_fmt(median and median * 1e3, 2):>9} {_fmt(peak and peak / 2**20, 1):>9} "
+            f"{_fmt((record.get('loss') or {}).get('final'), 4):>10}  {MEMORY_NAMES[measure] if measure else '-'}")
 
 
 def end_cell(record: dict[str, Any], strict: bool) -> None:

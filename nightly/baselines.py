@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reports.records import InputError
-from trainkit.schema import fingerprint, read_jsonl
+from trainkit.schema import ResultsFileError, fingerprint, read_jsonl
 
 from .rundir import RESULTS, ROOT, RunDir, now, write_json
 
@@ -123,7 +123,10 @@ def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> Basel
     that is not green, not from main, or measured uncommitted code, unless forced."""
     if not run.exists(RESULTS):
         raise InputError(f"{run.root}: no {RESULTS}; promote the directory of a nightly run")
-    records = read_jsonl(run.path(RESULTS))
+    try:
+        records = read_jsonl(run.path(RESULTS))
+    except ResultsFileError as exc:
+        raise InputError(str(exc)) from None
     if not records:
         raise InputError(f"{run.path(RESULTS)}: no records")
     state, outcome = run.state(), run.outcome()

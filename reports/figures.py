@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from trainkit.precision_facts import color_of, display_rank
+from trainkit.schema import OPTIONAL_MEMORY_KEYS
 
 from .load import PHASES
 from .summary import MIB, ranks_label
@@ -27,6 +28,7 @@ from .summary import MIB, ranks_label
 MEMORY_LABELS = {"torch_max_allocated_bytes": "PyTorch allocator peak",
                  "torch_max_reserved_bytes": "PyTorch reserved peak",
                  "nvml_process_peak_bytes": "NVML process peak",
+                 "host_rss_growth_bytes": "host RSS growth",
                  "host_rss_peak_bytes": "host RSS peak"}
 # Compute phases in blues, darker as the step goes on; waiting for data stands out in amber.
 PHASE_COLORS = {"data": "#e8a33d", "forward": "#9ecae1", "backward": "#4292c6", "optimizer": "#08519c"}
@@ -134,7 +136,8 @@ def memory_vs_batch(records: pd.DataFrame) -> Chart:
         return Chart(title, None, "No cell finished, so there is no memory to plot.")
     ok = ok[(ok["grad_accum"] == ok["grad_accum"].min()) & (ok["gpus"] == ok["gpus"].min())]
     present = [m for m in MEMORY_LABELS if ok[f"memory.{m}"].notna().any()]
-    missing = [MEMORY_LABELS[m] for m in MEMORY_LABELS if m not in present]
+    # A key older records lack is not news; say only what a record of today should have measured.
+    missing = [MEMORY_LABELS[m] for m in MEMORY_LABELS if m not in present and m not in OPTIONAL_MEMORY_KEYS]
     reasons = sorted({str(r) for r in ok["memory.nvml_method"].dropna() if str(r).startswith("unavailable")})
     note = (f"Gradient accumulation {int(ok['grad_accum'].iloc[0])}, "
             f"{ranks_label(int(ok['gpus'].iloc[0]), ok['hardware'].iloc[0])}; the max over ranks, median over repeats.")

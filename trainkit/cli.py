@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from . import config as cfg
 from .config import ConfigError, ProfileConfig, RunConfig, field_help
 from .precision_facts import precision_names
+from .schema import MEMORY_NAMES, headline_memory
 
 CHOICES = {"model": cfg.MODELS, "precision": precision_names(), "optimizer": cfg.OPTIMIZERS,
            "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES}
@@ -230,12 +231,11 @@ def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
 def summary_line(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return f"[trainkit] {record['cell_id']}: {record['status']}: {record['status_detail']}"
-    memory = record["memory"]
-    peak = memory["torch_max_allocated_bytes"] or memory["host_rss_peak_bytes"]
-    which = "allocator" if memory["torch_max_allocated_bytes"] else "host RSS"
+    measure = headline_memory([record["memory"]])  # the measure the report and the gate show too
+    peak = f"peak {MEMORY_NAMES[measure]} {record['memory'][measure] / 2**20:.1f} MiB" if measure else "peak memory n/a"
     return (f"[trainkit] {record['cell_id']}: {record['throughput_samples_per_s']:.1f} samples/s, "
             f"step {record['step_time_s']['median'] * 1e3:.2f} ms (median of {record['step_time_s']['n']}), "
-            f"peak {which} {peak / 2**20:.1f} MiB, final loss {record['loss']['final']}")
+            f"{peak}, final loss {record['loss']['final']}")
 
 
 def cmd_env() -> int:
