@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from reports.records import InputError
-from trainkit.schema import ResultsFileError, fingerprint, read_jsonl
+from trainkit.schema import ResultsFileError, fingerprint, read_jsonl, replacing, write_json
 
-from .rundir import RESULTS, ROOT, RunDir, now, write_json
+from .rundir import RESULTS, ROOT, RunDir, now
 
 SCHEMA = "trainkit.baseline/1"
 MANIFEST = "baseline.json"
@@ -142,8 +142,8 @@ def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> Basel
     fp = run_fingerprint(records, run.path(RESULTS))
     dest = os.path.join(root, slug(fp))
     os.makedirs(dest, exist_ok=True)
-    shutil.copyfile(run.path(RESULTS), os.path.join(dest, RESULTS + ".tmp"))
-    os.replace(os.path.join(dest, RESULTS + ".tmp"), os.path.join(dest, RESULTS))
+    with replacing(os.path.join(dest, RESULTS)) as temporary:
+        shutil.copyfile(run.path(RESULTS), temporary)
     matrix = state.get("stages", {}).get("matrix", {})
     manifest = {"schema": SCHEMA, "fingerprint": fp, "slug": slug(fp), "commit": state.get("commit"),
                 "branch": state.get("branch"), "run_started_at": state.get("started_at"), "promoted_at": now(),

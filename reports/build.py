@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from trainkit.precision_facts import display_rank
+from trainkit.schema import write_text
 
 from . import figures, html, profiles
 from .load import to_frame
@@ -152,12 +153,6 @@ def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".")
     return html.page(title, _header(runs, frame), body), table
 
 
-def _write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit report") -> dict[str, str]:
     """Read result files (pytest-benchmark JSON, results JSON lines, single records, or directories
     of them), write the HTML report and, beside it, the summary as CSV and Markdown (same stem).
@@ -169,9 +164,9 @@ def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit 
     paths = {"html": output_html, "csv": stem + ".csv", "markdown": stem + ".md"}
     try:
         os.makedirs(os.path.dirname(os.path.abspath(output_html)), exist_ok=True)
-        _write(paths["html"], page)
-        _write(paths["csv"], table.to_csv(index=False))
-        _write(paths["markdown"], to_markdown(table))
+        write_text(paths["html"], page)
+        write_text(paths["csv"], table.to_csv(index=False))
+        write_text(paths["markdown"], to_markdown(table))
     except OSError as e:
         raise InputError(f"{output_html}: cannot write the report: {e.strerror or e}") from None
     return paths
