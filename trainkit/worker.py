@@ -240,6 +240,9 @@ class RankWorker:
             # The floor of any peak: weights, their gradients (same dtype) and optimizer state.
             "param_bytes": param_bytes,
             "optimizer_state_bytes": sum(v.numel() * v.element_size() for v in state),
+            # The price of master weights: an fp32 copy of every parameter (0 without one).
+            "master_dtype": str(trainer.params[0].dtype) if trainer.policy.master_bytes else None,
+            "master_bytes": trainer.policy.master_bytes,
             "total_steps": trainer.total_steps,
             "steps_per_epoch": trainer.data.steps_per_epoch,
             "torch_num_threads": torch.get_num_threads(),
