@@ -159,6 +159,11 @@ class RunConfig:
     """auto (cuda if available), cpu or cuda."""
     seed: int = 0
     """Seed of weights, data and shuffling; the same seed gives the same loss curve."""
+    task_seed: int | None = None
+    """Seed of the synthetic task alone: the teacher that labels the samples and the held-out eval
+    set (training samples still follow seed). None: seed. Runs that share it learn the same task
+    and are evaluated on the same samples, so their seeds differ only in the initial weights and
+    the training samples drawn (`trainkit parity` holds it fixed to measure that noise)."""
     cudnn_benchmark: bool = True
     """Let cuDNN autotune convolution algorithms (during warmup; shapes are fixed)."""
 
@@ -185,6 +190,8 @@ class RunConfig:
         for name in ("epochs", "dataset_size", "checkpoint_every", "prefetch_factor"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
+        if self.task_seed is not None:
+            _at_least("task_seed", self.task_seed, 0)
         if self.image_size is not None:
             _at_least("image_size", self.image_size, 8)
         for name in ("momentum", "weight_decay", "min_loss_scale"):
