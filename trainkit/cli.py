@@ -108,6 +108,9 @@ def build_parser() -> Parser:
         prof.add_argument("--memory-snapshot", action="store_true",
                           help=f"record {cfg.SNAPSHOT_STEPS} steps of CUDA allocator history for "
                                "pytorch.org/memory_viz (CUDA only)")
+        prof.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=True,
+                          help="one extra optimizer step that records why the loss moved: gradient underflow, "
+                               "zero optimizer second moments, inf/NaN gradients, update sizes (default: on)")
         prof.add_argument("--profile-dir", metavar="DIR", default=None,
                           help="where traces and snapshots go (default: OUTPUT.profile/, or ./trainkit-profiles/)")
     sub.add_parser("env", help="print the environment fingerprint as JSON")
@@ -117,7 +120,8 @@ def build_parser() -> Parser:
 def profile_config(args: argparse.Namespace) -> ProfileConfig:
     """The profiling passes the options ask for."""
     directory = args.profile_dir or (f"{args.output}.profile" if args.output else "trainkit-profiles")
-    return ProfileConfig.from_options(args.phase_steps, args.profile, args.memory_snapshot, directory)
+    return ProfileConfig.from_options(args.phase_steps, args.profile, args.memory_snapshot, directory,
+                                      args.diagnostics)
 
 
 def _load_record_config(path: str) -> RunConfig:

@@ -296,6 +296,9 @@ SNAPSHOT_STEPS = 2
 class ProfileConfig:
     """What to profile after a cell's timed steps (never during them)."""
 
+    diagnostics: bool = True
+    """One extra optimizer step that reads why a loss moved (trainkit.diagnostics): gradient
+    underflow, zero optimizer second moments, inf/NaN gradients, update sizes."""
     phase_steps: int = 3
     """Optimizer steps timed phase by phase (data, forward, backward, optimizer); 0 turns it off."""
     trace_steps: int = 0
@@ -315,7 +318,10 @@ class ProfileConfig:
             raise ConfigError("trace_steps and snapshot_steps need output_dir")
 
     @classmethod
-    def from_options(cls, phase_steps: int, profile: bool, memory_snapshot: bool, output_dir: str) -> ProfileConfig:
-        """The passes the command-line options ask for (`--phase-steps N --profile --memory-snapshot`)."""
+    def from_options(cls, phase_steps: int, profile: bool, memory_snapshot: bool, output_dir: str,
+                     diagnostics: bool = True) -> ProfileConfig:
+        """The passes the command-line options ask for (`--phase-steps N --profile --memory-snapshot
+        --no-diagnostics`)."""
         return cls(phase_steps=phase_steps, trace_steps=TRACE_STEPS if profile else 0,
-                   snapshot_steps=SNAPSHOT_STEPS if memory_snapshot else 0, output_dir=output_dir)
+                   snapshot_steps=SNAPSHOT_STEPS if memory_snapshot else 0, output_dir=output_dir,
+                   diagnostics=diagnostics)

@@ -117,6 +117,8 @@ class RankReport:
     flops_per_sample: float | None = None
     param_checksum: float | None = None
     profile: dict[str, Any] | None = None
+    diagnostics: dict[str, Any] | None = None
+    """Why the loss moved, read from one extra step after the figures (trainkit.diagnostics)."""
 
 
 @dataclass
@@ -338,6 +340,7 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
         "energy_window_s": energy_window_s,
         "timed_samples": sum(timed.samples),
         "profile": lead.profile,
+        "diagnostics": lead.diagnostics,
         "gpu_samples": launcher.gpu_samples,
         "throttled": launcher.gpu_samples["throttled"] if launcher.gpu_samples else None,
         "env": env,

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from .config import ProfileConfig, RunConfig
+from .diagnostics import diagnose
 from .env import collect_env
 from .flops import training_flops_per_sample
 from .loop import Trainer, Unsupported
@@ -200,9 +201,21 @@ class RankWorker:
             report.flops_per_sample = training_flops_per_sample(trainer.spec)
             if evaluate:
                 loss.eval_loss = trainer.evaluate()
+        if evaluate and self.profile is not None and self.profile.diagnostics:
+            report.diagnostics = self._diagnose()
         if evaluate and self.profile is not None:
             report.profile = self._profile()
         return report
+
+    def _diagnose(self) -> dict[str, Any]:
+        """Why the loss moved, from one more step after everything above was read (like the profiling
+        passes, it never touches those figures). A failure is reported beside the cell's results."""
+        try:
+            result = diagnose(self.trainer)
+            self._sync()
+            return result
+        except Exception as exc:
+            return {"error": classify(exc)[1]}
 
     def _profile(self) -> dict[str, Any]:
         """The profiling passes, after everything above was read: they never touch those figures.
