@@ -205,6 +205,7 @@ class RankWorker:
             report.diagnostics = self._diagnose()
         if evaluate and self.profile is not None:
             report.profile = self._profile()
+        report.cpu_time_s = time.process_time()  # this process's, all threads, from its fork on
         return report
 
     def _diagnose(self) -> dict[str, Any]:
