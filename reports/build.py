@@ -9,7 +9,8 @@ memory (summary), how throughput and memory grow with batch size, what accumulat
 fixed effective batch, how the loss curves of the precisions compare, what the fp16 loss scaler
 did, how throughput scales across GPUs, where each cell's step time goes (the profile: phases,
 top operators, MFU, energy, links to traces and memory snapshots), which cells did not finish and
-why, and on what environment each run was measured.
+why, and on what environment each run was measured. Given a `trainkit parity` document, it adds
+the loss-parity section (reports.parity); given only parity documents, the page is that section.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ import pandas as pd
 
 from trainkit.precision_facts import display_rank
 
-from . import figures, html, profiles
+from . import figures, html, parity, profiles
 from .load import to_frame
 from .records import Run, all_records, fingerprint, read_runs
-from .summary import TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
+from .summary import PARITY_POINTER, TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
 
 SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
             ("accumulation", "Accumulation"), ("loss", "Loss curves"), ("scaler", "Loss scaling"),
             ("scaling", "Scaling"), ("profile", "Profile"), ("failures", "Cells that did not finish"),
             ("environment", "Environment"))
+PARITY_SECTION = ("parity", "Loss parity")  # present when a `trainkit parity` document is among the inputs
 OPEN_ROWS = 120  # past this many summary rows the tables start folded, so they do not bury the charts
 
 
@@ -39,7 +41,7 @@ def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted({(str(m), str(h)) for m, h in zip(frame["model"], frame["hardware"]) if isinstance(m, str)})
 
 
-def _header(runs: list[Run], frame: pd.DataFrame) -> str:
+def _header(runs: list[Run], frame: pd.DataFrame, sections: list[tuple[str, str]]) -> str:
     statuses = frame["status"].value_counts()
     not_ok = ", ".join(f"{n} {s}" for s, n in statuses.items() if s != "ok")
     counts = (f"{len(frame)} records of {frame['cell'].nunique()} cells from {len(runs)} "
@@ -49,7 +51,7 @@ def _header(runs: list[Run], frame: pd.DataFrame) -> str:
     precisions = sorted(frame["precision"].dropna().astype(str).unique(), key=display_rank)
     filters = "".join([html.select("model", "model", models), html.select("hardware", "hardware", hardware),
                        html.select("precision", "precision", precisions)])
-    nav = "".join(f'<a href="#{key}">{html.esc(title)}</a>' for key, title in SECTIONS)
+    nav = "".join(f'<a href="#{key}">{html.esc(title)}</a>' for key, title in sections)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f'<p class="note">{html.esc(counts)}. Generated {generated}.</p>'
             f'<div class="filters">{filters}</div><nav>{nav}</nav>')
@@ -60,6 +62,7 @@ def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
     if frame["hardware"].astype(str).str.startswith("CPU").any():
         parts.append('<p class="warn">CPU rows are correctness and smoke rows, not speed claims: half '
                      "precision on a CPU is emulated or slow, so its speedups say nothing about GPUs.</p>")
+    parts.append(f'<p class="note">{html.esc(PARITY_POINTER)}</p>')
     state = " open" if len(table) <= OPEN_ROWS else ""
     for group, rows in groups(table):
         shown = formatted(rows)
@@ -139,17 +142,22 @@ def _environment_section(runs: list[Run]) -> str:
     return "".join(parts)
 
 
-def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".") -> tuple[str, pd.DataFrame]:
+def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
+           parity_docs: list[dict[str, Any]] | None = None) -> tuple[str, pd.DataFrame]:
     """The page and the summary table of some runs; links to profile files are made relative to
-    base_dir, the page's directory, where they lie under it."""
+    base_dir, the page's directory, where they lie under it. Parity documents add their section."""
     frame = to_frame(all_records(runs))
     table = summary(frame)
     charts = _chart_sections(table, frame)
     bodies = {"summary": _summary_section(table, frame), **charts,
               "profile": profiles.section(frame, _pairs(frame), base_dir, OPEN_ROWS),
               "failures": _failures_section(frame), "environment": _environment_section(runs)}
-    body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in SECTIONS)
-    return html.page(title, _header(runs, frame), body), table
+    sections = list(SECTIONS)
+    if parity_docs:
+        bodies["parity"] = parity.section(parity_docs)
+        sections.insert(sections.index(("loss", "Loss curves")) + 1, PARITY_SECTION)
+    body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in sections)
+    return html.page(title, _header(runs, frame, sections), body), table
 
 
 def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit report") -> dict[str, str]:
@@ -157,6 +165,10 @@ def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit 
     of them), write the HTML report and, beside it, the summary as CSV and Markdown (same stem).
     Returns the paths written: {"html": ..., "csv": ..., "markdown": ...}. Raises records.InputError
     (one line) on a missing, malformed or empty input, or an output that cannot be written."""
-    runs = read_runs(list(inputs))
-    page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)))
+    parity_docs, result_files = parity.split(list(inputs))
+    if parity_docs and not result_files:  # a parity run on its own (`trainkit parity --report`)
+        return html.write_page(output_html, parity.page(parity_docs, title), parity.to_markdown(parity_docs),
+                               parity.to_csv(parity_docs), "report")
+    runs = read_runs(result_files)
+    page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)), parity_docs=parity_docs)
     return html.write_page(output_html, page, to_markdown(table), table.to_csv(index=False), "report")

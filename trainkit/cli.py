@@ -83,7 +83,7 @@ def check_paths(config: RunConfig, output: str | None) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="trainkit", description="Measure what precision and gradient accumulation do to "
                                                  "PyTorch training, one cell at a time.")
-    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env}", parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env,parity}", parser_class=Parser)
     run = sub.add_parser("run", help="run one cell and write its result record")
     repro = sub.add_parser("repro", help="rerun the config of a result record (options override it)")
     repro.add_argument("record", help="a result record (JSON) written by `trainkit run` or the bench")
@@ -114,6 +114,10 @@ def build_parser() -> Parser:
         prof.add_argument("--profile-dir", metavar="DIR", default=None,
                           help="where traces and snapshots go (default: OUTPUT.profile/, or ./trainkit-profiles/)")
     sub.add_parser("env", help="print the environment fingerprint as JSON")
+    from .parity import add_arguments as add_parity_arguments
+
+    add_parity_arguments(sub.add_parser("parity", help="judge each precision's loss against fp32's seed noise, "
+                                                       "with time to target and diagnostics (see --help)"))
     return parser
 
 
@@ -210,9 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("trainkit: choose a command: run, repro or env (see --help)")
+            raise UsageError("trainkit: choose a command: run, repro, env or parity (see --help)")
         if args.command == "env":
             return cmd_env()
+        if args.command == "parity":
+            from .parity import main as cmd_parity
+
+            return cmd_parity(args)
         base = _load_record_config(args.record) if args.command == "repro" else None
         return cmd_run(args, base)
     except UsageError as exc:
