@@ -148,7 +148,7 @@ def parity_run(tmp_path_factory):
     records and the report."""
     out = tmp_path_factory.mktemp("parity")
     command = trainkit_cmd("parity", "--model", "mlp", "--precision", "half-bf16,half-bf16-master", "--seeds", "2",
-                           "--steps", "12", "--device", "cpu", "--output", str(out / "parity.json"),
+                           "--steps", "12", "--device", "cpu", "--jobs", "2", "--output", str(out / "parity.json"),
                            "--report", str(out / "parity.html"))
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": REPO})
@@ -160,7 +160,7 @@ def parity_run(tmp_path_factory):
 def test_the_command_writes_a_document_with_one_entry_per_precision(parity_run):
     done, doc = parity_run["done"], parity_run["doc"]
     assert done.returncode == 0, done.stderr
-    assert "[parity] 6/6 mlp half-bf16-master seed 1: eval" in done.stderr  # progress, cell by cell
+    assert "[parity] 6/6 mlp " in done.stderr and "[parity] 1/6 mlp " in done.stderr  # progress, cell by cell
     assert doc["schema"] == "trainkit.parity/1" and doc["device"] == "cpu" and doc["seeds"] == [0, 1]
     assert "not GPU claims" in doc["timing_note"]
     block = doc["models"]["mlp"]
@@ -173,6 +173,8 @@ def test_the_command_writes_a_document_with_one_entry_per_precision(parity_run):
         records = [json.loads(line) for line in f]
     assert len(records) == 6 and {r["status"] for r in records} == {"ok"}
     assert all(r["diagnostics"]["step"] == 14 for r in records)
+    # Two cells at a time, each with half the cores.
+    assert {r["config"]["torch_num_threads"] for r in records} == {max(1, os.cpu_count() // 2)}
 
 
 def test_the_command_refuses_bad_input_in_one_line(tmp_path):
@@ -180,7 +182,8 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path):
                           (["--seeds", "1"], "argument --seeds: '1' must be >= 2"),
                           (["--model", "cnn", "--device", "cpu"], "--model: no parity recipe for cnn on cpu; "
                                                                   "choose from gpt, mlp"),
-                          (["--precision", "fp64"], "invalid choice: 'fp64'")):
+                          (["--precision", "fp64"], "invalid choice: 'fp64'"),
+                          (["--jobs", "0"], "argument --jobs/-j: '0' must be >= 1")):
         done = subprocess.run(trainkit_cmd("parity", "-o", str(tmp_path / "p.json"), *args), capture_output=True,
                               text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
         assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, done.stderr

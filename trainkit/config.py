@@ -164,6 +164,9 @@ class RunConfig:
     set (training samples still follow seed). None: seed. Runs that share it learn the same task
     and are evaluated on the same samples, so their seeds differ only in the initial weights and
     the training samples drawn (`trainkit parity` holds it fixed to measure that noise)."""
+    cpu_threads: int | None = None
+    """torch's intra-op threads per rank on a CPU; None: the machine's cores divided among the ranks.
+    Cells that run side by side (`trainkit parity --jobs 2`) take a share each."""
     cudnn_benchmark: bool = True
     """Let cuDNN autotune convolution algorithms (during warmup; shapes are fixed)."""
 
@@ -192,6 +195,8 @@ class RunConfig:
                 _at_least(name, getattr(self, name), 1)
         if self.task_seed is not None:
             _at_least("task_seed", self.task_seed, 0)
+        if self.cpu_threads is not None:
+            _at_least("cpu_threads", self.cpu_threads, 1)
         if self.image_size is not None:
             _at_least("image_size", self.image_size, 8)
         for name in ("momentum", "weight_decay", "min_loss_scale"):

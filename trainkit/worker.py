@@ -92,7 +92,7 @@ class RankWorker:
         self.device = device if device is not None else select_device(config, local_rank)
         if self.device.type == "cpu":
             # Ranks share the cores: without this, 2 ranks x all-cores threads thrash.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+            torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // local_world_size))
         self.nvml = Nvml.open(self.device) if self.device.type == "cuda" else None
         self.gpu_uuid = str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
