@@ -92,6 +92,7 @@ def rows(doc: dict[str, Any]) -> pd.DataFrame:
                                             "skipped_share", "unchanged_share", "update_to_weight_p90",
                                             "update_over_lr_p90")},
                 "named": e.get("named") or e.get("reason") or "",
+                "flags": [f["text"] for f in e.get("flags") or []],
                 "seeds": len(e.get("cells") or []),
             })
     return pd.DataFrame(out)
@@ -175,7 +176,7 @@ def curves_chart(model: str, block: dict[str, Any]) -> Chart:
                       annotation_text=f"target {target:.4f}", annotation_position="top right")
     fig.update_xaxes(title_text="optimizer step")
     fig.update_yaxes(title_text="training loss (seed mean, smoothed)")
-    fig.update_layout(legend=dict(title_text="precision (verdict)"))
+    fig.update_layout(legend=dict(title_text="precision (verdict)", traceorder="normal"))
     target_info = block.get("target") or {}
     where = (f"fp32's at {target_info['fraction']:.0%} of the run" if target_info.get("fraction")
              else "given")
@@ -186,12 +187,16 @@ def curves_chart(model: str, block: dict[str, Any]) -> Chart:
 
 
 def _named_notes(frame: pd.DataFrame) -> list[str]:
+    """Under a better or worse row, the diagnostic named; under a row within noise, what stands out
+    all the same (numerics that changed without moving this loss beyond fp32's noise)."""
     notes = []
-    for verdict, named in zip(frame["verdict"], frame["named"]):
+    for verdict, named, standing_out in zip(frame["verdict"], frame["named"], frame["flags"]):
         if verdict in ("better", "worse"):
             notes.append(f"<span class=\"flag\">{html.esc(verdict)}</span>: {html.esc(named)}")
         elif verdict == "no-verdict":
             notes.append(html.esc(named))
+        elif standing_out:
+            notes.append("within noise, though it stands out: " + html.esc("; ".join(standing_out)))
         else:
             notes.append("")
     return notes

@@ -40,7 +40,8 @@ def record(precision: str, seed: int, **changes) -> dict:
     """One cell of the parity GPT on the CPU, in this process, with its diagnostics."""
     setup = CPU_SETUPS["gpt"]
     config = RunConfig(model="gpt", precision=precision, seed=seed, task_seed=TASK_SEED, device="cpu", steps=STEPS,
-                       warmup_steps=setup.warmup_steps, **{**setup.options, "batch_size": BATCH, **changes})
+                       warmup_steps=setup.warmup_steps, cpu_threads=1,  # tiny matmuls: a second thread only waits
+                       **{**setup.options, "batch_size": BATCH, **changes})
     worker = RankWorker(config, profile=ProfileConfig(phase_steps=0))
     worker.warmup()
     worker.run_timed()
@@ -214,3 +215,32 @@ def test_a_report_of_results_and_a_parity_document_has_both(parity_run, tmp_path
     assert '<section id="summary">' in page and '<section id="parity">' in page
     assert page.index('<section id="loss">') < page.index('<section id="parity">') < page.index('<section id="scaler">')
 
+
+
+def test_the_report_names_the_diagnostic_next_to_each_verdict(verdicts):
+    """Under a better or worse row, the diagnostic named; under a within-noise row that still has a
+    diagnostic standing out, that one; under a row with nothing standing out, no note."""
+    pytest.importorskip("plotly", reason="reports need the `reports` extra")
+    import copy
+    import re
+
+    from reports import parity as parity_report
+    from trainkit.parity import document
+
+    block = copy.deepcopy(verdicts)
+    block["precisions"] = {p: block["precisions"][p] for p in ("fp32", "half-fp16", "half-fp16-master")}
+    standing = {"name": "updates rounded away", "text": "updates rounded away: a step left 9% of the weights"}
+    block["precisions"]["half-fp16-master"]["flags"] = [standing]
+    doc = document({"gpt": block}, seeds=list(SEEDS), device="cpu", env=None, configs={"gpt": {}})
+    page = parity_report.section([doc])
+
+    def note_after(precision: str) -> str | None:
+        row = re.search(rf'<tr[^>]*precision="{precision}"[^>]*>(?:(?!</tr>).)*</tr>'
+                        r'(<tr class="row-note"[^>]*>.*?</tr>)?', page, re.S)
+        assert row, precision
+        return row.group(1)
+
+    named = verdicts["precisions"]["half-fp16"]["named"]
+    assert "better" in note_after("half-fp16") and parity_report.html.esc(named) in note_after("half-fp16")
+    assert "within noise, though it stands out: updates rounded away" in note_after("half-fp16-master")
+    assert note_after("fp32") is None
