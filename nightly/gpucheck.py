@@ -61,8 +61,9 @@ OUTPUTS = (RESULTS, REPORT, "report.csv", "report.md", SUMMARY_MD, SUMMARY_JSON)
 OK, FAIL, SKIP = "pass", "fail", "skip"
 
 # --- sizes ------------------------------------------------------------------------------------
-# GPU: the whole run takes about 3 minutes on one H100/H200, worker start-up included (8 cells of
-# 20-40 s, most of it CUDA start-up, cuDNN autotuning and the profiler); every cell fits a 40 GB GPU.
+# GPU: sized for about 3 minutes on one H100/H200, worker start-up included (an estimate: 6 cells of
+# 15-40 s, most of it CUDA start-up, cuDNN autotuning and the profiler, and a matmul probe), well
+# inside the 8 minutes it may take; the largest cell, the GPT's, needs roughly 20 GB.
 # The models are bench's: GPU_GPT is GPT-2 124M, the model of the MFU anchor, trained with AdamW
 # (two moments per parameter); ResNet-50 with SGD and momentum (one buffer), as bench's RECIPES say.
 GPT_RECIPE, RESNET_RECIPE = RECIPES["gpt"], RECIPES["resnet50"]
@@ -120,9 +121,10 @@ DLE_RESNET50 = (
     {"gpu": "A100 80GB", "from": "TF32", "from_img_per_s": 938, "amp_img_per_s": 2470, "speedup": 2.63},
     {"gpu": "V100 16GB", "from": "FP32", "from_img_per_s": 367, "amp_img_per_s": 1200, "speedup": 3.26},
 )
-"""NVIDIA DeepLearningExamples, PyTorch/Classification/ConvNets/resnet50v1.5/README.md (training
-throughput, one GPU, channels-last and DALI, which trainkit's synthetic NCHW cells do not use: so
-these are printed beside the figures, not gated on)."""
+"""NVIDIA DeepLearningExamples, PyTorch/Classification/ConvNets/resnet50v1.5/README.md, "Training
+performance", one GPU (pytorch-21.03 NGC container, ImageNet through DALI, AMP in channels-last,
+none of which trainkit's synthetic NCHW cells use: so they are printed beside the figures, not
+gated on)."""
 
 
 # --- results ----------------------------------------------------------------------------------
