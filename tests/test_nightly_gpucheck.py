@@ -488,7 +488,9 @@ def test_the_cpu_checks_hold_real_measured_values(cpu_run):
     out, _ = cpu_run
     checks = {c["name"]: c for c in json.loads((out / gc.SUMMARY_JSON).read_text())["checks"]}
     figures = {name: checks[name]["figures"] for name in CPU_CHECKS}
-    assert figures["time"]["steps"] == gc.CPU_TIME_STEPS and figures["time"]["wall_s"] > 0.5
+    # A fast CI machine runs the 24 steps in under 0.2 s: the window's length is machine-made.
+    assert figures["time"]["steps"] == gc.CPU_TIME_STEPS and figures["time"]["wall_s"] > 0
+    assert figures["time"]["marks_s"] > 0
     assert abs(figures["time"]["relative_difference"]) <= gc.TIME_TOLERANCE
     assert 0 < figures["memory.accumulation"]["ratio"] < 1
     assert 0 < figures["precision.fp32"]["relative_error"] <= figures["precision.fp32"]["bound"]
