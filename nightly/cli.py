@@ -255,9 +255,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "promote":
         from .baselines import DEFAULT_ROOT, promote, shown
 
-        baseline = promote(RunDir(args.run_dir), args.baselines or DEFAULT_ROOT, force=args.force)
-        print(f"promoted {args.run_dir} to {baseline.describe()}")
-        print(f"commit it: git add {shown(baseline.path)} && git commit")
+        promoted = promote(RunDir(args.run_dir), args.baselines or DEFAULT_ROOT, force=args.force)
+        for baseline in promoted:  # one per environment the run's cells were measured in
+            print(f"promoted {args.run_dir} to {baseline.describe()}")
+        print(f"commit it: git add {' '.join(shown(b.path) for b in promoted)} && git commit")
         return PASS
     run = RunDir(args.out)
     if args.command == "status":
