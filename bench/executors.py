@@ -178,6 +178,11 @@ def start(config: pytest.Config, bench: BenchSession, items: list[Any], cells: l
                 item.add_marker(pytest.mark.skip(reason=f"recorded in {resume} ({record['status']})"))
     config.stash[RESUMED] = recorded
     remaining = [c for c in cells if c.id not in recorded]
+    if o.remote and not resume:
+        # A new run of this results file (which starts empty): an earlier run's results in the job
+        # directory are not this run's, and a local job's id (its pid) may come round again.
+        for stale in glob.glob(os.path.join(job_dir(config), "*_result.pkl")):
+            os.remove(stale)
     if o.remote:
         runnable = [c for c in remaining if not c.skip_reason]
         bench.remote = RemoteCells(bench, cluster.make_jobs(o, job_dir(config), bench.options.cell_timeout_s),

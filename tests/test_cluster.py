@@ -226,32 +226,41 @@ def test_a_bad_partition_is_a_one_line_usage_error(tmp_path):
                            "specified\n")
 
 
-def test_bench_runs_its_cells_as_slurm_jobs_a_multi_node_cell_included(tmp_path):
-    """The stand-in runs the jobs here: the probe, a 1-rank cell, and a 2-rank cell that needs 2
-    "nodes" of 1 (--slurm-gpus-per-node 1): 2 tasks under torchrun's contract, gloo between them."""
+def test_the_nightly_runs_its_cells_as_slurm_jobs_a_multi_node_cell_included(tmp_path):
+    """`python -m nightly run --executor slurm` on a stand-in cluster that runs its jobs here: the
+    probe, a 1-rank cell, and a 2-rank cell that needs 2 "nodes" of 1 (--slurm-gpus-per-node 1):
+    2 tasks under torchrun's contract, gloo between them. The login node's pre-flight is skipped."""
     fake = FakeSlurm(tmp_path / "slurm", mode="run")
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "nightly", "run", "--out", str(run), "--preset", "tiny", "--repeats", "1",
+               "--device", "cpu", "--baselines", str(tmp_path / "none"), "--executor", "slurm",
+               "--slurm-partition", "cpu", "--slurm-gpus-per-node", "1", "--", "--model", "mlp",
+               "--precision", "fp32", "--grad-accum", "1", "--gpus", "1,2", "--steps", "3", "--rounds", "2",
+               "--warmup-steps", "1", "--phase-steps", "0"]
+    env = {k: v for k, v in fake.env().items() if not k.startswith("GITHUB_")}
     try:
-        proc = bench_on(fake, tmp_path / "out", "--preset", "tiny", "--model", "mlp", "--precision", "fp32",
-                        "--grad-accum", "1", "--gpus", "1,2", "--steps", "3", "--rounds", "2", "--warmup-steps", "1",
-                        "--device", "cpu", "--slurm-partition", "cpu", "--slurm-gpus-per-node", "1",
-                        "--benchmark-json", str(tmp_path / "bench.json"))
+        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     finally:
         fake.stop()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    records = {r["cell_id"]: r for r in read_jsonl(str(tmp_path / "out" / "results.jsonl"))}
+    assert "nightly pre-flight: not run here: with --executor slurm the cells run on cluster nodes" in proc.stdout
+    assert "nightly matrix: 2 cells x 1 repeats (tiny): 2 ok" in proc.stdout
+    records = {r["cell_id"]: r for r in read_jsonl(str(run / "results.jsonl"))}
     one, two = records["mlp-fp32-bs16-ga1-gpus1"], records["mlp-fp32-bs16-ga1-gpus2"]
     assert one["status"] == two["status"] == "ok" and check_record(two) == []
     assert (two["ranks_reported"], two["config"]["distributed_backend"], two["executor"]["tasks"]) == (2, "gloo", 2)
     assert two["executor"]["state"] == "COMPLETED" and two["executor"]["job_id"] == "1002"
     assert one["executor"]["tasks"] == 1 and len(one["worker_pids"]) == 1  # run_cell's own worker process
     params = [c["params"] for c in fake.calls("sbatch")]
-    assert [(p["job-name"], p["nodes"], p["ntasks-per-node"]) for p in params] == [
-        ("trainkit-probe-4cpu", "1", "1"), ("trainkit-4cpu", "1", "1"), ("trainkit-2x4cpu", "2", "1")]
+    assert [(p["job-name"], p["nodes"], p["ntasks-per-node"], p["partition"]) for p in params] == [
+        ("trainkit-probe-4cpu", "1", "1", "cpu"), ("trainkit-4cpu", "1", "1", "cpu"),
+        ("trainkit-2x4cpu", "2", "1", "cpu")]
     multi = [c for c in fake.calls("srun") if c["env"]["SLURM_NTASKS"] == "2"]
     assert len(multi) == 1 and multi[0]["env"]["SLURM_JOB_NODELIST"] == "localhost,localhost"
-    data = json.loads((tmp_path / "bench.json").read_text())
+    data = json.loads((run / "benchmark.json").read_text())
+    assert len(data["benchmarks"]) == 2
     for bench in data["benchmarks"]:
         record = bench["extra_info"]
         assert bench["stats"]["data"] == pytest.approx(record["step_time_s"]["values"][:2], rel=1e-12)
     assert "[cell 2/2] mlp-fp32-bs16-ga1-gpus2:" in proc.stdout and "done," in proc.stdout
-    assert (tmp_path / "out" / "report.html").exists()
+    assert (run / "report.html").exists()
