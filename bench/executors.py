@@ -100,7 +100,7 @@ def probe_hardware(config: pytest.Config, probe: Any) -> dict[str, Any]:
     info = cluster.probe_on_cluster(o, device, os.path.join(job_dir(config), "probe"))
     # A cell takes as many nodes as its ranks need (trainkit.cluster.job_shape): the cluster, not
     # the probe's node, bounds how many GPUs a cell may have.
-    return dict(info, gpu_count=sys.maxsize, cpu_count=sys.maxsize, node_gpus=info["gpu_count"])
+    return dict(info, gpu_count=sys.maxsize, cpu_count=sys.maxsize)
 
 
 def _key(record: dict[str, Any]) -> str:

@@ -94,6 +94,9 @@ def test_a_multi_node_task_gets_torchruns_environment_from_slurms(monkeypatch):
     assert env == {"RANK": "11", "WORLD_SIZE": "16", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "8",
                    "MASTER_ADDR": "gpu017", "MASTER_PORT": str(cluster.rendezvous_port("7000_3"))}
     assert 20000 <= int(env["MASTER_PORT"]) < 40000
+    # All 8 GPUs of the node visible to every task: LOCAL_RANK picks one; one bound to the task: GPU 0.
+    assert cluster.torchrun_environment(submitit.JobEnvironment(), "0,1,2,3,4,5,6,7")["LOCAL_RANK"] == "3"
+    assert cluster.torchrun_environment(submitit.JobEnvironment(), "3")["LOCAL_RANK"] == "0"
 
 
 # --- options ---------------------------------------------------------------------------------------

@@ -229,11 +229,16 @@ def rendezvous_port(job_id: str) -> int:
     return 20000 + int(digits) % 20000
 
 
-def torchrun_environment(env: Any) -> dict[str, str]:
+def torchrun_environment(env: Any, visible_gpus: str | None = None) -> dict[str, str]:
     """torchrun's environment contract for this task of a multi-node job, from submitit's
-    JobEnvironment (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST, ...)."""
-    return {"RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks), "LOCAL_RANK": str(env.local_rank),
-            "LOCAL_WORLD_SIZE": str(env.num_tasks // env.num_nodes), "MASTER_ADDR": env.hostnames[0],
+    JobEnvironment (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST, ...).
+    LOCAL_RANK picks the task's GPU among those it sees; a cluster that binds one GPU to each task
+    (CUDA_VISIBLE_DEVICES, `visible_gpus`, lists one) leaves it GPU 0."""
+    per_node = env.num_tasks // env.num_nodes
+    bound = visible_gpus is not None and len([g for g in visible_gpus.split(",") if g.strip()]) == 1
+    local_rank = 0 if bound and per_node > 1 else env.local_rank
+    return {"RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks), "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(per_node), "MASTER_ADDR": env.hostnames[0],
             "MASTER_PORT": str(rendezvous_port(env.job_id))}
 
 
@@ -257,7 +262,7 @@ def run_cell_job(job: CellJob) -> dict[str, Any] | None:
             from .launch import run_under_torchrun
             from .worker import limit_host_memory
 
-            os.environ.update(torchrun_environment(env))
+            os.environ.update(torchrun_environment(env, os.environ.get("CUDA_VISIBLE_DEVICES")))
             if job.memory_limit_bytes is not None:
                 limit_host_memory(job.memory_limit_bytes)
             record = run_under_torchrun(job.config, job.profile)
@@ -535,7 +540,10 @@ class LocalJobs(Jobs):
         self.queue.clear()
         for w in self.watched:
             if not w.done:
-                w.job.cancel(check=False)
+                w.job.cancel(check=False)  # SIGINT: the controller stops its task, then exits
+                deadline = time.monotonic() + 15
+                while w.job.get_info()["jobState"] == "RUNNING" and time.monotonic() < deadline:
+                    time.sleep(0.1)
 
 
 class SlurmJobs(Jobs):
