@@ -44,7 +44,6 @@ from .runner import BenchSession, _clock, outcome, timestamp
 
 OPTIONS = pytest.StashKey[ExecutorOptions]()
 RESULTS = pytest.StashKey[str]()
-RESUMED = pytest.StashKey[dict]()
 
 POLL_S = {"slurm": (1.0, 30.0), "submitit-local": (0.2, 1.0)}
 """First and longest pause between looks at the jobs: sacct is asked at most this often."""
@@ -97,10 +96,23 @@ def probe_hardware(config: pytest.Config, probe: Any) -> dict[str, Any]:
     o, device = options(config), config.getoption("tk_device")
     if o.executor != "slurm":
         return probe(device)
-    info = cluster.probe_on_cluster(o, device, os.path.join(job_dir(config), "probe"))
+    info = cluster.probe_on_cluster(o, device, os.path.join(job_dir(config), "probe"), say=_say(config))
     # A cell takes as many nodes as its ranks need (trainkit.cluster.job_shape): the cluster, not
     # the probe's node, bounds how many GPUs a cell may have.
     return dict(info, gpu_count=sys.maxsize, cpu_count=sys.maxsize)
+
+
+def _say(config: pytest.Config) -> Any:
+    """A line on the terminal while pytest collects (its capture would hold it until the end)."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def say(line: str) -> None:
+        if terminal is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                terminal.write_line(line)
+
+    return say
 
 
 def _key(record: dict[str, Any]) -> str:
@@ -176,7 +188,6 @@ def start(config: pytest.Config, bench: BenchSession, items: list[Any], cells: l
             record = recorded.get(getattr(getattr(item, "callspec", None), "id", None))
             if record is not None:
                 item.add_marker(pytest.mark.skip(reason=f"recorded in {resume} ({record['status']})"))
-    config.stash[RESUMED] = recorded
     remaining = [c for c in cells if c.id not in recorded]
     if o.remote and not resume:
         # A new run of this results file (which starts empty): an earlier run's results in the job
@@ -243,7 +254,9 @@ class RemoteCells:
             if cell.id in self.records:
                 break
             counts = self.jobs.counts()
-            if counts != shown or time.monotonic() - last_line > HEARTBEAT_S:
+            if ended:  # _collect said so, with the counts
+                shown, last_line = counts, time.monotonic()
+            elif counts != shown or time.monotonic() - last_line > HEARTBEAT_S:
                 self.bench.write(f"\n    waiting for {cell.id}: {self._state()} ")
                 shown, last_line = counts, time.monotonic()
             time.sleep(pause)

@@ -248,6 +248,7 @@ def test_the_nightly_runs_its_cells_as_slurm_jobs_a_multi_node_cell_included(tmp
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "nightly pre-flight: not run here: with --executor slurm the cells run on cluster nodes" in proc.stdout
     assert "nightly matrix: 2 cells x 1 repeats (tiny): 2 ok" in proc.stdout
+    assert "probing a node: SLURM job 1000 (log: " in proc.stdout
     records = {r["cell_id"]: r for r in read_jsonl(str(run / "results.jsonl"))}
     one, two = records["mlp-fp32-bs16-ga1-gpus1"], records["mlp-fp32-bs16-ga1-gpus2"]
     assert one["status"] == two["status"] == "ok" and check_record(two) == []

@@ -679,6 +679,11 @@ class SlurmJobs(Jobs):
             subprocess.run(["scancel", *arrays], capture_output=True, timeout=120, check=False)
 
 
+def _first_state(jobs: Jobs) -> str:
+    """The first watched job's SLURM state, as sacct last said it."""
+    return next((w.info.get("State") or "PENDING" for w in jobs.watched), "PENDING")
+
+
 def make_jobs(options: ExecutorOptions, folder: str, cell_timeout_s: float) -> Jobs:
     kind = {"slurm": SlurmJobs, "submitit-local": LocalJobs}.get(options.executor)
     if kind is None:
@@ -686,11 +691,12 @@ def make_jobs(options: ExecutorOptions, folder: str, cell_timeout_s: float) -> J
     return kind(options, folder, time_limit_s(cell_timeout_s))
 
 
-def probe_on_cluster(options: ExecutorOptions, device: str, folder: str,
-                     wait_s: float | None = None) -> dict[str, Any]:
+def probe_on_cluster(options: ExecutorOptions, device: str, folder: str, wait_s: float | None = None,
+                     say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run `probe_node` as a one-task SLURM job with the matrix's partition, account, QOS and
-    constraint (one GPU unless device is cpu) and return what it saw. Raises RuntimeError with
-    one line when the job cannot be submitted or fails."""
+    constraint (one GPU unless device is cpu) and return what it saw; `say` hears a line when it
+    is submitted and while it waits (a queue can be long). Raises RuntimeError with one line when
+    the job cannot be submitted or fails."""
     import submitit
 
     jobs = SlurmJobs(options, folder, time_limit_s(0))
@@ -703,12 +709,18 @@ def probe_on_cluster(options: ExecutorOptions, device: str, folder: str,
     except Exception as exc:
         raise RuntimeError(f"--executor slurm: sbatch refused the probe job: {_one_line(exc)}") from None
     jobs.watched.append(_Watched(CellJob("probe", RunConfig(device=device)), job))
-    deadline = None if wait_s is None else time.monotonic() + wait_s
-    interval = 0.5
+    started = time.monotonic()
+    deadline = None if wait_s is None else started + wait_s
+    interval, said = 0.5, started
+    if say is not None:
+        say(f"probing a node: SLURM job {job.job_id} (log: {job.paths.stdout})")
     while not (ended := jobs.poll()):
         if deadline is not None and time.monotonic() > deadline:
             jobs.cancel()
             raise RuntimeError(f"--executor slurm: the probe job {job.job_id} did not end within {wait_s:g} s")
+        if say is not None and time.monotonic() - said > 300:
+            said = time.monotonic()
+            say(f"probe job {job.job_id}: {_first_state(jobs)} after {said - started:.0f} s")
         time.sleep(interval)
         interval = min(interval * 1.5, 10.0)
     (_, answer), = ended
