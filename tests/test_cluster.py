@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,19 @@ def test_without_submitit_a_job_executor_names_the_install(monkeypatch):
         with pytest.raises(argparse.ArgumentTypeError, match=r"needs submitit: pip install 'trainkit\[cluster\]'"):
             cluster.executor_name(name)
     assert cluster.executor_name("local") == "local"
+
+
+def test_bench_without_submitit_says_what_to_install_in_one_line(tmp_path):
+    """A `submitit` that cannot be imported first on the path stands for one never installed."""
+    (tmp_path / "submitit.py").write_text("raise ImportError(\"No module named 'submitit'\")\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "bench/test_train.py", "--benchmark-only", "-p",
+                           "no:cacheprovider", "--executor", "slurm", "--collect-only"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4  # pytest's usage error
+    assert ("error: argument --executor: slurm needs submitit: pip install 'trainkit[cluster]'\n"
+            in proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_slurm_needs_sbatch_on_the_path(monkeypatch, tmp_path):
@@ -232,39 +246,61 @@ def test_a_bad_partition_is_a_one_line_usage_error(tmp_path):
 def test_the_nightly_runs_its_cells_as_slurm_jobs_a_multi_node_cell_included(tmp_path):
     """`python -m nightly run --executor slurm` on a stand-in cluster that runs its jobs here: the
     probe, a 1-rank cell, and a 2-rank cell that needs 2 "nodes" of 1 (--slurm-gpus-per-node 1):
-    2 tasks under torchrun's contract, gloo between them. The login node's pre-flight is skipped."""
+    2 tasks under torchrun's contract, gloo between them. Each cell has 2 repeats in an array capped
+    at 1 running task; the second tasks end (preempted, node failure) while the first ones run: their
+    records are appended as they end, before the record of the cell the driver waits for. The login
+    node's pre-flight is skipped."""
     fake = FakeSlurm(tmp_path / "slurm", mode="run")
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "nightly", "run", "--out", str(run), "--preset", "tiny", "--repeats", "1",
+    command = [sys.executable, "-m", "nightly", "run", "--out", str(run), "--preset", "tiny", "--repeats", "2",
                "--device", "cpu", "--baselines", str(tmp_path / "none"), "--executor", "slurm",
-               "--slurm-partition", "cpu", "--slurm-gpus-per-node", "1", "--", "--model", "mlp",
-               "--precision", "fp32", "--grad-accum", "1", "--gpus", "1,2", "--steps", "3", "--rounds", "2",
-               "--warmup-steps", "1", "--phase-steps", "0"]
+               "--slurm-partition", "cpu", "--slurm-gpus-per-node", "1", "--slurm-array-parallelism", "1", "--",
+               "--model", "mlp", "--precision", "fp32", "--grad-accum", "1", "--gpus", "1,2", "--steps", "3",
+               "--rounds", "2", "--warmup-steps", "1", "--phase-steps", "0"]
     env = {k: v for k, v in fake.env().items() if not k.startswith("GITHUB_")}
+    nightly = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+        state = fake.root / "state"
+        deadline = time.monotonic() + 120
+        while not ((state / "task-1001_1.json").exists() and (state / "task-1002_1.json").exists()):
+            assert time.monotonic() < deadline and nightly.poll() is None, "the arrays were not submitted"
+            time.sleep(0.05)
+        # The cap holds the second tasks until the first end (seconds): SLURM ends them meanwhile.
+        fake.end("1001_1", "PREEMPTED", "0:15", node="node002")
+        fake.end("1002_1", "NODE_FAIL", "0:0", node="node003")
+        stdout, stderr = nightly.communicate(timeout=400)
     finally:
+        if nightly.poll() is None:
+            nightly.kill()
+            nightly.communicate()
         fake.stop()
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "nightly pre-flight: not run here: with --executor slurm the cells run on cluster nodes" in proc.stdout
-    assert "nightly matrix: 2 cells x 1 repeats (tiny): 2 ok" in proc.stdout
-    assert "probing a node: SLURM job 1000 (log: " in proc.stdout
-    records = {r["cell_id"]: r for r in read_jsonl(str(run / "results.jsonl"))}
-    one, two = records["mlp-fp32-bs16-ga1-gpus1"], records["mlp-fp32-bs16-ga1-gpus2"]
+    assert nightly.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "nightly pre-flight: not run here: with --executor slurm the cells run on cluster nodes" in stdout
+    assert "nightly matrix: 2 cells x 2 repeats (tiny): 2 crashed, 2 ok" in stdout
+    assert "probing a node: SLURM job 1000 (log: " in stdout
+    order = [r["cell_id"] + f"-rep{r['repeat']}" for r in read_jsonl(str(run / "results.jsonl"))]
+    assert order.index("mlp-fp32-bs16-ga1-gpus1-rep1") < order.index("mlp-fp32-bs16-ga1-gpus1-rep0")
+    assert order.index("mlp-fp32-bs16-ga1-gpus2-rep1") < order.index("mlp-fp32-bs16-ga1-gpus1-rep0")
+    assert "    mlp-fp32-bs16-ga1-gpus1-rep1 -> crashed: SLURM job 1001_1 was preempted (sacct PREEMPTED" in stdout
+    records = {(r["cell_id"], r["repeat"]): r for r in read_jsonl(str(run / "results.jsonl"))}
+    one, two = records[("mlp-fp32-bs16-ga1-gpus1", 0)], records[("mlp-fp32-bs16-ga1-gpus2", 0)]
     assert one["status"] == two["status"] == "ok" and check_record(two) == []
     assert (two["ranks_reported"], two["config"]["distributed_backend"], two["executor"]["tasks"]) == (2, "gloo", 2)
-    assert two["executor"]["state"] == "COMPLETED" and two["executor"]["job_id"] == "1002"
+    assert two["executor"]["state"] == "COMPLETED" and two["executor"]["job_id"] == "1002_0"
     assert one["executor"]["tasks"] == 1 and len(one["worker_pids"]) == 1  # run_cell's own worker process
+    lost = records[("mlp-fp32-bs16-ga1-gpus2", 1)]
+    assert lost["status"] == "crashed" and "lost its node (sacct NODE_FAIL, exit code 0:0, node node003)" in \
+        lost["status_detail"]
     params = [c["params"] for c in fake.calls("sbatch")]
-    assert [(p["job-name"], p["nodes"], p["ntasks-per-node"], p["partition"]) for p in params] == [
-        ("trainkit-probe-4cpu", "1", "1", "cpu"), ("trainkit-4cpu", "1", "1", "cpu"),
-        ("trainkit-2x4cpu", "2", "1", "cpu")]
+    assert [(p["job-name"], p["nodes"], p["ntasks-per-node"], p.get("array"), p["partition"]) for p in params] == [
+        ("trainkit-probe-4cpu", "1", "1", None, "cpu"), ("trainkit-4cpu", "1", "1", "0-1%1", "cpu"),
+        ("trainkit-2x4cpu", "2", "1", "0-1%1", "cpu")]
     multi = [c for c in fake.calls("srun") if c["env"]["SLURM_NTASKS"] == "2"]
     assert len(multi) == 1 and multi[0]["env"]["SLURM_JOB_NODELIST"] == "localhost,localhost"
     data = json.loads((run / "benchmark.json").read_text())
-    assert len(data["benchmarks"]) == 2
+    assert len(data["benchmarks"]) == 2  # pytest-benchmark keeps the cells that ended ok
     for bench in data["benchmarks"]:
         record = bench["extra_info"]
         assert bench["stats"]["data"] == pytest.approx(record["step_time_s"]["values"][:2], rel=1e-12)
-    assert "[cell 2/2] mlp-fp32-bs16-ga1-gpus2:" in proc.stdout and "done," in proc.stdout
+    assert "[cell 4/4] mlp-fp32-bs16-ga1-gpus2-rep1: 4/4 done" in stdout
     assert (run / "report.html").exists()
