@@ -202,6 +202,26 @@ def test_the_matrix_becomes_one_capped_array_per_shape_and_sacct_states_become_s
     assert jobs.counts() == cluster.Counts(6, 0, 0) and jobs.poll() == []
 
 
+def test_a_record_that_says_a_rank_was_killed_is_oom_when_slurm_says_out_of_memory(slurm, tmp_path):
+    """The cgroup's OOM killer takes a rank with SIGKILL: the job still returns a record (crashed,
+    killed by SIGKILL), and sacct marks the job OUT_OF_MEMORY: the cell is oom."""
+    from submitit.core.utils import cloudpickle_dump
+
+    from trainkit.result import merge_ranks
+
+    jobs = cluster.make_jobs(ExecutorOptions(executor="slurm"), str(tmp_path / "jobs"), cell_timeout_s=60)
+    jobs.submit([CellJob("a", gpt(1))])
+    killed = merge_ranks(gpt(1), [], "crashed", "worker rank 0 was killed by SIGKILL during step 3")
+    cloudpickle_dump(("success", killed), jobs.watched[0].job.task(0).paths.result_pickle)
+    assert jobs.poll() == []  # a result, but the job has not ended: its final state may say more
+    slurm.end("1000", "OUT_OF_MEMORY", "0:125")
+    ((_, record),) = jobs.poll()
+    assert record["status"] == "oom"
+    assert record["status_detail"] == ("SLURM job 1000 was killed for using more memory than it was given (sacct "
+                                       "OUT_OF_MEMORY, exit code 0:125): worker rank 0 was killed by SIGKILL during "
+                                       "step 3")
+
+
 def test_stopping_early_cancels_the_arrays_that_have_not_ended(slurm, tmp_path):
     jobs = cluster.make_jobs(ExecutorOptions(executor="slurm"), str(tmp_path / "jobs"), cell_timeout_s=60)
     jobs.submit([CellJob("a", gpt(1)), CellJob("b", gpt(1)), CellJob("c", gpt(2))])
