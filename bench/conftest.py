@@ -23,7 +23,7 @@ from trainkit.launch import DEFAULT_CELL_TIMEOUT_S, probe
 
 from . import executors
 from .matrix import AXIS_OPTIONS, PRESET_NAMES, Hardware, build_matrix, parse_list, preset
-from .runner import BenchSession, SessionOptions
+from .runner import TABLE_HEADER, BenchSession, SessionOptions, table_row
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_REPORT_DIR = os.path.join(os.path.dirname(HERE), "reports", "out")
@@ -143,6 +143,10 @@ def _cells(config: pytest.Config) -> list:
     info = _hardware(config)
     hw = Hardware(info["device"], info["gpu_count"], tuple(info["capability"]) if info["capability"] else None,
                   info["gpu_name"], info["cpu_count"])
+    if config.getoption("tk_memory_limit") and hw.device == "cuda":
+        from trainkit.cli import MEMORY_LIMIT_ON_GPU
+
+        _usage(f"--cell-memory-limit-gb {MEMORY_LIMIT_ON_GPU}; here the cells run on CUDA (use --device cpu)")
     name = config.getoption("preset") or "quick"
     chosen = preset(name, on_gpu=hw.device == "cuda")
     steps = config.getoption("tk_steps") or chosen.steps
@@ -231,10 +235,6 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         machine_info[key] = env.get(key)
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     bench = config.stash.get(SESSION, None)
     if bench is None or not bench.records:
@@ -242,15 +242,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr = terminalreporter
     ran = [r for r in bench.records if not r.get("skipped_at_collection")]
     tr.section("trainkit cells")
-    tr.write_line(f"{'cell':44} {'status':11} {'samples/s':>11} {'step ms':>9} {'peak MiB':>9} {'final loss':>10}")
+    tr.write_line(TABLE_HEADER)
     for r in ran:
-        memory = r["memory"]
-        peak = memory.get("torch_max_allocated_bytes") or memory.get("host_rss_peak_bytes")
-        median = (r.get("step_time_s") or {}).get("median")
-        name = r["cell_id"] + (f"-rep{r['repeat']}" if r.get("repeat") else "")
-        tr.write_line(f"{name:44} {r['status']:11} {_fmt(r.get('throughput_samples_per_s'), 1):>11} "
-                      f"{_fmt(median and median * 1e3, 2):>9} {_fmt(peak and peak / 2**20, 1):>9} "
-                      f"{_fmt((r.get('loss') or {}).get('final'), 4):>10}")
+        tr.write_line(table_row(r))
     failed = bench.failed()
     if failed:
         tr.section("cells that did not end ok", red=True)

@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -36,7 +37,7 @@ import pytest
 
 from trainkit import cluster
 from trainkit.cluster import CellJob, ExecutorOptions
-from trainkit.schema import read_jsonl
+from trainkit.schema import CutOffLineWarning, parse_jsonl, read_jsonl
 
 from .clock import advance
 from .matrix import CellSpec
@@ -127,6 +128,23 @@ def _same_config(record: dict[str, Any], cell: CellSpec) -> str | None:
     return next((f"{k}={got.get(k)!r} (this run: {v!r})" for k, v in want.items() if got.get(k) != v), None)
 
 
+def _mend(config: pytest.Config, path: str) -> None:
+    """A results file to resume whose last line was cut off (its run killed while writing it) loses
+    that line: the records this run appends must follow complete ones. Raises ResultsFileError (a
+    ValueError) when another line is not JSON: not a results file."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    with warnings.catch_warnings(record=True) as cut:
+        warnings.simplefilter("always", CutOffLineWarning)
+        parsed = parse_jsonl(text, path)
+    if cut:
+        lines = text.splitlines()
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(lines[n - 1] + "\n" for n, _ in parsed)
+        os.replace(path + ".tmp", path)
+        _say(config)(f"--resume: {cut[0].message}; that line was removed")
+
+
 def arrange(config: pytest.Config, cells: list[CellSpec]) -> list[CellSpec]:
     """The matrix as the executor sees it: with slurm, a cell whose ranks cannot be laid out over
     whole nodes is skipped with the reason. With --resume, the recorded cells must be the cells
@@ -137,6 +155,7 @@ def arrange(config: pytest.Config, cells: list[CellSpec]) -> list[CellSpec]:
     if resume and given and os.path.abspath(resume) != os.path.abspath(given):
         raise ValueError(f"--resume {resume} and --results-file {given} name different files; give one")
     if resume:
+        _mend(config, resume)
         by_id = {c.id: c for c in arranged}
         for record in read_jsonl(resume):
             cell = by_id.get(_key(record))

@@ -11,7 +11,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainkit.config import MODELS, PRECISIONS, RunConfig
+from trainkit.config import MODELS, RunConfig
+from trainkit.precision_facts import SHORT_DTYPE, facts_of, precision_names
 
 AXES = ("model", "precision", "batch_size", "grad_accum", "gpus")
 CONV_MODELS = ("cnn", "resnet18", "resnet50")
@@ -37,7 +38,8 @@ class Block:
     """A cross product of axis values, with model options per model."""
 
     models: tuple[str, ...]
-    precisions: tuple[str, ...]
+    precisions: tuple[str, ...] | None
+    """None: every mode of trainkit's precision table, read when the matrix is built."""
     batch_sizes: tuple[int, ...]
     grad_accums: tuple[int, ...]
     gpus: tuple[int, ...]
@@ -55,7 +57,7 @@ class Preset:
     description: str
 
 
-ALL = PRECISIONS
+ALL = None  # every precision mode
 PRESETS_CPU = {
     "tiny": Preset("tiny", (Block(("mlp", "gpt"), ("fp32", "amp-bf16"), (16,), (1, 2), (1,),
                                   {"gpt": CPU_GPT}),), 4, 1,
@@ -131,18 +133,19 @@ class CellSpec:
 
 
 def skip_reason(model: str, precision: str, gpus: int, hw: Hardware) -> str | None:
-    """Why this hardware cannot run the cell meaningfully, or None."""
-    if hw.device == "cuda":
-        if gpus > hw.gpu_count:
-            return f"needs {gpus} GPUs, {hw.gpu_count} visible"
-        if precision in ("tf32", "amp-bf16", "half-bf16") and hw.capability and hw.capability < (8, 0):
-            major, minor = hw.capability
-            return f"{precision} needs compute capability >= 8.0 ({hw.gpu_name} is {major}.{minor})"
-        return None
-    if precision == "tf32":
-        return "tf32 needs a CUDA GPU with compute capability >= 8.0"
-    if model in CONV_MODELS and "fp16" in precision:
-        return "fp16 convolutions on the CPU are ~100x slower than fp32: not a meaningful row"
+    """Why this hardware cannot run the cell meaningfully, or None. Whether the device can run the
+    mode at all is the policy's answer, never restated here."""
+    from trainkit.precision import policy_class  # torch, only once cells are built
+
+    if hw.device == "cuda" and gpus > hw.gpu_count:
+        return f"needs {gpus} GPUs, {hw.gpu_count} visible"
+    reason = policy_class(precision).unsupported_on(hw.device, hw.capability, hw.gpu_name)
+    if reason or hw.device == "cuda":
+        return reason
+    facts = facts_of(precision)
+    if model in CONV_MODELS and facts.slow_conv_on_cpu:
+        dtype = SHORT_DTYPE[facts.compute_dtype]
+        return f"{dtype} convolutions on the CPU are ~100x slower than fp32: not a meaningful row"
     if gpus > hw.cpu_count:
         return f"needs {gpus} CPU ranks, {hw.cpu_count} cores"
     return None
@@ -153,7 +156,8 @@ def build_matrix(chosen: Preset, hw: Hardware, overrides: dict[str, tuple[Any, .
     """The cells of a preset with axis overrides applied, in a stable order, without duplicates."""
     cells: dict[str, CellSpec] = {}
     for block in chosen.blocks:
-        axes = {"model": block.models, "precision": block.precisions, "batch_size": block.batch_sizes,
+        axes = {"model": block.models, "precision": block.precisions or precision_names(),
+                "batch_size": block.batch_sizes,
                 "grad_accum": block.grad_accums, "gpus": block.gpus}
         axes.update(overrides)
         for model, precision, batch_size, grad_accum, gpus in itertools.product(*(axes[a] for a in AXES)):
@@ -197,7 +201,7 @@ def parse_list(option: str, text: str, kind: type, valid: tuple[str, ...] | None
 
 AXIS_OPTIONS = {
     "model": ("--model", str, MODELS),
-    "precision": ("--precision", str, PRECISIONS),
+    "precision": ("--precision", str, precision_names()),
     "batch_size": ("--batch-size", int, None),
     "grad_accum": ("--grad-accum", int, None),
     "gpus": ("--gpus", int, None),

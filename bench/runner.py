@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from trainkit.config import ProfileConfig
-from trainkit.launch import Cell, CellFailed
+from trainkit.launch import CellFailed, CellWorkers
 from trainkit.result import append_jsonl, merge_ranks
+from trainkit.schema import MEMORY_NAMES, headline_memory
 
 from .clock import advance
 from .matrix import CellSpec
@@ -93,7 +94,7 @@ class BenchSession:
         began = time.monotonic()
         config = cell.config
         rounds = min(self.options.rounds, config.steps)
-        with Cell(config, self.options.cell_timeout_s, self.options.memory_limit_bytes,
+        with CellWorkers(config, self.options.cell_timeout_s, self.options.memory_limit_bytes,
                   profile=self.options.profile) as workers:
             try:
                 workers.start()
@@ -139,6 +140,27 @@ def outcome(record: dict[str, Any]) -> str:
     if record["status"] == "ok":
         return f"{record['throughput_samples_per_s']:.1f} samples/s"
     return f"{record['status']}: {record['status_detail']}"
+
+
+TABLE_HEADER = (f"{'cell':44} {'status':11} {'samples/s':>11} {'step ms':>9} {'peak MiB':>9} {'final loss':>10}"
+                "  memory measure")
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table_row(record: dict[str, Any]) -> str:
+    """The record's line in the session's closing table (TABLE_HEADER): its peak memory is the
+    headline measure the report and the gate use, named at the end of the line."""
+    memory = record.get("memory") or {}
+    measure = headline_memory([memory])
+    peak = memory[measure] if measure else None
+    median = (record.get("step_time_s") or {}).get("median")
+    name = record["cell_id"] + (f"-rep{record['repeat']}" if record.get("repeat") else "")
+    return (f"{name:44} {record['status']:11} {_fmt(record.get('throughput_samples_per_s'), 1):>11} "
+            f"{_fmt(median and median * 1e3, 2):>9} {_fmt(peak and peak / 2**20, 1):>9} "
+            f"{_fmt((record.get('loss') or {}).get('final'), 4):>10}  {MEMORY_NAMES[measure] if measure else '-'}")
 
 
 def end_cell(record: dict[str, Any], strict: bool) -> None:

@@ -17,8 +17,12 @@ Exit status, the same for every command:
     1  regression: a gated cell regressed, drifted or started to fail
     2  bad input: an option, a file or a preset that cannot be used here
     3  infrastructure failure: the pre-flight failed or the matrix could not run; not a regression
+    4  inconclusive: nothing regressed, but more than --max-noisy-share (25 %) of the gated cells
+       compared were too noisy to gate; the runner's problem (quiet it, re-run), not the code's,
+       and never a pass. (`python -m reports compare` says 3 for this; 3 is taken here.)
 """
 
-PASS, REGRESSION, BAD_INPUT, INFRASTRUCTURE = 0, 1, 2, 3
-LABELS = {PASS: "pass", REGRESSION: "regression", BAD_INPUT: "bad input", INFRASTRUCTURE: "infrastructure failure"}
+PASS, REGRESSION, BAD_INPUT, INFRASTRUCTURE, INCONCLUSIVE = 0, 1, 2, 3, 4
+LABELS = {PASS: "pass", REGRESSION: "regression", BAD_INPUT: "bad input", INFRASTRUCTURE: "infrastructure failure",
+          INCONCLUSIVE: "inconclusive"}
 NO_BASELINE = "no comparable baseline"

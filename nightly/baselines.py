@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reports.records import InputError
-from trainkit.schema import fingerprint
+from trainkit.schema import ResultsFileError, fingerprint, parse_jsonl
 
 from .rundir import RESULTS, ROOT, RunDir, now, write_json
 
@@ -131,9 +131,15 @@ def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> list[
     measured uncommitted code, unless forced."""
     if not run.exists(RESULTS):
         raise InputError(f"{run.root}: no {RESULTS}; promote the directory of a nightly run")
-    with open(run.path(RESULTS), encoding="utf-8") as f:  # lines as written: a baseline is a copy
-        lines = [line for line in f if line.strip() and _parses(line)]  # a torn line is no record
-    records = [json.loads(line) for line in lines]
+    with open(run.path(RESULTS), encoding="utf-8") as f:
+        text = f.read()
+    try:
+        parsed = parse_jsonl(text, run.path(RESULTS))
+    except ResultsFileError as exc:
+        raise InputError(str(exc)) from None
+    records = [record for _, record in parsed]
+    written = text.splitlines()
+    lines = [written[n - 1] + "\n" for n, _ in parsed]  # as written: a baseline is a copy of the run's lines
     if not records:
         raise InputError(f"{run.path(RESULTS)}: no records")
     state, outcome = run.state(), run.outcome()
@@ -152,7 +158,7 @@ def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> list[
         dest = os.path.join(root, slug(fp))
         os.makedirs(dest, exist_ok=True)
         with open(os.path.join(dest, RESULTS + ".tmp"), "w", encoding="utf-8") as f:
-            f.writelines(lines[i] if lines[i].endswith("\n") else lines[i] + "\n" for i in indices)
+            f.writelines(lines[i] for i in indices)
         os.replace(os.path.join(dest, RESULTS + ".tmp"), os.path.join(dest, RESULTS))
         mine = [records[i] for i in indices]
         manifest = {"schema": SCHEMA, "fingerprint": fp, "slug": slug(fp), "commit": state.get("commit"),
@@ -164,10 +170,3 @@ def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> list[
         promoted.append(Baseline(dest, manifest))
     return promoted
 
-
-def _parses(line: str) -> bool:
-    try:
-        json.loads(line)
-        return True
-    except json.JSONDecodeError:
-        return False

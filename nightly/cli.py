@@ -12,7 +12,8 @@
 `run` and `preflight` begin a new run in --out (an earlier run's artifacts there are removed); the
 other commands add to the run they find.
 
-Exit status: 0 pass or no comparable baseline, 1 regression, 2 bad input, 3 infrastructure failure.
+Exit status: 0 pass or no comparable baseline, 1 regression, 2 bad input, 3 infrastructure failure,
+4 inconclusive (the runner was too noisy to gate; see nightly/__init__.py).
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ from typing import TYPE_CHECKING
 
 from reports.cli import Parser, fraction, metric_threshold, number
 from reports.records import InputError
+from trainkit.schema import ResultsFileError, cut_off_lines_on_stderr
 
-from . import BAD_INPUT, LABELS, NO_BASELINE, PASS
+from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, LABELS, NO_BASELINE, PASS, REGRESSION
 from .rundir import TITLES, Outcome, RunDir, Stage
 
 if TYPE_CHECKING:
     from reports.verdict import Thresholds
 
 DEFAULT_OUT = os.path.join("reports", "out", "nightly")
-ANNOTATIONS = {1: "Performance regression", 2: "Bad input", 3: "Infrastructure failure (not a regression)"}
+ANNOTATIONS = {REGRESSION: "Performance regression", BAD_INPUT: "Bad input",
+               INFRASTRUCTURE: "Infrastructure failure (not a regression)",
+               INCONCLUSIVE: "Inconclusive: the runner was too noisy to gate (not a regression)"}
 
 
 def _optional_fraction(text: str) -> float | None:
@@ -103,6 +107,9 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
                    help="metrics whose regression fails the run (default throughput,memory,loss)")
     p.add_argument("--gate-cells", nargs="+", default=list(T.gate_cells), metavar="GLOB",
                    help="cell ids the gate covers, as glob patterns (default all)")
+    p.add_argument("--max-noisy-share", type=fraction, default=T.max_noisy_share, metavar="F",
+                   help="with no regression, more than this share of the gated cells compared being noisy makes "
+                        "the run inconclusive, exit 4 (default 25%%; 1 never does)")
     p.add_argument("--fail-on-removed", action="store_true",
                    help="a baseline cell missing from the run fails it too (default: reported)")
 
@@ -164,7 +171,8 @@ def _thresholds(args: argparse.Namespace):
                       per_metric={**NIGHTLY_THRESHOLDS.per_metric, **dict(args.threshold)},
                       gate_metrics=args.gate_metrics, gate_cells=tuple(args.gate_cells),
                       fail_on_removed=args.fail_on_removed, max_spread=args.max_spread,
-                      min_repeats=args.min_repeats, two_sided=args.two_sided)
+                      min_repeats=args.min_repeats, two_sided=args.two_sided,
+                      max_noisy_share=args.max_noisy_share)
 
 
 def _finish(run: RunDir, stage: Stage) -> int:
@@ -175,7 +183,7 @@ def _finish(run: RunDir, stage: Stage) -> int:
     summary.write(run)
     label = "" if stage.exit_status == PASS else f"{LABELS[stage.exit_status]}: "
     print(f"nightly {TITLES[stage.name]}: {label}{stage.line}", flush=True)
-    for line in stage.details.get("regressions", []):
+    for line in stage.details.get("regressions", []) + stage.details.get("unjudged", []):
         print(f"  {line}", flush=True)
     return stage.exit_status
 
@@ -295,7 +303,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _dispatch(parser().parse_args(argv))
-    except InputError as exc:
+        with cut_off_lines_on_stderr():  # every stage reads results.jsonl: a cut-off line is said once
+            return _dispatch(parser().parse_args(argv))
+    except (InputError, ResultsFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT

@@ -4,12 +4,15 @@ The decision itself is reports.verdict's (see its docstring for the rule); the n
 make it stricter about noise and about numerics than a one-off `python -m reports compare`:
 
     throughput  regressed when lower by more than max(7 %, 3 x spread)       TorchBench's 7 %
-    peak memory regressed when higher by more than max(7 %, 3 x spread)      reserved on a GPU, RSS on a CPU
+    peak memory regressed when higher by more than max(7 %, 3 x spread)      the headline measure: reserved
+                                                                             on a GPU, RSS growth on a CPU
     final loss  drifted when it moves either way by more than max(2 %, 3 x spread)
     status      failed when ok in the baseline and oom, diverged, crashed or timeout now
 
     spread      IQR / median over the repeats of a cell (at least 3, in separate worker processes)
     noisy       a spread above 10 %, or fewer than 3 repeats: reported, never gated
+    inconclusive  no regression, but more than 25 % of the gated cells compared are noisy: exit 4,
+                the runner was too noisy to gate on (a busy machine must not pass a slow candidate)
 
 Cells bench could not run on this runner (more GPUs than it has) are left out of both sides and
 listed: the runner's shape is not the code's doing.
@@ -25,16 +28,20 @@ import os
 from dataclasses import asdict, replace
 from typing import Any
 
-from reports.compare import headline, regressions_text, write_comparison
+from reports import verdict
+from reports.compare import headline, noisy_text, regressions_text, write_comparison
 from reports.records import all_records, read_runs
 from reports.verdict import Comparison, Samples, Thresholds, cell_data, compare_records
 
-from . import NO_BASELINE, PASS, REGRESSION
+from . import INCONCLUSIVE, NO_BASELINE, PASS, REGRESSION
 from .baselines import MANIFEST, Baseline, describe_fingerprint, find, load, load_all, slug, split_by_fingerprint
 from .rundir import COMPARE, RESULTS, RunDir, Stage
 
-NIGHTLY_THRESHOLDS = Thresholds(per_metric={"loss": 0.02}, two_sided=("loss",), max_spread=0.10, min_repeats=3)
+NIGHTLY_THRESHOLDS = Thresholds(per_metric={"loss": 0.02}, two_sided=("loss",), max_spread=0.10, min_repeats=3,
+                                max_noisy_share=0.25)
 """The nightly's defaults; every field is a `python -m nightly compare` option."""
+EXIT_STATUS = {verdict.PASS: PASS, verdict.REGRESSION: REGRESSION, verdict.INCONCLUSIVE: INCONCLUSIVE}
+"""The gate's outcome as the nightly's exit status (nightly/__init__.py)."""
 
 
 def measured(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -135,11 +142,12 @@ def run_compare(run: RunDir, thresholds: Thresholds = NIGHTLY_THRESHOLDS, candid
     chosen_baselines = [b for _, b, _, _ in compared]
     write_comparison(result, run.path(COMPARE), [b.results for b in chosen_baselines], [candidate])
     described = "; ".join(b.describe() for b in chosen_baselines)
-    details.update(outcome="pass" if result.passed else "regression",
-                   baseline=described, counts=result.counts(),
+    details.update(outcome=result.outcome, baseline=described, counts=result.counts(),
                    regressions=[line.strip() for line in regressions_text(result)],
-                   noisy=[c.cell for c in result.noisy], warnings=result.warnings)
-    return Stage("compare", PASS if result.passed else REGRESSION, f"{headline(result)} against {described}", details)
+                   noisy=[c.cell for c in result.noisy], noisy_share=result.noisy_share,
+                   compared_cells=len(result.compared), warnings=result.warnings,
+                   unjudged=[line.strip() for line in noisy_text(result)] if result.inconclusive else [])
+    return Stage("compare", EXIT_STATUS[result.outcome], f"{headline(result)} against {described}", details)
 
 
 def _spread(samples: Samples) -> float | None:

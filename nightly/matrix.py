@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from trainkit.cluster import ExecutorOptions, command_line
-from trainkit.schema import read_jsonl
+from trainkit.schema import ResultsFileError, read_jsonl
 
 from . import BAD_INPUT, INFRASTRUCTURE, PASS
 from .rundir import BENCH_JSON, RESULTS, ROOT, RunDir, Stage
@@ -68,7 +68,10 @@ def run_matrix(options: MatrixOptions, run: RunDir) -> Stage:
     sys.stdout.flush()
     returncode = subprocess.run(command, cwd=ROOT).returncode
     details["pytest_exit_status"] = returncode
-    records = read_jsonl(run.path(RESULTS)) if run.exists(RESULTS) else []
+    try:
+        records = read_jsonl(run.path(RESULTS)) if run.exists(RESULTS) else []
+    except ResultsFileError as exc:  # a line in the middle is not JSON: nothing here can be trusted
+        return Stage("matrix", BAD_INPUT, str(exc), details)
     ran = [r for r in records if not r.get("skipped_at_collection")]
     skipped = [r for r in records if r.get("skipped_at_collection")]
     if skipped and not ran:

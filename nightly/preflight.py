@@ -22,6 +22,7 @@ import platform
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from trainkit.nvml import SLOWDOWN_REASONS
 from trainkit.schema import fingerprint
 
 from . import INFRASTRUCTURE, PASS
@@ -29,9 +30,6 @@ from .baselines import slug
 from .rundir import PREFLIGHT, RunDir, Stage, now, write_json
 
 GiB = 2**30
-# Throttle reasons that mean a GPU runs slower than it could: trainkit.measure.SLOWDOWN_REASONS,
-# repeated here so that deciding needs no torch (a test keeps the two equal). GpuIdle is normal.
-SLOWDOWN_REASONS = ("SwPowerCap", "HwSlowdown", "SwThermalSlowdown", "HwThermalSlowdown", "HwPowerBrakeSlowdown")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +72,7 @@ def probe_device(device: str) -> dict[str, Any]:
 def open_gpus() -> tuple[list[tuple[str, Any]], str | None]:
     """NVML sessions for the GPUs the cells may use: those CUDA_VISIBLE_DEVICES names (indices or
     UUIDs), else every GPU NVML sees. Returns (id, Nvml) pairs and why NVML is unusable, if it is."""
-    from trainkit.measure import Nvml
+    from trainkit.nvml import Nvml
 
     try:
         import pynvml

@@ -1,8 +1,9 @@
 """summary.md: the run on one page of Markdown, for a person and for GitHub's job summary.
 
 Its first line says what happened and whose problem it is: a regression (the code), an
-infrastructure failure (the runner: retry, do not bisect), bad input (the job's options), a pass,
-or no comparable baseline. Then each stage's line, the gate's table, every cell of the run with its
+infrastructure failure (the runner: retry, do not bisect), an inconclusive gate (the runner was
+too noisy to tell: quiet it and retry, do not bisect), bad input (the job's options), a pass, or
+no comparable baseline. Then each stage's line, the gate's table, every cell of the run with its
 median and spread over the repeats, what the pre-flight saw, and the artifacts.
 """
 
@@ -12,16 +13,15 @@ import json
 import os
 from typing import Any
 
-from reports.records import all_records, read_runs
-from reports.verdict import MEASURE_NAMES
-from trainkit.schema import read_jsonl
+from reports.records import InputError, all_records, read_runs
+from trainkit.schema import MEMORY_NAMES, ResultsFileError, read_jsonl
 
-from . import BAD_INPUT, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
+from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
 from .gate import NIGHTLY_THRESHOLDS, cell_rows
 from .rundir import ARTIFACTS, PREFLIGHT, RESULTS, STAGES, SUMMARY, TITLES, RunDir
 
 GiB, MiB = 2**30, 2**20
-ICONS = {PASS: "✅", REGRESSION: "❌", BAD_INPUT: "⛔", INFRASTRUCTURE: "⚠️"}
+ICONS = {PASS: "✅", REGRESSION: "❌", BAD_INPUT: "⛔", INFRASTRUCTURE: "⚠️", INCONCLUSIVE: "❔"}
 
 
 def _cell(text: object) -> str:
@@ -41,6 +41,12 @@ def _next_step(run: RunDir, status: int, label: str) -> str:
     if status == INFRASTRUCTURE:
         return ("An infrastructure failure is not a regression: the runner was unfit or the matrix could not run. "
                 "Fix or drain the runner and re-run the job; do not bisect the code.")
+    if status == INCONCLUSIVE:
+        return ("Inconclusive is neither a pass nor a regression: nothing failed the gate, but too many of the "
+                "gated cells were noisy to tell whether the code got slower, bigger or changed its numerics. "
+                "The runner was too noisy to gate on: look at the cells' spreads and throttling below and at the "
+                "pre-flight's load, quiet the runner (nothing else running, persistence mode and locked clocks) "
+                "and re-run the job; do not bisect the code. An inconclusive run cannot be promoted.")
     if status == REGRESSION:
         return ("Open compare.html in the artifact. If the change is intended, review it and make this run the "
                 f"baseline: `python -m nightly promote {run.root} --force`, then commit reports/baselines/.")
@@ -54,12 +60,15 @@ def _next_step(run: RunDir, status: int, label: str) -> str:
 
 def _cells_section(run: RunDir, max_spread: float | None, candidate: str | None) -> list[str]:
     """The run's cells, or those of the results `compare --candidate` gated."""
-    if run.exists(RESULTS):
-        records = read_jsonl(run.path(RESULTS))
-    elif candidate and os.path.exists(candidate):
-        records = all_records(read_runs([candidate]))
-    else:
-        return []
+    try:
+        if run.exists(RESULTS):
+            records = read_jsonl(run.path(RESULTS))
+        elif candidate and os.path.exists(candidate):
+            records = all_records(read_runs([candidate]))
+        else:
+            return []
+    except (ResultsFileError, InputError) as exc:  # the verdict above already says it is bad input
+        return ["## Cells of this run", "", f"The results cannot be read: {exc}", ""]
     rows = cell_rows(records, max_spread)
     if not rows:
         return []
@@ -67,7 +76,7 @@ def _cells_section(run: RunDir, max_spread: float | None, candidate: str | None)
     measure = ""
     if len(measures) == 1:  # one measure for every cell: name it once, in the header
         (name,) = measures
-        measure = f" ({MEASURE_NAMES.get(name, name)})"
+        measure = f" ({MEMORY_NAMES.get(name, name)})"
     limit = f"; noisy: a spread above {max_spread:.0%}, reported and not gated" if max_spread is not None else ""
     table = [[r["cell"], r["status"], f"{r['ok']}/{r['repeats']}", _num(r["throughput_median"], ",.1f"),
               _num(r["throughput_spread"], ".1%"), _num(r["memory_median"] and r["memory_median"] / MiB, ",.1f"),

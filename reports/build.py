@@ -20,10 +20,12 @@ from typing import Any
 
 import pandas as pd
 
+from trainkit.precision_facts import display_rank
+
 from . import figures, html, profiles
 from .load import to_frame
 from .records import InputError, Run, all_records, fingerprint, read_runs
-from .summary import PRECISION_ORDER, TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
+from .summary import TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
 
 SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
             ("accumulation", "Accumulation"), ("loss", "Loss curves"), ("scaler", "Loss scaling"),
@@ -44,7 +46,7 @@ def _header(runs: list[Run], frame: pd.DataFrame) -> str:
               f"file{'s' if len(runs) != 1 else ''}: {statuses.get('ok', 0)} ok" + (f", {not_ok}" if not_ok else ""))
     models = sorted(frame["model"].dropna().astype(str).unique())
     hardware = sorted(frame["hardware"].astype(str).unique())
-    precisions = [p for p in PRECISION_ORDER if p in set(frame["precision"])]
+    precisions = sorted(frame["precision"].dropna().astype(str).unique(), key=display_rank)
     filters = "".join([html.select("model", "model", models), html.select("hardware", "hardware", hardware),
                        html.select("precision", "precision", precisions)])
     nav = "".join(f'<a href="#{key}">{html.esc(title)}</a>' for key, title in SECTIONS)

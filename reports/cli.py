@@ -3,8 +3,13 @@
     python -m reports build results.jsonl bench.json -o reports/out/report.html
     python -m reports compare baseline/ candidate/ -o reports/out/compare.html [--relative 0.07 --k 3]
 
-Exit status: 0 done (compare: no gated cell regressed), 1 (compare) a gated cell regressed or
-failed, 2 bad input: a missing, malformed or empty result file, printed as one line.
+Exit status:
+
+    0  done (compare: pass, no gated cell regressed or failed and the gate could see the run)
+    1  compare: regression, a gated cell regressed, drifted or failed (whatever else was noisy)
+    2  bad input: an option, or a missing, malformed or empty result file, printed as one line
+    3  compare: inconclusive, nothing regressed but more than --max-noisy-share (25 %) of the gated
+       cells compared were noisy; the machine was too busy to tell, so it is not a pass either
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ import argparse
 import sys
 from typing import NoReturn
 
+from trainkit.schema import cut_off_lines_on_stderr
+
+from . import verdict
 from .records import InputError
+
+# Exit statuses (the module docstring); compare maps its outcome (reports.verdict) to one.
+PASS, REGRESSION, BAD_INPUT, INCONCLUSIVE = 0, 1, 2, 3
+OUTCOME_EXIT = {verdict.PASS: PASS, verdict.REGRESSION: REGRESSION, verdict.INCONCLUSIVE: INCONCLUSIVE}
 
 
 class Parser(argparse.ArgumentParser):
@@ -79,6 +91,9 @@ def parser() -> Parser:
     compare.add_argument("--two-sided", default="", metavar="METRICS",
                          help="comma-separated metrics that fail the gate when they move either way beyond "
                               "the threshold (verdict 'drifted'), e.g. loss for a fixed-seed nightly")
+    compare.add_argument("--max-noisy-share", type=fraction, default=0.25, metavar="F",
+                         help="with no regression, more than this share of the gated cells compared being noisy "
+                              "makes the comparison inconclusive, exit 3 (default 25%%; 1 never does)")
     compare.add_argument("--fail-on-removed", action="store_true",
                          help="a baseline cell missing from the candidate fails too (pytest-benchmark JSON "
                               "leaves out cells that did not finish)")
@@ -94,7 +109,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare_files, headline, regressions_text
+    from .compare import compare_files, headline, noisy_text, regressions_text
     from .verdict import Thresholds
 
     try:
@@ -103,23 +118,25 @@ def _compare(args: argparse.Namespace) -> int:
                                 gate_metrics=tuple(m for m in args.gate_metrics.split(",") if m),
                                 gate_cells=tuple(args.gate_cells), fail_on_removed=args.fail_on_removed,
                                 max_spread=args.max_spread, min_repeats=args.min_repeats,
-                                two_sided=tuple(m for m in args.two_sided.split(",") if m))
+                                two_sided=tuple(m for m in args.two_sided.split(",") if m),
+                                max_noisy_share=args.max_noisy_share)
     except ValueError as e:
         raise InputError(f"python -m reports compare: {e}") from None
     result, paths = compare_files(args.baseline, args.candidate, args.output, thresholds)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(headline(result))
-    for line in regressions_text(result):
+    for line in regressions_text(result) + (noisy_text(result) if result.inconclusive else []):
         print(line)
     print("wrote " + ", ".join(paths.values()))
-    return 0 if result.passed else 1
+    return OUTCOME_EXIT[result.outcome]
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
-        return _build(args) if args.command == "build" else _compare(args)
+        with cut_off_lines_on_stderr():  # a results file a killed run left: said once, then read
+            return _build(args) if args.command == "build" else _compare(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return BAD_INPUT

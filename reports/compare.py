@@ -7,7 +7,7 @@ for a regression gate to reuse:
     from reports.records import read_runs, all_records
     from reports.verdict import Thresholds, compare_records
     result = compare_records(all_records(read_runs([base])), all_records(read_runs([cand])), Thresholds())
-    result.passed, result.regressions, result.env_difference()
+    result.outcome, result.regressions, result.noisy_share, result.env_difference()
 """
 
 from __future__ import annotations
@@ -17,16 +17,19 @@ import io
 import math
 import os
 
+from trainkit.schema import MEMORY_NAMES
+
 from . import html
 from .records import InputError, all_records, read_runs
 from .verdict import (
     DRIFTED,
     FAILED,
-    MEASURE_NAMES,
+    INCONCLUSIVE,
     METRICS,
     NOISY,
     NOT_MEASURED,
     REGRESSED,
+    REGRESSION,
     REMOVED,
     SEVERITY,
     UNCHANGED,
@@ -106,7 +109,7 @@ def _display(result: Comparison) -> tuple[list[str], list[list[str]], list[CellV
     measures = {c.memory_measure for c in result.cells if c.memory_measure}
     if len(measures) == 1:
         (measure,) = measures
-        titles["memory"] = f"peak memory (MiB, {MEASURE_NAMES.get(measure, measure)})"
+        titles["memory"] = f"peak memory (MiB, {MEMORY_NAMES.get(measure, measure)})"
     columns = ["cell", "verdict", "status", *(titles[m] for m in METRICS), "note"]
     cells = _sorted(result)
     table = []
@@ -121,9 +124,13 @@ def _display(result: Comparison) -> tuple[list[str], list[list[str]], list[CellV
 
 
 def headline(result: Comparison) -> str:
-    """One line: pass/fail and the verdict counts."""
+    """One line: FAIL, INCONCLUSIVE or PASS, why, and the verdict counts."""
     counts = ", ".join(f"{n} {v}" for v, n in result.counts().items())
-    state = "FAIL" if not result.passed else "PASS"
+    if result.outcome == INCONCLUSIVE:
+        return (f"INCONCLUSIVE: {len(result.noisy_compared)} of {len(result.compared)} gated cell(s) compared were "
+                f"too noisy to gate ({result.noisy_share:.0%}, more than the {result.thresholds.max_noisy_share:.0%} "
+                f"allowed); none regressed or failed, but this is not a pass ({counts})")
+    state = "FAIL" if result.outcome == REGRESSION else "PASS"
     return f"{state}: {len(result.regressions)} gated cell(s) regressed or failed of {len(result.cells)} ({counts})"
 
 
@@ -137,6 +144,8 @@ def thresholds_line(t: Thresholds) -> str:
         limits = [f"fewer than {t.min_repeats} repeats"] if t.min_repeats > 1 else []
         limits += [f"a spread above {t.max_spread:.0%}"] if t.max_spread is not None else []
         line += f"; noisy (not gated): {' or '.join(limits)}"
+    if t.max_noisy_share < 1:
+        line += f"; inconclusive: more than {t.max_noisy_share:.0%} of the gated cells compared noisy"
     return line
 
 
@@ -172,7 +181,7 @@ def to_html(result: Comparison, baseline: list[str], candidate: list[str]) -> st
     classes = {"verdict": [_css(c.verdict) for c in cells]}
     for metric, title in zip(METRICS, columns[3:]):
         classes[title] = [_css(c.metrics[metric].verdict) if metric in c.metrics else "" for c in cells]
-    status = "bad" if not result.passed else "note"
+    status = {REGRESSION: "bad", INCONCLUSIVE: "warn"}.get(result.outcome, "note")
     header = (f'<p class="{status}"><b>{html.esc(headline(result))}</b></p>'
               + "".join(f'<p class="warn"><b>{html.esc(w)}</b></p>' for w in result.warnings)
               + f'<p class="note">baseline: {html.esc(", ".join(baseline))}<br>'
@@ -214,6 +223,23 @@ def compare_files(baseline: str, candidate: str, output_html: str,
             "pass --fail-on-removed")
     paths = write_comparison(result, output_html, [r.source for r in base_runs], [r.source for r in cand_runs])
     return result, paths
+
+
+def noisy_text(result: Comparison, most: int = 10) -> list[str]:
+    """A line per gated cell compared that was too noisy to gate (the first `most`), naming the
+    metric, its change and why it could not be judged: what made a run inconclusive."""
+    lines = []
+    for cell in result.noisy_compared[:most]:
+        noisy = [(f"{m} {_change(v)}", v.note or f"within ±{v.threshold:.1%}, {result.thresholds.k:g} × its spread")
+                 for m, v in cell.metrics.items() if v.verdict == NOISY and m in result.thresholds.gate_metrics]
+        whys = {why for _, why in noisy}
+        if len(whys) == 1:  # one reason for all (too few repeats, say): said once
+            text = f"{', '.join(change for change, _ in noisy)} ({whys.pop()})"
+        else:
+            text = ", ".join(f"{change} ({why})" for change, why in noisy)
+        lines.append(f"  {cell.cell}: noisy: {text}")
+    left = len(result.noisy_compared) - most
+    return lines + ([f"  ... and {left} more noisy cell(s): see the comparison's table"] if left > 0 else [])
 
 
 def regressions_text(result: Comparison) -> list[str]:

@@ -19,14 +19,16 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .load import PHASES
-from .summary import MIB, PRECISION_ORDER, ranks_label
+from trainkit.precision_facts import color_of, display_rank
+from trainkit.schema import OPTIONAL_MEMORY_KEYS
 
-PRECISION_COLORS = {"fp32": "#4c72b0", "tf32": "#8172b3", "amp-fp16": "#dd8452", "amp-bf16": "#55a868",
-                    "half-fp16": "#c44e52", "half-bf16": "#937860"}
+from .load import PHASES
+from .summary import MIB, ranks_label
+
 MEMORY_LABELS = {"torch_max_allocated_bytes": "PyTorch allocator peak",
                  "torch_max_reserved_bytes": "PyTorch reserved peak",
                  "nvml_process_peak_bytes": "NVML process peak",
+                 "host_rss_growth_bytes": "host RSS growth",
                  "host_rss_peak_bytes": "host RSS peak"}
 # Compute phases in blues, darker as the step goes on; waiting for data stands out in amber.
 PHASE_COLORS = {"data": "#e8a33d", "forward": "#9ecae1", "backward": "#4292c6", "optimizer": "#08519c"}
@@ -47,10 +49,6 @@ class Chart:
     note: str = ""
 
 
-def _order(precision: str) -> int:
-    return PRECISION_ORDER.index(precision) if precision in PRECISION_ORDER else len(PRECISION_ORDER)
-
-
 def _figure(rows: int = 1, cols: int = 1, titles: Sequence[str] | None = None, height_px: int = HEIGHT_PX,
             **kwargs: object) -> go.Figure:
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles) if titles else None,
@@ -66,7 +64,7 @@ def _lines(rows: pd.DataFrame, x: str, y: str, line_keys: Sequence[str], hover: 
     separated by a gap. Rows without a y value are left out."""
     rows = rows.assign(_hover=hover).dropna(subset=[x, y])
     traces = []
-    for precision in sorted(rows["precision"].unique(), key=_order):
+    for precision in sorted(rows["precision"].unique(), key=display_rank):
         part = rows[rows["precision"] == precision].sort_values([*line_keys, x])
         line_ids = part.groupby(list(line_keys), dropna=False, sort=False).ngroup() if line_keys else [0] * len(part)
         xs: list[object] = []
@@ -80,7 +78,7 @@ def _lines(rows: pd.DataFrame, x: str, y: str, line_keys: Sequence[str], hover: 
             previous = line
         traces.append(go.Scatter(x=xs, y=ys, text=text, mode="lines+markers", name=precision, legendgroup=precision,
                                  showlegend=precision not in seen, meta=precision,
-                                 line=dict(color=PRECISION_COLORS.get(precision), dash=dash),
+                                 line=dict(color=color_of(precision), dash=dash),
                                  hovertemplate="%{x}: %{y:,.4~g}<br>%{text}<extra></extra>"))
         seen.add(precision)
     return traces
@@ -138,7 +136,8 @@ def memory_vs_batch(records: pd.DataFrame) -> Chart:
         return Chart(title, None, "No cell finished, so there is no memory to plot.")
     ok = ok[(ok["grad_accum"] == ok["grad_accum"].min()) & (ok["gpus"] == ok["gpus"].min())]
     present = [m for m in MEMORY_LABELS if ok[f"memory.{m}"].notna().any()]
-    missing = [MEMORY_LABELS[m] for m in MEMORY_LABELS if m not in present]
+    # A key older records lack is not news; say only what a record of today should have measured.
+    missing = [MEMORY_LABELS[m] for m in MEMORY_LABELS if m not in present and m not in OPTIONAL_MEMORY_KEYS]
     reasons = sorted({str(r) for r in ok["memory.nvml_method"].dropna() if str(r).startswith("unavailable")})
     note = (f"Gradient accumulation {int(ok['grad_accum'].iloc[0])}, "
             f"{ranks_label(int(ok['gpus'].iloc[0]), ok['hardware'].iloc[0])}; the max over ranks, median over repeats.")
@@ -226,30 +225,37 @@ def loss_curves(records: pd.DataFrame) -> Chart:
 
 
 def scaler(records: pd.DataFrame) -> Chart:
-    """amp-fp16's GradScaler per record: initial and final scale, and the optimizer steps it skipped."""
-    title = "Loss scaling (amp-fp16)"
-    rows = records[(records["precision"] == "amp-fp16") & records["scaler.final_scale"].notna()]
+    """GradScaler per record of every mode that scales its loss dynamically: initial and final
+    scale, and the optimizer steps it skipped."""
+    title = "Loss scaling (GradScaler)"
+    rows = records[records["scaler.enabled"].eq(True) & records["scaler.final_scale"].notna()]
     if rows.empty:
-        return Chart(title, None, "No amp-fp16 cell reported a loss scale (only amp-fp16 uses GradScaler).")
-    rows = rows.sort_values(["gpus", "batch_size", "grad_accum"])
+        return Chart(title, None, "No cell reported a loss scale (only modes with dynamic loss scaling, such as "
+                                  "amp-fp16, use GradScaler).")
+    rows = rows.assign(_rank=rows["precision"].map(display_rank))
+    rows = rows.sort_values(["_rank", "gpus", "batch_size", "grad_accum"])
     repeat = rows.groupby("cell").cumcount() + 1
     repeats = rows.groupby("cell")["cell"].transform("size")
-    labels = [f"bs{b} ga{a} ×{g}" + (f" {v}" if v else "") + (f" [{i}]" if n > 1 else "")
-              for b, a, g, v, i, n in zip(rows["batch_size"], rows["grad_accum"], rows["gpus"],
-                                          (rows["variant"] + " " + rows["precision_variant"]).str.strip(),
-                                          repeat, repeats)]
+    several = rows["precision"].nunique() > 1
+    variants = (rows["variant"] + " " + rows["precision_variant"]).str.strip()
+    labels = [(f"{p} " if several else "") + f"bs{b} ga{a} ×{g}" + (f" {v}" if v else "") + (f" [{i}]" if n > 1 else "")
+              for p, b, a, g, v, i, n in zip(rows["precision"], rows["batch_size"], rows["grad_accum"], rows["gpus"],
+                                             variants, repeat, repeats)]
     hover = [f"{c} ({s}, {r})" for c, s, r in zip(rows["cell"], rows["status"], rows["run"])]
+    rows = rows.assign(_label=labels, _hover=hover)
     fig = _figure(cols=2, titles=["scale (log)", "skipped optimizer steps"])
-    color = PRECISION_COLORS["amp-fp16"]
-    common = dict(x=labels, hovertext=hover, meta="amp-fp16")
-    fig.add_traces([go.Scatter(y=rows["scaler.init_scale"], mode="markers", name="initial scale",
-                               marker=dict(symbol="circle-open", size=10, color=color), **common),
-                    go.Scatter(y=rows["scaler.final_scale"], mode="markers", name="final scale",
-                               marker=dict(size=10, color=color), **common)], rows=1, cols=1)
-    fig.add_traces([go.Bar(y=rows["scaler.skipped_steps_total"], name="skipped, all steps", marker_color=color,
-                           opacity=0.5, **common),
-                    go.Bar(y=rows["scaler.skipped_steps"], name="skipped, timed steps", marker_color=color,
-                           **common)], rows=1, cols=2)
+    for precision, group in rows.groupby("precision", sort=False):
+        color = color_of(precision)
+        suffix = f" ({precision})" if several else ""
+        common = dict(x=group["_label"], hovertext=group["_hover"], meta=precision)
+        fig.add_traces([go.Scatter(y=group["scaler.init_scale"], mode="markers", name="initial scale" + suffix,
+                                   marker=dict(symbol="circle-open", size=10, color=color), **common),
+                        go.Scatter(y=group["scaler.final_scale"], mode="markers", name="final scale" + suffix,
+                                   marker=dict(size=10, color=color), **common)], rows=1, cols=1)
+        fig.add_traces([go.Bar(y=group["scaler.skipped_steps_total"], name="skipped, all steps" + suffix,
+                               marker_color=color, opacity=0.5, **common),
+                        go.Bar(y=group["scaler.skipped_steps"], name="skipped, timed steps" + suffix,
+                               marker_color=color, **common)], rows=1, cols=2)
     fig.update_yaxes(type="log", exponentformat="power", row=1, col=1)
     fig.update_yaxes(rangemode="tozero", row=1, col=2)
     fig.update_layout(legend_title_text="", barmode="group")
@@ -307,7 +313,7 @@ def phase_bars(records: pd.DataFrame) -> Chart:
     per_cell = rows.groupby(keys, dropna=False, sort=False).agg(
         **{p: (c, "median") for p, c in zip(PHASES, columns)},
         data_bound=("profile.data_bound", lambda s: bool(s.eq(True).any()))).reset_index()
-    per_cell = per_cell.assign(_rank=per_cell["precision"].map(_order)).sort_values(
+    per_cell = per_cell.assign(_rank=per_cell["precision"].map(display_rank)).sort_values(
         ["gpus", "grad_accum", "batch_size", "variant", "_rank", "precision_variant"])
     shown = _bar_slices(per_cell)
     total_s = shown[list(PHASES)].sum(axis=1)
@@ -322,7 +328,7 @@ def phase_bars(records: pd.DataFrame) -> Chart:
     for phase in PHASES:  # legend entries with no precision, so the filter never hides them
         fig.add_trace(go.Bar(x=[None], y=[None], orientation="h", name=phase, legendgroup=phase,
                              marker_color=PHASE_COLORS[phase], hoverinfo="skip"))
-    for precision in sorted(shown["precision"].unique(), key=_order):
+    for precision in sorted(shown["precision"].unique(), key=display_rank):
         part = shown[shown["precision"] == precision]
         for phase in PHASES:
             ms = part[phase] * 1e3

@@ -8,7 +8,8 @@ A few short columns are added so the tables and figures read plainly:
                       among the records of its model ("lr=1e+06"), else ""; precision_variant: the
                       same for fields that only one precision reads (init_scale of amp-fp16)
     cell              cell_id plus the variants: the key that repeats of one cell share
-    peak_memory_bytes the headline memory measure, named in memory_measure (see verdict.MEMORY_MEASURES)
+    peak_memory_bytes the record's headline memory measure, named in memory_measure
+                      (trainkit.schema.headline_memory; the summary picks one per cell the same way)
     run, source       which input file the record came from
 
 The profile of a cell flattens the same way ("profile.phases_s.data", "profile.trace_file",
@@ -26,15 +27,17 @@ from typing import Any
 
 import pandas as pd
 
+from trainkit.precision_facts import loss_scaling_of
+from trainkit.schema import HEADLINE_MEMORY, headline_memory
+
 from .records import UNKNOWN_HARDWARE, Run, all_records, hardware
-from .verdict import MEMORY_MEASURES
 
 # The phases of an optimizer step, in the order they run (trainkit.profile.PHASES, without its torch import).
 PHASES = ("data", "forward", "backward", "optimizer")
 NUMERIC = ("throughput_samples_per_s", "effective_throughput_samples_per_s", "tokens_per_s",
            "step_time_s.median", "step_time_s.iqr", "loss.final", "loss.initial", "loss.eval",
            "scaler.final_scale", "scaler.init_scale", "scaler.skipped_steps", "scaler.skipped_steps_total",
-           "mfu", "peak_flops_per_s", "energy_j_per_sample", *(f"memory.{m}" for m in MEMORY_MEASURES),
+           "mfu", "peak_flops_per_s", "energy_j_per_sample", *(f"memory.{m}" for m in HEADLINE_MEMORY),
            *(f"profile.phases_s.{p}" for p in PHASES), "profile.phase_total_s", "profile.phase_steps",
            "profile.data_share", "profile.reduced_precision_share", "profile.trace_steps",
            *(f"gpu_samples.sm_clock_mhz.{s}" for s in ("min", "median", "max")), "gpu_samples.temperature_c_max",
@@ -58,8 +61,8 @@ SHARED_FIELDS = {
 # Fields that only one precision reads: they split cells of that precision, but its comparison
 # with fp32 still pairs it with the fp32 cell of the same shared variant.
 PRECISION_FIELDS = {
-    "init_scale": lambda r: r.get("precision") == "amp-fp16",
-    "static_loss_scale": lambda r: r.get("precision") == "half-fp16",
+    "init_scale": lambda r: loss_scaling_of(r.get("precision")) == "dynamic",
+    "static_loss_scale": lambda r: loss_scaling_of(r.get("precision")) == "static",
 }
 
 
@@ -133,14 +136,10 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     label = (frame["variant"] + " " + frame["precision_variant"]).str.strip()
     frame["cell"] = frame["cell_id"].where(label == "", frame["cell_id"] + " " + label)
 
-    measure = pd.Series(None, index=frame.index, dtype=object)
-    peak = pd.Series(float("nan"), index=frame.index)
-    for m in reversed(MEMORY_MEASURES):  # the first measure present wins
-        present = frame[f"memory.{m}"].notna()
-        measure = measure.mask(present, m)
-        peak = peak.mask(present, frame[f"memory.{m}"])
-    frame["memory_measure"] = measure
-    frame["peak_memory_bytes"] = peak
+    measures = [headline_memory([r.get("memory")]) for r in records]
+    frame["memory_measure"] = pd.Series(measures, index=frame.index, dtype=object)
+    frame["peak_memory_bytes"] = [frame.at[i, f"memory.{m}"] if m else float("nan")
+                                  for i, m in zip(frame.index, measures)]
     return frame
 
 

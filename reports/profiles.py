@@ -23,11 +23,12 @@ from typing import Any
 
 import pandas as pd
 
+from trainkit.precision_facts import display_rank
 from trainkit.schema import DATA_BOUND_SHARE
 
 from . import figures, html
 from .load import PHASES
-from .summary import PRECISION_ORDER, TEXT_HEADERS, mfu_text
+from .summary import TEXT_HEADERS, mfu_text
 
 TOP_OPS = 10  # operators listed per record (the record keeps up to 15)
 INLINE_OPS = 3  # of them in view before a click
@@ -190,8 +191,7 @@ COLUMNS = ("precision", "batch", "accum", "ranks", "variant", "run", "files", "s
 def table(rows: pd.DataFrame, base_dir: str) -> str:
     """One row per record of one (model, hardware) pair, with its top operators and flags on a
     line under it; columns with nothing to say are left out."""
-    rows = rows.assign(_rank=rows["precision"].map(
-        {p: i for i, p in enumerate(PRECISION_ORDER)}).fillna(len(PRECISION_ORDER)))
+    rows = rows.assign(_rank=rows["precision"].map(display_rank))
     rows = rows.sort_values(["gpus", "grad_accum", "batch_size", "variant", "_rank", "precision_variant", "run"])
     hardware = str(rows["hardware"].iloc[0])
     shown: dict[str, list[str]] = {c: [] for c in COLUMNS}

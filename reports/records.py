@@ -5,7 +5,9 @@ Two kinds of file come out of bench, and a third out of `python -m trainkit run 
 - pytest-benchmark JSON (`--benchmark-json`, `--benchmark-autosave`): a `benchmarks` list whose
   entries carry the cell's result record in `extra_info`; only cells whose test passed are there.
 - a results file: JSON lines, one record per cell of any status, appended as each cell ends, so
-  a run killed mid-write leaves a torn last line (ignored, as `trainkit.result.read_jsonl` does).
+  a run killed mid-write leaves a cut-off last line: the records before it are read, with a
+  `trainkit.schema.CutOffLineWarning` naming the file and the line (the CLIs print it on stderr
+  once). The reader is `trainkit.schema.parse_jsonl`, the one bench's results are read with.
 - one record as a JSON object.
 
 A directory stands for every `*.json` and `*.jsonl` file under it (pytest-benchmark autosaves to
@@ -24,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainkit.schema import SCHEMA, fingerprint  # noqa: F401 - fingerprint is part of this module's interface
+from trainkit.schema import SCHEMA, ResultsFileError, fingerprint, parse_jsonl  # noqa: F401 - fingerprint: this module's interface
 
 OK = "ok"
 TRACE_SUFFIX = ".trace.json"  # trainkit.profile's Chrome traces: JSON, never results
@@ -92,15 +94,12 @@ def _from_benchmark_json(path: str, doc: dict[str, Any]) -> Run:
 
 
 def _from_json_lines(path: str, text: str) -> Run:
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    try:
+        lines = parse_jsonl(text, path)
+    except ResultsFileError as e:
+        raise InputError(str(e)) from None
     records = []
-    for i, (n, line) in enumerate(lines):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1 and records:
-                break  # a torn last line: the run was killed while appending it
-            raise InputError(f"{path}: line {n} is not valid JSON ({e.msg}); not a results file") from None
+    for n, obj in lines:
         if not _is_record(obj):
             raise InputError(f"{path}: line {n} is not a trainkit result record ({SCHEMA})")
         records.append(obj)

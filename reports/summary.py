@@ -8,8 +8,9 @@ Columns (CSV names; units in the names):
     throughput_samples_per_s  global samples/s over the timed optimizer steps
     speedup_vs_fp32           throughput / throughput of the fp32 cell of the same shape
     final_loss, loss_diff_vs_fp32   loss of the last step, and minus the fp32 cell's
-    peak_memory_mib, memory_measure  the headline memory measure (see verdict.MEMORY_MEASURES), MiB = 2**20 B
-    skipped_steps             optimizer steps GradScaler skipped (amp-fp16 only)
+    peak_memory_mib, memory_measure  the headline memory measure of the cell's ok records, the one the
+                              gate compares (trainkit.schema.headline_memory); MiB = 2**20 B
+    skipped_steps             optimizer steps GradScaler skipped (modes with dynamic loss scaling only)
     weak_scaling_efficiency   thr_N / (N * thr_1) for the same per-GPU batch and accumulation (N > 1)
 
 Columns only present when some record has them (a CPU run has no MFU and no energy):
@@ -31,11 +32,12 @@ import math
 
 import pandas as pd
 
+from trainkit.precision_facts import display_rank
+from trainkit.schema import HEADLINE_MEMORY, MEMORY_NAMES, headline_memory
+
 from .load import PHASES
-from .verdict import MEASURE_NAMES
 
 MIB = 2**20
-PRECISION_ORDER = ("fp32", "tf32", "amp-fp16", "amp-bf16", "half-fp16", "half-bf16")
 KEYS = ["model", "hardware", "variant", "gpus", "batch_size", "grad_accum", "effective_batch",
         "precision", "precision_variant", "cell"]
 SHAPE = ["model", "hardware", "variant", "gpus", "batch_size", "grad_accum"]
@@ -47,12 +49,21 @@ PHASE_COLUMNS = [*(f"phase_{p}_s" for p in PHASES), "data_share"]
 
 
 def _precision_rank(precision: pd.Series) -> pd.Series:
-    return precision.map({p: i for i, p in enumerate(PRECISION_ORDER)}).fillna(len(PRECISION_ORDER))
+    return precision.map(display_rank)
+
+
+def _memory(records: pd.DataFrame) -> pd.Series:
+    """The headline memory measure of one cell's ok records (the one the gate compares: a measure
+    every repeat has) and its median."""
+    memories = [dict(zip(HEADLINE_MEMORY, values)) for values in records.itertuples(index=False)]
+    measure = headline_memory(memories)
+    peak = records[f"memory.{measure}"].median() if measure else math.nan
+    return pd.Series({"memory_measure": measure, "peak_memory_bytes": peak}, dtype=object)
 
 
 def cells(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per cell (KEYS): medians over its ok records; cells with no ok record keep NaN."""
-    # Only amp-fp16 has a scaler that can skip; elsewhere "0 skipped" would suggest one exists.
+    # Only dynamic loss scaling can skip a step; elsewhere "0 skipped" would suggest a scaler exists.
     frame = frame.assign(skipped=frame["scaler.skipped_steps_total"].where(frame["scaler.enabled"].eq(True)))
     latest = frame.sort_values("finished_at", na_position="first").groupby(KEYS, dropna=False, sort=False)
     table = latest.agg(last_status=("status", "last"), any_ok=("status", lambda s: bool((s == "ok").any())))
@@ -61,15 +72,16 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
         repeats=("status", "size"),
         throughput_samples_per_s=("throughput_samples_per_s", "median"),
         final_loss=("loss.final", "median"),
-        peak_memory_bytes=("peak_memory_bytes", "median"),
-        memory_measure=("memory_measure", "first"),
         skipped_steps=("skipped", "median"),
         mfu=("mfu", "median"),
         energy_j_per_sample=("energy_j_per_sample", "median"),
         data_share=("profile.data_share", "median"),
         **{f"phase_{p}_s": (f"profile.phases_s.{p}", "median") for p in PHASES},
     )
-    table = table.join(medians).reset_index()
+    memory = (ok.groupby(KEYS, dropna=False, sort=False)[[f"memory.{m}" for m in HEADLINE_MEMORY]].apply(_memory)
+              .reindex(columns=["memory_measure", "peak_memory_bytes"]))  # the columns, also with no ok record
+    table = table.join(medians).join(memory).reset_index()
+    table["peak_memory_bytes"] = pd.to_numeric(table["peak_memory_bytes"], errors="coerce")
     table["status"] = table["last_status"].where(~table["any_ok"], "ok")
     table["repeats"] = table["repeats"].fillna(0).astype(int)
     table["peak_memory_mib"] = table["peak_memory_bytes"] / MIB
@@ -156,7 +168,7 @@ def _fmt(column: str, value: object) -> str:
     if column == "skipped_steps":
         return f"{value:g}"
     if column == "memory_measure":
-        return MEASURE_NAMES.get(str(value), str(value))
+        return MEMORY_NAMES.get(str(value), str(value))
     return str(value)
 
 
@@ -174,7 +186,7 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
     if not (table["variant"] != "").any():
         hidden.add("variant")
     for column in ("skipped_steps", "weak_scaling_efficiency", "speedup_vs_tf32", "mfu", "energy_j_per_sample"):
-        if column in table and table[column].isna().all():  # no amp-fp16 cell, one GPU count, no tf32, a CPU
+        if column in table and table[column].isna().all():  # no dynamic scaler, one GPU count, no tf32, a CPU
             hidden.add(column)
     shown = [c for c in table.columns if c not in hidden]
     return pd.DataFrame({headers.get(c, c): [_fmt(c, v) for v in table[c]] for c in shown}, index=table.index)

@@ -29,32 +29,34 @@ Cells: `new` (only in the candidate), `removed` (only in the baseline; fails the
 `fail_on_removed`), `failed` (ok in the baseline, a non-ok status in the candidate: oom, diverged,
 crashed, timeout, unsupported; this counts as a regression), `fixed` (the reverse), `still failing`
 (non-ok on both sides). A metric missing on one side is `n/a`.
+
+The run: a `regression` when a gated cell regressed, drifted or failed (however noisy the others);
+else `inconclusive` when more than `max_noisy_share` (25 %) of the gated cells compared (ok on
+both sides) are noisy: the gate could not see enough of the run to pass it, and a machine too
+busy to measure must not pass a candidate at half the speed; else a `pass`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from trainkit.schema import headline_memory
 
 from .records import OK, fingerprint, get
 
 # Metrics: record key, and whether a larger value is better.
 METRICS = {
     "throughput": ("throughput_samples_per_s", True),
-    "memory": (None, False),  # the headline memory measure, see headline_memory
+    "memory": (None, False),  # the headline memory measure: trainkit.schema.headline_memory
     "loss": ("loss.final", False),
 }
-# Which memory number stands for a cell: what PyTorch holds on the device (allocations plus its
-# cache, without the CUDA context, so a driver update does not move it); then the allocations
-# alone; then NVML's per-process peak; on the CPU only the host's resident set exists.
-MEMORY_MEASURES = ("torch_max_reserved_bytes", "torch_max_allocated_bytes", "nvml_process_peak_bytes",
-                   "host_rss_peak_bytes")
-MEASURE_NAMES = {"torch_max_reserved_bytes": "reserved", "torch_max_allocated_bytes": "allocated",
-                 "nvml_process_peak_bytes": "NVML", "host_rss_peak_bytes": "host RSS"}  # short, for headers
 
+# Outcomes of a comparison as a whole (see the module docstring).
+PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
 IMPROVED, UNCHANGED, REGRESSED, DRIFTED, NOISY = "improved", "unchanged", "regressed", "drifted", "noisy"
 NEW, REMOVED, FAILED, FIXED, STILL_FAILING, NOT_MEASURED = "new", "removed", "failed", "fixed", "still failing", "n/a"
 # Worst first: a cell's verdict is the worst of its gated metrics.
@@ -64,8 +66,8 @@ GATE_FAILS = (FAILED, REGRESSED, DRIFTED)
 
 @dataclass(frozen=True, kw_only=True)
 class Thresholds:
-    """When a difference counts. Every field is a `python -m nightly compare` option, and all but
-    max_spread, min_repeats and two_sided are `python -m reports compare` options too."""
+    """When a difference counts. Every field is an option of `python -m reports compare` and of
+    `python -m nightly compare`."""
 
     relative: float = 0.07
     """Smallest relative change that counts (TorchBench's 7 %)."""
@@ -91,6 +93,9 @@ class Thresholds:
     noisy. A nightly gate asks for 3: one run of a cell cannot tell a change from its noise."""
     two_sided: tuple[str, ...] = ()
     """Metrics that fail the gate when they move beyond the threshold either way (`drifted`)."""
+    max_noisy_share: float = 0.25
+    """Largest share of the gated cells compared (ok on both sides) that may be noisy in a run that
+    passes; past it, and with no regression, the run is inconclusive. 1 never calls a run so."""
 
     def __post_init__(self) -> None:
         if not self.relative >= 0 or not self.k >= 0:
@@ -101,6 +106,8 @@ class Thresholds:
             raise ValueError(f"max_spread={self.max_spread} must be >= 0")
         if self.min_repeats < 1:
             raise ValueError(f"min_repeats={self.min_repeats} must be >= 1")
+        if not 0 <= self.max_noisy_share <= 1:
+            raise ValueError(f"max_noisy_share={self.max_noisy_share} must be between 0 and 1 (a share, e.g. 25%)")
         for name in (*self.per_metric, *self.gate_metrics, *self.two_sided):
             if name not in METRICS:
                 raise ValueError(f"metric {name!r} is not valid; choose from {', '.join(METRICS)}")
@@ -237,7 +244,7 @@ class CellVerdict:
     note: str = ""
     failing_verdicts: tuple[str, ...] = GATE_FAILS
     memory_measure: str | None = None
-    """The memory key compared (see MEMORY_MEASURES)."""
+    """The memory key compared (see trainkit.schema.HEADLINE_MEMORY)."""
 
     @property
     def fails_gate(self) -> bool:
@@ -286,15 +293,6 @@ WORK_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "adam_eps", "sched
                "gpt_layers", "gpt_heads", "gpt_width")
 
 
-def headline_memory(records: Iterable[dict[str, Any]]) -> str | None:
-    """The first memory measure (MEMORY_MEASURES order) that every given record has."""
-    records = list(records)
-    for measure in MEMORY_MEASURES:
-        if records and all(isinstance(get(r, f"memory.{measure}"), (int, float)) for r in records):
-            return measure
-    return None
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -303,7 +301,7 @@ def cell_data(records: list[dict[str, Any]], memory_measure: str | None = "auto"
     """Combine the repeated records of one cell (all with the same cell_id). memory_measure is a
     key of `memory` to compare, "auto" for the headline one of these records, None for none."""
     ok = [r for r in records if r.get("status") == OK]
-    measure = headline_memory(ok) if memory_measure == "auto" else memory_measure
+    measure = headline_memory(r.get("memory") for r in ok) if memory_measure == "auto" else memory_measure
 
     def samples(key: str | None) -> Samples:
         values = tuple(v for v in (_number(get(r, key)) for r in ok) if v is not None) if key else ()
@@ -357,13 +355,41 @@ class Comparison:
         return [c for c in self.cells if c.fails_gate]
 
     @property
-    def passed(self) -> bool:
-        return not self.regressions
-
-    @property
     def noisy(self) -> list[CellVerdict]:
         """Cells whose worst gated metric could not be told from the noise: reported, not gated."""
         return [c for c in self.cells if c.verdict == NOISY]
+
+    @property
+    def compared(self) -> list[CellVerdict]:
+        """Gated cells ok on both sides: those whose measurements the gate compares (new, removed and
+        failing cells are judged by their presence and status, which noise cannot hide)."""
+        return [c for c in self.cells if c.gated and c.baseline_status == OK and c.candidate_status == OK]
+
+    @property
+    def noisy_compared(self) -> list[CellVerdict]:
+        return [c for c in self.compared if c.verdict == NOISY]
+
+    @property
+    def noisy_share(self) -> float | None:
+        """The share of the compared cells that are noisy; None when no cell was compared."""
+        compared = self.compared
+        return len(self.noisy_compared) / len(compared) if compared else None
+
+    @property
+    def inconclusive(self) -> bool:
+        """Nothing failed, but too much of the run was noise to pass it (Thresholds.max_noisy_share)."""
+        share = self.noisy_share
+        return not self.regressions and share is not None and share > self.thresholds.max_noisy_share
+
+    @property
+    def outcome(self) -> str:
+        """regression, inconclusive or pass (see the module docstring)."""
+        return REGRESSION if self.regressions else INCONCLUSIVE if self.inconclusive else PASS
+
+    @property
+    def passed(self) -> bool:
+        """No gated cell regressed or failed, and the gate saw enough of the run to say so."""
+        return self.outcome == PASS
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -397,7 +423,7 @@ def compare_records(baseline: list[dict[str, Any]], candidate: list[dict[str, An
     for cell in sorted(set(base) | set(cand)):
         b_ok = [r for r in base.get(cell, []) if r.get("status") == OK]
         c_ok = [r for r in cand.get(cell, []) if r.get("status") == OK]
-        measure = headline_memory(b_ok + c_ok)  # the same measure on both sides, or none
+        measure = headline_memory(r.get("memory") for r in b_ok + c_ok)  # the same measure on both sides, or none
         b = cell_data(base[cell], measure) if cell in base else None
         c = cell_data(cand[cell], measure) if cell in cand else None
         verdicts.append(decide_cell(cell, b, c, thresholds))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -15,6 +16,7 @@ import pytest
 
 from bench.matrix import NIGHTLY, Hardware, build_matrix, parse_list, preset, skip_reason
 from trainkit.result import RECORD_KEYS, check_record, read_jsonl
+from trainkit.schema import CutOffLineWarning
 
 from .conftest import REPO
 
@@ -293,6 +295,11 @@ def test_a_run_killed_mid_matrix_keeps_its_finished_cells(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    kept = read_jsonl(str(results))
+    # SIGKILL may land while a record is being appended: the complete ones are read, and a cut-off
+    # last line is said (CutOffLineWarning), never silently dropped.
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", CutOffLineWarning)
+        kept = read_jsonl(str(results))
+    assert all(w.category is CutOffLineWarning and f"read the {len(kept)} complete" in str(w.message) for w in said)
     assert 2 <= len(kept) < 4
     assert all(r["status"] == "ok" and check_record(r) == [] for r in kept)

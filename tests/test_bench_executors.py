@@ -135,6 +135,8 @@ def test_faults_in_jobs_a_killed_driver_and_resume(tmp_path):
             driver.kill()
             driver.wait(timeout=30)
         log.close()
+    with open(results, "a") as f:  # and had it died while appending a record, the line would be cut off
+        f.write('{"schema": "trainkit.result/1", "cell_id": "mlp-fp32-bs19-ga1-gp')
     crash, limit = kept["mlp-fp32-bs16-ga1-gpus1"], kept["mlp-fp32-bs17-ga1-gpus1"]
     assert crash["status_detail"].startswith("submitit-local job ")
     assert "ended without a record" in crash["status_detail"]
@@ -143,6 +145,7 @@ def test_faults_in_jobs_a_killed_driver_and_resume(tmp_path):
     resumed = subprocess.run(bench_cmd(out, *cells, "--resume", str(results)), cwd=REPO, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"--resume: {results} line 3 is cut off" in resumed.stdout and "that line was removed" in resumed.stdout
     final = read_jsonl(str(results))
     assert sorted(r["config"]["batch_size"] for r in final) == [16, 17, 18, 19]  # each cell once
     done = by_cell(results)

@@ -51,6 +51,7 @@ def test_every_invalid_option_value_exits_2_with_one_clear_line(field, value, ca
     (["run", "--output", "/no/such/dir/r.json"], "does not exist"),
     (["run", "--cell-timeout", "0"], "--cell-timeout: must be > 0"),
     (["run", "--memory-limit-gb", "x"], "--memory-limit-gb: invalid number: 'x'"),
+    (["run", "--memory-limit-gb", "2", "--device", "cuda"], "--memory-limit-gb caps a CPU worker's address space"),
     (["run", "--model", "gpt", "--gpt-width", "30", "--gpt-heads", "4"], "gpt_width=30 must be divisible"),
     (["bogus"], "invalid choice: 'bogus'"),
     ([], "choose a command"),

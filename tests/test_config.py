@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from trainkit.config import PRECISIONS, ConfigError, RunConfig, field_help
+from trainkit.config import ConfigError, RunConfig, field_help
+from trainkit.precision_facts import precision_names
 
 
 def test_defaults_are_valid_and_derived_values_agree():
@@ -24,7 +25,7 @@ def test_every_field_is_documented():
 
 @pytest.mark.parametrize(("changes", "names"), [
     ({"model": "vit"}, ["model='vit'", "mlp", "gpt"]),
-    ({"precision": "fp8"}, ["precision='fp8'", *PRECISIONS]),
+    ({"precision": "fp8"}, ["precision='fp8'", *precision_names()]),
     ({"batch_size": 0}, ["batch_size=0", ">= 1"]),
     ({"grad_accum": -2}, ["grad_accum=-2"]),
     ({"world_size": 1.5}, ["world_size=1.5", "integer"]),

@@ -1,5 +1,7 @@
 """Synthetic data is learnable and split-invariant; real pipelines read local files, never download."""
 
+import os
+
 import pytest
 import torch
 
@@ -94,3 +96,80 @@ def test_real_data_is_never_downloaded(tmp_path):
     record = run_cell(small_config("mlp", data="mnist", data_root=str(empty), epochs=1), timeout_s=120)
     assert record["status"] == "crashed"
     assert "download" in record["status_detail"] or "not found" in record["status_detail"].lower()
+
+
+GENERATION_PROBE = """
+import resource, sys
+import torch
+from bench.matrix import GPU_GPT
+from trainkit.config import RunConfig
+from trainkit.data import SyntheticData
+from trainkit.memory import host_rss_now_bytes
+from trainkit.models import build_spec
+
+config = RunConfig(model="gpt", device="cpu", **GPU_GPT)
+spec = build_spec(config)
+# Cap the address space well below what a vocab x vocab teacher needs (10 GB a matrix at GPT-2's
+# vocabulary), so generating like that fails here instead of taking the machine's memory.
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), resource.RLIM_INFINITY))
+# Code that runs for the first time loads its pages: do it once on a small vocabulary first.
+SyntheticData(RunConfig(model="gpt", device="cpu"), build_spec(RunConfig(model="gpt")), torch.device("cpu"),
+              torch.float32, 0)
+before = max(host_rss_now_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+data = SyntheticData(config, spec, torch.device("cpu"), torch.float32, 0)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+kept = data.pool_bytes + sum(t.nbytes for t in data.eval_set)
+print(peak - before - kept, data.pool_bytes, data.inputs.shape[0])
+"""
+
+
+def test_generating_the_gpu_gpts_data_stays_within_its_bound():
+    """GPT-2's vocabulary (50304 tokens, 1024 per sample): what generating the pool takes beyond the
+    pool itself (peak resident set, so the allocator's and libraries' own pages count too) stays
+    within GENERATION_MAX_BYTES, on the device as here. A dense vocab x vocab teacher needs 10 GB a
+    matrix and fails under the cap."""
+    import subprocess
+    import sys
+
+    from trainkit.data import GENERATION_MAX_BYTES
+
+    cap = 6 * 2**30  # address space, not memory: torch's libraries alone map ~3 GB
+    proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(cap)], capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    transient, pool_bytes, samples = map(int, proc.stdout.split())
+    assert samples == 4096 and pool_bytes == 2 * 4096 * 1024 * 8  # inputs and targets, int64
+    assert transient <= GENERATION_MAX_BYTES, f"{transient / 2**20:.0f} MiB beyond the pool"
+
+
+def test_persistent_workers_start_once_for_the_whole_run(tmp_path, monkeypatch):
+    """With persistent_workers the DataLoader's worker processes start once, not once per epoch (a
+    new loader per epoch would restart them and put their start-up into timed steps)."""
+    from torch.utils.data import dataloader
+
+    started = []
+    original = dataloader._MultiProcessingDataLoaderIter.__init__
+
+    def counting(self, loader):
+        started.append(loader)
+        original(self, loader)
+
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "__init__", counting)
+    root = write_mnist(tmp_path, samples=120)
+    trainer = train(small_config("mlp", data="mnist", data_root=str(root), epochs=3, batch_size=16,
+                                 num_workers=1, persistent_workers=True))
+    assert trainer.step == 3 * trainer.data.steps_per_epoch
+    assert len(started) == 1
+    persistent = trainer.data.source.loader
+    assert persistent.persistent_workers and persistent._iterator is not None
+
+
+def test_a_resumed_epoch_run_reads_the_rest_of_its_epoch_from_the_one_loader(tmp_path):
+    """The loader is built once; resuming mid-epoch skips that epoch's first samples only."""
+    config = small_config("mlp", epochs=2, dataset_size=112, batch_size=8, grad_accum=4, warmup_steps=0)
+    whole = train(config)
+    checkpoints = tmp_path / "ckpt"
+    first = train(config.replace(epochs=2, checkpoint_dir=str(checkpoints), checkpoint_every=3))
+    resumed = train(config.replace(resume_from=str(checkpoints / "step00000003.pt")))
+    assert torch.equal(whole.loss_curve(), first.loss_curve())
+    assert torch.equal(resumed.loss_curve(), whole.loss_curve())

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from trainkit.launch import Cell, CellFailed, run_cell
+from trainkit.launch import CellFailed, CellWorkers, run_cell
 from trainkit.result import check_record
 
 from .conftest import small_config
@@ -52,7 +52,7 @@ def _wait_for_steps(cell, n):
 
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_a_killed_worker_ends_the_cell_as_crashed(world_size):
-    with Cell(small_config("gpt", world_size=world_size, steps=50), timeout_s=120) as cell:
+    with CellWorkers(small_config("gpt", world_size=world_size, steps=50), timeout_s=120) as cell:
         cell.start()
         cell.warmup()
         _wait_for_steps(cell, 2)
@@ -66,7 +66,7 @@ def test_a_killed_worker_ends_the_cell_as_crashed(world_size):
 
 
 def test_a_hung_worker_ends_the_cell_as_timeout():
-    with Cell(small_config(steps=50), timeout_s=8) as cell:
+    with CellWorkers(small_config(steps=50), timeout_s=8) as cell:
         cell.start()
         cell.warmup()
         os.kill(cell.pids[0], signal.SIGSTOP)  # a real hang: the worker stops answering
@@ -115,3 +115,120 @@ def test_the_same_cell_runs_under_torchrun_and_rank_0_writes_the_record(tmp_path
     assert record["config"]["distributed_backend"] == "gloo"
     launched = run_cell(small_config(world_size=2, steps=3, warmup_steps=1), timeout_s=120)
     assert record["loss"]["curve"] == launched["loss"]["curve"]
+
+
+# --- what a timed step holds, and what it never does ---------------------------------------------
+
+def _slow_checkpoints(monkeypatch, seconds=0.5):
+    from trainkit.loop import Trainer
+
+    original = Trainer.save_checkpoint
+
+    def slow(self):
+        time.sleep(seconds)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", slow)
+
+
+def test_checkpoint_writes_are_never_step_time(tmp_path, monkeypatch):
+    """A checkpoint written after every step, made 0.5 s slower: the timed steps, as one window and
+    as bench rounds, stay the size of a step (the writes fall between them) and the files exist."""
+    from trainkit.worker import RankWorker
+
+    _slow_checkpoints(monkeypatch)
+    config = small_config(steps=4, warmup_steps=1, checkpoint_every=1, checkpoint_dir=str(tmp_path / "window"))
+    window = RankWorker(config)
+    window.warmup()
+    times = window.run_timed()
+    rounds = RankWorker(config.replace(checkpoint_dir=str(tmp_path / "rounds")))
+    rounds.warmup()
+    times += [rounds.step() for _ in range(config.steps)]
+    assert len(times) == 8 and max(times) < 0.5, times  # a step of this MLP takes milliseconds
+    for kind in ("window", "rounds"):
+        assert sorted(os.listdir(tmp_path / kind)) == [f"step{s:08d}.pt" for s in range(1, 6)]
+
+
+def test_a_memory_limit_is_refused_for_a_gpu_cell(monkeypatch):
+    """RLIMIT_AS caps address space, which CUDA reserves far beyond memory: on a GPU the cap would fail
+    every cell, so the rank refuses it before touching the GPU."""
+    import multiprocessing
+
+    import torch
+
+    from trainkit import worker
+    from trainkit.protocol import Reply
+
+    monkeypatch.setattr(worker, "select_device", lambda config, local_rank: torch.device("cuda", 0))
+    monkeypatch.setattr(worker, "limit_host_memory", lambda extra: pytest.fail("the cap was applied"))
+    parent, child = multiprocessing.Pipe()
+    worker.serve(small_config(), 0, 0, 1, child, dict(os.environ), memory_limit_bytes=2**30)
+    kind, (status, detail, _) = parent.recv()
+    assert kind is Reply.FAILED and status == "unsupported" and "RLIMIT_AS" in detail
+
+
+def test_the_cell_peaks_are_the_timed_steps_with_warmups_beside_them(monkeypatch):
+    """The allocator's peaks are reset after the model and data are built and again when the timed
+    steps begin: the record's peaks are the timed steps', the warmup's (which allocates the
+    optimizer's state) stand beside them, and data generation counts in neither."""
+    from trainkit import worker as worker_module
+    from trainkit.result import merge_ranks
+
+    events = []
+    monkeypatch.setattr(worker_module, "reset_peaks", lambda device: events.append(("reset", trainer_step())))
+    readings = iter([(1000, 2000), (300, 400)])
+    monkeypatch.setattr(worker_module, "torch_memory",
+                        lambda device: events.append(("read", trainer_step())) or next(readings))
+    config = small_config(steps=3, warmup_steps=2)
+    rank = worker_module.RankWorker(config)
+
+    def trainer_step():
+        return rank.trainer.step if hasattr(rank, "trainer") else None
+
+    rank.warmup()
+    rank.run_timed()
+    memory = merge_ranks(config, [rank.collect()])["memory"]
+    assert events == [("reset", 0), ("read", 2), ("reset", 2), ("read", 5)]
+    assert (memory["torch_warmup_max_allocated_bytes"], memory["torch_warmup_max_reserved_bytes"]) == (1000, 2000)
+    assert (memory["torch_max_allocated_bytes"], memory["torch_max_reserved_bytes"]) == (300, 400)
+
+
+def test_the_nvml_context_baseline_is_read_before_nccl_starts(monkeypatch):
+    """NCCL's buffers are not the CUDA context: the baseline is read right after the context exists,
+    before the process group (a counter of what the code does, with CUDA and NCCL stood in)."""
+    import types
+
+    import torch
+
+    from trainkit import worker as worker_module
+
+    order = []
+
+    class FakeNvml:
+        def process_used_bytes(self, pids):
+            order.append("baseline")
+            return 500 * 2**20
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(worker_module.Nvml, "open", classmethod(lambda cls, device=None, **kw: FakeNvml()))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(uuid="GPU-0"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(worker_module.torch, "zeros", lambda *a, **k: order.append("context"))
+    monkeypatch.setattr(worker_module.dist, "init_process_group", lambda *a, **k: order.append("nccl"))
+    monkeypatch.setattr(worker_module, "Trainer", stop)
+    with pytest.raises(Stop):
+        worker_module.RankWorker(small_config(world_size=2), device=torch.device("cuda", 0))
+    assert order == ["context", "baseline", "nccl"]
+
+
+def test_a_cpu_cell_records_its_own_rss_growth_beside_the_inherited_pages():
+    record = run_cell(small_config(batch_size=512, steps=2), timeout_s=120)
+    memory = record["memory"]
+    assert memory["host_rss_baseline_bytes"] > 100 * 2**20  # torch, inherited from the fork server
+    assert memory["host_rss_growth_bytes"] == memory["host_rss_peak_bytes"] - memory["host_rss_baseline_bytes"]
+    assert 0 < memory["host_rss_growth_bytes"] < memory["host_rss_baseline_bytes"]

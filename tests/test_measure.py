@@ -8,15 +8,17 @@ import pytest
 import torch
 
 from trainkit.config import RunConfig
-from trainkit.measure import Nvml, StepTimer, mfu, peak_flops_per_s, summarize_s
-from trainkit.models import build_spec, gpt_flops_per_token, training_flops_per_sample
-from trainkit.result import merge_ranks
+from trainkit.flops import gpt_flops_per_token, mfu, peak_flops_per_s, training_flops_per_sample
+from trainkit.models import build_spec
+from trainkit.nvml import Nvml
+from trainkit.result import LauncherReport, RankLoss, RankMemory, RankReport, RankTiming, merge_ranks
+from trainkit.timing import Marks, summarize_s
 
 from .conftest import CPU, small_config
 
 
 def test_step_timer_is_contiguous_and_skips_paused_spans():
-    timer = StepTimer(CPU)
+    timer = Marks(CPU)
     timer.mark()
     time.sleep(0.02)
     timer.mark()
@@ -37,16 +39,18 @@ def test_summary_statistics():
     assert summarize_s([])["median"] is None
 
 
-def _partial(rank, times, curve, memory, samples=(32, 32)):
-    return {"rank": rank, "step_times_s": times, "timed_samples": list(samples), "loss_curve": curve,
-            "skipped": [False] * len(curve), "first_timed_step": len(curve) - len(times),
-            "memory": memory, "param_checksum": 1.5, "derived": {"resolved_device": "cpu"}, "env": {}}
+def _report(rank, times, curve, memory, samples=(32, 32)):
+    return RankReport(rank=rank, pid=100 + rank,
+                      timing=RankTiming(step_times_s=times, timed_samples=list(samples),
+                                        first_timed_step=len(curve) - len(times)),
+                      loss=RankLoss(curve=curve, skipped=[False] * len(curve)), memory=RankMemory(**memory),
+                      param_checksum=1.5, derived={"resolved_device": "cpu"}, env={})
 
 
 def test_merge_takes_the_slowest_rank_the_max_memory_and_sums_the_loss_shares():
     config = RunConfig(batch_size=16, world_size=2)
-    rank0 = _partial(0, [0.10, 0.20], [1.0, 0.8, 0.6], {"host_rss_peak_bytes": 100, "torch_max_allocated_bytes": 7})
-    rank1 = _partial(1, [0.15, 0.10], [1.2, 0.9, 0.5], {"host_rss_peak_bytes": 300, "torch_max_allocated_bytes": 5})
+    rank0 = _report(0, [0.10, 0.20], [1.0, 0.8, 0.6], {"host_rss_peak_bytes": 100, "torch_max_allocated_bytes": 7})
+    rank1 = _report(1, [0.15, 0.10], [1.2, 0.9, 0.5], {"host_rss_peak_bytes": 300, "torch_max_allocated_bytes": 5})
     record = merge_ranks(config, [rank1, rank0])
     assert record["step_time_s"]["values"] == [0.15, 0.20]
     assert record["throughput_samples_per_s"] == pytest.approx(64 / 0.35)  # global, not per rank
@@ -58,8 +62,8 @@ def test_merge_takes_the_slowest_rank_the_max_memory_and_sums_the_loss_shares():
 
 def test_ranks_that_end_apart_are_a_failed_cell():
     config = RunConfig(world_size=2)
-    a, b = _partial(0, [0.1], [1.0], {}), _partial(1, [0.1], [1.0], {})
-    b["param_checksum"] = 2.5
+    a, b = _report(0, [0.1], [1.0], {}), _report(1, [0.1], [1.0], {})
+    b.param_checksum = 2.5
     record = merge_ranks(config, [a, b])
     assert record["status"] == "crashed" and "different parameters" in record["status_detail"]
 
@@ -84,6 +88,45 @@ def test_peak_table_and_mfu():
     assert peak_flops_per_s("Tesla V100-SXM2-16GB", "amp-bf16") is None  # no bf16 tensor cores
     assert peak_flops_per_s("Some Future GPU", "fp32") is None  # unknown: None, never a guess
     assert peak_flops_per_s(None, "fp32") is None
+
+
+# Names where one contains another, or that differ by a suffix: a substring match gets each wrong.
+NEAR_COLLISIONS = [
+    ("NVIDIA L4", "NVIDIA L40S"), ("NVIDIA L4", "NVIDIA L40"), ("NVIDIA L40", "NVIDIA L40S"),
+    ("NVIDIA H200", "NVIDIA H200 NVL"), ("NVIDIA H100 PCIe", "NVIDIA H100 NVL"),
+    ("NVIDIA H100 80GB HBM3", "NVIDIA H100 NVL"), ("NVIDIA A10", "NVIDIA A40"),
+    ("NVIDIA A10", "NVIDIA A100-SXM4-40GB"), ("Tesla V100-SXM2-16GB", "Tesla V100-PCIE-16GB"),
+]
+NOT_IN_THE_TABLE = [
+    "NVIDIA A10G",  # another chip than the A10, without a datasheet
+    "NVIDIA A100-SXM4-40GB MIG 1g.5gb", "NVIDIA H100 80GB HBM3 MIG 1g.20gb",  # a slice, not the GPU
+    "NVIDIA H20", "NVIDIA GH200 480GB", "NVIDIA GB200", "NVIDIA GeForce RTX 4090 D", "NVIDIA GeForce RTX 3090 Ti",
+    "Tesla V100S-PCIE-32GB", "NVIDIA Graphics Device", "A100-SXM4-40GB", "NVIDIA H100", "NVIDIA RTX A4000",
+]
+
+
+@pytest.mark.parametrize(("short", "long"), NEAR_COLLISIONS)
+def test_peaks_match_gpu_names_exactly(short, long):
+    from trainkit.flops import PEAK_TFLOPS
+
+    assert short in PEAK_TFLOPS and long in PEAK_TFLOPS
+    assert peak_flops_per_s(short, "amp-bf16") != peak_flops_per_s(long, "amp-bf16") \
+        or PEAK_TFLOPS[short] != PEAK_TFLOPS[long]
+    assert peak_flops_per_s(long, "fp32") == PEAK_TFLOPS[long]["fp32"] * 1e12
+
+
+@pytest.mark.parametrize("name", NOT_IN_THE_TABLE)
+def test_a_gpu_without_a_sourced_peak_has_none(name):
+    from trainkit.flops import peak_unknown_reason
+
+    assert peak_flops_per_s(name, "amp-bf16") is None and peak_flops_per_s(name, "fp32") is None
+    assert name in peak_unknown_reason(name, "amp-bf16")
+
+
+def test_the_l40s_and_h200_nvl_get_their_own_peaks():
+    assert peak_flops_per_s("NVIDIA L40S", "amp-bf16") == pytest.approx(362.05e12)  # not the L4's 121
+    assert peak_flops_per_s("NVIDIA H200 NVL", "amp-bf16") == pytest.approx(835.5e12)  # not the SXM's 989
+    assert peak_flops_per_s("NVIDIA B200", "tf32") is None  # NVIDIA's own pages disagree
     assert mfu(1e9, 1000.0, 1e13, 2) == pytest.approx(0.05)
     assert mfu(1e9, 1000.0, None, 1) is None
 
@@ -192,8 +235,18 @@ def test_no_nvml_at_all_gives_none(monkeypatch):
     assert Nvml.open(uuid="GPU-0000") is None
 
 
-def test_torch_is_free_of_cuda_here():
-    assert not torch.cuda.is_initialized()  # this process never initialises CUDA
+def test_the_launching_process_never_touches_cuda(monkeypatch):
+    """Only workers touch CUDA: a launcher that initialised it would hand forked processes a broken
+    context and hold GPU memory of its own. Every way into CUDA here is a recording stand-in."""
+    from trainkit.launch import probe, run_cell
+
+    calls = []
+    for name in ("_lazy_init", "init", "is_available", "device_count", "current_device", "get_device_properties",
+                 "get_device_capability", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, _name=name, **k: calls.append(_name))
+    assert probe("auto")["device"] == "cpu"
+    assert run_cell(small_config(world_size=2, steps=2), timeout_s=120)["status"] == "ok"
+    assert calls == []
 
 
 @pytest.mark.parametrize(("precision", "optimizer", "state_per_param"), [
@@ -206,3 +259,75 @@ def test_model_state_bytes_are_recorded(precision, optimizer, state_per_param):
     width = 2 if precision.startswith("half") else 4
     assert config["param_bytes"] == config["params"] * width
     assert config["optimizer_state_bytes"] == config["params"] * state_per_param  # moments / momentum buffers
+
+
+# --- energy: over the timed steps, and nothing else ---------------------------------------------
+
+def test_energy_counts_the_timed_windows_never_the_idle_time_between_rounds(monkeypatch):
+    """A stand-in energy counter that rises at 100 W whether or not a step runs: bench rounds with
+    idle gaps between them (the pipe, pytest), then a window of steps. Energy per sample is 100 W x
+    the window's own seconds over its samples; the rounds are too short for the counter and the
+    gaps are in no span."""
+    from trainkit.result import merge_energy
+    from trainkit.worker import RankWorker
+
+    monkeypatch.setattr(RankWorker, "_energy_mj", lambda self: int(time.monotonic() * 100 * 1e3))
+    worker = RankWorker(small_config(batch_size=64, steps=10**6, warmup_steps=1))
+    worker.warmup()
+    for _ in range(3):
+        worker.step()
+        time.sleep(0.2)  # idle: 20 J at 100 W that a window from the first round on would count
+    steps = 64
+    while worker._timed_span(steps) and worker.report.timing.spans[-1].seconds < 1.2:
+        steps *= 2  # windows of growing length until one is long enough for the counter, on any machine
+    report = worker.collect(evaluate=False)
+    assert [s.steps for s in report.timing.spans[:3]] == [1, 1, 1]
+    long = [s for s in report.timing.spans if s.seconds >= 1.0]
+    per_sample, method, seconds = merge_energy([report], LauncherReport(), on_gpu=True)
+    assert seconds == sum(s.seconds for s in long) and f"{len(long)} timed window" in method
+    # The counter is read just outside each window's marks: within a few ms of 100 W x its seconds.
+    assert per_sample * sum(s.samples for s in long) == pytest.approx(100 * seconds, rel=0.02, abs=0.5)
+
+
+def test_energy_of_rounds_too_short_for_the_counter_is_null_with_the_reason():
+    from trainkit.result import TimedSpan, merge_energy
+
+    report = RankReport(rank=0, pid=1, timing=RankTiming(spans=[TimedSpan(1, 0.02, 32, 0.0)] * 20))
+    per_sample, method, _ = merge_energy([report], LauncherReport(), on_gpu=True)
+    assert per_sample is None and method.startswith("not measured: no run of timed steps lasted 1 s")
+    assert merge_energy([report], LauncherReport(), on_gpu=False)[1] == \
+        "not measured: energy comes from NVML, on GPUs only"
+
+
+def test_the_nvml_process_peak_is_the_largest_sample_not_the_last(monkeypatch):
+    """The launcher samples each rank's process memory through the timed windows; a process that
+    grew and then released memory (e.g. after empty_cache) reports its maximum."""
+    from trainkit.nvml import GpuSampler
+
+    procs = [_proc(4242, 1000)]
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(procs=procs))
+    gpu = Nvml.open(uuid="GPU-0")
+    sampler = GpuSampler([gpu], interval_s=0.0, processes=[(gpu, 4242)])
+    sampler.open_window()
+    for used in (1000, 5000, 3000):
+        procs[0] = _proc(4242, used)
+        sampler.maybe_sample()
+    sampler.close_window()
+    assert sampler.process_peaks == [5000]
+    assert sampler.process_note().startswith("per-process") and "largest of 4 samples" in sampler.process_note()
+
+
+def test_the_nvml_method_says_why_there_is_no_process_peak(monkeypatch):
+    from trainkit.nvml import GpuSampler
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(procs=[_proc(1, 100)]))  # not the worker's PID
+    gpu = Nvml.open(uuid="GPU-0")
+    sampler = GpuSampler([gpu], processes=[(gpu, 4242)])
+    sampler.open_window()
+    sampler.close_window()
+    assert sampler.process_peaks == [None] and sampler.process_note().startswith("unavailable: NVML lists none")
+    record = merge_ranks(RunConfig(), [RankReport(rank=0, pid=4242)],
+                         launcher=LauncherReport(nvml_process_peak_bytes=sampler.process_peaks,
+                                                 nvml_note=sampler.process_note()))
+    assert record["memory"]["nvml_process_peak_bytes"] is None
+    assert record["memory"]["nvml_method"].startswith("unavailable")

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from nightly import BAD_INPUT, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
+from nightly import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
 from nightly.baselines import MANIFEST, slug
 from nightly.cli import main
 from nightly.gate import NIGHTLY_THRESHOLDS, cell_rows, run_compare
@@ -91,7 +91,8 @@ def test_a_quiet_cell_that_slows_by_a_tenth_regresses(gate, tmp_path):
 def test_the_threshold_widens_with_the_spread_over_repeats(gate, tmp_path):
     # Candidate IQR / median = 8 %: the threshold is 3 x 8 % = 24 %, so -8 % is noise and -30 % is not.
     wobbly = (850.0, 920.0, 997.0)
-    assert gate(repeats(), repeats(throughputs=wobbly)).exit_status == PASS
+    stage = gate(repeats(), repeats(throughputs=wobbly))  # the only cell noisy: the gate saw nothing
+    assert stage.exit_status == INCONCLUSIVE and stage.details["outcome"] == "inconclusive"
     assert verdicts(None, tmp_path) == {MLP: "noisy"}
     slow = tuple(t * 0.7 / 0.92 for t in wobbly)  # median 700: -30 %
     stage = gate(repeats(), repeats(throughputs=slow))
@@ -100,8 +101,12 @@ def test_the_threshold_widens_with_the_spread_over_repeats(gate, tmp_path):
 
 def test_a_cell_whose_own_runs_disagree_is_noisy_reported_and_not_gated(gate, tmp_path):
     # 30 % spread in the baseline: even a halved throughput cannot be told from that.
+    # It used to pass; with no cell the gate could judge, the run is inconclusive.
     stage = gate(repeats(throughputs=(1000, 700, 1300)), repeats(throughputs=(500, 350, 650)))
-    assert stage.exit_status == PASS and stage.details["noisy"] == [MLP]
+    assert stage.exit_status == INCONCLUSIVE and stage.details["noisy"] == [MLP]
+    assert stage.line.startswith("INCONCLUSIVE: 1 of 1 gated cell(s) compared were too noisy to gate (100%, ")
+    assert stage.details["unjudged"] == [f"{MLP}: noisy: throughput -50.0% (spread 30.0% above the noise limit "
+                                         "of 10.0%)"]
     with open(tmp_path / "run" / "compare.md") as f:
         assert "spread 30.0% above the noise limit of 10.0%" in f.read()
     # The same halving over quiet repeats fails the gate.
@@ -110,7 +115,7 @@ def test_a_cell_whose_own_runs_disagree_is_noisy_reported_and_not_gated(gate, tm
 
 def test_fewer_than_three_repeats_are_reported_not_gated(gate):
     stage = gate(repeats(), repeats(throughputs=(500.0,)))
-    assert stage.exit_status == PASS and stage.details["noisy"] == [MLP]
+    assert stage.exit_status == INCONCLUSIVE and stage.details["noisy"] == [MLP]
     asked_for_one = Thresholds(**{**vars(NIGHTLY_THRESHOLDS), "min_repeats": 1})
     assert gate(repeats(), repeats(throughputs=(500.0,)), asked_for_one).exit_status == REGRESSION
 
@@ -128,6 +133,67 @@ def test_the_final_loss_drifting_either_way_fails(gate):
     assert lower.details["regressions"] == [f"{MLP}: drifted: loss -5.0% (threshold ±2.0%, drift)"]
     assert gate(repeats(loss=2.0), repeats(loss=2.1)).exit_status == REGRESSION
     assert gate(repeats(loss=2.0), repeats(loss=2.02)).exit_status == PASS  # 1 %: within the 2 % tolerance
+
+
+def noisy_run(quiet: int, noisy: int, slowed: int = 0) -> tuple[list[dict], list[dict]]:
+    """quiet cells unchanged, noisy cells halved over repeats 30 % apart, slowed cells halved over quiet ones."""
+    base, cand = [], []
+    for i in range(quiet + noisy + slowed):
+        cell = f"mlp-fp32-bs{i + 1}-ga1-gpus1"
+        base += repeats(cell)
+        throughputs = (1000.0,) * 3 if i < quiet else (500.0, 350.0, 650.0) if i < quiet + noisy else (500.0,) * 3
+        cand += repeats(cell, throughputs=throughputs)
+    return base, cand
+
+
+@pytest.mark.parametrize("quiet, noisy, options, expected", [
+    (3, 1, [], PASS),                                       # 25 %: not more than the default
+    (2, 2, [], INCONCLUSIVE),                               # 50 %
+    (2, 2, ["--max-noisy-share", "50%"], PASS),
+    (2, 2, ["--max-noisy-share", "0.49"], INCONCLUSIVE),
+])
+def test_too_large_a_share_of_noisy_cells_is_inconclusive(tmp_path, capsys, quiet, noisy, options, expected):
+    root = str(tmp_path / "baselines")
+    base, cand = noisy_run(quiet, noisy)
+    baseline_dir(root, base)
+    candidate = write_results(str(tmp_path / "c.jsonl"), cand)
+    assert main(["compare", "--out", str(tmp_path / "run"), "--candidate", candidate, "--baselines", root,
+                 *options]) == expected
+    out = capsys.readouterr().out
+    if expected == INCONCLUSIVE:
+        assert out.startswith(f"nightly comparison: inconclusive: INCONCLUSIVE: {noisy} of {quiet + noisy} gated ")
+        assert "  mlp-fp32-bs3-ga1-gpus1: noisy: throughput -50.0% (spread 30.0% above the noise limit" in out
+    assert RunDir(str(tmp_path / "run")).outcome().label == {PASS: "pass", INCONCLUSIVE: "inconclusive"}[expected]
+
+
+def test_a_regression_beside_noisy_cells_is_still_a_regression(gate):
+    stage = gate(*noisy_run(quiet=0, noisy=3, slowed=1))
+    assert stage.exit_status == REGRESSION and stage.details["noisy_share"] == 0.75
+    assert stage.details["regressions"] == ["mlp-fp32-bs4-ga1-gpus1: regressed: throughput -50.0% (threshold ±7.0%)"]
+
+
+def test_an_inconclusive_run_is_labelled_the_runners_problem_and_cannot_be_promoted(gate, tmp_path, monkeypatch,
+                                                                                      capsys):
+    run = RunDir(str(tmp_path / "run"))
+    for name in ("preflight", "matrix", "report"):
+        run.record(Stage(name, PASS, "fine"))
+    run.record(gate(*noisy_run(quiet=1, noisy=3)))
+    summary, output = tmp_path / "step_summary.md", tmp_path / "output.txt"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    assert main(["status", "--out", run.root]) == INCONCLUSIVE
+    out = capsys.readouterr().out
+    assert out.startswith("trainkit nightly: inconclusive (exit 4): comparison: INCONCLUSIVE: 3 of 4 gated cell(s)")
+    assert ("::error title=Inconclusive: the runner was too noisy to gate (not a regression)::comparison: "
+            "INCONCLUSIVE: 3 of 4") in out
+    assert output.read_text() == "exit_status=4\nlabel=inconclusive\n"
+    text = summary.read_text()
+    assert text.startswith("# trainkit nightly: ❔ inconclusive (exit 4)\n\ncomparison: INCONCLUSIVE: 3 of 4 ")
+    assert "The runner was too noisy to gate on" in text and "do not bisect the code" in text
+    monkeypatch.delenv("GITHUB_ACTIONS")
+    assert main(["promote", run.root, "--baselines", str(tmp_path / "promoted")]) == BAD_INPUT
+    assert "the run is not green (inconclusive: comparison: INCONCLUSIVE" in capsys.readouterr().err
 
 
 # --- cells that come, go or fail -------------------------------------------------------------------
@@ -278,6 +344,8 @@ def test_gate_options_from_the_command_line(tmp_path, capsys):
     assert f"  {MLP}: regressed: throughput -5.0% (threshold ±3.0%)" in capsys.readouterr().out
     assert main([*out, "--relative", "3%", "--gate-metrics", "memory,loss"]) == PASS
     assert main([*out, "--max-spread", "-1"]) == BAD_INPUT
+    assert main([*out, "--max-noisy-share", "2"]) == BAD_INPUT
+    assert "max_noisy_share=2.0 must be between 0 and 1" in capsys.readouterr().err
     assert main([*out, "--two-sided", "speed"]) == BAD_INPUT
     assert "metric 'speed' is not valid" in capsys.readouterr().err
 
@@ -297,6 +365,8 @@ def stages(**exit_statuses: int) -> dict:
     (dict(preflight=0, matrix=0, report=3, compare=0), (INFRASTRUCTURE, "infrastructure failure",
                                                         "report: report said 3")),
     (dict(preflight=0, matrix=0, report=0, compare=0), (PASS, "pass", "comparison: compare said 0")),
+    (dict(preflight=0, matrix=0, report=0, compare=4), (INCONCLUSIVE, "inconclusive", "comparison: compare said 4")),
+    (dict(preflight=0, matrix=0, report=3, compare=4), (INCONCLUSIVE, "inconclusive", "comparison: compare said 4")),
     (dict(preflight=0), (INFRASTRUCTURE, "infrastructure failure", "matrix: did not run (the job stopped before it)")),
     (dict(preflight=0, matrix=0, report=0), (INFRASTRUCTURE, "infrastructure failure",
                                              "comparison: did not run (the job stopped before it)")),
@@ -355,3 +425,40 @@ def test_a_failing_cell_that_ran_throttled_says_so(gate, tmp_path):
                                          "check the runner's cooling and clocks before the code"]
     with open(tmp_path / "run" / "compare.md") as f:
         assert "ran throttled" in f.read()
+
+
+# --- results a killed run left ------------------------------------------------------------------
+
+def test_a_cut_off_results_file_is_gated_on_its_complete_records_and_said_once(tmp_path, capsys):
+    """The matrix killed while appending a record: compare, the summary, status and promote each read
+    results.jsonl; every command says once which line was cut off and goes on with the rest."""
+    root = str(tmp_path / "baselines")
+    baseline_dir(root, repeats())
+    run = RunDir(str(tmp_path / "run"))
+    results = write_results(run.path("results.jsonl"), repeats())
+    with open(results, "a") as f:
+        f.write(json.dumps(record())[:80])
+    said = [f"warning: {results} line 4 is cut off (a run killed while writing it?); "
+            "read the 3 complete records before it"]
+    assert main(["compare", "--out", run.root, "--baselines", root]) == PASS
+    out, err = capsys.readouterr()
+    assert err.splitlines() == said and "PASS: 0 gated cell(s) regressed or failed of 1" in out
+    assert main(["status", "--out", run.root]) == PASS
+    assert capsys.readouterr().err.splitlines() == said
+    assert main(["promote", run.root, "--baselines", str(tmp_path / "promoted"), "--force"]) == PASS
+    assert capsys.readouterr().err.splitlines() == said
+
+
+def test_a_results_file_with_a_bad_line_in_the_middle_is_bad_input(tmp_path, capsys):
+    root = str(tmp_path / "baselines")
+    baseline_dir(root, repeats())
+    run = RunDir(str(tmp_path / "run"))
+    lines = [json.dumps(r) for r in repeats()]
+    os.makedirs(run.root)
+    with open(run.path("results.jsonl"), "w") as f:
+        f.write("\n".join([lines[0], lines[1][:80], lines[2]]) + "\n")
+    assert main(["compare", "--out", run.root, "--baselines", root]) == BAD_INPUT
+    assert f"{run.path('results.jsonl')}: line 2 is not valid JSON" in capsys.readouterr().out
+    assert main(["status", "--out", run.root]) == BAD_INPUT
+    assert main(["promote", run.root, "--baselines", str(tmp_path / "promoted"), "--force"]) == BAD_INPUT
+    assert "line 2 is not valid JSON" in capsys.readouterr().err

@@ -11,7 +11,6 @@ import types
 
 import pytest
 
-import trainkit.measure
 from nightly import INFRASTRUCTURE, PASS
 from nightly import preflight as pf
 from nightly.cli import main
@@ -163,10 +162,6 @@ def test_a_gpu_that_vanishes_during_the_matrix_is_caught_after_it(machine, tmp_p
     assert pf.postflight(run) is None
     machine(gpus=1)  # fell off the bus
     assert pf.postflight(run) == "GPU(s) 1 no longer answer NVML after the matrix"
-
-
-def test_the_slowdown_reasons_are_trainkits():
-    assert pf.SLOWDOWN_REASONS == trainkit.measure.SLOWDOWN_REASONS
 
 
 def test_a_visible_gpu_nvml_cannot_open_fails(machine, tmp_path, monkeypatch):

@@ -5,13 +5,13 @@ from unittest import mock
 import pytest
 import torch
 
-from trainkit.config import PRECISIONS
 from trainkit.loop import Trainer, Unsupported
-from trainkit.precision import POLICIES, MixedPrecision, build_precision
+from trainkit.precision import MixedPrecision, build_precision
+from trainkit.precision_facts import precision_names
 
 from .conftest import CPU, flat_params, small_config, train
 
-CPU_PRECISIONS = [p for p in PRECISIONS if p != "tf32"]
+CPU_PRECISIONS = [p for p in precision_names() if p != "tf32"]
 EXPECTED_PARAM_DTYPE = {"fp32": torch.float32, "amp-fp16": torch.float32, "amp-bf16": torch.float32,
                         "half-fp16": torch.float16, "half-bf16": torch.bfloat16}
 
@@ -33,23 +33,24 @@ def test_policy_contract(precision, model):
     assert state_dtypes == {EXPECTED_PARAM_DTYPE[precision]}
 
 
-def test_policies_are_one_class_per_name():
-    assert tuple(POLICIES) == PRECISIONS
-    assert len(set(POLICIES.values())) == len(PRECISIONS)
-
-
 def test_tf32_is_unsupported_on_cpu_with_a_reason():
     with pytest.raises(Unsupported, match="tf32 needs a CUDA GPU"):
         Trainer(small_config(precision="tf32"), CPU)
 
 
 def test_fp32_turns_tf32_off_explicitly():
-    torch.backends.cudnn.allow_tf32 = True  # cuDNN's default
-    build_precision(small_config(precision="fp32"), CPU).configure_backends()
-    assert torch.backends.cudnn.allow_tf32 is False
-    assert torch.backends.cuda.matmul.allow_tf32 is False
-    assert torch.get_float32_matmul_precision() == "highest"
-    torch.backends.cudnn.allow_tf32 = True
+    """Every flag starts on (cuDNN's default is on; a user's script may have turned matmul's on), so
+    only an explicit off passes."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    try:
+        build_precision(small_config(precision="fp32"), CPU).configure_backends()
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_amp_fp16_calls_unscale_step_and_update_once_per_optimizer_step():

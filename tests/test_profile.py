@@ -12,8 +12,9 @@ import torch
 from trainkit.config import ConfigError, ProfileConfig
 from trainkit.launch import run_cell
 from trainkit.loop import Trainer
-from trainkit.measure import GpuSampler, Nvml
-from trainkit.profile import PHASES, PhaseMarks, memory_snapshot, phase_breakdown, torch_trace
+from trainkit.nvml import GpuSampler, Nvml
+from trainkit.profile import PHASES, memory_snapshot, phase_breakdown, torch_trace
+from trainkit.timing import Marks
 
 from .conftest import CPU, small_config
 from .test_measure import fake_pynvml
@@ -24,12 +25,12 @@ def test_phases_add_up_to_the_step_they_split():
     trainer = Trainer(small_config("gpt", grad_accum=3, batch_size=16, steps=20), CPU)
     trainer.run(2)
     for _ in range(5):
-        marks = PhaseMarks(CPU)
+        marks = Marks(CPU)
         started = time.perf_counter()
         marks.mark("start")
         trainer.train_step(marks)
         outside = time.perf_counter() - started
-        phases = marks.read_s()
+        phases = marks.totals_s(PHASES)
         assert set(phases) == set(PHASES) and all(v >= 0 for v in phases.values())
         assert sum(phases.values()) == pytest.approx(outside, rel=0.10)
         assert phases["forward"] > 0 and phases["backward"] > 0 and phases["optimizer"] > 0
@@ -78,16 +79,20 @@ def test_the_trace_loads_and_holds_the_models_operators(tmp_path, precision, red
 def test_profiling_never_changes_the_figures_beside_it(tmp_path):
     """The same cell with and without every profiling pass, interleaved three times: the same loss
     curve to the bit, the same timed steps, and step times that differ by no more than the runs of
-    each kind differ among themselves (a shared machine's speed swings between runs)."""
-    config = small_config("gpt", batch_size=16, steps=12, warmup_steps=2)
+    each kind differ among themselves (a shared machine's speed swings between runs). In epoch
+    mode, whose last window of an epoch is short, so the epoch means' sample weights matter."""
+    # 112 samples, batch 8 x accumulation 4: windows of 32, 32, 32 and 16 samples per epoch.
+    config = small_config("gpt", epochs=4, dataset_size=112, batch_size=8, grad_accum=4, warmup_steps=4)
     plain, profiled = [], []
     for _ in range(3):
         plain.append(run_cell(config, timeout_s=120, profile=ProfileConfig(phase_steps=0)))
         profiled.append(run_cell(config, timeout_s=120, profile=ProfileConfig(phase_steps=3, trace_steps=2,
                                                                                output_dir=str(tmp_path))))
     assert plain[0]["profile"] == {} and profiled[0]["profile"]["trace_file"].startswith(str(tmp_path))
+    curve, weights = plain[0]["loss"]["curve"], [32, 32, 32, 16]
+    expected = [sum(c * w for c, w in zip(curve[e * 4:e * 4 + 4], weights)) / 112 for e in range(4)]
     for record in plain + profiled:
-        assert record["loss"]["curve"] == plain[0]["loss"]["curve"]
+        assert record["loss"]["curve"] == curve and record["loss"]["epoch_means"] == pytest.approx(expected)
         assert record["loss"]["eval"] == plain[0]["loss"]["eval"] and record["step_time_s"]["n"] == 12
     medians = {name: sorted(r["step_time_s"]["median"] for r in runs)
                for name, runs in (("plain", plain), ("profiled", profiled))}
@@ -154,16 +159,17 @@ def test_the_sampler_summarises_clocks_power_and_throttling(monkeypatch):
     assert summary["throttle_reasons"] == ["HwThermalSlowdown", "SwPowerCap"] and summary["throttled"] is True
 
 
-def test_the_sampler_integrates_power_when_the_energy_counter_is_missing(monkeypatch):
+def test_the_sampler_integrates_power_over_its_windows_when_the_energy_counter_is_missing(monkeypatch):
     sampler = _sampler(monkeypatch)
     sampler.samples = [{"gpu": g, "t_s": t, "power_w": 100.0 * (g + 1), "sm_clock_mhz": None,
-                        "temperature_c": None, "throttle_reasons": None} for t in (0.0, 0.5, 1.5) for g in (0, 1)]
-    assert sampler.energy_j() == pytest.approx(1.5 * 100 + 1.5 * 200)
-    sampler.samples = sampler.samples[:4]  # 0.5 s: too short to trust
-    assert sampler.energy_j() is None
+                        "temperature_c": None, "throttle_reasons": None} for t in (0.0, 0.5, 1.5, 9.0) for g in (0, 1)]
+    sampler.windows = [(0.0, 1.5)]  # the sample at 9 s lies between windows: idle, never counted
+    assert sampler.energy_j() == (pytest.approx(1.5 * 100 + 1.5 * 200), 1.5)
+    sampler.windows = [(0.0, 0.5)]  # 0.5 s: too short to trust
+    assert sampler.energy_j() == (None, 0.0)
 
 
 def test_no_nvml_no_samples():
     sampler = GpuSampler([])
     sampler.maybe_sample()
-    assert sampler.summary() is None and sampler.due_in_s() is None and sampler.energy_j() is None
+    assert sampler.summary() is None and sampler.due_in_s() is None and sampler.energy_j() == (None, 0.0)

@@ -15,10 +15,13 @@ from reports.verdict import (
     FAILED,
     FIXED,
     IMPROVED,
+    INCONCLUSIVE,
     NEW,
     NOISY,
     NOT_MEASURED,
+    PASS,
     REGRESSED,
+    REGRESSION,
     REMOVED,
     STILL_FAILING,
     UNCHANGED,
@@ -30,6 +33,7 @@ from reports.verdict import (
     decide_cell,
     decide_metric,
 )
+from trainkit.schema import CutOffLineWarning, ResultsFileError, cut_off_lines_on_stderr, read_jsonl
 
 CPU_ENV = {"cpu": "AMD EPYC", "torch": "2.14.1", "gpu_name": None, "hostname": "a"}
 GPU_ENV = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver": "580.1", "cuda": "13.0", "torch": "2.14.1", "cpu": "x"}
@@ -160,6 +164,8 @@ def test_thresholds_are_validated():
         Thresholds(min_repeats=0)
     with pytest.raises(ValueError, match="metric 'speed'"):
         Thresholds(two_sided=("speed",))
+    with pytest.raises(ValueError, match="max_noisy_share=1.5 must be between 0 and 1"):
+        Thresholds(max_noisy_share=1.5)
 
 
 # --- cells ---------------------------------------------------------------------------------------
@@ -269,13 +275,37 @@ def write_lines(path, records, tail=""):
     return str(path)
 
 
-def test_a_torn_last_line_is_ignored_but_a_bad_middle_line_is_an_error(tmp_path):
+def test_a_cut_off_last_line_is_read_past_with_a_warning_naming_the_file_and_line(tmp_path):
     torn = write_lines(tmp_path / "torn.jsonl", [record(), record(cell="b-fp32-bs1-ga1-gpus1")], tail='{"schema": "tra')
-    assert len(rec.read_run(torn).records) == 2
+    said = f"{torn} line 3 is cut off (a run killed while writing it?); read the 2 complete records before it"
+    # Both readers are one: reports' and the one bench's results and the nightly read with.
+    for read in (lambda: rec.read_run(torn).records, lambda: read_jsonl(torn)):
+        with pytest.warns(CutOffLineWarning) as caught:
+            assert [r["cell_id"] for r in read()] == ["mlp-fp32-bs64-ga1-gpus1", "b-fp32-bs1-ga1-gpus1"]
+        assert [str(w.message) for w in caught] == [said]
+    one = write_lines(tmp_path / "one.jsonl", [record()], tail='{"schema": "tra')
+    with pytest.warns(CutOffLineWarning, match="line 2 is cut off .*; read the 1 complete record before it$"):
+        assert len(read_jsonl(one)) == 1
+
+
+def test_a_bad_line_that_is_not_the_last_is_an_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(record()) + "\n{oops\n" + json.dumps(record()) + "\n")
     with pytest.raises(rec.InputError, match="line 2 is not valid JSON"):
         rec.read_run(str(bad))
+    with pytest.raises(ResultsFileError, match=f"^{bad}: line 2 is not valid JSON"):
+        read_jsonl(str(bad))  # it used to skip the line without a word
+
+
+def test_a_cut_off_line_is_said_once_on_stderr_however_often_it_is_read(tmp_path, capsys):
+    torn = write_lines(tmp_path / "torn.jsonl", [record()], tail="{")
+    with cut_off_lines_on_stderr():
+        for _ in range(3):
+            assert len(read_jsonl(torn)) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {torn} line 2 is cut off (a run killed while writing it?); read the 1 complete record before it"]
+    with pytest.warns(CutOffLineWarning):  # outside it, an ordinary warning again
+        read_jsonl(torn)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -339,3 +369,59 @@ def test_a_fixed_cell_keeps_its_note_beside_a_config_change():
     cand = cell_data([record(lr=0.02)])
     verdict = decide_cell("a", base, cand)
     assert verdict.verdict == FIXED and verdict.note == "was oom; config changed: lr 0.01 -> 0.02"
+
+
+# --- the run as a whole: pass, regression, or inconclusive when too much of it is noise ------------
+
+def run(quiet: int, noisy: int, slowed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Baseline and candidate records: `quiet` cells unchanged, `noisy` cells at half the throughput
+    whose steps varied by 30 % (threshold 3 x 30 %: halving is within the noise), `slowed` quiet
+    cells at half the throughput (a real regression)."""
+    base, cand = [], []
+    for i in range(quiet + noisy + slowed):
+        kind = "quiet" if i < quiet else "noisy" if i < quiet + noisy else "slowed"
+        cell = f"mlp-fp32-bs{i + 1}-ga1-gpus1"
+        base.append(record(cell=cell))
+        cand.append(record(cell=cell, throughput=1000.0 if kind == "quiet" else 500.0,
+                           step_iqr_rel=0.30 if kind == "noisy" else 0.01))
+    return base, cand
+
+
+def test_half_the_throughput_hidden_in_noise_is_inconclusive_not_a_pass():
+    result = compare_records(*run(quiet=0, noisy=4))
+    assert {c.verdict for c in result.cells} == {NOISY} and not result.regressions  # as before: nothing fails
+    assert result.outcome == INCONCLUSIVE and result.inconclusive and not result.passed
+    assert result.noisy_share == 1.0 and len(result.compared) == 4
+
+
+@pytest.mark.parametrize("quiet, noisy, limit, outcome", [
+    (3, 1, 0.25, PASS),           # 25 %: not more than the default share
+    (2, 2, 0.25, INCONCLUSIVE),   # 50 %: more
+    (2, 2, 0.50, PASS),           # 50 % with --max-noisy-share 50%
+    (3, 1, 0.0, INCONCLUSIVE),    # any noise at all, when none is allowed
+    (0, 4, 1.0, PASS),            # 1: never inconclusive (the behaviour before the limit existed)
+])
+def test_the_noisy_share_is_honoured_either_side_of_the_limit(quiet, noisy, limit, outcome):
+    result = compare_records(*run(quiet, noisy), Thresholds(max_noisy_share=limit))
+    assert result.noisy_share == noisy / (quiet + noisy) and result.outcome == outcome
+
+
+def test_a_real_regression_beside_noisy_cells_is_still_a_regression():
+    result = compare_records(*run(quiet=0, noisy=3, slowed=1))
+    assert result.outcome == REGRESSION and [c.cell for c in result.regressions] == ["mlp-fp32-bs4-ga1-gpus1"]
+    base, cand = run(quiet=0, noisy=3)
+    base.append(record(cell="gpt-fp32-bs8-ga1-gpus1"))
+    cand.append(record(cell="gpt-fp32-bs8-ga1-gpus1", status="oom"))
+    assert compare_records(base, cand).outcome == REGRESSION  # a cell that failed, likewise
+
+
+def test_only_gated_cells_compared_on_both_sides_count_toward_the_noisy_share():
+    base, cand = run(quiet=0, noisy=1)
+    new = [record(cell=f"gpt-fp32-bs{i}-ga1-gpus1") for i in range(1, 6)]  # cannot dilute the share
+    still_failing = record(cell="cnn-fp32-bs8-ga1-gpus1", status="oom")
+    result = compare_records(base + [still_failing], cand + new + [still_failing])
+    assert len(result.compared) == 1 and result.outcome == INCONCLUSIVE
+    base, cand = run(quiet=1, noisy=3)  # noisy cells outside the gate are reported, not counted
+    outside = compare_records(base, cand, Thresholds(gate_cells=("mlp-fp32-bs1-*",)))
+    assert len(outside.compared) == 1 and outside.noisy_share == 0.0 and outside.outcome == PASS
+    assert compare_records([record(cell="a-fp32-bs1-ga1-gpus1")], new).noisy_share is None  # nothing compared

@@ -21,8 +21,10 @@ from typing import Any, NoReturn
 
 from . import config as cfg
 from .config import ConfigError, ProfileConfig, RunConfig, field_help
+from .precision_facts import precision_names
+from .schema import MEMORY_NAMES, headline_memory
 
-CHOICES = {"model": cfg.MODELS, "precision": cfg.PRECISIONS, "optimizer": cfg.OPTIMIZERS,
+CHOICES = {"model": cfg.MODELS, "precision": precision_names(), "optimizer": cfg.OPTIMIZERS,
            "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES}
 
 
@@ -182,20 +184,27 @@ def _progress_printer(config: RunConfig, quiet: bool):  # noqa: ANN202
 
     started = time.monotonic()
 
-    def show(phase: str, step: int, total: int, loss: float | None) -> None:
+    def show(phase: str, step: int, total: int) -> None:
+        # The step count is the host's: the device may be a few steps behind, and reading a loss
+        # here would make the timed window wait for it.
         elapsed = time.monotonic() - started
         rate = step / elapsed if elapsed > 0 else 0.0
         left = (total - step) / rate if rate > 0 else float("nan")
-        loss_text = f" loss {loss:.4f}" if loss is not None else ""
-        print(f"[trainkit] {config.cell_id}: step {step}/{total}{loss_text}  "
+        print(f"[trainkit] {config.cell_id}: step {step}/{total}  "
               f"{elapsed:.0f}s elapsed, ~{left:.0f}s left", file=sys.stderr, flush=True)
 
     return show
 
 
+MEMORY_LIMIT_ON_GPU = ("caps a CPU worker's address space (RLIMIT_AS); CUDA reserves far more address space "
+                       "than memory, so on a GPU it would fail every cell (the GPU's memory is the limit there)")
+
+
 def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
     config = config_from_args(args, base)
     check_paths(config, args.output)
+    if args.memory_limit_gb and config.device == "cuda":
+        raise UsageError(f"--memory-limit-gb {MEMORY_LIMIT_ON_GPU}; use it with --device cpu")
     # torch is imported only now: bad input is refused in a fraction of a second.
     from .launch import DEFAULT_CELL_TIMEOUT_S, launched_by_torchrun, run_cell, run_under_torchrun
     from .result import write_json
@@ -222,12 +231,11 @@ def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
 def summary_line(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return f"[trainkit] {record['cell_id']}: {record['status']}: {record['status_detail']}"
-    memory = record["memory"]
-    peak = memory["torch_max_allocated_bytes"] or memory["host_rss_peak_bytes"]
-    which = "allocator" if memory["torch_max_allocated_bytes"] else "host RSS"
+    measure = headline_memory([record["memory"]])  # the measure the report and the gate show too
+    peak = f"peak {MEMORY_NAMES[measure]} {record['memory'][measure] / 2**20:.1f} MiB" if measure else "peak memory n/a"
     return (f"[trainkit] {record['cell_id']}: {record['throughput_samples_per_s']:.1f} samples/s, "
             f"step {record['step_time_s']['median'] * 1e3:.2f} ms (median of {record['step_time_s']['n']}), "
-            f"peak {which} {peak / 2**20:.1f} MiB, final loss {record['loss']['final']}")
+            f"{peak}, final loss {record['loss']['final']}")
 
 
 def cmd_env() -> int:

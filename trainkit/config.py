@@ -15,8 +15,9 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+from .precision_facts import facts_of, precision_names
+
 MODELS = ("mlp", "cnn", "resnet18", "resnet50", "gpt")
-PRECISIONS = ("fp32", "tf32", "amp-fp16", "amp-bf16", "half-fp16", "half-bf16")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "exponential", "lambda", "cosine")
 DATASETS = ("synthetic", "mnist", "cifar10", "imagefolder")
@@ -65,7 +66,8 @@ class RunConfig:
     """Model to train: mlp (the seed SimpleNN 784-128-64-10), cnn (the seed two-conv net),
     resnet18, resnet50 (torchvision, no weights) or gpt (a small decoder-only transformer)."""
     precision: str = "fp32"
-    """Precision policy: fp32, tf32, amp-fp16, amp-bf16, half-fp16 or half-bf16 (see precision.py)."""
+    """Precision mode: a row of precision_facts.py (fp32, tf32, amp-fp16, amp-bf16, half-fp16, half-bf16,
+    ...), run by its policy class in precision.py."""
     batch_size: int = 64
     """Micro-batch size per rank, in samples."""
     grad_accum: int = 1
@@ -95,8 +97,8 @@ class RunConfig:
     weight_decay: float = 0.0
     """Weight decay for weight matrices and kernels (not for norms and biases)."""
     adam_eps: float | None = None
-    """Adam epsilon; None means 1e-8, or 1e-4 for half-fp16 where 1e-8 underflows to zero in fp16
-    and the update divides by it (pytorch/pytorch#8860)."""
+    """Adam epsilon; None means 1e-8, or 1e-4 where the optimizer state is fp16 (half-fp16): 1e-8
+    underflows to zero in fp16 and the update divides by it (pytorch/pytorch#8860)."""
     schedule: str = "constant"
     """Learning-rate schedule, stepped once per optimizer step: constant, exponential
     (lr * gamma**step), lambda (LambdaLR: linear decay to zero over the run) or cosine (linear
@@ -110,14 +112,16 @@ class RunConfig:
 
     # --- loss scaling ----------------------------------------------------------------------
     init_scale: float = 2.0**16
-    """Initial GradScaler scale (amp-fp16); the seeds suggest 1024 for long-sequence transformers."""
+    """Initial GradScaler scale of modes with dynamic loss scaling (amp-fp16); the seeds suggest 1024
+    for long-sequence transformers."""
     growth_interval: int = 2000
-    """Clean optimizer steps before GradScaler doubles the scale (amp-fp16)."""
+    """Clean optimizer steps before GradScaler doubles the scale (dynamic loss scaling)."""
     static_loss_scale: float = 1.0
-    """Fixed loss scale for half-fp16, which cannot use GradScaler (it refuses fp16 gradients)."""
+    """Fixed loss scale of modes with static loss scaling (half-fp16: GradScaler refuses fp16
+    gradients)."""
     min_loss_scale: float = 1.0
-    """amp-fp16 only: a scale below this means even unscaled gradients overflow, so the cell is
-    ended as diverged instead of silently skipping every step (NVIDIA/apex#715)."""
+    """Dynamic loss scaling only: a scale below this means even unscaled gradients overflow, so the
+    cell is ended as diverged instead of silently skipping every step (NVIDIA/apex#715)."""
 
     # --- data --------------------------------------------------------------------------------
     data: str = "synthetic"
@@ -168,7 +172,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _choices("model", self.model, MODELS)
-        _choices("precision", self.precision, PRECISIONS)
+        _choices("precision", self.precision, precision_names())
         _choices("optimizer", self.optimizer, OPTIMIZERS)
         _choices("schedule", self.schedule, SCHEDULES)
         _choices("data", self.data, DATASETS)
@@ -190,9 +194,9 @@ class RunConfig:
         for name in ("adam_eps", "clip_grad_norm"):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), positive=True)
-        if self.precision == "half-fp16" and self.lr > FP16_MAX:
+        if self.fp16_optimizer_state and self.lr > FP16_MAX:
             raise ConfigError(f"lr={self.lr!r} cannot be represented in fp16 (max {FP16_MAX:g}), which "
-                              "half-fp16's optimizer steps use")
+                              f"{self.precision}'s optimizer steps use")
         if self.gpt_width % self.gpt_heads:
             raise ConfigError(f"gpt_width={self.gpt_width} must be divisible by gpt_heads={self.gpt_heads}")
         if self.model not in MODELS_FOR_DATA[self.data]:
@@ -223,10 +227,15 @@ class RunConfig:
         return 28 if self.model in ("mlp", "cnn") else 224
 
     @property
+    def fp16_optimizer_state(self) -> bool:
+        """The optimizer keeps its state, and takes its steps, in fp16."""
+        return facts_of(self.precision).optimizer_state_dtype == "float16"
+
+    @property
     def resolved_adam_eps(self) -> float:
         if self.adam_eps is not None:
             return self.adam_eps
-        return 1e-4 if self.precision == "half-fp16" else 1e-8
+        return 1e-4 if self.fp16_optimizer_state else 1e-8
 
     @property
     def tokens_per_sample(self) -> int | None:

@@ -29,8 +29,16 @@ from .models import ModelSpec
 
 POOL_MAX_SAMPLES = 4096
 POOL_MAX_BYTES = 256 * 2**20  # bounds the device memory the synthetic pool takes from the model
+GENERATION_MAX_BYTES = 64 * 2**20
+"""Bound on the device memory that generating the pool takes beyond the pool itself: the teacher's
+tables (vocab x TEACHER_FANOUT for tokens) and samples made in chunks of a quarter of this, whose
+cache is emptied after them, so generating data never shows in a cell's memory and never runs a small GPU
+out of memory."""
 EVAL_SAMPLES = 256
 LATENT_SIDE = 7  # synthetic images are smooth: bilinear upsampling of a 7x7 latent, plus noise
+TEACHER_FANOUT = 16
+"""Successors each token can have in the synthetic language: the chain is peaked and learnable
+like a dense vocab x vocab one, in vocab x 16 memory (a dense table of GPT-2's vocabulary is 10 GB)."""
 
 
 @dataclass
@@ -46,7 +54,8 @@ class SyntheticTeacher:
     """A fixed random teacher: labels follow from inputs, so losses fall and compare across modes.
 
     Images: a random linear map of the image's low-resolution latent picks one of 10 classes.
-    Tokens: a random, peaked Markov chain over the vocabulary generates the sequences.
+    Tokens: a random, peaked Markov chain generates the sequences: each token has TEACHER_FANOUT
+    possible successors, drawn with fixed random probabilities.
     """
 
     def __init__(self, spec: ModelSpec, seed: int, device: torch.device) -> None:
@@ -55,8 +64,12 @@ class SyntheticTeacher:
         gen = torch.Generator(device=device).manual_seed(seed)
         if spec.tokens:
             vocab = spec.num_classes
-            logits = 3.0 * torch.randn(vocab, vocab, generator=gen, device=device)
-            self.transitions = torch.softmax(logits, dim=1)
+            self.successors = torch.randint(vocab, (vocab, TEACHER_FANOUT), generator=gen, device=device)
+            logits = 3.0 * torch.randn(vocab, TEACHER_FANOUT, generator=gen, device=device)
+            # Inverse-CDF sampling: one searchsorted per position (torch.multinomial is ~20x slower on
+            # the CPU); the top is pinned to 1 so every uniform sample lands in a bucket despite rounding.
+            self.cdf = torch.softmax(logits, dim=1).cumsum(dim=1)
+            self.cdf[:, -1] = 1.0
         else:
             channels = spec.input_shape[0]
             latent_dim = channels * LATENT_SIDE * LATENT_SIDE
@@ -68,13 +81,11 @@ class SyntheticTeacher:
             vocab = self.spec.num_classes
             tokens = torch.empty(count, seq_len + 1, dtype=torch.long, device=self.device)
             tokens[:, 0] = torch.randint(vocab, (count,), generator=gen, device=self.device)
-            # Inverse-CDF sampling: one searchsorted per position (torch.multinomial over a
-            # (count, vocab) matrix per position is ~20x slower on the CPU).
-            cdf = self.transitions.cumsum(dim=1)
-            cdf[:, -1] = 1.0  # guard the top against rounding so every uniform sample lands in a bucket
             uniforms = torch.rand(seq_len, count, 1, generator=gen, device=self.device)
             for t in range(seq_len):
-                tokens[:, t + 1] = torch.searchsorted(cdf[tokens[:, t]], uniforms[t]).squeeze(1)
+                current = tokens[:, t]
+                choice = torch.searchsorted(self.cdf[current], uniforms[t])
+                tokens[:, t + 1] = self.successors[current].gather(1, choice).squeeze(1)
             return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
         channels, height, width = self.spec.input_shape
         latent = torch.randn(count, channels, LATENT_SIDE, LATENT_SIDE, generator=gen, device=self.device)
@@ -84,11 +95,36 @@ class SyntheticTeacher:
         return images, labels
 
 
+def sample_bytes(spec: ModelSpec) -> int:
+    """Bytes of one generated sample as generated (int64 tokens, fp32 images)."""
+    return (8 if spec.tokens else 4) * torch.Size(spec.input_shape).numel()
+
+
 def pool_size(spec: ModelSpec) -> int:
     """Samples in the synthetic pool: depends on the sample's shape only, never on the batch
     split, so configs that must be equivalent read the same samples."""
-    per_sample = 8 * torch.Size(spec.input_shape).numel() if spec.tokens else 4 * torch.Size(spec.input_shape).numel()
-    return max(1, min(POOL_MAX_SAMPLES, POOL_MAX_BYTES // per_sample))
+    return max(1, min(POOL_MAX_SAMPLES, POOL_MAX_BYTES // sample_bytes(spec)))
+
+
+def generate(teacher: SyntheticTeacher, count: int, gen: torch.Generator,
+             input_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` samples, made in chunks whose temporaries (about four times the chunk's samples) take
+    at most a quarter of GENERATION_MAX_BYTES beyond the result. The chunks depend on the sample's shape
+    only, so the same seed gives the same samples whatever the batch split."""
+    spec = teacher.spec
+    chunk = max(1, GENERATION_MAX_BYTES // (16 * sample_bytes(spec)))
+    inputs = targets = None
+    for start in range(0, count, chunk):
+        x, y = teacher.sample(min(chunk, count - start), gen)
+        x = x if spec.tokens else x.to(input_dtype)
+        if inputs is None:
+            inputs = torch.empty((count, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            targets = torch.empty((count, *y.shape[1:]), dtype=y.dtype, device=y.device)
+        inputs[start:start + x.shape[0]] = x
+        targets[start:start + y.shape[0]] = y
+        del x, y
+    assert inputs is not None and targets is not None
+    return inputs, targets
 
 
 class SyntheticData:
@@ -100,13 +136,15 @@ class SyntheticData:
         self.rank = rank
         teacher = SyntheticTeacher(spec, config.seed, device)
         gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-        size = config.dataset_size or pool_size(spec)
-        inputs, self.targets = teacher.sample(size, gen)
-        self.inputs = inputs if spec.tokens else inputs.to(input_dtype)
+        self.inputs, self.targets = generate(teacher, config.dataset_size or pool_size(spec), gen, input_dtype)
         eval_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
-        eval_inputs, eval_targets = teacher.sample(EVAL_SAMPLES, eval_gen)
-        self.eval_set = (eval_inputs if spec.tokens else eval_inputs.to(input_dtype), eval_targets)
+        self.eval_set = generate(teacher, EVAL_SAMPLES, eval_gen, input_dtype)
         self.pool_bytes = self.inputs.nbytes + self.targets.nbytes
+        del teacher
+        if device.type == "cuda":
+            # Generation's temporaries stay in the caching allocator unless given back: they would
+            # count as the cell's reserved and NVML memory.
+            torch.cuda.empty_cache()
 
     def _take(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.inputs.shape[0]
@@ -132,9 +170,9 @@ class SyntheticData:
 
 
 class _SkipSampler(Sampler[int]):
-    """The indices of a sampler after the first `skip` (resuming mid-epoch)."""
+    """The indices of a sampler after the first `skip` (resuming mid-epoch; set per epoch)."""
 
-    def __init__(self, sampler: Sampler[int], skip: int) -> None:
+    def __init__(self, sampler: Sampler[int], skip: int = 0) -> None:
         self.sampler, self.skip = sampler, skip
 
     def __iter__(self) -> Iterator[int]:
@@ -156,7 +194,12 @@ class _IndexDataset(Dataset):
         return self.synthetic.inputs.shape[0]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.tensor(indices, device=self.synthetic.inputs.device)
+        index = torch.tensor(indices)
+        device = self.synthetic.inputs.device
+        if device.type == "cuda":
+            # A copy from pageable memory waits for the GPU to drain; from pinned memory it is queued
+            # behind the step like any kernel (the host allocator keeps the block until it is done).
+            index = index.pin_memory().to(device, non_blocking=True)
         return self.synthetic.inputs.index_select(0, index), self.synthetic.targets.index_select(0, index)
 
 
@@ -173,25 +216,27 @@ class EpochData:
                  rank: int, on_device: bool) -> None:
         self.config, self.dataset, self.device, self.input_dtype = config, dataset, device, input_dtype
         self.rank, self.on_device = rank, on_device
-        self.micro_per_epoch = len(self._loader(0, 0))
+        self.sampler = DistributedSampler(dataset, num_replicas=config.world_size, rank=rank, shuffle=config.shuffle,
+                                          seed=config.seed)
+        self.skipping = _SkipSampler(self.sampler)
+        # One loader for the whole run, so persistent workers persist: started once, not per epoch.
+        self.loader = self._loader()
+        self.micro_per_epoch = len(self.loader)
         if self.micro_per_epoch == 0:
             raise ValueError(f"{len(dataset)} samples make no micro-batch of {config.batch_size} "  # type: ignore[arg-type]
                              f"on each of {config.world_size} ranks")
         self.steps_per_epoch = -(-self.micro_per_epoch // config.grad_accum)
 
-    def _loader(self, epoch: int, skip: int) -> DataLoader:
+    def _loader(self) -> DataLoader:
         cfg = self.config
-        sampler = DistributedSampler(self.dataset, num_replicas=cfg.world_size, rank=self.rank,
-                                     shuffle=cfg.shuffle, seed=cfg.seed)
-        sampler.set_epoch(epoch)
         if self.on_device:  # synthetic: batches are gathered on the device, no workers, no collate
-            return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=_SkipSampler(sampler, skip),
+            return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.skipping,
                               drop_last=cfg.drop_last, collate_fn=_keep)
         # Workers are forked from this rank: started any other way (a worker inherits the fork
         # server's start method) they would outlive a killed rank, whose PID their watchdog
         # never sees. They never touch CUDA, so forking after CUDA's initialisation is safe.
         context = multiprocessing.get_context("fork") if cfg.num_workers > 0 else None
-        return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=_SkipSampler(sampler, skip),
+        return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.skipping,
                           drop_last=cfg.drop_last, num_workers=cfg.num_workers, multiprocessing_context=context,
                           pin_memory=cfg.pin_memory and self.device.type == "cuda",
                           prefetch_factor=cfg.prefetch_factor, persistent_workers=cfg.persistent_workers,
@@ -209,9 +254,10 @@ class EpochData:
         k = self.config.grad_accum
         epoch, step_in_epoch = divmod(start_step, self.steps_per_epoch)
         while True:
-            loader = self._loader(epoch, step_in_epoch * k * self.config.batch_size)
+            self.sampler.set_epoch(epoch)  # the shuffle of this epoch (seed + epoch)
+            self.skipping.skip = step_in_epoch * k * self.config.batch_size
             window: list[tuple[torch.Tensor, torch.Tensor]] = []
-            for batch in loader:
+            for batch in self.loader:
                 window.append(self._to_device(batch))
                 if len(window) == k:
                     yield self._close(window)

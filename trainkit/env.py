@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .measure import Nvml, alloc_conf
+from .memory import alloc_conf
+from .nvml import Nvml
 from .schema import FINGERPRINT_KEYS, fingerprint  # noqa: F401 - part of this module's interface
 
 CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import ProfileConfig, RunConfig
-from .measure import GpuSampler, Nvml
-from .result import merge_ranks
+from .nvml import GpuSampler, Nvml
+from .protocol import Command, Reply
+from .result import ENERGY_MIN_WINDOW_S, LauncherReport, RankReport, merge_ranks
 
 DEFAULT_CELL_TIMEOUT_S = 900.0
 
@@ -50,21 +51,22 @@ def _free_port() -> int:
 class CellFailed(Exception):
     """A cell ended with a status other than ok; carries what the ranks reported."""
 
-    def __init__(self, status: str, detail: str, partials: list[dict[str, Any]]) -> None:
+    def __init__(self, status: str, detail: str, reports: list[RankReport]) -> None:
         super().__init__(f"{status}: {detail}")
-        self.status, self.detail, self.partials = status, detail, partials
+        self.status, self.detail, self.reports = status, detail, reports
 
 
-ProgressFn = Callable[[str, int, int, float | None], None]
+ProgressFn = Callable[[str, int, int], None]
+"""progress(phase, step, total), called as rank 0 reports progress of the timed window."""
 
 
-class Cell:
-    """One matrix cell's worker processes, driven step by step.
+class CellWorkers:
+    """The worker processes of one matrix cell (one per rank), driven through trainkit.protocol.
 
-        with Cell(config) as cell:
-            cell.start(); cell.warmup()
-            times = [cell.step() for _ in range(config.steps)]   # or cell.run_timed()
-            record = cell.finish()
+        with CellWorkers(config) as workers:
+            workers.start(); workers.warmup()
+            times = [workers.step() for _ in range(config.steps)]   # or workers.run_timed()
+            record = workers.finish()
 
     Any phase may raise CellFailed; `record_for(failure)` then gives the cell's record.
     """
@@ -85,8 +87,10 @@ class Cell:
         self.step_round_trip_s: list[float] = []
         self.sampler = GpuSampler([])
         self.sampling = False
+        self.nvml_unavailable: str | None = "no GPU"
+        """Why the launcher cannot sample NVML, or None when it can."""
 
-    def __enter__(self) -> Cell:
+    def __enter__(self) -> CellWorkers:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -115,8 +119,17 @@ class Cell:
             self.conns.append(parent_end)
         replies = self._gather("start")
         self.fixed_cost_s = {"spawn_to_ready_s": time.perf_counter() - started, **replies[0]["fixed_cost_s"]}
-        uuids = [r["gpu_uuid"] for r in replies if r["gpu_uuid"]]
-        self.sampler = GpuSampler([n for n in (Nvml.open(uuid=u) for u in dict.fromkeys(uuids)) if n is not None])
+        uuids = [r["gpu_uuid"] for r in replies]
+        gpus = {u: Nvml.open(uuid=u) for u in dict.fromkeys(uuids) if u}
+        processes = [(gpus[u], p.pid) for u, p in zip(uuids, self.processes) if u and gpus[u] is not None]
+        self.sampler = GpuSampler([n for n in gpus.values() if n is not None],
+                                  processes=processes if len(processes) == world else None)
+        if not gpus:
+            self.nvml_unavailable = "no GPU"
+        elif len(processes) < world:
+            self.nvml_unavailable = "NVML cannot open the cell's GPUs (no driver library, or MIG)"
+        else:
+            self.nvml_unavailable = None
 
     @property
     def pids(self) -> list[int]:
@@ -134,13 +147,13 @@ class Cell:
         self.processes, self.conns = [], []
 
     # --- commands -------------------------------------------------------------------------------
-    def _gather(self, phase: str, command: str | None = None) -> list[Any]:
+    def _gather(self, phase: str, command: Command | None = None, argument: Any = None) -> list[Any]:
         """Send a command to every rank and wait for all replies, the deadline, or a failure."""
         self.phase = phase
         if command is not None:
             for conn in self.conns:
                 try:
-                    conn.send(command)
+                    conn.send((command, argument))
                 except (BrokenPipeError, OSError):
                     pass  # the rank is gone: the wait below reports how it ended
         replies: dict[int, Any] = {}
@@ -162,11 +175,11 @@ class Cell:
                         kind, payload = conn.recv()
                     except (EOFError, OSError):
                         raise CellFailed("crashed", self._death(rank), []) from None
-                    if kind == "failed":
-                        status, detail, partial = payload
+                    if kind is Reply.FAILED:
+                        status, detail, report = payload
                         raise CellFailed(status, f"rank {rank}: {detail}" if self.config.world_size > 1 else detail,
-                                         [partial])
-                    if kind == "progress":
+                                         [report])
+                    if kind is Reply.PROGRESS:
                         if self.progress is not None:
                             self.progress(phase, *payload)
                         continue
@@ -186,58 +199,50 @@ class Cell:
             return f"worker rank {rank} was killed by {name} during {self.phase}{hint}"
         return f"worker rank {rank} exited with code {code} during {self.phase} without a result"
 
+    def _timed(self, phase: str, command: Command, argument: Any = None) -> list[Any]:
+        """A command whose replies end a window of timed steps, sampled through NVML meanwhile."""
+        self.sampler.open_window()
+        self.sampling = True
+        try:
+            return self._gather(phase, command, argument)
+        finally:
+            self.sampling = False
+            self.sampler.close_window()
+
     def warmup(self) -> float:
-        return max(self._gather("warmup", "warmup"))
+        return max(self._gather("warmup", Command.WARMUP))
 
     def step(self) -> float:
         """One timed optimizer step on every rank; its duration is the slowest rank's."""
         started = time.perf_counter()
-        self.sampling = True
-        try:
-            duration = max(self._gather(f"step {len(self.step_round_trip_s) + 1}", "step"))
-        finally:
-            self.sampling = False
+        duration = max(self._timed(f"step {len(self.step_round_trip_s) + 1}", Command.STEP))
         self.step_round_trip_s.append(time.perf_counter() - started)
         return duration
 
     def run_timed(self) -> None:
-        self.sampling = True
-        try:
-            self._gather("timed steps", "run")
-        finally:
-            self.sampling = False
+        """The remaining steps as one timed window (rank 0 reports progress if it is shown)."""
+        self._timed("timed steps", Command.RUN, self.progress is not None)
 
     def finish(self) -> dict[str, Any]:
-        partials = self._gather("finish", "finish")
-        return self._with_samples(merge_ranks(self.config, partials, extra=self._extra(partials)))
-
-    def _extra(self, partials: list[dict[str, Any]]) -> dict[str, Any]:
-        fixed = dict(self.fixed_cost_s)
-        if partials:
-            fixed.update(partials[0].get("fixed_cost_s", {}))
-        extra: dict[str, Any] = {"fixed_cost_s": fixed, "worker_pids": self.pids}
-        if self.step_round_trip_s:
-            extra["step_round_trip_s"] = self.step_round_trip_s
-        return extra
-
-    def _with_samples(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The launcher's NVML samples of the timed steps: clocks, temperature, power, throttling;
-        and the energy from power readings where the energy counter is unsupported."""
-        summary = self.sampler.summary()
-        record["gpu_samples"] = summary
-        record["throttled"] = summary["throttled"] if summary else None
-        if record["energy_j_per_sample"] is None and record["status"] == "ok":
-            energy = self.sampler.energy_j()
-            samples = record["timed_samples"]
-            if energy is not None and samples:
-                record["energy_j_per_sample"] = energy / samples
-                record["energy_method"] = "power-integral (NVML power samples)"
-        return record
+        reports = self._gather("finish", Command.FINISH)
+        return merge_ranks(self.config, reports, launcher=self.launcher_report(reports))
 
     def record_for(self, failure: CellFailed) -> dict[str, Any]:
         self.close()
-        return self._with_samples(merge_ranks(self.config, failure.partials, failure.status, failure.detail,
-                                              extra=self._extra(failure.partials)))
+        return merge_ranks(self.config, failure.reports, failure.status, failure.detail,
+                           launcher=self.launcher_report(failure.reports))
+
+    def launcher_report(self, reports: list[RankReport]) -> LauncherReport:
+        """What this process saw: fixed costs, round trips, and NVML over the timed steps."""
+        fixed = dict(self.fixed_cost_s)
+        if reports:
+            fixed.update(reports[0].fixed_cost_s)
+        energy, window_s = self.sampler.energy_j(ENERGY_MIN_WINDOW_S)
+        return LauncherReport(fixed_cost_s=fixed, worker_pids=self.pids, step_round_trip_s=self.step_round_trip_s,
+                              gpu_samples=self.sampler.summary(),
+                              nvml_process_peak_bytes=self.sampler.process_peaks if self.sampler.processes else None,
+                              nvml_note=f"unavailable: {self.nvml_unavailable}" if self.nvml_unavailable
+                              else self.sampler.process_note(), power_energy_j=energy, power_window_s=window_s)
 
 
 def run_cell(config: RunConfig, timeout_s: float = DEFAULT_CELL_TIMEOUT_S, memory_limit_bytes: int | None = None,
@@ -245,23 +250,23 @@ def run_cell(config: RunConfig, timeout_s: float = DEFAULT_CELL_TIMEOUT_S, memor
              single_steps: int = 0) -> dict[str, Any]:
     """Run a whole cell and return its record: warmup, then the first `single_steps` timed steps
     one command each (as bench's pytest-benchmark rounds take them), the rest as one window."""
-    with Cell(config, timeout_s, memory_limit_bytes, progress, profile) as cell:
+    with CellWorkers(config, timeout_s, memory_limit_bytes, progress, profile) as workers:
         try:
-            cell.start()
-            cell.warmup()
+            workers.start()
+            workers.warmup()
             for _ in range(min(single_steps, config.steps)):
-                cell.step()
+                workers.step()
             if single_steps < config.steps:
-                cell.run_timed()
-            return cell.finish()
+                workers.run_timed()
+            return workers.finish()
         except CellFailed as failure:
-            return cell.record_for(failure)
+            return workers.record_for(failure)
 
 
 def call_in_fresh_process(target: Callable[..., None], *args: Any, timeout_s: float = 300.0,
                           what: str = "the worker") -> Any:
     """Run `target(conn, *args, environ)` in a fresh process from the fork server and return the
-    payload it sends as ("ok", payload); ("failed", detail) or its death raise RuntimeError."""
+    payload it sends as (Reply.OK, payload); (Reply.FAILED, detail) or its death raise RuntimeError."""
     ctx = _fork_server()
     parent_end, child_end = ctx.Pipe()
     process = ctx.Process(target=target, args=(child_end, *args, dict(os.environ)), name=f"trainkit-{what}")
@@ -278,7 +283,7 @@ def call_in_fresh_process(target: Callable[..., None], *args: Any, timeout_s: fl
         if process.is_alive():
             process.kill()
         parent_end.close()
-    if kind != "ok":
+    if kind is not Reply.OK:
         raise RuntimeError(f"{what} failed: {payload}")
     return payload
 
@@ -300,7 +305,7 @@ def run_under_torchrun(config: RunConfig, profile: ProfileConfig | None = None) 
     gather the partial results on rank 0 and return the record there (None on other ranks)."""
     import torch.distributed as dist
 
-    from .worker import RankWorker, classify, failure_partial
+    from .worker import RankWorker, classify, failure_report
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world != config.world_size:
@@ -312,14 +317,16 @@ def run_under_torchrun(config: RunConfig, profile: ProfileConfig | None = None) 
         worker = RankWorker(config, rank, local_rank, local_world, profile)
         worker.warmup()
         worker.run_timed()
-        partial = worker.collect()
+        report = worker.collect()
     except Exception as exc:  # torchrun's agent stops the other ranks when one fails
         status, detail = classify(exc)
-        partial = failure_partial(worker, rank)
+        report = failure_report(worker, rank)
     gathered: list[Any] = [None] * world if rank == 0 else []
     if dist.is_initialized():
-        dist.gather_object(partial, gathered if rank == 0 else None, dst=0)
+        dist.gather_object(report, gathered if rank == 0 else None, dst=0)
         dist.destroy_process_group()
     else:
-        gathered = [partial]
-    return merge_ranks(config, gathered, status, detail) if rank == 0 else None
+        gathered = [report]
+    # No launcher stands outside the ranks here: NVML's per-process peak is not sampled.
+    launcher = LauncherReport(nvml_note="unavailable: ranks started by torchrun have no launcher to sample NVML")
+    return merge_ranks(config, gathered, status, detail, launcher=launcher) if rank == 0 else None

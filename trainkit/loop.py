@@ -2,7 +2,8 @@
 
 `Trainer.train_step` is the whole algorithm and reads top to bottom: micro-batches with loss
 weighting and DDP's no_sync, then unscale, clip, step, zero and schedule. Everything else here
-builds what it needs or reads results out after the fact, so nothing in a step waits on the host.
+builds what it needs or reads results out after the fact, so the loop adds no host sync to a step:
+the only one a step holds is GradScaler's own (amp-fp16 reads whether any gradient overflowed).
 """
 
 from __future__ import annotations
@@ -11,24 +12,22 @@ import contextlib
 import math
 import os
 import random
+import time
 import warnings
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from .config import RunConfig
 from .data import Window, build_data, build_real_dataset, num_classes_of
-from .measure import StepTimer
 from .models import build_spec
 from .precision import NO_CONTEXT, build_precision
-
-if TYPE_CHECKING:
-    from .profile import PhaseMarks
+from .timing import Marks
 
 
-def _mark(marks: PhaseMarks | None, phase: str) -> None:
+def _mark(marks: Marks | None, phase: str) -> None:
     if marks is not None:
         marks.mark(phase)
 
@@ -85,8 +84,8 @@ def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer,
 class Trainer:
     """One rank of a run, built once (model, policy, optimizer, schedule, data), then stepped.
 
-    The per-step loss and GradScaler skips are written into tensors on the device and read once
-    at the end, so a step never waits for the host.
+    The per-step losses and GradScaler's skip flags stay on the device as the step left them and
+    are read after the timed steps, so keeping them costs a step no sync.
     """
 
     def __init__(self, config: RunConfig, device: torch.device, rank: int = 0) -> None:
@@ -122,9 +121,11 @@ class Trainer:
         self.step = 0
         self.step_losses: list[tuple[list[torch.Tensor], list[float]]] = []
         """Recent steps: the micro-batches' loss tensors and their shares of the effective batch,
-        kept as they are (a step adds no kernel for them) and folded into `curve_chunks` every
+        kept as they are (a step adds no kernel for them) and stacked into `loss_chunks` every
         CURVE_CHUNK_STEPS steps, so that thousands of small tensors never pile up."""
-        self.curve_chunks: list[torch.Tensor] = []
+        self.loss_chunks: list[tuple[torch.Tensor, list[list[float]]]] = []
+        """Stacked micro-batch losses (one device tensor per chunk of steps, made by one kernel
+        and no host transfer) with each step's shares, weighted into the curve when it is read."""
         self.step_skips: dict[int, torch.Tensor] = {}
         """GradScaler's skip flag of each step, as a device tensor (modes with a scaler only)."""
         self.step_samples: list[int] = []
@@ -135,7 +136,7 @@ class Trainer:
         self.windows: Iterator[Window] = self.data.source.windows(self.step)
 
     # --- the step ------------------------------------------------------------------------------
-    def train_step(self, marks: PhaseMarks | None = None) -> None:
+    def train_step(self, marks: Marks | None = None) -> None:
         """One optimizer step over this rank's micro-batches of the effective batch.
         `marks`, when given, marks the end of each phase (the profiler's phase breakdown)."""
         window = next(self.windows)
@@ -166,14 +167,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step_schedule()
         _mark(marks, "optimizer")
-        self.record(losses, shares, window.global_samples)
+        self.keep_losses(losses, shares, window.global_samples)
         self.step += 1
 
-    def record(self, losses: list[torch.Tensor], shares: list[float], samples: int) -> None:
-        """Keep a step's losses (device tensors: no sync) and sample count for the record."""
+    def keep_losses(self, losses: list[torch.Tensor], shares: list[float], samples: int) -> None:
+        """Keep a step's losses (device tensors: no sync) and sample count for the loss curve."""
         self.step_losses.append((losses, shares))
         if len(self.step_losses) == CURVE_CHUNK_STEPS:
-            self.curve_chunks.append(self._fold(self.step_losses))
+            self.loss_chunks.append(self._stack(self.step_losses))
             self.step_losses = []
         self.step_samples.append(samples)
 
@@ -195,41 +196,56 @@ class Trainer:
             self.scheduler.step()
 
     # --- running ------------------------------------------------------------------------------
-    def run(self, steps: int, timer: StepTimer | None = None) -> None:
-        """Run up to `steps` optimizer steps (fewer at the end of the run), marking each boundary
-        on the timer and writing checkpoints between steps, outside the timed spans."""
+    def run(self, steps: int, timer: Marks | None = None, report: Callable[[int, int], None] | None = None,
+            report_every_s: float = 0.5) -> None:
+        """Run up to `steps` optimizer steps (fewer at the end of the run). With a timer, each step
+        is one interval between two marks; what happens between steps (a checkpoint written, a
+        progress report) falls in a pause, outside every interval. `report(step, total)` is called
+        at most every report_every_s with what the host knows, never reading the device."""
         if timer is not None:
             timer.mark()
+        next_report = time.monotonic() + report_every_s
+
+        def between_steps(work: Callable[[], Any]) -> None:
+            if timer is not None:
+                timer.pause()
+            work()
+            if timer is not None:
+                timer.mark()
+
         for _ in range(min(steps, self.total_steps - self.step)):
             self.train_step()
             if timer is not None:
                 timer.mark()
             if self.checkpoint_due():
-                if timer is not None:
-                    timer.pause()
-                self.save_checkpoint()
-                if timer is not None:
-                    timer.mark()
+                between_steps(self.save_checkpoint)
+            if report is not None and time.monotonic() >= next_report:
+                between_steps(lambda: report(self.step, self.total_steps))
+                next_report = time.monotonic() + report_every_s
 
     @property
     def finished(self) -> bool:
         return self.step >= self.total_steps
 
-    def _fold(self, steps: list[tuple[list[torch.Tensor], list[float]]]) -> torch.Tensor:
-        """Each step's loss as the share-weighted sum of its micro-batches' losses, fp32."""
-        if not steps:
-            return torch.zeros(0, device=self.device)
-        if all(len(losses) == 1 and shares == [1.0] for losses, shares in steps):
-            return torch.stack([losses[0] for losses, _ in steps]).float()
-        flat = torch.stack([loss for losses, _ in steps for loss in losses]).float()
-        weights = torch.tensor([s for _, shares in steps for s in shares], device=self.device)
-        index = torch.tensor([i for i, (losses, _) in enumerate(steps) for _ in losses], device=self.device)
-        return torch.zeros(len(steps), device=self.device).index_add_(0, index, flat * weights)
+    @staticmethod
+    def _stack(steps: list[tuple[list[torch.Tensor], list[float]]]) -> tuple[torch.Tensor, list[list[float]]]:
+        """The micro-batch losses of `steps` as one device tensor, and each step's shares."""
+        return torch.stack([loss.float() for losses, _ in steps for loss in losses]), [s for _, s in steps]
 
     def loss_curve(self) -> torch.Tensor:
-        """This rank's share of every step's mean loss, fp32 on the device (the ranks' shares add
-        up to the step's mean over the effective batch). Reading it is a host sync."""
-        return torch.cat([*self.curve_chunks, self._fold(self.step_losses)])
+        """This rank's share of every step's mean loss, float64 on the CPU (the ranks' shares add up
+        to the step's mean over the effective batch): each step's micro-batch losses weighted by
+        their shares. Reading it is a host sync."""
+        chunks = list(self.loss_chunks)
+        if self.step_losses:
+            chunks.append(self._stack(self.step_losses))
+        curve: list[torch.Tensor] = []
+        for flat, shares in chunks:
+            losses = flat.detach().to("cpu", torch.float64)
+            weights = torch.tensor([s for step in shares for s in step], dtype=torch.float64)
+            index = torch.tensor([i for i, step in enumerate(shares) for _ in step])
+            curve.append(torch.zeros(len(shares), dtype=torch.float64).index_add_(0, index, losses * weights))
+        return torch.cat(curve) if curve else torch.zeros(0, dtype=torch.float64)
 
     def skipped(self) -> list[bool]:
         """Whether GradScaler skipped each step (a host sync)."""
@@ -270,6 +286,7 @@ class Trainer:
         """Everything a resumed run needs to continue the same loss curve (rank 0 writes)."""
         curve = self.loss_curve()
         if self.world_size > 1:  # every rank holds its share of each step's loss: add them up
+            curve = curve.to(self.device)  # NCCL reduces device tensors
             torch.distributed.all_reduce(curve)
         if self.rank != 0:
             return None
@@ -302,8 +319,8 @@ class Trainer:
         self.policy.load_state_dict(state["precision"])
         self.step = state["step"]
         # The saved curve is the sum over ranks: rank 0 carries it, so the merged curve is whole.
-        curve = state["loss_curve"].to(self.device, torch.float32)
-        self.curve_chunks = [curve if self.rank == 0 else torch.zeros_like(curve)]
+        curve = state["loss_curve"].to(torch.float64)
+        self.loss_chunks = [(curve if self.rank == 0 else torch.zeros_like(curve), [[1.0]] * len(curve))]
         self.step_skips = {step: torch.tensor(flag) for step, flag in enumerate(state["skipped"]) if flag}
         torch.set_rng_state(state["rng"]["torch"].cpu())
         random.setstate(state["rng"]["python"])

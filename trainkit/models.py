@@ -135,32 +135,3 @@ def build_spec(config: RunConfig, num_classes: int = 10) -> ModelSpec:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def training_flops_per_sample(spec: ModelSpec) -> float:
-    """FLOPs of one forward + backward pass per sample, counted by torch's FlopCounterMode on the
-    meta device (no memory, no compute). Counts matmuls, convolutions and attention; elementwise
-    ops are ignored, as in every MFU convention (PaLM appendix B)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    batch = 2  # any size works: the count is linear in the batch
-    with torch.device("meta"):
-        model = spec.build()
-        if spec.tokens:
-            x = torch.zeros((batch, *spec.input_shape), dtype=torch.long)
-        else:
-            x = torch.zeros((batch, *spec.input_shape))
-        target_shape = (batch, *spec.input_shape) if spec.tokens else (batch,)
-        target = torch.zeros(target_shape, dtype=torch.long)
-    with FlopCounterMode(display=False) as counter:
-        spec.loss_fn(model(x), target).backward()
-    return counter.get_total_flops() / batch
-
-
-def gpt_flops_per_token(config: RunConfig) -> float:
-    """PaLM's formula (appendix B) for the training FLOPs of one token: 6 per weight of every
-    linear layer (2 forward, 4 backward; embeddings are lookups, not matmuls), plus 12*L*T*d for
-    attention's QK^T and AV over the full T x T square (SDPA's math does not skip the masked half)."""
-    width, layers, seq_len = config.gpt_width, config.gpt_layers, config.seq_len
-    linear_weights = layers * 12 * width * width + width * config.vocab_size
-    return 6 * linear_weights + 12 * layers * width * seq_len

@@ -3,7 +3,8 @@
 A policy owns everything precision changes in a training step, as hooks the loop calls in order:
 `configure_backends` (TF32 flags), `convert_module` (parameter dtype), `forward_context`
 (autocast), `backward` (loss scaling), `unscale_` (before clipping) and `optimizer_step` (the
-step, with GradScaler's skip-on-overflow). fp32 is the base class with no-op hooks.
+step, with GradScaler's skip-on-overflow). fp32 is the base class with no-op hooks. What a mode
+*is* (its dtypes, where it runs, its loss scaling) is read from precision_facts.py, never restated.
 """
 
 from __future__ import annotations
@@ -14,22 +15,32 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .config import PRECISIONS, RunConfig
+from .config import RunConfig
+from .precision_facts import PrecisionFacts, facts_of, precision_names, unsupported_reason
 
 NO_CONTEXT = contextlib.nullcontext()  # stateless, so one instance serves every step
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a precision_facts dtype name ("bfloat16" -> torch.bfloat16)."""
+    return getattr(torch, name)
+
+
+def device_capability(device: torch.device) -> tuple[int, int] | None:
+    return tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None  # type: ignore[return-value]
 
 
 class Precision:
     """fp32 weights and math, TF32 explicitly off: the reference every other mode is compared to."""
 
     name: ClassVar[str] = "fp32"
-    param_dtype: ClassVar[torch.dtype] = torch.float32
-    compute_dtype: ClassVar[torch.dtype] = torch.float32
-    allow_tf32: ClassVar[bool] = False
 
     def __init__(self, device: torch.device, config: RunConfig) -> None:
         self.device = device
         self.config = config
+        self.facts: PrecisionFacts = facts_of(self.name)
+        self.param_dtype = torch_dtype(self.facts.param_dtype)
+        self.compute_dtype = torch_dtype(self.facts.compute_dtype)
 
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
@@ -40,15 +51,26 @@ class Precision:
         """dtype of floating-point model inputs (the data source stores them in it)."""
         return self.param_dtype
 
+    @classmethod
+    def unsupported_on(cls, device_type: str, capability: tuple[int, int] | None,
+                       gpu_name: str | None = None) -> str | None:
+        """Why a device of this type and capability cannot run the mode, or None. Bench asks this
+        at collection (from the probe's answers, without touching CUDA); a policy whose mode needs
+        more than the table says (a library, a model shape) overrides it."""
+        return unsupported_reason(cls.name, device_type, capability, gpu_name)
+
     def unsupported_reason(self) -> str | None:
         """Why this device cannot run the mode, or None if it can."""
-        return None
+        gpu_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        return self.unsupported_on(self.device.type, device_capability(self.device), gpu_name)
 
     def configure_backends(self) -> None:
-        # cuDNN's TF32 default is on, so "fp32" must turn it off explicitly (pytorch/pytorch#67384).
-        torch.backends.cuda.matmul.allow_tf32 = self.allow_tf32
-        torch.backends.cudnn.allow_tf32 = self.allow_tf32
-        torch.set_float32_matmul_precision("high" if self.allow_tf32 else "highest")
+        # TF32 math is on exactly for the mode whose matmuls run on TF32 tensor cores. cuDNN's TF32
+        # default is on, so every other mode must turn it off explicitly (pytorch/pytorch#67384).
+        allow_tf32 = self.facts.peak_kind == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+        torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
 
     def convert_module(self, module: nn.Module) -> nn.Module:
         return module
@@ -67,7 +89,8 @@ class Precision:
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
         """Step the optimizer. Returns a 0-d bool tensor on the device that is True when the step
-        was skipped (only GradScaler skips), or None; never a host sync."""
+        was skipped (only GradScaler skips), or None. Only GradScaler's step waits on the host: it
+        reads whether any gradient overflowed, which decides the update."""
         optimizer.step()
         return None
 
@@ -78,27 +101,10 @@ class Precision:
         del state
 
 
-def _needs_ampere(device: torch.device, what: str) -> str | None:
-    """bf16 and TF32 need compute capability >= 8.0: older GPUs emulate bf16 slowly and report it
-    as supported (pytorch/pytorch#124996), so the gate is the capability, not is_bf16_supported."""
-    if device.type != "cuda":
-        return None
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 8:
-        return f"{what} needs CUDA compute capability >= 8.0; this GPU has {major}.{minor}"
-    return None
-
-
 class TF32Precision(Precision):
     """fp32 weights; matmuls and convolutions on TF32 tensor cores (10-bit mantissa)."""
 
     name = "tf32"
-    allow_tf32 = True
-
-    def unsupported_reason(self) -> str | None:
-        if self.device.type != "cuda":
-            return "tf32 needs a CUDA GPU with compute capability >= 8.0; this run is on the CPU"
-        return _needs_ampere(self.device, "tf32")
 
 
 class MixedPrecision(Precision):
@@ -109,12 +115,11 @@ class MixedPrecision(Precision):
     """
 
     name = "amp-fp16"
-    autocast_dtype: ClassVar[torch.dtype] = torch.float16
 
     def __init__(self, device: torch.device, config: RunConfig) -> None:
         super().__init__(device, config)
         self._scaler: torch.amp.GradScaler | None = None
-        if self.autocast_dtype == torch.float16:
+        if self.facts.loss_scaling == "dynamic":
             self._scaler = torch.amp.GradScaler(
                 device.type, init_scale=config.init_scale, growth_interval=config.growth_interval)
 
@@ -122,12 +127,8 @@ class MixedPrecision(Precision):
     def scaler(self) -> torch.amp.GradScaler | None:
         return self._scaler
 
-    @property
-    def compute_dtype(self) -> torch.dtype:  # type: ignore[override]
-        return self.autocast_dtype
-
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
-        return torch.amp.autocast(self.device.type, dtype=self.autocast_dtype)
+        return torch.amp.autocast(self.device.type, dtype=self.compute_dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
         if self._scaler is None:
@@ -162,10 +163,6 @@ class MixedBF16Precision(MixedPrecision):
     """bf16 autocast: fp32's exponent range, so no loss scaling (a scaler would only cost time)."""
 
     name = "amp-bf16"
-    autocast_dtype = torch.bfloat16
-
-    def unsupported_reason(self) -> str | None:
-        return _needs_ampere(self.device, "amp-bf16")
 
 
 class HalfPrecision(Precision):
@@ -177,8 +174,6 @@ class HalfPrecision(Precision):
     """
 
     name = "half-fp16"
-    param_dtype = torch.float16
-    compute_dtype = torch.float16
 
     def convert_module(self, module: nn.Module) -> nn.Module:
         # Initialised in fp32 (seed 3's advice), converted once here.
@@ -187,38 +182,42 @@ class HalfPrecision(Precision):
     def convert_output(self, output: torch.Tensor) -> torch.Tensor:
         return output.float()
 
+    @property
+    def static_scale(self) -> float:
+        """The fixed loss scale; 1 for a mode without static scaling (bf16 has fp32's range)."""
+        return self.config.static_loss_scale if self.facts.loss_scaling == "static" else 1.0
+
     def backward(self, loss: torch.Tensor) -> None:
-        (loss * self.config.static_loss_scale).backward()
+        (loss * self.static_scale if self.static_scale != 1.0 else loss).backward()
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.config.static_loss_scale == 1.0:
+        if self.static_scale == 1.0:
             return
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        torch._foreach_mul_(grads, 1.0 / self.config.static_loss_scale)
+        torch._foreach_mul_(grads, 1.0 / self.static_scale)
 
 
 class HalfBF16Precision(HalfPrecision):
     """`model.to(torch.bfloat16)`: everything in bf16; small updates can round away (pytorch/ao#1124)."""
 
     name = "half-bf16"
-    param_dtype = torch.bfloat16
-    compute_dtype = torch.bfloat16
-
-    def unsupported_reason(self) -> str | None:
-        return _needs_ampere(self.device, "half-bf16")
 
 
 POLICIES: dict[str, type[Precision]] = {
     cls.name: cls
     for cls in (Precision, TF32Precision, MixedPrecision, MixedBF16Precision, HalfPrecision, HalfBF16Precision)
 }
-assert tuple(POLICIES) == PRECISIONS, "every precision name needs exactly one policy class"
+"""The policy class of every mode in precision_facts.PRECISION_FACTS (a test holds them equal)."""
+
+
+def policy_class(name: str) -> type[Precision]:
+    """The policy class of a mode; ValueError naming the valid modes for an unknown one."""
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise ValueError(f"precision={name!r} has no policy; choose from {', '.join(precision_names())}") from None
 
 
 def build_precision(config: RunConfig, device: torch.device) -> Precision:
     """The policy for config.precision on this device."""
-    try:
-        policy_class = POLICIES[config.precision]
-    except KeyError:
-        raise ValueError(f"precision={config.precision!r} is not valid; choose from {', '.join(POLICIES)}") from None
-    return policy_class(device, config)
+    return policy_class(config.precision)(device, config)

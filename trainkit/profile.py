@@ -9,45 +9,17 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 from typing import Any
 
 import torch
 
 from .config import ProfileConfig
 from .loop import Trainer
-from .measure import StepTimer
 from .schema import DATA_BOUND_SHARE
+from .timing import Marks
 
 PHASES = ("data", "forward", "backward", "optimizer")
 REDUCED_DTYPES = ("c10::Half", "c10::BFloat16")
-
-
-class PhaseMarks:
-    """Marks the end of each phase of a step: CUDA events on a GPU (no sync until read: the GPU's
-    own timeline, so time it spends waiting for the host's data lands in `data`), a clock on
-    the CPU. An interval is charged to the phase whose mark ends it."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.marks: list[tuple[str, Any]] = []
-
-    def mark(self, phase: str) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append((phase, event))
-        else:
-            self.marks.append((phase, time.perf_counter()))
-
-    def read_s(self) -> dict[str, float]:
-        """Seconds per phase since the first mark (which only starts the clock)."""
-        if self.cuda and self.marks:
-            self.marks[-1][1].synchronize()
-        totals = dict.fromkeys(PHASES, 0.0)
-        for (_, start), (phase, end) in zip(self.marks, self.marks[1:]):
-            totals[phase] += start.elapsed_time(end) / 1e3 if self.cuda else end - start
-        return totals
 
 
 def phase_breakdown(trainer: Trainer, steps: int) -> dict[str, Any]:
@@ -55,12 +27,14 @@ def phase_breakdown(trainer: Trainer, steps: int) -> dict[str, Any]:
     unmarked step timed whole: adjacent in time, the two show whether the phases add up to the
     step (a shared machine's speed drifts too much for a comparison with steps seconds earlier)."""
     per_step: list[dict[str, float]] = []
-    whole = StepTimer(trainer.device)
+    whole = Marks(trainer.device)
     for _ in range(steps):
-        marks = PhaseMarks(trainer.device)
+        # On a GPU the marks are events on the GPU's own timeline, so time it spends waiting for
+        # the host's data lands in `data`.
+        marks = Marks(trainer.device)
         marks.mark("start")
         trainer.train_step(marks)
-        per_step.append(marks.read_s())
+        per_step.append(marks.totals_s(PHASES))
         whole.mark()
         trainer.train_step()
         whole.mark()

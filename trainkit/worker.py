@@ -1,8 +1,12 @@
 """One rank of one cell, in its own process: build, warm up, take timed steps, report.
 
-A worker is driven by commands (from the launcher's pipe, or directly under torchrun) and answers
-each with a measurement. Every failure becomes a status with a readable detail; what was measured
-until then is still reported.
+A worker is driven by commands (trainkit.protocol, from the launcher's pipe, or directly under
+torchrun) and answers each with a measurement. Every failure becomes a status with a readable
+detail; what was measured until then is still reported.
+
+The timed steps hold no host sync beyond what the step itself needs (GradScaler's, in amp-fp16):
+progress reports carry what the host knows, divergence is checked between rounds, and losses are
+read after the window.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ import torch.distributed as dist
 
 from .config import ProfileConfig, RunConfig
 from .env import collect_env
+from .flops import training_flops_per_sample
 from .loop import Trainer, Unsupported
-from .measure import Nvml, StepTimer, host_rss_peak_bytes, torch_memory
-from .models import count_params, training_flops_per_sample
+from .memory import host_rss_now_bytes, host_rss_peak_bytes, reset_peaks, torch_memory
+from .models import count_params
+from .nvml import Nvml
 from .profile import profile_cell
+from .protocol import Command, Reply
+from .result import RankReport, TimedSpan
+from .timing import Marks
 
 PROGRESS_INTERVAL_S = 0.5
-ENERGY_MIN_WINDOW_S = 1.0  # NVML's energy counter updates every ~10 ms (gpuopenanalytics/pynvml#18)
 
 
 class Diverged(Exception):
@@ -71,95 +79,92 @@ def limit_host_memory(extra_bytes: int) -> None:
 
 
 class RankWorker:
-    """Builds one rank's Trainer and measures it."""
+    """Builds one rank's Trainer and measures it into a RankReport."""
 
     def __init__(self, config: RunConfig, rank: int = 0, local_rank: int = 0, local_world_size: int = 1,
-                 profile: ProfileConfig | None = None) -> None:
+                 profile: ProfileConfig | None = None, device: torch.device | None = None) -> None:
         started = time.perf_counter()
         self.config, self.rank, self.profile = config, rank, profile
-        self.partial: dict[str, Any] = {"rank": rank, "pid": os.getpid(), "memory": {}}
-        self.device = select_device(config, local_rank)
+        self.report = RankReport(rank=rank, pid=os.getpid())
+        memory = self.report.memory
+        memory.host_rss_baseline_bytes = host_rss_now_bytes()  # mostly the fork server's pages
+        self.device = device if device is not None else select_device(config, local_rank)
         if self.device.type == "cpu":
             # Ranks share the cores: without this, 2 ranks x all-cores threads thrash.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+        self.nvml = Nvml.open(self.device) if self.device.type == "cuda" else None
+        self.gpu_uuid = str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else None
+        if self.device.type == "cuda":
+            torch.zeros(1, device=self.device)  # creates the CUDA context: the baseline, before NCCL's buffers
+            torch.cuda.synchronize(self.device)
+            memory.nvml_context_baseline_bytes = self.nvml.process_used_bytes({os.getpid()}) if self.nvml else None
         if config.world_size > 1 and not dist.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend, rank=rank, world_size=config.world_size,
                                     device_id=self.device if self.device.type == "cuda" else None)
-        self.nvml = Nvml.open(self.device) if self.device.type == "cuda" else None
-        memory = self.partial["memory"]
-        memory["nvml_method"] = "per-process (nvmlDeviceGetComputeRunningProcesses)" if self.nvml else \
-            ("unavailable: no NVML" if self.device.type == "cuda" else "unavailable: no GPU")
-        self.gpu_uuid = str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else None
-        if self.device.type == "cuda":
-            torch.zeros(1, device=self.device)  # creates the CUDA context: the baseline below
-            torch.cuda.synchronize(self.device)
-            memory["nvml_context_baseline_bytes"] = self._nvml_used()
         initialised = time.perf_counter()
         self.trainer = Trainer(config, self.device, rank)
         built = time.perf_counter()
-        self.partial["fixed_cost_s"] = {"init_s": initialised - started, "build_s": built - initialised}
-        self.partial["resumed_from_step"] = self.trainer.resumed_from_step
-        memory["data_device_bytes"] = self.trainer.data.device_bytes if self.device.type == "cuda" else None
-        self.timer = StepTimer(self.device)
-        self.step_times_s: list[float] = []
-        self.first_timed_step: int | None = None
-        self.energy_start: tuple[float, int] | None = None
-
-    def _nvml_used(self) -> int | None:
-        return self.nvml.process_used_bytes({os.getpid()}) if self.nvml else None
+        self.report.fixed_cost_s = {"init_s": initialised - started, "build_s": built - initialised}
+        self.report.loss.resumed_from_step = self.trainer.resumed_from_step
+        memory.data_device_bytes = self.trainer.data.device_bytes if self.device.type == "cuda" else None
+        self.timer = Marks(self.device)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _energy_mj(self) -> int | None:
+        return self.nvml.energy_mj() if self.nvml is not None else None
+
     # --- commands ----------------------------------------------------------------------------
     def warmup(self) -> float:
         started = time.perf_counter()
+        reset_peaks(self.device)  # from here on: the model and the data pool are in, generation is not
         self.trainer.run(self.config.warmup_steps)
         self._sync()
         self.check_divergence()
-        self.partial["warmup_time_s"] = time.perf_counter() - started
-        return self.partial["warmup_time_s"]
+        memory = self.report.memory
+        memory.torch_warmup_max_allocated_bytes, memory.torch_warmup_max_reserved_bytes = torch_memory(self.device)
+        self.report.timing.warmup_time_s = time.perf_counter() - started
+        return self.report.timing.warmup_time_s
 
-    def _begin_timed(self) -> None:
-        if self.first_timed_step is None:
-            self.first_timed_step = self.trainer.step
-            if self.nvml and (energy := self.nvml.energy_mj()) is not None:
-                self.energy_start = (time.perf_counter(), energy)
+    def _timed_span(self, steps: int, report: Callable[[int, int], None] | None = None) -> list[float]:
+        """Up to `steps` timed optimizer steps back to back; their durations in seconds. The energy
+        counter is read before and after (the device is idle at both: the span before ended with a
+        sync, and reading this one's times is one)."""
+        timing, trainer = self.report.timing, self.trainer
+        if timing.first_timed_step is None:
+            timing.first_timed_step = trainer.step
+            reset_peaks(self.device)  # the record's peaks are the timed steps'
+        first = len(trainer.step_samples)
+        energy_before = self._energy_mj()
+        trainer.run(steps, self.timer, report, PROGRESS_INTERVAL_S)
+        times = self.timer.read_s()
+        energy_after = self._energy_mj()
+        samples = trainer.step_samples[first:first + len(times)]
+        timing.step_times_s += times
+        timing.timed_samples += samples
+        energy_j = None
+        if energy_before is not None and energy_after is not None and energy_after >= energy_before:
+            energy_j = (energy_after - energy_before) / 1e3  # a counter reset shows as after < before
+        timing.spans.append(TimedSpan(steps=len(times), seconds=sum(times), samples=sum(samples), energy_j=energy_j))
+        return times
 
     def step(self) -> float:
-        """One timed optimizer step; returns its duration in seconds (synchronised)."""
+        """One timed optimizer step (a checkpoint due after it is written outside its time)."""
         if self.trainer.finished:
             raise RuntimeError(f"the run has no step left after {self.trainer.total_steps}")
-        self._begin_timed()
-        self.timer.mark()
-        self.trainer.train_step()
-        self.timer.mark()
-        (elapsed,) = self.timer.read_s()
-        self.step_times_s.append(elapsed)
+        (elapsed,) = self._timed_span(1)
         self.check_divergence()  # after the timing: the host sync it needs is not measured
         return elapsed
 
-    def run_timed(self, progress: Callable[[int, int, float | None], None] | None = None) -> list[float]:
-        """All remaining steps as one timed window: one sync at its end (and one per progress
-        report, at most every PROGRESS_INTERVAL_S, to read the latest loss)."""
-        self._begin_timed()
-        last_report = time.perf_counter()
-        self.timer.mark()
-        while not self.trainer.finished:
-            self.trainer.run(1)
-            self.timer.mark()
-            if progress is not None and time.perf_counter() - last_report >= PROGRESS_INTERVAL_S:
-                last_report = time.perf_counter()
-                # This rank's share of the last step's loss; every rank holds an equal share of the
-                # samples, so world_size times it is the mean over this rank's samples.
-                local_mean = float(self.trainer.loss_curve()[-1]) * self.config.world_size
-                progress(self.trainer.step, self.trainer.total_steps, local_mean)
-                self.check_divergence()
-        self.step_times_s.extend(self.timer.read_s())
+    def run_timed(self, progress: Callable[[int, int], None] | None = None) -> list[float]:
+        """All remaining steps as one timed window, synchronised once at its end; `progress(step,
+        total)` is called at most every PROGRESS_INTERVAL_S, between steps and outside their time."""
+        self._timed_span(self.trainer.total_steps - self.trainer.step, progress)
         self.check_divergence()
-        return self.step_times_s
+        return self.report.timing.step_times_s
 
     def check_divergence(self) -> None:
         bad = self.trainer.first_nonfinite_step()
@@ -171,44 +176,33 @@ class RankWorker:
                                                   f"min_loss_scale={self.config.min_loss_scale:g}")
 
     # --- results -----------------------------------------------------------------------------
-    def collect(self, evaluate: bool = True) -> dict[str, Any]:
-        """This rank's partial result. Memory is read before anything else allocates."""
+    def collect(self, evaluate: bool = True) -> RankReport:
+        """This rank's report. Memory is read before anything else allocates; the profiling passes
+        run last, on a report already complete (they append to the trainer's lists, not to it)."""
         self._sync()
-        trainer, memory = self.trainer, self.partial["memory"]
-        memory.update(torch_memory(self.device))
-        # The caching allocator keeps what it reserved, so the process's NVML usage never shrinks
-        # during a cell: its value now is the peak, read without a sampler that would perturb timing.
-        memory["nvml_process_peak_bytes"] = self._nvml_used()
-        memory["host_rss_peak_bytes"] = host_rss_peak_bytes()
-        if self.energy_start is not None and self.nvml is not None:
-            started, energy_mj = self.energy_start
-            end_mj = self.nvml.energy_mj()
-            window_s = time.perf_counter() - started
-            if end_mj is not None and window_s >= ENERGY_MIN_WINDOW_S and end_mj >= energy_mj:
-                self.partial["energy_j"] = (end_mj - energy_mj) / 1e3  # a counter reset shows as end < start
-        first_timed = self.first_timed_step if self.first_timed_step is not None else trainer.step
-        local_first = first_timed - (trainer.resumed_from_step or 0)
-        self.partial.update(
-            step_times_s=self.step_times_s,
-            timed_samples=trainer.step_samples[local_first:local_first + len(self.step_times_s)],
-            first_timed_step=first_timed,
-            loss_curve=trainer.loss_curve().tolist(),
-            skipped=trainer.skipped(),
-            step_samples=trainer.step_samples,
-            final_scale=trainer.policy.scaler.get_scale() if trainer.policy.scaler is not None else None,
-            derived=self.derived(),
-            # DDP keeps replicas identical only if every rank synced the same gradients; a wrong
-            # no_sync ends with ranks apart (modelscope/FunASR#3472), so compare them at the end.
-            param_checksum=float(sum(p.detach().double().sum() for p in trainer.raw_model.parameters())),
-        )
+        trainer, report, memory = self.trainer, self.report, self.report.memory
+        allocated, reserved = torch_memory(self.device)
+        if report.timing.first_timed_step is not None:
+            memory.torch_max_allocated_bytes, memory.torch_max_reserved_bytes = allocated, reserved
+        elif report.timing.warmup_time_s is None:  # failed in warmup: its peaks are all there is
+            memory.torch_warmup_max_allocated_bytes, memory.torch_warmup_max_reserved_bytes = allocated, reserved
+        memory.host_rss_peak_bytes = host_rss_peak_bytes()
+        loss = report.loss
+        loss.curve = trainer.loss_curve().tolist()
+        loss.step_samples = list(trainer.step_samples)
+        loss.skipped = trainer.skipped()
+        loss.final_scale = trainer.policy.scaler.get_scale() if trainer.policy.scaler is not None else None
+        report.derived = self.derived()
+        # Compared across ranks by merge_ranks: replicas that drifted apart mean a wrong no_sync.
+        report.param_checksum = float(sum(p.detach().double().sum() for p in trainer.raw_model.parameters()))
         if self.rank == 0:
-            self.partial["env"] = collect_env(self.device)
-            self.partial["flops_per_sample"] = training_flops_per_sample(trainer.spec)
+            report.env = collect_env(self.device)
+            report.flops_per_sample = training_flops_per_sample(trainer.spec)
             if evaluate:
-                self.partial["eval_loss"] = trainer.evaluate()
+                loss.eval_loss = trainer.evaluate()
         if evaluate and self.profile is not None:
-            self.partial["profile"] = self._profile()
-        return self.partial
+            report.profile = self._profile()
+        return report
 
     def _profile(self) -> dict[str, Any]:
         """The profiling passes, after everything above was read: they never touch those figures.
@@ -252,41 +246,48 @@ class RankWorker:
         }
 
 
-def failure_partial(worker: RankWorker | None, rank: int) -> dict[str, Any]:
+def failure_report(worker: RankWorker | None, rank: int) -> RankReport:
     """What a failed rank can still report (memory at the failure, the curve so far)."""
     if worker is None:
-        return {"rank": rank, "pid": os.getpid(), "memory": {"host_rss_peak_bytes": host_rss_peak_bytes()}}
+        report = RankReport(rank=rank, pid=os.getpid())
+        report.memory.host_rss_peak_bytes = host_rss_peak_bytes()
+        return report
     try:
         return worker.collect(evaluate=False)
     except BaseException:  # the failure may have left the device unusable; report what we have
-        worker.partial.setdefault("memory", {})["host_rss_peak_bytes"] = host_rss_peak_bytes()
-        return worker.partial
+        worker.report.memory.host_rss_peak_bytes = host_rss_peak_bytes()
+        return worker.report
 
 
 def serve(config: RunConfig, rank: int, local_rank: int, local_world_size: int, conn: Any,
           environ: dict[str, str], memory_limit_bytes: int | None, profile: ProfileConfig | None = None) -> None:
-    """Entry point of a launched rank: answers the launcher's commands over `conn`."""
+    """Entry point of a launched rank: answers the launcher's commands over `conn` (trainkit.protocol)."""
     os.environ.clear()
     os.environ.update(environ)  # the launcher's environment now, not the fork server's at its start
     worker: RankWorker | None = None
     try:
+        device = select_device(config, local_rank)
         if memory_limit_bytes is not None:
+            if device.type != "cpu":
+                raise Unsupported("a memory limit caps a CPU worker's address space (RLIMIT_AS); CUDA reserves "
+                                  "far more address space than memory, so on a GPU it would fail every cell")
             limit_host_memory(memory_limit_bytes)
-        worker = RankWorker(config, rank, local_rank, local_world_size, profile)
-        conn.send(("ready", {"fixed_cost_s": worker.partial["fixed_cost_s"], "gpu_uuid": worker.gpu_uuid}))
+        worker = RankWorker(config, rank, local_rank, local_world_size, profile, device)
+        conn.send((Reply.READY, {"fixed_cost_s": worker.report.fixed_cost_s, "gpu_uuid": worker.gpu_uuid}))
         while True:
-            command = conn.recv()
-            if command == "warmup":
-                conn.send(("ok", worker.warmup()))
-            elif command == "step":
-                conn.send(("ok", worker.step()))
-            elif command == "run":
-                def report(step: int, total: int, loss: float | None) -> None:
-                    conn.send(("progress", (step, total, loss)))
+            command, argument = conn.recv()
+            if command is Command.WARMUP:
+                conn.send((Reply.OK, worker.warmup()))
+            elif command is Command.STEP:
+                conn.send((Reply.OK, worker.step()))
+            elif command is Command.RUN:
+                def progress(step: int, total: int) -> None:
+                    conn.send((Reply.PROGRESS, (step, total)))
 
-                conn.send(("ok", worker.run_timed(report if rank == 0 else None)))
-            elif command == "finish":
-                conn.send(("result", worker.collect()))
+                wanted = argument and rank == 0  # only when the launcher shows progress
+                conn.send((Reply.OK, worker.run_timed(progress if wanted else None)))
+            elif command is Command.FINISH:
+                conn.send((Reply.RESULT, worker.collect()))
                 return
             else:
                 raise ValueError(f"unknown command {command!r}")
@@ -295,7 +296,7 @@ def serve(config: RunConfig, rank: int, local_rank: int, local_world_size: int, 
     except BaseException as exc:  # every failure is a result, reported with what was measured
         status, detail = classify(exc)
         try:
-            conn.send(("failed", (status, detail, failure_partial(worker, rank))))
+            conn.send((Reply.FAILED, (status, detail, failure_report(worker, rank))))
         except (OSError, EOFError):
             pass
     finally:
@@ -315,7 +316,7 @@ def probe(conn: Any, device: str, environ: dict[str, str]) -> None:
             info.update(gpu_count=torch.cuda.device_count(), capability=torch.cuda.get_device_capability(chosen),
                         gpu_name=torch.cuda.get_device_name(chosen))
         info["env"] = collect_env(chosen)
-        conn.send(("ok", info))
+        conn.send((Reply.OK, info))
     except BaseException as exc:
         status, detail = classify(exc)
-        conn.send(("failed", f"{status}: {detail}"))
+        conn.send((Reply.FAILED, f"{status}: {detail}"))

@@ -1,0 +1,131 @@
+"""Precision modes as facts: one torch-free table that every part of the suite reads.
+
+A mode's behaviour in a training step lives in its policy class (precision.py). What the rest of
+the suite needs to know about it lives here, once: where it runs, which dtypes it keeps, whether
+it scales the loss, which peak FLOP/s it can reach, and how reports draw it. The config validates
+names against this table, bench derives its skip rules from it, the record and MFU read their
+dtypes and peaks from it, and the reports take their order and colours from it. Adding a mode is
+one row here plus one policy class.
+
+No torch here: reports and the nightly gate read this without paying torch's import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LOSS_SCALING = ("none", "dynamic", "static")
+PEAK_KINDS = ("fp32", "tf32", "bf16", "fp16")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrecisionFacts:
+    """What one precision mode is, independent of the code that runs it."""
+
+    name: str
+    """The mode's name on the command line and in records and cell ids."""
+    summary: str
+    """One line: what the mode does (help texts and report legends)."""
+    compute_dtype: str
+    """dtype the matmuls and convolutions read ("float32" for tf32 too: TF32 is a math mode of
+    fp32 tensors, told apart by `peak_kind`)."""
+    param_dtype: str
+    """dtype of the parameters forward and backward read; their gradients take it too."""
+    optimizer_state_dtype: str
+    """dtype of the optimizer's state (momentum, Adam's moments)."""
+    loss_scaling: str = "none"
+    """none, dynamic (torch.amp.GradScaler: skips steps with inf/NaN gradients) or static (a fixed
+    factor, for parameters GradScaler refuses)."""
+    min_capability: tuple[int, int] | None = None
+    """Lowest CUDA compute capability that runs the mode natively; None: any CUDA GPU."""
+    cuda_only: bool = False
+    """The mode has no CPU implementation (TF32 is a tensor-core math mode)."""
+    slow_conv_on_cpu: bool = False
+    """Convolutions in this mode are ~100x slower than fp32 on a CPU (fp16 has no fast CPU conv
+    kernels), so a CPU row of a conv model measures nothing useful."""
+    peak_kind: str
+    """Which dense peak FLOP/s of a GPU the mode's matmuls can reach (a column of flops.PEAK_TFLOPS)."""
+    color: str
+    """Colour of the mode in every report chart."""
+
+    def __post_init__(self) -> None:
+        if self.loss_scaling not in LOSS_SCALING:
+            raise ValueError(f"{self.name}: loss_scaling={self.loss_scaling!r}; choose from {', '.join(LOSS_SCALING)}")
+        if self.peak_kind not in PEAK_KINDS:
+            raise ValueError(f"{self.name}: peak_kind={self.peak_kind!r}; choose from {', '.join(PEAK_KINDS)}")
+        for dtype in (self.compute_dtype, self.param_dtype, self.optimizer_state_dtype):
+            if dtype not in DTYPE_BYTES:
+                raise ValueError(f"{self.name}: dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
+
+
+# In display order: reports list and colour the modes in this order.
+PRECISION_FACTS: dict[str, PrecisionFacts] = {facts.name: facts for facts in (
+    PrecisionFacts(name="fp32", summary="fp32 weights and math, TF32 explicitly off",
+                   compute_dtype="float32", param_dtype="float32", optimizer_state_dtype="float32",
+                   peak_kind="fp32", color="#4c72b0"),
+    PrecisionFacts(name="tf32", summary="fp32 weights, TF32 tensor-core math for matmuls and convolutions",
+                   compute_dtype="float32", param_dtype="float32", optimizer_state_dtype="float32",
+                   min_capability=(8, 0), cuda_only=True, peak_kind="tf32", color="#8172b3"),
+    PrecisionFacts(name="amp-fp16", summary="fp32 weights, autocast to fp16, dynamic loss scaling (GradScaler)",
+                   compute_dtype="float16", param_dtype="float32", optimizer_state_dtype="float32",
+                   loss_scaling="dynamic", slow_conv_on_cpu=True, peak_kind="fp16", color="#dd8452"),
+    PrecisionFacts(name="amp-bf16", summary="fp32 weights, autocast to bf16, no loss scaling",
+                   compute_dtype="bfloat16", param_dtype="float32", optimizer_state_dtype="float32",
+                   min_capability=(8, 0), peak_kind="bf16", color="#55a868"),
+    PrecisionFacts(name="half-fp16", summary="fp16 weights, gradients and optimizer state (model.half())",
+                   compute_dtype="float16", param_dtype="float16", optimizer_state_dtype="float16",
+                   loss_scaling="static", slow_conv_on_cpu=True, peak_kind="fp16", color="#c44e52"),
+    PrecisionFacts(name="half-bf16", summary="bf16 weights, gradients and optimizer state",
+                   compute_dtype="bfloat16", param_dtype="bfloat16", optimizer_state_dtype="bfloat16",
+                   min_capability=(8, 0), peak_kind="bf16", color="#937860"),
+)}
+
+
+def precision_names() -> tuple[str, ...]:
+    """Every mode, in display order."""
+    return tuple(PRECISION_FACTS)
+
+
+def facts_of(name: str) -> PrecisionFacts:
+    """The facts of a mode; a KeyError that names the valid modes for an unknown one."""
+    try:
+        return PRECISION_FACTS[name]
+    except KeyError:
+        raise KeyError(f"precision={name!r} is not valid; choose from {', '.join(PRECISION_FACTS)}") from None
+
+
+def display_rank(name: object) -> int:
+    """Position of a mode in reports; a mode this table does not know (an older or newer
+    record's) comes last."""
+    names = list(PRECISION_FACTS)
+    return names.index(name) if name in names else len(names)
+
+
+def color_of(name: object) -> str | None:
+    """A mode's colour in reports; None (plotly's default) for a mode this table does not know."""
+    facts = PRECISION_FACTS.get(name) if isinstance(name, str) else None
+    return facts.color if facts is not None else None
+
+
+def loss_scaling_of(name: object) -> str | None:
+    """A mode's loss scaling (none, dynamic, static); None for a mode this table does not know."""
+    facts = PRECISION_FACTS.get(name) if isinstance(name, str) else None
+    return facts.loss_scaling if facts is not None else None
+
+
+def unsupported_reason(name: str, device_type: str, capability: tuple[int, int] | None,
+                       gpu_name: str | None = None) -> str | None:
+    """Why a device cannot run the mode, or None. device_type is "cpu" or "cuda"; capability is
+    the GPU's (major, minor). The gate is the capability, not torch.cuda.is_bf16_supported: older
+    GPUs emulate bf16 slowly and report it as supported (pytorch/pytorch#124996)."""
+    facts = facts_of(name)
+    needs = "compute capability >= {}.{}".format(*facts.min_capability) if facts.min_capability else None
+    if device_type != "cuda":
+        if facts.cuda_only:
+            return f"{name} needs a CUDA GPU" + (f" with {needs}" if needs else "")
+        return None
+    if needs and capability is not None and tuple(capability) < facts.min_capability:
+        return f"{name} needs {needs} ({gpu_name or 'this GPU'} is {capability[0]}.{capability[1]})"
+    return None
