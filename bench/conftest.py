@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 import warnings
 from typing import Any
 
 import pytest
 
-from trainkit.config import ProfileConfig
+from trainkit.config import DEVICES, SNAPSHOT_STEPS, TRACE_STEPS, ProfileConfig
 from trainkit.env import fingerprint
 from trainkit.launch import DEFAULT_CELL_TIMEOUT_S, probe
+from trainkit.options import choice, integer, number
 
 from . import executors
-from .matrix import AXIS_OPTIONS, PRESET_NAMES, Hardware, build_matrix, parse_list, preset
+from .matrix import AXIS_OPTIONS, PRESET_NAMES, Hardware, build_matrix, preset
 from .runner import TABLE_HEADER, BenchSession, SessionOptions, table_row
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,30 +30,33 @@ DEFAULT_REPORT_DIR = os.path.join(os.path.dirname(HERE), "reports", "out")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Every option is validated where it is parsed (trainkit.options types): a bad value is
+    pytest's own usage error, naming the value and what is valid."""
     group = parser.getgroup("trainkit", "trainkit benchmark matrix")
-    group.addoption("--preset", choices=PRESET_NAMES, default=None,
+    group.addoption("--preset", type=choice(PRESET_NAMES), default=None,
                     help="matrix to run: tiny (CI smoke), quick (default), full, nightly (the GPU matrix)")
-    for name, (flag, _, valid) in AXIS_OPTIONS.items():
-        choices = f" ({', '.join(valid)})" if valid else ""
-        group.addoption(flag, dest=f"tk_{name}", default=None, metavar="A,B",
-                        help=f"comma list replacing the preset's {name} axis{choices}")
-    group.addoption("--steps", dest="tk_steps", type=int, default=None, metavar="N",
+    for name, (flag, parse, valid) in AXIS_OPTIONS.items():
+        group.addoption(flag, dest=f"tk_{name}", type=parse, default=None, metavar="A,B",
+                        help=f"comma list replacing the preset's {name} axis ({valid})")
+    group.addoption("--steps", dest="tk_steps", type=integer(1), default=None, metavar="N",
                     help="timed optimizer steps per cell (default: the preset's)")
-    group.addoption("--warmup-steps", dest="tk_warmup_steps", type=int, default=None, metavar="N",
+    group.addoption("--warmup-steps", dest="tk_warmup_steps", type=integer(0), default=None, metavar="N",
                     help="untimed optimizer steps before them (default: the preset's)")
-    group.addoption("--rounds", dest="tk_rounds", type=int, default=None, metavar="N",
+    group.addoption("--rounds", dest="tk_rounds", type=integer(1), default=None, metavar="N",
                     help="how many of the timed steps pytest-benchmark records one by one (default: all); "
                          "the rest run as one window timed by the worker")
-    group.addoption("--repeats", dest="tk_repeats", type=int, default=1, metavar="N",
+    group.addoption("--repeats", dest="tk_repeats", type=integer(1), default=1, metavar="N",
                     help="run every cell N times, each in fresh worker processes (ids end in -repK)")
-    group.addoption("--lr", dest="tk_lr", type=float, default=None, metavar="X",
+    group.addoption("--lr", dest="tk_lr", type=number(0, above=True), default=None, metavar="X",
                     help="learning rate for every cell (default: each model's recipe)")
-    group.addoption("--device", dest="tk_device", choices=("auto", "cpu", "cuda"), default="auto",
+    group.addoption("--device", dest="tk_device", type=choice(DEVICES), default="auto",
                     help="run the cells on this device (default: a GPU if one is visible)")
-    group.addoption("--cell-timeout", dest="tk_cell_timeout", type=float, default=DEFAULT_CELL_TIMEOUT_S,
-                    metavar="SECONDS", help="a cell taking longer ends with status timeout")
-    group.addoption("--cell-memory-limit-gb", dest="tk_memory_limit", type=float, default=None, metavar="GB",
-                    help="cap each CPU worker's extra address space; past it the cell ends as oom")
+    group.addoption("--cell-timeout", dest="tk_cell_timeout", type=number(0, above=True),
+                    default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
+                    help="a cell taking longer ends with status timeout")
+    group.addoption("--cell-memory-limit-gb", dest="tk_memory_limit", type=number(0, above=True), default=None,
+                    metavar="GB", help="cap each CPU worker's extra address space; past it the cell ends as oom "
+                                       "(CPU cells only)")
     group.addoption("--strict-cells", dest="tk_strict", action="store_true",
                     help="a cell that does not end ok fails the test (default: it is reported and xfailed)")
     group.addoption("--report-dir", dest="tk_report_dir", default=DEFAULT_REPORT_DIR, metavar="DIR",
@@ -64,62 +67,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="do not build the HTML report at the end")
     group.addoption("--overhead", dest="tk_overhead", action="store_true",
                     help="also measure trainkit's loop against a hand-written loop (bench/test_overhead.py)")
-    group.addoption("--phase-steps", dest="tk_phase_steps", type=int, default=3, metavar="N",
+    group.addoption("--phase-steps", dest="tk_phase_steps", type=integer(0), default=3, metavar="N",
                     help="after the timed steps, time N steps phase by phase: data, forward, backward, "
                          "optimizer (default 3; 0 turns it off)")
     group.addoption("--profile", dest="tk_profile", action="store_true",
-                    help="after the timed steps, record 3 steps per cell with torch.profiler (Chrome trace, "
-                         "top operators, share of time in reduced precision)")
+                    help=f"after the timed steps, record {TRACE_STEPS} steps per cell with torch.profiler (Chrome "
+                         "trace, top operators, share of time in reduced precision)")
     group.addoption("--memory-snapshot", dest="tk_memory_snapshot", action="store_true",
-                    help="after the timed steps, record 2 steps of CUDA allocator history per cell (CUDA only)")
+                    help=f"after the timed steps, record {SNAPSHOT_STEPS} steps of CUDA allocator history per cell "
+                         "(CUDA only)")
     group.addoption("--profile-dir", dest="tk_profile_dir", default=None, metavar="DIR",
                     help="where traces and snapshots go (default: REPORT_DIR/profiles)")
     executors.add_options(parser)
 
 
-_CONFIG: list[pytest.Config] = []
-
-
-def _usage(message: str) -> None:
-    """Bad input: one line naming the value and the valid choices, exit status 2, no traceback.
-    (pytest's own usage errors exit 4 and print a usage banner; the suite promises 2 and a line.)"""
-    capture = _CONFIG[0].pluginmanager.get_plugin("capturemanager") if _CONFIG else None
-    if capture is not None:
-        capture.suspend_global_capture(in_=True)
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-    os._exit(2)
-
-
-def _positive(config: pytest.Config, name: str, flag: str) -> None:
-    value = config.getoption(name)
-    if value is not None and value < 1:
-        _usage(f"{flag}: {value} must be >= 1")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    _CONFIG[:] = [config]
-    overrides = {}
-    for name, (flag, kind, valid) in AXIS_OPTIONS.items():
-        text = config.getoption(f"tk_{name}")
-        if text is not None:
-            try:
-                overrides[name] = parse_list(flag, text, kind, valid)
-            except ValueError as exc:
-                _usage(str(exc))
-    for name, flag in (("tk_steps", "--steps"), ("tk_rounds", "--rounds"), ("tk_repeats", "--repeats")):
-        _positive(config, name, flag)
-    if config.getoption("tk_phase_steps") < 0:
-        _usage(f"--phase-steps: {config.getoption('tk_phase_steps')} must be >= 0")
-    warmup = config.getoption("tk_warmup_steps")
-    if warmup is not None and warmup < 0:
-        _usage(f"--warmup-steps: {warmup} must be >= 0")
-    if config.getoption("tk_cell_timeout") <= 0:
-        _usage(f"--cell-timeout: {config.getoption('tk_cell_timeout')} must be > 0")
-    config.stash[OVERRIDES] = overrides
-
-
-OVERRIDES = pytest.StashKey[dict]()
 HARDWARE = pytest.StashKey[dict]()
 SESSION = pytest.StashKey[BenchSession]()
 CELLS = pytest.StashKey[list]()
@@ -131,10 +92,17 @@ def _hardware(config: pytest.Config) -> dict[str, Any]:
         started = time.monotonic()
         try:
             config.stash[HARDWARE] = executors.probe_hardware(config, probe)
-            config.stash[HARDWARE]["probe_s"] = time.monotonic() - started
         except RuntimeError as exc:
-            _usage(str(exc))
+            raise pytest.UsageError(str(exc)) from None
+        config.stash[HARDWARE]["probe_s"] = time.monotonic() - started
     return config.stash[HARDWARE]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> None:
+    """Build the matrix before collecting, so that what only the hardware can tell about the
+    options (a memory cap on GPU cells, more rounds than steps) is pytest's usage error too."""
+    _cells(session.config)
 
 
 def _cells(config: pytest.Config) -> list:
@@ -146,22 +114,23 @@ def _cells(config: pytest.Config) -> list:
     if config.getoption("tk_memory_limit") and hw.device == "cuda":
         from trainkit.cli import MEMORY_LIMIT_ON_GPU
 
-        _usage(f"--cell-memory-limit-gb {MEMORY_LIMIT_ON_GPU}; here the cells run on CUDA (use --device cpu)")
-    name = config.getoption("preset") or "quick"
-    chosen = preset(name, on_gpu=hw.device == "cuda")
+        raise pytest.UsageError(f"--cell-memory-limit-gb {MEMORY_LIMIT_ON_GPU}; here the cells run on CUDA "
+                                "(use --device cpu)")
+    chosen = preset(config.getoption("preset") or "quick", on_gpu=hw.device == "cuda")
     steps = config.getoption("tk_steps") or chosen.steps
     warmup = config.getoption("tk_warmup_steps")
     warmup = chosen.warmup_steps if warmup is None else warmup
     rounds = config.getoption("tk_rounds")
     if rounds is not None and rounds > steps:
-        _usage(f"--rounds: {rounds} is more than the {steps} timed steps per cell")
+        raise pytest.UsageError(f"--rounds: {rounds} is more than the {steps} timed steps per cell")
     run_options = {"lr": config.getoption("tk_lr")} if config.getoption("tk_lr") is not None else {}
+    overrides = {name: config.getoption(f"tk_{name}") for name in AXIS_OPTIONS
+                 if config.getoption(f"tk_{name}") is not None}
     try:
-        cells = build_matrix(chosen, hw, config.stash[OVERRIDES], steps, warmup, config.getoption("tk_repeats"),
-                             run_options)
+        cells = build_matrix(chosen, hw, overrides, steps, warmup, config.getoption("tk_repeats"), run_options)
         cells = executors.arrange(config, cells)
     except ValueError as exc:  # a RunConfig that an override made invalid names its field
-        _usage(str(exc))
+        raise pytest.UsageError(str(exc)) from None
     config.stash[CELLS] = cells
     return cells
 
@@ -185,10 +154,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     results = executors.results_file(config, report_dir)
     rounds = config.getoption("tk_rounds") or 10**9
     limit = config.getoption("tk_memory_limit")
-    profile = ProfileConfig(phase_steps=config.getoption("tk_phase_steps"),
-                            trace_steps=3 if config.getoption("tk_profile") else 0,
-                            snapshot_steps=2 if config.getoption("tk_memory_snapshot") else 0,
-                            output_dir=config.getoption("tk_profile_dir") or os.path.join(report_dir, "profiles"))
+    profile = ProfileConfig.from_options(config.getoption("tk_phase_steps"), config.getoption("tk_profile"),
+                                         config.getoption("tk_memory_snapshot"),
+                                         config.getoption("tk_profile_dir") or os.path.join(report_dir, "profiles"))
     options = SessionOptions(rounds=rounds, cell_timeout_s=config.getoption("tk_cell_timeout"),
                              memory_limit_bytes=int(limit * 2**30) if limit else None,
                              strict_cells=config.getoption("tk_strict"), report_dir=report_dir,

@@ -37,7 +37,7 @@ import pytest
 
 from trainkit import cluster
 from trainkit.cluster import CellJob, ExecutorOptions
-from trainkit.schema import CutOffLineWarning, parse_jsonl, read_jsonl
+from trainkit.schema import CutOffLineWarning, parse_jsonl, read_jsonl, replacing
 
 from .clock import advance
 from .matrix import CellSpec
@@ -139,9 +139,8 @@ def _mend(config: pytest.Config, path: str) -> None:
         parsed = parse_jsonl(text, path)
     if cut:
         lines = text.splitlines()
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
+        with replacing(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
             f.writelines(lines[n - 1] + "\n" for n, _ in parsed)
-        os.replace(path + ".tmp", path)
         _say(config)(f"--resume: {cut[0].message}; that line was removed")
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainkit.config import MODELS, RunConfig
+from trainkit.options import choice, comma_list, integer
 from trainkit.precision_facts import SHORT_DTYPE, facts_of, precision_names
 
 AXES = ("model", "precision", "batch_size", "grad_accum", "gpus")
@@ -178,31 +179,12 @@ def build_matrix(chosen: Preset, hw: Hardware, overrides: dict[str, tuple[Any, .
     return list(cells.values())
 
 
-def parse_list(option: str, text: str, kind: type, valid: tuple[str, ...] | None = None) -> tuple[Any, ...]:
-    """A comma list of an axis option; raises ValueError naming the bad value and the valid ones."""
-    values = []
-    for item in (part.strip() for part in text.split(",")):
-        if valid is not None:
-            if item not in valid:
-                raise ValueError(f"{option}: unknown value {item!r}; valid: {', '.join(valid)}")
-            values.append(item)
-            continue
-        try:
-            number = kind(item)
-        except ValueError:
-            raise ValueError(f"{option}: {item!r} is not an integer; give a comma list such as 1,2,4") from None
-        if number < 1:
-            raise ValueError(f"{option}: {item!r} must be >= 1")
-        values.append(number)
-    if not values:
-        raise ValueError(f"{option}: empty list")
-    return tuple(dict.fromkeys(values))
-
-
-AXIS_OPTIONS = {
-    "model": ("--model", str, MODELS),
-    "precision": ("--precision", str, precision_names()),
-    "batch_size": ("--batch-size", int, None),
-    "grad_accum": ("--grad-accum", int, None),
-    "gpus": ("--gpus", int, None),
+AXIS_OPTIONS: dict[str, tuple[str, Any, str]] = {
+    "model": ("--model", comma_list(choice(MODELS)), ", ".join(MODELS)),
+    "precision": ("--precision", comma_list(choice(precision_names)), "the modes of trainkit's precision table"),
+    "batch_size": ("--batch-size", comma_list(integer(1)), "integers >= 1"),
+    "grad_accum": ("--grad-accum", comma_list(integer(1)), "integers >= 1"),
+    "gpus": ("--gpus", comma_list(integer(1)), "integers >= 1"),
 }
+"""Each axis's command-line option, its argparse type (a comma list, validated as it is parsed)
+and the valid values in words."""

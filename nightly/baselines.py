@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from reports.records import InputError
-from trainkit.schema import ResultsFileError, fingerprint, parse_jsonl
+from trainkit.schema import ResultsFileError, fingerprint, parse_jsonl, replacing, write_json
 
-from .rundir import RESULTS, ROOT, RunDir, now, write_json
+from .rundir import RESULTS, ROOT, RunDir, now
 
 SCHEMA = "trainkit.baseline/1"
 MANIFEST = "baseline.json"
@@ -157,9 +157,8 @@ def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> list[
     for fp, indices in split_by_fingerprint(records, run.path(RESULTS)):
         dest = os.path.join(root, slug(fp))
         os.makedirs(dest, exist_ok=True)
-        with open(os.path.join(dest, RESULTS + ".tmp"), "w", encoding="utf-8") as f:
+        with replacing(os.path.join(dest, RESULTS)) as temporary, open(temporary, "w", encoding="utf-8") as f:
             f.writelines(lines[i] for i in indices)
-        os.replace(os.path.join(dest, RESULTS + ".tmp"), os.path.join(dest, RESULTS))
         mine = [records[i] for i in indices]
         manifest = {"schema": SCHEMA, "fingerprint": fp, "slug": slug(fp), "commit": state.get("commit"),
                     "branch": state.get("branch"), "run_started_at": state.get("started_at"), "promoted_at": now(),

@@ -23,8 +23,11 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from reports.cli import Parser, fraction, metric_threshold, number
+from bench.matrix import PRESET_NAMES
+from reports.cli import metric_threshold
 from reports.records import InputError
+from trainkit.config import DEVICES
+from trainkit.options import Parser, UsageError, choice, fraction, integer, number, optional
 from trainkit.schema import ResultsFileError, cut_off_lines_on_stderr
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, LABELS, NO_BASELINE, PASS, REGRESSION
@@ -39,10 +42,6 @@ ANNOTATIONS = {REGRESSION: "Performance regression", BAD_INPUT: "Bad input",
                INCONCLUSIVE: "Inconclusive: the runner was too noisy to gate (not a regression)"}
 
 
-def _optional_fraction(text: str) -> float | None:
-    return None if text == "none" else fraction(text)
-
-
 def _names(text: str) -> tuple[str, ...]:
     return () if text == "none" else tuple(n for n in text.split(",") if n)
 
@@ -53,7 +52,7 @@ def _add_out(p: argparse.ArgumentParser) -> None:
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    p.add_argument("--device", type=choice(DEVICES), default="auto",
                    help="auto: the GPUs if torch sees one, else the CPU; cuda: no GPU is an infrastructure "
                         "failure (use it on GPU runners)")
 
@@ -63,7 +62,7 @@ def _add_preflight(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--min-free-fraction", type=fraction, default=L.min_free_fraction, metavar="F",
                    help="each GPU needs this share of its memory free (default %(default)s)")
-    p.add_argument("--min-gpus", type=int, default=L.min_gpus, metavar="N",
+    p.add_argument("--min-gpus", type=integer(1), default=L.min_gpus, metavar="N",
                    help="fewest GPUs torch must see; the runner's count catches a lost GPU (default: no check)")
     p.add_argument("--allow-foreign-processes", action="store_true",
                    help="let other processes compute on the GPUs (default: that is an infrastructure failure)")
@@ -72,9 +71,9 @@ def _add_preflight(p: argparse.ArgumentParser) -> None:
 
 
 def _add_matrix(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=("tiny", "quick", "full", "nightly"), default="nightly",
+    p.add_argument("--preset", type=choice(PRESET_NAMES), default="nightly",
                    help="bench's matrix (default nightly: the GPU matrix, 1-8 GPUs; on a CPU use tiny)")
-    p.add_argument("--repeats", type=int, default=3, metavar="N",
+    p.add_argument("--repeats", type=integer(1), default=3, metavar="N",
                    help="runs of every cell in fresh workers (default 3; fewer are reported, not gated)")
     p.add_argument("bench_args", nargs="*", metavar="-- BENCH_OPTIONS",
                    help="further bench options after --, e.g. -- --model gpt --cell-timeout 600")
@@ -93,15 +92,15 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
                    help="compare with this baseline directory or results file instead (still like with like)")
     p.add_argument("--relative", type=fraction, default=T.relative, help="smallest relative change that counts "
                    "(default 7%%, TorchBench's)")
-    p.add_argument("--k", type=number, default=T.k, help="a change must also exceed k x the spread (default 3)")
+    p.add_argument("--k", type=number(), default=T.k, help="a change must also exceed k x the spread (default 3)")
     p.add_argument("--spread", choices=("iqr", "mad"), default=T.spread, help="spread over repeats (default iqr)")
     p.add_argument("--threshold", type=metric_threshold, action="append", default=[], metavar="METRIC=FRACTION",
                    help="relative threshold for one metric, repeatable (default loss=2%%)")
     p.add_argument("--two-sided", type=_names, default=T.two_sided, metavar="METRICS",
                    help="metrics gated in both directions, as drift (default loss; none for none)")
-    p.add_argument("--max-spread", type=_optional_fraction, default=T.max_spread, metavar="F",
+    p.add_argument("--max-spread", type=optional(fraction), default=T.max_spread, metavar="F",
                    help="noise limit: a cell metric spread wider than this is noisy, not gated (default 10%%)")
-    p.add_argument("--min-repeats", type=int, default=T.min_repeats, metavar="N",
+    p.add_argument("--min-repeats", type=integer(1), default=T.min_repeats, metavar="N",
                    help="repeats a side needs for a metric to be gated (default 3)")
     p.add_argument("--gate-metrics", type=_names, default=T.gate_metrics, metavar="METRICS",
                    help="metrics whose regression fails the run (default throughput,memory,loss)")
@@ -305,6 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with cut_off_lines_on_stderr():  # every stage reads results.jsonl: a cut-off line is said once
             return _dispatch(parser().parse_args(argv))
-    except (InputError, ResultsFileError) as exc:
+    except (UsageError, ResultsFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT

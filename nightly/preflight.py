@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from trainkit.nvml import SLOWDOWN_REASONS
-from trainkit.schema import fingerprint
+from trainkit.schema import fingerprint, write_json
 
 from . import INFRASTRUCTURE, PASS
 from .baselines import slug
-from .rundir import PREFLIGHT, RunDir, Stage, now, write_json
+from .rundir import PREFLIGHT, RunDir, Stage, now
 
 GiB = 2**30
 

@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainkit.schema import write_json
+
 from . import INFRASTRUCTURE, LABELS, NO_BASELINE, PASS
 
 SCHEMA = "trainkit.nightly/1"
@@ -109,13 +111,6 @@ class RunDir:
     def outcome(self) -> Outcome:
         return overall(self.stages())
 
-
-def write_json(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
 
 
 def overall(stages: dict[str, dict[str, Any]]) -> Outcome:

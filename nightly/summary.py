@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from reports.records import InputError, all_records, read_runs
-from trainkit.schema import MEMORY_NAMES, ResultsFileError, read_jsonl
+from trainkit.schema import MEMORY_NAMES, ResultsFileError, read_jsonl, write_text
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
 from .gate import NIGHTLY_THRESHOLDS, cell_rows
@@ -140,9 +140,6 @@ def render(run: RunDir) -> str:
 
 def write(run: RunDir) -> str:
     """Write summary.md (every stage rewrites it, so it is current whichever stage ran last)."""
-    os.makedirs(run.root, exist_ok=True)
     path = run.path(SUMMARY)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(render(run))
-    os.replace(path + ".tmp", path)
+    write_text(path, render(run))
     return path

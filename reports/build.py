@@ -24,7 +24,7 @@ from trainkit.precision_facts import display_rank
 
 from . import figures, html, profiles
 from .load import to_frame
-from .records import InputError, Run, all_records, fingerprint, read_runs
+from .records import Run, all_records, fingerprint, read_runs
 from .summary import TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
 
 SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
@@ -152,12 +152,6 @@ def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".")
     return html.page(title, _header(runs, frame), body), table
 
 
-def _write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit report") -> dict[str, str]:
     """Read result files (pytest-benchmark JSON, results JSON lines, single records, or directories
     of them), write the HTML report and, beside it, the summary as CSV and Markdown (same stem).
@@ -165,13 +159,4 @@ def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit 
     (one line) on a missing, malformed or empty input, or an output that cannot be written."""
     runs = read_runs(list(inputs))
     page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)))
-    stem = os.path.splitext(output_html)[0]
-    paths = {"html": output_html, "csv": stem + ".csv", "markdown": stem + ".md"}
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(output_html)), exist_ok=True)
-        _write(paths["html"], page)
-        _write(paths["csv"], table.to_csv(index=False))
-        _write(paths["markdown"], to_markdown(table))
-    except OSError as e:
-        raise InputError(f"{output_html}: cannot write the report: {e.strerror or e}") from None
-    return paths
+    return html.write_page(output_html, page, to_markdown(table), table.to_csv(index=False), "report")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
 
+from trainkit.options import Parser, UsageError, fraction, integer, number
 from trainkit.schema import cut_off_lines_on_stderr
 
 from . import verdict
@@ -28,29 +28,8 @@ PASS, REGRESSION, BAD_INPUT, INCONCLUSIVE = 0, 1, 2, 3
 OUTCOME_EXIT = {verdict.PASS: PASS, verdict.REGRESSION: REGRESSION, verdict.INCONCLUSIVE: INCONCLUSIVE}
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise InputError(f"{self.prog}: {message}")
-
-
-def number(text: str) -> float:
-    """A number >= 0 (an argparse type; the nightly gate's options use it too)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """0.07 or 7%."""
-    return number(text[:-1]) / 100 if text.endswith("%") else number(text)
-
-
 def metric_threshold(text: str) -> tuple[str, float]:
-    """METRIC=FRACTION."""
+    """METRIC=FRACTION (an argparse type; the nightly gate's options use it too)."""
     metric, _, value = text.partition("=")
     if not value:
         raise argparse.ArgumentTypeError(f"expected METRIC=FRACTION, e.g. memory=0.03: {text!r}")
@@ -73,7 +52,7 @@ def parser() -> Parser:
     compare.add_argument("-o", "--output", default="reports/out/compare.html", help="HTML file to write")
     compare.add_argument("--relative", type=fraction, default=0.07,
                          help="smallest relative change that counts, e.g. 0.07 or 7%% (default 7%%, TorchBench's)")
-    compare.add_argument("--k", type=number, default=3.0,
+    compare.add_argument("--k", type=number(), default=3.0,
                          help="a change must also exceed k times the measured relative spread (default 3)")
     compare.add_argument("--spread", choices=("iqr", "mad"), default="iqr",
                          help="spread across repeated records of a cell (default iqr)")
@@ -86,7 +65,7 @@ def parser() -> Parser:
     compare.add_argument("--max-spread", type=fraction, default=None,
                          help="a metric whose relative spread over a cell's repeats exceeds this is noisy: "
                               "reported, not gated (default: no limit)")
-    compare.add_argument("--min-repeats", type=int, default=1,
+    compare.add_argument("--min-repeats", type=integer(1), default=1,
                          help="a metric with fewer repeated records on either side is noisy (default 1)")
     compare.add_argument("--two-sided", default="", metavar="METRICS",
                          help="comma-separated metrics that fail the gate when they move either way beyond "
@@ -137,6 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         with cut_off_lines_on_stderr():  # a results file a killed run left: said once, then read
             return _build(args) if args.command == "build" else _compare(args)
-    except InputError as e:
+    except UsageError as e:  # InputError (a file that cannot be read) is one too
         print(f"error: {e}", file=sys.stderr)
         return BAD_INPUT

@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainkit.options import UsageError
 from trainkit.schema import SCHEMA, ResultsFileError, fingerprint, parse_jsonl  # noqa: F401 - fingerprint: this module's interface
 
 OK = "ok"
@@ -33,8 +34,9 @@ TRACE_SUFFIX = ".trace.json"  # trainkit.profile's Chrome traces: JSON, never re
 UNKNOWN_HARDWARE = "unknown device"
 
 
-class InputError(Exception):
-    """A file that cannot be read as results; the message is one line naming the file."""
+class InputError(UsageError):
+    """A file that cannot be read as results; the message is one line naming the file (bad input:
+    the commands exit 2)."""
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.matrix import NIGHTLY, Hardware, build_matrix, parse_list, preset, skip_reason
+from bench.matrix import AXIS_OPTIONS, NIGHTLY, Hardware, build_matrix, preset, skip_reason
 from trainkit.result import RECORD_KEYS, check_record, read_jsonl
 from trainkit.schema import CutOffLineWarning
 
@@ -78,31 +79,42 @@ def test_the_nightly_preset_is_skipped_on_a_cpu_with_a_reason():
     assert cells and all("GPU matrix" in c.skip_reason for c in cells)
 
 
-@pytest.mark.parametrize(("text", "kind", "valid", "message"), [
-    ("mlp,vit", str, ("mlp", "gpt"), "--x: unknown value 'vit'; valid: mlp, gpt"),
-    ("1,two", int, None, "--x: 'two' is not an integer"),
-    ("0", int, None, "--x: '0' must be >= 1"),
+@pytest.mark.parametrize(("axis", "text", "message"), [
+    ("model", "mlp,vit", "invalid choice: 'vit' (choose from mlp, cnn, resnet18, resnet50, gpt)"),
+    ("batch_size", "1,two", "'two' is not an integer"),
+    ("gpus", "0", "'0' must be >= 1"),
+    ("grad_accum", ",", "empty list"),
 ])
-def test_axis_lists_reject_unknown_values(text, kind, valid, message):
-    with pytest.raises(ValueError, match=message):
-        parse_list("--x", text, kind, valid)
+def test_axis_lists_reject_unknown_values(axis, text, message):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
+        AXIS_OPTIONS[axis][1](text)
+
+
+def test_axis_lists_keep_their_order_without_repeats():
+    assert AXIS_OPTIONS["precision"][1]("amp-bf16, fp32,amp-bf16") == ("amp-bf16", "fp32")
+    assert AXIS_OPTIONS["batch_size"][1]("64,16,64") == (64, 16)
 
 
 # --- the suite, run for real ------------------------------------------------------------------
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--model", "mlp,vit"], "error: --model: unknown value 'vit'; valid: mlp, cnn, resnet18, resnet50, gpt"),
-    (["--precision", "fp8"], "error: --precision: unknown value 'fp8'; valid: fp32, tf32, amp-fp16"),
-    (["--batch-size", "big"], "error: --batch-size: 'big' is not an integer"),
-    (["--gpus", "0"], "error: --gpus: '0' must be >= 1"),
-    (["--steps", "0"], "error: --steps: 0 must be >= 1"),
-    (["--steps", "3", "--rounds", "5"], "error: --rounds: 5 is more than the 3 timed steps per cell"),
+    (["--model", "mlp,vit"], "argument --model: invalid choice: 'vit' (choose from mlp, cnn, resnet18, resnet50, gpt)"),
+    (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8' (choose from fp32, tf32, amp-fp16"),
+    (["--batch-size", "big"], "argument --batch-size: 'big' is not an integer"),
+    (["--gpus", "0"], "argument --gpus: '0' must be >= 1"),
+    (["--steps", "0"], "argument --steps: '0' must be >= 1"),
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu' (choose from auto, cpu, cuda)"),
+    (["--steps", "3", "--rounds", "5"], "ERROR: --rounds: 5 is more than the 3 timed steps per cell"),
 ])
-def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
+def test_usage_errors_are_pytests_own(tmp_path, args, message):
+    """Options are validated where they are parsed: pytest reports a bad value as its usage error
+    (exit 4), naming the value and what is valid, before any cell runs and without a traceback."""
     proc = run_bench(tmp_path, *args, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stderr.strip().startswith(message) and proc.stderr.count("\n") == 1
-    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    assert message in proc.stderr and proc.stderr.count("\n") <= 3, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout and not (tmp_path / "results.jsonl").exists()
 
 
 def test_collection_lists_cells_with_readable_ids_and_skip_reasons(tmp_path):

@@ -6,8 +6,9 @@ import subprocess
 
 import pytest
 
-from trainkit.cli import CHOICES, main
+from trainkit.cli import CHOICES, choices_of, main
 from trainkit.config import RunConfig
+from trainkit.precision_facts import precision_names
 from trainkit.result import check_record
 
 from .conftest import REPO, trainkit_cmd
@@ -37,7 +38,7 @@ def test_every_invalid_option_value_exits_2_with_one_clear_line(field, value, ca
     assert err.count("\n") == 1 and err.startswith("error: ")
     assert value in err and (flag in err or field in err), err
     if field in CHOICES:
-        assert ", ".join(CHOICES[field]) in err
+        assert ", ".join(choices_of(field)) in err
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
@@ -50,7 +51,7 @@ def test_every_invalid_option_value_exits_2_with_one_clear_line(field, value, ca
     (["run", "--checkpoint-dir", "/tmp/x"], "checkpoint_every and checkpoint_dir go together"),
     (["run", "--output", "/no/such/dir/r.json"], "does not exist"),
     (["run", "--cell-timeout", "0"], "--cell-timeout: must be > 0"),
-    (["run", "--memory-limit-gb", "x"], "--memory-limit-gb: invalid number: 'x'"),
+    (["run", "--memory-limit-gb", "x"], "--memory-limit-gb: not a number: 'x'"),
     (["run", "--memory-limit-gb", "2", "--device", "cuda"], "--memory-limit-gb caps a CPU worker's address space"),
     (["run", "--model", "gpt", "--gpt-width", "30", "--gpt-heads", "4"], "gpt_width=30 must be divisible"),
     (["bogus"], "invalid choice: 'bogus'"),
@@ -69,7 +70,7 @@ def test_bad_input_in_a_real_process_has_no_traceback():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("error: trainkit run: argument --precision: invalid choice: 'fp8' "
-                                   "(choose from fp32, tf32, amp-fp16, amp-bf16, half-fp16, half-bf16)")
+                                   f"(choose from {', '.join(precision_names())})")
 
 
 def test_run_writes_the_record_and_exits_0(tmp_path):

@@ -331,3 +331,48 @@ def test_the_nvml_method_says_why_there_is_no_process_peak(monkeypatch):
                                                  nvml_note=sampler.process_note()))
     assert record["memory"]["nvml_process_peak_bytes"] is None
     assert record["memory"]["nvml_method"].startswith("unavailable")
+
+
+# --- activations: what autograd saves for backward ------------------------------------------------
+
+def _saved_bytes(config, batch):
+    from trainkit.loop import Trainer
+    from trainkit.memory import SavedTensors
+
+    trainer = Trainer(config.replace(batch_size=batch), CPU)
+    inputs, targets = trainer.data.source.window(0).micro_batches[0]
+    counter = SavedTensors(trainer.raw_model, exclude=(inputs, targets))
+    with counter.hooks(), trainer.policy.forward_context():
+        loss = trainer.spec.loss_fn(trainer.policy.convert_output(trainer.raw_model(inputs)), targets)
+    loss.backward()
+    return counter.bytes
+
+
+@pytest.mark.parametrize("model", ["mlp", "gpt"])
+def test_saved_activation_bytes_are_linear_in_the_batch_with_weights_left_out(model):
+    """Activations scale with the batch exactly; what does not (the loss's scalar, position ids) is
+    a few bytes: parameters, buffers and views of one storage are never counted."""
+    config = small_config(model)
+    sizes = {batch: _saved_bytes(config, batch) for batch in (8, 16, 32)}
+    per_sample = (sizes[32] - sizes[16]) / 16
+    assert sizes[16] - sizes[8] == per_sample * 8  # exactly linear
+    assert 0 < sizes[8] - 8 * per_sample < 1024  # the constant: a loss scalar, position ids
+
+
+def test_the_mlps_saved_activations_match_a_hand_count():
+    """Each ReLU saves its output (128, 64 floats), which fc2 and fc3 save as their inputs (the same
+    storages), log_softmax its output (10): (128 + 64 + 10) x 4 bytes per sample, plus nll_loss's
+    4-byte weight total. fc1's input is the batch, a view of the data pool: data, not activations."""
+    assert _saved_bytes(small_config("mlp"), 8) == 8 * (128 + 64 + 10) * 4 + 4
+
+
+def test_a_window_that_held_checkpoint_writes_has_no_counter_energy():
+    """The counter runs through a checkpoint written between two timed steps; the steps' time does
+    not. Such a window's energy would be charged to its samples, so it is left out, and said."""
+    from trainkit.result import TimedSpan, merge_energy
+
+    clean = RankReport(rank=0, pid=1, timing=RankTiming(spans=[TimedSpan(100, 2.0, 3200, 600.0, counter_s=2.01)]))
+    assert merge_energy([clean], LauncherReport(), on_gpu=True)[0] == pytest.approx(600.0 / 3200)
+    paused = RankReport(rank=0, pid=1, timing=RankTiming(spans=[TimedSpan(100, 2.0, 3200, 900.0, counter_s=3.5)]))
+    per_sample, method, _ = merge_energy([paused], LauncherReport(), on_gpu=True)
+    assert per_sample is None and "checkpoint writes" in method

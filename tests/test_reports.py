@@ -149,8 +149,9 @@ def test_summary_figures_are_the_records_numbers(report, records):
         assert row["repeats"] == "1"  # the same cell in both input files counts once
         assert float(row["throughput_samples_per_s"]) == pytest.approx(record["throughput_samples_per_s"])
         assert float(row["final_loss"]) == pytest.approx(record["loss"]["final"])
-        assert float(row["peak_memory_mib"]) == pytest.approx(record["memory"]["host_rss_peak_bytes"] / 2**20)
-        assert row["memory_measure"] == "host_rss_peak_bytes"  # a CPU run measures nothing else
+        # A CPU run has host memory only: the cell's own growth over its worker's inherited pages.
+        assert float(row["peak_memory_mib"]) == pytest.approx(record["memory"]["host_rss_growth_bytes"] / 2**20)
+        assert row["memory_measure"] == "host_rss_growth_bytes"
         fp32 = cells[cell_id.replace(record["config"]["precision"], "fp32", 1)]
         assert float(row["speedup_vs_fp32"]) == pytest.approx(
             record["throughput_samples_per_s"] / fp32["throughput_samples_per_s"])
@@ -185,7 +186,7 @@ def test_markdown_has_a_table_per_model_and_rank_count(report, records):
     throughput = by_cell(records)["mlp-fp32-bs64-ga1-gpus1"]["throughput_samples_per_s"]
     shown = f"{throughput:,.0f}" if throughput >= 100 else f"{throughput:.3g}"
     assert f"| {shown} |" in markdown
-    assert "peak MiB (host RSS)" in markdown
+    assert "peak MiB (host RSS growth)" in markdown
 
 
 def test_page_lists_unfinished_cells_with_their_reason(report, records):
@@ -340,7 +341,8 @@ def synthesize(records, n: int) -> list[dict]:
         record["cell_id"] = f"{model}-{precision}-bs{batch}-ga{accum}-gpus{gpus}"
         scale = 1 + (i % 17) / 10
         record["throughput_samples_per_s"] *= scale
-        record["memory"]["host_rss_peak_bytes"] = int(record["memory"]["host_rss_peak_bytes"] * scale)
+        for key in ("host_rss_peak_bytes", "host_rss_growth_bytes"):
+            record["memory"][key] = int(record["memory"][key] * scale)
         record["loss"]["curve"] = [v * (1 + j / 400) for j in range(8) for v in record["loss"]["curve"]][:50]
         if i % 41 == 0:
             record.update(status="oom", status_detail="CUDA out of memory (synthetic)", throughput_samples_per_s=None)

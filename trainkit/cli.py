@@ -17,47 +17,22 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from . import config as cfg
 from .config import ConfigError, ProfileConfig, RunConfig, field_help
+from .options import Parser, UsageError, choice, integer, number, optional
 from .precision_facts import precision_names
-from .schema import MEMORY_NAMES, headline_memory
+from .schema import MEMORY_NAMES, headline_memory, write_json
 
-CHOICES = {"model": cfg.MODELS, "precision": precision_names(), "optimizer": cfg.OPTIMIZERS,
+CHOICES = {"model": cfg.MODELS, "precision": precision_names, "optimizer": cfg.OPTIMIZERS,
            "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES}
+"""Fields with a fixed set of values (precision's is the table's, read when parsing)."""
 
 
-class UsageError(Exception):
-    """Bad input: printed as one line, exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def _number(kind: type, optional: bool) -> Any:
-    def parse(text: str) -> Any:
-        if optional and text.lower() in ("none", "off"):
-            return None
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _choice(field: str, valid: tuple[str, ...]) -> Any:
-    def parse(text: str) -> str:
-        if text not in valid:
-            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(valid)})")
-        return text
-
-    parse.__name__ = field
-    return parse
+def choices_of(field: str) -> tuple[str, ...]:
+    valid = CHOICES[field]
+    return tuple(valid() if callable(valid) else valid)
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -72,14 +47,13 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
         elif field.name in CHOICES:
-            group.add_argument(flag, dest=field.name, type=_choice(field.name, CHOICES[field.name]),
-                               default=None, metavar="{" + ",".join(CHOICES[field.name]) + "}", help=help_text)
-        elif kind.startswith("int"):
-            group.add_argument(flag, dest=field.name, type=_number(int, "None" in kind), default=None,
-                               metavar="N", help=help_text)
-        elif kind.startswith("float"):
-            group.add_argument(flag, dest=field.name, type=_number(float, "None" in kind), default=None,
-                               metavar="X", help=help_text)
+            group.add_argument(flag, dest=field.name, type=choice(CHOICES[field.name]), default=None,
+                               metavar="{" + ",".join(choices_of(field.name)) + "}", help=help_text)
+        elif kind.startswith(("int", "float")):
+            # Bounds are RunConfig's to check (it names the field); here only the number's form.
+            parse = integer(None) if kind.startswith("int") else number(None)
+            group.add_argument(flag, dest=field.name, type=optional(parse) if "None" in kind else parse,
+                               default=None, metavar="N" if kind.startswith("int") else "X", help=help_text)
         else:
             group.add_argument(flag, dest=field.name, default=None, metavar="TEXT", help=help_text)
 
@@ -118,52 +92,32 @@ def build_parser() -> Parser:
         out = p.add_argument_group("output and limits")
         out.add_argument("--output", "-o", metavar="FILE.json", help="write the result record here "
                          "(default: print it to stdout)")
-        out.add_argument("--cell-timeout", type=_positive_float, default=None, metavar="SECONDS",
+        out.add_argument("--cell-timeout", type=number(0, above=True), default=None, metavar="SECONDS",
                          help="end the cell as 'timeout' after this many seconds (default: 900)")
-        out.add_argument("--memory-limit-gb", type=_positive_float, default=None, metavar="GB",
+        out.add_argument("--memory-limit-gb", type=number(0, above=True), default=None, metavar="GB",
                          help="cap each CPU worker's extra address space (an allocation past it ends "
                               "the cell as 'oom' instead of exhausting the machine)")
         out.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
         prof = p.add_argument_group("profiling (a separate pass after the timed steps; never in them)")
-        prof.add_argument("--phase-steps", type=_non_negative_int, default=3, metavar="N",
+        prof.add_argument("--phase-steps", type=integer(0), default=3, metavar="N",
                           help="optimizer steps timed phase by phase: data, forward, backward, optimizer "
                                "(default: 3; 0 turns it off)")
         prof.add_argument("--profile", action="store_true",
-                          help="record 3 steps with torch.profiler: a Chrome trace (Perfetto, chrome://tracing), "
-                               "the top operators and the share of time in reduced precision")
+                          help=f"record {cfg.TRACE_STEPS} steps with torch.profiler: a Chrome trace (Perfetto, "
+                               "chrome://tracing), the top operators and the share of time in reduced precision")
         prof.add_argument("--memory-snapshot", action="store_true",
-                          help="record 2 steps of CUDA allocator history for pytorch.org/memory_viz (CUDA only)")
+                          help=f"record {cfg.SNAPSHOT_STEPS} steps of CUDA allocator history for "
+                               "pytorch.org/memory_viz (CUDA only)")
         prof.add_argument("--profile-dir", metavar="DIR", default=None,
                           help="where traces and snapshots go (default: OUTPUT.profile/, or ./trainkit-profiles/)")
     sub.add_parser("env", help="print the environment fingerprint as JSON")
     return parser
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
 def profile_config(args: argparse.Namespace) -> ProfileConfig:
     """The profiling passes the options ask for."""
     directory = args.profile_dir or (f"{args.output}.profile" if args.output else "trainkit-profiles")
-    return ProfileConfig(phase_steps=args.phase_steps, trace_steps=3 if args.profile else 0,
-                         snapshot_steps=2 if args.memory_snapshot else 0, output_dir=directory)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
+    return ProfileConfig.from_options(args.phase_steps, args.profile, args.memory_snapshot, directory)
 
 
 def _load_record_config(path: str) -> RunConfig:
@@ -207,7 +161,6 @@ def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
         raise UsageError(f"--memory-limit-gb {MEMORY_LIMIT_ON_GPU}; use it with --device cpu")
     # torch is imported only now: bad input is refused in a fraction of a second.
     from .launch import DEFAULT_CELL_TIMEOUT_S, launched_by_torchrun, run_cell, run_under_torchrun
-    from .result import write_json
     if launched_by_torchrun():
         record = run_under_torchrun(config, profile_config(args))
         if record is None:
@@ -220,7 +173,7 @@ def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
                           memory_limit_bytes=memory_limit, progress=_progress_printer(config, args.quiet),
                           profile=profile_config(args))
     if args.output:
-        write_json(record, args.output)
+        write_json(args.output, record)
     else:
         print(json.dumps(record, indent=2))
     if not args.quiet:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ProfileConfig, RunConfig
+from .options import choice, integer
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 INSTALL = "pip install 'trainkit[cluster]'"
@@ -60,8 +61,7 @@ cache lags; submitit waits as long in Job.result)."""
 
 def executor_name(text: str) -> str:
     """An argparse type: a valid executor whose requirements are installed."""
-    if text not in EXECUTORS:
-        raise argparse.ArgumentTypeError(f"unknown executor {text!r}; valid: {', '.join(EXECUTORS)}")
+    choice(EXECUTORS)(text)
     if text != "local":
         try:
             import submitit  # noqa: F401
@@ -71,17 +71,6 @@ def executor_name(text: str) -> str:
         raise argparse.ArgumentTypeError("slurm: no sbatch on PATH; run on a SLURM login node "
                                          "(submitit-local runs the same jobs on this machine)")
     return text
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return value
 
 
 def slurm_name(text: str) -> str:
@@ -153,12 +142,12 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--slurm-qos", "qos", {"type": slurm_name, "metavar": "NAME", "help": "sbatch --qos"}),
     ("--slurm-constraint", "constraint", {"type": slurm_name, "metavar": "FEATURES",
                                           "help": "sbatch --constraint (e.g. a GPU model's node feature)"}),
-    ("--slurm-gpus-per-node", "gpus_per_node", {"type": positive_int, "metavar": "N",
+    ("--slurm-gpus-per-node", "gpus_per_node", {"type": integer(1), "metavar": "N",
                                                 "help": "GPUs of a node (default 8); a cell with more runs on "
                                                         "several nodes, one task per GPU"}),
-    ("--slurm-cpus-per-gpu", "cpus_per_gpu", {"type": positive_int, "metavar": "N",
+    ("--slurm-cpus-per-gpu", "cpus_per_gpu", {"type": integer(1), "metavar": "N",
                                               "help": "CPU cores requested per GPU, or per rank on a CPU (default 4)"}),
-    ("--slurm-array-parallelism", "array_parallelism", {"type": positive_int, "metavar": "N",
+    ("--slurm-array-parallelism", "array_parallelism", {"type": integer(1), "metavar": "N",
                                                         "help": "most tasks of a job array running at once "
                                                                 "(default 32; submitit-local runs one at a time)"}),
     ("--slurm-param", "sbatch", {"type": sbatch_param, "action": "append", "metavar": "KEY[=VALUE]",

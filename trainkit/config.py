@@ -278,6 +278,13 @@ def _field_docs() -> dict[str, str]:
     return docs
 
 
+TRACE_STEPS = 3
+"""Optimizer steps `--profile` records with torch.profiler: enough for a steady-state step between
+the first (which pays the profiler's start) and the last."""
+SNAPSHOT_STEPS = 2
+"""Optimizer steps `--memory-snapshot` records: the allocator's pattern repeats every step."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ProfileConfig:
     """What to profile after a cell's timed steps (never during them)."""
@@ -299,3 +306,9 @@ class ProfileConfig:
             _at_least(name, getattr(self, name), 0)
         if (self.trace_steps or self.snapshot_steps) and not self.output_dir:
             raise ConfigError("trace_steps and snapshot_steps need output_dir")
+
+    @classmethod
+    def from_options(cls, phase_steps: int, profile: bool, memory_snapshot: bool, output_dir: str) -> ProfileConfig:
+        """The passes the command-line options ask for (`--phase-steps N --profile --memory-snapshot`)."""
+        return cls(phase_steps=phase_steps, trace_steps=TRACE_STEPS if profile else 0,
+                   snapshot_steps=SNAPSHOT_STEPS if memory_snapshot else 0, output_dir=output_dir)

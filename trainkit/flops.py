@@ -20,13 +20,14 @@ if TYPE_CHECKING:
 # gives "NVIDIA L40S" the L4's peaks (MFU 3x too high) and "NVIDIA H200 NVL" the H200 SXM's, and a
 # MIG slice ("NVIDIA A100-SXM4-40GB MIG 1g.5gb") the whole GPU's. A name not here, or a kind a GPU
 # has no tensor path for, has no peak: MFU is then null, never a near miss.
+# fp8 (Ada, Hopper, Blackwell) is e4m3 with fp32 accumulation, as torch._scaled_mm runs it.
 # fp16 and bf16 are tensor-core rates with fp32 accumulation (what cuBLAS uses under PyTorch; half
 # the fp16-accumulate figure on GeForce cards). Where a datasheet prints only sparse figures they
 # are halved, as NVIDIA's footnotes say ("1/2 lower without sparsity").
 # Names: NVIDIA's driver product-name table (NVIDIA/open-gpu-kernel-modules README, "Compatible
 # GPUs"); Volta's from nvidia-smi output.
-_H100_SXM = {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}
-_H100_NVL = {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5}
+_H100_SXM = {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4, "fp8": 1978.9}
+_H100_NVL = {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5, "fp8": 1670.5}
 _A100 = {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}
 _V100_SXM2 = {"fp32": 15.7, "fp16": 125.0}
 _V100_PCIE = {"fp32": 14.0, "fp16": 112.0}
@@ -35,14 +36,14 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     # (sparse figures, halved); SXM at the whitepaper's exact dense values (1830 MHz boost):
     # https://resources.nvidia.com/en-us-tensor-core/gtc22-whitepaper-hopper
     "NVIDIA H100 80GB HBM3": _H100_SXM,
-    "NVIDIA H100 PCIe": {"fp32": 51.0, "tf32": 378.0, "bf16": 756.5, "fp16": 756.5},
+    "NVIDIA H100 PCIe": {"fp32": 51.0, "tf32": 378.0, "bf16": 756.5, "fp16": 756.5, "fp8": 1513.0},
     "NVIDIA H100 NVL": _H100_NVL,  # per GPU, not the 2-card pair of 2023's material
     # H200: https://www.nvidia.com/en-us/data-center/h200/ (SXM and NVL columns, sparse, halved).
     "NVIDIA H200": _H100_SXM,
     "NVIDIA H200 NVL": _H100_NVL,
     # B200: https://www.nvidia.com/en-us/data-center/hgx/ (HGX B200 per GPU, sparse, halved); NVIDIA's
     # pages disagree on fp32 (75 vs 80 TFLOP/s) and tf32 (1100 vs 1125), so those stay unknown.
-    "NVIDIA B200": {"bf16": 2250.0, "fp16": 2250.0},
+    "NVIDIA B200": {"bf16": 2250.0, "fp16": 2250.0, "fp8": 4500.0},
     # A100 datasheet (all four SKUs alike, dense printed):
     # https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
     "NVIDIA A100-SXM4-40GB": _A100,
@@ -50,11 +51,11 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "NVIDIA A100-PCIE-40GB": _A100,
     "NVIDIA A100 80GB PCIe": _A100,
     # L4 datasheet (sparse only, halved): https://resources.nvidia.com/en-us-gpu-resources/l4-tensor-datasheet
-    "NVIDIA L4": {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0},
+    "NVIDIA L4": {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0, "fp8": 242.5},
     # L40S and L40 datasheets (dense printed): https://resources.nvidia.com/en-us-l40s/l40s-datasheet-28413,
     # https://www.nvidia.com/en-us/data-center/l40/
-    "NVIDIA L40S": {"fp32": 91.6, "tf32": 183.0, "bf16": 362.05, "fp16": 362.05},
-    "NVIDIA L40": {"fp32": 90.5, "tf32": 90.5, "bf16": 181.05, "fp16": 181.05},
+    "NVIDIA L40S": {"fp32": 91.6, "tf32": 183.0, "bf16": 362.05, "fp16": 362.05, "fp8": 733.0},
+    "NVIDIA L40": {"fp32": 90.5, "tf32": 90.5, "bf16": 181.05, "fp16": 181.05, "fp8": 362.0},
     # A10 datasheet (dense printed): https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a10/pdf/a10-datasheet.pdf
     # The A10G (AWS) is another chip (PCI ID 2237, the A10's is 2236) with no NVIDIA datasheet: unknown.
     "NVIDIA A10": {"fp32": 31.2, "tf32": 62.5, "bf16": 125.0, "fp16": 125.0},
@@ -71,7 +72,7 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "Tesla T4": {"fp32": 8.1, "fp16": 65.0},
     # Ada whitepaper, appendix A (fp32 accumulation):
     # https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf
-    "NVIDIA GeForce RTX 4090": {"fp32": 82.6, "tf32": 82.6, "bf16": 165.2, "fp16": 165.2},
+    "NVIDIA GeForce RTX 4090": {"fp32": 82.6, "tf32": 82.6, "bf16": 165.2, "fp16": 165.2, "fp8": 330.3},
     # GA102 whitepaper v2, appendix A (fp32 accumulation):
     # https://www.nvidia.com/content/PDF/nvidia-ampere-ga-102-gpu-architecture-whitepaper-v2.pdf
     "NVIDIA GeForce RTX 3090": {"fp32": 35.6, "tf32": 35.6, "bf16": 71.0, "fp16": 71.0},

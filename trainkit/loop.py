@@ -24,6 +24,7 @@ from .config import RunConfig
 from .data import Window, build_data, build_real_dataset, num_classes_of
 from .models import build_spec
 from .precision import NO_CONTEXT, build_precision
+from .schema import replacing
 from .timing import Marks
 
 
@@ -304,8 +305,8 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
         }
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)  # never a half-written checkpoint under the real name
+        with replacing(path) as temporary:  # never a half-written checkpoint under the real name
+            torch.save(state, temporary)
         return path
 
     def load_checkpoint(self, path: str) -> None:

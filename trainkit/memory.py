@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+from typing import Any
 
 import torch
 
@@ -36,3 +37,32 @@ def torch_memory(device: torch.device) -> tuple[int | None, int | None]:
 
 def alloc_conf() -> str | None:
     return os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")
+
+
+class SavedTensors:
+    """Counts the bytes autograd saves for backward (a step's activation memory) while its forward
+    runs under `hooks()`: each storage once (q, k and v are views of one qkv output); never the
+    model's parameters and buffers (weights, counted apart) nor the storages of `exclude` (the
+    batch, a view of the data pool that is counted as data). It sees what really is saved:
+    autocast's low-precision weight copies, and only what activation checkpointing keeps. Works on
+    real and fake tensors alike (storages are compared by identity, not address: fake ones have none).
+    """
+
+    def __init__(self, model: torch.nn.Module, exclude: tuple[torch.Tensor, ...] = ()) -> None:
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        self._ref = StorageWeakRef
+        self.weights = {StorageWeakRef(t.untyped_storage()) for t in (*model.parameters(), *model.buffers(), *exclude)}
+        self.seen: set[Any] = set()
+        self.bytes = 0
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        ref = self._ref(storage)
+        if ref not in self.weights and ref not in self.seen:
+            self.seen.add(ref)
+            self.bytes += storage.nbytes()
+        return tensor  # kept alive, so that its storage cannot be reused and counted again
+
+    def hooks(self) -> Any:
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LOSS_SCALING = ("none", "dynamic", "static")
-PEAK_KINDS = ("fp32", "tf32", "bf16", "fp16")
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+PEAK_KINDS = ("fp32", "tf32", "bf16", "fp16", "fp8")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +35,10 @@ class PrecisionFacts:
     """dtype of the parameters forward and backward read; their gradients take it too."""
     optimizer_state_dtype: str
     """dtype of the optimizer's state (momentum, Adam's moments)."""
+    master_dtype: str | None = None
+    """dtype of a master copy of the weights that the optimizer updates and the parameters are
+    copied from, where the mode keeps one apart from the parameters; None: the optimizer updates
+    the parameters themselves."""
     loss_scaling: str = "none"
     """none, dynamic (torch.amp.GradScaler: skips steps with inf/NaN gradients) or static (a fixed
     factor, for parameters GradScaler refuses)."""
@@ -55,7 +59,7 @@ class PrecisionFacts:
             raise ValueError(f"{self.name}: loss_scaling={self.loss_scaling!r}; choose from {', '.join(LOSS_SCALING)}")
         if self.peak_kind not in PEAK_KINDS:
             raise ValueError(f"{self.name}: peak_kind={self.peak_kind!r}; choose from {', '.join(PEAK_KINDS)}")
-        for dtype in (self.compute_dtype, self.param_dtype, self.optimizer_state_dtype):
+        for dtype in (self.compute_dtype, self.param_dtype, self.optimizer_state_dtype, self.master_dtype or "float32"):
             if dtype not in DTYPE_BYTES:
                 raise ValueError(f"{self.name}: dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
 

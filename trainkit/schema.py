@@ -83,12 +83,29 @@ def check_record(record: Any) -> list[str]:
     return problems
 
 
-def write_json(record: dict[str, Any], path: str) -> None:
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """A temporary path beside `path`, moved over it when the block succeeds: a reader never sees a
+    half-written file, and a write that fails leaves the old one (and no temporary) behind."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    temporary = f"{path}.tmp"
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a text file atomically (see `replacing`)."""
+    with replacing(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write a JSON document atomically; NaN is refused (JSON has none)."""
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def append_jsonl(record: dict[str, Any], path: str) -> None:
