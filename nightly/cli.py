@@ -7,8 +7,11 @@
     python -m nightly compare --out DIR [--baselines reports/baselines | --baseline PATH] [--candidate FILE]
     python -m nightly status --out DIR
     python -m nightly promote DIR [--baselines reports/baselines] [--force]
+    python -m nightly gpu-check --out DIR [--device auto|cuda|cpu] [--only CHECK[,CHECK]]
 
 `run` is preflight, matrix, report and compare in a row, stopping at a failed pre-flight or matrix.
+`gpu-check` stands apart: a few cells whose every figure is checked against an independent measure
+(nightly/gpucheck.py); it exits 1 when a check fails.
 `run` and `preflight` begin a new run in --out (an earlier run's artifacts there are removed); the
 other commands add to the run they find.
 
@@ -113,6 +116,20 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
                    help="a baseline cell missing from the run fails it too (default: reported)")
 
 
+def _add_gpu_check(sub: argparse._SubParsersAction) -> None:
+    from .gpucheck import CHECK_NAMES, GROUPS, parse_only
+    from .gpucheck import DEFAULT_OUT as GPU_CHECK_OUT
+
+    p = sub.add_parser("gpu-check", help="a few cells, each figure checked against an independent measure "
+                                         "(exit 1 when a check fails)")
+    p.add_argument("--out", default=GPU_CHECK_OUT, metavar="DIR",
+                   help="where gpu-check.md, gpu-check.json, results.jsonl and report.html go "
+                        f"(default {GPU_CHECK_OUT})")
+    _add_device(p)
+    p.add_argument("--only", type=parse_only, default=(), metavar="CHECK[,CHECK]",
+                   help=f"run only these checks or groups ({', '.join(GROUPS)}): {', '.join(CHECK_NAMES)}")
+
+
 def parser() -> Parser:
     top = Parser(prog="python -m nightly", description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -139,6 +156,7 @@ def parser() -> Parser:
     promote.add_argument("--baselines", default=None, metavar="DIR", help="default reports/baselines")
     promote.add_argument("--force", action="store_true",
                          help="promote a run that is not green, not from main, or of uncommitted code")
+    _add_gpu_check(sub)
     return top
 
 
@@ -271,6 +289,10 @@ def _configs(args: argparse.Namespace) -> dict[str, object]:
 
 def _dispatch(args: argparse.Namespace) -> int:
     configs = _configs(args)
+    if args.command == "gpu-check":
+        from .gpucheck import run_gpu_check
+
+        return run_gpu_check(args.out, args.device, args.only)
     if args.command == "promote":
         from .baselines import DEFAULT_ROOT, promote, shown
 
