@@ -80,6 +80,10 @@ def _add_matrix(p: argparse.ArgumentParser) -> None:
                    help="runs of every cell in fresh workers (default 3; fewer are reported, not gated)")
     p.add_argument("bench_args", nargs="*", metavar="-- BENCH_OPTIONS",
                    help="further bench options after --, e.g. -- --model gpt --cell-timeout 600")
+    from trainkit import cluster
+
+    cluster.add_options(p.add_argument_group("where the cells run (see README, 'Running on a SLURM cluster')")
+                        .add_argument)
 
 
 def _add_gate(p: argparse.ArgumentParser) -> None:
@@ -167,10 +171,12 @@ def _limits(args: argparse.Namespace):
 
 
 def _matrix_options(args: argparse.Namespace):
+    from trainkit.cluster import from_namespace
+
     from .matrix import MatrixOptions
 
     return MatrixOptions(preset=args.preset, repeats=args.repeats, device=args.device,
-                         bench_args=tuple(args.bench_args))
+                         bench_args=tuple(args.bench_args), executor=from_namespace(args))
 
 
 def _thresholds(args: argparse.Namespace):
@@ -254,9 +260,15 @@ def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> i
     from .report import run_report
 
     run.start()
-    if _finish(run, run_preflight(configs["limits"], run)) != PASS:
+    matrix_options = configs["matrix_options"]
+    if matrix_options.executor.executor == "slurm":  # this machine is a login node, not where cells run
+        preflight = Stage("preflight", PASS, "not run here: with --executor slurm the cells run on cluster "
+                                             "nodes; each record names its node and environment")
+    else:
+        preflight = run_preflight(configs["limits"], run)
+    if _finish(run, preflight) != PASS:
         return _status(run)
-    if _finish(run, run_matrix(configs["matrix_options"], run)) != PASS:
+    if _finish(run, run_matrix(matrix_options, run)) != PASS:
         return _status(run)
     _finish(run, run_report(run))
     _finish(run, _compare(args, run, configs["thresholds"]))
@@ -284,9 +296,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "promote":
         from .baselines import DEFAULT_ROOT, promote, shown
 
-        baseline = promote(RunDir(args.run_dir), args.baselines or DEFAULT_ROOT, force=args.force)
-        print(f"promoted {args.run_dir} to {baseline.describe()}")
-        print(f"commit it: git add {shown(baseline.path)} && git commit")
+        promoted = promote(RunDir(args.run_dir), args.baselines or DEFAULT_ROOT, force=args.force)
+        for baseline in promoted:  # one per environment the run's cells were measured in
+            print(f"promoted {args.run_dir} to {baseline.describe()}")
+        print(f"commit it: git add {' '.join(shown(b.path) for b in promoted)} && git commit")
         return PASS
     run = RunDir(args.out)
     if args.command == "status":
