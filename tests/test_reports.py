@@ -270,6 +270,34 @@ def test_a_gpu_record_reports_reserved_memory_and_every_measure(records, tmp_pat
     assert "1 GPU" in page and "CPU rows are correctness" not in page
 
 
+def test_one_run_whose_cells_landed_on_two_gpu_models_is_grouped_by_each_records_environment(records, tmp_path):
+    """Cluster jobs of one run may land on different GPUs: each record's own environment places it,
+    so a cell has a row per GPU model, fp32 speedups are taken within a model, and the environment
+    table lists both fingerprints with their records."""
+    run = []
+    for gpu, driver, node, scale in (("NVIDIA H100 80GB HBM3", "580.65", "gpu017", 1.0),
+                                     ("NVIDIA A100-SXM4-80GB", "550.54", "gpu203", 0.5)):
+        for record in copy.deepcopy([r for r in records if r["status"] == "ok" and r["config"]["model"] == "mlp"
+                                     and r["config"]["grad_accum"] == 1]):
+            record["env"].update(gpu_name=gpu, driver=driver, cuda="12.8", hostname=node)
+            record["throughput_samples_per_s"] *= scale
+            run.append(record)
+    paths = build_report([write_results(run, str(tmp_path / "results.jsonl"))], str(tmp_path / "report.html"))
+    built = read_built(paths)
+    rows = built["rows"]
+    assert {r["hardware"] for r in rows} == {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"}
+    fp32 = [r for r in rows if r["precision"] == "fp32" and r["batch_size"] == "16"]
+    assert sorted(float(r["throughput_samples_per_s"]) for r in fp32) == pytest.approx(
+        sorted(r["throughput_samples_per_s"] * s for r in records for s in (1.0, 0.5)
+               if r["cell_id"] == "mlp-fp32-bs16-ga1-gpus1" and r["config"]["lr"] == 0.01))
+    assert {float(r["speedup_vs_fp32"]) for r in fp32} == {1.0}  # each model against its own fp32
+    page = built["html"]
+    assert "<h3>mlp · NVIDIA H100 80GB HBM3</h3>" in page and "<h3>mlp · NVIDIA A100-SXM4-80GB</h3>" in page
+    section = page[page.index('<section id="environment">'):]
+    assert "gpu_name=NVIDIA H100 80GB HBM3, driver=580.65" in section
+    assert "gpu_name=NVIDIA A100-SXM4-80GB, driver=550.54" in section
+
+
 # --- in a real browser --------------------------------------------------------------------------
 
 def chromium() -> str:
