@@ -249,12 +249,18 @@ def to_markdown(docs: list[dict[str, Any]]) -> str:
     lines = ["# trainkit loss parity", ""]
     for doc in docs:
         for model in doc["models"]:
-            frame = rows({**doc, "models": {model: doc["models"][model]}})
+            block = doc["models"][model]
+            frame = rows({**doc, "models": {model: block}})
             shown = table(frame)[["precision", "verdict", "eval loss ± sd", "past band (widths)", "steps to target",
-                                  "throughput vs fp32", "effective vs fp32"]]
+                                  "time to target", "throughput vs fp32", "effective vs fp32"]]
             shown = shown.assign(**{"diagnostic named": [n if v in ("better", "worse", "no-verdict") else ""
                                                          for v, n in zip(frame["verdict"], frame["named"])]})
-            lines += [f"## {model}", "", "| " + " | ".join(shown.columns) + " |",
+            ref, target = block["reference"], (block.get("target") or {}).get("loss")
+            head = ([f"fp32 eval loss {ref['eval_loss_mean']:.4f} ± {ref['eval_loss_sd']:.4f} over {ref['seeds']} "
+                     f"seeds, band {ref['band'][0]:.4f} – {ref['band'][1]:.4f}; target loss {_num(target, '.4f')}; "
+                     f"{block['steps']} optimizer steps per cell.", ""] if "error" not in ref
+                    else [f"No verdicts: {ref['error']}.", ""])
+            lines += [f"## {model}", "", *head, "| " + " | ".join(shown.columns) + " |",
                       "|" + "|".join("---" for _ in shown.columns) + "|"]
             lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
                       for row in shown.itertuples(index=False)]

@@ -201,7 +201,9 @@ def test_the_parity_report_renders_in_chromium_without_console_errors(parity_run
     assert "fp32 band" in page and "within-noise" in page and "not GPU claims" in page
     assert_every_chart_renders(str(page_path), page, tmp_path)
     markdown = (parity_run["out"] / "parity.md").read_text()
-    assert "| half-bf16-master |" in markdown and "effective vs fp32" in markdown
+    assert "| half-bf16-master |" in markdown and "effective vs fp32" in markdown and "time to target" in markdown
+    band = parity_run["doc"]["models"]["mlp"]["reference"]["band"]
+    assert f"band {band[0]:.4f} – {band[1]:.4f}" in markdown
 
 
 def test_a_report_of_results_and_a_parity_document_has_both(parity_run, tmp_path):
