@@ -137,7 +137,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     table["variant"] = (table["variant"] + " " + table["precision_variant"]).str.strip()
     # Present when any cell has them: a CPU run has neither MFU nor energy, a run with
     # --phase-steps 0 no phases; a column of blanks would say "measured, nothing there".
-    for column, before in (("mfu", "final_loss"), ("energy_j_per_sample", "skipped_steps")):
+    for column, before in (("mfu", "loss_steps"), ("energy_j_per_sample", "skipped_steps")):
         if table[column].notna().any():
             columns.insert(columns.index(before), column)
     columns += [c for c in PHASE_COLUMNS if table[c].notna().any()]
