@@ -7,7 +7,9 @@
 The page answers, per model and hardware: what each precision does to throughput, loss and
 memory (summary), how throughput and memory grow with batch size, what accumulation costs at a
 fixed effective batch, how the loss curves of the precisions compare, what the fp16 loss scaler
-did, how throughput scales across GPUs, where each cell's step time goes (the profile: phases,
+did, how throughput scales across GPUs, what torch.compile gains per precision and what it costs
+to compile, which cells fit in the least memory for their speed (activation checkpointing,
+accumulation, precision), which layers FP8 converted, where each cell's step time goes (the profile: phases,
 top operators, MFU, energy, links to traces and memory snapshots), which cells did not finish and
 why, and on what environment each run was measured.
 """
@@ -23,15 +25,15 @@ import pandas as pd
 from trainkit.precision_facts import display_rank
 from trainkit.schema import write_text
 
-from . import figures, html, profiles
+from . import figures, frontier, html, profiles
 from .load import to_frame
 from .records import InputError, Run, all_records, fingerprint, read_runs
 from .summary import TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
 
 SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
             ("accumulation", "Accumulation"), ("loss", "Loss curves"), ("scaler", "Loss scaling"),
-            ("scaling", "Scaling"), ("profile", "Profile"), ("failures", "Cells that did not finish"),
-            ("environment", "Environment"))
+            ("scaling", "Scaling"), *frontier.SECTIONS, ("profile", "Profile"),
+            ("failures", "Cells that did not finish"), ("environment", "Environment"))
 OPEN_ROWS = 120  # past this many summary rows the tables start folded, so they do not bury the charts
 
 
@@ -148,6 +150,7 @@ def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".")
     charts = _chart_sections(table, frame)
     bodies = {"summary": _summary_section(table, frame), **charts,
               "profile": profiles.section(frame, _pairs(frame), base_dir, OPEN_ROWS),
+              **frontier.sections(frame, _pairs(frame)),
               "failures": _failures_section(frame), "environment": _environment_section(runs)}
     body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in SECTIONS)
     return html.page(title, _header(runs, frame), body), table
