@@ -3,8 +3,9 @@
 A policy owns everything precision changes in a training step, as hooks the loop calls in order:
 `configure_backends` (TF32 flags), `convert_module` (parameter dtype), `forward_context`
 (autocast), `backward` (loss scaling), `unscale_` (before clipping) and `optimizer_step` (the
-step, with GradScaler's skip-on-overflow). fp32 is the base class with no-op hooks. What a mode
-*is* (its dtypes, where it runs, its loss scaling) is read from precision_facts.py, never restated.
+step, with GradScaler's skip-on-overflow); `details` tells the record what the mode did to the
+model (FP8's converted layers). fp32 is the base class with no-op hooks. What a mode *is* (its
+dtypes, where it runs, its loss scaling) is read from precision_facts.py, never restated.
 """
 
 from __future__ import annotations
