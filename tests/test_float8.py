@@ -6,6 +6,8 @@ constructor argument."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -70,6 +72,24 @@ def test_without_a_fitting_torchao_the_cells_are_unsupported_with_an_install_hin
         with pytest.raises(Unsupported) as refused:
             Trainer(config, CPU, policy=policy)
         assert str(refused.value) == expected
+
+
+def test_a_hidden_torchao_makes_the_cells_unsupported_never_an_import_error(monkeypatch):
+    """torchao not importable at all, as without the extra: the gate answers before anything imports
+    it, in bench's collection and in the worker."""
+    for name in [n for n in sys.modules if n == "torchao" or n.startswith("torchao.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torchao", None)  # `import torchao` raises ImportError; find_spec: None
+    float8._float8.cache_clear()  # no float8 module left over from an earlier test
+    with pytest.raises(ImportError):
+        float8.float8_linear_class()
+    expected = f"fp8-rowwise needs torchao, an optional extra: {HINT}"
+    assert float8.torchao_version() is None and float8.missing_reason("fp8-rowwise") == expected
+    assert skip_reason("gpt", "fp8-rowwise", 1, H100) == expected
+    config = small_config("gpt", precision="fp8-rowwise", **GPT)
+    with pytest.raises(Unsupported) as refused:
+        Trainer(config, CPU, policy=POLICIES["fp8-rowwise"](CPU, config, emulate=True))
+    assert str(refused.value) == expected
 
 
 def train(precision: str, steps: int, emulate: bool) -> Trainer:
