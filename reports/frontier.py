@@ -35,17 +35,27 @@ SYMBOLS = {"none": "circle", "full": "diamond"}
 
 def cells(records: pd.DataFrame) -> pd.DataFrame:
     """One row per cell over its ok records: medians of throughput, peak memory (the headline
-    measure), final loss and compile time; the most recompiles and graphs of any repeat."""
+    measure), final loss and compile time; the most recompiles and graphs of any repeat; the loss
+    curves of its repeats (for a loss at a chosen step)."""
     ok = records[(records["status"] == "ok") & records["throughput_samples_per_s"].notna()]
     if ok.empty:
         return pd.DataFrame(columns=[*CELL, "repeats", "throughput", "peak_mib", "memory_measure", "final_loss",
-                                     "compile_s", "recompiles", "graphs"])
+                                     "compile_s", "recompiles", "graphs", "curves"])
     return ok.groupby(CELL, dropna=False, sort=False).agg(
         repeats=("status", "size"), throughput=("throughput_samples_per_s", "median"),
         peak_mib=("peak_memory_bytes", lambda s: s.median() / MIB), memory_measure=("memory_measure", "first"),
         final_loss=("loss.final", "median"), compile_s=("compile.compile_time_s", "median"),
         recompiles=("compile.recompiles", "max"), graphs=("compile.graphs", "max"),
+        curves=("loss.curve", lambda s: [c for c in s if isinstance(c, list)]),
     ).reset_index()
+
+
+def loss_at(curves: object, steps: int) -> float:
+    """The median over repeats of the loss after `steps` optimizer steps (NaN where a curve is shorter
+    or the loss there is not finite)."""
+    values = [c[steps - 1] for c in curves if steps >= 1 and len(c) >= steps and c[steps - 1] is not None] \
+        if isinstance(curves, list) else []
+    return float(pd.Series(values, dtype=float).median()) if values else float("nan")
 
 
 def _shape(rows: pd.DataFrame) -> list[str]:
@@ -58,9 +68,14 @@ def _shape(rows: pd.DataFrame) -> list[str]:
 def compile_pairs(per_cell: pd.DataFrame) -> pd.DataFrame:
     """Compiled cells with their eager twin's throughput and the speedup (NaN without a twin)."""
     compiled = per_cell[per_cell["compiled"]]
-    eager = per_cell[~per_cell["compiled"]][[*PAIR, "throughput"]].drop_duplicates(subset=PAIR)
+    eager = per_cell[~per_cell["compiled"]][[*PAIR, "throughput", "final_loss", "curves"]].drop_duplicates(subset=PAIR)
     pairs = compiled.merge(eager, on=PAIR, how="left", suffixes=("", "_eager"))
     pairs["speedup"] = pairs["throughput"] / pairs["throughput_eager"]
+    # A compiled run is longer than its twin by the warmup steps compilation took to settle, so its
+    # final loss is a later step's: compare the loss at the twin's last step.
+    pairs["eager_steps"] = [max((len(c) for c in curves), default=0) if isinstance(curves, list) else 0
+                            for curves in pairs["curves_eager"]]
+    pairs["loss_at_eager_steps"] = [loss_at(curves, n) for curves, n in zip(pairs["curves"], pairs["eager_steps"])]
     pairs = pairs.assign(shape=_shape(pairs), _rank=pairs["precision"].map(display_rank))
     return pairs.sort_values(["gpus", "batch_size", "grad_accum", "eager_variant", "_rank"]).reset_index(drop=True)
 
@@ -85,7 +100,9 @@ def compile_chart(pairs: pd.DataFrame) -> Chart:
     missing = int(pairs["speedup"].isna().sum())
     note = ("Each compiled cell over its eager twin (same model, shape, precision and other axes), median over "
             "repeats; above 1 compile is faster. Compile time: the warmup steps that compiled, less what they take "
-            "at the steady speed; it is never part of a timed step.")
+            "at the steady speed; it is never part of a timed step. A compiled run is longer by the warmup steps "
+            "compilation took to settle, so the table sets its loss after as many steps as the eager twin took "
+            "beside the twin's final loss.")
     if missing:
         note += f" {missing} compiled cell{'s have' if missing > 1 else ' has'} no eager twin here: no speedup."
     return Chart(title, fig, note)
@@ -100,6 +117,8 @@ def _compile_table(pairs: pd.DataFrame) -> str:
         "eager samples/s": [fmt(v, ",.4g") for v in pairs["throughput_eager"]],
         "compiled samples/s": [fmt(v, ",.4g") for v in pairs["throughput"]],
         "speedup": [fmt(v, ".2f") + ("×" if pd.notna(v) else "") for v in pairs["speedup"]],
+        "eager final loss": [fmt(v, ".4f") for v in pairs["final_loss_eager"]],
+        "compiled loss, same step": [fmt(v, ".4f") for v in pairs["loss_at_eager_steps"]],
         "compile s": [fmt(v, ".1f") for v in pairs["compile_s"]],
         "recompiles": [fmt(v, ".0f") for v in pairs["recompiles"]],
         "graphs": [fmt(v, ".0f") for v in pairs["graphs"]],

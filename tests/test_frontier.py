@@ -323,7 +323,7 @@ def test_records_from_before_these_axes_still_load_and_compare(compiled_mlp, tmp
 def test_the_report_draws_compile_speedups_and_the_memory_throughput_front(compiled_mlp, tmp_path):
     pytest.importorskip("plotly", reason="reports need the `reports` extra")
     from reports.build import build_report
-    from reports.frontier import cells, pareto_front
+    from reports.frontier import cells, compile_pairs, pareto_front
     from reports.load import to_frame
     from trainkit.result import append_jsonl
 
@@ -349,6 +349,14 @@ def test_the_report_draws_compile_speedups_and_the_memory_throughput_front(compi
     speedup = compiled_record["throughput_samples_per_s"] / eager["throughput_samples_per_s"]
     assert 'class="chart"' in section("compile") and f"{speedup:.2f}×" in section("compile")
     assert f"{compiled_record['compile']['compile_time_s']:.1f}" in section("compile")
+    # The compiled run took a settling step more than its twin: its loss is compared at the twin's last step.
+    pairs = compile_pairs(cells(to_frame(records)))
+    (pair,) = pairs[pairs["model"] == "mlp"].itertuples()
+    eager_steps = len(eager["loss"]["curve"])
+    assert len(compiled_record["loss"]["curve"]) == eager_steps + 1 and pair.eager_steps == eager_steps
+    assert pair.loss_at_eager_steps == compiled_record["loss"]["curve"][eager_steps - 1]
+    assert f"{pair.loss_at_eager_steps:.4f}" in section("compile")
+    assert f"{eager['loss']['final']:.4f}" in section("compile")
     assert section("pareto").count('class="chart"') == 2  # gpt and mlp
     assert "fp8-rowwise needs a CUDA GPU with compute capability &gt;= 8.9" in section("fp8")
     # The front: no point on it is beaten on both memory and throughput by any other point.
