@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from trainkit.config import DEVICES, SNAPSHOT_STEPS, TRACE_STEPS, ProfileConfig
+from trainkit.config import COMPILE_MODES, DEVICES, SNAPSHOT_STEPS, TRACE_STEPS, ProfileConfig
 from trainkit.env import fingerprint
 from trainkit.launch import DEFAULT_CELL_TIMEOUT_S, probe
 from trainkit.options import choice, integer, number
 
 from . import executors
-from .matrix import AXIS_OPTIONS, PRESET_NAMES, Hardware, build_matrix, preset
+from .matrix import AXIS_OPTIONS, PRESET_NAMES, CellSpec, Hardware, build_matrix, preset
 from .runner import TABLE_HEADER, BenchSession, SessionOptions, table_row
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,8 +36,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--preset", type=choice(PRESET_NAMES), default=None,
                     help="matrix to run: tiny (CI smoke), quick (default), full, nightly (the GPU matrix)")
     for name, (flag, parse, valid) in AXIS_OPTIONS.items():
-        group.addoption(flag, dest=f"tk_{name}", type=parse, default=None, metavar="A,B",
-                        help=f"comma list replacing the preset's {name} axis ({valid})")
+        group.addoption(flag, dest=f"tk_{name}", type=parse, default=None,
+                        metavar="A;B" if name == "alloc_conf" else "A,B",
+                        help=f"list replacing the preset's {name} axis ({valid})")
+    group.addoption("--compile-mode", dest="tk_compile_mode", type=choice(COMPILE_MODES), default=None,
+                    help="torch.compile's mode for the compiled cells (default: torch's)")
     group.addoption("--steps", dest="tk_steps", type=integer(1), default=None, metavar="N",
                     help="timed optimizer steps per cell (default: the preset's)")
     group.addoption("--warmup-steps", dest="tk_warmup_steps", type=integer(0), default=None, metavar="N",
@@ -110,7 +113,7 @@ def _cells(config: pytest.Config) -> list:
         return config.stash[CELLS]
     info = _hardware(config)
     hw = Hardware(info["device"], info["gpu_count"], tuple(info["capability"]) if info["capability"] else None,
-                  info["gpu_name"], info["cpu_count"])
+                  info["gpu_name"], info["cpu_count"], info.get("compile_unsupported"))
     if config.getoption("tk_memory_limit") and hw.device == "cuda":
         from trainkit.cli import MEMORY_LIMIT_ON_GPU
 
@@ -124,6 +127,8 @@ def _cells(config: pytest.Config) -> list:
     if rounds is not None and rounds > steps:
         raise pytest.UsageError(f"--rounds: {rounds} is more than the {steps} timed steps per cell")
     run_options = {"lr": config.getoption("tk_lr")} if config.getoption("tk_lr") is not None else {}
+    if config.getoption("tk_compile_mode") is not None:
+        run_options["compile_mode"] = config.getoption("tk_compile_mode")
     overrides = {name: config.getoption(f"tk_{name}") for name in AXIS_OPTIONS
                  if config.getoption(f"tk_{name}") is not None}
     try:
@@ -142,9 +147,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     for cell in cells:
         marks = [pytest.mark.skip(reason=cell.skip_reason)] if cell.skip_reason else []
-        params.append(pytest.param(cell.model, cell.precision, cell.batch_size, cell.grad_accum, cell.gpus,
-                                   cell.repeat, id=cell.id, marks=marks))
-    metafunc.parametrize("model,precision,batch_size,grad_accum,gpus,repeat", params)
+        params.append(pytest.param(*cell.params.values(), id=cell.id, marks=marks))
+    metafunc.parametrize(",".join(CellSpec.PARAMS), params)
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:

@@ -7,15 +7,17 @@ given on the command line replace an axis in every block.
 
 from __future__ import annotations
 
+import argparse
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainkit.config import MODELS, RunConfig
-from trainkit.options import choice, comma_list, integer
+from trainkit.config import ACTIVATION_CHECKPOINTING, ALLOC_CONF_PATTERN, MODELS, RunConfig
+from trainkit.options import choice, comma_list, integer, optional
 from trainkit.precision_facts import SHORT_DTYPE, facts_of, precision_names
 
-AXES = ("model", "precision", "batch_size", "grad_accum", "gpus")
+AXES = ("model", "precision", "batch_size", "grad_accum", "gpus", "compile", "activation_checkpointing", "alloc_conf")
 CONV_MODELS = ("cnn", "resnet18", "resnet50")
 
 # Model sizes per hardware. CPU rows are correctness and smoke rows, never speed claims.
@@ -39,12 +41,19 @@ class Block:
     """A cross product of axis values, with model options per model."""
 
     models: tuple[str, ...]
-    precisions: tuple[str, ...] | None
-    """None: every mode of trainkit's precision table, read when the matrix is built."""
+    precisions: tuple[str, ...] | Callable[[], tuple[str, ...]] | None
+    """None: every mode of trainkit's precision table; a function: the modes it picks from the
+    table; both read when the matrix is built."""
     batch_sizes: tuple[int, ...]
     grad_accums: tuple[int, ...]
     gpus: tuple[int, ...]
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    compiles: tuple[bool, ...] = (False,)
+    """torch.compile off and/or on."""
+    checkpointing: tuple[str, ...] = ("none",)
+    """Activation checkpointing modes."""
+    alloc_confs: tuple[str | None, ...] = (None,)
+    """PYTORCH_CUDA_ALLOC_CONF settings (None: the environment's own)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,15 @@ class Preset:
 
 
 ALL = None  # every precision mode
+
+
+def NOT_FP8() -> tuple[str, ...]:  # noqa: N802 - a preset constant, read when the matrix is built
+    """Every mode but FP8's: torchao converts linear layers only, so the MLP's are too small to
+    gain and resnet50's one (2048 -> 1000 classes, not a multiple of 16) cannot run in float8."""
+    return tuple(name for name in precision_names() if facts_of(name).peak_kind != "fp8")
+
+
+FP8 = ("fp8-tensorwise", "fp8-rowwise")
 PRESETS_CPU = {
     "tiny": Preset("tiny", (Block(("mlp", "gpt"), ("fp32", "amp-bf16"), (16,), (1, 2), (1,),
                                   {"gpt": CPU_GPT}),), 4, 1,
@@ -66,7 +84,14 @@ PRESETS_CPU = {
     "quick": Preset("quick", (
         Block(("mlp", "gpt"), ALL, (32,), (1, 4), (1, 2), {"gpt": CPU_GPT}),
         Block(("cnn",), ("fp32", "amp-bf16", "half-bf16"), (32,), (1, 4), (1,)),
-    ), 8, 2, "every CPU-capable precision x accumulation 1, 4 x ranks 1, 2 for mlp and gpt, plus cnn"),
+        # The frontier axes, once each: a compiled MLP, a checkpointed GPT (its eager and
+        # unchecked twins are in the first block).
+        Block(("mlp",), ("fp32",), (32,), (1,), (1,), compiles=(True,)),
+        # Accumulation 1 only: the checkpointed amp-bf16 GPT at accumulation 4 alone took 112 s of a
+        # 14.7-minute quick run on a 2-core machine at load 6-8.
+        Block(("gpt",), ("fp32", "amp-bf16"), (32,), (1,), (1,), {"gpt": CPU_GPT}, checkpointing=("full",)),
+    ), 8, 2, "every CPU-capable precision x accumulation 1, 4 x ranks 1, 2 for mlp and gpt, plus cnn, "
+             "a compiled mlp and a checkpointed gpt"),
     "full": Preset("full", (
         Block(("mlp", "gpt"), ALL, (16, 64), (1, 2, 4), (1, 2), {"gpt": CPU_GPT}),
         Block(("cnn", "resnet18"), ("fp32", "amp-bf16", "half-bf16"), (16, 32), (1, 4), (1, 2),
@@ -79,16 +104,25 @@ PRESETS_GPU = {
         Block(("mlp", "gpt", "resnet18"), ALL, (64,), (1, 4), (1,), {"gpt": GPU_GPT_SMALL}),
     ), 20, 5, "every precision x accumulation 1, 4 on one GPU"),
     "full": Preset("full", (
-        Block(("mlp",), ALL, (256, 4096), (1, 4), (1, 2)),
-        Block(("resnet50",), ALL, (64, 128, 256), (1, 4), (1, 2)),
-        Block(("gpt",), ALL, (4, 8, 16), (1, 4), (1, 2), {"gpt": GPU_GPT}),
-    ), 30, 10, "mlp, resnet50 and GPT-2 124M over batch sizes, accumulation and 1-2 GPUs"),
+        Block(("mlp",), NOT_FP8, (256, 4096), (1, 4), (1, 2)),
+        Block(("resnet50",), NOT_FP8, (64, 128, 256), (1, 4), (1, 2), compiles=(False, True)),
+        Block(("gpt",), ALL, (4, 8, 16), (1, 4), (1, 2), {"gpt": GPU_GPT}, compiles=(False, True)),
+        # What activation checkpointing buys in memory and costs in speed, beside the cells above.
+        Block(("resnet50",), ("amp-bf16",), (128, 256), (1, 4), (1,), compiles=(False, True), checkpointing=("full",)),
+        Block(("gpt",), ("amp-bf16", *FP8), (8, 16), (1, 4), (1,), {"gpt": GPU_GPT}, compiles=(False, True),
+              checkpointing=("full",)),
+    ), 30, 10, "mlp, resnet50 and GPT-2 124M over batch sizes, accumulation and 1-2 GPUs, eager and compiled, "
+               "FP8 for the GPT, activation checkpointing on one GPU"),
 }
 NIGHTLY = Preset("nightly", (
-    Block(("mlp",), ALL, (4096,), (1, 4), (1, 2, 4, 8)),
-    Block(("resnet50",), ALL, (64, 256), (1, 4), (1, 2, 4, 8)),
+    Block(("mlp",), NOT_FP8, (4096,), (1, 4), (1, 2, 4, 8)),
+    Block(("resnet50",), NOT_FP8, (64, 256), (1, 4), (1, 2, 4, 8)),
     Block(("gpt",), ALL, (8, 16), (1, 4), (1, 2, 4, 8), {"gpt": GPU_GPT}),
-), 50, 10, "the GPU matrix: mlp, resnet50, GPT-2 124M x every precision x 1-8 GPUs")
+    # Compiled twins of some cells above: compile-vs-eager per precision, FP8 where it can win.
+    Block(("resnet50",), ("amp-bf16", "amp-fp16"), (256,), (1,), (1, 8), compiles=(True,)),
+    Block(("gpt",), ("amp-bf16", *FP8), (16,), (1, 4), (1, 8), {"gpt": GPU_GPT}, compiles=(True,)),
+), 50, 10, "the GPU matrix: mlp, resnet50, GPT-2 124M x every precision x 1-8 GPUs, with compiled "
+           "resnet50 and GPT (FP8 for the GPT)")
 PRESET_NAMES = ("tiny", "quick", "full", "nightly")
 
 
@@ -107,6 +141,8 @@ class Hardware:
     capability: tuple[int, int] | None = None
     gpu_name: str | None = None
     cpu_count: int = 1
+    compile_unsupported: str | None = None
+    """Why torch.compile cannot run here (no C++ compiler on a CPU), or None."""
 
 
 @dataclass(frozen=True)
@@ -121,26 +157,39 @@ class CellSpec:
     repeat: int
     config: RunConfig
     skip_reason: str | None
+    compile: bool = False
+    activation_checkpointing: str = "none"
+    alloc_conf: str | None = None
 
     @property
     def id(self) -> str:
         base = self.config.cell_id
         return base if self.repeat == 0 else f"{base}-rep{self.repeat}"
 
+    PARAMS = ("model", "precision", "batch_size", "grad_accum", "gpus", "compile", "activation_checkpointing",
+              "alloc_conf", "repeat")
+    """The test's parameters (pytest-benchmark's --benchmark-group-by param:NAME), in order."""
+
     @property
     def params(self) -> dict[str, Any]:
         return {"model": self.model, "precision": self.precision, "batch_size": self.batch_size,
-                "grad_accum": self.grad_accum, "gpus": self.gpus, "repeat": self.repeat}
+                "grad_accum": self.grad_accum, "gpus": self.gpus, "compile": self.compile,
+                "activation_checkpointing": self.activation_checkpointing, "alloc_conf": self.alloc_conf,
+                "repeat": self.repeat}
 
 
-def skip_reason(model: str, precision: str, gpus: int, hw: Hardware) -> str | None:
+def skip_reason(model: str, precision: str, gpus: int, hw: Hardware, compile: bool = False,
+                activation_checkpointing: str = "none") -> str | None:
     """Why this hardware cannot run the cell meaningfully, or None. Whether the device can run the
     mode at all is the policy's answer, never restated here."""
-    from trainkit.precision import policy_class  # torch, only once cells are built
+    from trainkit import recompute  # torch, only once cells are built
+    from trainkit.precision import policy_class
 
     if hw.device == "cuda" and gpus > hw.gpu_count:
         return f"needs {gpus} GPUs, {hw.gpu_count} visible"
-    reason = policy_class(precision).unsupported_on(hw.device, hw.capability, hw.gpu_name)
+    reason = (policy_class(precision).unsupported_on(hw.device, hw.capability, hw.gpu_name)
+              or recompute.unsupported_reason(model, activation_checkpointing)
+              or (hw.compile_unsupported if compile else None))
     if reason or hw.device == "cuda":
         return reason
     facts = facts_of(precision)
@@ -156,27 +205,47 @@ def build_matrix(chosen: Preset, hw: Hardware, overrides: dict[str, tuple[Any, .
                  repeats: int = 1, run_options: dict[str, Any] | None = None) -> list[CellSpec]:
     """The cells of a preset with axis overrides applied, in a stable order, without duplicates."""
     cells: dict[str, CellSpec] = {}
+    run_options = dict(run_options or {})
+    compile_mode = run_options.pop("compile_mode", None)  # for the compiled cells only
     for block in chosen.blocks:
-        axes = {"model": block.models, "precision": block.precisions or precision_names(),
+        precisions = block.precisions() if callable(block.precisions) else block.precisions
+        axes = {"model": block.models, "precision": precisions or precision_names(),
                 "batch_size": block.batch_sizes,
-                "grad_accum": block.grad_accums, "gpus": block.gpus}
+                "grad_accum": block.grad_accums, "gpus": block.gpus, "compile": block.compiles,
+                "activation_checkpointing": block.checkpointing, "alloc_conf": block.alloc_confs}
         axes.update(overrides)
-        for model, precision, batch_size, grad_accum, gpus in itertools.product(*(axes[a] for a in AXES)):
-            options = {**RECIPES[model], **block.model_options.get(model, {}), **(run_options or {})}
+        for model, precision, batch_size, grad_accum, gpus, compiled, checkpointing, alloc_conf in itertools.product(
+                *(axes[a] for a in AXES)):
+            options = {**RECIPES[model], **block.model_options.get(model, {}), **run_options}
             if model in ("resnet18", "resnet50") and hw.device == "cpu":
                 options = {**CPU_RESNET, **options}
             if model == "gpt" and hw.device == "cpu":
                 options = {**CPU_GPT, **options}
             config = RunConfig(model=model, precision=precision, batch_size=batch_size, grad_accum=grad_accum,
                                world_size=gpus, steps=steps, warmup_steps=warmup_steps, device=hw.device,
-                               **options)
-            reason = skip_reason(model, precision, gpus, hw)
+                               compile=compiled, compile_mode=compile_mode if compiled else None,
+                               activation_checkpointing=checkpointing, alloc_conf=alloc_conf, **options)
+            reason = skip_reason(model, precision, gpus, hw, compiled, checkpointing)
             if chosen is NIGHTLY and hw.device != "cuda":
                 reason = "the nightly preset is the GPU matrix; on a CPU use --preset tiny, quick or full"
             for repeat in range(repeats):
-                spec = CellSpec(model, precision, batch_size, grad_accum, gpus, repeat, config, reason)
+                spec = CellSpec(model, precision, batch_size, grad_accum, gpus, repeat, config, reason,
+                                compiled, checkpointing, alloc_conf)
                 cells.setdefault(spec.id, spec)
     return list(cells.values())
+
+
+def on_off(text: str) -> bool:
+    """"on" or "off" (an axis of a switch)."""
+    return choice(("off", "on"))(text) == "on"
+
+
+def alloc_setting(text: str) -> str:
+    """One PYTORCH_CUDA_ALLOC_CONF setting: option:value pairs joined by commas."""
+    if not ALLOC_CONF_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid allocator setting: {text!r} (write option:value pairs joined by "
+                                         "commas, e.g. expandable_segments:True, or none)")
+    return text
 
 
 AXIS_OPTIONS: dict[str, tuple[str, Any, str]] = {
@@ -185,6 +254,12 @@ AXIS_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "batch_size": ("--batch-size", comma_list(integer(1)), "integers >= 1"),
     "grad_accum": ("--grad-accum", comma_list(integer(1)), "integers >= 1"),
     "gpus": ("--gpus", comma_list(integer(1)), "integers >= 1"),
+    "compile": ("--compile", comma_list(on_off), "off, on: torch.compile of the model"),
+    "activation_checkpointing": ("--activation-checkpointing", comma_list(choice(ACTIVATION_CHECKPOINTING)),
+                                 ", ".join(ACTIVATION_CHECKPOINTING)),
+    "alloc_conf": ("--alloc-conf", comma_list(optional(alloc_setting), separator=";"),
+                   "PYTORCH_CUDA_ALLOC_CONF settings separated by ';' (each may hold commas), none for the "
+                   "environment's own"),
 }
 """Each axis's command-line option, its argparse type (a comma list, validated as it is parsed)
 and the valid values in words."""

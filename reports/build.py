@@ -7,7 +7,9 @@
 The page answers, per model and hardware: what each precision does to throughput, loss and
 memory (summary), how throughput and memory grow with batch size, what accumulation costs at a
 fixed effective batch, how the loss curves of the precisions compare, what the fp16 loss scaler
-did, how throughput scales across GPUs, where each cell's step time goes (the profile: phases,
+did, how throughput scales across GPUs, what torch.compile gains per precision and what it costs
+to compile, which cells fit in the least memory for their speed (activation checkpointing,
+accumulation, precision), which layers FP8 converted, where each cell's step time goes (the profile: phases,
 top operators, MFU, energy, links to traces and memory snapshots), which cells did not finish and
 why, and on what environment each run was measured. Given a `trainkit parity` document, it adds
 the loss-parity section (reports.parity); given only parity documents, the page is that section.
@@ -23,15 +25,15 @@ import pandas as pd
 
 from trainkit.precision_facts import display_rank
 
-from . import figures, html, parity, profiles
+from . import figures, frontier, html, parity, profiles
 from .load import to_frame
 from .records import Run, all_records, fingerprint, read_runs
 from .summary import PARITY_POINTER, TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
 
 SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
             ("accumulation", "Accumulation"), ("loss", "Loss curves"), ("scaler", "Loss scaling"),
-            ("scaling", "Scaling"), ("profile", "Profile"), ("failures", "Cells that did not finish"),
-            ("environment", "Environment"))
+            ("scaling", "Scaling"), *frontier.SECTIONS, ("profile", "Profile"),
+            ("failures", "Cells that did not finish"), ("environment", "Environment"))
 PARITY_SECTION = ("parity", "Loss parity")  # present when a `trainkit parity` document is among the inputs
 OPEN_ROWS = 120  # past this many summary rows the tables start folded, so they do not bury the charts
 
@@ -151,6 +153,7 @@ def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
     charts = _chart_sections(table, frame)
     bodies = {"summary": _summary_section(table, frame), **charts,
               "profile": profiles.section(frame, _pairs(frame), base_dir, OPEN_ROWS),
+              **frontier.sections(frame, _pairs(frame)),
               "failures": _failures_section(frame), "environment": _environment_section(runs)}
     sections = list(SECTIONS)
     if parity_docs:

@@ -6,7 +6,12 @@ A few short columns are added so the tables and figures read plainly:
     hardware          GPU model or "CPU <model>" (see records.hardware)
     variant           config fields besides the axes where a record departs from the usual value
                       among the records of its model ("lr=1e+06"), else ""; precision_variant: the
-                      same for fields that only one precision reads (init_scale of amp-fp16)
+                      same for fields that only one precision reads (init_scale of amp-fp16). The
+                      axes after the first five lead it where they are not at their defaults
+                      ("compiled ac alloc=expandable_segments:True"), so charts and comparisons
+                      keep compiled and eager, checkpointed and not, apart
+    compiled, activation_checkpointing, alloc_conf   those axes (older records: the defaults)
+    eager_variant     the variant without "compiled": a compiled cell's eager twin has it too
     cell              cell_id plus the variants: the key that repeats of one cell share
     peak_memory_bytes the record's headline memory measure, named in memory_measure
                       (trainkit.schema.headline_memory; the summary picks one per cell the same way)
@@ -41,12 +46,18 @@ NUMERIC = ("throughput_samples_per_s", "effective_throughput_samples_per_s", "to
            *(f"profile.phases_s.{p}" for p in PHASES), "profile.phase_total_s", "profile.phase_steps",
            "profile.data_share", "profile.reduced_precision_share", "profile.trace_steps",
            *(f"gpu_samples.sm_clock_mhz.{s}" for s in ("min", "median", "max")), "gpu_samples.temperature_c_max",
-           "gpu_samples.power_w_mean")
+           "gpu_samples.power_w_mean", "compile.compile_time_s", "compile.recompiles", "compile.graphs",
+           "precision_details.converted_linear_flop_share", "memory.allocator.fragmentation_bytes",
+           "memory.allocator.num_alloc_retries", "memory.allocator.num_ooms")
 # Other columns the report reads; created empty when no record has them (a file of refused cells).
 OTHER = ("cell_id", "status", "status_detail", "finished_at", "run", "source", "loss.curve", "memory.nvml_method",
          "scaler.enabled", "energy_method", "throttled", "gpu_samples.throttle_reasons", "profile.error",
          "profile.phase_method", "profile.data_bound", "profile.top_ops", "profile.time_basis", "profile.trace_file",
-         "profile.memory_snapshot_file", "profile.memory_snapshot_note")
+         "profile.memory_snapshot_file", "profile.memory_snapshot_note", "compile.mode", "compile.compile_time_method",
+         "precision_details.recipe", "precision_details.converted_layers", "precision_details.skipped_layers",
+         "memory.allocator.settings_in_effect", "memory.allocator.method")
+# The axes after the first five, at their defaults in records written before they existed.
+AXIS_DEFAULTS = {"compile": False, "compile_mode": None, "activation_checkpointing": "none", "alloc_conf": None}
 
 
 # Config fields that change the work besides the five axes, with the records they matter to: a
@@ -135,12 +146,34 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     frame["precision_variant"] = _variants(frame, PRECISION_FIELDS)
     label = (frame["variant"] + " " + frame["precision_variant"]).str.strip()
     frame["cell"] = frame["cell_id"].where(label == "", frame["cell_id"] + " " + label)
+    _axes(frame)  # after `cell`: the cell id names these axes already
 
     measures = [headline_memory([r.get("memory")]) for r in records]
     frame["memory_measure"] = pd.Series(measures, index=frame.index, dtype=object)
     frame["peak_memory_bytes"] = [frame.at[i, f"memory.{m}"] if m else float("nan")
                                   for i, m in zip(frame.index, measures)]
     return frame
+
+
+def _axes(frame: pd.DataFrame) -> None:
+    """The compile, activation-checkpointing and allocator axes as columns, and in the variant."""
+    values = {}
+    for key, default in AXIS_DEFAULTS.items():
+        column = frame[f"config.{key}"] if f"config.{key}" in frame else pd.Series(None, index=frame.index)
+        values[key] = [default if v is None or (isinstance(v, float) and v != v) else v for v in column]
+    frame["compiled"] = pd.Series([bool(v) for v in values["compile"]], index=frame.index, dtype=bool)
+    frame["activation_checkpointing"] = pd.Series(values["activation_checkpointing"], index=frame.index, dtype=object)
+    frame["alloc_conf"] = pd.Series(values["alloc_conf"], index=frame.index, dtype=object)
+    compile_labels = ["" if not on else "compiled" + (f"({mode})" if mode else "")
+                      for on, mode in zip(values["compile"], values["compile_mode"])]
+    other_labels = [" ".join(filter(None, ["ac" if ac == "full" else ("" if ac == "none" else f"ac={ac}"),
+                                           f"alloc={alloc}" if alloc else ""]))
+                    for ac, alloc in zip(values["activation_checkpointing"], values["alloc_conf"])]
+    frame["eager_variant"] = pd.Series([" ".join(filter(None, [o, v])) for o, v in zip(other_labels, frame["variant"])],
+                                       index=frame.index, dtype=object)
+    frame["variant"] = pd.Series([" ".join(filter(None, [c, o, v]))
+                                  for c, o, v in zip(compile_labels, other_labels, frame["variant"])],
+                                 index=frame.index, dtype=object)
 
 
 def load(runs: list[Run]) -> pd.DataFrame:

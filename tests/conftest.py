@@ -56,6 +56,8 @@ def _restore_torch_state():
     torch.backends.cudnn.benchmark = saved[1]
     torch.set_float32_matmul_precision(saved[2])
     torch.set_num_threads(saved[3])
+    if "torch._dynamo" in sys.modules:  # a compiled cell's warmup leaves the stance "fail_on_recompile"
+        torch.compiler.set_stance("default")
 
 
 @pytest.fixture(autouse=True)

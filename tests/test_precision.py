@@ -7,11 +7,11 @@ import torch
 
 from trainkit.loop import Trainer, Unsupported
 from trainkit.precision import MixedPrecision, build_precision
-from trainkit.precision_facts import precision_names
+from trainkit.precision_facts import facts_of, precision_names
 
 from .conftest import CPU, flat_params, small_config, train
 
-CPU_PRECISIONS = [p for p in precision_names() if p != "tf32"]
+CPU_PRECISIONS = [p for p in precision_names() if not facts_of(p).cuda_only]  # FP8 on a CPU: test_float8.py
 EXPECTED_PARAM_DTYPE = {"fp32": torch.float32, "amp-fp16": torch.float32, "amp-bf16": torch.float32,
                         "half-fp16": torch.float16, "half-bf16": torch.bfloat16,
                         "half-fp16-master": torch.float16, "half-bf16-master": torch.bfloat16}

@@ -26,7 +26,8 @@ from .precision_facts import precision_names
 from .schema import MEMORY_NAMES, headline_memory, write_json
 
 CHOICES = {"model": cfg.MODELS, "precision": precision_names, "optimizer": cfg.OPTIMIZERS,
-           "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES}
+           "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES,
+           "compile_mode": cfg.COMPILE_MODES, "activation_checkpointing": cfg.ACTIVATION_CHECKPOINTING}
 """Fields with a fixed set of values (precision's is the table's, read when parsing)."""
 
 

@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,11 @@ SCHEDULES = ("constant", "exponential", "lambda", "cosine")
 DATASETS = ("synthetic", "mnist", "cifar10", "imagefolder")
 DEVICES = ("auto", "cpu", "cuda")
 FP16_MAX = 65504.0
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile's modes (an unknown one is a RuntimeError inside torch.compile, after the cell started)."""
+ACTIVATION_CHECKPOINTING = ("none", "full")
+ALLOC_CONF_PATTERN = re.compile(r"[A-Za-z_]+:[^,:\s]+(,[A-Za-z_]+:[^,:\s]+)*")
+"""PYTORCH_CUDA_ALLOC_CONF's form: option:value pairs joined by commas (PyTorch checks the options)."""
 
 # Which models each real data set can feed: the seed MLP and CNN read 1x28x28 images, the
 # ResNets 3-channel images, the GPT token sequences (synthetic only).
@@ -170,6 +176,22 @@ class RunConfig:
     cudnn_benchmark: bool = True
     """Let cuDNN autotune convolution algorithms (during warmup; shapes are fixed)."""
 
+    # --- compilation and memory ----------------------------------------------------------------
+    compile: bool = False
+    """torch.compile the model (after the precision's conversion, activation checkpointing and DDP's
+    wrapper). The warmup goes on until a step compiles nothing new; compile time and recompiles are
+    recorded apart from the timed steps, and any recompile during them ends the cell."""
+    compile_mode: str | None = None
+    """torch.compile's mode: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs;
+    None: torch's default. Needs compile."""
+    activation_checkpointing: str = "none"
+    """none, or full: every GPT block, every ResNet stage (layer1..layer4) and the CNN's two conv
+    stages keep only their inputs and recompute the rest in backward (torch.utils.checkpoint with
+    use_reentrant=False): less activation memory for more compute."""
+    alloc_conf: str | None = None
+    """PYTORCH_CUDA_ALLOC_CONF of the cell's workers (e.g. expandable_segments:True), set before CUDA
+    starts; None leaves the environment's own. On a CPU it is recorded and changes nothing."""
+
     # --- checkpoints -------------------------------------------------------------------------
     checkpoint_dir: str | None = None
     """Directory for checkpoints (model, optimizer, scaler, scheduler, step, config, RNG)."""
@@ -225,6 +247,17 @@ class RunConfig:
             raise ConfigError("prefetch_factor and persistent_workers need num_workers > 0")
         if (self.checkpoint_every is None) != (self.checkpoint_dir is None):
             raise ConfigError("checkpoint_every and checkpoint_dir go together")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile={self.compile!r} must be true or false")
+        if self.compile_mode is not None:
+            _choices("compile_mode", self.compile_mode, COMPILE_MODES)
+            if not self.compile:
+                raise ConfigError(f"compile_mode={self.compile_mode!r} needs compile")
+        _choices("activation_checkpointing", self.activation_checkpointing, ACTIVATION_CHECKPOINTING)
+        if self.alloc_conf is not None and not (isinstance(self.alloc_conf, str)
+                                                and ALLOC_CONF_PATTERN.fullmatch(self.alloc_conf)):
+            raise ConfigError(f"alloc_conf={self.alloc_conf!r} is not valid; write option:value pairs joined by "
+                              "commas, e.g. expandable_segments:True")
 
     # --- derived quantities, computed once so every part agrees -----------------------------
     @property
@@ -255,9 +288,25 @@ class RunConfig:
 
     @property
     def cell_id(self) -> str:
-        """Readable id of the matrix cell, e.g. resnet50-amp-fp16-bs256-ga4-gpus2."""
+        """Readable id of the matrix cell, e.g. resnet50-amp-fp16-bs256-ga4-gpus2; the axes after
+        the first five appear only where they differ from their defaults, so the ids of cells
+        without them (and baselines keyed by them) stay what they were:
+        gpt-fp8-rowwise-bs16-ga4-gpus1-compiled-ac."""
         return (f"{self.model}-{self.precision}-bs{self.batch_size}"
-                f"-ga{self.grad_accum}-gpus{self.world_size}")
+                f"-ga{self.grad_accum}-gpus{self.world_size}" + "".join(self.axis_tags))
+
+    @property
+    def axis_tags(self) -> tuple[str, ...]:
+        """The id's suffixes for the axes that differ from their defaults: -compiled (and its
+        mode), -ac, -alloc-<setting> (letters, digits and underscores: ids stay pytest-friendly)."""
+        tags = []
+        if self.compile:
+            tags.append("-compiled" + (f"-{self.compile_mode}" if self.compile_mode else ""))
+        if self.activation_checkpointing != "none":
+            tags.append("-ac" if self.activation_checkpointing == "full" else f"-ac-{self.activation_checkpointing}")
+        if self.alloc_conf is not None:
+            tags.append("-alloc-" + re.sub(r"[^A-Za-z0-9_.]+", "_", self.alloc_conf).strip("_"))
+        return tuple(tags)
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import compiled, recompute
 from .config import RunConfig
 from .data import Window, build_data, build_real_dataset, num_classes_of
 from .models import build_spec
-from .precision import NO_CONTEXT, build_precision
+from .precision import NO_CONTEXT, Precision, build_precision
 from .schema import replacing
 from .timing import Marks
 
@@ -88,11 +89,15 @@ class Trainer:
     are read after the timed steps, so keeping them costs a step no sync.
     """
 
-    def __init__(self, config: RunConfig, device: torch.device, rank: int = 0) -> None:
+    def __init__(self, config: RunConfig, device: torch.device, rank: int = 0, policy: Precision | None = None) -> None:
+        """`policy`: a precision policy the caller built for config.precision, used instead of the
+        default one (the tests pass FP8's with emulate=True, which runs on a CPU)."""
         self.config, self.device, self.rank = config, device, rank
         self.world_size = config.world_size
-        self.policy = build_precision(config, device)
-        reason = self.policy.unsupported_reason()
+        self.policy = policy if policy is not None else build_precision(config, device)
+        reason = (self.policy.unsupported_reason()
+                  or recompute.unsupported_reason(config.model, config.activation_checkpointing)
+                  or (compiled.unsupported_reason(device.type) if config.compile else None))
         if reason:
             raise Unsupported(reason)
         self.policy.configure_backends()
@@ -101,11 +106,17 @@ class Trainer:
         dataset = build_real_dataset(config) if config.data != "synthetic" else None
         self.spec = build_spec(config, num_classes_of(dataset) if dataset is not None else 10)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
+        # The order matters: precision conversion (float8 layers), activation checkpointing around
+        # the converted blocks, DDP, and torch.compile last, so that it traces all of them.
         model = self.policy.convert_module(self.spec.build().to(device))
+        self.checkpointed = recompute.apply(model, config.model, config.activation_checkpointing)
+        """Modules that recompute their forward in backward (activation_checkpointing)."""
         self.raw_model = model
         if self.world_size > 1:
             device_ids = [device.index] if device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        if config.compile:
+            model = compiled.compile_model(model, config.compile_mode)
         self.model = model
         self.params = self.policy.trained_parameters(self.raw_model)
         """What the optimizer updates and clipping reads: the parameters, or their fp32 master copies."""

@@ -85,10 +85,11 @@ def choice(valid: Iterable[str] | Callable[[], Iterable[str]]) -> Callable[[str]
     return _named(parse, "choice")
 
 
-def comma_list(item: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
-    """A comma list of `item`s, in order, without repeats (a matrix axis: "mlp,gpt" or "1,2,4")."""
+def comma_list(item: Callable[[str], Any], separator: str = ",") -> Callable[[str], tuple[Any, ...]]:
+    """A comma list of `item`s, in order, without repeats (a matrix axis: "mlp,gpt" or "1,2,4");
+    another separator for items that hold commas themselves (allocator settings: ";")."""
     def parse(text: str) -> tuple[Any, ...]:
-        values = [item(part.strip()) for part in text.split(",") if part.strip()]
+        values = [item(part.strip()) for part in text.split(separator) if part.strip()]
         if not values:
             raise argparse.ArgumentTypeError(f"empty list: {text!r}")
         return tuple(dict.fromkeys(values))

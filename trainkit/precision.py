@@ -4,20 +4,25 @@ A policy owns everything precision changes in a training step, as hooks the loop
 `configure_backends` (TF32 flags), `convert_module` (parameter dtype), `trained_parameters` (what
 the optimizer updates: the parameters, or fp32 master copies of them), `forward_context`
 (autocast), `backward` (loss scaling), `unscale_` (before clipping) and `optimizer_step` (the
-step, with GradScaler's skip-on-overflow). fp32 is the base class with no-op hooks. What a mode
-*is* (its dtypes, where it runs, its loss scaling) is read from precision_facts.py, never restated.
+step, with GradScaler's skip-on-overflow); `details` tells the record what the mode did to the
+model (FP8's converted layers). fp32 is the base class with no-op hooks. What a mode *is* (its
+dtypes, where it runs, its loss scaling) is read from precision_facts.py, never restated.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from . import float8
 from .config import RunConfig
 from .precision_facts import PrecisionFacts, facts_of, precision_names, unsupported_reason
+
+if TYPE_CHECKING:
+    from .models import ModelSpec
 
 NO_CONTEXT = contextlib.nullcontext()  # stateless, so one instance serves every step
 
@@ -111,6 +116,12 @@ class Precision:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
+
+    def details(self, spec: ModelSpec) -> dict[str, Any] | None:
+        """What the mode did to this model that its config does not say (the record's
+        `precision_details`), or None."""
+        del spec
+        return None
 
 
 def scaled_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor:
@@ -317,12 +328,69 @@ class MasterBF16Precision(MasterWeightPrecision):
     masters keep the updates bf16's 8-bit mantissa would round away (pytorch/ao#1124)."""
 
     name = "half-bf16-master"
+class Float8Precision(MixedBF16Precision):
+    """torchao's float8 training with per-tensor scales, over bf16 autocast (trainkit/float8.py).
+
+    The linear layers whose dimensions are multiples of 16 run their three GEMMs (output, input
+    gradient, weight gradient) in float8 with dynamic scales; the rest of the model runs under bf16
+    autocast as in amp-bf16, weights and optimizer stay fp32, no loss scaling. torch.compile fuses
+    the casts and scales: eager FP8 is slower than bf16 (torchtitan docs/float8.md).
+    """
+
+    name = "fp8-tensorwise"
+    recipe: ClassVar[str] = "tensorwise"
+
+    def __init__(self, device: torch.device, config: RunConfig, emulate: bool = False) -> None:
+        """emulate=True runs the float8 casts with fp32 GEMMs on any device (torchao's emulation):
+        the CPU tests check the numerics with it; speed means nothing then, so the bench never uses it."""
+        super().__init__(device, config)
+        self.emulate = emulate
+        self.conversion: float8.Conversion | None = None
+
+    @classmethod
+    def unsupported_on(cls, device_type: str, capability: tuple[int, int] | None,
+                       gpu_name: str | None = None) -> str | None:
+        return super().unsupported_on(device_type, capability, gpu_name) or float8.missing_reason(cls.name)
+
+    def unsupported_reason(self) -> str | None:
+        if self.emulate:  # emulation runs anywhere; it still needs torchao
+            return float8.missing_reason(self.name)
+        return super().unsupported_reason()
+
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.amp.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        from .loop import Unsupported  # the loop imports this module
+
+        rows = self.config.batch_size * (self.config.tokens_per_sample or 1)
+        if not self.emulate and rows % float8.DIVISOR:
+            # The weight gradient's GEMM runs over the micro-batch's rows.
+            raise Unsupported(f"{self.name}: float8 GEMMs need the rows of a micro-batch to be a multiple of "
+                              f"{float8.DIVISOR} (batch_size x tokens = {rows})")
+        module, self.conversion = float8.convert(module, self.recipe, self.emulate)
+        if not self.conversion.converted:
+            skipped = "; ".join(f"{name} {why}" for name, why in self.conversion.skipped.items()) or "none"
+            raise Unsupported(f"{self.name}: no linear layer of {self.config.model} can run in float8 "
+                              f"(skipped: {skipped})")
+        return module
+
+    def details(self, spec: ModelSpec) -> dict[str, Any] | None:
+        return float8.details(self.conversion, spec) if self.conversion is not None else None
+
+
+class Float8RowwisePrecision(Float8Precision):
+    """torchao's float8 training with per-row scales (e4m3 for the output gradient too): more
+    accurate than per-tensor scales, slower (pytorch/ao torchao/float8/README.md)."""
+
+    name = "fp8-rowwise"
+    recipe = "rowwise"
 
 
 POLICIES: dict[str, type[Precision]] = {
     cls.name: cls
     for cls in (Precision, TF32Precision, MixedPrecision, MixedBF16Precision, HalfPrecision, HalfBF16Precision,
-                MasterWeightPrecision, MasterBF16Precision)
+                MasterWeightPrecision, MasterBF16Precision, Float8Precision, Float8RowwisePrecision)
 }
 """The policy class of every mode in precision_facts.PRECISION_FACTS (a test holds them equal)."""
 

@@ -95,6 +95,17 @@ PRECISION_FACTS: dict[str, PrecisionFacts] = {facts.name: facts for facts in (
                                                     "fp32 optimizer state take the update",
                    compute_dtype="bfloat16", param_dtype="bfloat16", optimizer_state_dtype="float32",
                    master_dtype="float32", min_capability=(8, 0), peak_kind="bf16", color="#ccb974"),
+    # torchao float8 training (trainkit/float8.py) over bf16 autocast: the converted linear layers
+    # run their three GEMMs in float8 with per-tensor or per-row scales, everything else in bf16.
+    # cuda_only: emulation on a CPU checks numerics, never speed, so the CPU runs it in tests only.
+    PrecisionFacts(name="fp8-tensorwise", summary="fp32 weights, bf16 autocast, float8 linear layers "
+                   "(torchao, one scale per tensor)",
+                   compute_dtype="float8_e4m3fn", param_dtype="float32", optimizer_state_dtype="float32",
+                   min_capability=(8, 9), cuda_only=True, peak_kind="fp8", color="#8c8c8c"),
+    PrecisionFacts(name="fp8-rowwise", summary="fp32 weights, bf16 autocast, float8 linear layers "
+                   "(torchao, one scale per row)",
+                   compute_dtype="float8_e4m3fn", param_dtype="float32", optimizer_state_dtype="float32",
+                   min_capability=(8, 9), cuda_only=True, peak_kind="fp8", color="#64b5cd"),
 )}
 
 

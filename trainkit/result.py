@@ -108,6 +108,8 @@ class RankMemory:
     """Peak resident set of this process (inherited pages included)."""
     data_device_bytes: int | None = None
     """Device memory of the synthetic data pool (GPU only)."""
+    allocator: dict[str, Any] | None = None
+    """The allocator's setting and its fragmentation over the timed steps (trainkit/allocator.py)."""
 
 
 @dataclass
@@ -130,6 +132,10 @@ class RankReport:
     """Why the loss moved, read from one extra step after the figures (trainkit.diagnostics)."""
     cpu_time_s: float | None = None
     """CPU seconds this rank's process used, all its threads, from its start to its report."""
+    compile: dict[str, Any] | None = None
+    """torch.compile's warmup: compile time, graphs, recompiles (trainkit/compiled.py); None when eager."""
+    precision_details: dict[str, Any] | None = None
+    """What the precision mode did to the model that its config does not say (FP8's converted layers)."""
 
 
 @dataclass
@@ -268,9 +274,32 @@ def merge_memory(ranks: list[RankReport], launcher: LauncherReport) -> dict[str,
     memory["nvml_process_peak_bytes"] = _max_or_none(nvml)
     memory["nvml_method"] = launcher.nvml_note
     memory["data_device_bytes"] = ranks[0].memory.data_device_bytes if ranks else None
+    memory["allocator"] = merge_allocator(ranks)
     memory["per_rank"] = [{"rank": r.rank, **vars(r.memory),
                            "nvml_process_peak_bytes": nvml[r.rank] if r.rank < len(nvml) else None} for r in ranks]
     return memory
+
+
+def merge_allocator(ranks: list[RankReport]) -> dict[str, Any] | None:
+    """The allocator's setting and fragmentation figures: the max over ranks, like every memory figure."""
+    reports = [r.memory.allocator for r in ranks if r.memory.allocator is not None]
+    if not reports:
+        return None
+    merged = dict(reports[0])
+    for key in ("fragmentation_bytes", "num_alloc_retries", "num_ooms"):
+        merged[key] = _max_or_none([report.get(key) for report in reports])
+    if len(reports) > 1 and merged.get("fragmentation_bytes") is not None:
+        merged["method"] = f"{merged['method']}; the max over ranks"
+    return merged
+
+
+def merge_compile(ranks: list[RankReport]) -> dict[str, Any] | None:
+    """torch.compile's account: rank 0's, with the compile time of the slowest rank to compile
+    (the cell waits for it)."""
+    reports = [r.compile for r in ranks if r.compile is not None]
+    if not reports:
+        return None
+    return {**reports[0], "compile_time_s": _max_or_none([report.get("compile_time_s") for report in reports])}
 
 
 def merge_energy(ranks: list[RankReport], launcher: LauncherReport,
@@ -357,6 +386,8 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
         "energy_method": energy_method,
         "energy_window_s": energy_window_s,
         "timed_samples": sum(timed.samples),
+        "compile": merge_compile(ranks),
+        "precision_details": lead.precision_details,
         "profile": lead.profile,
         "diagnostics": lead.diagnostics,
         "gpu_samples": launcher.gpu_samples,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import resource
+import statistics
 import time
 import traceback
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from . import allocator, compiled
 from .config import ProfileConfig, RunConfig
 from .diagnostics import diagnose
 from .env import collect_env
@@ -53,6 +55,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "can't allocate memory" in message \
             or "Cannot allocate memory" in message:
         return "oom", f"out of memory: {message[:300]}" if message else "out of memory"
+    if compiled.is_compile_error(exc):  # its message goes on with pages of generated code
+        return "crashed", f"torch.compile: {type(exc).__name__}: {compiled.first_line(exc)[:300]}"
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     at = f" ({os.path.basename(where.filename)}:{where.lineno})" if where else ""
     return "crashed", f"{type(exc).__name__}: {message[:300]}{at}"
@@ -89,6 +93,7 @@ class RankWorker:
         self.report = RankReport(rank=rank, pid=os.getpid())
         memory = self.report.memory
         memory.host_rss_baseline_bytes = host_rss_now_bytes()  # mostly the fork server's pages
+        allocator.set_alloc_conf(config.alloc_conf)  # before CUDA starts (serve() has done it already)
         self.device = device if device is not None else select_device(config, local_rank)
         if self.device.type == "cpu":
             # Ranks share the cores: without this, 2 ranks x all-cores threads thrash.
@@ -110,6 +115,10 @@ class RankWorker:
         self.report.loss.resumed_from_step = self.trainer.resumed_from_step
         memory.data_device_bytes = self.trainer.data.device_bytes if self.device.type == "cuda" else None
         self.timer = Marks(self.device)
+        self.compile_warmup: dict[str, Any] | None = None
+        """What the warmup of a compiled cell saw (see _compile_warmup)."""
+        self.allocator_before: dict[str, int] | None = None
+        """The allocator's retry and OOM counters when the timed steps began (CUDA)."""
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -122,13 +131,50 @@ class RankWorker:
     def warmup(self) -> float:
         started = time.perf_counter()
         reset_peaks(self.device)  # from here on: the model and the data pool are in, generation is not
-        self.trainer.run(self.config.warmup_steps)
+        if self.config.compile:
+            self._compile_warmup()
+        else:
+            self.trainer.run(self.config.warmup_steps)
         self._sync()
         self.check_divergence()
         memory = self.report.memory
         memory.torch_warmup_max_allocated_bytes, memory.torch_warmup_max_reserved_bytes = torch_memory(self.device)
         self.report.timing.warmup_time_s = time.perf_counter() - started
         return self.report.timing.warmup_time_s
+
+    def _compile_warmup(self) -> None:
+        """The warmup of a compiled cell: the configured steps, then more while the last one still
+        compiled something (up to compiled.MAX_SETTLE_STEPS), each timed on its own; then any
+        recompile becomes an error (trainkit/compiled.py). In step mode the extra steps lengthen
+        the run, so the timed steps stay `steps` (a schedule keeps the configured length); in
+        epoch mode they come out of the first epoch. With several ranks every rank takes as many
+        extra steps as the one that compiled longest (their collectives must pair up)."""
+        trainer, config = self.trainer, self.config
+        start, failures = compiled.Counters.now(), compiled.guard_failure_counts()
+        steps: list[tuple[float, bool]] = []
+        settle = 0
+        while len(steps) < config.warmup_steps or not steps or steps[-1][1]:
+            if len(steps) >= config.warmup_steps:
+                if settle == compiled.MAX_SETTLE_STEPS:
+                    raise RuntimeError(f"torch.compile was still compiling after {len(steps)} warmup steps "
+                                       f"(recompiles: {compiled.recompile_reasons(failures)})")
+                settle += 1
+                if config.epochs is None:
+                    trainer.total_steps += 1
+            if trainer.finished:
+                break
+            before, began = compiled.Counters.now(), time.perf_counter()
+            trainer.run(1)
+            self._sync()
+            seconds, compiled_now = time.perf_counter() - began, compiled.Counters.now().minus(before).any
+            if config.world_size > 1 and dist.is_initialized():  # any rank that compiled keeps all warming up
+                flag = torch.tensor(float(compiled_now), device=self.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                compiled_now = bool(flag.item())
+            steps.append((seconds, compiled_now))
+        self.compile_warmup = {"steps": steps, "counted": compiled.Counters.now().minus(start),
+                               "reasons": compiled.recompile_reasons(failures), "settle": settle}
+        compiled.fail_on_recompile()
 
     def _timed_span(self, steps: int, report: Callable[[int, int], None] | None = None) -> list[float]:
         """Up to `steps` timed optimizer steps back to back; their durations in seconds. The energy
@@ -138,6 +184,7 @@ class RankWorker:
         if timing.first_timed_step is None:
             timing.first_timed_step = trainer.step
             reset_peaks(self.device)  # the record's peaks are the timed steps'
+            self.allocator_before = allocator.counters(self.device)
         first = len(trainer.step_samples)
         energy_before, counter_started = self._energy_mj(), time.perf_counter()
         trainer.run(steps, self.timer, report, PROGRESS_INTERVAL_S)
@@ -189,6 +236,13 @@ class RankWorker:
         elif report.timing.warmup_time_s is None:  # failed in warmup: its peaks are all there is
             memory.torch_warmup_max_allocated_bytes, memory.torch_warmup_max_reserved_bytes = allocated, reserved
         memory.host_rss_peak_bytes = host_rss_peak_bytes()
+        memory.allocator = allocator.figures(self.device, self.config.alloc_conf, self.allocator_before,
+                                             memory.torch_max_allocated_bytes, memory.torch_max_reserved_bytes)
+        if self.compile_warmup is not None:
+            times = report.timing.step_times_s
+            warm = self.compile_warmup
+            report.compile = compiled.record(warm["steps"], warm["counted"], warm["reasons"], warm["settle"],
+                                             self.config.compile_mode, statistics.median(times) if times else None)
         loss = report.loss
         loss.curve = trainer.loss_curve().tolist()
         loss.step_samples = list(trainer.step_samples)
@@ -200,6 +254,7 @@ class RankWorker:
         if self.rank == 0:
             report.env = collect_env(self.device)
             report.flops_per_sample = training_flops_per_sample(trainer.spec)
+            report.precision_details = trainer.policy.details(trainer.spec)
             if evaluate:
                 loss.eval_loss = trainer.evaluate()
         if evaluate and self.profile is not None and self.profile.diagnostics:
@@ -261,6 +316,7 @@ class RankWorker:
             "total_steps": trainer.total_steps,
             "steps_per_epoch": trainer.data.steps_per_epoch,
             "torch_num_threads": torch.get_num_threads(),
+            "checkpointed_modules": list(trainer.checkpointed),
         }
 
 
@@ -284,6 +340,7 @@ def serve(config: RunConfig, rank: int, local_rank: int, local_world_size: int, 
     os.environ.update(environ)  # the launcher's environment now, not the fork server's at its start
     worker: RankWorker | None = None
     try:
+        allocator.set_alloc_conf(config.alloc_conf)  # first: the allocator reads it once, when CUDA starts
         device = select_device(config, local_rank)
         if memory_limit_bytes is not None:
             if device.type != "cpu":
@@ -333,6 +390,7 @@ def probe(conn: Any, device: str, environ: dict[str, str]) -> None:
         if chosen.type == "cuda":
             info.update(gpu_count=torch.cuda.device_count(), capability=torch.cuda.get_device_capability(chosen),
                         gpu_name=torch.cuda.get_device_name(chosen))
+        info["compile_unsupported"] = compiled.unsupported_reason(chosen.type)
         info["env"] = collect_env(chosen)
         conn.send((Reply.OK, info))
     except BaseException as exc:
