@@ -223,8 +223,10 @@ class CellWorkers:
         """The remaining steps as one timed window (rank 0 reports progress if it is shown)."""
         self._timed("timed steps", Command.RUN, self.progress is not None)
 
-    def finish(self) -> dict[str, Any]:
-        reports = self._gather("finish", Command.FINISH)
+    def finish(self, evaluate: bool = True) -> dict[str, Any]:
+        """The cell's record; evaluate=False leaves out the held-out loss (a memory probe needs none,
+        and at a small batch its passes over the evaluation set cost more than the steps)."""
+        reports = self._gather("finish", Command.FINISH, evaluate)
         return merge_ranks(self.config, reports, launcher=self.launcher_report(reports))
 
     def record_for(self, failure: CellFailed) -> dict[str, Any]:
@@ -246,14 +248,16 @@ class CellWorkers:
 
 
 def run_cell(config: RunConfig, timeout_s: float = DEFAULT_CELL_TIMEOUT_S, memory_limit_bytes: int | None = None,
-             progress: ProgressFn | None = None, profile: ProfileConfig | None = None) -> dict[str, Any]:
-    """Run a whole cell (warmup, then all timed steps as one window) and return its record."""
+             progress: ProgressFn | None = None, profile: ProfileConfig | None = None,
+             evaluate: bool = True) -> dict[str, Any]:
+    """Run a whole cell (warmup, then all timed steps as one window) and return its record
+    (evaluate=False: without the held-out loss, see CellWorkers.finish)."""
     with CellWorkers(config, timeout_s, memory_limit_bytes, progress, profile) as workers:
         try:
             workers.start()
             workers.warmup()
             workers.run_timed()
-            return workers.finish()
+            return workers.finish(evaluate)
         except CellFailed as failure:
             return workers.record_for(failure)
 
