@@ -40,7 +40,11 @@ def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted({(str(m), str(h)) for m, h in zip(frame["model"], frame["hardware"]) if isinstance(m, str)})
 
 
-def _header(runs: list[Run], frame: pd.DataFrame) -> str:
+PLANNER_SECTION = ("planner", "Memory planner")
+"""Shown when the report is given plans (python -m trainkit plan's files)."""
+
+
+def _header(runs: list[Run], frame: pd.DataFrame, sections: tuple[tuple[str, str], ...] = SECTIONS) -> str:
     statuses = frame["status"].value_counts()
     not_ok = ", ".join(f"{n} {s}" for s, n in statuses.items() if s != "ok")
     counts = (f"{len(frame)} records of {frame['cell'].nunique()} cells from {len(runs)} "
@@ -50,7 +54,7 @@ def _header(runs: list[Run], frame: pd.DataFrame) -> str:
     precisions = sorted(frame["precision"].dropna().astype(str).unique(), key=display_rank)
     filters = "".join([html.select("model", "model", models), html.select("hardware", "hardware", hardware),
                        html.select("precision", "precision", precisions)])
-    nav = "".join(f'<a href="#{key}">{html.esc(title)}</a>' for key, title in SECTIONS)
+    nav = "".join(f'<a href="#{key}">{html.esc(title)}</a>' for key, title in sections)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f'<p class="note">{html.esc(counts)}. Generated {generated}.</p>'
             f'<div class="filters">{filters}</div><nav>{nav}</nav>')
@@ -140,26 +144,40 @@ def _environment_section(runs: list[Run]) -> str:
     return "".join(parts)
 
 
-def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".") -> tuple[str, pd.DataFrame]:
+def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
+           plans: list[dict[str, Any]] | None = None) -> tuple[str, pd.DataFrame]:
     """The page and the summary table of some runs; links to profile files are made relative to
-    base_dir, the page's directory, where they lie under it."""
+    base_dir, the page's directory, where they lie under it. Plans add the memory planner's section."""
     frame = to_frame(all_records(runs))
     table = summary(frame)
     charts = _chart_sections(table, frame)
     bodies = {"summary": _summary_section(table, frame), **charts,
               "profile": profiles.section(frame, _pairs(frame), base_dir, OPEN_ROWS),
               "failures": _failures_section(frame), "environment": _environment_section(runs)}
-    body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in SECTIONS)
-    return html.page(title, _header(runs, frame), body), table
+    sections = SECTIONS
+    if plans:
+        from .plan import section as plan_section
+
+        sections = (*SECTIONS[:-2], PLANNER_SECTION, *SECTIONS[-2:])
+        bodies[PLANNER_SECTION[0]] = plan_section(plans)
+    body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in sections)
+    return html.page(title, _header(runs, frame, sections), body), table
 
 
-def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit report") -> dict[str, str]:
+def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit report",
+                 plans: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     """Read result files (pytest-benchmark JSON, results JSON lines, single records, or directories
     of them), write the HTML report and, beside it, the summary as CSV and Markdown (same stem).
+    `plans` (files `python -m trainkit plan` wrote) add the memory planner's section.
     Returns the paths written: {"html": ..., "csv": ..., "markdown": ...}. Raises records.InputError
     (one line) on a missing, malformed or empty input, or an output that cannot be written."""
     runs = read_runs(list(inputs))
-    page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)))
+    read = None
+    if plans:
+        from .plan import read_plans
+
+        read = read_plans(plans)
+    page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)), plans=read)
     stem = os.path.splitext(output_html)[0]
     paths = {"html": output_html, "csv": stem + ".csv", "markdown": stem + ".md"}
     try:

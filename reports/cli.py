@@ -1,6 +1,6 @@
 """`python -m reports`: build a report from result files, or compare two runs.
 
-    python -m reports build results.jsonl bench.json -o reports/out/report.html
+    python -m reports build results.jsonl bench.json -o reports/out/report.html [--plan plan.json]
     python -m reports compare baseline/ candidate/ -o reports/out/compare.html [--relative 0.07 --k 3]
 
 Exit status:
@@ -45,6 +45,8 @@ def parser() -> Parser:
                        help="pytest-benchmark JSON, results JSON lines, single records, or directories of them")
     build.add_argument("-o", "--output", default="reports/out/report.html", help="HTML file to write")
     build.add_argument("--title", default="trainkit report")
+    build.add_argument("--plan", action="append", default=[], metavar="PLAN.json",
+                       help="a plan from python -m trainkit plan: adds the memory planner section (repeatable)")
 
     compare = sub.add_parser("compare", help="per-cell verdicts of a candidate run against a baseline")
     compare.add_argument("baseline", metavar="BASELINE", help="result file or directory (repeats are combined)")
@@ -82,7 +84,7 @@ def parser() -> Parser:
 def _build(args: argparse.Namespace) -> int:
     from .build import build_report
 
-    paths = build_report(args.inputs, args.output, title=args.title)
+    paths = build_report(args.inputs, args.output, title=args.title, plans=args.plan)
     print("wrote " + ", ".join(paths.values()))
     return 0
 
