@@ -257,6 +257,9 @@ def test_a_real_cpu_plan_writes_what_the_issue_asks_for(cpu_plan):
         assert 0 < best["peak_bytes"] < plan["memory_limit_bytes"] and best["headroom_bytes"] > 0
         assert [c["measured"] for c in entry["candidates"]][:2] == [True, True], precision
     assert plan["fastest"]["precision"] in plan["precisions"]
+    # bench's --batch-size max reads this very plan for a cell of the same model, options and cap
+    cell = RunConfig.from_dict({**plan["config"], "device": "cpu"}).replace(precision="fp32", batch_size=1)
+    assert planned_max_batch([plan], cell, "cpu", BRUTE_CAP_MIB * 2**20) == plan["precisions"]["fp32"]["max_batch"]
 
 
 def test_the_plan_page_and_the_report_section_render(cpu_plan, tmp_path):
@@ -346,6 +349,8 @@ def test_a_plan_that_does_not_hold_for_a_cell_says_which_plan_to_make(plan, conf
     with pytest.raises(PlanError) as info:
         planned_max_batch([plan], config, device, limit)
     assert message in str(info.value) and f"python -m trainkit plan --model {config.model}" in str(info.value)
+    if config.optimizer != RunConfig().optimizer:  # the plan to make has the cell's memory-shaping options
+        assert f"--optimizer {config.optimizer} " in str(info.value)
 
 
 def test_bench_reads_the_plan_at_collection(tmp_path):
@@ -359,3 +364,16 @@ def test_bench_reads_the_plan_at_collection(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "test_train[mlp-fp32-bs3686-ga1-gpus1]" in done.stdout
     assert "test_train[mlp-amp-bf16-bs1234-ga1-gpus1]" in done.stdout
+
+
+def test_the_search_goes_to_out_of_memory_unless_limited(tmp_path):
+    """By default each precision's maximum is its own (bench's --batch-size max compares them);
+    auto stops at the target per rank with its margin."""
+    from trainkit.cli import build_parser
+    from trainkit.plan import options_from_args
+
+    common = ["plan", "--model", "mlp", "--precision", "fp32", "--target-batch", "4096", "--gpus", "2,4",
+              "--device", "cpu", "--memory-limit-gb", "1", "--output", str(tmp_path / "plan.json")]
+    assert options_from_args(build_parser().parse_args(common)).search_limit is None
+    auto = options_from_args(build_parser().parse_args([*common, "--search-limit", "auto"]))
+    assert auto.search_limit == math.ceil(4096 // 2 / 0.9) and auto.gpus == (2, 4)

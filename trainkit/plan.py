@@ -19,8 +19,8 @@ For each precision it answers three questions, in order:
    throughput, peak memory and headroom.
 
 The search is written against an oracle (batch -> Probe), so a test's fake oracle and the real
-cells share it. Nothing here imports torch: the planner's own process never initialises CUDA; the
-estimate runs in a fresh worker process on the device.
+cells share it. Importing this module costs no torch (bench reads plans at collection); the
+planner's own process never initialises CUDA: the estimate runs in a fresh worker on the device.
 """
 
 from __future__ import annotations
@@ -270,7 +270,11 @@ def planned_max_batch(plans: Sequence[dict[str, Any]], config: RunConfig, device
                       memory_limit_bytes: int | None = None, gpu_name: str | None = None) -> int:
     """The planned maximum micro-batch for a cell's config (its batch size ignored) from the plan
     made for its model, precision and hardware; PlanError naming what to plan when none fits."""
-    fix = (f"python -m trainkit plan --model {config.model} --precision {config.precision} --gpus {config.world_size} "
+    defaults = RunConfig()
+    shaping = "".join(f"--{name.replace('_', '-')} {getattr(config, name)} " for name in MEMORY_FIELDS[1:]
+                      if name not in NOT_PLANNED and getattr(config, name) != getattr(defaults, name))
+    fix = (f"python -m trainkit plan --model {config.model} {shaping}--precision {config.precision} "
+           f"--gpus {config.world_size} "
            + (f"--memory-limit-gb {memory_limit_bytes / 2**30:g} " if memory_limit_bytes else "")
            + "--output plan.json, then pass --plan plan.json")
     reasons = []
@@ -348,10 +352,11 @@ def add_parser(sub: Any) -> None:
     group.add_argument("--safety", type=safety_factor, default=DEFAULT_SAFETY, metavar="F",
                        help=f"the planned maximum is the largest batch that ran times this (default {DEFAULT_SAFETY})")
     search = plan.add_argument_group("the search")
-    search.add_argument("--search-limit", type=search_limit_value, default=AUTO, metavar="N",
-                        help="largest micro-batch to probe; auto (default): the target per rank / safety, so that "
-                             "the target is covered with its margin (no limit without a target); none: search "
-                             "until out of memory")
+    search.add_argument("--search-limit", type=search_limit_value, default=None, metavar="N",
+                        help="largest micro-batch to probe; none (default): search until out of memory, so the "
+                             "maximum is each precision's own; auto: the target per rank / safety, which covers "
+                             "the target with its margin and probes no further (cheaper, but every precision's "
+                             "maximum is then the target's)")
     search.add_argument("--resolution", type=number(0), default=DEFAULT_RESOLUTION, metavar="F",
                         help="stop bisecting when the gap is at most this share of the last success "
                              f"(default {DEFAULT_RESOLUTION}; 0: to the exact batch)")
@@ -638,7 +643,9 @@ def _plan_document(options: PlanOptions, hardware: dict[str, Any], limit_bytes: 
     return {
         "schema": SCHEMA,
         "model": options.base.model,
-        "config": {k: v for k, v in options.base.to_dict().items() if k not in PLAN_AXES + NOT_PLANNED},
+        # data is not an option of the planner (it plans synthetic data), but a cell's plan must match it.
+        "config": {k: v for k, v in options.base.to_dict().items()
+                   if k not in PLAN_AXES + NOT_PLANNED or k in MEMORY_FIELDS},
         "device": hardware["device"],
         "gpu_name": hardware.get("gpu_name"),
         "gpu_count": hardware.get("gpu_count"),
