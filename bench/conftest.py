@@ -21,8 +21,9 @@ from trainkit.env import fingerprint
 from trainkit.launch import DEFAULT_CELL_TIMEOUT_S, probe
 from trainkit.options import choice, integer, number
 
+from . import executors
 from .matrix import AXIS_OPTIONS, PRESET_NAMES, Hardware, build_matrix, preset
-from .runner import TABLE_HEADER, BenchSession, SessionOptions, table_row, timestamp
+from .runner import TABLE_HEADER, BenchSession, SessionOptions, table_row
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_REPORT_DIR = os.path.join(os.path.dirname(HERE), "reports", "out")
@@ -80,6 +81,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(CUDA only)")
     group.addoption("--profile-dir", dest="tk_profile_dir", default=None, metavar="DIR",
                     help="where traces and snapshots go (default: REPORT_DIR/profiles)")
+    executors.add_options(parser)
 
 
 HARDWARE = pytest.StashKey[dict]()
@@ -92,7 +94,7 @@ def _hardware(config: pytest.Config) -> dict[str, Any]:
     if HARDWARE not in config.stash:
         started = time.monotonic()
         try:
-            config.stash[HARDWARE] = probe(config.getoption("tk_device"))
+            config.stash[HARDWARE] = executors.probe_hardware(config, probe)
         except RuntimeError as exc:
             raise pytest.UsageError(str(exc)) from None
         config.stash[HARDWARE]["probe_s"] = time.monotonic() - started
@@ -130,6 +132,7 @@ def _cells(config: pytest.Config) -> list:
     try:
         cells = build_matrix(chosen, hw, overrides, steps, warmup, config.getoption("tk_repeats"), run_options,
                              max_batch=_planned(config, hw))
+        cells = executors.arrange(config, cells)
     except ValueError as exc:  # a RunConfig that an override made invalid names its field; a missing plan
         raise pytest.UsageError(str(exc)) from None
     config.stash[CELLS] = cells
@@ -165,7 +168,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if CELLS not in config.stash:
         return
     report_dir = config.getoption("tk_report_dir")
-    results = config.getoption("tk_results_file") or os.path.join(report_dir, f"results-{timestamp()}.jsonl")
+    results = executors.results_file(config, report_dir)
     rounds = config.getoption("tk_rounds") or 10**9
     limit = config.getoption("tk_memory_limit")
     profile = ProfileConfig.from_options(config.getoption("tk_phase_steps"), config.getoption("tk_profile"),
@@ -174,7 +177,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     options = SessionOptions(rounds=rounds, cell_timeout_s=config.getoption("tk_cell_timeout"),
                              memory_limit_bytes=int(limit * 2**30) if limit else None,
                              strict_cells=config.getoption("tk_strict"), report_dir=report_dir,
-                             results_file=results, profile=profile)
+                             results_file=results, profile=profile, resume=bool(config.getoption("tk_resume")))
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
 
@@ -190,6 +193,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     bench.setup_s = _hardware(config)["probe_s"]
     selected = {item.callspec.id for item in items if hasattr(item, "callspec")}
     cells = [c for c in config.stash[CELLS] if c.id in selected]
+    cells = executors.start(config, bench, items, cells)
     bench.total = sum(1 for c in cells if not c.skip_reason)
     bench.note_skipped(cells, _hardware(config)["env"])
     config.stash[SESSION] = bench

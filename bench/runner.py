@@ -34,6 +34,8 @@ class SessionOptions:
     report_dir: str
     results_file: str
     profile: ProfileConfig | None = None
+    resume: bool = False
+    """Add to the results file (--resume) instead of starting it empty."""
 
 
 def _clock(seconds: float) -> str:
@@ -50,8 +52,11 @@ class BenchSession:
         self.setup_s = 0.0
         self.started = time.monotonic()
         self.cell_seconds: list[float] = []
+        self.remote: Any = None
+        """bench.executors.RemoteCells when the cells run as jobs (--executor slurm, submitit-local)."""
         os.makedirs(os.path.dirname(os.path.abspath(options.results_file)), exist_ok=True)
-        open(options.results_file, "w").close()  # this session's file, empty until a cell ends
+        if not options.resume:
+            open(options.results_file, "w").close()  # this session's file, empty until a cell ends
 
     def keep(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -73,9 +78,18 @@ class BenchSession:
             left = f", ~{_clock(sum(self.cell_seconds) / done * (self.total - done))} left"
         self.write(f"\n[cell {done + 1}/{self.total}] {cell.id} (elapsed {_clock(elapsed)}{left}) ")
 
+    def complete(self, record: dict[str, Any], cell: CellSpec) -> dict[str, Any]:
+        """What bench adds to a cell's record, wherever the cell ran."""
+        record["repeat"] = cell.repeat
+        record["bench_rounds"] = min(self.options.rounds, cell.config.steps)
+        return record
+
     def run(self, cell: CellSpec, benchmark: Any) -> dict[str, Any]:
         """Start the cell's workers, warm up, let pytest-benchmark time `rounds` single steps,
-        run the remaining steps as one window, and keep the record."""
+        run the remaining steps as one window, and keep the record. With --executor slurm or
+        submitit-local the cell ran as a job: its timed steps are replayed to pytest-benchmark."""
+        if self.remote is not None:
+            return self._reported(self.remote.run(cell, benchmark), benchmark)
         self._progress(cell)
         began = time.monotonic()
         config = cell.config
@@ -91,16 +105,16 @@ class BenchSession:
                 record = workers.finish()
             except CellFailed as failure:
                 record = workers.record_for(failure)
-        record["repeat"] = cell.repeat
-        record["bench_rounds"] = rounds
+        self.complete(record, cell)
         self.cell_seconds.append(time.monotonic() - began)
         self.keep(record)
+        return self._reported(record, benchmark)
+
+    def _reported(self, record: dict[str, Any], benchmark: Any) -> dict[str, Any]:
         benchmark.extra_info.update(record)  # mutate, never rebind: pytest-benchmark holds this dict
         if record["status"] != "ok":
             benchmark.has_error = True  # partial timings of a failed cell stay out of the JSON
-        summary = (f"{record['throughput_samples_per_s']:.1f} samples/s" if record["status"] == "ok"
-                   else f"{record['status']}: {record['status_detail']}")
-        self.write(f"-> {summary} ")
+        self.write(f"-> {outcome(record)} ")
         return record
 
     def time_split(self) -> str:
@@ -119,6 +133,13 @@ class BenchSession:
 
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["status"] != "ok" and not r.get("skipped_at_collection")]
+
+
+def outcome(record: dict[str, Any]) -> str:
+    """A cell's result in a few words, for the progress lines."""
+    if record["status"] == "ok":
+        return f"{record['throughput_samples_per_s']:.1f} samples/s"
+    return f"{record['status']}: {record['status_detail']}"
 
 
 TABLE_HEADER = (f"{'cell':44} {'status':11} {'samples/s':>11} {'step ms':>9} {'peak MiB':>9} {'final loss':>10}"

@@ -4,10 +4,12 @@
         baseline.json    fingerprint, commit, branch, dates, preset, repeats, the bench command, cells
         results.jsonl    the promoted run's records, every status, as the matrix wrote them
 
-A run is compared only with the baseline whose fingerprint equals its own: GPU model, driver,
-CUDA and torch (on a CPU, the CPU model and torch; see trainkit.schema.fingerprint). A driver
-update alone moves results on the same runner and commit (intel-xpu-backend-for-triton#7835), so
-anything else is "no comparable baseline", never a comparison. The slug is for people browsing
+A cell is compared only with a baseline whose fingerprint equals its record's own: GPU model,
+driver, CUDA and torch (on a CPU, the CPU model and torch; see trainkit.schema.fingerprint). A
+driver update alone moves results on the same runner and commit (intel-xpu-backend-for-triton#7835),
+so anything else is "no comparable baseline", never a comparison. A run whose cells landed on
+different machines (a cluster's nodes) is split by fingerprint: each part is gated against, and
+promoted to, the baseline of its own environment. The slug is for people browsing
 the directory; the manifest's fingerprint decides. Nothing is promoted automatically: a baseline
 moves only when someone runs `python -m nightly promote RUN_DIR` and commits the directory.
 """
@@ -17,13 +19,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from reports.records import InputError
-from trainkit.schema import ResultsFileError, fingerprint, read_jsonl, replacing, write_json
+from trainkit.schema import ResultsFileError, fingerprint, parse_jsonl, replacing, write_json
 
 from .rundir import RESULTS, ROOT, RunDir, now
 
@@ -101,32 +102,44 @@ def find(root: str, fp: dict[str, Any]) -> Baseline | None:
     return next((b for b in load_all(root) if b.fingerprint == fp), None)
 
 
-def run_fingerprint(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
-    """The one environment a run's records were measured in (records without one are cells
-    refused before a worker reported it); a run that mixes machines cannot be gated."""
-    prints: list[dict[str, Any]] = []
-    for record in records:
-        if record.get("env"):
-            fp = fingerprint(record["env"])
-            if fp not in prints:
-                prints.append(fp)
-    if not prints:
+def split_by_fingerprint(records: list[dict[str, Any]], source: str) -> list[tuple[dict[str, Any], list[int]]]:
+    """The environments a run's records were measured in, each with the indices of its records, in
+    the order first seen. A record without a fingerprint (a cell that ended before a worker reported
+    one) or not measured (skipped at collection) joins the environments that measured its cell, or
+    every one when none did: a cell that crashed somewhere is never dropped from a gate."""
+    def measured(record: dict[str, Any]) -> bool:
+        return bool(record.get("env")) and not record.get("skipped_at_collection")
+
+    keyed = [i for i, r in enumerate(records) if measured(r)] or [i for i, r in enumerate(records) if r.get("env")]
+    groups: dict[str, tuple[dict[str, Any], list[int]]] = {}
+    for i in keyed:
+        fp = fingerprint(records[i]["env"])
+        groups.setdefault(repr(sorted(fp.items())), (fp, []))[1].append(i)
+    if not groups:
         raise InputError(f"{source}: no record carries an environment fingerprint")
-    if len(prints) > 1:
-        raise InputError(f"{source}: records from {len(prints)} environments ("
-                         + " | ".join(describe_fingerprint(fp) for fp in prints) + "); gate one machine's run")
-    return prints[0]
+    cells = {key: {records[i].get("cell_id") for i in idx} for key, (_, idx) in groups.items()}
+    for i in sorted(set(range(len(records))) - set(keyed)):
+        homes = [key for key, held in cells.items() if records[i].get("cell_id") in held] or list(groups)
+        for key in homes:
+            groups[key][1].append(i)
+    return [(fp, sorted(idx)) for fp, idx in groups.values()]
 
 
-def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> Baseline:
-    """Copy a green run's results into root/<slug>/ with its manifest. Refuses (InputError) a run
-    that is not green, not from main, or measured uncommitted code, unless forced."""
+def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> list[Baseline]:
+    """Copy a green run's results into root/<slug>/ with its manifest, one baseline per environment
+    its cells were measured in. Refuses (InputError) a run that is not green, not from main, or
+    measured uncommitted code, unless forced."""
     if not run.exists(RESULTS):
         raise InputError(f"{run.root}: no {RESULTS}; promote the directory of a nightly run")
+    with open(run.path(RESULTS), encoding="utf-8") as f:
+        text = f.read()
     try:
-        records = read_jsonl(run.path(RESULTS))
+        parsed = parse_jsonl(text, run.path(RESULTS))
     except ResultsFileError as exc:
         raise InputError(str(exc)) from None
+    records = [record for _, record in parsed]
+    written = text.splitlines()
+    lines = [written[n - 1] + "\n" for n, _ in parsed]  # as written: a baseline is a copy of the run's lines
     if not records:
         raise InputError(f"{run.path(RESULTS)}: no records")
     state, outcome = run.state(), run.outcome()
@@ -139,16 +152,20 @@ def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> Basel
         refusals.append("it measured uncommitted changes (git_dirty)")
     if refusals and not force:
         raise InputError(f"refusing to promote {run.root}: " + "; ".join(refusals) + " (--force promotes anyway)")
-    fp = run_fingerprint(records, run.path(RESULTS))
-    dest = os.path.join(root, slug(fp))
-    os.makedirs(dest, exist_ok=True)
-    with replacing(os.path.join(dest, RESULTS)) as temporary:
-        shutil.copyfile(run.path(RESULTS), temporary)
+    promoted = []
     matrix = state.get("stages", {}).get("matrix", {})
-    manifest = {"schema": SCHEMA, "fingerprint": fp, "slug": slug(fp), "commit": state.get("commit"),
-                "branch": state.get("branch"), "run_started_at": state.get("started_at"), "promoted_at": now(),
-                "forced": bool(refusals), "preset": matrix.get("preset"), "repeats": matrix.get("repeats"),
-                "command": matrix.get("command"), "cells": len({r["cell_id"] for r in records}),
-                "records": len(records), "statuses": dict(Counter(r.get("status") for r in records))}
-    write_json(os.path.join(dest, MANIFEST), manifest)
-    return Baseline(dest, manifest)
+    for fp, indices in split_by_fingerprint(records, run.path(RESULTS)):
+        dest = os.path.join(root, slug(fp))
+        os.makedirs(dest, exist_ok=True)
+        with replacing(os.path.join(dest, RESULTS)) as temporary, open(temporary, "w", encoding="utf-8") as f:
+            f.writelines(lines[i] for i in indices)
+        mine = [records[i] for i in indices]
+        manifest = {"schema": SCHEMA, "fingerprint": fp, "slug": slug(fp), "commit": state.get("commit"),
+                    "branch": state.get("branch"), "run_started_at": state.get("started_at"), "promoted_at": now(),
+                    "forced": bool(refusals), "preset": matrix.get("preset"), "repeats": matrix.get("repeats"),
+                    "command": matrix.get("command"), "cells": len({r["cell_id"] for r in mine}),
+                    "records": len(mine), "statuses": dict(Counter(r.get("status") for r in mine))}
+        write_json(os.path.join(dest, MANIFEST), manifest)
+        promoted.append(Baseline(dest, manifest))
+    return promoted
+

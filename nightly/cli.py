@@ -7,8 +7,11 @@
     python -m nightly compare --out DIR [--baselines reports/baselines | --baseline PATH] [--candidate FILE]
     python -m nightly status --out DIR
     python -m nightly promote DIR [--baselines reports/baselines] [--force]
+    python -m nightly gpu-check --out DIR [--device auto|cuda|cpu] [--only CHECK[,CHECK]]
 
 `run` is preflight, matrix, report and compare in a row, stopping at a failed pre-flight or matrix.
+`gpu-check` stands apart: a few cells whose every figure is checked against an independent measure
+(nightly/gpucheck.py); it exits 1 when a check fails.
 `run` and `preflight` begin a new run in --out (an earlier run's artifacts there are removed); the
 other commands add to the run they find.
 
@@ -77,6 +80,10 @@ def _add_matrix(p: argparse.ArgumentParser) -> None:
                    help="runs of every cell in fresh workers (default 3; fewer are reported, not gated)")
     p.add_argument("bench_args", nargs="*", metavar="-- BENCH_OPTIONS",
                    help="further bench options after --, e.g. -- --model gpt --cell-timeout 600")
+    from trainkit import cluster
+
+    cluster.add_options(p.add_argument_group("where the cells run (see README, 'Running on a SLURM cluster')")
+                        .add_argument)
 
 
 def _add_gate(p: argparse.ArgumentParser) -> None:
@@ -109,6 +116,20 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
                    help="a baseline cell missing from the run fails it too (default: reported)")
 
 
+def _add_gpu_check(sub: argparse._SubParsersAction) -> None:
+    from .gpucheck import CHECK_NAMES, GROUPS, parse_only
+    from .gpucheck import DEFAULT_OUT as GPU_CHECK_OUT
+
+    p = sub.add_parser("gpu-check", help="a few cells, each figure checked against an independent measure "
+                                         "(exit 1 when a check fails)")
+    p.add_argument("--out", default=GPU_CHECK_OUT, metavar="DIR",
+                   help="where gpu-check.md, gpu-check.json, results.jsonl and report.html go "
+                        f"(default {GPU_CHECK_OUT})")
+    _add_device(p)
+    p.add_argument("--only", type=parse_only, default=(), metavar="CHECK[,CHECK]",
+                   help=f"run only these checks or groups ({', '.join(GROUPS)}): {', '.join(CHECK_NAMES)}")
+
+
 def parser() -> Parser:
     top = Parser(prog="python -m nightly", description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -135,6 +156,7 @@ def parser() -> Parser:
     promote.add_argument("--baselines", default=None, metavar="DIR", help="default reports/baselines")
     promote.add_argument("--force", action="store_true",
                          help="promote a run that is not green, not from main, or of uncommitted code")
+    _add_gpu_check(sub)
     return top
 
 
@@ -149,10 +171,12 @@ def _limits(args: argparse.Namespace):
 
 
 def _matrix_options(args: argparse.Namespace):
+    from trainkit.cluster import from_namespace
+
     from .matrix import MatrixOptions
 
     return MatrixOptions(preset=args.preset, repeats=args.repeats, device=args.device,
-                         bench_args=tuple(args.bench_args))
+                         bench_args=tuple(args.bench_args), executor=from_namespace(args))
 
 
 def _thresholds(args: argparse.Namespace):
@@ -236,9 +260,15 @@ def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> i
     from .report import run_report
 
     run.start()
-    if _finish(run, run_preflight(configs["limits"], run)) != PASS:
+    matrix_options = configs["matrix_options"]
+    if matrix_options.executor.executor == "slurm":  # this machine is a login node, not where cells run
+        preflight = Stage("preflight", PASS, "not run here: with --executor slurm the cells run on cluster "
+                                             "nodes; each record names its node and environment")
+    else:
+        preflight = run_preflight(configs["limits"], run)
+    if _finish(run, preflight) != PASS:
         return _status(run)
-    if _finish(run, run_matrix(configs["matrix_options"], run)) != PASS:
+    if _finish(run, run_matrix(matrix_options, run)) != PASS:
         return _status(run)
     _finish(run, run_report(run))
     _finish(run, _compare(args, run, configs["thresholds"]))
@@ -259,12 +289,17 @@ def _configs(args: argparse.Namespace) -> dict[str, object]:
 
 def _dispatch(args: argparse.Namespace) -> int:
     configs = _configs(args)
+    if args.command == "gpu-check":
+        from .gpucheck import run_gpu_check
+
+        return run_gpu_check(args.out, args.device, args.only)
     if args.command == "promote":
         from .baselines import DEFAULT_ROOT, promote, shown
 
-        baseline = promote(RunDir(args.run_dir), args.baselines or DEFAULT_ROOT, force=args.force)
-        print(f"promoted {args.run_dir} to {baseline.describe()}")
-        print(f"commit it: git add {shown(baseline.path)} && git commit")
+        promoted = promote(RunDir(args.run_dir), args.baselines or DEFAULT_ROOT, force=args.force)
+        for baseline in promoted:  # one per environment the run's cells were measured in
+            print(f"promoted {args.run_dir} to {baseline.describe()}")
+        print(f"commit it: git add {' '.join(shown(b.path) for b in promoted)} && git commit")
         return PASS
     run = RunDir(args.out)
     if args.command == "status":

@@ -16,21 +16,25 @@ make it stricter about noise and about numerics than a one-off `python -m report
 
 Cells bench could not run on this runner (more GPUs than it has) are left out of both sides and
 listed: the runner's shape is not the code's doing.
+
+Each cell is compared only with a baseline of its own record's fingerprint. A run whose cells
+landed on different machines (cluster nodes of different GPU models) is gated part by part, each
+against the baseline of its environment; its cells are then named `cell @ GPU` in the verdicts.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from reports import verdict
 from reports.compare import headline, noisy_text, regressions_text, write_comparison
 from reports.records import all_records, read_runs
-from reports.verdict import Samples, Thresholds, cell_data, compare_records
+from reports.verdict import Comparison, Samples, Thresholds, cell_data, compare_records
 
 from . import INCONCLUSIVE, NO_BASELINE, PASS, REGRESSION
-from .baselines import MANIFEST, Baseline, describe_fingerprint, find, load, load_all, run_fingerprint, slug
+from .baselines import MANIFEST, Baseline, describe_fingerprint, find, load, load_all, slug, split_by_fingerprint
 from .rundir import COMPARE, RESULTS, RunDir, Stage
 
 NIGHTLY_THRESHOLDS = Thresholds(per_metric={"loss": 0.02}, two_sided=("loss",), max_spread=0.10, min_repeats=3,
@@ -49,35 +53,27 @@ def _read(path: str) -> list[dict[str, Any]]:
     return all_records(read_runs([path]))
 
 
-def _explicit(path: str) -> Baseline:
-    """A baseline named on the command line: a baseline directory, or any results file or directory."""
+def _explicit(path: str) -> list[tuple[Baseline, list[dict[str, Any]]]]:
+    """A baseline named on the command line, with its records: a baseline directory, or any results
+    file or directory (one baseline per environment its records were measured in)."""
     if os.path.isfile(os.path.join(path, MANIFEST)):
-        return load(path)
-    return Baseline(path, {"fingerprint": run_fingerprint(_read(path), path), "source": path})
+        chosen = load(path)
+        return [(chosen, _read(chosen.results if os.path.isfile(chosen.results) else path))]
+    records = _read(path)
+    return [(Baseline(path, {"fingerprint": fp, "source": path}), [records[i] for i in indices])
+            for fp, indices in split_by_fingerprint(records, path)]
 
 
-def run_compare(run: RunDir, thresholds: Thresholds = NIGHTLY_THRESHOLDS, candidate: str | None = None,
-                baselines_root: str | None = None, baseline: str | None = None) -> Stage:
-    """Compare the run's results (or `candidate`) with the baseline of its environment from
-    baselines_root (or the one named by `baseline`); write compare.html, .md and .csv."""
-    from .baselines import DEFAULT_ROOT
+def _label(fp: dict[str, Any], others: list[dict[str, Any]]) -> str:
+    """A short name for an environment among the run's others: the GPU (or CPU) model, or the full
+    slug when two environments share a model (a driver update on some nodes)."""
+    name = fp.get("gpu_name") or f"CPU {fp.get('cpu')}"
+    return name if sum((o.get("gpu_name") or f"CPU {o.get('cpu')}") == name for o in others) == 1 else slug(fp)
 
-    root = baselines_root or DEFAULT_ROOT
-    candidate = candidate or run.path(RESULTS)
-    cand_records = _read(candidate)
-    fp = run_fingerprint(cand_records, candidate)
-    chosen = _explicit(baseline) if baseline else find(root, fp)
-    details: dict[str, Any] = {"fingerprint": fp, "slug": slug(fp), "candidate": candidate,
-                               "thresholds": asdict(thresholds)}
-    if chosen is None or chosen.fingerprint != fp:
-        others = [chosen] if chosen else load_all(root)
-        line = f"{NO_BASELINE} for {describe_fingerprint(fp)}"
-        if others:
-            line += "; baselines exist for: " + " | ".join(describe_fingerprint(b.fingerprint) for b in others)
-        details.update(outcome=NO_BASELINE, baselines=[b.describe() for b in others])
-        return Stage("compare", PASS, line, details)
 
-    base_records = _read(chosen.results if os.path.isfile(chosen.results) else chosen.path)
+def _gate_part(base_records: list[dict[str, Any]], cand_records: list[dict[str, Any]],
+               thresholds: Thresholds) -> Comparison:
+    """One environment's cells against their baseline, with the warnings a reader must see."""
     result = compare_records(measured(base_records), measured(cand_records), thresholds)
     ran_before = {r["cell_id"] for r in measured(base_records)}
     not_run = sorted({r["cell_id"] for r in cand_records if r.get("skipped_at_collection")} & ran_before)
@@ -90,13 +86,68 @@ def run_compare(run: RunDir, thresholds: Thresholds = NIGHTLY_THRESHOLDS, candid
     if throttled:
         result.warnings.append(f"{len(throttled)} failing cell(s) ran throttled (NVML clock-event reasons): "
                                f"{', '.join(throttled)}; check the runner's cooling and clocks before the code")
-    write_comparison(result, run.path(COMPARE), [chosen.results], [candidate])
-    details.update(outcome=result.outcome, baseline=chosen.describe(), counts=result.counts(),
+    return result
+
+
+def run_compare(run: RunDir, thresholds: Thresholds = NIGHTLY_THRESHOLDS, candidate: str | None = None,
+                baselines_root: str | None = None, baseline: str | None = None) -> Stage:
+    """Compare the run's results (or `candidate`), environment by environment, with the baseline of
+    each from baselines_root (or from the results named by `baseline`); write compare.html, .md and
+    .csv."""
+    from .baselines import DEFAULT_ROOT
+
+    root = baselines_root or DEFAULT_ROOT
+    candidate = candidate or run.path(RESULTS)
+    cand_records = _read(candidate)
+    parts = split_by_fingerprint(cand_records, candidate)
+    fps = [fp for fp, _ in parts]
+    explicit = _explicit(baseline) if baseline else None
+    details: dict[str, Any] = {"fingerprint": fps[0] if len(fps) == 1 else fps,
+                               "slug": slug(fps[0]) if len(fps) == 1 else [slug(fp) for fp in fps],
+                               "candidate": candidate, "thresholds": asdict(thresholds)}
+    compared, missing = [], []
+    for fp, indices in parts:
+        if explicit is not None:
+            chosen = next(((b, records) for b, records in explicit if b.fingerprint == fp), None)
+        else:
+            found = find(root, fp)
+            chosen = (found, _read(found.results if os.path.isfile(found.results) else found.path)) if found else None
+        if chosen is None:
+            missing.append(fp)
+        else:
+            compared.append((fp, chosen[0], chosen[1], [cand_records[i] for i in indices]))
+    if not compared:
+        others = [b for b, _ in explicit] if explicit is not None else load_all(root)
+        line = f"{NO_BASELINE} for {' | '.join(describe_fingerprint(fp) for fp in fps)}"
+        if others:
+            line += "; baselines exist for: " + " | ".join(describe_fingerprint(b.fingerprint) for b in others)
+        details.update(outcome=NO_BASELINE, baselines=[b.describe() for b in others])
+        return Stage("compare", PASS, line, details)
+
+    results = []
+    for fp, _, base_records, mine in compared:
+        result = _gate_part(base_records, mine, thresholds)
+        if len(parts) > 1:  # several environments: say which each verdict and warning is about
+            label = _label(fp, fps)
+            result = Comparison([replace(c, cell=f"{c.cell} @ {label}") for c in result.cells],
+                                result.baseline_fingerprints, result.candidate_fingerprints, thresholds,
+                                [f"{label}: {w}" for w in result.warnings])
+        results.append(result)
+    result = results[0] if len(results) == 1 else Comparison(
+        [c for r in results for c in r.cells], [fp for r in results for fp in r.baseline_fingerprints],
+        [fp for r in results for fp in r.candidate_fingerprints], thresholds, [w for r in results for w in r.warnings])
+    for fp in missing:
+        cells = {cand_records[i]["cell_id"] for f, idx in parts if f == fp for i in idx}
+        result.warnings.append(f"{NO_BASELINE} for {describe_fingerprint(fp)}: its {len(cells)} cell(s) are not gated")
+    chosen_baselines = [b for _, b, _, _ in compared]
+    write_comparison(result, run.path(COMPARE), [b.results for b in chosen_baselines], [candidate])
+    described = "; ".join(b.describe() for b in chosen_baselines)
+    details.update(outcome=result.outcome, baseline=described, counts=result.counts(),
                    regressions=[line.strip() for line in regressions_text(result)],
                    noisy=[c.cell for c in result.noisy], noisy_share=result.noisy_share,
                    compared_cells=len(result.compared), warnings=result.warnings,
                    unjudged=[line.strip() for line in noisy_text(result)] if result.inconclusive else [])
-    return Stage("compare", EXIT_STATUS[result.outcome], f"{headline(result)} against {chosen.describe()}", details)
+    return Stage("compare", EXIT_STATUS[result.outcome], f"{headline(result)} against {described}", details)
 
 
 def _spread(samples: Samples) -> float | None:

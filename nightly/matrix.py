@@ -12,8 +12,9 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from trainkit.cluster import ExecutorOptions, command_line
 from trainkit.schema import ResultsFileError, read_jsonl
 
 from . import BAD_INPUT, INFRASTRUCTURE, PASS
@@ -37,6 +38,8 @@ class MatrixOptions:
     """auto, cpu or cuda: where the cells run."""
     bench_args: tuple[str, ...] = ()
     """Further bench options, as given after `--` (--model mlp, --cell-timeout 600, --steps 20, ...)."""
+    executor: ExecutorOptions = field(default_factory=ExecutorOptions)
+    """Where the cells run: here, or one SLURM (or submitit-local) job per cell (bench's --executor)."""
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -48,7 +51,8 @@ def bench_command(options: MatrixOptions, run: RunDir) -> list[str]:
     return [sys.executable, "-m", "pytest", BENCH_TEST, "--benchmark-only", "-p", "no:cacheprovider",
             "--preset", options.preset, "--repeats", str(options.repeats), "--device", options.device,
             "--report-dir", os.path.abspath(run.root), "--results-file", os.path.abspath(run.path(RESULTS)),
-            "--benchmark-json", os.path.abspath(run.path(BENCH_JSON)), "--no-report", *options.bench_args]
+            "--benchmark-json", os.path.abspath(run.path(BENCH_JSON)), "--no-report",
+            *command_line(options.executor), *options.bench_args]
 
 
 def run_matrix(options: MatrixOptions, run: RunDir) -> Stage:
@@ -85,7 +89,8 @@ def run_matrix(options: MatrixOptions, run: RunDir) -> Stage:
         return Stage("matrix", INFRASTRUCTURE, f"bench exited {returncode}: the matrix could not run", details)
     from .preflight import postflight  # after the matrix: do the GPUs still answer?
 
-    lost = postflight(run)
+    # On a cluster the GPUs are the nodes', not this machine's: each record names its node.
+    lost = None if options.executor.executor == "slurm" else postflight(run)
     if lost:
         return Stage("matrix", INFRASTRUCTURE, lost, details)
     if not ran:

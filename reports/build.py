@@ -21,11 +21,10 @@ from typing import Any
 import pandas as pd
 
 from trainkit.precision_facts import display_rank
-from trainkit.schema import write_text
 
 from . import figures, html, profiles
 from .load import to_frame
-from .records import InputError, Run, all_records, fingerprint, read_runs
+from .records import Run, all_records, fingerprint, read_runs
 from .summary import TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
 
 SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
@@ -178,13 +177,4 @@ def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit 
 
         read = read_plans(plans)
     page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)), plans=read)
-    stem = os.path.splitext(output_html)[0]
-    paths = {"html": output_html, "csv": stem + ".csv", "markdown": stem + ".md"}
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(output_html)), exist_ok=True)
-        write_text(paths["html"], page)
-        write_text(paths["csv"], table.to_csv(index=False))
-        write_text(paths["markdown"], to_markdown(table))
-    except OSError as e:
-        raise InputError(f"{output_html}: cannot write the report: {e.strerror or e}") from None
-    return paths
+    return html.write_page(output_html, page, to_markdown(table), table.to_csv(index=False), "report")

@@ -15,12 +15,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 
 from trainkit.schema import MEMORY_NAMES
 
 from . import html
-from .records import InputError, all_records, read_runs
+from .records import all_records, read_runs
 from .verdict import (
     DRIFTED,
     FAILED,
@@ -195,18 +194,8 @@ def write_comparison(result: Comparison, output_html: str, baseline: list[str],
                      candidate: list[str]) -> dict[str, str]:
     """Write the page, Markdown and CSV of a comparison (same stem); baseline and candidate name
     the inputs on the page. Returns the paths written; raises InputError when they cannot be."""
-    stem = os.path.splitext(output_html)[0]
-    paths = {"html": output_html, "markdown": stem + ".md", "csv": stem + ".csv"}
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(output_html)), exist_ok=True)
-        texts = {"html": to_html(result, baseline, candidate), "markdown": to_markdown(result),
-                 "csv": to_csv(result)}
-        for key, path in paths.items():
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(texts[key])
-    except OSError as e:
-        raise InputError(f"{output_html}: cannot write the comparison: {e.strerror or e}") from None
-    return paths
+    return html.write_page(output_html, to_html(result, baseline, candidate), to_markdown(result), to_csv(result),
+                           "comparison")
 
 
 def compare_files(baseline: str, candidate: str, output_html: str,

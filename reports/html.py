@@ -10,6 +10,7 @@ so a link can point at a filtered view.
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -163,3 +164,20 @@ def page(title: str, header: str, body: str, with_plotly: bool = True) -> str:
             f"<title>{esc(title)}</title><style>{CSS}</style>{plotly_js}"
             f"<script>{FILTER_JS}</script></head>"
             f"<body><header><h1>{esc(title)}</h1>{header}</header><main>{body}</main></body></html>\n")
+
+
+def write_page(output_html: str, page_html: str, markdown: str, csv: str, what: str) -> dict[str, str]:
+    """Write a page and, beside it with the same stem, its Markdown and CSV, each atomically.
+    Returns the paths written; an output that cannot be written is InputError (bad input)."""
+    from trainkit.schema import write_text
+
+    from .records import InputError
+
+    stem = os.path.splitext(output_html)[0]
+    paths = {"html": output_html, "csv": stem + ".csv", "markdown": stem + ".md"}
+    try:
+        for key, text in (("html", page_html), ("csv", csv), ("markdown", markdown)):
+            write_text(paths[key], text)
+    except OSError as e:
+        raise InputError(f"{output_html}: cannot write the {what}: {e.strerror or e}") from None
+    return paths

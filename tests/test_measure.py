@@ -364,3 +364,15 @@ def test_the_mlps_saved_activations_match_a_hand_count():
     storages), log_softmax its output (10): (128 + 64 + 10) x 4 bytes per sample, plus nll_loss's
     4-byte weight total. fc1's input is the batch, a view of the data pool: data, not activations."""
     assert _saved_bytes(small_config("mlp"), 8) == 8 * (128 + 64 + 10) * 4 + 4
+
+
+def test_a_window_that_held_checkpoint_writes_has_no_counter_energy():
+    """The counter runs through a checkpoint written between two timed steps; the steps' time does
+    not. Such a window's energy would be charged to its samples, so it is left out, and said."""
+    from trainkit.result import TimedSpan, merge_energy
+
+    clean = RankReport(rank=0, pid=1, timing=RankTiming(spans=[TimedSpan(100, 2.0, 3200, 600.0, counter_s=2.01)]))
+    assert merge_energy([clean], LauncherReport(), on_gpu=True)[0] == pytest.approx(600.0 / 3200)
+    paused = RankReport(rank=0, pid=1, timing=RankTiming(spans=[TimedSpan(100, 2.0, 3200, 900.0, counter_s=3.5)]))
+    per_sample, method, _ = merge_energy([paused], LauncherReport(), on_gpu=True)
+    assert per_sample is None and "checkpoint writes" in method

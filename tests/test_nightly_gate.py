@@ -14,7 +14,6 @@ from nightly.baselines import MANIFEST, slug
 from nightly.cli import main
 from nightly.gate import NIGHTLY_THRESHOLDS, cell_rows, run_compare
 from nightly.rundir import COMPARE, RunDir, Stage, overall
-from reports.records import InputError
 from reports.verdict import Thresholds
 from trainkit.schema import SCHEMA, fingerprint
 
@@ -268,14 +267,71 @@ def test_an_explicit_baseline_of_another_environment_is_not_compared_either(tmp_
     assert stage.exit_status == PASS and stage.details["outcome"] == NO_BASELINE and "cuda 13.0" in stage.line
 
 
-def test_a_run_that_mixes_environments_is_bad_input(tmp_path):
-    cand = write_results(str(tmp_path / "c.jsonl"), repeats() + repeats(GPT, env=dict(H100, hostname="b",
-                                                                                        driver="1")))
-    with pytest.raises(InputError, match="records from 2 environments"):
-        run_compare(RunDir(str(tmp_path / "run")), candidate=cand, baselines_root=str(tmp_path))
-    assert main(["compare", "--out", str(tmp_path / "run"), "--candidate", cand]) == BAD_INPUT
-    outcome = RunDir(str(tmp_path / "run")).outcome()  # recorded: status and the summary say why
-    assert (outcome.exit_status, outcome.label) == (BAD_INPUT, "bad input") and "2 environments" in outcome.line
+A100 = dict(H100, gpu_name="NVIDIA A100-SXM4-80GB", hostname="node-7")
+L40S = dict(H100, gpu_name="NVIDIA L40S", hostname="node-9")
+
+
+def test_a_run_over_several_environments_is_gated_cell_by_cell_against_its_own(tmp_path):
+    """Cluster jobs land on different GPUs: each cell meets only the baseline of its own record's
+    environment, so an A100 at half an H100's speed is no regression, and a cell on a GPU without
+    a baseline is reported, not gated."""
+    root = str(tmp_path / "baselines")
+    baseline_dir(root, repeats() + repeats(GPT))
+    baseline_dir(root, repeats(throughputs=(500.0,) * 3, env=A100))
+    cand = write_results(str(tmp_path / "c.jsonl"), repeats() + repeats(GPT, throughputs=(800.0,) * 3)
+                         + repeats(throughputs=(500.0,) * 3, env=A100) + repeats(GPT, env=L40S))
+    stage = run_compare(RunDir(str(tmp_path / "run")), candidate=cand, baselines_root=root)
+    assert stage.exit_status == REGRESSION
+    assert verdicts(stage, tmp_path) == {f"{MLP} @ NVIDIA H100 80GB HBM3": "unchanged",
+                                         f"{GPT} @ NVIDIA H100 80GB HBM3": "regressed",
+                                         f"{MLP} @ NVIDIA A100-SXM4-80GB": "unchanged"}
+    assert stage.details["regressions"] == [f"{GPT} @ NVIDIA H100 80GB HBM3: regressed: throughput -20.0% "
+                                            "(threshold ±7.0%)"]
+    assert (f"{NO_BASELINE} for gpu_name NVIDIA L40S, driver 575.51.03, cuda 12.8, torch 2.7.0: its 1 cell(s) "
+            "are not gated") in stage.details["warnings"]
+    assert "nvidia-h100" in stage.line and "nvidia-a100" in stage.line
+    assert [fp["gpu_name"] for fp in stage.details["fingerprint"]] == [H100["gpu_name"], A100["gpu_name"],
+                                                                       L40S["gpu_name"]]
+
+
+def test_a_record_without_an_environment_is_gated_where_its_cell_ran(tmp_path):
+    """A job killed before its worker reported has no fingerprint: it joins the environment that
+    measured its cell's other repeats, where the cell now fails."""
+    root = str(tmp_path / "baselines")
+    baseline_dir(root, repeats(GPT))
+    baseline_dir(root, repeats(env=A100))
+    killed = record(GPT, status="crashed", env={}, repeat=2)
+    cand = write_results(str(tmp_path / "c.jsonl"), repeats(GPT, throughputs=(1000.0,) * 2) + [killed]
+                         + repeats(env=A100))
+    stage = run_compare(RunDir(str(tmp_path / "run")), candidate=cand, baselines_root=root)
+    assert stage.exit_status == REGRESSION
+    assert verdicts(stage, tmp_path) == {f"{GPT} @ NVIDIA H100 80GB HBM3": "failed",
+                                         f"{MLP} @ NVIDIA A100-SXM4-80GB": "unchanged"}
+
+
+def test_an_explicit_baseline_is_split_by_environment_too(tmp_path):
+    base = write_results(str(tmp_path / "base.jsonl"), repeats() + repeats(throughputs=(500.0,) * 3, env=A100))
+    cand = write_results(str(tmp_path / "c.jsonl"), repeats() + repeats(throughputs=(500.0,) * 3, env=A100))
+    stage = run_compare(RunDir(str(tmp_path / "run")), candidate=cand, baseline=base)
+    assert stage.exit_status == PASS and stage.details["outcome"] == "pass"
+    assert set(verdicts(stage, tmp_path).values()) == {"unchanged"}
+
+
+def test_promote_makes_one_baseline_per_environment_of_the_run(tmp_path, capsys):
+    run = RunDir(str(tmp_path / "run"))
+    write_results(run.path("results.jsonl"), repeats() + repeats(GPT, env=A100))
+    root = str(tmp_path / "baselines")
+    assert main(["promote", run.root, "--baselines", root, "--force"]) == PASS  # forced: no green run here
+    out = capsys.readouterr().out
+    assert [line.startswith("promoted ") for line in out.splitlines()] == [True, True, False]
+    assert "nvidia-h100" in out and "nvidia-a100" in out
+    for env, cell in ((H100, MLP), (A100, GPT)):
+        path = os.path.join(root, slug(fingerprint(env)))
+        with open(os.path.join(path, MANIFEST)) as f:
+            manifest = json.load(f)
+        assert manifest["fingerprint"] == fingerprint(env) and (manifest["cells"], manifest["records"]) == (1, 3)
+        with open(os.path.join(path, "results.jsonl")) as f:
+            assert {json.loads(line)["cell_id"] for line in f} == {cell}
 
 
 def test_gate_options_from_the_command_line(tmp_path, capsys):

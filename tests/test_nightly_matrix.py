@@ -63,8 +63,8 @@ def test_failed_cells_are_results_and_throttling_and_unrunnable_cells_are_counte
 
 
 @pytest.mark.parametrize("returncode, records, status, line", [
-    (2, [], BAD_INPUT, "bench refused its options (pytest exit 2; see its error above)"),
     (4, [], BAD_INPUT, "bench refused its options (pytest exit 4; see its error above)"),
+    (2, [], INFRASTRUCTURE, "bench exited 2: the matrix could not run"),  # interrupted: not an option
     (5, [], BAD_INPUT, "the options select no cell of the matrix"),
     (3, [record("d", "unsupported", skipped=True)], BAD_INPUT,
      "no cell of the preset can run here: needs 8 GPUs, 1 visible"),
@@ -83,7 +83,7 @@ def test_an_earlier_runs_results_are_never_judged(bench, tmp_path):
     run.start()
     with open(run.path(RESULTS), "w") as f:
         f.write(json.dumps(record("old")) + "\n")
-    stage, _ = bench(2, [])  # bench refused its options and wrote nothing
+    stage, _ = bench(4, [])  # bench refused its options and wrote nothing
     assert stage.exit_status == BAD_INPUT and not run.exists(RESULTS)
 
 

@@ -149,8 +149,9 @@ def test_summary_figures_are_the_records_numbers(report, records):
         assert row["repeats"] == "1"  # the same cell in both input files counts once
         assert float(row["throughput_samples_per_s"]) == pytest.approx(record["throughput_samples_per_s"])
         assert float(row["final_loss"]) == pytest.approx(record["loss"]["final"])
-        assert float(row["peak_memory_mib"]) == pytest.approx(record["memory"]["host_rss_peak_bytes"] / 2**20)
-        assert row["memory_measure"] == "host_rss_peak_bytes"  # a CPU run measures nothing else
+        # A CPU run has host memory only: the cell's own growth over its worker's inherited pages.
+        assert float(row["peak_memory_mib"]) == pytest.approx(record["memory"]["host_rss_growth_bytes"] / 2**20)
+        assert row["memory_measure"] == "host_rss_growth_bytes"
         fp32 = cells[cell_id.replace(record["config"]["precision"], "fp32", 1)]
         assert float(row["speedup_vs_fp32"]) == pytest.approx(
             record["throughput_samples_per_s"] / fp32["throughput_samples_per_s"])
@@ -185,7 +186,7 @@ def test_markdown_has_a_table_per_model_and_rank_count(report, records):
     throughput = by_cell(records)["mlp-fp32-bs64-ga1-gpus1"]["throughput_samples_per_s"]
     shown = f"{throughput:,.0f}" if throughput >= 100 else f"{throughput:.3g}"
     assert f"| {shown} |" in markdown
-    assert "peak MiB (host RSS)" in markdown
+    assert "peak MiB (host RSS growth)" in markdown
 
 
 def test_page_lists_unfinished_cells_with_their_reason(report, records):
@@ -243,6 +244,34 @@ def test_a_gpu_record_reports_reserved_memory_and_every_measure(records, tmp_pat
     for title in ("PyTorch allocator peak", "PyTorch reserved peak", "NVML process peak", "host RSS peak"):
         assert title in memory
     assert "1 GPU" in page and "CPU rows are correctness" not in page
+
+
+def test_one_run_whose_cells_landed_on_two_gpu_models_is_grouped_by_each_records_environment(records, tmp_path):
+    """Cluster jobs of one run may land on different GPUs: each record's own environment places it,
+    so a cell has a row per GPU model, fp32 speedups are taken within a model, and the environment
+    table lists both fingerprints with their records."""
+    run = []
+    for gpu, driver, node, scale in (("NVIDIA H100 80GB HBM3", "580.65", "gpu017", 1.0),
+                                     ("NVIDIA A100-SXM4-80GB", "550.54", "gpu203", 0.5)):
+        for record in copy.deepcopy([r for r in records if r["status"] == "ok" and r["config"]["model"] == "mlp"
+                                     and r["config"]["grad_accum"] == 1]):
+            record["env"].update(gpu_name=gpu, driver=driver, cuda="12.8", hostname=node)
+            record["throughput_samples_per_s"] *= scale
+            run.append(record)
+    paths = build_report([write_results(run, str(tmp_path / "results.jsonl"))], str(tmp_path / "report.html"))
+    built = read_built(paths)
+    rows = built["rows"]
+    assert {r["hardware"] for r in rows} == {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"}
+    fp32 = [r for r in rows if r["precision"] == "fp32" and r["batch_size"] == "16"]
+    assert sorted(float(r["throughput_samples_per_s"]) for r in fp32) == pytest.approx(
+        sorted(r["throughput_samples_per_s"] * s for r in records for s in (1.0, 0.5)
+               if r["cell_id"] == "mlp-fp32-bs16-ga1-gpus1" and r["config"]["lr"] == 0.01))
+    assert {float(r["speedup_vs_fp32"]) for r in fp32} == {1.0}  # each model against its own fp32
+    page = built["html"]
+    assert "<h3>mlp · NVIDIA H100 80GB HBM3</h3>" in page and "<h3>mlp · NVIDIA A100-SXM4-80GB</h3>" in page
+    section = page[page.index('<section id="environment">'):]
+    assert "gpu_name=NVIDIA H100 80GB HBM3, driver=580.65" in section
+    assert "gpu_name=NVIDIA A100-SXM4-80GB, driver=550.54" in section
 
 
 # --- in a real browser --------------------------------------------------------------------------
@@ -312,7 +341,8 @@ def synthesize(records, n: int) -> list[dict]:
         record["cell_id"] = f"{model}-{precision}-bs{batch}-ga{accum}-gpus{gpus}"
         scale = 1 + (i % 17) / 10
         record["throughput_samples_per_s"] *= scale
-        record["memory"]["host_rss_peak_bytes"] = int(record["memory"]["host_rss_peak_bytes"] * scale)
+        for key in ("host_rss_peak_bytes", "host_rss_growth_bytes"):
+            record["memory"][key] = int(record["memory"][key] * scale)
         record["loss"]["curve"] = [v * (1 + j / 400) for j in range(8) for v in record["loss"]["curve"]][:50]
         if i % 41 == 0:
             record.update(status="oom", status_detail="CUDA out of memory (synthetic)", throughput_samples_per_s=None)

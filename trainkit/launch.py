@@ -249,14 +249,18 @@ class CellWorkers:
 
 def run_cell(config: RunConfig, timeout_s: float = DEFAULT_CELL_TIMEOUT_S, memory_limit_bytes: int | None = None,
              progress: ProgressFn | None = None, profile: ProfileConfig | None = None,
-             evaluate: bool = True) -> dict[str, Any]:
-    """Run a whole cell (warmup, then all timed steps as one window) and return its record
+             single_steps: int = 0, evaluate: bool = True) -> dict[str, Any]:
+    """Run a whole cell and return its record: warmup, then the first `single_steps` timed steps
+    one command each (as bench's pytest-benchmark rounds take them), the rest as one window
     (evaluate=False: without the held-out loss, see CellWorkers.finish)."""
     with CellWorkers(config, timeout_s, memory_limit_bytes, progress, profile) as workers:
         try:
             workers.start()
             workers.warmup()
-            workers.run_timed()
+            for _ in range(min(single_steps, config.steps)):
+                workers.step()
+            if single_steps < config.steps:
+                workers.run_timed()
             return workers.finish(evaluate)
         except CellFailed as failure:
             return workers.record_for(failure)

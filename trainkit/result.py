@@ -55,6 +55,15 @@ class TimedSpan:
     energy_j: float | None = None
     """This rank's GPU energy over the span, from NVML's counter read before and after (None where
     the counter is unsupported or reset)."""
+    counter_s: float | None = None
+    """Host time between the two counter reads: the steps, plus any checkpoint written between
+    them (the counter cannot leave that out; the steps' time does)."""
+
+    @property
+    def counts_energy(self) -> bool:
+        """Long enough for the counter, and its reads hold the steps and nothing else of note."""
+        return self.seconds >= ENERGY_MIN_WINDOW_S and (self.counter_s is None
+                                                        or self.counter_s <= 1.05 * self.seconds + 0.05)
 
 
 @dataclass
@@ -280,10 +289,13 @@ def merge_energy(ranks: list[RankReport], launcher: LauncherReport,
         return None, "not measured: energy comes from NVML, on GPUs only", None
     if not ranks or not ranks[0].timing.spans:
         return None, None, None
-    spans = [[s for s in r.timing.spans if s.seconds >= ENERGY_MIN_WINDOW_S] for r in ranks]
+    spans = [[s for s in r.timing.spans if s.counts_energy] for r in ranks]
     lead = spans[0]
     if not lead:
         longest = max(s.seconds for s in ranks[0].timing.spans)
+        if longest >= ENERGY_MIN_WINDOW_S:
+            return None, ("not measured: the runs of timed steps long enough for NVML's energy counter held "
+                          "checkpoint writes, which the counter cannot leave out"), None
         return None, (f"not measured: no run of timed steps lasted {ENERGY_MIN_WINDOW_S:g} s (the longest "
                       f"{longest:.3g} s), too short for NVML's energy counter; time the steps as one window "
                       "(bench --rounds 1)"), None

@@ -163,17 +163,18 @@ class RankWorker:
             timing.first_timed_step = trainer.step
             reset_peaks(self.device)  # the record's peaks are the timed steps'
         first = len(trainer.step_samples)
-        energy_before = self._energy_mj()
+        energy_before, counter_started = self._energy_mj(), time.perf_counter()
         trainer.run(steps, self.timer, report, PROGRESS_INTERVAL_S)
         times = self.timer.read_s()
-        energy_after = self._energy_mj()
+        energy_after, counter_s = self._energy_mj(), time.perf_counter() - counter_started
         samples = trainer.step_samples[first:first + len(times)]
         timing.step_times_s += times
         timing.timed_samples += samples
         energy_j = None
         if energy_before is not None and energy_after is not None and energy_after >= energy_before:
             energy_j = (energy_after - energy_before) / 1e3  # a counter reset shows as after < before
-        timing.spans.append(TimedSpan(steps=len(times), seconds=sum(times), samples=sum(samples), energy_j=energy_j))
+        timing.spans.append(TimedSpan(steps=len(times), seconds=sum(times), samples=sum(samples), energy_j=energy_j,
+                                      counter_s=counter_s))
         return times
 
     def step(self) -> float:
