@@ -168,8 +168,8 @@ def batch_size_value(text: str) -> int | str:
         return text
     try:
         return integer(1)(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer >= 1 nor {BATCH_MAX!r}") from None
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or {BATCH_MAX}: each precision's planned maximum)") from None
 
 
 def build_matrix(chosen: Preset, hw: Hardware, overrides: dict[str, tuple[Any, ...]], steps: int, warmup_steps: int,

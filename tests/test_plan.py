@@ -4,6 +4,7 @@ scan, bad input, bench's --batch-size max and the report's planner section."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -333,6 +334,8 @@ def test_batch_size_max_resolves_to_each_precisions_planned_maximum():
                                      "mlp-amp-bf16-bs1234-ga1-gpus1", "mlp-amp-bf16-bs64-ga1-gpus1",
                                      "mlp-tf32-bs64-ga1-gpus1"]  # tf32 cannot run here and has no plan
     assert AXIS_OPTIONS["batch_size"][1]("max,8") == (BATCH_MAX, 8)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"'two' is not an integer \(or max"):
+        AXIS_OPTIONS["batch_size"][1]("max,two")
     with pytest.raises(ValueError, match="--batch-size max needs --plan"):
         build_matrix(quick, CPU_HW, {"model": ("mlp",), "batch_size": (BATCH_MAX,)}, 2, 1)
 
