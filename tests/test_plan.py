@@ -281,6 +281,14 @@ def test_the_plan_page_and_the_report_section_render(cpu_plan, tmp_path):
         report = f.read()
     assert '<section id="planner"><h2>Memory planner</h2>' in report and 'href="#planner"' in report
     assert "Estimated vs measured peak per probe" in report
+    # the page again from the plan file alone; a file that is not a plan is bad input, one line
+    from reports.cli import main as reports_main
+
+    again = tmp_path / "again.html"
+    assert reports_main(["plan", str(cpu_plan["dir"] / "plan.json"), "-o", str(again)]) == 0
+    assert again.read_text().count('<div class="chart">') == 3
+    assert reports_main(["plan", str(results), "-o", str(tmp_path / "no.html")]) == 2
+    assert not (tmp_path / "no.html").exists()
 
 
 # --- bad input: one line, exit 2 -----------------------------------------------------------------
