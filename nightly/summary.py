@@ -78,6 +78,8 @@ def _cells_section(run: RunDir, max_spread: float | None, candidate: str | None)
         (name,) = measures
         measure = f" ({MEMORY_NAMES.get(name, name)})"
     limit = f"; noisy: a spread above {max_spread:.0%}, reported and not gated" if max_spread is not None else ""
+    steps = {len(r["loss"]["curve"]) for r in records if r.get("status") == "ok" and (r.get("loss") or {}).get("curve")}
+    loss = f"final loss after {steps.pop()} steps" if len(steps) == 1 else "final loss (after each cell's steps)"
     table = [[r["cell"], r["status"], f"{r['ok']}/{r['repeats']}", _num(r["throughput_median"], ",.1f"),
               _num(r["throughput_spread"], ".1%"), _num(r["memory_median"] and r["memory_median"] / MiB, ",.1f"),
               _num(r["memory_spread"], ".1%"), _num(r["loss_median"], ".4f"), _num(r["loss_spread"], ".2%"),
@@ -85,9 +87,11 @@ def _cells_section(run: RunDir, max_spread: float | None, candidate: str | None)
                                      f"throttled x{r['throttled']}" if r["throttled"] else ""]))]
              for r in rows]
     return ["## Cells of this run", "",
-            f"Median over the repeats; spread = IQR / median across them{limit}.", "",
+            f"Median over the repeats; spread = IQR / median across them{limit}. The gate compares each cell's "
+            "loss with the same cell's in the baseline (a drift check, one seed); whether a precision reaches "
+            "fp32's loss is not judged here: see `python -m trainkit parity` (README, \"Loss parity\").", "",
             *_table(["cell", "status", "ok/runs", "samples/s", "spread", f"peak MiB{measure}", "spread",
-                     "final loss", "spread", "flags"], table), ""]
+                     loss, "spread", "flags"], table), ""]
 
 
 def _preflight_section(run: RunDir) -> list[str]:

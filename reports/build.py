@@ -9,7 +9,8 @@ memory (summary), how throughput and memory grow with batch size, what accumulat
 fixed effective batch, how the loss curves of the precisions compare, what the fp16 loss scaler
 did, how throughput scales across GPUs, where each cell's step time goes (the profile: phases,
 top operators, MFU, energy, links to traces and memory snapshots), which cells did not finish and
-why, and on what environment each run was measured.
+why, and on what environment each run was measured. Given a `trainkit parity` document, it adds
+the loss-parity section (reports.parity); given only parity documents, the page is that section.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ import pandas as pd
 
 from trainkit.precision_facts import display_rank
 
-from . import figures, html, profiles
+from . import figures, html, parity, profiles
 from .load import to_frame
 from .records import Run, all_records, fingerprint, read_runs
-from .summary import TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
+from .summary import PARITY_POINTER, TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
 
 SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
             ("accumulation", "Accumulation"), ("loss", "Loss curves"), ("scaler", "Loss scaling"),
             ("scaling", "Scaling"), ("profile", "Profile"), ("failures", "Cells that did not finish"),
             ("environment", "Environment"))
+PARITY_SECTION = ("parity", "Loss parity")  # present when a `trainkit parity` document is among the inputs
 OPEN_ROWS = 120  # past this many summary rows the tables start folded, so they do not bury the charts
 
 
@@ -43,7 +45,7 @@ PLANNER_SECTION = ("planner", "Memory planner")
 """Shown when the report is given plans (python -m trainkit plan's files)."""
 
 
-def _header(runs: list[Run], frame: pd.DataFrame, sections: tuple[tuple[str, str], ...] = SECTIONS) -> str:
+def _header(runs: list[Run], frame: pd.DataFrame, sections: list[tuple[str, str]]) -> str:
     statuses = frame["status"].value_counts()
     not_ok = ", ".join(f"{n} {s}" for s, n in statuses.items() if s != "ok")
     counts = (f"{len(frame)} records of {frame['cell'].nunique()} cells from {len(runs)} "
@@ -64,6 +66,7 @@ def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
     if frame["hardware"].astype(str).str.startswith("CPU").any():
         parts.append('<p class="warn">CPU rows are correctness and smoke rows, not speed claims: half '
                      "precision on a CPU is emulated or slow, so its speedups say nothing about GPUs.</p>")
+    parts.append(f'<p class="note">{html.esc(PARITY_POINTER)}</p>')
     state = " open" if len(table) <= OPEN_ROWS else ""
     for group, rows in groups(table):
         shown = formatted(rows)
@@ -144,21 +147,26 @@ def _environment_section(runs: list[Run]) -> str:
 
 
 def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
+           parity_docs: list[dict[str, Any]] | None = None,
            plans: list[dict[str, Any]] | None = None) -> tuple[str, pd.DataFrame]:
     """The page and the summary table of some runs; links to profile files are made relative to
-    base_dir, the page's directory, where they lie under it. Plans add the memory planner's section."""
+    base_dir, the page's directory, where they lie under it. Parity documents add their section,
+    plans the memory planner's."""
     frame = to_frame(all_records(runs))
     table = summary(frame)
     charts = _chart_sections(table, frame)
     bodies = {"summary": _summary_section(table, frame), **charts,
               "profile": profiles.section(frame, _pairs(frame), base_dir, OPEN_ROWS),
               "failures": _failures_section(frame), "environment": _environment_section(runs)}
-    sections = SECTIONS
+    sections = list(SECTIONS)
+    if parity_docs:
+        bodies["parity"] = parity.section(parity_docs)
+        sections.insert(sections.index(("loss", "Loss curves")) + 1, PARITY_SECTION)
     if plans:
         from .plan import section as plan_section
 
-        sections = (*SECTIONS[:-2], PLANNER_SECTION, *SECTIONS[-2:])
         bodies[PLANNER_SECTION[0]] = plan_section(plans)
+        sections.insert(sections.index(("failures", "Cells that did not finish")), PLANNER_SECTION)
     body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in sections)
     return html.page(title, _header(runs, frame, sections), body), table
 
@@ -170,11 +178,16 @@ def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit 
     `plans` (files `python -m trainkit plan` wrote) add the memory planner's section.
     Returns the paths written: {"html": ..., "csv": ..., "markdown": ...}. Raises records.InputError
     (one line) on a missing, malformed or empty input, or an output that cannot be written."""
-    runs = read_runs(list(inputs))
+    parity_docs, result_files = parity.split(list(inputs))
+    if parity_docs and not result_files:  # a parity run on its own (`trainkit parity --report`)
+        return html.write_page(output_html, parity.page(parity_docs, title), parity.to_markdown(parity_docs),
+                               parity.to_csv(parity_docs), "report")
+    runs = read_runs(result_files)
     read = None
     if plans:
         from .plan import read_plans
 
         read = read_plans(plans)
-    page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)), plans=read)
+    page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)), parity_docs=parity_docs,
+                         plans=read)
     return html.write_page(output_html, page, to_markdown(table), table.to_csv(index=False), "report")

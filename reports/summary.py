@@ -7,7 +7,13 @@ Columns (CSV names; units in the names):
     repeats                   ok records combined (median) into the row
     throughput_samples_per_s  global samples/s over the timed optimizer steps
     speedup_vs_fp32           throughput / throughput of the fp32 cell of the same shape
-    final_loss, loss_diff_vs_fp32   loss of the last step, and minus the fp32 cell's
+    loss_steps                optimizer steps the cell's loss curve holds (warmup included): the losses
+                              below are "after N steps", and headers say so
+    final_loss, loss_diff_vs_fp32   loss of the last step, and minus the fp32 cell's; the difference is
+                              left out (NaN) for cells shorter than MIN_LOSS_COMPARISON_STEPS, where it
+                              measures how fast a loss falls, not where it ends. It is one seed either way:
+                              loss parity between precisions, against fp32's seed noise, is the job of
+                              `python -m trainkit parity` (PARITY_POINTER)
     peak_memory_mib, memory_measure  the headline memory measure of the cell's ok records, the one the
                               gate compares (trainkit.schema.headline_memory); MiB = 2**20 B
     skipped_steps             optimizer steps GradScaler skipped (modes with dynamic loss scaling only)
@@ -38,12 +44,22 @@ from trainkit.schema import HEADLINE_MEMORY, MEMORY_NAMES, headline_memory
 from .load import PHASES
 
 MIB = 2**20
+MIN_LOSS_COMPARISON_STEPS = 200
+"""Fewest optimizer steps of a cell whose loss the summary compares with fp32's: before it the
+synthetic tasks' losses still fall steeply (`trainkit parity` trains 250-300 steps on a CPU to
+flatten them), so a difference says which precision descends faster, and pure fp16 Adam, whose
+second moment underflows into a larger step, looks better than fp32."""
+PARITY_POINTER = ("Losses are one seed's, after the optimizer steps the header gives; the difference from fp32 is "
+                  f"left out for cells of fewer than {MIN_LOSS_COMPARISON_STEPS} steps, and is no verdict even then. "
+                  "Whether a precision reaches fp32's loss, against fp32's seed noise, and how fast in wall-clock "
+                  "time: `python -m trainkit parity` (README, \"Loss parity\").")
 KEYS = ["model", "hardware", "variant", "gpus", "batch_size", "grad_accum", "effective_batch",
         "precision", "precision_variant", "cell"]
 SHAPE = ["model", "hardware", "variant", "gpus", "batch_size", "grad_accum"]
 GROUP = ["model", "hardware", "gpus"]  # one table per group in HTML and Markdown
 COLUMNS = ["model", "hardware", "gpus", "batch_size", "grad_accum", "effective_batch", "precision", "variant",
-           "status", "repeats", "throughput_samples_per_s", "speedup_vs_fp32", "final_loss", "loss_diff_vs_fp32",
+           "status", "repeats", "throughput_samples_per_s", "speedup_vs_fp32", "loss_steps", "final_loss",
+           "loss_diff_vs_fp32",
            "peak_memory_mib", "memory_measure", "skipped_steps", "weak_scaling_efficiency"]
 PHASE_COLUMNS = [*(f"phase_{p}_s" for p in PHASES), "data_share"]
 
@@ -64,7 +80,8 @@ def _memory(records: pd.DataFrame) -> pd.Series:
 def cells(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per cell (KEYS): medians over its ok records; cells with no ok record keep NaN."""
     # Only dynamic loss scaling can skip a step; elsewhere "0 skipped" would suggest a scaler exists.
-    frame = frame.assign(skipped=frame["scaler.skipped_steps_total"].where(frame["scaler.enabled"].eq(True)))
+    frame = frame.assign(skipped=frame["scaler.skipped_steps_total"].where(frame["scaler.enabled"].eq(True)),
+                         loss_steps=frame["loss.curve"].map(lambda c: len(c) if isinstance(c, list) else math.nan))
     latest = frame.sort_values("finished_at", na_position="first").groupby(KEYS, dropna=False, sort=False)
     table = latest.agg(last_status=("status", "last"), any_ok=("status", lambda s: bool((s == "ok").any())))
     ok = frame[frame["status"] == "ok"]
@@ -72,6 +89,7 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
         repeats=("status", "size"),
         throughput_samples_per_s=("throughput_samples_per_s", "median"),
         final_loss=("loss.final", "median"),
+        loss_steps=("loss_steps", "max"),
         skipped_steps=("skipped", "median"),
         mfu=("mfu", "median"),
         energy_j_per_sample=("energy_j_per_sample", "median"),
@@ -85,12 +103,13 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
     table["status"] = table["last_status"].where(~table["any_ok"], "ok")
     table["repeats"] = table["repeats"].fillna(0).astype(int)
     table["peak_memory_mib"] = table["peak_memory_bytes"] / MIB
+    table["loss_steps"] = pd.to_numeric(table["loss_steps"], errors="coerce").astype("Int64")
     return table.drop(columns=["last_status", "any_ok"])
 
 
 def _versus(table: pd.DataFrame, on: list[str], where: pd.Series, suffix: str) -> pd.DataFrame:
     """Each row joined with the reference row (the row matching `where`) of the same `on` keys."""
-    reference = table.loc[where, on + ["throughput_samples_per_s", "final_loss"]]
+    reference = table.loc[where, on + ["throughput_samples_per_s", "final_loss", "loss_steps"]]
     reference = reference.drop_duplicates(subset=on)  # precision variants of the reference: first wins
     return table.merge(reference, on=on, how="left", suffixes=("", suffix))
 
@@ -101,7 +120,9 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     fp32 = (table["precision"] == "fp32") & (table["status"] == "ok")
     table = _versus(table, SHAPE, fp32, "_fp32")
     table["speedup_vs_fp32"] = table["throughput_samples_per_s"] / table["throughput_samples_per_s_fp32"]
-    table["loss_diff_vs_fp32"] = table["final_loss"] - table["final_loss_fp32"]
+    shortest = table[["loss_steps", "loss_steps_fp32"]].astype(float).min(axis=1, skipna=False)
+    long_enough = shortest >= MIN_LOSS_COMPARISON_STEPS  # NaN (a cell without a curve) is not
+    table["loss_diff_vs_fp32"] = (table["final_loss"] - table["final_loss_fp32"]).where(long_enough)
     columns = list(COLUMNS)
     tf32 = (table["precision"] == "tf32") & (table["status"] == "ok")
     if tf32.any():
@@ -116,7 +137,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     table["variant"] = (table["variant"] + " " + table["precision_variant"]).str.strip()
     # Present when any cell has them: a CPU run has neither MFU nor energy, a run with
     # --phase-steps 0 no phases; a column of blanks would say "measured, nothing there".
-    for column, before in (("mfu", "final_loss"), ("energy_j_per_sample", "skipped_steps")):
+    for column, before in (("mfu", "loss_steps"), ("energy_j_per_sample", "skipped_steps")):
         if table[column].notna().any():
             columns.insert(columns.index(before), column)
     columns += [c for c in PHASE_COLUMNS if table[c].notna().any()]
@@ -131,7 +152,8 @@ TEXT_HEADERS = ("precision", "variant", "status", "measured as")  # left-aligned
 HEADERS = {
     "batch_size": "batch", "grad_accum": "accum", "effective_batch": "eff. batch",
     "throughput_samples_per_s": "samples/s", "speedup_vs_fp32": "vs fp32", "speedup_vs_tf32": "vs tf32",
-    "final_loss": "final loss", "loss_diff_vs_fp32": "Δ loss vs fp32", "peak_memory_mib": "peak MiB",
+    "final_loss": "final loss", "loss_diff_vs_fp32": "Δ loss vs fp32", "loss_steps": "steps",
+    "peak_memory_mib": "peak MiB",
     "memory_measure": "measured as", "skipped_steps": "skipped steps",
     "weak_scaling_efficiency": "weak scaling", "mfu": "MFU", "energy_j_per_sample": "J/sample",
 }
@@ -165,7 +187,7 @@ def _fmt(column: str, value: object) -> str:
         return mfu_text(value)
     if column == "energy_j_per_sample":
         return f"{value:.3g}"
-    if column == "skipped_steps":
+    if column in ("skipped_steps", "loss_steps"):
         return f"{value:g}"
     if column == "memory_measure":
         return MEMORY_NAMES.get(str(value), str(value))
@@ -185,7 +207,15 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
             headers["peak_memory_mib"] = f"peak MiB ({_fmt('memory_measure', measures[0])})"
     if not (table["variant"] != "").any():
         hidden.add("variant")
-    for column in ("skipped_steps", "weak_scaling_efficiency", "speedup_vs_tf32", "mfu", "energy_j_per_sample"):
+    steps = table["loss_steps"].dropna().unique()
+    if len(steps) == 1:  # one length for every row: the loss headers say it, no column needed
+        hidden.add("loss_steps")
+        headers["final_loss"] = f"loss after {steps[0]:g} steps"
+        headers["loss_diff_vs_fp32"] = f"Δ loss vs fp32 after {steps[0]:g} steps"
+    else:
+        headers["final_loss"] = "loss after steps"
+    for column in ("skipped_steps", "weak_scaling_efficiency", "speedup_vs_tf32", "mfu", "energy_j_per_sample",
+                   "loss_diff_vs_fp32"):
         if column in table and table[column].isna().all():  # no dynamic scaler, one GPU count, no tf32, a CPU
             hidden.add(column)
     shown = [c for c in table.columns if c not in hidden]
@@ -212,7 +242,7 @@ def group_title(group: dict[str, object]) -> str:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """The summary as Markdown: a heading and a table per group (for READMEs and issue comments)."""
-    parts = ["# trainkit summary", ""]
+    parts = ["# trainkit summary", "", PARITY_POINTER, ""]
     for group, rows in groups(table):
         shown = formatted(rows)
         parts += [f"## {group_title(group)}", "",

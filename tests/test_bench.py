@@ -44,7 +44,8 @@ def test_quick_preset_covers_what_it_promises_on_a_cpu():
     quick = preset("quick", on_gpu=False)
     cells = build_matrix(quick, CPU_HW, {}, quick.steps, quick.warmup_steps)
     runnable = [c for c in cells if not c.skip_reason]
-    assert {c.precision for c in runnable} == {"fp32", "amp-fp16", "amp-bf16", "half-fp16", "half-bf16"}
+    assert {c.precision for c in runnable} == {"fp32", "amp-fp16", "amp-bf16", "half-fp16", "half-bf16",
+                                               "half-fp16-master", "half-bf16-master"}
     assert {c.grad_accum for c in runnable} >= {1, 4} and {c.gpus for c in runnable} == {1, 2}
     assert len({c.model for c in runnable}) >= 2
     assert {c.skip_reason for c in cells if c.precision == "tf32"} == {

@@ -48,6 +48,23 @@ def test_synthetic_data_is_learnable(model):
     assert trainer.evaluate() < float(curve[:5].mean())  # the held-out loss falls too
 
 
+@pytest.mark.parametrize("model", ["mlp", "gpt"])
+def test_a_task_seed_fixes_the_task_and_the_held_out_set_while_seed_draws_the_samples(model):
+    spec = build_spec(small_config(model))
+
+    def data(**changes):
+        return SyntheticData(small_config(model, **changes), spec, CPU, torch.float32, 0)
+
+    default, same_seed, task0_seed1, task0_seed2 = data(seed=1), data(seed=1, task_seed=1), \
+        data(seed=1, task_seed=0), data(seed=2, task_seed=0)
+    # Without task_seed, seed decides everything, as it always did.
+    assert torch.equal(default.inputs, same_seed.inputs) and torch.equal(default.eval_set[1], same_seed.eval_set[1])
+    for a, b in zip(task0_seed1.eval_set, task0_seed2.eval_set):  # one task, one held-out set
+        assert torch.equal(a, b)
+    assert not torch.equal(task0_seed1.inputs, task0_seed2.inputs)  # the training samples follow seed
+    assert not torch.equal(task0_seed1.eval_set[1], default.eval_set[1])  # another task than task 1
+
+
 def test_half_precision_inputs_are_stored_in_half():
     trainer = train(small_config(precision="half-bf16", steps=1))
     inputs, _ = trainer.data.eval_set

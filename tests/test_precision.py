@@ -13,24 +13,35 @@ from .conftest import CPU, flat_params, small_config, train
 
 CPU_PRECISIONS = [p for p in precision_names() if p != "tf32"]
 EXPECTED_PARAM_DTYPE = {"fp32": torch.float32, "amp-fp16": torch.float32, "amp-bf16": torch.float32,
-                        "half-fp16": torch.float16, "half-bf16": torch.bfloat16}
+                        "half-fp16": torch.float16, "half-bf16": torch.bfloat16,
+                        "half-fp16-master": torch.float16, "half-bf16-master": torch.bfloat16}
+EXPECTED_STATE_DTYPE = {**EXPECTED_PARAM_DTYPE, "half-fp16-master": torch.float32, "half-bf16-master": torch.float32}
+MASTER_MODES = ("half-fp16-master", "half-bf16-master")
 
 
 @pytest.mark.parametrize("model", ["mlp", "gpt"])
 @pytest.mark.parametrize("precision", CPU_PRECISIONS)
 def test_policy_contract(precision, model):
     """Finite loss after a few steps, parameter dtypes as the mode says, default dtype untouched,
-    a scaler only in amp-fp16."""
+    a scaler exactly in the modes with dynamic loss scaling."""
     default_dtype = torch.get_default_dtype()
     trainer = train(small_config(model, precision=precision, steps=4, optimizer="adam", lr=1e-3))
     curve = trainer.loss_curve()
     assert torch.isfinite(curve).all(), curve
     assert {p.dtype for p in trainer.raw_model.parameters()} == {EXPECTED_PARAM_DTYPE[precision]}
     assert torch.get_default_dtype() == default_dtype
-    assert (trainer.policy.scaler is not None) == (precision == "amp-fp16")
-    # Optimizer state follows the parameters (pure half keeps its Adam moments in half too).
+    assert (trainer.policy.scaler is not None) == (precision in ("amp-fp16", "half-fp16-master"))
+    # Optimizer state follows what the optimizer updates: the parameters (pure half keeps its Adam
+    # moments in half too), or the fp32 master weights of the master modes.
     state_dtypes = {v.dtype for s in trainer.optimizer.state.values() for v in s.values() if v.ndim > 0}
-    assert state_dtypes == {EXPECTED_PARAM_DTYPE[precision]}
+    assert state_dtypes == {EXPECTED_STATE_DTYPE[precision]}
+    updated = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert updated == {id(p) for p in trainer.params}
+    if precision in MASTER_MODES:  # the masters are fp32, apart from the parameters, and rounded into them
+        assert {p.dtype for p in trainer.params} == {torch.float32}
+        assert not updated & {id(p) for p in trainer.raw_model.parameters()}
+        for param, master in zip(trainer.raw_model.parameters(), trainer.params):
+            assert torch.equal(param, master.to(param.dtype))
 
 
 def test_tf32_is_unsupported_on_cpu_with_a_reason():

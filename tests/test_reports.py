@@ -155,11 +155,35 @@ def test_summary_figures_are_the_records_numbers(report, records):
         fp32 = cells[cell_id.replace(record["config"]["precision"], "fp32", 1)]
         assert float(row["speedup_vs_fp32"]) == pytest.approx(
             record["throughput_samples_per_s"] / fp32["throughput_samples_per_s"])
-        assert float(row["loss_diff_vs_fp32"]) == pytest.approx(record["loss"]["final"] - fp32["loss"]["final"])
+        # 5 steps, far fewer than MIN_LOSS_COMPARISON_STEPS: the loss is said to be after 5 steps and
+        # is not compared with fp32's (test_a_loss_difference_needs_a_long_enough_run below).
+        assert row["loss_steps"] == str(len(record["loss"]["curve"])) == "5" and row["loss_diff_vs_fp32"] == ""
         if record["config"]["precision"] == "amp-fp16":
             assert float(row["skipped_steps"]) == record["scaler"]["skipped_steps_total"]
         else:
             assert row["skipped_steps"] == ""  # no loss scaler, so nothing to skip
+
+
+def test_a_loss_difference_needs_a_long_enough_run(report, records):
+    """The summary says how many steps its losses are after, compares a cell's loss with fp32's
+    only from MIN_LOSS_COMPARISON_STEPS on, and points to the parity run."""
+    from reports.load import to_frame
+    from reports.summary import MIN_LOSS_COMPARISON_STEPS, formatted, summary
+
+    assert "after 5 steps" in report["markdown"] and "Δ loss" not in report["markdown"]
+    assert "python -m trainkit parity" in report["markdown"] and "python -m trainkit parity" in report["html"]
+    long = copy.deepcopy([r for r in by_cell(records).values() if r["status"] == "ok"])
+    for record in long:  # the same records, as if their curves held MIN_LOSS_COMPARISON_STEPS steps
+        record["loss"]["curve"] = [record["loss"]["final"]] * MIN_LOSS_COMPARISON_STEPS
+    table = summary(to_frame(long))
+    cells = by_cell(long)
+    for row in table.itertuples():
+        cell_id = f"{row.model}-{row.precision}-bs{row.batch_size}-ga{row.grad_accum}-gpus{row.gpus}"
+        fp32 = cells[cell_id.replace(row.precision, "fp32", 1)]
+        assert row.loss_diff_vs_fp32 == pytest.approx(cells[cell_id]["loss"]["final"] - fp32["loss"]["final"])
+    shown = formatted(table)
+    assert f"Δ loss vs fp32 after {MIN_LOSS_COMPARISON_STEPS} steps" in shown.columns
+    assert f"loss after {MIN_LOSS_COMPARISON_STEPS} steps" in shown.columns
 
 
 def test_weak_scaling_efficiency_is_thr_n_over_n_thr_1(report, records):

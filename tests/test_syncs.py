@@ -69,7 +69,7 @@ def _timed(worker: RankWorker, how: str) -> Counter[str]:
 
 
 @pytest.mark.parametrize("how", ["window", "rounds"])
-@pytest.mark.parametrize("precision", ["fp32", "amp-bf16", "amp-fp16", "half-fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "amp-bf16", "amp-fp16", "half-fp16", "half-fp16-master"])
 def test_the_timed_steps_hold_no_sync_of_trainkits(precision, how):
     # 130 steps: the losses are stacked every 64 steps, inside the window, twice.
     config = small_config("gpt", precision=precision, steps=130, warmup_steps=1, batch_size=4, grad_accum=2)

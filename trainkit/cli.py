@@ -88,7 +88,7 @@ def check_paths(config: RunConfig, output: str | None) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="trainkit", description="Measure what precision and gradient accumulation do to "
                                                  "PyTorch training, one cell at a time.")
-    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env,plan}", parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env,parity,plan}", parser_class=Parser)
     run = sub.add_parser("run", help="run one cell and write its result record")
     repro = sub.add_parser("repro", help="rerun the config of a result record (options override it)")
     repro.add_argument("record", help="a result record (JSON) written by `trainkit run` or the bench")
@@ -113,9 +113,16 @@ def build_parser() -> Parser:
         prof.add_argument("--memory-snapshot", action="store_true",
                           help=f"record {cfg.SNAPSHOT_STEPS} steps of CUDA allocator history for "
                                "pytorch.org/memory_viz (CUDA only)")
+        prof.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=True,
+                          help="one extra optimizer step that records why the loss moved: gradient underflow, "
+                               "zero optimizer second moments, inf/NaN gradients, update sizes (default: on)")
         prof.add_argument("--profile-dir", metavar="DIR", default=None,
                           help="where traces and snapshots go (default: OUTPUT.profile/, or ./trainkit-profiles/)")
     sub.add_parser("env", help="print the environment fingerprint as JSON")
+    from .parity import add_arguments as add_parity_arguments
+
+    add_parity_arguments(sub.add_parser("parity", help="judge each precision's loss against fp32's seed noise, "
+                                                       "with time to target and diagnostics (see --help)"))
     from .plan import add_parser as add_plan_parser  # torch-free, like this module
 
     add_plan_parser(sub)
@@ -125,7 +132,8 @@ def build_parser() -> Parser:
 def profile_config(args: argparse.Namespace) -> ProfileConfig:
     """The profiling passes the options ask for."""
     directory = args.profile_dir or (f"{args.output}.profile" if args.output else "trainkit-profiles")
-    return ProfileConfig.from_options(args.phase_steps, args.profile, args.memory_snapshot, directory)
+    return ProfileConfig.from_options(args.phase_steps, args.profile, args.memory_snapshot, directory,
+                                      args.diagnostics)
 
 
 def _load_record_config(path: str) -> RunConfig:
@@ -214,9 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("trainkit: choose a command: run, repro, env or plan (see --help)")
+            raise UsageError("trainkit: choose a command: run, repro, env, parity or plan (see --help)")
         if args.command == "env":
             return cmd_env()
+        if args.command == "parity":
+            from .parity import main as cmd_parity
+
+            return cmd_parity(args)
         if args.command == "plan":
             from .plan import cmd_plan
 

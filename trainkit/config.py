@@ -159,6 +159,14 @@ class RunConfig:
     """auto (cuda if available), cpu or cuda."""
     seed: int = 0
     """Seed of weights, data and shuffling; the same seed gives the same loss curve."""
+    task_seed: int | None = None
+    """Seed of the synthetic task alone: the teacher that labels the samples and the held-out eval
+    set (training samples still follow seed). None: seed. Runs that share it learn the same task
+    and are evaluated on the same samples, so their seeds differ only in the initial weights and
+    the training samples drawn (`trainkit parity` holds it fixed to measure that noise)."""
+    cpu_threads: int | None = None
+    """torch's intra-op threads per rank on a CPU; None: the machine's cores divided among the ranks.
+    Cells that run side by side (`trainkit parity --jobs 2`) take a share each."""
     cudnn_benchmark: bool = True
     """Let cuDNN autotune convolution algorithms (during warmup; shapes are fixed)."""
 
@@ -185,6 +193,10 @@ class RunConfig:
         for name in ("epochs", "dataset_size", "checkpoint_every", "prefetch_factor"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
+        if self.task_seed is not None:
+            _at_least("task_seed", self.task_seed, 0)
+        if self.cpu_threads is not None:
+            _at_least("cpu_threads", self.cpu_threads, 1)
         if self.image_size is not None:
             _at_least("image_size", self.image_size, 8)
         for name in ("momentum", "weight_decay", "min_loss_scale"):
@@ -289,6 +301,9 @@ SNAPSHOT_STEPS = 2
 class ProfileConfig:
     """What to profile after a cell's timed steps (never during them)."""
 
+    diagnostics: bool = True
+    """One extra optimizer step that reads why a loss moved (trainkit.diagnostics): gradient
+    underflow, zero optimizer second moments, inf/NaN gradients, update sizes."""
     phase_steps: int = 3
     """Optimizer steps timed phase by phase (data, forward, backward, optimizer); 0 turns it off."""
     trace_steps: int = 0
@@ -308,7 +323,10 @@ class ProfileConfig:
             raise ConfigError("trace_steps and snapshot_steps need output_dir")
 
     @classmethod
-    def from_options(cls, phase_steps: int, profile: bool, memory_snapshot: bool, output_dir: str) -> ProfileConfig:
-        """The passes the command-line options ask for (`--phase-steps N --profile --memory-snapshot`)."""
+    def from_options(cls, phase_steps: int, profile: bool, memory_snapshot: bool, output_dir: str,
+                     diagnostics: bool = True) -> ProfileConfig:
+        """The passes the command-line options ask for (`--phase-steps N --profile --memory-snapshot
+        --no-diagnostics`)."""
         return cls(phase_steps=phase_steps, trace_steps=TRACE_STEPS if profile else 0,
-                   snapshot_steps=SNAPSHOT_STEPS if memory_snapshot else 0, output_dir=output_dir)
+                   snapshot_steps=SNAPSHOT_STEPS if memory_snapshot else 0, output_dir=output_dir,
+                   diagnostics=diagnostics)

@@ -134,10 +134,11 @@ class SyntheticData:
                  rank: int) -> None:
         self.config = config
         self.rank = rank
-        teacher = SyntheticTeacher(spec, config.seed, device)
+        task_seed = config.seed if config.task_seed is None else config.task_seed
+        teacher = SyntheticTeacher(spec, task_seed, device)
         gen = torch.Generator(device=device).manual_seed(config.seed + 1)
         self.inputs, self.targets = generate(teacher, config.dataset_size or pool_size(spec), gen, input_dtype)
-        eval_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
+        eval_gen = torch.Generator(device=device).manual_seed(task_seed + 2)
         self.eval_set = generate(teacher, EVAL_SAMPLES, eval_gen, input_dtype)
         self.pool_bytes = self.inputs.nbytes + self.targets.nbytes
         del teacher

@@ -40,11 +40,10 @@ class Unsupported(Exception):
     """The device cannot run this cell (e.g. bf16 below compute capability 8.0)."""
 
 
-def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum, Adam or AdamW; weight decay only on matrices and kernels, never on
-    norms and biases (a parameter group each; one group when there is no decay at all, which
-    keeps the optimizer's fused update to a single call)."""
-    params = list(model.parameters())
+def build_optimizer(config: RunConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """SGD with momentum, Adam or AdamW over `params`; weight decay only on matrices and kernels,
+    never on norms and biases (a parameter group each; one group when there is no decay at all,
+    which keeps the optimizer's fused update to a single call)."""
     groups: list[dict[str, Any]] = [{"params": params}]
     if config.weight_decay:
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
@@ -108,7 +107,8 @@ class Trainer:
             device_ids = [device.index] if device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         self.model = model
-        self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.params = self.policy.trained_parameters(self.raw_model)
+        """What the optimizer updates and clipping reads: the parameters, or their fp32 master copies."""
 
         self.data = build_data(config, self.spec, device, self.policy.input_dtype, rank, dataset)
         if config.epochs is not None:
@@ -116,7 +116,7 @@ class Trainer:
             self.total_steps = config.epochs * self.data.steps_per_epoch
         else:
             self.total_steps = config.warmup_steps + config.steps
-        self.optimizer = build_optimizer(config, self.raw_model)
+        self.optimizer = build_optimizer(config, self.params)
         self.scheduler = build_scheduler(config, self.optimizer, self.total_steps)
 
         self.step = 0

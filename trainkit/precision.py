@@ -1,7 +1,8 @@
 """Precision policies: one small class per mode, one factory from names.
 
 A policy owns everything precision changes in a training step, as hooks the loop calls in order:
-`configure_backends` (TF32 flags), `convert_module` (parameter dtype), `forward_context`
+`configure_backends` (TF32 flags), `convert_module` (parameter dtype), `trained_parameters` (what
+the optimizer updates: the parameters, or fp32 master copies of them), `forward_context`
 (autocast), `backward` (loss scaling), `unscale_` (before clipping) and `optimizer_step` (the
 step, with GradScaler's skip-on-overflow). fp32 is the base class with no-op hooks. What a mode
 *is* (its dtypes, where it runs, its loss scaling) is read from precision_facts.py, never restated.
@@ -75,6 +76,16 @@ class Precision:
     def convert_module(self, module: nn.Module) -> nn.Module:
         return module
 
+    def trained_parameters(self, module: nn.Module) -> list[torch.Tensor]:
+        """The tensors the optimizer updates and clipping reads, after convert_module: the
+        module's own parameters, unless the policy keeps master copies of them."""
+        return [p for p in module.parameters() if p.requires_grad]
+
+    @property
+    def master_bytes(self) -> int:
+        """Bytes of the master copy of the weights the policy keeps beside the parameters (0: none)."""
+        return 0
+
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
         return NO_CONTEXT
 
@@ -85,7 +96,8 @@ class Precision:
         loss.backward()
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
-        """Bring gradients to their true size before clipping; once per optimizer step."""
+        """Bring gradients to their true size, on the tensors the optimizer updates, before
+        clipping; once per optimizer step."""
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
         """Step the optimizer. Returns a 0-d bool tensor on the device that is True when the step
@@ -99,6 +111,16 @@ class Precision:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
+
+
+def scaled_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """GradScaler's step and update; a 0-d bool tensor on the device, True when it skipped the step.
+    GradScaler halves the scale exactly when it found inf/NaN gradients and skipped the step
+    (pytorch/pytorch#44511: step() itself reports nothing), so the scales are compared on the device."""
+    scale_before = scaler._scale.clone()  # type: ignore[union-attr]
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler._scale < scale_before  # type: ignore[operator]
 
 
 class TF32Precision(Precision):
@@ -144,12 +166,7 @@ class MixedPrecision(Precision):
         if self._scaler is None:
             optimizer.step()
             return None
-        # GradScaler halves the scale exactly when it found inf/NaN gradients and skipped the step
-        # (pytorch/pytorch#44511: step() itself reports nothing), so compare scales on the device.
-        scale_before = self._scaler._scale.clone()  # type: ignore[union-attr]
-        self._scaler.step(optimizer)
-        self._scaler.update()
-        return self._scaler._scale < scale_before  # type: ignore[operator]
+        return scaled_step(self._scaler, optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self._scaler.state_dict()} if self._scaler is not None else {}
@@ -203,9 +220,109 @@ class HalfBF16Precision(HalfPrecision):
     name = "half-bf16"
 
 
+class MasterWeightPrecision(HalfPrecision):
+    """fp16 parameters run forward and backward; an fp32 master copy of them takes the update.
+
+    The recipe of large-scale mixed-precision training (Micikevicius et al. 2018; Megatron-LM's
+    Float16OptimizerWithFloat16Params, DeepSpeed's fp16 optimizer): the masters are copied from the
+    fp32 initial weights before the cast, the optimizer is built over them (so its state is fp32),
+    each step's half-precision gradients are copied into the masters' fp32 gradients before
+    unscaling and clipping, and after the step the masters are rounded back into the parameters.
+    Updates below the half-precision spacing of a weight accumulate in the master instead of
+    rounding away, and Adam's second moment (g**2, ~1e-8 and below) no longer underflows fp16.
+    fp16 keeps dynamic loss scaling: GradScaler works here, since the gradients it unscales are the
+    masters' fp32 ones (it refuses fp16 gradients, pytorch/pytorch#74739), and skips a step whose
+    gradients overflowed. The price is memory: 4 bytes per parameter for the masters, and 4 more for
+    their gradients from unscale_ to zero_grad.
+    """
+
+    name = "half-fp16-master"
+
+    def __init__(self, device: torch.device, config: RunConfig) -> None:
+        super().__init__(device, config)
+        self.master_dtype = torch_dtype(self.facts.master_dtype or "float32")
+        self._scaler: torch.amp.GradScaler | None = None
+        if self.facts.loss_scaling == "dynamic":
+            self._scaler = torch.amp.GradScaler(
+                device.type, init_scale=config.init_scale, growth_interval=config.growth_interval)
+        self.params: list[torch.Tensor] = []
+        """The module's half-precision parameters (forward and backward)."""
+        self.masters: list[torch.Tensor] = []
+        """Their master copies, one per parameter, in the same order (the optimizer's parameters)."""
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self._scaler
+
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        self.masters = [nn.Parameter(p.detach().clone().to(self.master_dtype), requires_grad=p.requires_grad)
+                        for p in module.parameters()]
+        module = super().convert_module(module)
+        self.params = list(module.parameters())
+        return module
+
+    def trained_parameters(self, module: nn.Module) -> list[torch.Tensor]:
+        return [m for m in self.masters if m.requires_grad]
+
+    @property
+    def master_bytes(self) -> int:
+        return sum(m.numel() * m.element_size() for m in self.masters)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self._scaler is None:
+            loss.backward()
+        else:
+            self._scaler.scale(loss).backward()
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        # The half-precision gradients become the masters' fp32 gradients; inf and NaN survive the
+        # cast, so GradScaler still finds an overflow. The parameters' own are dropped (backward
+        # makes new ones, as after zero_grad(set_to_none=True)).
+        for param, master in zip(self.params, self.masters):
+            master.grad = None if param.grad is None else param.grad.to(self.master_dtype)
+            param.grad = None
+        if self._scaler is not None:
+            self._scaler.unscale_(optimizer)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        skipped = None
+        if self._scaler is None:
+            optimizer.step()
+        else:
+            skipped = scaled_step(self._scaler, optimizer)
+        # Round the masters into the parameters (a skipped step left the masters as they were).
+        # One foreach kernel instead of a copy per parameter.
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.masters)
+        return skipped
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"masters": [m.detach() for m in self.masters]}
+        if self._scaler is not None:
+            state["scaler"] = self._scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Copied into the masters in place: the optimizer holds these very tensors.
+        with torch.no_grad():
+            for master, saved in zip(self.masters, state["masters"], strict=True):
+                master.copy_(saved)
+            torch._foreach_copy_(self.params, self.masters)
+        if self._scaler is not None and "scaler" in state:
+            self._scaler.load_state_dict(state["scaler"])
+
+
+class MasterBF16Precision(MasterWeightPrecision):
+    """bf16 parameters with fp32 master weights: bf16 has fp32's range, so no loss scaling; the
+    masters keep the updates bf16's 8-bit mantissa would round away (pytorch/ao#1124)."""
+
+    name = "half-bf16-master"
+
+
 POLICIES: dict[str, type[Precision]] = {
     cls.name: cls
-    for cls in (Precision, TF32Precision, MixedPrecision, MixedBF16Precision, HalfPrecision, HalfBF16Precision)
+    for cls in (Precision, TF32Precision, MixedPrecision, MixedBF16Precision, HalfPrecision, HalfBF16Precision,
+                MasterWeightPrecision, MasterBF16Precision)
 }
 """The policy class of every mode in precision_facts.PRECISION_FACTS (a test holds them equal)."""
 

@@ -84,6 +84,17 @@ PRECISION_FACTS: dict[str, PrecisionFacts] = {facts.name: facts for facts in (
     PrecisionFacts(name="half-bf16", summary="bf16 weights, gradients and optimizer state",
                    compute_dtype="bfloat16", param_dtype="bfloat16", optimizer_state_dtype="bfloat16",
                    min_capability=(8, 0), peak_kind="bf16", color="#937860"),
+    # Master weights (Micikevicius et al. 2018; Megatron-LM's Float16OptimizerWithFloat16Params,
+    # DeepSpeed's fp16/bf16 optimizers): the half-precision weights only run forward and backward.
+    PrecisionFacts(name="half-fp16-master", summary="fp16 weights for forward and backward; an fp32 master copy and "
+                                                    "fp32 optimizer state take the update; dynamic loss scaling",
+                   compute_dtype="float16", param_dtype="float16", optimizer_state_dtype="float32",
+                   master_dtype="float32", loss_scaling="dynamic", slow_conv_on_cpu=True, peak_kind="fp16",
+                   color="#da8bc3"),
+    PrecisionFacts(name="half-bf16-master", summary="bf16 weights for forward and backward; an fp32 master copy and "
+                                                    "fp32 optimizer state take the update",
+                   compute_dtype="bfloat16", param_dtype="bfloat16", optimizer_state_dtype="float32",
+                   master_dtype="float32", min_capability=(8, 0), peak_kind="bf16", color="#ccb974"),
 )}
 
 

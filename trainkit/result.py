@@ -131,6 +131,10 @@ class RankReport:
     flops_per_sample: float | None = None
     param_checksum: float | None = None
     profile: dict[str, Any] | None = None
+    diagnostics: dict[str, Any] | None = None
+    """Why the loss moved, read from one extra step after the figures (trainkit.diagnostics)."""
+    cpu_time_s: float | None = None
+    """CPU seconds this rank's process used, all its threads, from its start to its report."""
 
 
 @dataclass
@@ -346,6 +350,10 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
         "tokens_per_s": throughput * tokens if throughput is not None and tokens else None,
         "step_time_s": summarize_s(timed.step_times_s),
         "warmup_time_s": _max_or_none([r.timing.warmup_time_s for r in ranks]),
+        # What the cell cost the machine: its ranks' CPU time, added up (a loaded machine stretches
+        # the wall clock, not this).
+        "cpu_time_s": sum(r.cpu_time_s for r in ranks) if ranks and None not in [r.cpu_time_s for r in ranks]
+        else None,
         "fixed_cost_s": {**launcher.fixed_cost_s, **lead.fixed_cost_s},
         "memory": merge_memory(ranks, launcher),
         "loss": merge_loss(config, ranks),
@@ -360,6 +368,7 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
         "energy_window_s": energy_window_s,
         "timed_samples": sum(timed.samples),
         "profile": lead.profile,
+        "diagnostics": lead.diagnostics,
         "gpu_samples": launcher.gpu_samples,
         "throttled": launcher.gpu_samples["throttled"] if launcher.gpu_samples else None,
         "env": env,

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from .config import ProfileConfig, RunConfig
+from .diagnostics import diagnose
 from .env import collect_env
 from .flops import training_flops_per_sample
 from .loop import Trainer, Unsupported
@@ -116,7 +117,7 @@ class RankWorker:
             memory.host_vm_baseline_bytes = host_vm_now_bytes()
         if self.device.type == "cpu":
             # Ranks share the cores: without this, 2 ranks x all-cores threads thrash.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+            torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // local_world_size))
         self.nvml = Nvml.open(self.device) if self.device.type == "cuda" else None
         self.gpu_uuid = str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
@@ -228,9 +229,22 @@ class RankWorker:
             report.flops_per_sample = training_flops_per_sample(trainer.spec)
             if evaluate:
                 loss.eval_loss = trainer.evaluate()
+        if evaluate and self.profile is not None and self.profile.diagnostics:
+            report.diagnostics = self._diagnose()
         if evaluate and self.profile is not None:
             report.profile = self._profile()
+        report.cpu_time_s = time.process_time()  # this process's, all threads, from its fork on
         return report
+
+    def _diagnose(self) -> dict[str, Any]:
+        """Why the loss moved, from one more step after everything above was read (like the profiling
+        passes, it never touches those figures). A failure is reported beside the cell's results."""
+        try:
+            result = diagnose(self.trainer)
+            self._sync()
+            return result
+        except Exception as exc:
+            return {"error": classify(exc)[1]}
 
     def _profile(self) -> dict[str, Any]:
         """The profiling passes, after everything above was read: they never touch those figures.
@@ -268,6 +282,9 @@ class RankWorker:
             # The floor of any peak: weights, their gradients (same dtype) and optimizer state.
             "param_bytes": param_bytes,
             "optimizer_state_bytes": sum(v.numel() * v.element_size() for v in state),
+            # The price of master weights: an fp32 copy of every parameter (0 without one).
+            "master_dtype": str(trainer.params[0].dtype) if trainer.policy.master_bytes else None,
+            "master_bytes": trainer.policy.master_bytes,
             "total_steps": trainer.total_steps,
             "steps_per_epoch": trainer.data.steps_per_epoch,
             "torch_num_threads": torch.get_num_threads(),
