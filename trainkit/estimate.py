@@ -256,7 +256,9 @@ class Estimator:
         with self.mode, _default_dtype(self.policy.param_dtype), self.device:
             self.model: nn.Module = self.spec.build()
         with self.mode:
-            self.optimizer = build_optimizer(self.config, self.model)
+            # Over the module's own parameters: a master mode's copies are counted as master_copies,
+            # and its optimizer state in the table's optimizer_state_dtype.
+            self.optimizer = build_optimizer(self.config, [p for p in self.model.parameters() if p.requires_grad])
         if self.device.type == "cuda":
             # On a GPU torch.optim picks its foreach kernels (whose intermediates span every
             # parameter); its check looks at the parameters' Python type, which fake tensors hide.
