@@ -60,6 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--cell-memory-limit-gb", dest="tk_memory_limit", type=number(0, above=True), default=None,
                     metavar="GB", help="cap each CPU worker's extra address space; past it the cell ends as oom "
                                        "(CPU cells only)")
+    group.addoption("--plan", dest="tk_plans", action="append", default=[], metavar="PLAN.json",
+                    help="a plan (python -m trainkit plan) that --batch-size max reads each precision's planned "
+                         "maximum micro-batch from; repeat for more models")
     group.addoption("--strict-cells", dest="tk_strict", action="store_true",
                     help="a cell that does not end ok fails the test (default: it is reported and xfailed)")
     group.addoption("--report-dir", dest="tk_report_dir", default=DEFAULT_REPORT_DIR, metavar="DIR",
@@ -132,12 +135,26 @@ def _cells(config: pytest.Config) -> list:
     overrides = {name: config.getoption(f"tk_{name}") for name in AXIS_OPTIONS
                  if config.getoption(f"tk_{name}") is not None}
     try:
-        cells = build_matrix(chosen, hw, overrides, steps, warmup, config.getoption("tk_repeats"), run_options)
+        cells = build_matrix(chosen, hw, overrides, steps, warmup, config.getoption("tk_repeats"), run_options,
+                             max_batch=_planned(config, hw))
         cells = executors.arrange(config, cells)
-    except ValueError as exc:  # a RunConfig that an override made invalid names its field
+    except ValueError as exc:  # a RunConfig that an override made invalid names its field; a missing plan
         raise pytest.UsageError(str(exc)) from None
     config.stash[CELLS] = cells
     return cells
+
+
+def _planned(config: pytest.Config, hw: Hardware) -> Any:
+    """--batch-size max's resolver: the planned maximum of a cell, from the --plan files."""
+    from trainkit.plan import planned_max_batch, read_plan
+
+    paths = config.getoption("tk_plans")
+    if not paths:
+        return None
+    plans = [read_plan(path) for path in paths]  # PlanError is a ValueError: a usage error
+    limit = config.getoption("tk_memory_limit")
+    limit_bytes = int(limit * 2**30) if limit else None
+    return lambda cell: planned_max_batch(plans, cell, hw.device, limit_bytes, hw.gpu_name)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -201,9 +201,30 @@ def skip_reason(model: str, precision: str, gpus: int, hw: Hardware, compile: bo
     return None
 
 
+BATCH_MAX = "max"
+"""A batch-size axis value: each cell's planned maximum micro-batch, read from a plan
+(trainkit.plan; bench's --plan) when the matrix is built."""
+MaxBatch = Callable[[RunConfig], int]
+"""The planned maximum micro-batch of a cell's config (its batch size ignored); raises
+trainkit.plan.PlanError (a ValueError) naming the plan to make when there is none."""
+
+
+def batch_size_value(text: str) -> int | str:
+    """An integer >= 1, or max."""
+    if text == BATCH_MAX:
+        return text
+    try:
+        return integer(1)(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or {BATCH_MAX}: each precision's planned maximum)") from None
+
+
 def build_matrix(chosen: Preset, hw: Hardware, overrides: dict[str, tuple[Any, ...]], steps: int, warmup_steps: int,
-                 repeats: int = 1, run_options: dict[str, Any] | None = None) -> list[CellSpec]:
-    """The cells of a preset with axis overrides applied, in a stable order, without duplicates."""
+                 repeats: int = 1, run_options: dict[str, Any] | None = None,
+                 max_batch: MaxBatch | None = None) -> list[CellSpec]:
+    """The cells of a preset with axis overrides applied, in a stable order, without duplicates. A
+    batch size of max is resolved per cell by `max_batch` (a ValueError without one); a cell the
+    hardware cannot run and no plan covers is left out (it has no batch to name it by)."""
     cells: dict[str, CellSpec] = {}
     run_options = dict(run_options or {})
     compile_mode = run_options.pop("compile_mode", None)  # for the compiled cells only
@@ -221,13 +242,26 @@ def build_matrix(chosen: Preset, hw: Hardware, overrides: dict[str, tuple[Any, .
                 options = {**CPU_RESNET, **options}
             if model == "gpt" and hw.device == "cpu":
                 options = {**CPU_GPT, **options}
-            config = RunConfig(model=model, precision=precision, batch_size=batch_size, grad_accum=grad_accum,
-                               world_size=gpus, steps=steps, warmup_steps=warmup_steps, device=hw.device,
-                               compile=compiled, compile_mode=compile_mode if compiled else None,
+            planned = batch_size == BATCH_MAX
+            config = RunConfig(model=model, precision=precision, batch_size=1 if planned else batch_size,
+                               grad_accum=grad_accum, world_size=gpus, steps=steps, warmup_steps=warmup_steps,
+                               device=hw.device, compile=compiled, compile_mode=compile_mode if compiled else None,
                                activation_checkpointing=checkpointing, alloc_conf=alloc_conf, **options)
             reason = skip_reason(model, precision, gpus, hw, compiled, checkpointing)
             if chosen is NIGHTLY and hw.device != "cuda":
                 reason = "the nightly preset is the GPU matrix; on a CPU use --preset tiny, quick or full"
+            if planned:
+                if max_batch is None:
+                    raise ValueError("--batch-size max needs --plan PLAN.json (each precision's planned maximum): "
+                                     "write one with python -m trainkit plan --model MODEL --precision P,P ... "
+                                     "--output PLAN.json")
+                try:
+                    batch_size = max_batch(config)
+                except ValueError:
+                    if reason:
+                        continue
+                    raise
+                config = config.replace(batch_size=batch_size)
             for repeat in range(repeats):
                 spec = CellSpec(model, precision, batch_size, grad_accum, gpus, repeat, config, reason,
                                 compiled, checkpointing, alloc_conf)
@@ -251,7 +285,8 @@ def alloc_setting(text: str) -> str:
 AXIS_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "model": ("--model", comma_list(choice(MODELS)), ", ".join(MODELS)),
     "precision": ("--precision", comma_list(choice(precision_names)), "the modes of trainkit's precision table"),
-    "batch_size": ("--batch-size", comma_list(integer(1)), "integers >= 1"),
+    "batch_size": ("--batch-size", comma_list(batch_size_value),
+                   "integers >= 1, or max: each precision's planned maximum, from --plan"),
     "grad_accum": ("--grad-accum", comma_list(integer(1)), "integers >= 1"),
     "gpus": ("--gpus", comma_list(integer(1)), "integers >= 1"),
     "compile": ("--compile", comma_list(on_off), "off, on: torch.compile of the model"),

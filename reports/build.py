@@ -43,6 +43,10 @@ def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted({(str(m), str(h)) for m, h in zip(frame["model"], frame["hardware"]) if isinstance(m, str)})
 
 
+PLANNER_SECTION = ("planner", "Memory planner")
+"""Shown when the report is given plans (python -m trainkit plan's files)."""
+
+
 def _header(runs: list[Run], frame: pd.DataFrame, sections: list[tuple[str, str]]) -> str:
     statuses = frame["status"].value_counts()
     not_ok = ", ".join(f"{n} {s}" for s, n in statuses.items() if s != "ok")
@@ -145,9 +149,11 @@ def _environment_section(runs: list[Run]) -> str:
 
 
 def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
-           parity_docs: list[dict[str, Any]] | None = None) -> tuple[str, pd.DataFrame]:
+           parity_docs: list[dict[str, Any]] | None = None,
+           plans: list[dict[str, Any]] | None = None) -> tuple[str, pd.DataFrame]:
     """The page and the summary table of some runs; links to profile files are made relative to
-    base_dir, the page's directory, where they lie under it. Parity documents add their section."""
+    base_dir, the page's directory, where they lie under it. Parity documents add their section,
+    plans the memory planner's."""
     frame = to_frame(all_records(runs))
     table = summary(frame)
     charts = _chart_sections(table, frame)
@@ -159,13 +165,20 @@ def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
     if parity_docs:
         bodies["parity"] = parity.section(parity_docs)
         sections.insert(sections.index(("loss", "Loss curves")) + 1, PARITY_SECTION)
+    if plans:
+        from .plan import section as plan_section
+
+        bodies[PLANNER_SECTION[0]] = plan_section(plans)
+        sections.insert(sections.index(("failures", "Cells that did not finish")), PLANNER_SECTION)
     body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in sections)
     return html.page(title, _header(runs, frame, sections), body), table
 
 
-def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit report") -> dict[str, str]:
+def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit report",
+                 plans: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     """Read result files (pytest-benchmark JSON, results JSON lines, single records, or directories
     of them), write the HTML report and, beside it, the summary as CSV and Markdown (same stem).
+    `plans` (files `python -m trainkit plan` wrote) add the memory planner's section.
     Returns the paths written: {"html": ..., "csv": ..., "markdown": ...}. Raises records.InputError
     (one line) on a missing, malformed or empty input, or an output that cannot be written."""
     parity_docs, result_files = parity.split(list(inputs))
@@ -173,5 +186,11 @@ def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit 
         return html.write_page(output_html, parity.page(parity_docs, title), parity.to_markdown(parity_docs),
                                parity.to_csv(parity_docs), "report")
     runs = read_runs(result_files)
-    page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)), parity_docs=parity_docs)
+    read = None
+    if plans:
+        from .plan import read_plans
+
+        read = read_plans(plans)
+    page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)), parity_docs=parity_docs,
+                         plans=read)
     return html.write_page(output_html, page, to_markdown(table), table.to_csv(index=False), "report")

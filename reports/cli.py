@@ -1,7 +1,8 @@
 """`python -m reports`: build a report from result files, or compare two runs.
 
-    python -m reports build results.jsonl bench.json -o reports/out/report.html
+    python -m reports build results.jsonl bench.json -o reports/out/report.html [--plan plan.json]
     python -m reports compare baseline/ candidate/ -o reports/out/compare.html [--relative 0.07 --k 3]
+    python -m reports plan plan.json -o reports/out/plan.html      # a plan (trainkit plan) as its own page
 
 Exit status:
 
@@ -45,6 +46,12 @@ def parser() -> Parser:
                        help="pytest-benchmark JSON, results JSON lines, single records, or directories of them")
     build.add_argument("-o", "--output", default="reports/out/report.html", help="HTML file to write")
     build.add_argument("--title", default="trainkit report")
+    build.add_argument("--plan", action="append", default=[], metavar="PLAN.json",
+                       help="a plan from python -m trainkit plan: adds the memory planner section (repeatable)")
+
+    plan = sub.add_parser("plan", help="a plan from python -m trainkit plan as a self-contained page")
+    plan.add_argument("plan", metavar="PLAN.json")
+    plan.add_argument("-o", "--output", default="reports/out/plan.html", help="HTML file to write")
 
     compare = sub.add_parser("compare", help="per-cell verdicts of a candidate run against a baseline")
     compare.add_argument("baseline", metavar="BASELINE", help="result file or directory (repeats are combined)")
@@ -82,8 +89,20 @@ def parser() -> Parser:
 def _build(args: argparse.Namespace) -> int:
     from .build import build_report
 
-    paths = build_report(args.inputs, args.output, title=args.title)
+    paths = build_report(args.inputs, args.output, title=args.title, plans=args.plan)
     print("wrote " + ", ".join(paths.values()))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .plan import read_plans, write_page
+
+    (plan,) = read_plans([args.plan])
+    try:
+        write_page(plan, args.output)
+    except OSError as e:
+        raise InputError(f"{args.output}: cannot write the page: {e.strerror or e}") from None
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -115,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         with cut_off_lines_on_stderr():  # a results file a killed run left: said once, then read
-            return _build(args) if args.command == "build" else _compare(args)
+            return {"build": _build, "plan": _plan, "compare": _compare}[args.command](args)
     except UsageError as e:  # InputError (a file that cannot be read) is one too
         print(f"error: {e}", file=sys.stderr)
         return BAD_INPUT

@@ -211,17 +211,18 @@ def test_autosave_and_compare_keep_working(tmp_path):
 
 
 def test_oom_and_divergence_end_their_cells_and_the_matrix_goes_on(tmp_path):
-    """Real faults: a batch past the workers' address-space cap, and a learning rate fp16 cannot
-    hold (fp32 stays finite at it)."""
+    """Real faults: a batch past the workers' address-space cap (its fp16 input alone is 1.5 GiB; a
+    capped worker's malloc holds no spare address space, so 200000 samples fit in 0.5 GiB), and a
+    learning rate fp16 cannot hold (fp32 stays finite at it)."""
     proc = run_bench(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "half-fp16,fp32",
-                     "--batch-size", "200000,16", "--grad-accum", "1", "--lr", "30", "--steps", "3",
+                     "--batch-size", "1000000,16", "--grad-accum", "1", "--lr", "30", "--steps", "3",
                      "--warmup-steps", "1", "--cell-memory-limit-gb", "0.5", "-rx")
     assert proc.returncode == 0, proc.stdout[-3000:]
     got = records(tmp_path)
-    assert got["mlp-half-fp16-bs200000-ga1-gpus1"]["status"] == "oom"
+    assert got["mlp-half-fp16-bs1000000-ga1-gpus1"]["status"] == "oom"
     assert got["mlp-half-fp16-bs16-ga1-gpus1"]["status"] == "diverged"
     assert got["mlp-half-fp16-bs16-ga1-gpus1"]["status_detail"].startswith("diverged@")
-    assert got["mlp-fp32-bs200000-ga1-gpus1"]["status"] == "oom"
+    assert got["mlp-fp32-bs1000000-ga1-gpus1"]["status"] == "oom"
     assert got["mlp-fp32-bs16-ga1-gpus1"]["status"] == "ok"  # the cell after the failures ran
     assert "cells that did not end ok" in proc.stdout and "XFAIL" in proc.stdout
     data_names = proc.stdout

@@ -4,6 +4,8 @@
         --world-size 2 --steps 50 --warmup-steps 5 --output gpt.json
     python -m trainkit repro gpt.json --output again.json     # rerun a record's exact config
     python -m trainkit env                                    # the environment fingerprint
+    python -m trainkit plan --model mlp --precision fp32,amp-bf16 --target-batch 4096 --device cpu \
+        --memory-limit-gb 2 --output plan.json                # largest micro-batches, fastest split (trainkit.plan)
 
 Every RunConfig field is an option (--batch-size for batch_size; --flag/--no-flag for booleans),
 with the field's docstring as its help. Exit status: 0 when the record's status is ok, 1 for any
@@ -36,10 +38,13 @@ def choices_of(field: str) -> tuple[str, ...]:
     return tuple(valid() if callable(valid) else valid)
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per RunConfig field, typed from its annotation, documented by its docstring."""
+def add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """One option per RunConfig field (but those in `exclude`, which the command sets itself), typed
+    from its annotation, documented by its docstring."""
     group = parser.add_argument_group("run configuration (RunConfig fields)")
     for field in dataclasses.fields(RunConfig):
+        if field.name in exclude:
+            continue
         flag = "--" + field.name.replace("_", "-")
         kind = str(field.type)
         default = field.default
@@ -84,7 +89,7 @@ def check_paths(config: RunConfig, output: str | None) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="trainkit", description="Measure what precision and gradient accumulation do to "
                                                  "PyTorch training, one cell at a time.")
-    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env,parity}", parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env,parity,plan}", parser_class=Parser)
     run = sub.add_parser("run", help="run one cell and write its result record")
     repro = sub.add_parser("repro", help="rerun the config of a result record (options override it)")
     repro.add_argument("record", help="a result record (JSON) written by `trainkit run` or the bench")
@@ -119,6 +124,9 @@ def build_parser() -> Parser:
 
     add_parity_arguments(sub.add_parser("parity", help="judge each precision's loss against fp32's seed noise, "
                                                        "with time to target and diagnostics (see --help)"))
+    from .plan import add_parser as add_plan_parser  # torch-free, like this module
+
+    add_plan_parser(sub)
     return parser
 
 
@@ -215,13 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("trainkit: choose a command: run, repro, env or parity (see --help)")
+            raise UsageError("trainkit: choose a command: run, repro, env, parity or plan (see --help)")
         if args.command == "env":
             return cmd_env()
         if args.command == "parity":
             from .parity import main as cmd_parity
 
             return cmd_parity(args)
+        if args.command == "plan":
+            from .plan import cmd_plan
+
+            return cmd_plan(args)
         base = _load_record_config(args.record) if args.command == "repro" else None
         return cmd_run(args, base)
     except UsageError as exc:

@@ -223,8 +223,10 @@ class CellWorkers:
         """The remaining steps as one timed window (rank 0 reports progress if it is shown)."""
         self._timed("timed steps", Command.RUN, self.progress is not None)
 
-    def finish(self) -> dict[str, Any]:
-        reports = self._gather("finish", Command.FINISH)
+    def finish(self, evaluate: bool = True) -> dict[str, Any]:
+        """The cell's record; evaluate=False leaves out the held-out loss (a memory probe needs none,
+        and at a small batch its passes over the evaluation set cost more than the steps)."""
+        reports = self._gather("finish", Command.FINISH, evaluate)
         return merge_ranks(self.config, reports, launcher=self.launcher_report(reports))
 
     def record_for(self, failure: CellFailed) -> dict[str, Any]:
@@ -247,9 +249,10 @@ class CellWorkers:
 
 def run_cell(config: RunConfig, timeout_s: float = DEFAULT_CELL_TIMEOUT_S, memory_limit_bytes: int | None = None,
              progress: ProgressFn | None = None, profile: ProfileConfig | None = None,
-             single_steps: int = 0) -> dict[str, Any]:
+             single_steps: int = 0, evaluate: bool = True) -> dict[str, Any]:
     """Run a whole cell and return its record: warmup, then the first `single_steps` timed steps
-    one command each (as bench's pytest-benchmark rounds take them), the rest as one window."""
+    one command each (as bench's pytest-benchmark rounds take them), the rest as one window
+    (evaluate=False: without the held-out loss, see CellWorkers.finish)."""
     with CellWorkers(config, timeout_s, memory_limit_bytes, progress, profile) as workers:
         try:
             workers.start()
@@ -258,7 +261,7 @@ def run_cell(config: RunConfig, timeout_s: float = DEFAULT_CELL_TIMEOUT_S, memor
                 workers.step()
             if single_steps < config.steps:
                 workers.run_timed()
-            return workers.finish()
+            return workers.finish(evaluate)
         except CellFailed as failure:
             return workers.record_for(failure)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +19,25 @@ def host_rss_now_bytes() -> int:
     """Resident set size of this process now (/proc/self/statm counts pages)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def host_vm_now_bytes() -> int:
+    """Address space of this process now (/proc/self/statm's first field, in pages): what a CPU
+    worker's memory cap (RLIMIT_AS) limits."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def host_vm_peak_bytes() -> int | None:
+    """Peak address space of this process (VmPeak), or None where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmPeak:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def reset_peaks(device: torch.device) -> None:
@@ -46,15 +66,19 @@ class SavedTensors:
     batch, a view of the data pool that is counted as data). It sees what really is saved:
     autocast's low-precision weight copies, and only what activation checkpointing keeps. Works on
     real and fake tensors alike (storages are compared by identity, not address: fake ones have none).
+    `on_count(tensor)`, if given, is called with each tensor whose storage is counted (the planner's
+    peak tracker files those bytes under activations).
     """
 
-    def __init__(self, model: torch.nn.Module, exclude: tuple[torch.Tensor, ...] = ()) -> None:
+    def __init__(self, model: torch.nn.Module, exclude: tuple[torch.Tensor, ...] = (),
+                 on_count: Callable[[torch.Tensor], None] | None = None) -> None:
         from torch.multiprocessing.reductions import StorageWeakRef
 
         self._ref = StorageWeakRef
         self.weights = {StorageWeakRef(t.untyped_storage()) for t in (*model.parameters(), *model.buffers(), *exclude)}
         self.seen: set[Any] = set()
         self.bytes = 0
+        self.on_count = on_count
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
@@ -62,6 +86,8 @@ class SavedTensors:
         if ref not in self.weights and ref not in self.seen:
             self.seen.add(ref)
             self.bytes += storage.nbytes()
+            if self.on_count is not None:
+                self.on_count(tensor)
         return tensor  # kept alive, so that its storage cannot be reused and counted again
 
     def hooks(self) -> Any:

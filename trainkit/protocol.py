@@ -7,7 +7,7 @@
     STEP                         ->  OK (seconds of the step)         one timed optimizer step
     RUN                          ->  PROGRESS (step, total)...        the remaining steps, one window
                                      OK (seconds of every step)
-    FINISH                       ->  RESULT (the rank's RankReport)   then the rank exits
+    FINISH (evaluate?)           ->  RESULT (the rank's RankReport)   then the rank exits
     any command                  ->  FAILED (status, detail, RankReport with what was measured)
 
 A one-shot process (the device probe) answers OK (payload) or FAILED (detail) once.

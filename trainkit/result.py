@@ -106,6 +106,11 @@ class RankMemory:
     """Resident set of this process when it started: mostly inherited from the fork server."""
     host_rss_peak_bytes: int | None = None
     """Peak resident set of this process (inherited pages included)."""
+    host_vm_baseline_bytes: int | None = None
+    """Address space of this process when it started, on a CPU (a CPU worker's memory cap is this
+    plus the limit); None on a GPU, where CUDA reserves far more address space than memory."""
+    host_vm_peak_bytes: int | None = None
+    """Peak address space of this process over its life (CPU only)."""
     data_device_bytes: int | None = None
     """Device memory of the synthetic data pool (GPU only)."""
     allocator: dict[str, Any] | None = None
@@ -270,6 +275,11 @@ def merge_memory(ranks: list[RankReport], launcher: LauncherReport) -> dict[str,
     growths = [r.memory.host_rss_peak_bytes - r.memory.host_rss_baseline_bytes for r in ranks
                if r.memory.host_rss_peak_bytes is not None and r.memory.host_rss_baseline_bytes is not None]
     memory["host_rss_growth_bytes"] = max(growths) if growths else None
+    # What a CPU worker's memory cap limits: address space beyond the worker's start (trainkit.plan
+    # fits batches into it; resident memory also counts inherited pages the cell touches).
+    spans = [r.memory.host_vm_peak_bytes - r.memory.host_vm_baseline_bytes for r in ranks
+             if r.memory.host_vm_peak_bytes is not None and r.memory.host_vm_baseline_bytes is not None]
+    memory["host_vm_growth_bytes"] = max(spans) if spans else None
     nvml = launcher.nvml_process_peak_bytes or []
     memory["nvml_process_peak_bytes"] = _max_or_none(nvml)
     memory["nvml_method"] = launcher.nvml_note

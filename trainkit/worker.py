@@ -28,7 +28,14 @@ from .diagnostics import diagnose
 from .env import collect_env
 from .flops import training_flops_per_sample
 from .loop import Trainer, Unsupported
-from .memory import host_rss_now_bytes, host_rss_peak_bytes, reset_peaks, torch_memory
+from .memory import (
+    host_rss_now_bytes,
+    host_rss_peak_bytes,
+    host_vm_now_bytes,
+    host_vm_peak_bytes,
+    reset_peaks,
+    torch_memory,
+)
 from .models import count_params
 from .nvml import Nvml
 from .profile import profile_cell
@@ -75,12 +82,28 @@ def select_device(config: RunConfig, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+GLIBC_M_MMAP_THRESHOLD, GLIBC_M_ARENA_MAX = -3, -8  # mallopt's parameters (malloc.h)
+CAPPED_MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
 def limit_host_memory(extra_bytes: int) -> None:
     """Cap this process's address space at its current size plus extra_bytes, so a runaway CPU
-    cell fails with an allocation error (status oom) instead of taking the machine down."""
-    with open("/proc/self/statm") as f:
-        current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    resource.setrlimit(resource.RLIMIT_AS, (current + extra_bytes, resource.RLIM_INFINITY))
+    cell fails with an allocation error (status oom) instead of taking the machine down.
+
+    The cap counts address space, so glibc's malloc is first made to keep none it does not use:
+    one arena (each thread's arena reserves 64 MiB up front, whenever the thread first allocates)
+    and a fixed mmap threshold (the adaptive one keeps freed large blocks in the heap, fragmented
+    in an order the threads decide). Without this, the same cell near the cap runs or fails by
+    chance; with it, the cap bounds the memory in use and a cell fails the same way every time."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(GLIBC_M_ARENA_MAX, 1)
+        libc.mallopt(GLIBC_M_MMAP_THRESHOLD, CAPPED_MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator decides, and the cap still holds
+    resource.setrlimit(resource.RLIMIT_AS, (host_vm_now_bytes() + extra_bytes, resource.RLIM_INFINITY))
 
 
 class RankWorker:
@@ -96,6 +119,8 @@ class RankWorker:
         allocator.set_alloc_conf(config.alloc_conf)  # before CUDA starts (serve() has done it already)
         self.device = device if device is not None else select_device(config, local_rank)
         if self.device.type == "cpu":
+            # CUDA reserves far more address space than memory: no such measure there.
+            memory.host_vm_baseline_bytes = host_vm_now_bytes()
             # Ranks share the cores: without this, 2 ranks x all-cores threads thrash.
             torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // local_world_size))
         self.nvml = Nvml.open(self.device) if self.device.type == "cuda" else None
@@ -243,6 +268,8 @@ class RankWorker:
             warm = self.compile_warmup
             report.compile = compiled.record(warm["steps"], warm["counted"], warm["reasons"], warm["settle"],
                                              self.config.compile_mode, statistics.median(times) if times else None)
+        if memory.host_vm_baseline_bytes is not None:
+            memory.host_vm_peak_bytes = host_vm_peak_bytes()
         loss = report.loss
         loss.curve = trainer.loss_curve().tolist()
         loss.step_samples = list(trainer.step_samples)
@@ -330,6 +357,8 @@ def failure_report(worker: RankWorker | None, rank: int) -> RankReport:
         return worker.collect(evaluate=False)
     except BaseException:  # the failure may have left the device unusable; report what we have
         worker.report.memory.host_rss_peak_bytes = host_rss_peak_bytes()
+        if worker.report.memory.host_vm_baseline_bytes is not None:
+            worker.report.memory.host_vm_peak_bytes = host_vm_peak_bytes()
         return worker.report
 
 
@@ -362,7 +391,7 @@ def serve(config: RunConfig, rank: int, local_rank: int, local_world_size: int, 
                 wanted = argument and rank == 0  # only when the launcher shows progress
                 conn.send((Reply.OK, worker.run_timed(progress if wanted else None)))
             elif command is Command.FINISH:
-                conn.send((Reply.RESULT, worker.collect()))
+                conn.send((Reply.RESULT, worker.collect(evaluate=argument is not False)))
                 return
             else:
                 raise ValueError(f"unknown command {command!r}")
@@ -386,10 +415,11 @@ def probe(conn: Any, device: str, environ: dict[str, str]) -> None:
     try:
         chosen = select_device(RunConfig(device=device), 0)
         info: dict[str, Any] = {"device": chosen.type, "gpu_count": 0, "capability": None, "gpu_name": None,
-                                "cpu_count": os.cpu_count() or 1}
+                                "gpu_memory_bytes": None, "cpu_count": os.cpu_count() or 1}
         if chosen.type == "cuda":
             info.update(gpu_count=torch.cuda.device_count(), capability=torch.cuda.get_device_capability(chosen),
-                        gpu_name=torch.cuda.get_device_name(chosen))
+                        gpu_name=torch.cuda.get_device_name(chosen),
+                        gpu_memory_bytes=torch.cuda.get_device_properties(chosen).total_memory)
         info["compile_unsupported"] = compiled.unsupported_reason(chosen.type)
         info["env"] = collect_env(chosen)
         conn.send((Reply.OK, info))

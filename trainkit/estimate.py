@@ -1,0 +1,465 @@
+"""Predicted peak memory of one rank's training step, before anything runs.
+
+The estimate of a rank's peak, in bytes, is
+
+    peak = parameters + buffers + master copies + optimizer state + data + DDP buckets
+           + cuBLAS workspaces (GPU) + step peak
+
+The terms before the step peak are the state a timed step starts from, all of it alive for the
+whole run. They are counted from the model's shapes and the precision table's dtypes
+(trainkit.precision_facts): parameters in `param_dtype`, floating buffers (BatchNorm's running
+statistics) converted with them, a master copy in `master_dtype` where a mode keeps one, the
+optimizer's state in `optimizer_state_dtype` (SGD with momentum: one buffer per parameter; Adam and
+AdamW: two, plus a 4-byte step counter per parameter, which lives on the CPU unless the optimizer
+is fused or capturable), the synthetic data pool and the held-out evaluation set, and with more
+than one rank the flat gradient buckets DDP keeps beside the gradients.
+
+The step peak is what one optimizer step allocates on top of that state at its highest point. It
+is measured, not modelled: the step (every micro-batch's forward under the policy's forward
+context, the loss through the policy's output conversion and backward, clipping, the optimizer step
+and `zero_grad(set_to_none=True)`) runs on fake tensors (FakeTensorMode: shapes and dtypes, no data,
+no memory), and a dispatch mode adds up the storages each operation creates and subtracts them when
+they are freed. Of what is alive at the peak it says which bytes are
+
+- activations: tensors autograd saved for backward (`memory.SavedTensors`: autocast's weight
+  copies, only what checkpointing keeps, the batch when it is a copy),
+- gradients: parameter gradients (none at the start of backward without accumulation:
+  `zero_grad(set_to_none=True)` freed them; with accumulation the earlier micro-batches' are held),
+- temporaries: the rest (the gradient of the logits and of each activation, the optimizer's
+  intermediates, a micro-batch copied out of the pool where the pool wraps).
+
+This is torch.distributed._tools.mem_tracker.MemTracker's composition of the peak (parameters +
+optimizer state + activations + temporaries, no gradients with set_to_none), measured here on the
+training step trainkit runs. On a CPU it is exact for models whose kernels allocate nothing of their
+own (the MLP and the GPT: the step peak equals the CPU allocator's, byte for byte); oneDNN's
+convolutions allocate scratch buffers no dispatch sees, so a CNN's real CPU peak is higher.
+
+What a GPU adds, and what this estimate does about it:
+
+- every allocation is rounded up to a multiple of 512 B by the caching allocator: applied to every
+  tensor here;
+- cuBLAS workspaces: allocated from the caching allocator on a thread's first matmul, one per
+  (handle, stream), and handles are per thread, so the forward's thread and autograd's device thread
+  hold one each: 8,519,680 B each (PyTorch's default, `:4096:2:16:8`), 32 MiB on compute capability
+  9.0, or what CUBLAS_WORKSPACE_CONFIG says (PyTorch's `CublasHandlePool.cpp`): applied;
+- cuDNN convolution workspaces (transient, chosen by autotuning): not estimated;
+- reserved memory adds the caching allocator's segment rounding (allocations up to 1 MiB share
+  2 MiB segments, up to 10 MiB 20 MiB segments, larger ones are rounded up to 2 MiB) and
+  fragmentation, and NVML's figures add the CUDA context: not in this estimate, which is of
+  `torch_max_allocated_bytes`.
+
+Fake tensors rather than the meta device: on meta, SDPA takes another path and CPU autocast is
+ignored, so saved activations come out wrong (research: frontier-research.md §3). Known gap: fake
+BatchNorm under bf16 autocast reports its saved statistics in bf16 where the CPU kernel keeps fp32
+(−19,200 B for resnet18, a constant).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from .config import RunConfig
+from .data import EVAL_SAMPLES, pool_size
+from .loop import build_optimizer
+from .memory import SavedTensors
+from .models import ModelSpec, build_spec
+from .precision import Precision, build_precision
+from .precision_facts import DTYPE_BYTES, facts_of
+
+PEAK_FORMULA = ("peak = parameters + buffers + master copies + optimizer state + data + DDP buckets + cuBLAS "
+                "workspaces (GPU) + the step's peak on fake tensors (activations + gradients + temporaries alive "
+                "at its highest point); each allocation rounded up to 512 B on a GPU")
+"""The estimate in one line (the plan file carries it)."""
+CUDA_BLOCK_BYTES = 512
+"""The CUDA caching allocator rounds every allocation up to a multiple of this (kMinBlockSize)."""
+CUBLAS_WORKSPACE_DEFAULT_BYTES = 4096 * 1024 * 2 + 16 * 1024 * 8
+CUBLAS_WORKSPACE_SM90_BYTES = 4096 * 1024 * 8
+CUBLAS_WORKSPACES = 2
+"""Threads that run matmuls in a step: the forward's and autograd's device thread."""
+STEP_KINDS = ("activations", "gradients", "temporaries")
+PERSISTENT_TERMS = ("parameters", "buffers", "master_copies", "optimizer_state", "data", "ddp_buckets",
+                    "cublas_workspaces")
+TERMS = (*PERSISTENT_TERMS, *STEP_KINDS)
+"""The terms of the estimate, in order; they add up to its total."""
+FIT_BATCHES = (8, 16)
+"""Micro-batches at which the activation term is measured to give its per-sample slope."""
+
+
+def _round(nbytes: int, block: int) -> int:
+    return -(-nbytes // block) * block if block > 1 else nbytes
+
+
+def cublas_workspace_bytes(capability: tuple[int, int] | None, environ: Mapping[str, str] = os.environ) -> int:
+    """One cuBLAS workspace: CUBLAS_WORKSPACE_CONFIG's `:SIZE:COUNT` pairs (KiB) if set, else
+    PyTorch's default for the compute capability."""
+    config = environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if config:
+        pairs = [part.split(":") for part in config.split(",")]
+        try:
+            return sum(int(size) * 1024 * int(count) for _, size, count in pairs)
+        except ValueError:
+            pass  # PyTorch falls back to its default on a value it cannot parse, so do we
+    return CUBLAS_WORKSPACE_SM90_BYTES if capability is not None and tuple(capability) == (9, 0) \
+        else CUBLAS_WORKSPACE_DEFAULT_BYTES
+
+
+class StepPeak(TorchDispatchMode):
+    """Bytes of the storages operations create while it is active, alive at their highest point.
+
+    A storage counts once, from the operation that creates it (an output that shares an input's
+    storage is a view or an in-place result) until it is freed (a weak reference to the storage
+    fires). Storages that existed before entering (the weights, the optimizer's state, the data)
+    are not counted. `mark(tensor, kind)` files a counted storage under activations or gradients;
+    the rest are temporaries. `phase` names the part of the step now running, for the record of
+    where the peak was."""
+
+    def __init__(self, block_bytes: int = 1) -> None:
+        super().__init__()
+        self.block_bytes = block_bytes
+        self._live: dict[Any, tuple[int, str, Any]] = {}
+        self.alive = dict.fromkeys(STEP_KINDS, 0)
+        self.total = 0
+        self.peak = 0
+        self.at_peak = dict.fromkeys(STEP_KINDS, 0)
+        self.phase = ""
+        self.peak_phase = ""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {StorageWeakRef(t.untyped_storage()) for t in tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self._add(tensor, inputs)
+        return out
+
+    def _add(self, tensor: torch.Tensor, inputs: set[Any]) -> None:
+        storage = tensor.untyped_storage()
+        key = StorageWeakRef(storage)
+        if key in inputs or key in self._live or storage.nbytes() == 0:
+            return
+        size = _round(storage.nbytes(), self.block_bytes)
+
+        def freed(_: Any, key: Any = key) -> None:
+            entry = self._live.pop(key, None)
+            if entry is not None:
+                self.alive[entry[1]] -= entry[0]
+                self.total -= entry[0]
+
+        self._live[key] = (size, "temporaries", weakref.ref(storage, freed))
+        self.alive["temporaries"] += size
+        self.total += size
+        if self.total > self.peak:
+            self.peak, self.at_peak, self.peak_phase = self.total, dict(self.alive), self.phase
+
+    def mark(self, tensor: torch.Tensor | None, kind: str) -> None:
+        if tensor is None:
+            return
+        key = StorageWeakRef(tensor.untyped_storage())
+        entry = self._live.get(key)
+        if entry is not None and entry[1] != kind:
+            size, old, ref = entry
+            self._live[key] = (size, kind, ref)
+            self.alive[old] -= size
+            self.alive[kind] += size
+
+
+@dataclass
+class Estimate:
+    """The predicted peak of one rank for one configuration, with its terms."""
+
+    batch_size: int
+    grad_accum: int
+    world_size: int
+    device: str
+    terms: dict[str, int]
+    """TERMS in order; they add up to total_bytes."""
+    total_bytes: int
+    peak_phase: str
+    """Where the step peaked: forward, backward or optimizer."""
+    activations_saved_bytes: int
+    """Bytes saved for backward by one micro-batch (all of them, alive at the start of its backward)."""
+    gradients_bytes: int
+    """Every parameter's gradient (alive at the peak only when a step accumulates)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModelState:
+    """The persistent terms of a configuration: independent of the batch."""
+
+    terms: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def weights_bytes(self) -> int:
+        """The model's own weights: parameters, buffers and master copies."""
+        return self.terms["parameters"] + self.terms["buffers"] + self.terms["master_copies"]
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.terms.values())
+
+
+def _bytes(dtype_name: str) -> int:
+    return DTYPE_BYTES[dtype_name]
+
+
+def _dtype_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype, device="meta").element_size()
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
+class Estimator:
+    """Builds a configuration's model and optimizer once on fake tensors and estimates its peak
+    at any micro-batch size and accumulation.
+
+    The model is built directly in the policy's parameter dtype on the device (a module's `.to()`
+    cannot move fake parameters in torch 2.14): the same tensors `policy.convert_module` leaves.
+    """
+
+    def __init__(self, config: RunConfig, device: torch.device | str,
+                 capability: tuple[int, int] | None = None, environ: Mapping[str, str] = os.environ) -> None:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        self.config = config.replace(batch_size=1, grad_accum=1)
+        self.device = torch.device(device)
+        self.facts = facts_of(config.precision)
+        self.block = CUDA_BLOCK_BYTES if self.device.type == "cuda" else 1
+        self.capability = capability
+        self.environ = environ
+        self.mode = FakeTensorMode()
+        self.policy: Precision = build_precision(self.config, self.device)
+        self.spec: ModelSpec = build_spec(self.config)
+        with self.mode, _default_dtype(self.policy.param_dtype), self.device:
+            self.model: nn.Module = self.spec.build()
+        with self.mode:
+            # Over the module's own parameters: a master mode's copies are counted as master_copies,
+            # and its optimizer state in the table's optimizer_state_dtype.
+            self.optimizer = build_optimizer(self.config, [p for p in self.model.parameters() if p.requires_grad])
+        if self.device.type == "cuda":
+            # On a GPU torch.optim picks its foreach kernels (whose intermediates span every
+            # parameter); its check looks at the parameters' Python type, which fake tensors hide.
+            for group in self.optimizer.param_groups:
+                group["foreach"] = True
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.state = self._model_state()
+        self._stepped = False
+
+    # --- the persistent terms ---------------------------------------------------------------------
+    def _tensor_bytes(self, numel: int, element_bytes: int) -> int:
+        return _round(numel * element_bytes, self.block)
+
+    def _model_state(self) -> ModelState:
+        facts, config = self.facts, self.config
+        param_bytes = _bytes(facts.param_dtype)
+        terms = dict.fromkeys(PERSISTENT_TERMS, 0)
+        terms["parameters"] = sum(self._tensor_bytes(p.numel(), param_bytes) for p in self.model.parameters())
+        terms["buffers"] = sum(self._tensor_bytes(b.numel(), param_bytes if b.is_floating_point() else b.element_size())
+                               for b in self.model.buffers())
+        if facts.master_dtype is not None:
+            terms["master_copies"] = sum(self._tensor_bytes(p.numel(), _bytes(facts.master_dtype)) for p in self.params)
+        terms["optimizer_state"] = self.optimizer_state_bytes()
+        terms["data"] = self.data_bytes()
+        if config.world_size > 1:
+            terms["ddp_buckets"] = self.gradients_bytes()
+        if self.device.type == "cuda":
+            terms["cublas_workspaces"] = CUBLAS_WORKSPACES * cublas_workspace_bytes(self.capability, self.environ)
+        return ModelState(terms)
+
+    def gradients_bytes(self) -> int:
+        """Every trainable parameter's gradient, in the parameter's dtype."""
+        return sum(self._tensor_bytes(p.numel(), _bytes(self.facts.param_dtype)) for p in self.params)
+
+    def optimizer_state_bytes(self) -> int:
+        config, state_bytes = self.config, _bytes(self.facts.optimizer_state_dtype)
+        if config.optimizer == "sgd":
+            per_param = 1 if config.momentum else 0  # SGD keeps no buffer without momentum
+            step_counter = 0
+        else:
+            per_param = 2  # exp_avg and exp_avg_sq
+            # A float32 scalar per parameter: on the CPU unless fused or capturable (neither is set),
+            # so it is device memory only on a CPU.
+            step_counter = 4 if self.device.type == "cpu" else 0
+        return sum(per_param * self._tensor_bytes(p.numel(), state_bytes) + step_counter for p in self.params)
+
+    def data_bytes(self) -> int:
+        """The synthetic pool and the held-out evaluation set (trainkit.data), as stored."""
+        spec, config = self.spec, self.config
+        long_bytes = 8
+        if spec.tokens:
+            input_bytes, target_numel = long_bytes, math.prod(spec.input_shape)
+        else:
+            input_bytes, target_numel = _dtype_size(self.policy.input_dtype), 1
+        total = 0
+        for samples in (config.dataset_size or pool_size(spec), EVAL_SAMPLES):
+            total += self._tensor_bytes(samples * math.prod(spec.input_shape), input_bytes)
+            total += self._tensor_bytes(samples * target_numel, long_bytes)
+        return total
+
+    # --- the step --------------------------------------------------------------------------------
+    def _pool(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pool of the real one's shapes and dtypes (trainkit.data): a micro-batch is a view of it."""
+        spec = self.spec
+        size = self.config.dataset_size or pool_size(spec)
+        input_dtype = torch.long if spec.tokens else self.policy.input_dtype
+        with self.mode, self.device:
+            inputs = torch.empty((size, *spec.input_shape), dtype=input_dtype)
+            targets = torch.empty((size, *spec.input_shape) if spec.tokens else (size,), dtype=torch.long)
+        return inputs, targets
+
+    @staticmethod
+    def _micro_batches(pool: tuple[torch.Tensor, torch.Tensor], batch: int, grad_accum: int,
+                       copies: int, index: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A step's micro-batches, made at its start as Trainer.train_step makes them: the first
+        `copies` copied out of the pool (index_select, as trainkit.data does where they wrap its
+        end), the others views of it."""
+        inputs, targets = pool
+        return [(inputs.index_select(0, index), targets.index_select(0, index)) if i < copies
+                else (inputs[:batch], targets[:batch]) for i in range(grad_accum)]
+
+    def copied_micro_batches(self, batch: int, grad_accum: int) -> int:
+        """Micro-batches of a step copied out of the pool (trainkit.data's `_take`), at worst: every
+        one when the batch is larger than the pool; one when the pool is not a multiple of the batch
+        (micro-batches start at multiples of it, so now and then one wraps the end); else none."""
+        size = self.config.dataset_size or pool_size(self.spec)
+        if batch > size:
+            return grad_accum
+        return 1 if size % batch else 0
+
+    def _step(self, micro: list[tuple[torch.Tensor, torch.Tensor]], tracker: StepPeak | None,
+              counter: SavedTensors | None, saved: list[int]) -> None:
+        """One optimizer step as Trainer.train_step takes it, minus what allocates no memory worth
+        a line (GradScaler's skip test, the schedule)."""
+        policy, spec, kept = self.policy, self.spec, []
+        for inputs, targets in micro:
+            if tracker is not None:
+                tracker.phase = "forward"
+            before = counter.bytes if counter is not None else 0
+            with policy.forward_context():
+                loss = spec.loss_fn(policy.convert_output(self.model(inputs)), targets)
+            saved.append((counter.bytes if counter is not None else 0) - before)
+            if tracker is not None:
+                tracker.phase = "backward"
+            weight = 1.0 / len(micro)  # the micro-batch's share of the step's samples (Trainer: share * ranks)
+            policy.backward(loss * weight if weight != 1.0 else loss)
+            kept.append(loss.detach())
+        if tracker is not None:
+            tracker.phase = "optimizer"
+        if self.config.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def estimate(self, batch: int, grad_accum: int = 1) -> Estimate:
+        """The predicted peak of a timed step at this micro-batch size and accumulation."""
+        copies = self.copied_micro_batches(batch, grad_accum)
+        pool = self._pool()
+        with self.mode:
+            index = torch.empty((batch,), dtype=torch.long, device=self.device)
+            if not self._stepped:  # the first step creates the optimizer's state: the timed steps start with it
+                self._step(self._micro_batches(pool, batch, 1, min(1, copies), index), None, None, [])
+                self._stepped = True
+            tracker = StepPeak(self.block)
+            counter = SavedTensors(self.model, exclude=pool, on_count=lambda t: tracker.mark(t, "activations"))
+            hooks = [p.register_post_accumulate_grad_hook(lambda p: tracker.mark(p.grad, "gradients"))
+                     for p in self.params]
+            saved: list[int] = []
+            try:
+                with counter.hooks(), tracker:
+                    self._step(self._micro_batches(pool, batch, grad_accum, copies, index), tracker, counter, saved)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+        terms = {**self.state.terms, **tracker.at_peak}
+        return Estimate(batch_size=batch, grad_accum=grad_accum, world_size=self.config.world_size,
+                        device=self.device.type, terms=terms, total_bytes=sum(terms.values()),
+                        peak_phase=tracker.peak_phase, activations_saved_bytes=max(saved),
+                        gradients_bytes=self.gradients_bytes())
+
+    def activation_fit(self) -> tuple[int, int]:
+        """(bytes per sample, constant bytes) of the activations one micro-batch saves, from two
+        batch sizes (they are linear in the batch; the constant is autocast's weight copies and
+        the loss's scalars)."""
+        small, large = (self.estimate(b).activations_saved_bytes for b in FIT_BATCHES)
+        per_sample = (large - small) // (FIT_BATCHES[1] - FIT_BATCHES[0])
+        return per_sample, small - per_sample * FIT_BATCHES[0]
+
+    def largest_power_of_two(self, limit_bytes: int, search_limit: int, grad_accum: int = 1) -> int:
+        """The largest power of two up to search_limit whose estimate fits in limit_bytes (1 if none
+        does): the planner's first probe. The estimate grows with the batch, so the powers of two
+        are bisected."""
+        low, high = 0, max(0, int(math.log2(search_limit)))
+        if self.estimate(1, grad_accum).total_bytes > limit_bytes:
+            return 1
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self.estimate(2 ** mid, grad_accum).total_bytes <= limit_bytes:
+                low = mid
+            else:
+                high = mid - 1
+        return 2 ** low
+
+
+def estimate_request(request: dict[str, Any]) -> dict[str, Any]:
+    """Answer a planner's request (plain data in and out, so it crosses a process boundary):
+
+        {"config": RunConfig dict, "device": "cpu"|"cuda", "capability": [9, 0] | None,
+         "points": [[batch, grad_accum], ...], "fit": bool,
+         "first_probe": {"limit_bytes": N, "search_limit": N, "grad_accum": N} | None}
+
+    -> {"state": {term: bytes}, "weights_bytes": N, "estimates": [Estimate dicts],
+        "activations_per_sample_bytes": N, "activations_constant_bytes": N, "first_probe": N}
+    """
+    config = RunConfig.from_dict(request["config"])
+    capability = tuple(request["capability"]) if request.get("capability") else None
+    estimator = Estimator(config, request["device"], capability)  # type: ignore[arg-type]
+    answer: dict[str, Any] = {"state": estimator.state.terms, "weights_bytes": estimator.state.weights_bytes,
+                              "estimates": [estimator.estimate(b, a).to_dict() for b, a in request.get("points", [])]}
+    if request.get("fit"):
+        answer["activations_per_sample_bytes"], answer["activations_constant_bytes"] = estimator.activation_fit()
+    first = request.get("first_probe")
+    if first:
+        answer["first_probe"] = estimator.largest_power_of_two(first["limit_bytes"], first["search_limit"],
+                                                               first["grad_accum"])
+    return answer
+
+
+def serve_estimates(conn: Any, requests: list[dict[str, Any]], environ: dict[str, str]) -> None:
+    """Entry point of the planner's estimate process (launch.call_in_fresh_process): fake CUDA
+    tensors initialise CUDA, which the planner's own process never does."""
+    from .protocol import Reply
+    from .worker import classify, select_device
+
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        if any(r["device"] == "cuda" for r in requests):
+            select_device(RunConfig(device="cuda"), 0)
+        conn.send((Reply.OK, [estimate_request(r) for r in requests]))
+    except BaseException as exc:
+        status, detail = classify(exc)
+        conn.send((Reply.FAILED, f"{status}: {detail}"))
+
