@@ -664,8 +664,10 @@ def _plan_document(options: PlanOptions, hardware: dict[str, Any], limit_bytes: 
                             "measured_per_gpu_count": options.measure},
         "estimate_method": PEAK_FORMULA,
         "peak_measure_note": ("a cell's measured peak is what the limit bounds: on a CPU the worker's address-space "
-                              "growth over its timed steps and warmup (host_vm_growth_bytes), on a GPU PyTorch's "
-                              "reserved peak over the timed steps; headroom is the limit minus it (minus the CUDA "
+                              "growth over the whole cell, from the worker's start (host_vm_growth_bytes: VmPeak has no "
+                              "reset, so data generation and the model's build count too, and a micro-batch whose "
+                              "steps fit in address space mapped before them shows the same peak as a smaller one), "
+                              "on a GPU PyTorch's reserved peak over the timed steps; headroom is the limit minus it (minus the CUDA "
                               "context on a GPU). The estimate counts tensor bytes, of torch_max_allocated_bytes."),
         "precisions": precisions,
         "fastest": {"precision": fastest[0], **fastest[1],
