@@ -334,7 +334,7 @@ def test_batch_size_max_resolves_to_each_precisions_planned_maximum():
     def resolve(config):
         return planned_max_batch(plans, config, "cpu", 2**30)
 
-    quick = preset("quick", on_gpu=False)
+    quick = preset("tiny", on_gpu=False)  # no compiled or checkpointed blocks: the plan holds for every cell
     cells = build_matrix(quick, CPU_HW, {"model": ("mlp",), "precision": ("fp32", "amp-bf16", "tf32"),
                                          "batch_size": (BATCH_MAX, 64), "grad_accum": (1,), "gpus": (1,)},
                          2, 1, max_batch=resolve)
@@ -355,6 +355,11 @@ def test_batch_size_max_resolves_to_each_precisions_planned_maximum():
     (plan_document(device="cuda", gpu_name="NVIDIA H100"), RunConfig(), "cpu", 2**30, "made on NVIDIA H100, not cpu"),
     (plan_document(), RunConfig(precision="half-bf16"), "cpu", 2**30, "plan.json has no half-bf16"),
     (plan_document(probe={"world_size": 1}), RunConfig(world_size=2), "cpu", 2**30, "probed 1 rank"),
+    # Checkpointing and compiling change what a step holds: an eager plan's maximum is not theirs.
+    (plan_document(), RunConfig(model="mlp", compile=True), "cpu", 2**30,
+     "was made with compile False (the cell's True)"),
+    (plan_document(config=RunConfig(model="gpt").to_dict()), RunConfig(model="gpt", activation_checkpointing="full"),
+     "cpu", 2**30, "was made with activation_checkpointing 'none' (the cell's 'full')"),
 ])
 def test_a_plan_that_does_not_hold_for_a_cell_says_which_plan_to_make(plan, config, device, limit, message):
     with pytest.raises(PlanError) as info:
@@ -362,6 +367,10 @@ def test_a_plan_that_does_not_hold_for_a_cell_says_which_plan_to_make(plan, conf
     assert message in str(info.value) and f"python -m trainkit plan --model {config.model}" in str(info.value)
     if config.optimizer != RunConfig().optimizer:  # the plan to make has the cell's memory-shaping options
         assert f"--optimizer {config.optimizer} " in str(info.value)
+    if config.compile:
+        assert "--compile --precision" in str(info.value)
+    if config.activation_checkpointing != "none":
+        assert "--activation-checkpointing full " in str(info.value)
 
 
 def test_bench_reads_the_plan_at_collection(tmp_path):

@@ -70,6 +70,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from . import recompute
 from .config import RunConfig
 from .data import EVAL_SAMPLES, pool_size
 from .loop import build_optimizer
@@ -255,6 +256,8 @@ class Estimator:
         self.spec: ModelSpec = build_spec(self.config)
         with self.mode, _default_dtype(self.policy.param_dtype), self.device:
             self.model: nn.Module = self.spec.build()
+            # Checkpointed blocks save only their inputs for backward, as in Trainer.
+            recompute.apply(self.model, self.config.model, self.config.activation_checkpointing)
         with self.mode:
             # Over the module's own parameters: a master mode's copies are counted as master_copies,
             # and its optimizer state in the table's optimizer_state_dtype.

@@ -59,7 +59,8 @@ NOT_PLANNED = ("epochs", "data", "data_root", "shuffle", "num_workers", "pin_mem
                "persistent_workers", "drop_last", "checkpoint_dir", "checkpoint_every", "resume_from")
 """RunConfig fields of what the planner does not plan: real data, epochs and checkpoints."""
 MEMORY_FIELDS = ("model", "optimizer", "momentum", "data", "dataset_size", "image_size", "seq_len", "vocab_size",
-                 "gpt_layers", "gpt_heads", "gpt_width")
+                 "gpt_layers", "gpt_heads", "gpt_width", "activation_checkpointing", "compile", "compile_mode",
+                 "alloc_conf")
 """RunConfig fields that change a step's memory: a plan holds for a cell only where these agree."""
 SIGKILL_IS_OOM = "SIGKILL"
 OOM_MARKERS = ("std::bad_alloc", "Cannot allocate memory", "can't allocate memory")
@@ -266,12 +267,20 @@ def read_plan(path: str) -> dict[str, Any]:
     return plan
 
 
+def _option(name: str, value: Any) -> str:
+    """The plan command's option for a RunConfig field's value (booleans are --flag/--no-flag)."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag} " if value else f"--no-{flag} "
+    return f"--{flag} {value} "
+
+
 def planned_max_batch(plans: Sequence[dict[str, Any]], config: RunConfig, device: str,
                       memory_limit_bytes: int | None = None, gpu_name: str | None = None) -> int:
     """The planned maximum micro-batch for a cell's config (its batch size ignored) from the plan
     made for its model, precision and hardware; PlanError naming what to plan when none fits."""
     defaults = RunConfig()
-    shaping = "".join(f"--{name.replace('_', '-')} {getattr(config, name)} " for name in MEMORY_FIELDS[1:]
+    shaping = "".join(_option(name, getattr(config, name)) for name in MEMORY_FIELDS[1:]
                       if name not in NOT_PLANNED and getattr(config, name) != getattr(defaults, name))
     fix = (f"python -m trainkit plan --model {config.model} {shaping}--precision {config.precision} "
            f"--gpus {config.world_size} "
@@ -663,12 +672,13 @@ def _plan_document(options: PlanOptions, hardware: dict[str, Any], limit_bytes: 
         "candidate_cells": {"steps": options.base.steps, "warmup_steps": options.base.warmup_steps,
                             "measured_per_gpu_count": options.measure},
         "estimate_method": PEAK_FORMULA,
-        "peak_measure_note": ("a cell's measured peak is what the limit bounds: on a CPU the worker's address-space "
-                              "growth over the whole cell, from the worker's start (host_vm_growth_bytes: VmPeak has no "
-                              "reset, so data generation and the model's build count too, and a micro-batch whose "
-                              "steps fit in address space mapped before them shows the same peak as a smaller one), "
-                              "on a GPU PyTorch's reserved peak over the timed steps; headroom is the limit minus it (minus the CUDA "
-                              "context on a GPU). The estimate counts tensor bytes, of torch_max_allocated_bytes."),
+        "peak_measure_note": (
+            "a cell's measured peak is what the limit bounds: on a CPU the worker's address-space growth over "
+            "the whole cell, from the worker's start (host_vm_growth_bytes: VmPeak has no reset, so data "
+            "generation and the model's build count too, and a micro-batch whose steps fit in address space "
+            "mapped before them shows the same peak as a smaller one), on a GPU PyTorch's reserved peak over "
+            "the timed steps; headroom is the limit minus it (minus the CUDA context on a GPU). The estimate "
+            "counts tensor bytes, of torch_max_allocated_bytes."),
         "precisions": precisions,
         "fastest": {"precision": fastest[0], **fastest[1],
                     "note": "Precisions differ in numerics as well as speed: compare their loss (bench) before "
