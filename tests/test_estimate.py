@@ -99,6 +99,17 @@ def test_the_activation_term_is_a_real_runs_saved_tensor_count(model, precision,
         assert predicted == real_saved_bytes(config_of(model, precision, batch_size=batch)) > 0
 
 
+@pytest.mark.parametrize("model", ["gpt", "cnn"])
+def test_checkpointed_blocks_save_what_a_checkpointed_real_run_saves(model):
+    """With activation checkpointing the estimate wraps the same blocks as the trainer, so its
+    activation term is again the real run's count, and smaller than without."""
+    config = config_of(model, "fp32", batch_size=32, activation_checkpointing="full")
+    predicted = Estimator(config, "cpu").estimate(32).activations_saved_bytes
+    assert predicted == real_saved_bytes(config) > 0
+    plain = Estimator(config.replace(activation_checkpointing="none"), "cpu").estimate(32)
+    assert predicted < plain.activations_saved_bytes
+
+
 def real_step_peak(config: RunConfig) -> int:
     """Peak bytes the CPU allocator holds during one steady-state step above what it held before:
     the profiler's memory events are every allocation and free the allocator reports."""
