@@ -11,7 +11,6 @@ candidate against its micro-batch size, and the probe log.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from trainkit.plan import PEAK_NAMES, SCHEMA
+from trainkit.plan import PEAK_NAMES, PlanError, read_plan
 from trainkit.precision_facts import color_of, display_rank
 from trainkit.schema import write_text
 
@@ -35,13 +34,9 @@ def read_plans(paths: Sequence[str]) -> list[dict[str, Any]]:
     plans = []
     for path in paths:
         try:
-            with open(path, encoding="utf-8") as f:
-                plan = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path}: not a readable plan ({type(exc).__name__}: {exc})") from None
-        if not isinstance(plan, dict) or plan.get("schema") != SCHEMA:
-            raise InputError(f"{path}: not a plan (expected schema {SCHEMA!r}; write one with python -m trainkit plan)")
-        plans.append(plan)
+            plans.append(read_plan(path))
+        except PlanError as exc:  # the same check as bench's --plan, as the reports' input error
+            raise InputError(str(exc)) from None
     return plans
 
 

@@ -124,6 +124,14 @@ class Precision:
         return None
 
 
+def scaled_backward(scaler: torch.amp.GradScaler | None, loss: torch.Tensor) -> None:
+    """Backward of the loss, multiplied by the scaler's scale when there is one."""
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+
+
 def scaled_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor:
     """GradScaler's step and update; a 0-d bool tensor on the device, True when it skipped the step.
     GradScaler halves the scale exactly when it found inf/NaN gradients and skipped the step
@@ -164,10 +172,7 @@ class MixedPrecision(Precision):
         return torch.amp.autocast(self.device.type, dtype=self.compute_dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
-        if self._scaler is None:
-            loss.backward()
-        else:
-            self._scaler.scale(loss).backward()
+        scaled_backward(self._scaler, loss)
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         if self._scaler is not None:
@@ -280,10 +285,7 @@ class MasterWeightPrecision(HalfPrecision):
         return sum(m.numel() * m.element_size() for m in self.masters)
 
     def backward(self, loss: torch.Tensor) -> None:
-        if self._scaler is None:
-            loss.backward()
-        else:
-            self._scaler.scale(loss).backward()
+        scaled_backward(self._scaler, loss)
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         # The half-precision gradients become the masters' fp32 gradients; inf and NaN survive the
