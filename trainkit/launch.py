@@ -327,6 +327,9 @@ def run_under_torchrun(config: RunConfig, profile: ProfileConfig | None = None) 
     gathered: list[Any] = [None] * world if rank == 0 else []
     if dist.is_initialized():
         dist.gather_object(report, gathered if rank == 0 else None, dst=0)
+        # A sender's gather can return before rank 0 has received; tearing gloo down then aborts
+        # the process (std::terminate in its pair thread). Every rank leaves together.
+        dist.barrier()
         dist.destroy_process_group()
     else:
         gathered = [report]
