@@ -231,29 +231,30 @@ def _nonfinite(p: dict[str, Any], ref: dict[str, Any]) -> str | None:
             f"{share:.0%} of the steps skipped by the loss scaler")
 
 
-def _second_moment(p: dict[str, Any], ref: dict[str, Any]) -> str | None:
-    share, base = p.get("second_moment_zero_share"), ref.get("second_moment_zero_share") or 0.0
-    if share is None or share - base < 0.05:
-        return None
-    return (f"optimizer-state underflow: {_pct(share)} of Adam's second moment (exp_avg_sq, "
-            f"{_short(p.get('second_moment_dtype'))}) is exactly 0 (fp32: {_pct(base)}), so those updates "
-            "are lr * m / eps")
+STANDS_OUT = 0.05
+"""A share this much above fp32's (5 points) is named as the diagnostic that stands out."""
 
 
-def _grad_underflow(p: dict[str, Any], ref: dict[str, Any]) -> str | None:
-    share, base = p.get("grad_underflow_share"), ref.get("grad_underflow_share") or 0.0
-    if share is None or share - base < 0.05:
-        return None
-    return (f"gradient underflow: {_pct(share)} of gradient elements are zero or subnormal in "
-            f"{_short(p.get('grad_dtype'))} (fp32: {_pct(base)})")
+def _share_rule(key: str, describe: Callable[[dict[str, Any], str, str], str]) -> DiagnosticRule:
+    """A rule on a share fp32 keeps near 0: named when this precision's is STANDS_OUT above fp32's;
+    `describe(p, share, fp32_share)` words it."""
+    def rule(p: dict[str, Any], ref: dict[str, Any]) -> str | None:
+        share, base = p.get(key), ref.get(key) or 0.0
+        if share is None or share - base < STANDS_OUT:
+            return None
+        return describe(p, _pct(share), _pct(base))
+    return rule
 
 
-def _rounded_away(p: dict[str, Any], ref: dict[str, Any]) -> str | None:
-    share, base = p.get("unchanged_share"), ref.get("unchanged_share") or 0.0
-    if share is None or share - base < 0.05:
-        return None
-    return (f"updates rounded away: a step left {_pct(share)} of the {_short(p.get('trained_dtype'))} weights "
-            f"unchanged (fp32: {_pct(base)})")
+_second_moment = _share_rule("second_moment_zero_share", lambda p, share, base: (
+    f"optimizer-state underflow: {share} of Adam's second moment (exp_avg_sq, "
+    f"{_short(p.get('second_moment_dtype'))}) is exactly 0 (fp32: {base}), so those updates are lr * m / eps"))
+_grad_underflow = _share_rule("grad_underflow_share", lambda p, share, base: (
+    f"gradient underflow: {share} of gradient elements are zero or subnormal in "
+    f"{_short(p.get('grad_dtype'))} (fp32: {base})"))
+_rounded_away = _share_rule("unchanged_share", lambda p, share, base: (
+    f"updates rounded away: a step left {share} of the {_short(p.get('trained_dtype'))} weights "
+    f"unchanged (fp32: {base})"))
 
 
 def _ratio_rule(key: str, what: str) -> DiagnosticRule:
