@@ -78,7 +78,8 @@ class Probe:
     """The cell's status (oom also for a worker the kernel's OOM killer ended, see outcome_of)."""
     detail: str = ""
     peak_bytes: int | None = None
-    """The cell's headline peak memory over its timed steps (trainkit.schema.headline_memory)."""
+    """What the plan's limit bounds (_peak): on a CPU the worker's address-space growth over the
+    whole cell, on a GPU the headline peak over the timed steps; `peak_measure` names it."""
     peak_measure: str | None = None
     estimate_bytes: int | None = None
     seconds: float | None = None
