@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from trainkit.config import COMPILE_MODES, DEVICES, SNAPSHOT_STEPS, TRACE_STEPS, ProfileConfig
-from trainkit.env import fingerprint
-from trainkit.launch import DEFAULT_CELL_TIMEOUT_S, probe
-from trainkit.options import choice, integer, number
+from trainkit.engine.config import COMPILE_MODES, DEVICES, SNAPSHOT_STEPS, TRACE_STEPS, ProfileConfig
+from trainkit.engine.env import fingerprint
+from trainkit.engine.launch import DEFAULT_CELL_TIMEOUT_S, probe
+from trainkit.engine.options import choice, integer, number
 
 from . import executors
 from .matrix import AXIS_OPTIONS, PRESET_NAMES, CellSpec, Hardware, build_matrix, preset
@@ -30,7 +30,7 @@ DEFAULT_REPORT_DIR = os.path.join(os.path.dirname(HERE), "reports", "out")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Every option is validated where it is parsed (trainkit.options types): a bad value is
+    """Every option is validated where it is parsed (trainkit.engine.options types): a bad value is
     pytest's own usage error, naming the value and what is valid."""
     group = parser.getgroup("trainkit", "trainkit benchmark matrix")
     group.addoption("--preset", type=choice(PRESET_NAMES), default=None,
@@ -118,7 +118,7 @@ def _cells(config: pytest.Config) -> list:
     hw = Hardware(info["device"], info["gpu_count"], tuple(info["capability"]) if info["capability"] else None,
                   info["gpu_name"], info["cpu_count"], info.get("compile_unsupported"))
     if config.getoption("tk_memory_limit") and hw.device == "cuda":
-        from trainkit.cli import MEMORY_LIMIT_ON_GPU
+        from trainkit.commands.cli import MEMORY_LIMIT_ON_GPU
 
         raise pytest.UsageError(f"--cell-memory-limit-gb {MEMORY_LIMIT_ON_GPU}; here the cells run on CUDA "
                                 "(use --device cpu)")
@@ -146,7 +146,7 @@ def _cells(config: pytest.Config) -> list:
 
 def _planned(config: pytest.Config, hw: Hardware) -> Any:
     """--batch-size max's resolver: the planned maximum of a cell, from the --plan files."""
-    from trainkit.plan import planned_max_batch, read_plan
+    from trainkit.commands.plan import planned_max_batch, read_plan
 
     paths = config.getoption("tk_plans")
     if not paths:

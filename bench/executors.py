@@ -8,7 +8,7 @@ extra_info, the results file and the report. With a job executor:
     each cell's test    waits for its own job; meanwhile every job that ends has its record appended
                         to the results file at once, whichever test is waiting, so a driver that dies
                         loses nothing that ended
-    the record          comes back from the job (trainkit.cluster.run_cell_job), or is made from how
+    the record          comes back from the job (trainkit.engine.cluster.run_cell_job), or is made from how
                         the job ended (sacct: TIMEOUT -> timeout, OUT_OF_MEMORY -> oom, NODE_FAIL,
                         PREEMPTED, CANCELLED, FAILED -> crashed)
     pytest-benchmark    the job's first `rounds` timed step times, replayed through benchmark.pedantic
@@ -35,9 +35,9 @@ from typing import Any
 
 import pytest
 
-from trainkit import cluster
-from trainkit.cluster import CellJob, ExecutorOptions
-from trainkit.schema import CutOffLineWarning, parse_jsonl, read_jsonl, replacing
+from trainkit.engine import cluster
+from trainkit.engine.cluster import CellJob, ExecutorOptions
+from trainkit.engine.schema import CutOffLineWarning, parse_jsonl, read_jsonl, replacing
 
 from .clock import advance
 from .matrix import CellSpec
@@ -98,7 +98,7 @@ def probe_hardware(config: pytest.Config, probe: Any) -> dict[str, Any]:
     if o.executor != "slurm":
         return probe(device)
     info = cluster.probe_on_cluster(o, device, os.path.join(job_dir(config), "probe"), say=_say(config))
-    # A cell takes as many nodes as its ranks need (trainkit.cluster.job_shape): the cluster, not
+    # A cell takes as many nodes as its ranks need (trainkit.engine.cluster.job_shape): the cluster, not
     # the probe's node, bounds how many GPUs a cell may have.
     return dict(info, gpu_count=sys.maxsize, cpu_count=sys.maxsize)
 

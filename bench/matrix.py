@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainkit.config import ACTIVATION_CHECKPOINTING, ALLOC_CONF_PATTERN, MODELS, RunConfig
-from trainkit.options import choice, comma_list, integer, optional
-from trainkit.precision_facts import SHORT_DTYPE, facts_of, precision_names
+from trainkit.engine.config import ACTIVATION_CHECKPOINTING, ALLOC_CONF_PATTERN, MODELS, RunConfig
+from trainkit.engine.options import choice, comma_list, integer, optional
+from trainkit.engine.precision_facts import SHORT_DTYPE, facts_of, precision_names
 
 AXES = ("model", "precision", "batch_size", "grad_accum", "gpus", "compile", "activation_checkpointing", "alloc_conf")
 CONV_MODELS = ("cnn", "resnet18", "resnet50")
@@ -182,8 +182,8 @@ def skip_reason(model: str, precision: str, gpus: int, hw: Hardware, compile: bo
                 activation_checkpointing: str = "none") -> str | None:
     """Why this hardware cannot run the cell meaningfully, or None. Whether the device can run the
     mode at all is the policy's answer, never restated here."""
-    from trainkit import recompute  # torch, only once cells are built
-    from trainkit.precision import policy_class
+    from trainkit.engine import recompute  # torch, only once cells are built
+    from trainkit.engine.precision import policy_class
 
     if hw.device == "cuda" and gpus > hw.gpu_count:
         return f"needs {gpus} GPUs, {hw.gpu_count} visible"
@@ -203,10 +203,10 @@ def skip_reason(model: str, precision: str, gpus: int, hw: Hardware, compile: bo
 
 BATCH_MAX = "max"
 """A batch-size axis value: each cell's planned maximum micro-batch, read from a plan
-(trainkit.plan; bench's --plan) when the matrix is built."""
+(trainkit.commands.plan; bench's --plan) when the matrix is built."""
 MaxBatch = Callable[[RunConfig], int]
 """The planned maximum micro-batch of a cell's config (its batch size ignored); raises
-trainkit.plan.PlanError (a ValueError) naming the plan to make when there is none."""
+trainkit.commands.plan.PlanError (a ValueError) naming the plan to make when there is none."""
 
 
 def batch_size_value(text: str) -> int | str:

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from trainkit.config import RunConfig
-from trainkit.launch import call_in_fresh_process
-from trainkit.loop import Trainer
+from trainkit.engine.config import RunConfig
+from trainkit.engine.launch import call_in_fresh_process
+from trainkit.engine.loop import Trainer
 
 
 def _sync(device: torch.device) -> None:

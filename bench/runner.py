@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from trainkit.config import ProfileConfig
-from trainkit.launch import CellFailed, CellWorkers
-from trainkit.result import append_jsonl, merge_ranks
-from trainkit.schema import MEMORY_NAMES, headline_memory
+from trainkit.engine.config import ProfileConfig
+from trainkit.engine.launch import CellFailed, CellWorkers
+from trainkit.engine.result import append_jsonl, merge_ranks
+from trainkit.engine.schema import MEMORY_NAMES, headline_memory
 
 from .clock import advance
 from .matrix import CellSpec

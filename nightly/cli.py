@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING
 from bench.matrix import PRESET_NAMES
 from reports.cli import metric_threshold
 from reports.records import InputError
-from trainkit.config import DEVICES
-from trainkit.options import Parser, UsageError, choice, fraction, integer, number, optional
-from trainkit.schema import ResultsFileError, cut_off_lines_on_stderr
+from trainkit.engine.config import DEVICES
+from trainkit.engine.options import Parser, UsageError, choice, fraction, integer, number, optional
+from trainkit.engine.schema import ResultsFileError, cut_off_lines_on_stderr
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, LABELS, NO_BASELINE, PASS, REGRESSION
 from .rundir import TITLES, Outcome, RunDir, Stage
@@ -80,7 +80,7 @@ def _add_matrix(p: argparse.ArgumentParser) -> None:
                    help="runs of every cell in fresh workers (default 3; fewer are reported, not gated)")
     p.add_argument("bench_args", nargs="*", metavar="-- BENCH_OPTIONS",
                    help="further bench options after --, e.g. -- --model gpt --cell-timeout 600")
-    from trainkit import cluster
+    from trainkit.engine import cluster
 
     cluster.add_options(p.add_argument_group("where the cells run (see README, 'Running on a SLURM cluster')")
                         .add_argument)
@@ -171,7 +171,7 @@ def _limits(args: argparse.Namespace):
 
 
 def _matrix_options(args: argparse.Namespace):
-    from trainkit.cluster import from_namespace
+    from trainkit.engine.cluster import from_namespace
 
     from .matrix import MatrixOptions
 

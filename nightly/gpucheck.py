@@ -3,7 +3,7 @@ produce it.
 
     python -m nightly gpu-check --out DIR [--device auto|cuda|cpu] [--only CHECK[,CHECK]]
 
-A handful of cells run in fresh worker processes (trainkit.launch; this process never initialises
+A handful of cells run in fresh worker processes (trainkit.engine.launch; this process never initialises
 CUDA), a fresh process times matmuls, and each check compares one figure with an independent
 measure (CHECKS below; the README's "GPU check" says what each proves and what it does not):
 
@@ -45,9 +45,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.matrix import CPU_GPT, GPU_GPT, RECIPES
-from trainkit.config import RunConfig
-from trainkit.precision_facts import DTYPE_BYTES, facts_of, unsupported_reason
-from trainkit.schema import append_jsonl, write_json, write_text
+from trainkit.engine.config import RunConfig
+from trainkit.engine.precision_facts import DTYPE_BYTES, facts_of, unsupported_reason
+from trainkit.engine.schema import append_jsonl, write_json, write_text
 
 from . import INFRASTRUCTURE, PASS, REGRESSION
 
@@ -522,7 +522,7 @@ def check_mfu(record: dict[str, Any]) -> Check:
     if not _finite(utilisation):
         return Check(name=name, status=FAIL, expected=expected, measured="null",
                      reason=f"no sourced peak for {gpu}: {record.get('mfu_note') or 'MFU is null'} "
-                            "(add the GPU's datasheet figures to trainkit.flops.PEAK_TFLOPS)")
+                            "(add the GPU's datasheet figures to trainkit.engine.flops.PEAK_TFLOPS)")
     peak = record.get("peak_flops_per_s") or 0
     passed = low <= utilisation <= high
     reason = (f"{utilisation:.1%} of {gpu}'s dense {peak / 1e12:.0f} TFLOP/s "
@@ -535,7 +535,7 @@ def check_mfu(record: dict[str, Any]) -> Check:
 
 
 COUNTER_METHOD = "NVML energy counter"
-"""How trainkit.result.merge_energy names energy read from the counter (the only method this check
+"""How trainkit.engine.result.merge_energy names energy read from the counter (the only method this check
 can hold against power samples: its fallback integrates the same samples)."""
 
 
@@ -738,12 +738,12 @@ def skip_reason(spec: CheckSpec, device: str, capability: Sequence[int] | None, 
 
 def run_cell_with_clock(plan: CellPlan, profile_dir: str,
                         timeout_s: float = CELL_TIMEOUT_S) -> tuple[dict[str, Any], float | None]:
-    """Run a cell as trainkit.launch.run_cell does (warmup, then every timed step as one window) and
+    """Run a cell as trainkit.engine.launch.run_cell does (warmup, then every timed step as one window) and
     time that window from this process: the clock starts once the warmup, which ends synchronised,
     has answered, and stops when the worker, synchronised again, replies. Returns the record and the
     clock's seconds (None when the cell failed before the window ended)."""
-    from trainkit.config import ProfileConfig
-    from trainkit.launch import CellFailed, CellWorkers
+    from trainkit.engine.config import ProfileConfig
+    from trainkit.engine.launch import CellFailed, CellWorkers
 
     profile = (ProfileConfig(phase_steps=0, trace_steps=plan.trace_steps, output_dir=profile_dir)
                if plan.trace_steps else None)
@@ -765,9 +765,9 @@ def measure_matmuls(device: str, size: int, repeats: int) -> dict[str, Any]:
     against fp64 of the same inputs, and its time (CUDA events on a GPU)."""
     import torch
 
-    from trainkit.precision import policy_class
-    from trainkit.timing import Marks
-    from trainkit.worker import select_device
+    from trainkit.engine.precision import policy_class
+    from trainkit.engine.timing import Marks
+    from trainkit.engine.worker import select_device
 
     chosen = select_device(RunConfig(device=device), 0)
     on_gpu = chosen.type == "cuda"
@@ -802,8 +802,8 @@ def measure_matmuls(device: str, size: int, repeats: int) -> dict[str, Any]:
 
 
 def matmul_worker(conn: Any, device: str, size: int, repeats: int, environ: dict[str, str]) -> None:
-    """Entry point of the matmul probe's fresh process (trainkit.launch.call_in_fresh_process)."""
-    from trainkit.protocol import Reply
+    """Entry point of the matmul probe's fresh process (trainkit.engine.launch.call_in_fresh_process)."""
+    from trainkit.engine.protocol import Reply
 
     os.environ.clear()
     os.environ.update(environ)
@@ -909,7 +909,7 @@ def _jsonable(value: Any) -> Any:
 def run_gpu_check(out: str, device: str = "auto", only: Sequence[str] = ()) -> int:
     """The command: probe the device, run the cells the chosen checks read, judge, write, print.
     Returns the exit status (module docstring)."""
-    from trainkit.launch import call_in_fresh_process, probe
+    from trainkit.engine.launch import call_in_fresh_process, probe
 
     started, started_at = time.perf_counter(), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     chosen = [spec for spec in CHECKS if not only or spec.name in only]

@@ -14,8 +14,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
-from trainkit.cluster import ExecutorOptions, command_line
-from trainkit.schema import ResultsFileError, read_jsonl
+from trainkit.engine.cluster import ExecutorOptions, command_line
+from trainkit.engine.schema import ResultsFileError, read_jsonl
 
 from . import BAD_INPUT, INFRASTRUCTURE, PASS
 from .rundir import BENCH_JSON, RESULTS, ROOT, RunDir, Stage

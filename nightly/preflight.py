@@ -22,8 +22,8 @@ import platform
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from trainkit.nvml import SLOWDOWN_REASONS
-from trainkit.schema import fingerprint, write_json
+from trainkit.engine.nvml import SLOWDOWN_REASONS
+from trainkit.engine.schema import fingerprint, write_json
 
 from . import INFRASTRUCTURE, PASS
 from .baselines import slug
@@ -64,7 +64,7 @@ class PreflightLimits:
 def probe_device(device: str) -> dict[str, Any]:
     """What torch sees, from a fresh worker process (this one never initialises CUDA): device,
     GPU count, capability and the environment fingerprint. Raises RuntimeError when it cannot."""
-    from trainkit.launch import probe
+    from trainkit.engine.launch import probe
 
     return probe(device)
 
@@ -72,7 +72,7 @@ def probe_device(device: str) -> dict[str, Any]:
 def open_gpus() -> tuple[list[tuple[str, Any]], str | None]:
     """NVML sessions for the GPUs the cells may use: those CUDA_VISIBLE_DEVICES names (indices or
     UUIDs), else every GPU NVML sees. Returns (id, Nvml) pairs and why NVML is unusable, if it is."""
-    from trainkit.nvml import Nvml
+    from trainkit.engine.nvml import Nvml
 
     try:
         import pynvml

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainkit.schema import write_json
+from trainkit.engine.schema import write_json
 
 from . import INFRASTRUCTURE, LABELS, NO_BASELINE, PASS
 

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from reports.records import InputError, all_records, read_runs
-from trainkit.schema import MEMORY_NAMES, ResultsFileError, read_jsonl, write_text
+from trainkit.engine.schema import MEMORY_NAMES, ResultsFileError, read_jsonl, write_text
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
 from .gate import NIGHTLY_THRESHOLDS, cell_rows

@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainkit.options import Parser, UsageError, fraction, integer, number
-from trainkit.schema import cut_off_lines_on_stderr
+from trainkit.engine.options import Parser, UsageError, fraction, integer, number
+from trainkit.engine.schema import cut_off_lines_on_stderr
 
 from . import verdict
 from .records import InputError

@@ -19,8 +19,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from trainkit.precision_facts import color_of, display_rank
-from trainkit.schema import OPTIONAL_MEMORY_KEYS
+from trainkit.engine.precision_facts import color_of, display_rank
+from trainkit.engine.schema import OPTIONAL_MEMORY_KEYS
 
 from .load import PHASES
 from .summary import MIB, ranks_label

@@ -169,7 +169,7 @@ def page(title: str, header: str, body: str, with_plotly: bool = True) -> str:
 def write_page(output_html: str, page_html: str, markdown: str, csv: str, what: str) -> dict[str, str]:
     """Write a page and, beside it with the same stem, its Markdown and CSV, each atomically.
     Returns the paths written; an output that cannot be written is InputError (bad input)."""
-    from trainkit.schema import write_text
+    from trainkit.engine.schema import write_text
 
     from .records import InputError
 

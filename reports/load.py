@@ -14,7 +14,7 @@ A few short columns are added so the tables and figures read plainly:
     eager_variant     the variant without "compiled": a compiled cell's eager twin has it too
     cell              cell_id plus the variants: the key that repeats of one cell share
     peak_memory_bytes the record's headline memory measure, named in memory_measure
-                      (trainkit.schema.headline_memory; the summary picks one per cell the same way)
+                      (trainkit.engine.schema.headline_memory; the summary picks one per cell the same way)
     run, source       which input file the record came from
 
 The profile of a cell flattens the same way ("profile.phases_s.data", "profile.trace_file",
@@ -32,12 +32,12 @@ from typing import Any
 
 import pandas as pd
 
-from trainkit.precision_facts import loss_scaling_of
-from trainkit.schema import HEADLINE_MEMORY, headline_memory
+from trainkit.engine.precision_facts import loss_scaling_of
+from trainkit.engine.schema import HEADLINE_MEMORY, headline_memory
 
 from .records import UNKNOWN_HARDWARE, Run, all_records, hardware
 
-# The phases of an optimizer step, in the order they run (trainkit.profile.PHASES, without its torch import).
+# The phases of an optimizer step, in the order they run (trainkit.engine.profile.PHASES, without its torch import).
 PHASES = ("data", "forward", "backward", "optimizer")
 NUMERIC = ("throughput_samples_per_s", "effective_throughput_samples_per_s", "tokens_per_s",
            "step_time_s.median", "step_time_s.iqr", "loss.final", "loss.initial", "loss.eval",

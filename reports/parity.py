@@ -20,14 +20,14 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from trainkit.precision_facts import color_of, display_rank
-from trainkit.schema import MEMORY_NAMES
+from trainkit.engine.precision_facts import color_of, display_rank
+from trainkit.engine.schema import MEMORY_NAMES
 
 from . import figures, html
 from .figures import Chart
 from .records import InputError, expand
 
-PARITY_SCHEMA = "trainkit.parity/1"  # trainkit.parity.PARITY_SCHEMA, without importing trainkit.parity's run code
+PARITY_SCHEMA = "trainkit.parity/1"  # the parity command's PARITY_SCHEMA, without importing its run code
 MIB = 2**20
 VERDICT_CLASS = {"within-noise": "v-fixed", "better": "v-noisy", "worse": "v-regressed", "no-verdict": "v-failed"}
 NOTE = ("Each precision trained every seed fp32 did, on one synthetic task, until fp32's loss flattened. The band "

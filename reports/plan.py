@@ -18,9 +18,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from trainkit.plan import PEAK_NAMES, PlanError, read_plan
-from trainkit.precision_facts import color_of, display_rank
-from trainkit.schema import write_text
+from trainkit.commands.plan import PEAK_NAMES, PlanError, read_plan
+from trainkit.engine.precision_facts import color_of, display_rank
+from trainkit.engine.schema import write_text
 
 from . import html
 from .figures import Chart, _figure
@@ -101,7 +101,7 @@ def estimate_vs_measured(plan: dict[str, Any]) -> Chart:
     _batch_axis(fig, [p["batch"] for _, e in _ordered(plan) for p in e["probes"]],
                 f"micro-batch per rank (probes accumulate {plan['probe']['grad_accum']})")
     fig.update_yaxes(title_text="MiB", rangemode="tozero")
-    note = (f"Measured: each probe's {_measure_name(plan)}. The estimate counts tensor bytes (trainkit.estimate); "
+    note = (f"Measured: each probe's {_measure_name(plan)}. The estimate counts tensor bytes (engine.estimate); "
             "a CPU worker's address space also holds thread stacks, the allocator's and the libraries' own memory, "
             "so there the probes, not the estimate, find the boundary.")
     if plan["fit_bytes"] > 3 * top:

@@ -1,7 +1,7 @@
 """Stand-ins for SLURM's sbatch, srun, sacct, squeue and scancel, for tests on a machine without SLURM.
 
 Each command logs what it was given (calls.jsonl) and answers as SLURM does, in the formats
-submitit and trainkit.cluster parse:
+submitit and trainkit.engine.cluster parse:
 
     sbatch FILE        reads the #SBATCH lines, prints "Submitted batch job N"; refuses a partition
                        not in FAKE_SLURM_PARTITIONS as sbatch does ("invalid partition specified")

@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from bench.matrix import AXIS_OPTIONS, NIGHTLY, Hardware, build_matrix, preset, skip_reason
-from trainkit.result import RECORD_KEYS, check_record, read_jsonl
-from trainkit.schema import CutOffLineWarning
+from trainkit.engine.result import RECORD_KEYS, check_record, read_jsonl
+from trainkit.engine.schema import CutOffLineWarning
 
 from .conftest import REPO
 

@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 
-from trainkit.cli import CHOICES, choices_of, main
-from trainkit.config import RunConfig
-from trainkit.precision_facts import precision_names
-from trainkit.result import check_record
+from trainkit.commands.cli import CHOICES, choices_of, main
+from trainkit.engine.config import RunConfig
+from trainkit.engine.precision_facts import precision_names
+from trainkit.engine.result import check_record
 
 from .conftest import REPO, trainkit_cmd
 

@@ -1,4 +1,4 @@
-"""Cells as SLURM jobs (trainkit.cluster), against stand-in sbatch, srun, sacct, squeue and scancel
+"""Cells as SLURM jobs (trainkit.engine.cluster), against stand-in sbatch, srun, sacct, squeue and scancel
 (tests/slurm_standins.py): the sbatch parameters submitit writes for the matrix, how sacct's states
 become cell statuses, the torchrun environment of a multi-node task, and the whole bench run on a
 stand-in cluster whose jobs run here (a 2-rank cell over 2 "nodes" with gloo)."""
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from trainkit import cluster
-from trainkit.cluster import CellJob, ExecutorOptions, JobShape, job_shape, placement_problem, status_from_sacct
-from trainkit.config import RunConfig
-from trainkit.result import check_record
-from trainkit.schema import read_jsonl
+from trainkit.engine import cluster
+from trainkit.engine.cluster import CellJob, ExecutorOptions, JobShape, job_shape, placement_problem, status_from_sacct
+from trainkit.engine.config import RunConfig
+from trainkit.engine.result import check_record
+from trainkit.engine.schema import read_jsonl
 
 from .conftest import REPO
 from .slurm_standins import FakeSlurm
@@ -206,7 +206,7 @@ def test_a_record_that_says_a_rank_was_killed_is_oom_when_slurm_says_out_of_memo
     killed by SIGKILL), and sacct marks the job OUT_OF_MEMORY: the cell is oom."""
     from submitit.core.utils import cloudpickle_dump
 
-    from trainkit.result import merge_ranks
+    from trainkit.engine.result import merge_ranks
 
     jobs = cluster.make_jobs(ExecutorOptions(executor="slurm"), str(tmp_path / "jobs"), cell_timeout_s=60)
     jobs.submit([CellJob("a", gpt(1))])

@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from trainkit.config import ConfigError, RunConfig, field_help
-from trainkit.precision_facts import precision_names
+from trainkit.engine.config import ConfigError, RunConfig, field_help
+from trainkit.engine.precision_facts import precision_names
 
 
 def test_defaults_are_valid_and_derived_values_agree():

@@ -7,8 +7,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from trainkit.launch import _fork_server, _free_port
-from trainkit.loop import Trainer
+from trainkit.engine.launch import _fork_server, _free_port
+from trainkit.engine.loop import Trainer
 
 from .conftest import small_config
 

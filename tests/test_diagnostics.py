@@ -2,11 +2,11 @@
 
 import pytest
 
-from trainkit.config import ProfileConfig
-from trainkit.diagnostics import diagnose
-from trainkit.loop import Trainer
-from trainkit.result import merge_ranks
-from trainkit.worker import RankWorker
+from trainkit.engine.config import ProfileConfig
+from trainkit.engine.diagnostics import diagnose
+from trainkit.engine.loop import Trainer
+from trainkit.engine.result import merge_ranks
+from trainkit.engine.worker import RankWorker
 
 from .conftest import CPU, small_config
 

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from trainkit.launch import run_cell
-from trainkit.loop import Trainer
+from trainkit.engine.launch import run_cell
+from trainkit.engine.loop import Trainer
 
 from .conftest import flat_params, small_config, train
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from tests.conftest import CPU, small_config
-from trainkit.config import RunConfig
-from trainkit.estimate import STEP_KINDS, TERMS, Estimator, _round, cublas_workspace_bytes
-from trainkit.loop import Trainer
-from trainkit.memory import SavedTensors
-from trainkit.precision import POLICIES, HalfBF16Precision
-from trainkit.precision_facts import PRECISION_FACTS, PrecisionFacts
+from trainkit.engine.config import RunConfig
+from trainkit.engine.estimate import STEP_KINDS, TERMS, Estimator, _round, cublas_workspace_bytes
+from trainkit.engine.loop import Trainer
+from trainkit.engine.memory import SavedTensors
+from trainkit.engine.precision import POLICIES, HalfBF16Precision
+from trainkit.engine.precision_facts import PRECISION_FACTS, PrecisionFacts
 
 PRECISIONS = ("fp32", "amp-bf16", "half-bf16", "amp-fp16")
 
@@ -47,7 +47,7 @@ def estimators():
 @pytest.mark.parametrize("model", ["mlp", "gpt"])
 def test_weights_gradients_optimizer_state_and_data_are_the_tensors_of_a_real_run(model, precision, estimators):
     """Parameters, buffers, gradients and optimizer state from the precision table's dtypes, the
-    data pool and evaluation set from trainkit.data's shapes: each equal to the bytes of the real
+    data pool and evaluation set from trainkit.engine.data's shapes: each equal to the bytes of the real
     run's tensors (SGD's momentum; AdamW's two moments and its step counters)."""
     estimate = estimators(model, precision)
     trainer = Trainer(config_of(model, precision), CPU)
@@ -164,7 +164,7 @@ def test_activations_grow_linearly_with_the_batch(estimators):
 
 
 def test_a_batch_that_wraps_the_pool_is_a_copy_in_the_step():
-    """A micro-batch larger than the pool is copied out of it (trainkit.data): the copy shows in the
+    """A micro-batch larger than the pool is copied out of it (trainkit.engine.data): the copy shows in the
     step's terms, and only then."""
     estimator = Estimator(config_of("mlp", "fp32"), "cpu")
     pool = POOL

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from bench.matrix import AXIS_OPTIONS, Hardware, build_matrix, preset, skip_reason
-from trainkit import allocator, compiled, recompute, worker
-from trainkit.config import ConfigError, RunConfig
-from trainkit.launch import run_cell
-from trainkit.loop import Trainer, Unsupported
-from trainkit.memory import SavedTensors
-from trainkit.result import merge_ranks
-from trainkit.worker import RankWorker, classify
+from trainkit.engine import allocator, compiled, recompute, worker
+from trainkit.engine.config import ConfigError, RunConfig
+from trainkit.engine.launch import run_cell
+from trainkit.engine.loop import Trainer, Unsupported
+from trainkit.engine.memory import SavedTensors
+from trainkit.engine.result import merge_ranks
+from trainkit.engine.worker import RankWorker, classify
 
 from .conftest import CPU, flat_params, small_config, train
 
@@ -325,7 +325,7 @@ def test_the_report_draws_compile_speedups_and_the_memory_throughput_front(compi
     from reports.build import build_report
     from reports.frontier import cells, compile_pairs, pareto_front
     from reports.load import to_frame
-    from trainkit.result import append_jsonl
+    from trainkit.engine.result import append_jsonl
 
     from .test_reports import assert_every_chart_renders
 

@@ -8,8 +8,8 @@ import pytest
 
 from bench.runner import TABLE_HEADER, table_row
 from reports.verdict import compare_records
-from trainkit.cli import summary_line
-from trainkit.schema import HEADLINE_MEMORY, MEMORY_KEYS, MEMORY_NAMES, SCHEMA, check_record, headline_memory
+from trainkit.commands.cli import summary_line
+from trainkit.engine.schema import HEADLINE_MEMORY, MEMORY_KEYS, MEMORY_NAMES, SCHEMA, check_record, headline_memory
 
 MiB, GiB = 2**20, 2**30
 GPU = {"torch_max_allocated_bytes": 3 * GiB, "torch_max_reserved_bytes": 4 * GiB, "nvml_process_peak_bytes": 5 * GiB,

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from trainkit.launch import CellFailed, CellWorkers, run_cell
-from trainkit.result import check_record
+from trainkit.engine.launch import CellFailed, CellWorkers, run_cell
+from trainkit.engine.result import check_record
 
 from .conftest import small_config
 
@@ -99,7 +99,7 @@ def test_the_same_cell_runs_under_torchrun_and_rank_0_writes_the_record(tmp_path
     import subprocess
     import sys
 
-    from trainkit.launch import _free_port
+    from trainkit.engine.launch import _free_port
 
     from .conftest import REPO
 
@@ -120,7 +120,7 @@ def test_the_same_cell_runs_under_torchrun_and_rank_0_writes_the_record(tmp_path
 # --- what a timed step holds, and what it never does ---------------------------------------------
 
 def _slow_checkpoints(monkeypatch, seconds=0.5):
-    from trainkit.loop import Trainer
+    from trainkit.engine.loop import Trainer
 
     original = Trainer.save_checkpoint
 
@@ -134,7 +134,7 @@ def _slow_checkpoints(monkeypatch, seconds=0.5):
 def test_checkpoint_writes_are_never_step_time(tmp_path, monkeypatch):
     """A checkpoint written after every step, made 0.5 s slower: the timed steps, as one window and
     as bench rounds, stay the size of a step (the writes fall between them) and the files exist."""
-    from trainkit.worker import RankWorker
+    from trainkit.engine.worker import RankWorker
 
     _slow_checkpoints(monkeypatch)
     config = small_config(steps=4, warmup_steps=1, checkpoint_every=1, checkpoint_dir=str(tmp_path / "window"))
@@ -156,8 +156,8 @@ def test_a_memory_limit_is_refused_for_a_gpu_cell(monkeypatch):
 
     import torch
 
-    from trainkit import worker
-    from trainkit.protocol import Reply
+    from trainkit.engine import worker
+    from trainkit.engine.protocol import Reply
 
     monkeypatch.setattr(worker, "select_device", lambda config, local_rank: torch.device("cuda", 0))
     monkeypatch.setattr(worker, "limit_host_memory", lambda extra: pytest.fail("the cap was applied"))
@@ -171,8 +171,8 @@ def test_the_cell_peaks_are_the_timed_steps_with_warmups_beside_them(monkeypatch
     """The allocator's peaks are reset after the model and data are built and again when the timed
     steps begin: the record's peaks are the timed steps', the warmup's (which allocates the
     optimizer's state) stand beside them, and data generation counts in neither."""
-    from trainkit import worker as worker_module
-    from trainkit.result import merge_ranks
+    from trainkit.engine import worker as worker_module
+    from trainkit.engine.result import merge_ranks
 
     events = []
     monkeypatch.setattr(worker_module, "reset_peaks", lambda device: events.append(("reset", trainer_step())))
@@ -200,7 +200,7 @@ def test_the_nvml_context_baseline_is_read_before_nccl_starts(monkeypatch):
 
     import torch
 
-    from trainkit import worker as worker_module
+    from trainkit.engine import worker as worker_module
 
     order = []
 

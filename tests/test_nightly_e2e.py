@@ -20,7 +20,7 @@ from nightly.baselines import MANIFEST, load_all, slug
 from nightly.cli import main
 from nightly.rundir import ROOT, RunDir
 from reports.verdict import Samples
-from trainkit.schema import fingerprint, headline_memory, read_jsonl
+from trainkit.engine.schema import fingerprint, headline_memory, read_jsonl
 
 pytestmark = pytest.mark.slow
 CELLS = ("mlp-fp32-bs16-ga1-gpus1", "mlp-fp32-bs16-ga2-gpus1", "mlp-amp-bf16-bs16-ga1-gpus1",

@@ -18,11 +18,11 @@ from nightly import BAD_INPUT, INFRASTRUCTURE, PASS, REGRESSION
 from nightly import gpucheck as gc
 from nightly.cli import main
 from nightly.rundir import ROOT
-from trainkit.config import RunConfig
-from trainkit.flops import peak_flops_per_s
-from trainkit.precision_facts import DTYPE_BYTES, facts_of
-from trainkit.result import LauncherReport, RankReport, TimedSpan, merge_ranks
-from trainkit.schema import read_jsonl
+from trainkit.engine.config import RunConfig
+from trainkit.engine.flops import peak_flops_per_s
+from trainkit.engine.precision_facts import DTYPE_BYTES, facts_of
+from trainkit.engine.result import LauncherReport, RankReport, TimedSpan, merge_ranks
+from trainkit.engine.schema import read_jsonl
 
 MiB, GiB = 2**20, 2**30
 H200 = "NVIDIA H200"
@@ -44,7 +44,7 @@ STEP_S = {("resnet50", "fp32"): 0.20, ("resnet50", "tf32"): 0.09, ("resnet50", "
 
 
 def gpu_record(config: RunConfig, gpu_name: str = H200, mfu: float = 0.30, power_w: float = 500.0) -> dict:
-    """A plausible GPU record of a cell, merged by trainkit.result.merge_ranks from what a rank and the
+    """A plausible GPU record of a cell, merged by trainkit.engine.result.merge_ranks from what a rank and the
     launcher would report: every figure consistent with every check, which the tests then break."""
     steps, samples = config.steps, config.effective_batch
     step_s = STEP_S.get((config.model, config.precision), 0.05)
@@ -130,7 +130,7 @@ def test_the_analytic_floor_counts_bytes_from_the_precision_table_and_the_optimi
 def test_a_master_copy_of_the_weights_is_in_the_floor(monkeypatch):
     import dataclasses
 
-    from trainkit import precision_facts
+    from trainkit.engine import precision_facts
 
     master = dataclasses.replace(precision_facts.PRECISION_FACTS["half-bf16"], name="bf16-master",
                                  master_dtype="float32")
@@ -359,7 +359,7 @@ def simulated_gpu(monkeypatch):
     """The command's GPU path with the device answered by hand: the probe, every cell (records from
     gpu_record) and the matmul probe; the rest (plans, skips, judging, files, report) is real."""
     pytest.importorskip("pandas", reason="the report needs the `reports` extra")
-    import trainkit.launch
+    import trainkit.engine.launch
 
     gpu = {"name": H200, "capability": (9, 0)}
     ran: list[RunConfig] = []
@@ -377,8 +377,8 @@ def simulated_gpu(monkeypatch):
         assert target is gc.matmul_worker and device == "cuda" and size == gc.GPU_MATMUL_SIZE
         return probe_answer(size, 2.5e-7, 3.1e-4)
 
-    monkeypatch.setattr(trainkit.launch, "probe", probe)
-    monkeypatch.setattr(trainkit.launch, "call_in_fresh_process", matmuls)
+    monkeypatch.setattr(trainkit.engine.launch, "probe", probe)
+    monkeypatch.setattr(trainkit.engine.launch, "call_in_fresh_process", matmuls)
     monkeypatch.setattr(gc, "run_cell_with_clock", run_cell)
     return gpu, ran
 

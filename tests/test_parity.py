@@ -12,8 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from trainkit.config import ProfileConfig, RunConfig
-from trainkit.parity import (
+from trainkit.commands.parity import (
     CPU_SETUPS,
     TASK_SEED,
     judge,
@@ -22,8 +21,9 @@ from trainkit.parity import (
     steps_to,
     window_of,
 )
-from trainkit.result import merge_ranks
-from trainkit.worker import RankWorker
+from trainkit.engine.config import ProfileConfig, RunConfig
+from trainkit.engine.result import merge_ranks
+from trainkit.engine.worker import RankWorker
 
 from .conftest import REPO, trainkit_cmd
 
@@ -227,7 +227,7 @@ def test_the_report_names_the_diagnostic_next_to_each_verdict(verdicts):
     import re
 
     from reports import parity as parity_report
-    from trainkit.parity import document
+    from trainkit.commands.parity import document
 
     block = copy.deepcopy(verdicts)
     block["precisions"] = {p: block["precisions"][p] for p in ("fp32", "half-fp16", "half-fp16-master")}

@@ -15,10 +15,8 @@ import pytest
 from bench.matrix import AXIS_OPTIONS, BATCH_MAX, Hardware, build_matrix, preset
 from tests.conftest import REPO, trainkit_cmd
 from tests.test_reports import assert_every_chart_renders
-from trainkit.cli import main
-from trainkit.config import RunConfig
-from trainkit.launch import run_cell
-from trainkit.plan import (
+from trainkit.commands.cli import main
+from trainkit.commands.plan import (
     FAILED,
     OK,
     OOM,
@@ -37,6 +35,8 @@ from trainkit.plan import (
     recommend,
     search_max_batch,
 )
+from trainkit.engine.config import RunConfig
+from trainkit.engine.launch import run_cell
 
 CPU_HW = Hardware("cpu", cpu_count=2)
 
@@ -149,7 +149,7 @@ def fake_record(config: RunConfig, throughput: dict[tuple[str, int, int], float]
 
 
 def fake_estimates(requests):
-    """Estimates as trainkit.estimate answers them, made up: 1 kB a sample over 10 kB of weights."""
+    """Estimates as trainkit.engine.estimate answers them, made up: 1 kB a sample over 10 kB of weights."""
     def estimate(batch, accum):
         return {"batch_size": batch, "grad_accum": accum, "total_bytes": 10_000 + 1000 * batch,
                 "terms": {"parameters": 10_000, "activations": 1000 * batch}}
@@ -389,8 +389,8 @@ def test_bench_reads_the_plan_at_collection(tmp_path):
 def test_the_search_goes_to_out_of_memory_unless_limited(tmp_path):
     """By default each precision's maximum is its own (bench's --batch-size max compares them);
     auto stops at the target per rank with its margin."""
-    from trainkit.cli import build_parser
-    from trainkit.plan import options_from_args
+    from trainkit.commands.cli import build_parser
+    from trainkit.commands.plan import options_from_args
 
     common = ["plan", "--model", "mlp", "--precision", "fp32", "--target-batch", "4096", "--gpus", "2,4",
               "--device", "cpu", "--memory-limit-gb", "1", "--output", str(tmp_path / "plan.json")]

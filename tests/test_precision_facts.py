@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from bench.matrix import Hardware, build_matrix, preset, skip_reason
-from trainkit.config import RunConfig
-from trainkit.precision import POLICIES, MixedBF16Precision
-from trainkit.precision_facts import PRECISION_FACTS, PrecisionFacts, precision_names, unsupported_reason
+from trainkit.engine.config import RunConfig
+from trainkit.engine.precision import POLICIES, MixedBF16Precision
+from trainkit.engine.precision_facts import PRECISION_FACTS, PrecisionFacts, precision_names, unsupported_reason
 
 CPU_HW = Hardware("cpu", cpu_count=2)
 MADE_UP = "bf16-madeup"
@@ -73,8 +73,8 @@ def test_a_new_mode_reaches_the_record_and_the_reports_order_and_colours(made_up
     from reports.figures import charts_for
     from reports.load import to_frame
     from reports.summary import summary
-    from trainkit.result import merge_ranks
-    from trainkit.worker import RankWorker
+    from trainkit.engine.result import merge_ranks
+    from trainkit.engine.worker import RankWorker
 
     records = []
     for precision in (MADE_UP, "half-bf16", "fp32"):  # the new mode first: reports must reorder it

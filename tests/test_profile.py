@@ -9,12 +9,12 @@ import types
 import pytest
 import torch
 
-from trainkit.config import ConfigError, ProfileConfig
-from trainkit.launch import run_cell
-from trainkit.loop import Trainer
-from trainkit.nvml import GpuSampler, Nvml
-from trainkit.profile import PHASES, memory_snapshot, phase_breakdown, torch_trace
-from trainkit.timing import Marks
+from trainkit.engine.config import ConfigError, ProfileConfig
+from trainkit.engine.launch import run_cell
+from trainkit.engine.loop import Trainer
+from trainkit.engine.nvml import GpuSampler, Nvml
+from trainkit.engine.profile import PHASES, memory_snapshot, phase_breakdown, torch_trace
+from trainkit.engine.timing import Marks
 
 from .conftest import CPU, small_config
 from .test_measure import fake_pynvml
@@ -102,7 +102,7 @@ def test_profiling_never_changes_the_figures_beside_it(tmp_path):
 
 
 def test_the_cli_writes_the_trace_beside_the_record(tmp_path, monkeypatch):
-    from trainkit.cli import main
+    from trainkit.commands.cli import main
 
     out = tmp_path / "r.json"
     assert main(["run", "--model", "mlp", "--steps", "3", "--batch-size", "8", "--device", "cpu", "--profile",

@@ -21,10 +21,10 @@ pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, 
 pytest.importorskip("plotly", reason="reports need the `reports` extra (pandas, plotly)")
 
 from reports.build import build_report  # noqa: E402
-from trainkit.config import RunConfig  # noqa: E402
-from trainkit.launch import run_cell  # noqa: E402
-from trainkit.result import append_jsonl  # noqa: E402
-from trainkit.schema import CutOffLineWarning  # noqa: E402
+from trainkit.engine.config import RunConfig  # noqa: E402
+from trainkit.engine.launch import run_cell  # noqa: E402
+from trainkit.engine.result import append_jsonl  # noqa: E402
+from trainkit.engine.schema import CutOffLineWarning  # noqa: E402
 
 # A small matrix that exercises every part of the page: precisions x batch sizes, accumulation at a
 # fixed effective batch of 64, two rank counts, a GradScaler that must skip steps (a 2**30 initial

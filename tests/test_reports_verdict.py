@@ -33,7 +33,7 @@ from reports.verdict import (
     decide_cell,
     decide_metric,
 )
-from trainkit.schema import CutOffLineWarning, ResultsFileError, cut_off_lines_on_stderr, read_jsonl
+from trainkit.engine.schema import CutOffLineWarning, ResultsFileError, cut_off_lines_on_stderr, read_jsonl
 
 CPU_ENV = {"cpu": "AMD EPYC", "torch": "2.14.1", "gpu_name": None, "hostname": "a"}
 GPU_ENV = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver": "580.1", "cuda": "13.0", "torch": "2.14.1", "cpu": "x"}

@@ -1,6 +1,10 @@
-"""trainkit: measure what precision and gradient accumulation really do to PyTorch training."""
+"""trainkit: measure what precision and gradient accumulation really do to PyTorch training.
 
-from .config import RunConfig
+The engine (``trainkit.engine``) is the library; ``trainkit.commands`` holds ``python -m trainkit``'s
+commands, which stand on the engine and on the reports (``reports``).
+"""
+
+from .engine.config import RunConfig
 
 __all__ = ["RunConfig"]
 __version__ = "0.1.0"

@@ -7,9 +7,9 @@ import json
 import sys
 import time
 
-from trainkit.config import RunConfig
-from trainkit.launch import run_cell
-from trainkit.plan import outcome_of, probe_config
+from trainkit.commands.plan import outcome_of, probe_config
+from trainkit.engine.config import RunConfig
+from trainkit.engine.launch import run_cell
 
 
 def main(path: str, out: str) -> int:

@@ -91,7 +91,7 @@ def peak_unknown_reason(gpu_name: str | None, precision: str) -> str | None:
     if not gpu_name:
         return "no GPU: MFU is a GPU measure"
     if gpu_name not in PEAK_TFLOPS:
-        return f"no sourced dense peak for {gpu_name!r} (trainkit.flops.PEAK_TFLOPS matches names exactly)"
+        return f"no sourced dense peak for {gpu_name!r} (trainkit.engine.flops.PEAK_TFLOPS matches names exactly)"
     kind = facts_of(precision).peak_kind
     if kind not in PEAK_TFLOPS[gpu_name]:
         return f"no sourced dense {kind} peak for {gpu_name!r}"

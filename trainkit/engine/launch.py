@@ -35,10 +35,10 @@ def _fork_server() -> Any:
     global _context
     if _context is None:
         _context = mp.get_context("forkserver")
-        # Paid once per session instead of once per cell: torch (via trainkit.worker), the
+        # Paid once per session instead of once per cell: torch (via trainkit.engine.worker), the
         # optimizers' lazy import of torch._dynamo (~2 s) and torchvision (~2 s, ResNets and
         # real data). A module that fails to import is skipped by the fork server.
-        _context.set_forkserver_preload(["trainkit.worker", "torch._dynamo", "torchvision"])
+        _context.set_forkserver_preload(["trainkit.engine.worker", "torch._dynamo", "torchvision"])
     return _context
 
 
@@ -61,7 +61,7 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 class CellWorkers:
-    """The worker processes of one matrix cell (one per rank), driven through trainkit.protocol.
+    """The worker processes of one matrix cell (one per rank), driven through trainkit.engine.protocol.
 
         with CellWorkers(config) as workers:
             workers.start(); workers.warmup()

@@ -5,7 +5,7 @@
     python -m trainkit repro gpt.json --output again.json     # rerun a record's exact config
     python -m trainkit env                                    # the environment fingerprint
     python -m trainkit plan --model mlp --precision fp32,amp-bf16 --target-batch 4096 --device cpu \
-        --memory-limit-gb 2 --output plan.json                # largest micro-batches, fastest split (trainkit.plan)
+        --memory-limit-gb 2 --output plan.json                # largest micro-batches, fastest split (commands.plan)
 
 Every RunConfig field is an option (--batch-size for batch_size; --flag/--no-flag for booleans),
 with the field's docstring as its help. Exit status: 0 when the record's status is ok, 1 for any
@@ -21,11 +21,11 @@ import os
 import sys
 from typing import Any
 
-from . import config as cfg
-from .config import ConfigError, ProfileConfig, RunConfig, field_help
-from .options import Parser, UsageError, choice, integer, number, optional
-from .precision_facts import precision_names
-from .schema import MEMORY_NAMES, headline_memory, write_json
+from ..engine import config as cfg
+from ..engine.config import ConfigError, ProfileConfig, RunConfig, field_help
+from ..engine.options import Parser, UsageError, choice, integer, number, optional
+from ..engine.precision_facts import precision_names
+from ..engine.schema import MEMORY_NAMES, headline_memory, write_json
 
 CHOICES = {"model": cfg.MODELS, "precision": precision_names, "optimizer": cfg.OPTIMIZERS,
            "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES,
@@ -177,7 +177,7 @@ def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
     if args.memory_limit_gb and config.device == "cuda":
         raise UsageError(f"--memory-limit-gb {MEMORY_LIMIT_ON_GPU}; use it with --device cpu")
     # torch is imported only now: bad input is refused in a fraction of a second.
-    from .launch import DEFAULT_CELL_TIMEOUT_S, launched_by_torchrun, run_cell, run_under_torchrun
+    from ..engine.launch import DEFAULT_CELL_TIMEOUT_S, launched_by_torchrun, run_cell, run_under_torchrun
     if launched_by_torchrun():
         record = run_under_torchrun(config, profile_config(args))
         if record is None:
@@ -211,7 +211,7 @@ def summary_line(record: dict[str, Any]) -> str:
 def cmd_env() -> int:
     import torch
 
-    from .env import collect_env
+    from ..engine.env import collect_env
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     print(json.dumps(collect_env(device), indent=2))

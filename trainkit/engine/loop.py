@@ -24,7 +24,7 @@ from . import compiled, recompute
 from .config import RunConfig
 from .data import Window, build_data, build_real_dataset, num_classes_of
 from .models import build_spec
-from .precision import NO_CONTEXT, Precision, build_precision
+from .precision import NO_CONTEXT, Precision, Unsupported, build_precision
 from .schema import replacing
 from .timing import Marks
 
@@ -35,10 +35,6 @@ def _mark(marks: Marks | None, phase: str) -> None:
 
 
 CURVE_CHUNK_STEPS = 64
-
-
-class Unsupported(Exception):
-    """The device cannot run this cell (e.g. bf16 below compute capability 8.0)."""
 
 
 def build_optimizer(config: RunConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:

@@ -351,7 +351,7 @@ class ProfileConfig:
     """What to profile after a cell's timed steps (never during them)."""
 
     diagnostics: bool = True
-    """One extra optimizer step that reads why a loss moved (trainkit.diagnostics): gradient
+    """One extra optimizer step that reads why a loss moved (trainkit.engine.diagnostics): gradient
     underflow, zero optimizer second moments, inf/NaN gradients, update sizes."""
     phase_steps: int = 3
     """Optimizer steps timed phase by phase (data, forward, backward, optimizer); 0 turns it off."""

@@ -1,7 +1,7 @@
 """Cells as cluster jobs: one submitit job per cell, on SLURM or as local subprocesses.
 
     executor    where a cell's job runs
-    local       no job: the cell runs in worker processes of the calling process (trainkit.launch)
+    local       no job: the cell runs in worker processes of the calling process (trainkit.engine.launch)
     slurm       a SLURM job per cell, submitted with sbatch as one job array per resource shape
     submitit-local  the same jobs as subprocesses of this machine (submitit's LocalExecutor), one at a time
 
@@ -196,7 +196,7 @@ class CellJob:
     config: RunConfig
     repeat: int = 0
     timeout_s: float = 900.0
-    """The cell's own deadline, as for the local executor (trainkit.launch.Cell)."""
+    """The cell's own deadline, as for the local executor (trainkit.engine.launch.Cell)."""
     memory_limit_bytes: int | None = None
     profile: ProfileConfig | None = None
     single_steps: int = 0
@@ -274,7 +274,7 @@ def run_cell_job(job: CellJob) -> dict[str, Any] | None:
 
 
 class _Reply:
-    """Stands for the pipe of trainkit.worker.probe when the probe runs in this process."""
+    """Stands for the pipe of trainkit.engine.worker.probe when the probe runs in this process."""
 
     message: tuple[str, Any] = ("failed", "no reply")
 

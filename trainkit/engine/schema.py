@@ -26,7 +26,7 @@ RECORD_KEYS = ("schema", "cell_id", "status", "status_detail", "config", "throug
                "step_time_s", "memory", "loss", "scaler", "mfu", "flops_per_sample", "energy_j_per_sample", "env")
 
 # A cell whose data phase takes more than this share of its step is data-bound: the data pipeline,
-# not the model, sets its speed (trainkit.profile flags it; reports show it).
+# not the model, sets its speed (trainkit.engine.profile flags it; reports show it).
 DATA_BOUND_SHARE = 0.2
 
 # What a baseline must match: GPU model, driver, CUDA and torch (on the CPU: the CPU model and torch).

@@ -7,7 +7,7 @@ The estimate of a rank's peak, in bytes, is
 
 The terms before the step peak are the state a timed step starts from, all of it alive for the
 whole run. They are counted from the model's shapes and the precision table's dtypes
-(trainkit.precision_facts): parameters in `param_dtype`, floating buffers (BatchNorm's running
+(trainkit.engine.precision_facts): parameters in `param_dtype`, floating buffers (BatchNorm's running
 statistics) converted with them, a master copy in `master_dtype` where a mode keeps one, the
 optimizer's state in `optimizer_state_dtype` (SGD with momentum: one buffer per parameter; Adam and
 AdamW: two, plus a 4-byte step counter per parameter, which lives on the CPU unless the optimizer
@@ -309,7 +309,7 @@ class Estimator:
         return sum(per_param * self._tensor_bytes(p.numel(), state_bytes) + step_counter for p in self.params)
 
     def data_bytes(self) -> int:
-        """The synthetic pool and the held-out evaluation set (trainkit.data), as stored."""
+        """The synthetic pool and the held-out evaluation set (trainkit.engine.data), as stored."""
         spec, config = self.spec, self.config
         long_bytes = 8
         if spec.tokens:
@@ -324,7 +324,7 @@ class Estimator:
 
     # --- the step --------------------------------------------------------------------------------
     def _pool(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A pool of the real one's shapes and dtypes (trainkit.data): a micro-batch is a view of it."""
+        """A pool of the real one's shapes and dtypes (trainkit.engine.data): a micro-batch is a view of it."""
         spec = self.spec
         size = self.config.dataset_size or pool_size(spec)
         input_dtype = torch.long if spec.tokens else self.policy.input_dtype
@@ -337,14 +337,14 @@ class Estimator:
     def _micro_batches(pool: tuple[torch.Tensor, torch.Tensor], batch: int, grad_accum: int,
                        copies: int, index: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A step's micro-batches, made at its start as Trainer.train_step makes them: the first
-        `copies` copied out of the pool (index_select, as trainkit.data does where they wrap its
+        `copies` copied out of the pool (index_select, as trainkit.engine.data does where they wrap its
         end), the others views of it."""
         inputs, targets = pool
         return [(inputs.index_select(0, index), targets.index_select(0, index)) if i < copies
                 else (inputs[:batch], targets[:batch]) for i in range(grad_accum)]
 
     def copied_micro_batches(self, batch: int, grad_accum: int) -> int:
-        """Micro-batches of a step copied out of the pool (trainkit.data's `_take`), at worst: every
+        """Micro-batches of a step copied out of the pool (trainkit.engine.data's `_take`), at worst: every
         one when the batch is larger than the pool; one when the pool is not a multiple of the batch
         (micro-batches start at multiples of it, so now and then one wraps the end); else none."""
         size = self.config.dataset_size or pool_size(self.spec)

@@ -16,7 +16,7 @@ figures that tell such cases apart:
   fp32 masters where a mode keeps them);
 - the loss scale at that step (the run's trajectory is the record's `scaler.scale_curve`).
 
-It runs like the profiling passes (trainkit.profile): after the timed steps and the eval, so the
+It runs like the profiling passes (trainkit.engine.profile): after the timed steps and the eval, so the
 step it adds is in no step time, memory peak, loss curve or eval loss of the record. The figures
 mean most beside the same model's in fp32 (`trainkit parity` puts them side by side).
 """

@@ -24,7 +24,7 @@ seed) a real cell in fresh workers, and judged against the noise of fp32's seeds
   precision's seed-mean smoothed curve reaches it. Time to target: those steps times the median
   step time of that precision's cells on this device. Effective speedup: fp32's time to target
   over this one's = throughput speedup x fp32's steps to target / its steps to target.
-- **Diagnostics.** Each cell records trainkit.diagnostics (one extra step after its figures);
+- **Diagnostics.** Each cell records trainkit.engine.diagnostics (one extra step after its figures);
   a precision's are the mean over its seeds, beside fp32's, and the ones that stand out are
   flagged, in causal order (DIAGNOSTIC_RULES): the first one is named with a `better` or `worse`.
 
@@ -45,9 +45,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .config import RunConfig
-from .precision_facts import SHORT_DTYPE, display_rank, precision_names
-from .schema import MEMORY_NAMES, append_jsonl, headline_memory
+from ..engine.config import RunConfig
+from ..engine.precision_facts import SHORT_DTYPE, display_rank, precision_names
+from ..engine.schema import MEMORY_NAMES, append_jsonl, headline_memory
 
 PARITY_SCHEMA = "trainkit.parity/1"
 REFERENCE = "fp32"
@@ -457,7 +457,7 @@ RULES = {
     "time_to_target": "steps to target x the median step time of the precision's cells on this device",
     "effective_speedup": "fp32's time to target / this precision's = throughput speedup x fp32's steps to "
                          "target / its steps to target",
-    "diagnostics": "seed means of trainkit.diagnostics beside fp32's; a share stands out 5 points above "
+    "diagnostics": "seed means of trainkit.engine.diagnostics beside fp32's; a share stands out 5 points above "
                    "fp32's, an update size at 2x or 0.5x; the first that stands out, in causal order, is named",
 }
 
@@ -502,9 +502,9 @@ def run(models: Sequence[str], precisions: Sequence[str] | None, seeds: int, *, 
     """Run the cells of every model (fresh workers each; `jobs` at a time on a CPU, each with its
     share of the cores), write each record to `records_path` as it ends, and return the parity
     document. `hw` is the device probe's answer (asked here if None)."""
-    from .config import ProfileConfig
-    from .launch import DEFAULT_CELL_TIMEOUT_S, probe, run_cell
-    from .precision import policy_class
+    from ..engine.config import ProfileConfig
+    from ..engine.launch import DEFAULT_CELL_TIMEOUT_S, probe, run_cell
+    from ..engine.precision import policy_class
 
     started = time.monotonic()
     hw = hw or probe(device)
@@ -595,8 +595,8 @@ def print_lines(lines: list[str]) -> None:
 
 def add_arguments(parser: Any) -> None:
     """The options of `python -m trainkit parity` (validated where they are parsed)."""
-    from .config import DEVICES, MODELS
-    from .options import choice, comma_list, fraction, integer, number
+    from ..engine.config import DEVICES, MODELS
+    from ..engine.options import choice, comma_list, fraction, integer, number
 
     parser.add_argument("--model", type=comma_list(choice(MODELS)), default=None, metavar="A,B",
                         help="models to judge (default: gpt,mlp on a CPU, gpt,resnet50 on a GPU; the ones with a "
@@ -641,8 +641,8 @@ def main(args: Any) -> int:
     (the document is still written), 2 for bad input."""
     import os
 
-    from .options import UsageError
-    from .schema import write_json
+    from ..engine.options import UsageError
+    from ..engine.schema import write_json
 
     if not 0 < args.target_fraction <= 1:
         raise UsageError(f"--target-fraction {args.target_fraction:g} must be in (0, 1]")
@@ -655,7 +655,7 @@ def main(args: Any) -> int:
             import plotly  # noqa: F401
         except ImportError as exc:
             raise UsageError(f"--report needs the reports extra (pip install 'trainkit[reports]'): {exc}") from None
-    from .launch import probe
+    from ..engine.launch import probe
 
     # On a CPU the options are checked before anything starts; elsewhere the probe says which device.
     try:

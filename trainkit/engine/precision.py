@@ -36,6 +36,10 @@ def device_capability(device: torch.device) -> tuple[int, int] | None:
     return tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None  # type: ignore[return-value]
 
 
+
+class Unsupported(Exception):
+    """The device cannot run this cell (e.g. bf16 below compute capability 8.0)."""
+
 class Precision:
     """fp32 weights and math, TF32 explicitly off: the reference every other mode is compared to."""
 
@@ -363,8 +367,6 @@ class Float8Precision(MixedBF16Precision):
         return torch.amp.autocast(self.device.type, dtype=torch.bfloat16)
 
     def convert_module(self, module: nn.Module) -> nn.Module:
-        from .loop import Unsupported  # the loop imports this module
-
         rows = self.config.batch_size * (self.config.tokens_per_sample or 1)
         if not self.emulate and rows % float8.DIVISOR:
             # The weight gradient's GEMM runs over the micro-batch's rows.

@@ -134,7 +134,7 @@ class RankReport:
     param_checksum: float | None = None
     profile: dict[str, Any] | None = None
     diagnostics: dict[str, Any] | None = None
-    """Why the loss moved, read from one extra step after the figures (trainkit.diagnostics)."""
+    """Why the loss moved, read from one extra step after the figures (trainkit.engine.diagnostics)."""
     cpu_time_s: float | None = None
     """CPU seconds this rank's process used, all its threads, from its start to its report."""
     compile: dict[str, Any] | None = None
@@ -275,7 +275,7 @@ def merge_memory(ranks: list[RankReport], launcher: LauncherReport) -> dict[str,
     growths = [r.memory.host_rss_peak_bytes - r.memory.host_rss_baseline_bytes for r in ranks
                if r.memory.host_rss_peak_bytes is not None and r.memory.host_rss_baseline_bytes is not None]
     memory["host_rss_growth_bytes"] = max(growths) if growths else None
-    # What a CPU worker's memory cap limits: address space beyond the worker's start (trainkit.plan
+    # What a CPU worker's memory cap limits: address space beyond the worker's start (trainkit.commands.plan
     # fits batches into it; resident memory also counts inherited pages the cell touches).
     spans = [r.memory.host_vm_peak_bytes - r.memory.host_vm_baseline_bytes for r in ranks
              if r.memory.host_vm_peak_bytes is not None and r.memory.host_vm_baseline_bytes is not None]

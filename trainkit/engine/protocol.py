@@ -1,6 +1,6 @@
 """The worker protocol, named once: what a launcher sends a rank over its pipe, and what it answers.
 
-    launcher                         rank (trainkit.worker.serve)
+    launcher                         rank (trainkit.engine.worker.serve)
     --------                         ----
                                  <-  READY (fixed costs, GPU UUID)    once built
     WARMUP                       ->  OK (seconds)

@@ -1,6 +1,6 @@
 """One rank of one cell, in its own process: build, warm up, take timed steps, report.
 
-A worker is driven by commands (trainkit.protocol, from the launcher's pipe, or directly under
+A worker is driven by commands (trainkit.engine.protocol, from the launcher's pipe, or directly under
 torchrun) and answers each with a measurement. Every failure becomes a status with a readable
 detail; what was measured until then is still reported.
 
@@ -364,7 +364,7 @@ def failure_report(worker: RankWorker | None, rank: int) -> RankReport:
 
 def serve(config: RunConfig, rank: int, local_rank: int, local_world_size: int, conn: Any,
           environ: dict[str, str], memory_limit_bytes: int | None, profile: ProfileConfig | None = None) -> None:
-    """Entry point of a launched rank: answers the launcher's commands over `conn` (trainkit.protocol)."""
+    """Entry point of a launched rank: answers the launcher's commands over `conn` (trainkit.engine.protocol)."""
     os.environ.clear()
     os.environ.update(environ)  # the launcher's environment now, not the fork server's at its start
     worker: RankWorker | None = None

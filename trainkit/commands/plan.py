@@ -5,10 +5,10 @@
 
 For each precision it answers three questions, in order:
 
-1. What will a step take? `trainkit.estimate` predicts one rank's peak and its terms on fake
+1. What will a step take? `trainkit.engine.estimate` predicts one rank's peak and its terms on fake
    tensors, before any cell runs.
 2. What is the largest micro-batch that runs? A search over real cells, each in fresh worker
-   processes (trainkit.launch.run_cell), where an out-of-memory is a status, never the planner's
+   processes (trainkit.engine.launch.run_cell), where an out-of-memory is a status, never the planner's
    crash: the first probe is the largest power of two whose estimate fits; the batch doubles until
    a probe runs out of memory (or reaches the search limit), then the gap between the last success
    and the first out-of-memory is bisected. Every probe is kept. The planned maximum is the largest
@@ -36,10 +36,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DEVICES, RunConfig
-from .options import UsageError, choice, comma_list, integer, number, optional
-from .precision_facts import precision_names
-from .schema import MEMORY_NAMES, headline_memory, write_json
+from ..engine.config import DEVICES, RunConfig
+from ..engine.options import UsageError, choice, comma_list, integer, number, optional
+from ..engine.precision_facts import precision_names
+from ..engine.schema import MEMORY_NAMES, headline_memory, write_json
 
 SCHEMA = "trainkit.plan/1"
 OK, OOM, FAILED = "ok", "oom", "failed"
@@ -341,7 +341,7 @@ def search_limit_value(text: str) -> int | str | None:
 
 
 def add_parser(sub: Any) -> None:
-    """The `plan` subcommand and its options (trainkit.cli calls this)."""
+    """The `plan` subcommand and its options (trainkit.commands.cli calls this)."""
     from .cli import add_config_options
 
     plan = sub.add_parser("plan", help="predict memory, find the largest micro-batch per precision and the "
@@ -411,8 +411,8 @@ class PlanOptions:
 
 
 def options_from_args(args: argparse.Namespace) -> PlanOptions:
+    from ..engine.launch import DEFAULT_CELL_TIMEOUT_S
     from .cli import check_paths, config_from_args
-    from .launch import DEFAULT_CELL_TIMEOUT_S
 
     gpus = tuple(sorted(args.gpus))
     args.world_size = gpus[-1]
@@ -463,7 +463,7 @@ def memory_limit(options: PlanOptions, hardware: dict[str, Any]) -> tuple[int, s
 
 def check_hardware(options: PlanOptions, hardware: dict[str, Any]) -> None:
     """Precisions the device cannot run and GPU counts it does not have are bad input."""
-    from .precision import policy_class
+    from ..engine.precision import policy_class
 
     device, capability = hardware["device"], hardware.get("capability")
     capability = tuple(capability) if capability else None
@@ -481,7 +481,7 @@ CellRunner = Callable[[RunConfig], dict[str, Any]]
 """Runs a cell and returns its record: launch.run_cell with the plan's limits, and without the
 held-out loss, which the plan does not use (at a small batch its passes cost more than the steps)."""
 EstimateService = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
-"""Answers estimate requests (trainkit.estimate.estimate_request), in a worker on the device."""
+"""Answers estimate requests (trainkit.engine.estimate.estimate_request), in a worker on the device."""
 UNBOUNDED_FIRST_PROBE = 2**24
 """Highest first probe without a search limit: 16 M samples per micro-batch."""
 
@@ -619,7 +619,7 @@ def _plan_document(options: PlanOptions, hardware: dict[str, Any], limit_bytes: 
                    before: dict[str, dict[str, Any]], searches: dict[str, Search],
                    found: dict[str, list[Candidate]], predicted: dict[tuple[str, int, int, int], dict[str, Any]],
                    elapsed_s: float) -> dict[str, Any]:
-    from .estimate import PEAK_FORMULA
+    from ..engine.estimate import PEAK_FORMULA
 
     ranks = options.gpus[-1]
     precisions: dict[str, Any] = {}
@@ -694,8 +694,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """`python -m trainkit plan`: 0 when every precision got a recommendation (or none was asked
     for), 1 when one did not (the plan is written all the same), 2 for bad input."""
     options = options_from_args(args)
-    from .estimate import serve_estimates
-    from .launch import call_in_fresh_process, probe, run_cell
+    from ..engine.estimate import serve_estimates
+    from ..engine.launch import call_in_fresh_process, probe, run_cell
 
     def say(line: str) -> None:
         if not options.quiet:
