@@ -11,7 +11,7 @@
 
 `run` is preflight, matrix, report and compare in a row, stopping at a failed pre-flight or matrix.
 `gpu-check` stands apart: a few cells whose every figure is checked against an independent measure
-(nightly/gpucheck.py); it exits 1 when a check fails.
+(nightly/gpucheck/); it exits 1 when a check fails.
 `run` and `preflight` begin a new run in --out (an earlier run's artifacts there are removed); the
 other commands add to the run they find.
 

@@ -194,8 +194,9 @@ def run_gpu_check(out: str, device: str = "auto", only: Sequence[str] = ()) -> i
     except RuntimeError as exc:
         return _device_unusable(out, device, exc, started, started_at)
     plan = plan_run(hw, only)
+    probes = [name for name, needed in (("a matmul probe", plan.matmul), ("a step probe", plan.step_cells)) if needed]
     progress(f"{device_line(hw)}: {len(plan.chosen) - len(plan.skips)} checks to run, {len(plan.skips)} skipped "
-             f"here; {len(plan.roles)} cells{' and a matmul probe' if plan.matmul else ''}")
+             f"here; {' and '.join([f'{len(plan.roles)} cells', *probes])}")
     records, walls, runs = run_cells(plan, out)
     matmul, answers = run_probes(plan, hw["device"], runs)
     steps, step_errors = read_answers(answers)

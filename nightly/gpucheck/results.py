@@ -75,36 +75,36 @@ class GpuCheckDocument:
     """gpu-check.json (and the source of gpu-check.md): the verdict, the machine, the cells, the
     probes' answers and every check. Fields the run never reached are None."""
 
+    schema: str = SCHEMA
     verdict: str
     """pass, fail or infrastructure failure."""
     exit_status: int
     """The command's exit status (nightly/__init__.py)."""
-    device_line: str
-    """The machine in one line (or the --device asked for, when it could not be used)."""
-    started_at: str
-    """UTC, ISO 8601, seconds."""
-    duration_s: float
-    cells: tuple[CellRun, ...] = ()
-    report: str | None = None
-    """Path of the HTML report of the cells' records."""
-    report_problem: str | None = None
-    """Why there is no report (None when there is one)."""
-    checks: tuple[Check, ...] = ()
-    error: str | None = None
-    """The infrastructure failure that ended the run before any cell, in one line."""
     device: str | None = None
     """cuda or cpu, as the device probe answered."""
     gpu_name: str | None = None
     capability: tuple[int, ...] | None = None
+    device_line: str
+    """The machine in one line (or the --device asked for, when it could not be used)."""
     env: Mapping[str, Any] | None = None
     """The environment fingerprint the device probe gave (torch, CUDA, driver, CPU, ...)."""
     only: tuple[str, ...] = ()
     """The checks --only chose (empty: all)."""
+    started_at: str
+    """UTC, ISO 8601, seconds."""
+    duration_s: float
+    cells: tuple[CellRun, ...] = ()
     matmul: Mapping[str, Any] | None = None
     """The matmul probe's answer (None when no chosen check reads it)."""
     step_probe: Mapping[str, Any] | None = None
     """The step probe's counts and errors by cell id (None when no chosen check reads it)."""
-    schema: str = SCHEMA
+    report: str | None = None
+    """Path of the HTML report of the cells' records."""
+    report_problem: str | None = None
+    """Why there is no report (None when there is one)."""
+    error: str | None = None
+    """The infrastructure failure that ended the run before any cell, in one line."""
+    checks: tuple[Check, ...] = ()
 
     def counts(self) -> dict[str, int]:
         """Checks per status: pass, fail, skip."""
