@@ -1,6 +1,6 @@
-"""`python -m nightly gpu-check`: each check's decision on hand-made records (built by trainkit's own
-merge_ranks, so their keys are the real record's), shown to pass and to fail; the whole GPU path on a
-simulated GPU; and the real command on the CPU, as a subprocess, with its report in a browser."""
+"""`python -m nightly gpu-check`: each check's decision on hand-made records (tests/gpucheck_records.py;
+the memory checks are in test_nightly_gpucheck_memory.py), shown to pass and to fail; the whole GPU
+path on a simulated GPU; and the real command on the CPU, as a subprocess, with its report in a browser."""
 
 from __future__ import annotations
 
@@ -15,98 +15,15 @@ import sys
 import pytest
 import torch
 
-from bench.matrix import CPU_GPT, GPU_GPT
 from nightly import BAD_INPUT, INFRASTRUCTURE, PASS, REGRESSION
 from nightly.cli import main
-from nightly.gpucheck import anchors, cells, command, memory, numerics, nvml, registry, stepprobe, timing
+from nightly.gpucheck import anchors, cells, command, numerics, nvml, registry, stepprobe, timing
 from nightly.gpucheck.results import FAIL, OK, REPORT, RESULTS, SKIP, SUMMARY_JSON, SUMMARY_MD
-from nightly.gpucheck.stepprobe import StepCount
 from nightly.gpucheck.thresholds import HALF_SHARE_MIN, TIME_TOLERANCE
 from nightly.rundir import ROOT
+from tests.gpucheck_records import H200, gpt_config, gpu_record, resnet_config, step_count
 from trainkit.engine.config import RunConfig
-from trainkit.engine.flops import peak_flops_per_s
-from trainkit.engine.precision_facts import DTYPE_BYTES, facts_of
-from trainkit.engine.result import LauncherReport, RankReport, TimedSpan, merge_ranks
 from trainkit.engine.schema import read_jsonl
-
-MiB, GiB = 2**20, 2**30
-H200 = "NVIDIA H200"
-GPT = {**GPU_GPT, **cells.GPT_RECIPE}
-
-
-def gpt_config(precision: str = "amp-bf16", batch: int = 16, accum: int = 1, steps: int = 100) -> RunConfig:
-    return RunConfig(model="gpt", precision=precision, batch_size=batch, grad_accum=accum, steps=steps,
-                     warmup_steps=5, device="cuda", **GPT)
-
-
-def resnet_config(precision: str) -> RunConfig:
-    return RunConfig(model="resnet50", precision=precision, batch_size=128, steps=20, warmup_steps=5, device="cuda",
-                     **cells.RESNET_RECIPE)
-
-
-# Seconds per step of the simulated GPU: ResNet-50 in the order a real one shows (AMP < TF32 < FP32).
-STEP_S = {("resnet50", "fp32"): 0.20, ("resnet50", "tf32"): 0.09, ("resnet50", "amp-fp16"): 0.05}
-PARAMS = {"gpt": 124_475_904, "resnet50": 23_528_522}
-SLACK = 300 * MiB
-"""What the simulated GPU's allocated peak holds beyond the floor (cuBLAS workspaces, rounding, temporaries)."""
-
-
-def step_count(config: RunConfig) -> StepCount:
-    """The step probe's plausible answer for a simulated GPU cell: the model's real parameter count,
-    a pool of 256 MiB and 200 MiB of saved activations per sample; logits per sample from the shapes."""
-    per_sample = config.seq_len * config.vocab_size if config.model == "gpt" else 10
-    return StepCount(cell_id=config.cell_id, device="cuda:0", params=PARAMS[config.model], data_bytes=256 * MiB,
-                     saved_activation_bytes=config.batch_size * 200 * MiB, loss_input_elements_per_sample=per_sample)
-
-
-def gpu_record(config: RunConfig, gpu_name: str = H200, mfu: float = 0.30, power_w: float = 500.0) -> dict:
-    """A plausible GPU record of a cell, merged by trainkit.engine.result.merge_ranks from what a rank and the
-    launcher would report: every figure consistent with every check, which the tests then break."""
-    steps, samples = config.steps, config.effective_batch
-    step_s = STEP_S.get((config.model, config.precision), 0.05)
-    params = PARAMS[config.model]
-    facts = facts_of(config.precision)
-    weights = params * DTYPE_BYTES[facts.param_dtype]
-    state = (2 if config.optimizer.startswith("adam") else 1) * params * DTYPE_BYTES[facts.optimizer_state_dtype]
-    rank = RankReport(rank=0, pid=4242)
-    rank.timing.step_times_s = [step_s] * steps
-    rank.timing.timed_samples = [samples] * steps
-    rank.timing.first_timed_step = config.warmup_steps
-    rank.timing.spans = [TimedSpan(steps=steps, seconds=step_s * steps, samples=samples * steps,
-                                   energy_j=power_w * step_s * steps)]
-    rank.loss.curve = [2.0] * (config.warmup_steps + steps)
-    rank.loss.step_samples = [samples] * (config.warmup_steps + steps)
-    allocated = memory.floor_terms(config.to_dict(), step_count(config)).floor_bytes + SLACK
-    held = rank.memory
-    held.torch_max_allocated_bytes, held.torch_max_reserved_bytes = allocated, int(allocated * 1.2)
-    held.nvml_context_baseline_bytes = 520 * MiB
-    rank.derived = {"resolved_device": "cuda:0", "params": params, "param_bytes": weights,
-                    "optimizer_state_bytes": state, "param_dtype": f"torch.{facts.param_dtype}",
-                    "optimizer_state_dtype": f"torch.{facts.optimizer_state_dtype}",
-                    "compute_dtype": f"torch.{facts.compute_dtype}"}
-    rank.env = {"gpu_name": gpu_name, "gpu_count": 1, "driver": "570.86", "cuda": "13.0", "torch": "2.14.1",
-                "cpu": "Intel Xeon", "gpu_capability": "9.0"}
-    peak = peak_flops_per_s(gpu_name, config.precision) or 989.4e12
-    rank.flops_per_sample = mfu * peak * step_s / samples
-    half = facts.compute_dtype != "float32"
-    rank.profile = {"reduced_precision_share": 0.8 if half else 0.0, "time_basis": "device (kernel) time",
-                    "trace_steps": 3}
-    launcher = LauncherReport(worker_pids=[4242], nvml_process_peak_bytes=[int(allocated * 1.2) + 600 * MiB],
-                              nvml_note="per-process (nvmlDeviceGetComputeRunningProcesses): the largest of 70 samples",
-                              gpu_samples={"samples": 70, "interval_s": 0.1, "power_w_mean": power_w,
-                                           "sm_clock_mhz": None, "temperature_c_max": 60, "throttle_reasons": [],
-                                           "throttled": False})
-    return merge_ranks(config, [rank], launcher=launcher)
-
-
-def cpu_record(config: RunConfig, rss_growth: int) -> dict:
-    """A CPU record: no allocator or NVML figures, the cell's host RSS growth."""
-    rank = RankReport(rank=0, pid=4343)
-    rank.timing.step_times_s, rank.timing.timed_samples = [0.1], [config.effective_batch]
-    rank.memory.host_rss_baseline_bytes, rank.memory.host_rss_peak_bytes = 400 * MiB, 400 * MiB + rss_growth
-    rank.derived = {"resolved_device": "cpu"}
-    return merge_ranks(config, [rank])
-
 
 # --- time ------------------------------------------------------------------------------------------
 
@@ -130,166 +47,6 @@ def test_time_fails_with_the_cells_status_when_the_cell_did_not_finish():
     record.update(status="oom", status_detail="CUDA out of memory")
     check = timing.check_time(record, None)
     assert check.status == FAIL and "ended oom: CUDA out of memory" in check.reason
-
-
-# --- memory ----------------------------------------------------------------------------------------
-
-def test_the_analytic_floor_counts_bytes_from_the_precision_table_and_the_optimizer():
-    adamw = memory.analytic_state({"params": 1000, "precision": "amp-bf16", "optimizer": "adamw"})
-    assert (adamw["weights_bytes"], adamw["grads_bytes"], adamw["optimizer_state_bytes"]) == (4000, 4000, 8000)
-    half = memory.analytic_state({"params": 1000, "precision": "half-bf16", "optimizer": "sgd", "momentum": 0.9})
-    assert (half["weights_bytes"], half["optimizer_state_bytes"], half["floor_bytes"]) == (2000, 2000, 6000)
-    plain = memory.analytic_state({"params": 1000, "precision": "fp32", "optimizer": "sgd", "momentum": 0.0})
-    assert plain["optimizer_state_bytes"] == 0 and plain["floor_bytes"] == 8000
-
-
-def test_a_master_copy_of_the_weights_is_in_the_floor(monkeypatch):
-    from trainkit.engine import precision_facts
-
-    master = dataclasses.replace(precision_facts.PRECISION_FACTS["half-bf16"], name="bf16-master",
-                                 master_dtype="float32")
-    monkeypatch.setitem(precision_facts.PRECISION_FACTS, "bf16-master", master)
-    state = memory.analytic_state({"params": 1000, "precision": "bf16-master", "optimizer": "adamw"})
-    assert (state["master_bytes"], state["floor_bytes"]) == (4000, 2000 + 2000 + 4000 + 2 * 2000)
-
-
-def counts_of(*records: dict) -> dict[str, StepCount]:
-    return {r["cell_id"]: step_count(RunConfig.from_dict({k: v for k, v in r["config"].items()
-                                                           if k in RunConfig.__dataclass_fields__}))
-            for r in records}
-
-
-def test_the_floor_is_what_the_start_of_backward_holds_counted_by_hand():
-    """GPT-2 124M amp-bf16, 16 x 1024 tokens: fp32 weights and AdamW's two fp32 moments, the data,
-    the saved activations, and two fp32 gradients of the 16 x 1024 x 50304 logits."""
-    gpt = gpu_record(gpt_config())
-    terms = memory.floor_terms(gpt["config"], counts_of(gpt)[gpt["cell_id"]])
-    logits = 16 * 1024 * 50304
-    assert terms.binding == "backward" and terms.loss_input_gradient_bytes == 2 * logits * 4  # 6.1 GiB
-    assert terms.floor_bytes == 124_475_904 * (4 + 2 * 4) + 256 * MiB + 16 * 200 * MiB + 2 * logits * 4
-    assert terms.floor_bytes > 124_475_904 * 16 + 8 * GiB  # far above the old weights + grads + state
-
-
-def test_accumulation_holds_the_earlier_gradients_and_tiny_activations_bind_at_the_optimizer_step():
-    four = memory.floor_terms(gpt_config(batch=4, accum=4).to_dict(), step_count(gpt_config(batch=4, accum=4)))
-    assert four.held_gradient_bytes == four.gradients_bytes == 124_475_904 * 4
-    assert four.backward_bytes == 4 * 200 * MiB + 2 * 4 * 1024 * 50304 * 4 + 124_475_904 * 4
-    tiny = StepCount(cell_id="c", device="cuda:0", params=1000, data_bytes=0, saved_activation_bytes=100,
-                     loss_input_elements_per_sample=10)
-    terms = memory.floor_terms({"precision": "fp32", "optimizer": "sgd", "momentum": 0.9, "batch_size": 2,
-                                "grad_accum": 1}, tiny)
-    assert terms.binding == "optimizer step" and terms.floor_bytes == 4000 + 4000 + 4000  # weights, state, grads
-
-
-def test_the_floor_passes_above_and_fails_below_what_the_step_must_hold():
-    gpt, resnet = gpu_record(gpt_config()), gpu_record(resnet_config("amp-fp16"))
-    counts = counts_of(gpt, resnet)
-    check = memory.check_memory_floor([gpt, resnet], counts)
-    assert check.status == OK and check.figures[gpt["cell_id"]]["slack_bytes"] == SLACK
-    floor = check.figures[gpt["cell_id"]]["floor_bytes"]
-    gpt["memory"]["torch_max_allocated_bytes"] = floor - 1
-    check = memory.check_memory_floor([gpt, resnet], counts)
-    assert check.status == FAIL and gpt["cell_id"] in check.reason and resnet["cell_id"] not in check.reason
-
-
-def test_a_peak_without_the_optimizer_state_fails_the_floor():
-    """The fault issue 17 names: a step that keeps no optimizer state peaks lower by its size on
-    GPT-2 124M (950 MiB). Weights + gradients + state (1.9 GiB) never noticed; the floor of the whole step does."""
-    gpt = gpu_record(gpt_config())
-    state = memory.analytic_state(gpt["config"])
-    gpt["memory"]["torch_max_allocated_bytes"] -= state["optimizer_state_bytes"]
-    assert gpt["memory"]["torch_max_allocated_bytes"] > state["floor_bytes"]  # the old floor passed it
-    check = memory.check_memory_floor([gpt], counts_of(gpt))
-    assert check.status == FAIL and "the smallest term that large: optimizer state, 949.7 MiB" in check.reason
-
-
-def test_a_cell_without_a_step_count_fails_the_floor_with_the_probes_reason():
-    gpt = gpu_record(gpt_config())
-    check = memory.check_memory_floor([gpt], {}, {gpt["cell_id"]: "oom: CUDA out of memory"})
-    assert check.status == FAIL and "no step count: oom: CUDA out of memory" in check.reason
-
-
-@pytest.fixture
-def forgetful_adamw(monkeypatch):
-    """The planted fault: AdamW drops its state after every step, so a step's backward runs without
-    it (the optimizer step makes it again, zeroed, and drops it once more)."""
-    step = torch.optim.AdamW.step
-
-    def forgetting(self, *args, **kwargs):
-        result = step(self, *args, **kwargs)
-        self.state.clear()
-        return result
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", forgetting)
-
-
-def cpu_floor(config: RunConfig) -> tuple[memory.FloorTerms, object]:
-    count = stepprobe.count_step(config)
-    record = cpu_record(config, 0)
-    record["cell_id"] = config.cell_id
-    return memory.floor_terms(record["config"], count), memory.check_memory_floor([record], {config.cell_id: count})
-
-
-@pytest.mark.slow
-def test_on_a_cpu_the_floor_is_within_the_optimizer_state_of_a_real_peak():
-    """The CPU cell's real step, its peak from the CPU allocator's own events: at or above the floor,
-    and closer to it than the optimizer state, so a step without the state must fail."""
-    terms, check = cpu_floor(cells.plan_cells("cpu")["time"].config)
-    figures = next(iter(check.figures.values()))
-    assert check.status == OK, check.reason
-    assert 0 <= figures["slack_bytes"] < terms.optimizer_state_bytes / 10
-    assert terms.binding == "backward" and terms.saved_activation_bytes > terms.loss_input_gradient_bytes > 0
-
-
-@pytest.mark.slow
-def test_on_a_cpu_a_run_that_drops_its_optimizer_state_fails_the_floor(forgetful_adamw):
-    terms, check = cpu_floor(cells.plan_cells("cpu")["time"].config)
-    assert check.status == FAIL and "the smallest term that large: optimizer state" in check.reason
-    missing = -next(iter(check.figures.values()))["slack_bytes"]
-    assert terms.optimizer_state_bytes * 0.9 < missing <= terms.optimizer_state_bytes
-
-
-def test_live_state_bytes_must_match_the_precision_table():
-    records = [gpu_record(gpt_config()), gpu_record(resnet_config("fp32"))]
-    assert memory.check_memory_state(records).status == OK
-    records[0]["config"]["optimizer_state_bytes"] //= 2  # moments kept in bf16 by an fp32-state mode
-    check = memory.check_memory_state(records)
-    assert check.status == FAIL and records[0]["cell_id"] in check.reason
-
-
-def test_nvml_below_reserved_plus_context_fails():
-    record = gpu_record(gpt_config())
-    assert nvml.check_nvml(record).status == OK
-    memory = record["memory"]
-    memory["nvml_process_peak_bytes"] = memory["torch_max_reserved_bytes"] + memory["nvml_context_baseline_bytes"] - MiB
-    check = nvml.check_nvml(record)
-    assert check.status == FAIL and "1.0 MiB less" in check.reason
-
-
-def test_nvml_that_cannot_see_the_process_skips_with_the_records_reason():
-    record = gpu_record(gpt_config())
-    record["memory"].update(nvml_process_peak_bytes=None, nvml_method="unavailable: NVML lists none of the cell's "
-                                                                        "processes (docker --pid=host)")
-    check = nvml.check_nvml(record)
-    assert check.status == SKIP and "docker --pid=host" in check.reason
-
-
-def test_accumulation_that_takes_more_memory_fails():
-    one_big = gpu_record(gpt_config(batch=16))
-    four_small = gpu_record(gpt_config(batch=4, accum=4, steps=10))
-    check = memory.check_accumulation(one_big, four_small)
-    assert check.status == OK and check.figures["measure"] == "torch_max_allocated_bytes"
-    four_small["memory"]["torch_max_allocated_bytes"] = one_big["memory"]["torch_max_allocated_bytes"]
-    assert memory.check_accumulation(one_big, four_small).status == FAIL
-
-
-def test_accumulation_on_a_cpu_reads_the_host_rss_growth():
-    config = RunConfig(model="gpt", batch_size=128, device="cpu", **CPU_GPT)
-    one_big = cpu_record(config, 96 * MiB)
-    four_small = cpu_record(config.replace(batch_size=32, grad_accum=4), 64 * MiB)
-    check = memory.check_accumulation(one_big, four_small)
-    assert check.status == OK and check.figures["measure"] == "host_rss_growth_bytes"
-    assert memory.check_accumulation(four_small, one_big).status == FAIL
 
 
 # --- precision -------------------------------------------------------------------------------------
