@@ -154,7 +154,7 @@ def check_memory_floor(records: Sequence[dict[str, Any]], steps: Mapping[str, St
             short.append(f"{cell} has no allocator peak ({method})")
             measured_parts.append(f"{label}: none")
             continue
-        measured_parts.append(f"{label}: {size_text(peak)} ({peak / terms.floor_bytes:.3f}x)")
+        measured_parts.append(f"{label}: {size_text(peak)} ({peak - terms.floor_bytes:+,} B against the floor)")
         if peak < terms.floor_bytes:
             short.append(_shortfall(cell, peak, terms))
     reason = ("below the floor, so the peak misses tensors the step must hold: " + "; ".join(short) if short else
