@@ -11,7 +11,7 @@
 
 `run` is preflight, matrix, report and compare in a row, stopping at a failed pre-flight or matrix.
 `gpu-check` stands apart: a few cells whose every figure is checked against an independent measure
-(nightly/gpucheck.py); it exits 1 when a check fails.
+(nightly/gpucheck/); it exits 1 when a check fails.
 `run` and `preflight` begin a new run in --out (an earlier run's artifacts there are removed); the
 other commands add to the run they find.
 
@@ -34,6 +34,8 @@ from trainkit.engine.options import Parser, UsageError, choice, fraction, intege
 from trainkit.engine.schema import ResultsFileError, cut_off_lines_on_stderr
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, LABELS, NO_BASELINE, PASS, REGRESSION
+from .gpucheck import CHECK_NAMES, GROUPS, parse_only, run_gpu_check
+from .gpucheck import DEFAULT_OUT as GPU_CHECK_OUT
 from .rundir import TITLES, Outcome, RunDir, Stage
 
 if TYPE_CHECKING:
@@ -117,9 +119,6 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
 
 
 def _add_gpu_check(sub: argparse._SubParsersAction) -> None:
-    from .gpucheck import CHECK_NAMES, GROUPS, parse_only
-    from .gpucheck import DEFAULT_OUT as GPU_CHECK_OUT
-
     p = sub.add_parser("gpu-check", help="a few cells, each figure checked against an independent measure "
                                          "(exit 1 when a check fails)")
     p.add_argument("--out", default=GPU_CHECK_OUT, metavar="DIR",
@@ -290,8 +289,6 @@ def _configs(args: argparse.Namespace) -> dict[str, object]:
 def _dispatch(args: argparse.Namespace) -> int:
     configs = _configs(args)
     if args.command == "gpu-check":
-        from .gpucheck import run_gpu_check
-
         return run_gpu_check(args.out, args.device, args.only)
     if args.command == "promote":
         from .baselines import DEFAULT_ROOT, promote, shown
