@@ -3,6 +3,7 @@
     python -m reports build results.jsonl bench.json -o reports/out/report.html [--plan plan.json]
     python -m reports compare baseline/ candidate/ -o reports/out/compare.html [--relative 0.07 --k 3]
     python -m reports plan plan.json -o reports/out/plan.html      # a plan (trainkit plan) as its own page
+    python -m reports history ingest|changes|trend|show|ack ...     # the run store across nights (reports/history)
 
 Exit status:
 
@@ -22,6 +23,7 @@ from trainkit.engine.options import Parser, UsageError, fraction, integer, numbe
 from trainkit.engine.schema import cut_off_lines_on_stderr
 
 from . import verdict
+from .history import cli as history_cli
 from .records import InputError
 
 # Exit statuses (the module docstring); compare maps its outcome (reports.verdict) to one.
@@ -83,6 +85,7 @@ def parser() -> Parser:
     compare.add_argument("--fail-on-removed", action="store_true",
                          help="a baseline cell missing from the candidate fails too (pytest-benchmark JSON "
                               "leaves out cells that did not finish)")
+    history_cli.add_parser(sub)
     return top
 
 
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         with cut_off_lines_on_stderr():  # a results file a killed run left: said once, then read
-            return {"build": _build, "plan": _plan, "compare": _compare}[args.command](args)
+            return {"build": _build, "plan": _plan, "compare": _compare, "history": history_cli.run}[args.command](args)
     except UsageError as e:  # InputError (a file that cannot be read) is one too
         print(f"error: {e}", file=sys.stderr)
         return BAD_INPUT
