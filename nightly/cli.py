@@ -5,11 +5,14 @@
     python -m nightly matrix --out DIR [--preset nightly --repeats 3] [-- --model gpt --cell-timeout 600]
     python -m nightly report --out DIR
     python -m nightly compare --out DIR [--baselines reports/baselines | --baseline PATH] [--candidate FILE]
+                              [--history history.db]
     python -m nightly status --out DIR
     python -m nightly promote DIR [--baselines reports/baselines] [--force]
     python -m nightly gpu-check --out DIR [--device auto|cuda|cpu] [--only CHECK[,CHECK]]
 
-`run` is preflight, matrix, report and compare in a row, stopping at a failed pre-flight or matrix.
+`run` is preflight, matrix, report and compare in a row, stopping at a failed pre-flight or matrix;
+with --history it ingests the night into that run store before the gate reads it (`compare
+--history` reads the store only: ingest first, `python -m reports history ingest`).
 `gpu-check` stands apart: a few cells whose every figure is checked against an independent measure
 (nightly/gpucheck/); it exits 1 when a check fails.
 `run` and `preflight` begin a new run in --out (an earlier run's artifacts there are removed); the
@@ -36,7 +39,7 @@ from trainkit.engine.schema import ResultsFileError, cut_off_lines_on_stderr
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, LABELS, NO_BASELINE, PASS, REGRESSION
 from .gpucheck import CHECK_NAMES, GROUPS, parse_only, run_gpu_check
 from .gpucheck import DEFAULT_OUT as GPU_CHECK_OUT
-from .rundir import TITLES, Outcome, RunDir, Stage
+from .rundir import RESULTS, TITLES, Outcome, RunDir, Stage
 
 if TYPE_CHECKING:
     from reports.verdict import Thresholds
@@ -116,6 +119,9 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
                         "the run inconclusive, exit 4 (default 25%%; 1 never does)")
     p.add_argument("--fail-on-removed", action="store_true",
                    help="a baseline cell missing from the run fails it too (default: reported)")
+    p.add_argument("--history", default=None, metavar="FILE",
+                   help="a run store (python -m reports history): 2+ bad nights running are a regression, one "
+                        "bad night is unknown (re-run, do not bisect)")
 
 
 def _add_gpu_check(sub: argparse._SubParsersAction) -> None:
@@ -248,7 +254,7 @@ def _compare(args: argparse.Namespace, run: RunDir, thresholds: Thresholds, cand
 
     try:
         return run_compare(run, thresholds, candidate=candidate, baselines_root=args.baselines,
-                           baseline=args.baseline)
+                           baseline=args.baseline, history=args.history)
     except InputError as exc:
         return Stage("compare", BAD_INPUT, str(exc))
 
@@ -270,6 +276,12 @@ def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> i
     if _finish(run, run_matrix(matrix_options, run)) != PASS:
         return _status(run)
     _finish(run, run_report(run))
+    if args.history:  # tonight into the store first: the gate reads the latest nights from it
+        from reports.history.ingest import RunMeta, ingest
+
+        state = run.state()
+        ingest(args.history, [run.path(RESULTS)],
+               RunMeta(commit=state.get("commit"), branch=state.get("branch"), preset=args.preset))
     _finish(run, _compare(args, run, configs["thresholds"]))
     return _status(run)
 

@@ -42,6 +42,13 @@ def _add_detector(p: argparse.ArgumentParser) -> None:
 
 
 def params_of(args: argparse.Namespace) -> DetectorParams:
+    try:
+        return _params(args)
+    except ValueError as e:
+        raise UsageError(f"python -m reports history {args.history_command}: {e}") from None
+
+
+def _params(args: argparse.Namespace) -> DetectorParams:
     return DetectorParams(max_pvalue=args.max_pvalue, min_magnitude=args.min_magnitude,
                           loss_tolerance=args.loss_tolerance, memory_tolerance=args.memory_tolerance,
                           drift_window=args.drift_window, drift_threshold=args.drift_threshold)

@@ -36,7 +36,7 @@ import ruptures
 from scipy import stats
 
 from .params import DetectorParams
-from .series import BAD_DIRECTION, EXACT, Series
+from .series import BAD_DIRECTION, EXACT, Series, noise
 from .store import Ack, RunInfo
 
 
@@ -106,14 +106,6 @@ class Analysis:
     """Positions of lone departing nights (exact rule)."""
     drift: Drift | None = None
     params: DetectorParams = field(default_factory=DetectorParams)
-
-
-def noise(values: list[float]) -> float:
-    """Relative noise: 1.4826 x MAD of the differences of log values / sqrt 2 (0 with < 3 nights)."""
-    if len(values) < 3 or min(values) <= 0:
-        return 0.0
-    diffs = np.diff(np.log(values))
-    return float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / math.sqrt(2))
 
 
 def t_test_p(before: list[float], after: list[float]) -> float:

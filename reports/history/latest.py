@@ -22,9 +22,8 @@ from typing import Any
 
 from trainkit.engine.schema import fingerprint
 
-from .detect import noise
 from .params import DetectorParams
-from .series import BAD_DIRECTION, EXACT, Series, build_series
+from .series import BAD_DIRECTION, EXACT, Series, build_series, noise
 from .store import Ack, RunInfo, acks, fingerprint_key, opened, record_key, record_rows, runs
 
 REGRESSION, UNKNOWN, SAME, INSUFFICIENT = "regression", "unknown", "same", "insufficient history"

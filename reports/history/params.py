@@ -29,6 +29,17 @@ class DetectorParams:
     drift_pvalue: float = 0.01
     """...with the t-test's p (reference nights against the last) below this (statistical series)."""
 
+    def __post_init__(self) -> None:
+        for name in ("max_pvalue", "drift_pvalue"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not a p-value in (0, 1]")
+        for name in ("min_magnitude", "memory_tolerance", "loss_tolerance", "drift_threshold"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)!r} must be >= 0")
+        for name, least in (("min_size", 1), ("drift_window", 2)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} {getattr(self, name)!r} must be >= {least}")
+
     def tolerance(self, metric: str) -> float:
         return self.loss_tolerance if metric == "loss" else self.memory_tolerance
 

@@ -139,3 +139,14 @@ def _value(row: RecordRow, metric: str, measure: str) -> Any:
     if metric == "loss":
         return row.loss_final
     return (row.memory or {}).get(measure)
+
+
+def noise(values: list[float]) -> float:
+    """Relative noise of nightly values: 1.4826 x the median absolute deviation of the night-to-night
+    changes of their logs, / sqrt 2 (a difference holds two nights' noise); a step moves one
+    difference only, so it barely moves this. 0 with fewer than 3 nights or a value <= 0."""
+    if len(values) < 3 or min(values) <= 0:
+        return 0.0
+    diffs = [math.log(b) - math.log(a) for a, b in zip(values, values[1:])]
+    center = statistics.median(diffs)
+    return 1.4826 * statistics.median(abs(d - center) for d in diffs) / math.sqrt(2)

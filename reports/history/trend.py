@@ -125,6 +125,12 @@ def _block(series: Series, analyses: list[Analysis], history: History, pos: int)
             f'<p class="note">{html.esc(summary)}</p><div class="chart">{figure_html}</div></section>')
 
 
+def _night(history: History, night: int) -> str:
+    """A night's number, linked to its report when ingest was given one."""
+    url = history.runs[night - 1].report_url
+    return f'<a href="{html.esc(url)}">{night}</a>' if url else str(night)
+
+
 def _change_table(history: History, anchors: dict[tuple[str, str], str]) -> str:
     rows = change_rows(history)
     if not rows:
@@ -135,7 +141,8 @@ def _change_table(history: History, anchors: dict[tuple[str, str], str]) -> str:
         p = "exact rule" if r["p_value"] is None else f"{r['p_value']:.1e}"
         ack = f"acknowledged by {r['acknowledged']['who']}: {r['acknowledged']['why']}" if r["acknowledged"] else ""
         cells.append([f'<a href="#{anchor}">{html.esc(r["series"])}</a>', html.esc(r["metric"]), html.esc(r["kind"]),
-                      f"{r['magnitude']:+.1%}", p, f"{r['night_before']} → {r['night_after']}",
+                      f"{r['magnitude']:+.1%}", p, f"{_night(history, r['night_before'])} → "
+                                                    f"{_night(history, r['night_after'])}",
                       html.esc(f"{(r['commit_before'] or '?')[:12]}..{(r['commit_after'] or '?')[:12]}"),
                       str(r["nights_after"]),
                       html.esc(ack)])
