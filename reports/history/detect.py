@@ -84,10 +84,12 @@ class Drift:
     """The last nights against the nights from a pinned reference."""
 
     reference_run: int
-    reference_mean: float
-    latest_mean: float
+    reference_median: float
+    """Median of the drift_window nights from the reference on."""
+    latest_median: float
+    """Median of the last drift_window nights."""
     change: float
-    """latest_mean / reference_mean - 1."""
+    """latest_median / reference_median - 1."""
     p_value: float | None
     drifted: bool
     """The change goes the bad way (either way for the loss) past the threshold, significantly."""
@@ -176,10 +178,12 @@ def _pieces(series: Series, order: Mapping[int, int], acks: list[Ack]) -> dict[i
     return out
 
 
-def _segments(values: list[float], bounds: list[int]) -> tuple[Segment, ...]:
-    edges = [0, *bounds, len(values)]
-    return tuple(Segment(a, b, statistics.fmean(values[a:b]), statistics.pstdev(values[a:b]))
-                 for a, b in zip(edges, edges[1:]))
+def _segments(values: list[float], bounds: list[int], outliers: list[int]) -> tuple[Segment, ...]:
+    """The segments between the bounds; their mean and spread leave the exact rule's outliers out."""
+    edges, out = [0, *bounds, len(values)], set(outliers)
+    spans = list(zip(edges, edges[1:]))
+    kept = [[values[i] for i in range(a, b) if i not in out] or values[a:b] for a, b in spans]
+    return tuple(Segment(a, b, statistics.fmean(k), statistics.pstdev(k)) for (a, b), k in zip(spans, kept))
 
 
 def analyse(series: Series, runs: Mapping[int, RunInfo], acks: list[Ack] | None = None,
@@ -198,7 +202,7 @@ def analyse(series: Series, runs: Mapping[int, RunInfo], acks: list[Ack] | None 
         else:
             found = _statistical(piece, params)
         bounds += [a + i for i in found] + ([b] if b < len(values) else [])
-    segments = _segments(values, bounds)
+    segments = _segments(values, bounds, outliers)
     points = []
     for i, b in enumerate(bounds):
         before, after = segments[i], segments[i + 1]
@@ -214,20 +218,21 @@ def analyse(series: Series, runs: Mapping[int, RunInfo], acks: list[Ack] | None 
 
 def drift(series: Series, reference_run: int, runs: Mapping[int, RunInfo],
           params: DetectorParams = DetectorParams()) -> Drift | None:
-    """The last drift_window nights against the drift_window nights from the reference run on; None
-    when the series has no night at or after the reference, or the two windows overlap."""
+    """The median of the last drift_window nights against the median of the drift_window nights from
+    the reference run on (medians: one bad night in either window must not make a drift); None when
+    the series has no night at or after the reference, or the two windows overlap."""
     order = {run_id: i for i, run_id in enumerate(runs)}
     values, w = series.values, params.drift_window
     start = next((i for i, p in enumerate(series.points) if order[p.run_id] >= order[reference_run]), None)
     if start is None or start + w > len(values) - w:
         return None
     reference, latest = values[start:start + w], values[-w:]
-    change = statistics.fmean(latest) / statistics.fmean(reference) - 1
+    before, after = statistics.median(reference), statistics.median(latest)
+    change = after / before - 1
     direction = BAD_DIRECTION[series.metric]
     bad = abs(change) if direction == 0 else change * direction
     if series.method == EXACT:
-        return Drift(series.points[start].run_id, statistics.fmean(reference), statistics.fmean(latest), change, None,
-                     bad > params.tolerance(series.metric))
-    p = t_test_p(reference, latest)
-    return Drift(series.points[start].run_id, statistics.fmean(reference), statistics.fmean(latest), change, p,
+        return Drift(series.points[start].run_id, before, after, change, None, bad > params.tolerance(series.metric))
+    p = t_test_p(list(np.log(reference)), list(np.log(latest)))
+    return Drift(series.points[start].run_id, before, after, change, p,
                  bad >= params.drift_threshold and p <= params.drift_pvalue)

@@ -35,6 +35,7 @@ from typing import Any
 
 from trainkit.engine.options import UsageError
 
+from ..records import InputError
 from .series import RecordRow
 
 _APPEND_ONLY = "".join(
@@ -65,7 +66,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 30_000  # a reader or a second writer waits this long for the writer's lock
 
 
-class StoreError(UsageError):
+class StoreError(InputError):
     """A store that cannot be used (newer schema, not a run store, unreadable): one line, exit 2."""
 
 
