@@ -6,6 +6,7 @@
     python -m nightly report --out DIR
     python -m nightly compare --out DIR [--baselines reports/baselines | --baseline PATH] [--candidate FILE]
                               [--history history.db]
+    python -m nightly history --out DIR --history history.db [--report-url URL]
     python -m nightly status --out DIR
     python -m nightly promote DIR [--baselines reports/baselines] [--force]
     python -m nightly gpu-check --out DIR [--device auto|cuda|cpu] [--only CHECK[,CHECK]]
@@ -13,6 +14,8 @@
 `run` is preflight, matrix, report and compare in a row, stopping at a failed pre-flight or matrix;
 with --history it ingests the night into that run store before the gate reads it (`compare
 --history` reads the store only: ingest first, `python -m reports history ingest`).
+`history` appends the run's results to a run store (reports/history) and writes trend.html, the
+store's trend page, into the run directory beside report.html.
 `gpu-check` stands apart: a few cells whose every figure is checked against an independent measure
 (nightly/gpucheck/); it exits 1 when a check fails.
 `run` and `preflight` begin a new run in --out (an earlier run's artifacts there are removed); the
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
     from reports.verdict import Thresholds
 
 DEFAULT_OUT = os.path.join("reports", "out", "nightly")
+TREND = "trend.html"  # the run store's trend page, written into the run directory by `history`
 ANNOTATIONS = {REGRESSION: "Performance regression", BAD_INPUT: "Bad input",
                INFRASTRUCTURE: "Infrastructure failure (not a regression)",
                INCONCLUSIVE: "Inconclusive: the runner was too noisy to gate (not a regression)"}
@@ -154,6 +158,11 @@ def parser() -> Parser:
     compare.add_argument("--candidate", default=None, metavar="PATH",
                          help="results to gate instead of the run's results.jsonl (a file or directory)")
     _add_gate(compare)
+    history = sub.add_parser("history", help="append the run to a run store and write trend.html beside its report")
+    _add_out(history)
+    history.add_argument("--history", required=True, metavar="FILE", help="the run store (created if missing)")
+    history.add_argument("--report-url", default=None, metavar="URL",
+                         help="where this night's report will be; the trend page links the night to it")
     status = sub.add_parser("status", help="the run's verdict as an exit status, label and summary")
     _add_out(status)
     promote = sub.add_parser("promote", help="make a green run the baseline of its environment")
@@ -259,6 +268,24 @@ def _compare(args: argparse.Namespace, run: RunDir, thresholds: Thresholds, cand
         return Stage("compare", BAD_INPUT, str(exc))
 
 
+def _history(run: RunDir, store: str, report_url: str | None = None, preset: str | None = None) -> int:
+    """The run's results into the store (its commit and branch from nightly.json), then the store's
+    trend page into the run directory."""
+    from reports.history.changes import load
+    from reports.history.ingest import RunMeta, ingest
+    from reports.history.trend import write_page
+
+    state = run.state()
+    meta = RunMeta(commit=state.get("commit"), branch=state.get("branch"), preset=preset, report_url=report_url)
+    for result in ingest(store, [run.path(RESULTS)], meta):
+        print(f"nightly history: {result.added} record(s) added to {store}"
+              + (f" ({result.already} there already)" if result.already else ""), flush=True)
+    page = run.path(TREND)
+    write_page(load(store), page, "trainkit nightly history")
+    print(f"nightly history: wrote {page}", flush=True)
+    return PASS
+
+
 def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> int:
     from .matrix import run_matrix
     from .preflight import run_preflight
@@ -277,11 +304,7 @@ def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> i
         return _status(run)
     _finish(run, run_report(run))
     if args.history:  # tonight into the store first: the gate reads the latest nights from it
-        from reports.history.ingest import RunMeta, ingest
-
-        state = run.state()
-        ingest(args.history, [run.path(RESULTS)],
-               RunMeta(commit=state.get("commit"), branch=state.get("branch"), preset=args.preset))
+        _history(run, args.history, preset=args.preset)
     _finish(run, _compare(args, run, configs["thresholds"]))
     return _status(run)
 
@@ -313,6 +336,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     run = RunDir(args.out)
     if args.command == "status":
         return _status(run)
+    if args.command == "history":
+        return _history(run, args.history, args.report_url)
     if args.command == "run":
         return _run(args, run, configs)
     if args.command == "preflight":

@@ -6,6 +6,7 @@ tests/history_data, three repeats a night, throughput scaled."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -102,3 +103,22 @@ def test_a_missing_store_is_bad_input(nights, capsys):
     good = nights["write"](GOOD_NIGHTS + 1)
     status, stage = gate(nights, good, "--history", str(nights["tmp"] / "nope.db"))
     assert status == 2 and "no such run store" in stage["line"]
+
+
+def test_the_history_stage_ingests_the_run_with_its_commit_and_writes_the_trend_page(nights):
+    from nightly.rundir import RESULTS, RunDir, Stage
+    from reports.history import store
+
+    out = nights["tmp"] / "run"
+    run = RunDir(str(out))
+    run.start()
+    run.record(Stage("matrix", PASS, "4 cells"))  # nightly.json, with the commit and branch the job ran
+    shutil.copy(nights["write"](GOOD_NIGHTS + 1), out / RESULTS)
+    url = "https://ci.example/actions/runs/11"
+    assert nightly_main(["history", "--out", str(out), "--history", nights["db"], "--report-url", url]) == 0
+    assert nightly_main(["history", "--out", str(out), "--history", nights["db"]]) == 0  # twice: a no-op
+    with store.opened(nights["db"], readonly=True) as conn:
+        runs = store.runs(conn)
+    assert len(runs) == GOOD_NIGHTS + 1 and runs[-1].report_url == url
+    assert runs[-1].commit == json.loads((out / "nightly.json").read_text())["commit"]
+    assert (out / "trend.html").read_text().count('<div class="chart">') == 4

@@ -80,7 +80,7 @@ def test_the_nightly_workflow_only_calls_the_nightly_script():
     runs = _runs(NIGHTLY)
     install, *steps, install_failed = runs
     assert "pip install" in install and "-e '.[bench,reports]'" in install
-    assert [s.split()[3] for s in steps] == ["preflight", "matrix", "report", "compare", "status"]
+    assert [s.split()[3] for s in steps] == ["preflight", "matrix", "report", "history", "compare", "status"]
     assert all(s.startswith("python -m nightly ") and '--out "$NIGHTLY_OUT"' in s for s in steps)
     assert install_failed.startswith('echo "::error title=Infrastructure failure')
 
