@@ -5,6 +5,7 @@ in another process, and the trend page in headless Chromium."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -78,6 +79,20 @@ def test_the_trend_page_renders_in_chromium_with_the_change_marked(forty, tmp_pa
     assert "t-test p&lt;0.001" in dom or "t-test p<0.001" in dom  # the detector's parameters on the chart
 
 
+def test_the_page_filters_to_changed_series_and_sorts_the_most_unstable_first(forty, tmp_path):
+    page = forty["folder"] / "trend-filters.html"
+    assert main(["history", "trend", "--db", forty["db"], "-o", str(page)]) == 0
+    dom = rendered_dom(str(page), tmp_path, "#only=changed")
+    sections = re.findall(r'<section id="s\d+" data-model="[^"]*" data-precision="[^"]*" data-hardware="[^"]*" '
+                          r'data-changed="(\d)" data-noise="([\d.]+)"[^>]*?(?: class="(off)?")?>', dom)
+    assert len(sections) == 4 and all((changed == "1") == (off == "") for changed, _, off in sections)
+    dom = rendered_dom(str(page), tmp_path, "#sort=unstable")
+    noises = [float(n) for _, n, _ in re.findall(r'<section id="s\d+" data-model="[^"]*" data-precision="[^"]*" '
+                                                 r'data-hardware="[^"]*" data-changed="(\d)" data-noise="([\d.]+)"'
+                                                 r'[^>]*?(?: class="(off)?")?>', dom)]
+    assert len(noises) == 4 and noises == sorted(noises, reverse=True) and len(set(noises)) == 4
+
+
 def test_show_lists_a_cells_nights_with_the_change(forty, capsys):
     capsys.readouterr()
     assert main(["history", "show", STEP_CELL, "--db", forty["db"], "--json"]) == 0
@@ -106,6 +121,17 @@ def test_ingesting_a_night_twice_or_as_both_of_its_files_adds_it_once(tmp_path, 
     assert main(["history", "ingest", str(results), "--db", db, "--commit", "abc", "--date", "2026-10-02"]) == 0
     assert (count(db, "runs"), count(db, "records")) == (1, 4)
     assert capsys.readouterr().out.count("nothing added") == 2
+
+
+def test_a_file_of_more_records_than_sqlite_takes_parameters_at_once_ingests_once(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    many = [r for night in range(1, 151) for r in night_records(night, rng)]  # 600 records, one file
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in many))
+    db = str(tmp_path / "h.db")
+    assert main(["history", "ingest", str(path), "--db", db]) == 0
+    assert main(["history", "ingest", str(path), "--db", db]) == 0
+    assert count(db, "records") == 600 and "600 record(s) added" in capsys.readouterr().out
 
 
 def test_an_old_pytest_benchmark_file_brings_its_commit_and_date(tmp_path):

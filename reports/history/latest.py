@@ -24,7 +24,7 @@ from trainkit.engine.schema import fingerprint
 
 from .params import DetectorParams
 from .series import BAD_DIRECTION, EXACT, Series, build_series, noise
-from .store import Ack, RunInfo, acks, fingerprint_key, opened, record_key, record_rows, runs
+from .store import Ack, RunInfo, acks, fingerprint_key, opened, record_key, record_rows, runs, runs_of
 
 REGRESSION, UNKNOWN, SAME, INSUFFICIENT = "regression", "unknown", "same", "insufficient history"
 
@@ -138,8 +138,7 @@ def check_night(path: str, records: list[dict[str, Any]], metrics: tuple[str, ..
     """Verdicts on every series tonight's records belong to; the records must be ingested already."""
     keys = [record_key(r) for r in records]
     with opened(path, readonly=True) as conn:
-        found = {run_id for (run_id,) in conn.execute(
-            f"SELECT DISTINCT run_id FROM records WHERE record_key IN ({','.join('?' * len(keys))})", keys)}
+        found = runs_of(conn, keys)
         if not found:
             return HistoryCheck((), f"{path}: tonight's results are not in the run store; ingest them first "
                                     "(python -m reports history ingest)")

@@ -186,8 +186,7 @@ def add_run(conn: sqlite3.Connection, info: dict[str, Any], records: list[dict[s
     keys = [record_key(r) for r in records]
     conn.execute("BEGIN IMMEDIATE")
     try:
-        known = {k for (k,) in conn.execute(
-            f"SELECT record_key FROM records WHERE record_key IN ({','.join('?' * len(keys))})", keys)}
+        known = known_keys(conn, keys)
         new = [(k, r, fp) for k, r, fp in zip(keys, records, fingerprints) if k not in known]
         new = list({k: (k, r, fp) for k, r, fp in new}.values())  # a file holding one execution twice
         if not new:
@@ -209,6 +208,27 @@ def add_run(conn: sqlite3.Connection, info: dict[str, Any], records: list[dict[s
         conn.execute("ROLLBACK")
         raise
     return IngestResult(run_id, len(new), len(known))
+
+
+def known_keys(conn: sqlite3.Connection, keys: list[str], chunk: int = 500) -> set[str]:
+    """The record keys the store holds among `keys` (asked in chunks: SQLite caps the parameters of
+    one statement)."""
+    found: set[str] = set()
+    for i in range(0, len(keys), chunk):
+        part = keys[i:i + chunk]
+        found |= {k for (k,) in conn.execute(
+            f"SELECT record_key FROM records WHERE record_key IN ({','.join('?' * len(part))})", part)}
+    return found
+
+
+def runs_of(conn: sqlite3.Connection, keys: list[str], chunk: int = 500) -> set[int]:
+    """The runs that hold any of these record keys."""
+    found: set[int] = set()
+    for i in range(0, len(keys), chunk):
+        part = keys[i:i + chunk]
+        found |= {run_id for (run_id,) in conn.execute(
+            f"SELECT DISTINCT run_id FROM records WHERE record_key IN ({','.join('?' * len(part))})", part)}
+    return found
 
 
 def runs(conn: sqlite3.Connection) -> list[RunInfo]:

@@ -42,8 +42,15 @@ function tkTrend() {
     if (plot.offsetParent !== null) Plotly.Plots.resize(plot);
   }
 }
+// A link can ask for a view: #only=changed&sort=unstable (or sort=change). Read now: the page's other
+// filters rewrite the fragment when the document has loaded.
+const tkWanted = new URLSearchParams(location.hash.slice(1));
 window.addEventListener('DOMContentLoaded', () => {
   for (const id of ['f-changed', 'f-order']) document.getElementById(id).addEventListener('change', tkTrend);
+  document.getElementById('f-changed').checked = tkWanted.get('only') === 'changed';
+  const sort = tkWanted.get('sort');
+  if (['unstable', 'change'].includes(sort)) document.getElementById('f-order').value = sort;
+  tkTrend();
 });
 """
 # After each plot is drawn: a click on a night opens its report (the point's customdata).
