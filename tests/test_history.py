@@ -214,6 +214,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, m
     assert message in err and err.count("\n") == 1
 
 
+def test_ack_names_a_cell_the_store_lacks(forty, capsys):
+    argv = ["history", "ack", "mlp", "--db", forty["db"], "--metric", "throughput", "--who", "a", "--why", "b"]
+    assert main(argv) == 2
+    assert "no record of cell 'mlp'" in capsys.readouterr().err
+
+
 def test_a_reference_that_names_no_run_says_what_the_store_holds(forty, capsys):
     assert main(["history", "changes", "--db", forty["db"], "--since", "nonsense"]) == 2
     assert "'nonsense' names no run" in capsys.readouterr().err

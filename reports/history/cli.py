@@ -184,11 +184,13 @@ def _ack(args: argparse.Namespace) -> int:
         run = resolve(args.run, all_runs) if args.run else (all_runs[-1] if all_runs else resolve("", all_runs))
         fps = {json.dumps(r.fingerprint, sort_keys=True): r.fingerprint for r in record_rows(conn, args.cell)
                if r.cell_id == args.cell}
+        if not fps:
+            raise UsageError(f"{args.db}: no record of cell {args.cell!r} (`history changes` lists the series)")
         chosen = [fp for fp in fps.values() if args.hardware.lower() in json.dumps(fp).lower()]
         if len(chosen) != 1:
-            found = "; ".join(", ".join(f"{k} {v}" for k, v in fp.items()) for fp in fps.values()) or "none"
+            found = "; ".join(", ".join(f"{k} {v}" for k, v in fp.items()) for fp in fps.values())
             raise UsageError(f"{args.cell!r} with --hardware {args.hardware!r}: {len(chosen)} environments match "
-                             f"(the cell's environments: {found})")
+                             f"(the cell's: {found})")
         add_ack(conn, Ack(args.cell, chosen[0], args.metric, run.run_id, args.who, args.why,
                           dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
     print(f"acknowledged {args.cell} {args.metric} from run {run.run_id} ({run.commit or run.date}) on: {args.why}")
