@@ -250,13 +250,6 @@ def record_rows(conn: sqlite3.Connection, cell_glob: str = "*") -> list[RecordRo
             for cell, fp, run_id, status, throughput, loss, memory, model, precision in rows]
 
 
-def step_times(conn: sqlite3.Connection, cell_id: str, fp: dict[str, Any]) -> list[tuple[int, list[float]]]:
-    """(run id, per-step times in s) of every record of a series."""
-    rows = conn.execute("SELECT run_id, step_times_s FROM records WHERE cell_id = ? AND fingerprint = ? "
-                        "ORDER BY id", (cell_id, fingerprint_key(fp))).fetchall()
-    return [(run_id, json.loads(times) or []) for run_id, times in rows]
-
-
 @dataclass(frozen=True)
 class Ack:
     """An intended change: from run `run_id` on, the series' `metric` is expected to differ."""
