@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from reports.cli import main
 from reports.history.detect import analyse, drift
 from reports.history.latest import INSUFFICIENT, REGRESSION, SAME, UNKNOWN, verdict
 from reports.history.params import DetectorParams
-from reports.history.quality import score
+from reports.history.quality import LEVELS, score
 from reports.history.series import EXACT, STATISTICAL, Point, Series
 from reports.history.store import Ack, RunInfo
 
@@ -67,6 +68,11 @@ def test_memory_from_the_allocator_follows_the_exact_rule():
     assert analysis.outliers == (4,)
 
 
+def test_a_deterministic_figure_that_was_zero_changes_without_a_relative_size():
+    (point,) = analyse(series([0.0] * 6 + [4096.0] * 6, "memory", EXACT), RUNS).change_points
+    assert point.index == 6 and point.magnitude is None and point.kind == "change"
+
+
 def test_the_loss_is_near_exact_either_way():
     values = [2.0] * 8 + [2.0005] * 4 + [1.9] * 8  # within 1e-3 relative, then a 5 % drop
     (point,) = analyse(series(values, "loss", EXACT), RUNS).change_points
@@ -107,3 +113,9 @@ def test_latest_nights_two_bad_are_a_regression_one_is_unknown(tail, expected, b
 
 def test_too_few_nights_are_insufficient_history():
     assert verdict(series([100.0, 100.0, 80.0]), RUNS).verdict == INSUFFICIENT
+
+
+def test_the_quality_command_prints_a_row_per_level(capsys):
+    assert main(["history", "quality", "--repeats", "2"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 2 + len(LEVELS) and rows[2].startswith("| 2% | 5% | ")

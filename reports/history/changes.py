@@ -8,7 +8,7 @@ from typing import Any
 
 from .detect import Analysis, ChangePoint, Drift, analyse, drift
 from .params import DetectorParams
-from .series import METRICS, build_series
+from .series import METRICS, build_series, percent
 from .store import Ack, RunInfo, acks, opened, record_rows, resolve, runs
 
 
@@ -95,7 +95,7 @@ def table(history: History) -> list[str]:
              + (f" since {history.since.commit or history.since.date}" if history.since else "")]
     for r in rows:
         ack = f"  acknowledged by {r['acknowledged']['who']}: {r['acknowledged']['why']}" if r["acknowledged"] else ""
-        lines.append(f"  {r['series']}  {r['metric']}  {r['kind']} {r['magnitude']:+.1%} ({_p(r)})  "
+        lines.append(f"  {r['series']}  {r['metric']}  {r['kind']} {percent(r['magnitude'])} ({_p(r)})  "
                      f"nights {r['night_before']}->{r['night_after']}  commits "
                      f"{(r['commit_before'] or '?')[:12]}..{(r['commit_after'] or '?')[:12]}  "
                      f"({r['nights_after']} night(s) since){ack}")

@@ -4,6 +4,7 @@
     history changes --db FILE [--since REF] [--cells GLOB] [--json]
     history trend --db FILE -o trend.html [--since REF]
     history show CELL --db FILE [--json]
+    history quality [--repeats 20]      # the detector's precision and recall on generated series
     history ack CELL --db FILE --metric throughput --who NAME --why TEXT [--run REF] [--hardware TEXT]
 
 REF is a commit (4+ characters) or an ISO date. Exit status: 0 done, 2 bad input (one line).
@@ -89,6 +90,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("cell", metavar="CELL", help="a cell id (or a glob)")
     p.add_argument("--db", **db)
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    _add_detector(p)
+
+    p = commands.add_parser("quality", help="the detector's precision and recall on generated series of known "
+                                            "truth, at these parameters")
+    p.add_argument("--repeats", type=integer(1), default=20, metavar="N", help="series per scenario and level "
+                   "(default %(default)s)")
+    p.add_argument("--seed", type=integer(0), default=0)
     _add_detector(p)
 
     p = commands.add_parser("ack", help="acknowledge an intended change: a new segment from that run on")
@@ -197,6 +205,20 @@ def _ack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality(args: argparse.Namespace) -> int:
+    from .quality import LEVELS, score  # the detector: see _changes
+
+    params = params_of(args)
+    print("| noise | step | precision | recall | found / false / missed | drifts found | false drifts |")
+    print("|---|---|---|---|---|---|---|")
+    for noise, size in LEVELS:
+        s = score(noise, size, repeats=args.repeats, seed=args.seed, params=params)
+        print(f"| {noise:.0%} | {size:.0%} | {s.precision:.2f} | {s.recall:.2f} | {s.true_positives} / "
+              f"{s.false_positives} / {s.false_negatives} | {s.drifts_found}/{s.drifts} | "
+              f"{s.false_drifts}/{2 * s.drifts} |")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    return {"ingest": _ingest, "changes": _changes, "trend": _trend, "show": _show,
+    return {"ingest": _ingest, "changes": _changes, "trend": _trend, "show": _show, "quality": _quality,
             "ack": _ack}[args.history_command](args)

@@ -25,7 +25,6 @@ commit, a date) with the last `drift_window` nights: slow drifts that no single 
 
 from __future__ import annotations
 
-import math
 import statistics
 import warnings
 from collections.abc import Mapping
@@ -66,8 +65,9 @@ class ChangePoint:
     """The change came in the commits (commit_before, commit_after]."""
     mean_before: float
     mean_after: float
-    magnitude: float
-    """mean_after / mean_before - 1 (relative change of the segment means)."""
+    magnitude: float | None
+    """mean_after / mean_before - 1 (relative change of the segment means); None when mean_before
+    is 0 (a deterministic figure that was 0), where no relative change exists."""
     p_value: float | None
     """The t-test between the two segments (Bonferroni-corrected, see split_p); None under the exact rule."""
     method: str
@@ -119,9 +119,9 @@ def t_test_p(before: list[float], after: list[float]) -> float:
         return float(stats.ttest_ind(before, after, equal_var=True).pvalue)
 
 
-def kind_of(metric: str, magnitude: float) -> str:
+def kind_of(metric: str, magnitude: float | None) -> str:
     direction = BAD_DIRECTION[metric]
-    if direction == 0:
+    if direction == 0 or magnitude is None:
         return "change"
     return "regression" if magnitude * direction > 0 else "improvement"
 
@@ -208,7 +208,7 @@ def analyse(series: Series, runs: Mapping[int, RunInfo], acks: list[Ack] | None 
         before, after = segments[i], segments[i + 1]
         sides = values[before.start:before.stop], values[after.start:after.stop]
         p = None if series.method == EXACT else split_p(*sides, params.min_size)
-        magnitude = after.mean / before.mean - 1 if before.mean else math.inf
+        magnitude = after.mean / before.mean - 1 if before.mean else None
         run_before, run_after = series.points[b - 1].run_id, series.points[b].run_id
         points.append(ChangePoint(b, run_before, run_after, runs[run_before].commit, runs[run_after].commit,
                                   before.mean, after.mean, magnitude, p, series.method, after.stop - after.start,

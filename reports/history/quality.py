@@ -28,6 +28,8 @@ from .series import STATISTICAL, Point, Series
 from .store import RunInfo
 
 NIGHTS = 40
+LEVELS = tuple((noise, size) for noise in (0.02, 0.05, 0.10) for size in (0.05, 0.10, 0.15, 0.25))
+"""(noise, step size) pairs `python -m reports history quality` scores."""
 
 
 @dataclass(frozen=True)

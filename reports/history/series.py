@@ -150,3 +150,8 @@ def noise(values: list[float]) -> float:
     diffs = [math.log(b) - math.log(a) for a, b in zip(values, values[1:])]
     center = statistics.median(diffs)
     return 1.4826 * statistics.median(abs(d - center) for d in diffs) / math.sqrt(2)
+
+
+def percent(change: float | None) -> str:
+    """A relative change as +1.2 %, or n/a where none exists."""
+    return "n/a" if change is None else f"{change:+.1%}"

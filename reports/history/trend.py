@@ -20,7 +20,7 @@ from trainkit.engine.schema import write_text
 from .. import html
 from .changes import History, change_rows
 from .detect import Analysis
-from .series import EXACT, UNITS, Series
+from .series import EXACT, UNITS, Series, percent
 
 COLORS = {"throughput": "#4c72b0", "memory": "#55a868", "loss": "#8172b2"}
 CHANGE_COLORS = {"regression": "#c44e52", "improvement": "#2a9d4b", "change": "#dd8452"}
@@ -96,8 +96,8 @@ def _changes(fig: go.Figure, analysis: Analysis, history: History, row: int) -> 
         color = "#888" if point.acknowledged else CHANGE_COLORS[point.kind]
         p = "exact rule" if point.p_value is None else f"p={point.p_value:.1e}"
         ack = f"<br>acknowledged: {html.esc(point.acknowledged.why)}" if point.acknowledged else ""
-        text = (f"{point.magnitude:+.1%} {p}<br>{(point.commit_before or '?')[:8]}..{(point.commit_after or '?')[:8]}"
-                f"{ack}")
+        commits = f"{(point.commit_before or '?')[:8]}..{(point.commit_after or '?')[:8]}"
+        text = f"{percent(point.magnitude)} {p}<br>{commits}{ack}"
         fig.add_vline(x=x, line={"color": color, "dash": "dash", "width": 2}, row=row, col=1)
         fig.add_annotation(x=x, y=1, yref="y domain" if row == 1 else f"y{row} domain", xref=f"x{row}" if row > 1
                            else "x", text=text, showarrow=False, xanchor="left", yanchor="top",
@@ -120,7 +120,7 @@ def figure(analyses: list[Analysis], history: History) -> go.Figure:
 def _block(series: Series, analyses: list[Analysis], history: History, pos: int) -> str:
     anchor = f"s{pos}"
     changes = [c for a in analyses for c in a.change_points if not c.acknowledged]
-    biggest = max((abs(c.magnitude) for c in changes), default=0.0)
+    biggest = max((abs(c.magnitude) for c in changes if c.magnitude is not None), default=0.0)
     noise = max((a.noise for a in analyses if a.series.method != EXACT), default=0.0)
     figure_html = pio.to_html(figure(analyses, history), full_html=False, include_plotlyjs=False, div_id=f"plot-{pos}",
                               post_script=CLICK_JS, config={"displaylogo": False, "responsive": True})
@@ -148,7 +148,7 @@ def _change_table(history: History, anchors: dict[tuple[str, str], str]) -> str:
         p = "exact rule" if r["p_value"] is None else f"{r['p_value']:.1e}"
         ack = f"acknowledged by {r['acknowledged']['who']}: {r['acknowledged']['why']}" if r["acknowledged"] else ""
         cells.append([f'<a href="#{anchor}">{html.esc(r["series"])}</a>', html.esc(r["metric"]), html.esc(r["kind"]),
-                      f"{r['magnitude']:+.1%}", p, f"{_night(history, r['night_before'])} → "
+                      percent(r["magnitude"]), p, f"{_night(history, r['night_before'])} → "
                                                     f"{_night(history, r['night_after'])}",
                       html.esc(f"{(r['commit_before'] or '?')[:12]}..{(r['commit_after'] or '?')[:12]}"),
                       str(r["nights_after"]),
