@@ -191,6 +191,15 @@ def test_a_newer_or_foreign_store_is_refused_in_one_line(tmp_path, capsys, setup
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_a_file_that_is_not_a_database_is_refused_in_one_line(tmp_path, capsys):
+    db = tmp_path / "notes.db"
+    db.write_text("not a database\n")
+    assert main(["history", "changes", "--db", str(db)]) == 2
+    assert main(["history", "ingest", str(tmp_path), "--db", str(db)]) == 2  # (no results there either)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"error: {db}: not a run store (file is not a database)" and len(err) == 2
+
+
 def test_the_store_is_append_only(tmp_path):
     db = str(tmp_path / "h.db")
     path = tmp_path / "night.jsonl"
