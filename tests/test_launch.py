@@ -18,7 +18,7 @@ def test_an_ok_cell_reports_every_rank_and_its_fixed_cost():
     assert record["ranks_reported"] == 2 and len(record["memory"]["per_rank"]) == 2
     per_rank = record["memory"]["per_rank"]
     assert record["memory"]["host_rss_peak_bytes"] == max(r["host_rss_peak_bytes"] for r in per_rank)
-    assert record["config"]["torch_num_threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert record["config"]["torch_num_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert set(record["fixed_cost_s"]) >= {"spawn_to_ready_s", "init_s", "build_s"}
 
 
