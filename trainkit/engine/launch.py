@@ -11,15 +11,17 @@ MASTER_PORT), so the same worker runs multi-node under torchrun (see `run_under_
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import allocator
 from .config import ProfileConfig, RunConfig
 from .nvml import GpuSampler, Nvml
 from .peers import Failure, FailureBoard, leave
@@ -41,6 +43,32 @@ def _fork_server() -> Any:
         # real data). A module that fails to import is skipped by the fork server.
         _context.set_forkserver_preload(["trainkit.engine.worker", "torch._dynamo", "torchvision"])
     return _context
+
+
+def _context_for(config: RunConfig) -> tuple[Any, dict[str, str]]:
+    """Where a cell's ranks come from, and the environment they must have from their first
+    instruction: the fork server (torch preloaded) for every cell but one whose allocator setting
+    picks a backend, which torch reads once, at import (trainkit.engine.allocator): its ranks are
+    fresh interpreters (multiprocessing's spawn) started with the setting, at a fresh import's cost."""
+    if allocator.requested_backend(config.alloc_conf) is None:
+        return _fork_server(), {}
+    return mp.get_context("spawn"), {name: str(config.alloc_conf) for name in allocator.ENV_VARS}
+
+
+@contextlib.contextmanager
+def _environment(changes: dict[str, str]) -> Iterator[None]:
+    """This process's environment with `changes` while a spawned process starts (spawn passes it on
+    at exec; there is no other way to give one), then as it was: this process never starts CUDA."""
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _free_port() -> int:
@@ -101,11 +129,11 @@ class CellWorkers:
     def start(self) -> None:
         from .worker import serve  # imported lazily: the fork server preloads it, this process need not
 
-        ctx = _fork_server()
+        ctx, start_env = _context_for(self.config)
         started = time.perf_counter()
         self.deadline = time.monotonic() + self.timeout_s
         world = self.config.world_size
-        base_env = dict(os.environ)
+        base_env = dict(os.environ, **start_env)
         base_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
                         LOCAL_WORLD_SIZE=str(world))
         for rank in range(world):
@@ -114,7 +142,8 @@ class CellWorkers:
             process = ctx.Process(target=serve, name=f"trainkit-{self.config.cell_id}-rank{rank}",
                                   args=(self.config, rank, rank, world, child_end, env, self.memory_limit_bytes,
                                         self.profile))
-            process.start()
+            with _environment(start_env):
+                process.start()
             child_end.close()
             self.processes.append(process)
             self.conns.append(parent_end)

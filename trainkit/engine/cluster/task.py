@@ -16,6 +16,9 @@ from typing import Any
 
 from ..config import ProfileConfig, RunConfig
 
+ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+"""trainkit.engine.allocator.ENV_VARS, named here without importing torch."""
+
 # --- what a job runs ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ def torchrun_environment(env: Any, visible_gpus: str | None = None) -> dict[str,
 def run_cell_job(job: CellJob) -> dict[str, Any] | None:
     """A job's entry point (submitit calls it in every task): the cell's record on rank 0, None on
     the other ranks of a multi-node job."""
+    if job.config.alloc_conf is not None:
+        # The job runs this one cell: its allocator setting is the process's, set before this
+        # process first imports torch (below), which reads the allocator backend at import.
+        os.environ.update(dict.fromkeys(ALLOC_CONF_VARS, job.config.alloc_conf))
     import submitit
 
     from ..result import merge_ranks
