@@ -15,7 +15,9 @@ make it stricter about noise and about numerics than a one-off `python -m report
                 the runner was too noisy to gate on (a busy machine must not pass a slow candidate)
 
 Cells bench could not run on this runner (more GPUs than it has) are left out of both sides and
-listed: the runner's shape is not the code's doing.
+listed: the runner's shape is not the code's doing. Cells unsupported on both sides (FP8 cells on
+a runner without torchao, or without an FP8 GPU) have nothing to compare and pass unjudged: they
+are listed as a warning with their reason, so a matrix that silently lost a precision shows it.
 
 With a run store (--history, reports/history), the gate also reads each series' latest nights
 (reports.history.latest): a series whose last two nights or more all fall past the threshold is a
@@ -79,6 +81,26 @@ def _label(fp: dict[str, Any], others: list[dict[str, Any]]) -> str:
     return name if sum((o.get("gpu_name") or f"CPU {o.get('cpu')}") == name for o in others) == 1 else slug(fp)
 
 
+def unsupported_on_both_sides(base_records: list[dict[str, Any]],
+                               cand_records: list[dict[str, Any]]) -> list[str]:
+    """One warning line per reason for the cells every record of which is unsupported in the
+    baseline and in the candidate (skipped at collection or refused by the worker): never gated."""
+    def unsupported(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        by_cell: dict[str, list[dict[str, Any]]] = {}
+        for record in records:
+            by_cell.setdefault(record["cell_id"], []).append(record)
+        return {cell: group[0] for cell, group in by_cell.items()
+                if all(r.get("status") == "unsupported" for r in group)}
+
+    base, cand = unsupported(base_records), unsupported(cand_records)
+    by_reason: dict[str, list[str]] = {}
+    for cell in sorted(set(base) & set(cand)):
+        by_reason.setdefault(cand[cell].get("status_detail") or "no reason recorded", []).append(cell)
+    return [f"{len(cells)} cell(s) were unsupported in the baseline and again now, so nothing gated them "
+            f"({reason}): {', '.join(cells[:5])}{' ...' if len(cells) > 5 else ''}"
+            for reason, cells in by_reason.items()]
+
+
 def _gate_part(base_records: list[dict[str, Any]], cand_records: list[dict[str, Any]],
                thresholds: Thresholds) -> Comparison:
     """One environment's cells against their baseline, with the warnings a reader must see."""
@@ -89,6 +111,7 @@ def _gate_part(base_records: list[dict[str, Any]], cand_records: list[dict[str, 
         reason = next(r["status_detail"] for r in cand_records if r["cell_id"] == not_run[0])
         result.warnings.append(f"{len(not_run)} cell(s) of the baseline could not run on this runner "
                                f"({reason}): {', '.join(not_run[:5])}{' ...' if len(not_run) > 5 else ''}")
+    result.warnings += unsupported_on_both_sides(base_records, cand_records)
     throttled = sorted({r["cell_id"] for r in cand_records if r.get("throttled")}
                        & {c.cell for c in result.regressions})
     if throttled:

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from . import allocator, compiled
 from .config import ProfileConfig, RunConfig
+from .cpus import threads_per_rank, usable_cpus
 from .diagnostics import diagnose
 from .env import collect_env
 from .flops import training_flops_per_sample
@@ -113,6 +114,8 @@ class RankWorker:
                  profile: ProfileConfig | None = None, device: torch.device | None = None) -> None:
         started = time.perf_counter()
         self.config, self.rank, self.profile = config, rank, profile
+        self.threads_method: str | None = None
+        """Where a CPU rank's thread count came from (None on a GPU: torch's default)."""
         self.report = RankReport(rank=rank, pid=os.getpid())
         memory = self.report.memory
         memory.host_rss_baseline_bytes = host_rss_now_bytes()  # mostly the fork server's pages
@@ -121,8 +124,12 @@ class RankWorker:
         if self.device.type == "cpu":
             # CUDA reserves far more address space than memory: no such measure there.
             memory.host_vm_baseline_bytes = host_vm_now_bytes()
-            # Ranks share the cores: without this, 2 ranks x all-cores threads thrash.
-            torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // local_world_size))
+            # Ranks share the cores this process may use (its affinity and cgroup quota, not the
+            # node's count): without this, 2 ranks x all-cores threads thrash.
+            threads, self.threads_method = threads_per_rank(local_world_size)
+            if config.cpu_threads:
+                threads, self.threads_method = config.cpu_threads, f"cpu_threads={config.cpu_threads} (the config)"
+            torch.set_num_threads(threads)
         self.nvml = Nvml.open(self.device) if self.device.type == "cuda" else None
         self.gpu_uuid = str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
@@ -343,6 +350,7 @@ class RankWorker:
             "total_steps": trainer.total_steps,
             "steps_per_epoch": trainer.data.steps_per_epoch,
             "torch_num_threads": torch.get_num_threads(),
+            "torch_num_threads_method": self.threads_method or "torch's default (a GPU rank's host threads)",
             "checkpointed_modules": list(trainer.checkpointed),
         }
 
@@ -415,7 +423,7 @@ def probe(conn: Any, device: str, environ: dict[str, str]) -> None:
     try:
         chosen = select_device(RunConfig(device=device), 0)
         info: dict[str, Any] = {"device": chosen.type, "gpu_count": 0, "capability": None, "gpu_name": None,
-                                "gpu_memory_bytes": None, "cpu_count": os.cpu_count() or 1}
+                                "gpu_memory_bytes": None, "cpu_count": usable_cpus().cpus}
         if chosen.type == "cuda":
             info.update(gpu_count=torch.cuda.device_count(), capability=torch.cuda.get_device_capability(chosen),
                         gpu_name=torch.cuda.get_device_name(chosen),
