@@ -34,10 +34,11 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def command_section(program: str, parser: argparse.ArgumentParser) -> str:
-    parts = [f"## `{program}`\n", "```text", parser.format_help().rstrip(), "```\n"]
+def command_section(program: str, parser: argparse.ArgumentParser, level: int = 2) -> str:
+    """The command's help, then each subcommand's, as deep as they go (`reports history changes`)."""
+    parts = [f"{'#' * level} `{program}`\n", "```text", parser.format_help().rstrip(), "```\n"]
     for name, sub in subcommands(parser).items():
-        parts += [f"### `{program} {name}`\n", "```text", sub.format_help().rstrip(), "```\n"]
+        parts.append(command_section(f"{program} {name}", sub, min(level + 1, 4)))
     return "\n".join(parts)
 
 

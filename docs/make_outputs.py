@@ -89,7 +89,7 @@ def block_env(block: Block, scratch: Path) -> dict[str, str]:
 
 def run_block(block: Block, scratch: Path) -> str:
     started = time.monotonic()
-    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.commands], cwd=ROOT, text=True,
+    done = subprocess.run(["bash", "-e", "-c", block.commands], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=block_env(block, scratch))
     shown = "\n".join(f"$ {line}" if line and not line.startswith(" ") else line
                       for line in block.commands.splitlines())
