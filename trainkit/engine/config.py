@@ -63,6 +63,29 @@ def _number(field: str, value: Any, positive: bool) -> None:
         raise ConfigError(f"{field}={value!r} must be {'> 0' if positive else '>= 0'}")
 
 
+WORKLOAD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*(-[A-Za-z0-9_.]+)*")
+"""The form of a workload's name (trainkit.engine.workload.NAME_PATTERN): it starts every cell id."""
+
+
+def _check_model(config: RunConfig) -> None:
+    """A built-in model, or a workload's spec with its name: never a built-in's name, which would
+    make two models' cells share ids and report groups."""
+    if config.workload is None:
+        _choices("model", config.model, MODELS)
+        return
+    if not isinstance(config.workload, str) or not config.workload.strip():
+        raise ConfigError(f"workload={config.workload!r} must be a model spec (MODULE:FUNCTION, hf:..., timm:...)")
+    if config.model in MODELS:
+        raise ConfigError(f"model={config.model!r} is a built-in model's name; the workload {config.workload!r} "
+                          "needs a name of its own")
+    if not isinstance(config.model, str) or not WORKLOAD_NAME.fullmatch(config.model):
+        raise ConfigError(f"model={config.model!r} is not a workload name: use letters, digits, '_' and '.', "
+                          "joined by single '-'")
+    if config.data != "synthetic":
+        raise ConfigError(f"data={config.data!r} is for the built-in models; workload {config.model!r} reads "
+                          "synthetic data (its make_batch)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """One training run: a cell of the benchmark matrix and everything that shapes it."""
@@ -70,7 +93,12 @@ class RunConfig:
     # --- the matrix axes -------------------------------------------------------------------
     model: str = "mlp"
     """Model to train: mlp (the seed SimpleNN 784-128-64-10), cnn (the seed two-conv net),
-    resnet18, resnet50 (torchvision, no weights) or gpt (a small decoder-only transformer)."""
+    resnet18, resnet50 (torchvision, no weights) or gpt (a small decoder-only transformer); or the
+    name of the workload `workload` gives."""
+    workload: str | None = None
+    """The spec of a model that is not built in (MODULE:FUNCTION, MODULE, a plugin's name, hf:...,
+    timm:...; trainkit.engine.workload_resolve), resolved again in each worker; `model` then holds
+    its workload's name. None: `model` is built in."""
     precision: str = "fp32"
     """Precision mode: a row of precision_facts.py (fp32, tf32, amp-fp16, amp-bf16, half-fp16, half-bf16,
     ...), run by its policy class in precision.py."""
@@ -201,7 +229,7 @@ class RunConfig:
     """Checkpoint file to resume from; the resumed run continues the same loss curve."""
 
     def __post_init__(self) -> None:
-        _choices("model", self.model, MODELS)
+        _check_model(self)
         _choices("precision", self.precision, precision_names())
         _choices("optimizer", self.optimizer, OPTIMIZERS)
         _choices("schedule", self.schedule, SCHEDULES)
@@ -233,7 +261,7 @@ class RunConfig:
                               f"{self.precision}'s optimizer steps use")
         if self.gpt_width % self.gpt_heads:
             raise ConfigError(f"gpt_width={self.gpt_width} must be divisible by gpt_heads={self.gpt_heads}")
-        if self.model not in MODELS_FOR_DATA[self.data]:
+        if self.workload is None and self.model not in MODELS_FOR_DATA[self.data]:
             raise ConfigError(f"model={self.model!r} cannot read data={self.data!r}; "
                               f"choose from {', '.join(MODELS_FOR_DATA[self.data])}")
         if self.model in ("mlp", "cnn") and self.image_size not in (None, 28):
@@ -266,8 +294,9 @@ class RunConfig:
         return self.batch_size * self.grad_accum * self.world_size
 
     @property
-    def resolved_image_size(self) -> int:
-        if self.image_size is not None:
+    def resolved_image_size(self) -> int | None:
+        """The image side of a built-in model (workloads bring their own shapes: image_size, or None)."""
+        if self.image_size is not None or self.workload is not None:
             return self.image_size
         return 28 if self.model in ("mlp", "cnn") else 224
 

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from .config import RunConfig
-from .models import ModelSpec
+from .workload import Workload
 
 POOL_MAX_SAMPLES = 4096
 POOL_MAX_BYTES = 256 * 2**20  # bounds the device memory the synthetic pool takes from the model
@@ -35,10 +34,6 @@ tables (vocab x TEACHER_FANOUT for tokens) and samples made in chunks of a quart
 cache is emptied after them, so generating data never shows in a cell's memory and never runs a small GPU
 out of memory."""
 EVAL_SAMPLES = 256
-LATENT_SIDE = 7  # synthetic images are smooth: bilinear upsampling of a 7x7 latent, plus noise
-TEACHER_FANOUT = 16
-"""Successors each token can have in the synthetic language: the chain is peaked and learnable
-like a dense vocab x vocab one, in vocab x 16 memory (a dense table of GPT-2's vocabulary is 10 GB)."""
 
 
 @dataclass
@@ -50,73 +45,28 @@ class Window:
     """Samples in this optimizer step over all ranks and micro-batches."""
 
 
-class SyntheticTeacher:
-    """A fixed random teacher: labels follow from inputs, so losses fall and compare across modes.
-
-    Images: a random linear map of the image's low-resolution latent picks one of 10 classes.
-    Tokens: a random, peaked Markov chain generates the sequences: each token has TEACHER_FANOUT
-    possible successors, drawn with fixed random probabilities.
-    """
-
-    def __init__(self, spec: ModelSpec, seed: int, device: torch.device) -> None:
-        self.spec = spec
-        self.device = device
-        gen = torch.Generator(device=device).manual_seed(seed)
-        if spec.tokens:
-            vocab = spec.num_classes
-            self.successors = torch.randint(vocab, (vocab, TEACHER_FANOUT), generator=gen, device=device)
-            logits = 3.0 * torch.randn(vocab, TEACHER_FANOUT, generator=gen, device=device)
-            # Inverse-CDF sampling: one searchsorted per position (torch.multinomial is ~20x slower on
-            # the CPU); the top is pinned to 1 so every uniform sample lands in a bucket despite rounding.
-            self.cdf = torch.softmax(logits, dim=1).cumsum(dim=1)
-            self.cdf[:, -1] = 1.0
-        else:
-            channels = spec.input_shape[0]
-            latent_dim = channels * LATENT_SIDE * LATENT_SIDE
-            self.weight = torch.randn(latent_dim, spec.num_classes, generator=gen, device=device)
-
-    def sample(self, count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.spec.tokens:
-            seq_len = self.spec.input_shape[0]
-            vocab = self.spec.num_classes
-            tokens = torch.empty(count, seq_len + 1, dtype=torch.long, device=self.device)
-            tokens[:, 0] = torch.randint(vocab, (count,), generator=gen, device=self.device)
-            uniforms = torch.rand(seq_len, count, 1, generator=gen, device=self.device)
-            for t in range(seq_len):
-                current = tokens[:, t]
-                choice = torch.searchsorted(self.cdf[current], uniforms[t])
-                tokens[:, t + 1] = self.successors[current].gather(1, choice).squeeze(1)
-            return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-        channels, height, width = self.spec.input_shape
-        latent = torch.randn(count, channels, LATENT_SIDE, LATENT_SIDE, generator=gen, device=self.device)
-        labels = (latent.flatten(1) @ self.weight).argmax(dim=1)
-        images = F.interpolate(latent, size=(height, width), mode="bilinear", align_corners=False)
-        images += 0.1 * torch.randn(images.shape, generator=gen, device=self.device)
-        return images, labels
+def sample_bytes(spec: Workload) -> int:
+    """Bytes of one generated sample's input as generated (int64 tokens, fp32 images)."""
+    return spec.sample_bytes()
 
 
-def sample_bytes(spec: ModelSpec) -> int:
-    """Bytes of one generated sample as generated (int64 tokens, fp32 images)."""
-    return (8 if spec.tokens else 4) * torch.Size(spec.input_shape).numel()
-
-
-def pool_size(spec: ModelSpec) -> int:
+def pool_size(spec: Workload) -> int:
     """Samples in the synthetic pool: depends on the sample's shape only, never on the batch
     split, so configs that must be equivalent read the same samples."""
     return max(1, min(POOL_MAX_SAMPLES, POOL_MAX_BYTES // sample_bytes(spec)))
 
 
-def generate(teacher: SyntheticTeacher, count: int, gen: torch.Generator,
+def generate(spec: Workload, count: int, gen: torch.Generator, device: torch.device,
              input_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` samples, made in chunks whose temporaries (about four times the chunk's samples) take
-    at most a quarter of GENERATION_MAX_BYTES beyond the result. The chunks depend on the sample's shape
-    only, so the same seed gives the same samples whatever the batch split."""
-    spec = teacher.spec
+    """`count` samples of the workload's make_batch, made in chunks whose temporaries (about four
+    times the chunk's samples, for the built-in teachers) take at most a quarter of
+    GENERATION_MAX_BYTES beyond the result. The chunks depend on the sample's shape only, so the
+    same seed gives the same samples whatever the batch split."""
     chunk = max(1, GENERATION_MAX_BYTES // (16 * sample_bytes(spec)))
     inputs = targets = None
     for start in range(0, count, chunk):
-        x, y = teacher.sample(min(chunk, count - start), gen)
-        x = x if spec.tokens else x.to(input_dtype)
+        x, y = spec.make_batch(min(chunk, count - start), gen, device)
+        x = x.to(input_dtype) if x.is_floating_point() else x
         if inputs is None:
             inputs = torch.empty((count, *x.shape[1:]), dtype=x.dtype, device=x.device)
             targets = torch.empty((count, *y.shape[1:]), dtype=y.dtype, device=y.device)
@@ -130,18 +80,16 @@ def generate(teacher: SyntheticTeacher, count: int, gen: torch.Generator,
 class SyntheticData:
     """Step mode: an endless stream of global sample numbers mapped onto a pool on the device."""
 
-    def __init__(self, config: RunConfig, spec: ModelSpec, device: torch.device, input_dtype: torch.dtype,
+    def __init__(self, config: RunConfig, spec: Workload, device: torch.device, input_dtype: torch.dtype,
                  rank: int) -> None:
         self.config = config
         self.rank = rank
         task_seed = config.seed if config.task_seed is None else config.task_seed
-        teacher = SyntheticTeacher(spec, task_seed, device)
         gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-        self.inputs, self.targets = generate(teacher, config.dataset_size or pool_size(spec), gen, input_dtype)
+        self.inputs, self.targets = generate(spec, config.dataset_size or pool_size(spec), gen, device, input_dtype)
         eval_gen = torch.Generator(device=device).manual_seed(task_seed + 2)
-        self.eval_set = generate(teacher, EVAL_SAMPLES, eval_gen, input_dtype)
+        self.eval_set = generate(spec, EVAL_SAMPLES, eval_gen, device, input_dtype)
         self.pool_bytes = self.inputs.nbytes + self.targets.nbytes
-        del teacher
         if device.type == "cuda":
             # Generation's temporaries stay in the caching allocator unless given back: they would
             # count as the cell's reserved and NVML memory.
@@ -343,7 +291,7 @@ class DataBundle:
     """Device memory the data itself holds (the synthetic pool), reported beside the peaks."""
 
 
-def build_data(config: RunConfig, spec: ModelSpec, device: torch.device, input_dtype: torch.dtype,
+def build_data(config: RunConfig, spec: Workload, device: torch.device, input_dtype: torch.dtype,
                rank: int, dataset: Dataset | None = None) -> DataBundle:
     """The data of a run; `dataset` is the real data set (built first: it decides num_classes)."""
     if config.data == "synthetic":

@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .flops import flop_counts
+
 if TYPE_CHECKING:
-    from .models import ModelSpec
+    from .workload import Workload
 
 TORCHAO_REQUIREMENT = "torchao>=0.17,<0.19"
 TORCHAO_RANGE = ((0, 17), (0, 19))
@@ -137,25 +139,18 @@ def convert(model: nn.Module, recipe: str, emulate: bool = False) -> tuple[nn.Mo
     return model, conversion
 
 
-def linear_flops(spec: ModelSpec) -> dict[str, int]:
+def linear_flops(spec: Workload) -> dict[str, int]:
     """Training FLOPs (forward and backward) of each nn.Linear of the model for a batch of 2, keyed
-    by module name, counted by FlopCounterMode on the meta device (no memory, no compute)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    batch = 2
-    with torch.device("meta"):
-        model = spec.build()
-        x = torch.zeros((batch, *spec.input_shape), dtype=torch.long if spec.tokens else torch.float32)
-        target = torch.zeros((batch, *spec.input_shape) if spec.tokens else (batch,), dtype=torch.long)
-    with FlopCounterMode(display=False) as counter:
-        spec.loss_fn(model(x), target).backward()
+    by module name, counted by FlopCounterMode (flops.flop_counts: on the meta device where the
+    model runs there)."""
+    counter, model, batch = flop_counts(spec)
     counts = counter.get_flop_counts()
     root = type(model).__name__
-    return {name: int(sum(counts.get(f"{root}.{name}", {}).values()))
+    return {name: int(sum(counts.get(f"{root}.{name}", {}).values())) * 2 // batch
             for name, module in model.named_modules() if isinstance(module, nn.Linear)}
 
 
-def details(conversion: Conversion, spec: ModelSpec) -> dict[str, Any]:
+def details(conversion: Conversion, spec: Workload) -> dict[str, Any]:
     """The record's account of an FP8 cell: recipe, torchao, converted and skipped layers, and the
     converted layers' share of all linear layers' training FLOPs."""
     flops = linear_flops(spec)

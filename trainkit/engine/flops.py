@@ -6,13 +6,13 @@ table per GPU and dtype. MFU is null wherever the peak is unknown, never a guess
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .precision_facts import facts_of
 
 if TYPE_CHECKING:
     from .config import RunConfig
-    from .models import ModelSpec
+    from .workload import Workload
 
 
 # Dense peak TFLOP/s (no 2:4 sparsity) per GPU and peak kind (precision_facts.PeakKind), keyed by
@@ -106,24 +106,36 @@ def mfu(flops_per_sample: float | None, throughput_samples_per_s: float | None, 
     return flops_per_sample * throughput_samples_per_s / (peak_per_gpu * gpus)
 
 
-def training_flops_per_sample(spec: ModelSpec) -> float:
-    """FLOPs of one forward + backward pass per sample, counted by torch's FlopCounterMode on the
-    meta device (no memory, no compute). Counts matmuls, convolutions and attention; elementwise
-    ops are ignored, as in every MFU convention (PaLM appendix B)."""
+def flop_counts(spec: Workload) -> tuple[Any, Any, int]:
+    """(A FlopCounterMode that counted one forward + backward of the workload's model, that model,
+    the batch it ran.) On the meta device (no memory, no compute) where the model's forward runs
+    there, else on a real CPU batch of one (data-dependent code, as in transformers' masks)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     batch = 2  # any size works: the count is linear in the batch
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            model = spec.build()
+        x, target = spec.example_batch(batch, "meta")
+        with FlopCounterMode(display=False) as counter:
+            spec.loss_fn(model(x), target).backward()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        batch = 1
         model = spec.build()
-        if spec.tokens:
-            x = torch.zeros((batch, *spec.input_shape), dtype=torch.long)
-        else:
-            x = torch.zeros((batch, *spec.input_shape))
-        target_shape = (batch, *spec.input_shape) if spec.tokens else (batch,)
-        target = torch.zeros(target_shape, dtype=torch.long)
-    with FlopCounterMode(display=False) as counter:
-        spec.loss_fn(model(x), target).backward()
+        x, target = spec.make_batch(batch, torch.Generator().manual_seed(0), torch.device("cpu"))
+        with FlopCounterMode(display=False) as counter:
+            spec.loss_fn(model(x), target).backward()
+    return counter, model, batch
+
+
+def training_flops_per_sample(spec: Workload) -> float:
+    """FLOPs of one forward + backward pass per sample: the workload's own figure if it gives one,
+    else counted by torch's FlopCounterMode (flop_counts). Counts matmuls, convolutions and
+    attention; elementwise ops are ignored, as in every MFU convention (PaLM appendix B)."""
+    if spec.flops_per_sample is not None:
+        return float(spec.flops_per_sample)
+    counter, _, batch = flop_counts(spec)
     return counter.get_total_flops() / batch
 
 

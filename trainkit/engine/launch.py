@@ -17,6 +17,7 @@ import multiprocessing.connection as mpc
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,7 +42,10 @@ def _fork_server() -> Any:
         # Paid once per session instead of once per cell: torch (via trainkit.engine.worker), the
         # optimizers' lazy import of torch._dynamo (~2 s) and torchvision (~2 s, ResNets and
         # real data). A module that fails to import is skipped by the fork server.
-        _context.set_forkserver_preload(["trainkit.engine.worker", "torch._dynamo", "torchvision"])
+        # Adapters' libraries this process has already imported for a workload (transformers takes
+        # ~5 s) are preloaded too, or each cell would import them again.
+        adapters = [name for name in ("transformers", "timm") if name in sys.modules]
+        _context.set_forkserver_preload(["trainkit.engine.worker", "torch._dynamo", "torchvision", *adapters])
     return _context
 
 

@@ -23,10 +23,10 @@ from torch import nn
 from . import compiled, recompute
 from .config import RunConfig
 from .data import Window, build_data, build_real_dataset, num_classes_of
-from .models import build_spec
 from .precision import NO_CONTEXT, Precision, Unsupported, build_precision
 from .schema import replacing
 from .timing import Marks
+from .workload_resolve import build_workload
 
 
 def _mark(marks: Marks | None, phase: str) -> None:
@@ -100,7 +100,7 @@ class Trainer:
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
 
         dataset = build_real_dataset(config) if config.data != "synthetic" else None
-        self.spec = build_spec(config, num_classes_of(dataset) if dataset is not None else 10)
+        self.spec = build_workload(config, num_classes_of(dataset) if dataset is not None else 10)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
         # The order matters: precision conversion (float8 layers), activation checkpointing around
         # the converted blocks, DDP, and torch.compile last, so that it traces all of them.

@@ -1,20 +1,22 @@
 """Model builders: the seeds' MLP and CNN, torchvision ResNets and a small GPT.
 
-Every model is described by a ModelSpec: how to build it, its loss, what one sample looks like,
-whether it has BatchNorm (not accumulation-equivalent: statistics are per micro-batch), and its
-training FLOPs per sample, counted once on the meta device.
+Each is registered as a Workload (trainkit.engine.workload) the same way a user's model is: how to
+build it, its loss, its learnable synthetic batches, whether it has BatchNorm (not
+accumulation-equivalent: statistics are per micro-batch); its training FLOPs per sample are
+counted once on the meta device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import RunConfig
+from .workload import Workload
+from .workload_data import image_batches, token_batches
 
 
 class SimpleNN(nn.Module):
@@ -97,40 +99,54 @@ def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the loop and the data need to know about a model."""
-
-    name: str
-    build: Callable[[], nn.Module]
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    input_shape: tuple[int, ...]
-    """Shape of one sample: (C, H, W) for images, (T,) for token ids."""
-    num_classes: int
-    """Classes of a classifier, or the vocabulary of a language model."""
-    tokens: bool
-    has_batchnorm: bool
+def _mlp(config: RunConfig, num_classes: int) -> Workload:
+    # Seed 1's model has 10 outputs whatever the data: it reads MNIST-shaped images only.
+    return Workload("mlp", SimpleNN, nll_loss, image_batches((1, 28, 28), 10, _task_seed(config)),
+                    has_batchnorm=False, num_classes=10, source="built-in")
 
 
-def build_spec(config: RunConfig, num_classes: int = 10) -> ModelSpec:
-    """The spec of config.model; num_classes comes from the data (10 for the synthetic teacher)."""
+def _cnn(config: RunConfig, num_classes: int) -> Workload:
+    return Workload("cnn", lambda: TwoConvNet(num_classes), cross_entropy,
+                    image_batches((1, 28, 28), num_classes, _task_seed(config)),
+                    has_batchnorm=False, num_classes=num_classes, source="built-in")
+
+
+def _resnet(config: RunConfig, num_classes: int) -> Workload:
+    import torchvision  # only here: torchvision's import costs seconds the other models never pay
+
+    factory = getattr(torchvision.models, config.model)
     side = config.resolved_image_size
-    if config.model == "mlp":
-        return ModelSpec("mlp", SimpleNN, nll_loss, (1, 28, 28), 10, False, False)
-    if config.model == "cnn":
-        return ModelSpec("cnn", lambda: TwoConvNet(num_classes), cross_entropy, (1, 28, 28), num_classes, False, False)
-    if config.model in ("resnet18", "resnet50"):
-        import torchvision
+    return Workload(config.model, lambda: factory(weights=None, num_classes=num_classes), cross_entropy,
+                    image_batches((3, side, side), num_classes, _task_seed(config)),
+                    has_batchnorm=True, num_classes=num_classes, source="built-in")
 
-        factory = getattr(torchvision.models, config.model)
-        return ModelSpec(config.model, lambda: factory(weights=None, num_classes=num_classes), cross_entropy,
-                         (3, side, side), num_classes, False, True)
-    if config.model == "gpt":
-        def build() -> nn.Module:
-            return GPT(config.vocab_size, config.seq_len, config.gpt_width, config.gpt_layers, config.gpt_heads)
 
-        return ModelSpec("gpt", build, cross_entropy, (config.seq_len,), config.vocab_size, True, False)
-    raise ValueError(f"model={config.model!r} is not valid")
+def _gpt(config: RunConfig, num_classes: int) -> Workload:
+    def build() -> nn.Module:
+        return GPT(config.vocab_size, config.seq_len, config.gpt_width, config.gpt_layers, config.gpt_heads)
+
+    return Workload("gpt", build, cross_entropy, token_batches(config.vocab_size, config.seq_len, _task_seed(config)),
+                    has_batchnorm=False, num_classes=config.vocab_size, tokens_per_sample=config.seq_len,
+                    source="built-in")
+
+
+def _task_seed(config: RunConfig) -> int:
+    return config.seed if config.task_seed is None else config.task_seed
+
+
+BUILTINS: dict[str, Callable[[RunConfig, int], Workload]] = {
+    "mlp": _mlp, "cnn": _cnn, "resnet18": _resnet, "resnet50": _resnet, "gpt": _gpt,
+}
+"""The built-in models as workloads: each factory takes the run's config (shapes, task seed) and
+the classes of its data (10 for the synthetic teacher)."""
+
+
+def build_spec(config: RunConfig, num_classes: int = 10) -> Workload:
+    """The workload of a built-in config.model; num_classes comes from the data (10 for the
+    synthetic teacher). Other workloads: trainkit.engine.workload_resolve.build_workload."""
+    if config.model not in BUILTINS:
+        raise ValueError(f"model={config.model!r} is not a built-in model; choose from {', '.join(BUILTINS)}")
+    return BUILTINS[config.model](config, num_classes)
 
 
 def count_params(model: nn.Module) -> int:

@@ -22,7 +22,7 @@ from .config import RunConfig
 from .precision_facts import PrecisionFacts, facts_of, precision_names, unsupported_reason
 
 if TYPE_CHECKING:
-    from .models import ModelSpec
+    from .workload import Workload
 
 NO_CONTEXT = contextlib.nullcontext()  # stateless, so one instance serves every step
 
@@ -121,7 +121,7 @@ class Precision:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
 
-    def details(self, spec: ModelSpec) -> dict[str, Any] | None:
+    def details(self, spec: Workload) -> dict[str, Any] | None:
         """What the mode did to this model that its config does not say (the record's
         `precision_details`), or None."""
         del spec
@@ -379,7 +379,7 @@ class Float8Precision(MixedBF16Precision):
                               f"(skipped: {skipped})")
         return module
 
-    def details(self, spec: ModelSpec) -> dict[str, Any] | None:
+    def details(self, spec: Workload) -> dict[str, Any] | None:
         return float8.details(self.conversion, spec) if self.conversion is not None else None
 
 
