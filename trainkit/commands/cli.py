@@ -26,8 +26,10 @@ from ..engine.config import ConfigError, ProfileConfig, RunConfig, field_help
 from ..engine.options import Parser, UsageError, choice, integer, number, optional
 from ..engine.precision_facts import precision_names
 from ..engine.schema import MEMORY_NAMES, headline_memory, write_json
+from .workloads import add_parsers as add_workload_parsers
+from .workloads import cmd_check, cmd_workloads
 
-CHOICES = {"model": cfg.MODELS, "precision": precision_names, "optimizer": cfg.OPTIMIZERS,
+CHOICES = {"precision": precision_names, "optimizer": cfg.OPTIMIZERS,
            "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES,
            "compile_mode": cfg.COMPILE_MODES, "activation_checkpointing": cfg.ACTIVATION_CHECKPOINTING}
 """Fields with a fixed set of values (precision's is the table's, read when parsing)."""
@@ -38,12 +40,21 @@ def choices_of(field: str) -> tuple[str, ...]:
     return tuple(valid() if callable(valid) else valid)
 
 
+MODEL_HELP = ("the model: a built-in (mlp, cnn, resnet18, resnet50, gpt), MODULE:FUNCTION (a function returning a "
+              "trainkit Workload), MODULE (build, loss, batch), an installed plugin's name (python -m trainkit "
+              "workloads), hf:TYPE_OR_CONFIG?key=value&... or timm:NAME?key=value&... (default: mlp)")
+
+
 def add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """One option per RunConfig field (but those in `exclude`, which the command sets itself), typed
-    from its annotation, documented by its docstring."""
+    from its annotation, documented by its docstring. `--model SPEC` sets model and workload
+    (model_fields), so workload has no option of its own."""
     group = parser.add_argument_group("run configuration (RunConfig fields)")
     for field in dataclasses.fields(RunConfig):
-        if field.name in exclude:
+        if field.name in exclude or field.name == "workload":
+            continue
+        if field.name == "model":
+            group.add_argument("--model", dest="model", default=None, metavar="SPEC", help=MODEL_HELP)
             continue
         flag = "--" + field.name.replace("_", "-")
         kind = str(field.type)
@@ -68,10 +79,27 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
     """A RunConfig from parsed options: given options replace the base's (or the defaults)."""
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
                if getattr(args, f.name, None) is not None}
+    if "model" in changes:
+        changes.update(model_fields(changes["model"]))
     try:
         return dataclasses.replace(base, **changes) if base is not None else RunConfig(**changes)
     except ConfigError as exc:
         raise UsageError(f"invalid configuration: {exc}") from None
+
+
+def model_fields(spec: str) -> dict[str, str | None]:
+    """The config fields `--model SPEC` sets: the workload's name and its spec (None for a built-in).
+    A spec that is not built in is resolved here, so a bad one is one line before any process starts."""
+    if spec in cfg.MODELS:
+        return {"model": spec, "workload": None}
+    from ..engine.workload import WorkloadError  # torch only for specs that are not built in
+    from ..engine.workload_resolve import model_choice
+
+    try:
+        chosen = model_choice(spec)
+    except WorkloadError as exc:
+        raise UsageError(str(exc)) from None
+    return {"model": chosen.model, "workload": chosen.workload}
 
 
 def check_paths(config: RunConfig, output: str | None) -> None:
@@ -89,7 +117,8 @@ def check_paths(config: RunConfig, output: str | None) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="trainkit", description="Measure what precision and gradient accumulation do to "
                                                  "PyTorch training, one cell at a time.")
-    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env,parity,plan}", parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env,parity,plan,workloads,check-workload}",
+                                parser_class=Parser)
     run = sub.add_parser("run", help="run one cell and write its result record")
     repro = sub.add_parser("repro", help="rerun the config of a result record (options override it)")
     repro.add_argument("record", help="a result record (JSON) written by `trainkit run` or the bench")
@@ -127,6 +156,7 @@ def build_parser() -> Parser:
     from .plan import add_parser as add_plan_parser  # torch-free, like this module
 
     add_plan_parser(sub)
+    add_workload_parsers(sub)
     return parser
 
 
@@ -223,13 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("trainkit: choose a command: run, repro, env, parity or plan (see --help)")
+            raise UsageError("trainkit: choose a command: run, repro, env, parity, plan, workloads or "
+                             "check-workload (see --help)")
         if args.command == "env":
             return cmd_env()
         if args.command == "parity":
             from .parity import main as cmd_parity
 
             return cmd_parity(args)
+        if args.command == "workloads":
+            return cmd_workloads(args)
+        if args.command == "check-workload":
+            return cmd_check(args)
         if args.command == "plan":
             from .plan import cmd_plan
 

@@ -75,9 +75,10 @@ from .config import RunConfig
 from .data import EVAL_SAMPLES, pool_size
 from .loop import build_optimizer
 from .memory import SavedTensors
-from .models import ModelSpec, build_spec
 from .precision import Precision, build_precision
 from .precision_facts import DTYPE_BYTES, facts_of
+from .workload import Workload
+from .workload_resolve import build_workload
 
 PEAK_FORMULA = ("peak = parameters + buffers + master copies + optimizer state + data + DDP buckets + cuBLAS "
                 "workspaces (GPU) + the step's peak on fake tensors (activations + gradients + temporaries alive "
@@ -253,7 +254,8 @@ class Estimator:
         self.environ = environ
         self.mode = FakeTensorMode()
         self.policy: Precision = build_precision(self.config, self.device)
-        self.spec: ModelSpec = build_spec(self.config)
+        self.spec: Workload = build_workload(self.config)
+        self.spec.probe  # noqa: B018 - its real CPU batch is made now, never under the fake mode
         with self.mode, _default_dtype(self.policy.param_dtype), self.device:
             self.model: nn.Module = self.spec.build()
             # Checkpointed blocks save only their inputs for backward, as in Trainer.
@@ -311,15 +313,12 @@ class Estimator:
     def data_bytes(self) -> int:
         """The synthetic pool and the held-out evaluation set (trainkit.engine.data), as stored."""
         spec, config = self.spec, self.config
-        long_bytes = 8
-        if spec.tokens:
-            input_bytes, target_numel = long_bytes, math.prod(spec.input_shape)
-        else:
-            input_bytes, target_numel = _dtype_size(self.policy.input_dtype), 1
+        inputs, targets = spec.probe  # make_batch's dtypes; floating inputs take the policy's
+        input_bytes = inputs.element_size() if spec.tokens else _dtype_size(self.policy.input_dtype)
         total = 0
         for samples in (config.dataset_size or pool_size(spec), EVAL_SAMPLES):
             total += self._tensor_bytes(samples * math.prod(spec.input_shape), input_bytes)
-            total += self._tensor_bytes(samples * target_numel, long_bytes)
+            total += self._tensor_bytes(samples * math.prod(spec.target_shape), targets.element_size())
         return total
 
     # --- the step --------------------------------------------------------------------------------
@@ -327,10 +326,10 @@ class Estimator:
         """A pool of the real one's shapes and dtypes (trainkit.engine.data): a micro-batch is a view of it."""
         spec = self.spec
         size = self.config.dataset_size or pool_size(spec)
-        input_dtype = torch.long if spec.tokens else self.policy.input_dtype
+        input_dtype = spec.probe[0].dtype if spec.tokens else self.policy.input_dtype
         with self.mode, self.device:
             inputs = torch.empty((size, *spec.input_shape), dtype=input_dtype)
-            targets = torch.empty((size, *spec.input_shape) if spec.tokens else (size,), dtype=torch.long)
+            targets = torch.empty((size, *spec.target_shape), dtype=spec.probe[1].dtype)
         return inputs, targets
 
     @staticmethod
