@@ -16,6 +16,7 @@ are any, unless `name=` gives one. Quote specs in a shell: `?` and `&` are speci
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 from collections.abc import Callable
@@ -39,8 +40,12 @@ TIMM_CLASSES = 10
 
 
 def _require(module: str, extra: str, spec: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise WorkloadError(f"--model {spec!r} needs {module}, which is not installed: pip install 'trainkit[{extra}]'")
+    """Import the adapter's library, or say in one line how to install it."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise WorkloadError(f"--model {spec!r} needs {module}, which is not installed: "
+                            f"pip install 'trainkit[{extra}]'") from None
 
 
 def _name(prefix: str, target: str, params: dict[str, Any]) -> str:

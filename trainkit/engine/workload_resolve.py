@@ -5,9 +5,10 @@ A spec is one of (tried in this order):
 - a built-in model: mlp, cnn, resnet18, resnet50, gpt;
 - `hf:TARGET?key=value&...` or `timm:NAME?key=value&...`: an adapter (trainkit.engine.workload_adapters);
 - `MODULE:FUNCTION?key=value&...`: FUNCTION(**keys) returns a Workload (or FUNCTION is one);
+  MODULE may be a .py file's path (`models/mine.py:workload`);
 - the name of an installed plugin: an entry point of the group `trainkit.workloads` whose object
   is such a function (or a module of the minimal form below);
-- `MODULE`: the minimal form, a module with `build()`, `loss(output, target)` and
+- `MODULE` (or a .py file's path): the minimal form, a module with `build()`, `loss(output, target)` and
   `batch(batch_size, generator, device)`, and optionally NAME, HAS_BATCHNORM, FLOPS_PER_SAMPLE,
   NUM_CLASSES, TOKENS_PER_SAMPLE and `dataset()`.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -46,13 +48,40 @@ def plugins() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _import_file(path: str, spec: str) -> ModuleType:
+    """A module from a .py file (`--model path/to/mymodel.py:FUNCTION`), under the file's stem."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    if not os.path.isfile(path):
+        raise WorkloadError(f"--model {spec!r}: {path!r} is not a file")
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    assert loader_spec is not None and loader_spec.loader is not None
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:  # any import-time error of the user's file is a bad spec
+        del sys.modules[name]
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise WorkloadError(f"--model {spec!r}: {path!r} does not import: {type(exc).__name__}: {first}") from None
+    return module
+
+
 def _import(module_name: str, spec: str) -> ModuleType:
+    if module_name.endswith(".py"):
+        return _import_file(module_name, spec)
     # `python -m trainkit` puts the current directory on sys.path, a fork server's child may not
     # (it has the path the server started with): the worker must find what the command found.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name and ":" not in spec.partition("?")[0]:  # a bare name: a typo of a model's?
+            raise WorkloadError(f"--model {spec!r} is not a built-in model ({', '.join(BUILTINS)}), an installed "
+                                f"plugin ({', '.join(plugins()) or 'none'}), an adapter (hf:..., timm:...) nor an "
+                                f"importable module (No module named {module_name!r})") from None
+        raise WorkloadError(f"--model {spec!r}: module {module_name!r} does not import: "
+                            f"ModuleNotFoundError: {exc}") from None
     except Exception as exc:  # any import-time error of the user's module is a bad spec
         first = (str(exc).strip().splitlines() or [""])[0]
         raise WorkloadError(f"--model {spec!r}: module {module_name!r} does not import: "
@@ -152,9 +181,14 @@ class ModelChoice:
 
 def model_choice(spec: str) -> ModelChoice:
     """The config fields of `--model SPEC`, after resolving it here (so a bad spec fails before any
-    cell starts); WorkloadError (one line) when it cannot be had."""
+    cell starts); WorkloadError (one line) when it cannot be had. A .py file's path is made
+    absolute: workers may start elsewhere."""
     if spec in BUILTINS:
         return ModelChoice(spec, None)
+    target, question, query = spec.partition("?")
+    module_name, colon, attr = target.partition(":")
+    if module_name.endswith(".py") and not module_name.startswith(tuple(adapters.ADAPTERS)):
+        spec = f"{os.path.abspath(module_name)}{colon}{attr}{question}{query}"
     return ModelChoice(resolve(spec).name, spec)
 
 
