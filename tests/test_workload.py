@@ -1,0 +1,204 @@
+"""Workloads: a user's model, written outside the repository, resolved from `--model SPEC` the way
+the built-ins are, and held to the same invariants (accumulation equivalence, determinism)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from trainkit.engine.config import ConfigError, RunConfig
+from trainkit.engine.models import BUILTINS
+from trainkit.engine.workload import Workload, WorkloadError
+from trainkit.engine.workload_resolve import build_workload, model_choice, plugins, resolve
+
+from .conftest import REPO, flat_params, train
+
+EXAMPLE = os.path.join(REPO, "examples", "my-workload")
+
+USER_MODULE = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainkit.engine.workload import Workload
+
+
+def batch(n, generator, device):
+    x = torch.randn(n, 32, generator=generator, device=device)
+    return x, (x[:, :8].sum(dim=1) > 0).long()
+
+
+def tiny(width=64):
+    return Workload(name="tiny", build=lambda: nn.Sequential(nn.Linear(32, width), nn.ReLU(), nn.Linear(width, 2)),
+                    loss_fn=F.cross_entropy, make_batch=batch)
+
+
+def tiny_bn():
+    return Workload(name="tiny-bn", build=lambda: nn.Sequential(nn.Linear(32, 16), nn.BatchNorm1d(16),
+                                                                 nn.Linear(16, 2)),
+                    loss_fn=F.cross_entropy, make_batch=batch)
+
+
+def named_gpt():
+    return Workload(name="gpt", build=lambda: nn.Linear(32, 2), loss_fn=F.cross_entropy, make_batch=batch)
+
+
+def not_a_workload():
+    return nn.Linear(2, 2)
+
+
+def wrong_batch():
+    return Workload(name="wrong", build=lambda: nn.Linear(32, 2), loss_fn=F.cross_entropy,
+                    make_batch=lambda n, g, d: torch.zeros(n, 32))
+'''
+
+
+def write_user_module(directory, name: str = "usermodels", text: str = USER_MODULE) -> str:
+    path = os.path.join(directory, f"{name}.py")
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def user_dir(tmp_path, monkeypatch):
+    """A directory outside the repository holding the user's module, as the current directory."""
+    assert not str(tmp_path).startswith(REPO)
+    write_user_module(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("usermodels", None)
+
+
+def user_config(spec: str, **changes: object) -> RunConfig:
+    chosen = model_choice(spec)
+    values: dict[str, object] = {"model": chosen.model, "workload": chosen.workload, "batch_size": 8, "steps": 3,
+                                 "warmup_steps": 0, "device": "cpu", "lr": 0.1}
+    values.update(changes)
+    return RunConfig(**values)  # type: ignore[arg-type]
+
+
+def test_the_built_in_models_are_workloads_registered_the_same_way():
+    for name in BUILTINS:
+        config = RunConfig(model=name, image_size=32 if name.startswith("resnet") else None)
+        workload = build_workload(config)
+        assert isinstance(workload, Workload) and workload.name == name and workload.source == "built-in"
+        assert model_choice(name).workload is None
+    assert build_workload(RunConfig(model="resnet18", image_size=32)).has_batchnorm
+    assert build_workload(RunConfig(model="gpt")).target_shape == (64,)
+
+
+def test_module_function_with_options_and_the_minimal_module_form(user_dir):
+    workload = resolve("usermodels:tiny?width=16")
+    assert (workload.name, workload.source, workload.has_batchnorm) == ("tiny", "module", False)
+    assert workload.input_shape == (32,) and workload.target_shape == () and not workload.tokens
+    assert sum(p.numel() for p in workload.build().parameters()) == 32 * 16 + 16 + 16 * 2 + 2
+    assert resolve("usermodels:tiny_bn").has_batchnorm  # found in the module, not declared
+    minimal = resolve(os.path.join(EXAMPLE, "tk_example", "minimal.py"))
+    assert (minimal.name, minimal.input_shape) == ("tiny-regressor", (16,))
+    chosen = model_choice("usermodels.py:tiny")
+    assert chosen.model == "tiny" and chosen.workload == os.path.join(str(user_dir), "usermodels.py:tiny")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nosuchmodule:fn", "module 'nosuchmodule' does not import: ModuleNotFoundError"),
+    ("usermodels:missing", "module 'usermodels' has no 'missing'"),
+    ("usermodels:not_a_workload", "usermodels:not_a_workload() returned a Linear, not a trainkit.engine.workload"),
+    ("usermodels:named_gpt", "named 'gpt', which is a built-in model's name"),
+    ("usermodels:wrong_batch", "make_batch(2, ...) must return two tensors"),
+    ("usermodels:tiny?depth=3", "usermodels:tiny(depth) failed"),
+    ("usermodels", "is not a workload: it lacks build, loss (the minimal form defines build, loss, batch)"),
+    ("gtp", "is not a built-in model (mlp, cnn, resnet18, resnet50, gpt), an installed plugin"),
+    ("broken:fn", "module 'broken' does not import: ZeroDivisionError: division by zero"),
+])
+def test_a_bad_spec_is_one_line_naming_what_is_wrong(user_dir, spec, message):
+    write_user_module(user_dir, "broken", "x = 1 / 0\n")
+    with pytest.raises(WorkloadError) as caught:
+        resolve(spec)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_adapter_whose_library_is_missing_gives_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # what an uninstalled package looks like to import
+    monkeypatch.setitem(sys.modules, "timm", None)
+    hint = r"needs transformers, which is not installed: pip install 'trainkit\[hf\]'"
+    with pytest.raises(WorkloadError, match=hint):
+        resolve("hf:llama?hidden_size=64")
+    with pytest.raises(WorkloadError, match=r"pip install 'trainkit\[timm\]'"):
+        resolve("timm:resnet18")
+
+
+def write_dist_info(directory, dist: str, entry_points: dict[str, str]) -> None:
+    """An installed distribution as importlib.metadata finds one: a *.dist-info with its entry points."""
+    info = os.path.join(directory, f"{dist.replace('-', '_')}-0.1.dist-info")
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    with open(os.path.join(info, "entry_points.txt"), "w") as f:
+        f.write("[trainkit.workloads]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+
+
+def example_entry_points() -> dict[str, str]:
+    import tomllib
+
+    with open(os.path.join(EXAMPLE, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]["entry-points"]["trainkit.workloads"]
+
+
+def test_the_example_package_is_a_plugin_by_its_declared_entry_points(tmp_path, monkeypatch):
+    write_dist_info(tmp_path, "tk-example-workload", example_entry_points())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(EXAMPLE)
+    assert {"resmlp", "resmlp-bn"} <= set(plugins())
+    resmlp, bn = resolve("resmlp"), resolve("resmlp-bn?width=32")
+    assert (resmlp.name, resmlp.source, resmlp.has_batchnorm) == ("resmlp", "plugin", False)
+    assert (bn.name, bn.has_batchnorm) == ("resmlp-bn", True)
+
+
+def test_a_plugin_that_does_not_load_is_named_with_its_entry_point(tmp_path, monkeypatch):
+    write_dist_info(tmp_path, "broken-plugin", {"brokenplug": "no_such_package.models:fn"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(WorkloadError, match=r"plugin 'brokenplug' \(no_such_package.models:fn\) does not load"):
+        resolve("brokenplug")
+
+
+def test_a_config_never_gives_a_workload_a_built_in_name_or_real_data():
+    with pytest.raises(ConfigError, match="is a built-in model's name"):
+        RunConfig(model="gpt", workload="usermodels:tiny")
+    with pytest.raises(ConfigError, match="is not a workload name"):
+        RunConfig(model="my model", workload="usermodels:tiny")
+    with pytest.raises(ConfigError, match="model='tiny' is not valid"):
+        RunConfig(model="tiny")
+    with pytest.raises(ConfigError, match="reads synthetic data"):
+        RunConfig(model="tiny", workload="usermodels:tiny", data="mnist", data_root="/tmp")
+    assert RunConfig(model="tiny", workload="usermodels:tiny").cell_id == "tiny-fp32-bs64-ga1-gpus1"
+
+
+def test_a_renamed_workload_is_not_mistaken_for_the_config_s(user_dir):
+    with pytest.raises(WorkloadError, match="is now named 'tiny', not 'old-name'"):
+        build_workload(RunConfig(model="old-name", workload="usermodels:tiny"))
+
+
+def test_a_user_workload_passes_the_built_ins_invariants(user_dir):
+    """tests/test_equivalence.py's: batch 8 x accum 4 == batch 32 x accum 1, and the same seed
+    gives the same run."""
+    accumulated = train(user_config("usermodels:tiny", batch_size=8, grad_accum=4, steps=12))
+    whole = train(user_config("usermodels:tiny", batch_size=32, grad_accum=1, steps=12))
+    torch.testing.assert_close(accumulated.loss_curve(), whole.loss_curve(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(flat_params(accumulated), flat_params(whole), rtol=1e-5, atol=1e-7)
+    curve = accumulated.loss_curve()
+    assert curve[-3:].mean() < curve[:3].mean() - 0.02  # it does learn
+    again = train(user_config("usermodels:tiny", batch_size=8, grad_accum=4, steps=12))
+    assert torch.equal(again.loss_curve(), accumulated.loss_curve())
+
+
+def test_batchnorm_makes_accumulation_inexact_and_the_workload_says_so(user_dir):
+    accumulated = train(user_config("usermodels:tiny_bn", batch_size=8, grad_accum=4, steps=3))
+    whole = train(user_config("usermodels:tiny_bn", batch_size=32, grad_accum=1, steps=3))
+    assert accumulated.spec.has_batchnorm
+    assert not torch.allclose(flat_params(accumulated), flat_params(whole), rtol=1e-5, atol=1e-7)

@@ -1,0 +1,109 @@
+"""A user's workload through the commands, as a user runs them: from a directory outside the
+repository, `--model MODULE:FUNCTION` in run (the worker resolves it in its own processes),
+`workloads`, `check-workload`, plan, parity and the bench matrix."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from .conftest import REPO, trainkit_cmd
+from .test_workload import EXAMPLE, example_entry_points, write_dist_info, write_user_module
+
+
+def env_with(*paths: str) -> dict[str, str]:
+    """This environment with `paths` and the repository importable (not the current directory)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*paths, REPO, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run(args: list[str], cwd, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env or env_with(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def user_dir(tmp_path):
+    assert not str(tmp_path).startswith(REPO)
+    write_user_module(tmp_path)
+    return tmp_path
+
+
+def test_run_trains_a_user_workload_in_its_workers_and_ranks_agree_with_one(user_dir):
+    """world size 2 x batch 4 x accum 2 == one rank x batch 16, through the real launcher: the
+    workers (forked from the fork server) import the user's module from the command's directory."""
+    records = {}
+    for name, shape in (("two", ["--world-size", "2", "--batch-size", "4", "--grad-accum", "2"]),
+                        ("one", ["--batch-size", "16"])):
+        proc = run(trainkit_cmd("run", "--model", "usermodels:tiny", "--device", "cpu", "--steps", "4",
+                                "--warmup-steps", "1", "--lr", "0.1", *shape, "-o", f"{name}.json", "-q"), user_dir)
+        assert proc.returncode == 0, proc.stderr
+        with open(user_dir / f"{name}.json") as f:
+            records[name] = json.load(f)
+    two, one = records["two"], records["one"]
+    assert two["cell_id"] == "tiny-fp32-bs4-ga2-gpus2" and two["ranks_reported"] == 2
+    assert two["config"]["workload"] == "usermodels:tiny" and two["config"]["has_batchnorm"] is False
+    assert two["flops_per_sample"] == 6 * (32 * 64 + 64 * 2) - 2 * 32 * 64  # no input gradient for the first layer
+    for a, b in zip(two["loss"]["curve"], one["loss"]["curve"]):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_workloads_lists_built_ins_plugins_and_adapters(tmp_path):
+    write_dist_info(tmp_path, "tk-example-workload", example_entry_points())
+    proc = run(trainkit_cmd("workloads"), tmp_path, env_with(str(tmp_path), EXAMPLE))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.split()[:2] == ["gpt", "built-in"] for line in lines)
+    assert any(line.startswith("resmlp ") and "plugin (tk-example-workload)" in line
+               and "tk_example.workloads:resmlp" in line for line in lines)
+    assert any(line.startswith("hf:...") for line in lines) and any(line.startswith("timm:...") for line in lines)
+
+
+def parse_table(stdout: str) -> dict[str, tuple[str, str]]:
+    """check-workload's table: {check: (verdict, detail)}, cut at the dashes' columns."""
+    header = next(i for i, line in enumerate(stdout.splitlines()) if line.startswith("check "))
+    lines = stdout.splitlines()
+    widths = [len(dashes) for dashes in lines[header + 1].split("  ")]
+    rows = {}
+    for line in lines[header + 2:]:
+        check = line[:widths[0]].strip()
+        verdict = line[widths[0] + 2:widths[0] + 2 + widths[1]].strip()
+        rows[check] = (verdict, line[widths[0] + widths[1] + 4:].strip())
+    return rows
+
+
+@pytest.mark.slow
+def test_check_workload_reports_the_invariants_of_a_module_function(user_dir):
+    proc = run(trainkit_cmd("check-workload", "--model", "usermodels:tiny", "--device", "cpu",
+                            "--precision", "fp32,half-bf16,fp8-tensorwise"), user_dir)
+    assert proc.returncode == 0, proc.stderr
+    rows = parse_table(proc.stdout)
+    assert rows["accumulation exact"][0] == "ok" and rows["deterministic"][0] == "ok"
+    assert rows["FLOPs per sample"] == ("ok", "8960 (forward + backward, torch's FlopCounterMode)")
+    assert rows["FP8 layers"][0] == "ok" and rows["FP8 layers"][1].startswith("1 of 2 linear layers convert (0)")
+    assert rows["planner estimate"][0] == "ok" and "1.000x the real step" in rows["planner estimate"][1]
+    assert rows["precision fp32"][0] == rows["precision half-bf16"][0] == "ok"
+    assert rows["precision fp8-tensorwise"][0] == "unsupported"
+
+
+@pytest.mark.slow
+def test_check_workload_says_batchnorm_makes_accumulation_inexact_by_design(user_dir):
+    proc = run(trainkit_cmd("check-workload", "--model", "usermodels:tiny_bn", "--device", "cpu",
+                            "--precision", "fp32"), user_dir)
+    assert proc.returncode == 0, proc.stderr
+    verdict, detail = parse_table(proc.stdout)["accumulation exact"]
+    assert verdict == "expected" and detail.startswith("BatchNorm: statistics per micro-batch")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("usermodels:not_a_workload", "returned a Linear, not a trainkit.engine.workload.Workload"),
+    ("nosuch:fn", "module 'nosuch' does not import: ModuleNotFoundError: No module named 'nosuch'"),
+])
+@pytest.mark.parametrize("command", ["run", "check-workload"])
+def test_a_bad_spec_is_one_line_and_exit_2(user_dir, command, spec, message):
+    proc = run(trainkit_cmd(command, "--model", spec, "--device", "cpu"), user_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
