@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,7 @@ def _name(prefix: str, target: str, params: dict[str, Any]) -> str:
     base = os.path.basename(os.path.normpath(target))
     if base == "config.json":
         base = os.path.basename(os.path.dirname(os.path.abspath(target)))
-    base = "".join(c if c.isalnum() or c in "_." else "_" for c in base) or "model"
+    base = re.sub(r"[^A-Za-z0-9_.]+", "-", base).strip("-") or "model"  # a name's form: NAME_PATTERN
     if not params:
         return f"{prefix}-{base}"
     canonical = "&".join(f"{k}={params[k]!r}" for k in sorted(params))
