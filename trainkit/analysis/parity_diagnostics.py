@@ -22,6 +22,7 @@ def _mean(values: list[Any]) -> float | None:
 
 
 DIAGNOSTIC_FIGURES = ("grad_zero_share", "grad_subnormal_share", "grad_underflow_share", "grad_nonfinite_count",
+                      "update_nonfinite_count",
                       "second_moment_zero_share", "unchanged_share", "update_over_lr_median", "update_over_lr_p90",
                       "update_to_weight_median", "update_to_weight_p90", "loss_scale")
 
