@@ -15,7 +15,8 @@ precision out (trainkit.analysis.parity_types). No torch; `python -m trainkit pa
 - **Time to target.** Per seed, the target is its fp32 twin's smoothed training loss at
   TARGET_FRACTION of the run (or one loss, given); steps to target is the first step at which the
   seed's smoothed curve reaches it, time to target those steps x the cell's median step time. Over
-  seeds: mean steps and time with t intervals, and the geometric mean of fp32's over this
+  seeds: mean steps with a t interval, the geometric mean of the times with the t interval of their
+  logarithms, and the geometric mean of fp32's over this
   precision's (effective speedup) and of fp32's step time over this one's (throughput speedup), each
   with its interval. A seed that never reaches the target leaves those null, saying how many did.
 - **Diagnostics.** trainkit.analysis.parity_diagnostics names what stands out under a `better` or
@@ -193,7 +194,9 @@ def _timing(ok: list[dict[str, Any]], basis: _Basis) -> TimeToTarget:
     missing = f"not reached in {n - len(reached)} of {n} seeds" if len(reached) < n else None
     steps = t_interval([t.steps_to_target for t in reached], c) if not missing else _null(n, c, missing)
     times = [t.time_to_target_s for t in reached if t.time_to_target_s is not None]
-    time_s = t_interval(times, c) if not missing and len(times) == n else _null(n, c, missing or "no step time")
+    # Times are positive and a loaded machine stretches them by factors: a geometric mean keeps their
+    # interval positive (an arithmetic t interval of 5 CPU timings went below 0 s).
+    time_s = geometric_interval(times, c) if not missing and len(times) == n else _null(n, c, missing or "no step time")
     pairs = [(basis.timings[t.seed], t) for t in per_seed if t.seed in basis.timings]
     throughput = [ref.step_time_s / mine.step_time_s for ref, mine in pairs if ref.step_time_s and mine.step_time_s]
     both = [(ref.time_to_target_s, mine.time_to_target_s) for ref, mine in pairs]
@@ -201,11 +204,11 @@ def _timing(ok: list[dict[str, Any]], basis: _Basis) -> TimeToTarget:
     if not pairs:
         note = "no fp32 seed shares these seeds: no speedup"
         effective = _null(0, c, note)
+    elif any(mine is None for _, mine in both):
+        effective = _null(len(pairs), c, missing or "no step time")
     elif any(ref is None for ref, _ in both):
         fp32_missing = sum(1 for ref, _ in both if ref is None)
         effective = _null(len(pairs), c, f"fp32 did not reach the target in {fp32_missing} of these seeds")
-    elif any(mine is None for _, mine in both):
-        effective = _null(len(pairs), c, missing or "no step time")
     else:
         effective = geometric_interval([ref / mine for ref, mine in both], c)  # type: ignore[operator]
     throughput_iv = geometric_interval(throughput, c) if throughput else _null(0, c, "no step times to compare")
@@ -356,7 +359,8 @@ def rules(margin: Margin, confidence: float) -> dict[str, str]:
                     "worse; a seed that crashed, ran out of memory or timed out leaves it without a verdict"),
         "target": ("per seed, its fp32 twin's smoothed training loss at target.fraction of the run (trailing "
                    f"mean over {SMOOTH_FRACTION:.0%} of the steps), unless one loss is given"),
-        "time_to_target": "per seed, steps to target x the cell's median step time; over seeds, mean and t interval",
+        "time_to_target": ("per seed, steps to target x the cell's median step time; over seeds, the mean steps "
+                           "with a t interval, the geometric mean time with the t interval of the logarithms"),
         "speedups": ("geometric mean over seed pairs of fp32's step time (throughput) or time to target "
                      "(effective) over this precision's, with the t interval of the logarithms; null, with how "
                      "many seeds reached the target, when one did not"),

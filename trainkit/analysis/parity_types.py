@@ -123,7 +123,9 @@ class TimeToTarget:
     seeds_reached: int
     """Seeds whose smoothed training loss reached the target within the run."""
     steps_to_target: Interval
+    """Mean over seeds, with a t interval."""
     time_to_target_s: Interval
+    """Geometric mean over seeds, with the t interval of the logarithms (times are positive)."""
     throughput_speedup: Interval
     """Geometric mean over seed pairs of fp32's step time over this precision's, with its interval."""
     effective_speedup: Interval
