@@ -167,6 +167,8 @@ def table(frame: pd.DataFrame) -> pd.DataFrame:
                                                        for _, r in frame.iterrows()],
         "margin": [f"±{_num(m, '.5f')}" if _num(m, "g") != "–" else "–" for m in frame["margin_loss"]],
         "test": frame["test"].fillna("–"),
+        # A shift can be detectable (p small) and still inside the margin: the verdict is the margin's.
+        "p (no difference)": [_num(v, ".2g") for v in frame["p_value"]],
         "seeds to decide": [_more_text(r) for _, r in frame.iterrows()],
         "eval loss ± sd": [f"{_num(m, '.4f')} ± {_num(s, '.4f')}" if _num(m, ".4f") != "–" else "–"
                            for m, s in zip(frame["eval_loss"], frame["eval_loss_sd"])],
@@ -325,7 +327,7 @@ def section(docs: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-MARKDOWN_COLUMNS = ("precision", "verdict", "margin", "test", "seeds to decide", "steps to target",
+MARKDOWN_COLUMNS = ("precision", "verdict", "margin", "test", "p (no difference)", "seeds to decide", "steps to target",
                     "time to target (s)", "throughput vs fp32", "effective vs fp32")
 
 

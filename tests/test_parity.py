@@ -342,7 +342,8 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path):
                           (["--jobs", "0"], "argument --jobs/-j: '0' must be >= 1"),
                           (["--margin", "0%"], "argument --margin: '0%': give a share of fp32's eval loss above 0"),
                           (["--confidence", "1"], "--confidence 1 must be in (0, 1)"),
-                          (["--from-records", str(tmp_path / "none.jsonl")], "--from-records")):
+                          (["--from-records", str(tmp_path / "none.jsonl")], "--from-records"),
+                          (["--from-records", __file__, "--steps", "3"], "--from-records runs no cell: --steps")):
         done = subprocess.run(trainkit_cmd("parity", "-o", str(tmp_path / "p.json"), *args), capture_output=True,
                               text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
         assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, done.stderr

@@ -336,6 +336,13 @@ def _check(args: Any) -> None:
             raise UsageError(f"{what} {path!r}: directory {os.path.dirname(os.path.abspath(path))!r} does not exist")
     if args.from_records and not os.path.isfile(args.from_records):
         raise UsageError(f"--from-records {args.from_records!r}: no such file")
+    run_only = [name for name, value in (("--precision", args.precision), ("--steps", args.steps),
+                                         ("--warmup-steps", args.warmup_steps), ("--batch-size", args.batch_size),
+                                         ("--lr", args.lr), ("--cell-timeout", args.cell_timeout),
+                                         ("--records", args.records)) if value is not None]
+    if args.from_records and (run_only or args.jobs != 1):
+        raise UsageError(f"--from-records runs no cell: {', '.join(run_only or ['--jobs'])} cannot apply; "
+                         "judging takes --model, --margin, --confidence and the target options")
     needs = [("scipy", "analysis", "the statistics")] + ([("pandas", "reports", "--report"),
                                                           ("plotly", "reports", "--report")] if args.report else [])
     for module, extra, what in needs:
