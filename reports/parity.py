@@ -210,7 +210,8 @@ def differences_chart(model: str, block: dict[str, Any]) -> Chart:
         fig.add_vline(x=x, line=dict(color="#555", dash=dash, width=1))
     fig.update_xaxes(title_text="eval loss − fp32's eval loss (same seed), mean and interval")
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(legend=dict(title_text="precision (verdict)"))
+    # Room for the longest precision name on the y axis (half-bf16-master).
+    fig.update_layout(legend=dict(title_text="precision (verdict)"), margin=dict(l=130))
     confidence = block.get("confidence") or 0.95
     note = (f"Dots: mean over seeds of this precision's eval loss minus fp32's on the same seed; bars: the "
             f"{confidence:.0%} interval; dashed lines: ± the margin ({block['margin'].get('described')}).")
