@@ -26,7 +26,7 @@ from trainkit.analysis.parity_stats import (
     welch_interval,
 )
 from trainkit.analysis.parity_types import PARITY_SCHEMA, TARGET_FRACTION, TASK_SEED, VERDICTS, Interval, Margin
-from trainkit.commands.parity import CPU_SETUPS
+from trainkit.commands.parity import CPU_SETUPS, judge_records
 from trainkit.engine.config import ProfileConfig, RunConfig
 from trainkit.engine.result import merge_ranks
 from trainkit.engine.worker import RankWorker
@@ -267,6 +267,27 @@ def test_judge_model_groups_records_by_precision_and_needs_two_reference_seeds()
     alone = judge_model(cells("fp32")[:1] + cells("half-fp16-master", THREE_SEEDS)[:1])
     assert alone.reference.error == "1 fp32 seed(s) finished; a comparison needs at least 2"
     assert {e.verdict for e in alone.precisions.values()} == {"no-verdict"}
+
+
+def test_a_diverged_seed_makes_it_worse_and_a_crashed_one_leaves_no_verdict():
+    ok = cells("fp32", THREE_SEEDS)
+    diverged = [*ok[:2], {**ok[2], "status": "diverged", "status_detail": "diverged@step 40: loss nan"}]
+    crashed = [*ok[:2], {**ok[2], "status": "crashed", "status_detail": "worker killed by SIGKILL"}]
+    block = judge(cells("fp32"), {"diverged": diverged, "crashed": crashed})
+    entry = block.precisions["diverged"]
+    assert (entry.verdict, entry.decided_by) == ("worse", "divergence") and "1 of 3 seeds" in entry.reason
+    assert entry.loss.seeds == (0, 1)  # the seeds that finished are still compared
+    entry = block.precisions["crashed"]
+    assert entry.verdict == "no-verdict" and entry.reason == "1 of 3 seeds ended crashed: worker killed by SIGKILL"
+    assert [c.status for c in entry.cells] == ["ok", "ok", "crashed"]
+
+
+def test_a_mode_the_device_cannot_run_gets_no_verdict_with_the_reason():
+    blocks = judge_records(cells("fp32", THREE_SEEDS), ["gpt"], margin=Margin(),
+                           unsupported={"tf32": "tf32 needs a CUDA GPU"})
+    entry = blocks["gpt"].precisions["tf32"]
+    assert entry.verdict == "no-verdict" and entry.reason == "unsupported: tf32 needs a CUDA GPU"
+    assert blocks["gpt"].config["model"] == "gpt" and "seed" not in blocks["gpt"].config
 
 
 def test_the_document_is_strict_json(verdicts):
