@@ -52,9 +52,12 @@ from .parity_types import (
     TARGET_FRACTION,
     TASK_SEED,
     Cell,
+    CurveSpread,
+    Flatness,
     Interval,
     LossTest,
     Margin,
+    MarginUsed,
     MemoryFigures,
     ModelParity,
     ParityDocument,
@@ -108,7 +111,7 @@ def mean_curve(curves: list[list[float | None]]) -> list[float | None]:
     return [statistics.fmean(v) if len(v) == n and n else None for v in _per_step(curves)]
 
 
-def curve_band(curves: list[list[float | None]]) -> dict[str, list[float | None]]:
+def curve_band(curves: list[list[float | None]]) -> CurveSpread:
     """Per step: the seeds' mean and mean +- SPREAD_SDS sample standard deviations."""
     low: list[float | None] = []
     high: list[float | None] = []
@@ -119,7 +122,7 @@ def curve_band(curves: list[list[float | None]]) -> dict[str, list[float | None]
             continue
         m, sd = statistics.fmean(values), statistics.stdev(values)
         low.append(m - SPREAD_SDS * sd), high.append(m + SPREAD_SDS * sd), mean.append(m)
-    return {"mean": mean, "low": low, "high": high}
+    return CurveSpread(mean=mean, low=low, high=high)
 
 
 def steps_to(curve: Sequence[float | None], target: float) -> int | None:
@@ -290,13 +293,13 @@ def _entry(precision: str, records: list[dict[str, Any]], basis: _Basis) -> Prec
 
 # --- judging a model ----------------------------------------------------------------------------------
 
-def _flatness(curve: list[float | None]) -> dict[str, float | None] | None:
+def _flatness(curve: list[float | None]) -> Flatness | None:
     steps = len(curve)
     quarter = steps - max(1, steps // 4)
     if not steps or None in (curve[0], curve[quarter], curve[-1]):
         return None
     total, last = curve[0] - curve[-1], curve[quarter] - curve[-1]  # type: ignore[operator]
-    return {"drop_total": total, "drop_last_quarter": last, "last_quarter_share": last / total if total > 0 else None}
+    return Flatness(drop_total=total, drop_last_quarter=last, last_quarter_share=last / total if total > 0 else None)
 
 
 def judge(reference_records: list[dict[str, Any]], candidates: dict[str, list[dict[str, Any]]], *,
@@ -306,13 +309,13 @@ def judge(reference_records: list[dict[str, Any]], candidates: dict[str, list[di
     (a precision's seeds, or any variant judged against the same reference)."""
     margin = margin or Margin()
     refs = sorted((r for r in reference_records if r["status"] == "ok"), key=_seed)
-    asked = {"relative": margin.relative if margin.absolute_loss is None else None,
-             "absolute_loss": margin.absolute_loss, "described": margin.describe()}
+    asked = dict(relative=margin.relative if margin.absolute_loss is None else None,
+                 absolute_loss=margin.absolute_loss, described=margin.describe())
     if len(refs) < 2:
         reason = f"{len(refs)} {REFERENCE} seed(s) finished; a comparison needs at least 2"
         reference = Reference(REFERENCE, len(refs), None, None, None, None, {}, error=reason)
-        return ModelParity(steps=None, smoothing_steps=None, margin={**asked, "loss": None}, confidence=confidence,
-                           reference=reference, target=None,
+        return ModelParity(steps=None, smoothing_steps=None, margin=MarginUsed(**asked, loss=None),
+                           confidence=confidence, reference=reference, target=None,
                            precisions={p: no_verdict(p, reason, rs) for p, rs in candidates.items()})
     steps = len(refs[0]["loss"]["curve"])
     window = window_of(steps)
@@ -332,7 +335,7 @@ def judge(reference_records: list[dict[str, Any]], candidates: dict[str, list[di
     target = Target(loss_per_seed={str(s): v for s, v in targets.items()},
                     fraction=None if target_loss is not None else target_fraction, given=target_loss is not None,
                     basis=basis_text)
-    return ModelParity(steps=steps, smoothing_steps=window, margin={**asked, "loss": basis.margin_loss},
+    return ModelParity(steps=steps, smoothing_steps=window, margin=MarginUsed(**asked, loss=basis.margin_loss),
                        confidence=confidence, reference=reference, target=target,
                        precisions={p: _entry(p, rs, basis) for p, rs in candidates.items()})
 

@@ -200,6 +200,38 @@ class PrecisionParity:
 
 
 @dataclass(frozen=True)
+class CurveSpread:
+    """Per optimizer step, fp32's seed-mean smoothed training loss and mean +- 2 sample sd: the seeds'
+    spread drawn under the curves, not a test (null where a seed has no value)."""
+
+    mean: list[float | None]
+    low: list[float | None]
+    high: list[float | None]
+
+
+@dataclass(frozen=True)
+class Flatness:
+    """How flat fp32's seed-mean smoothed training loss got: its drop over the run and over the last quarter."""
+
+    drop_total: float
+    drop_last_quarter: float
+    last_quarter_share: float | None
+    """drop_last_quarter / drop_total (null when the loss did not drop)."""
+
+
+@dataclass(frozen=True)
+class MarginUsed:
+    """The equivalence margin as asked and in loss."""
+
+    relative: float | None
+    """Share of fp32's seed-mean eval loss (null when a loss was given)."""
+    absolute_loss: float | None
+    described: str
+    loss: float | None
+    """The margin in loss; null when fp32 gave no seed-mean eval loss."""
+
+
+@dataclass(frozen=True)
 class Reference:
     """fp32's seeds: the loss the others are compared with, and their spread."""
 
@@ -207,10 +239,8 @@ class Reference:
     seeds: int
     eval_loss_mean: float | None
     eval_loss_sd: float | None
-    curve_band: dict[str, list[float | None]] | None
-    """Per step, fp32's seed-mean smoothed training loss (`mean`) and mean +- 2 sd (`low`, `high`):
-    the seeds' spread drawn under the curves, not a test."""
-    flatness: dict[str, float | None] | None
+    curve_band: CurveSpread | None
+    flatness: Flatness | None
     """How much of fp32's loss drop came in the last quarter of the run (is it flat?)."""
     diagnostics: dict[str, Any]
     error: str | None = None
@@ -234,8 +264,7 @@ class ModelParity:
 
     steps: int | None
     smoothing_steps: int | None
-    margin: dict[str, Any]
-    """The margin as asked (`relative` to fp32's seed-mean eval loss, or `absolute_loss`) and in loss."""
+    margin: MarginUsed
     confidence: float
     reference: Reference
     target: Target | None

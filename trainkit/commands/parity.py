@@ -243,7 +243,7 @@ def summary_lines(doc: ParityDocument) -> list[str]:
             lines.append(f"{model}: no verdicts: {ref.error}")
             continue
         lines.append(f"{model}: fp32 eval {ref.eval_loss_mean:.4f} +- {ref.eval_loss_sd:.4f} (sd of {ref.seeds} "
-                     f"seeds); margin +-{block.margin['loss']:.5f} ({block.margin['described']}); "
+                     f"seeds); margin +-{block.margin.loss:.5f} ({block.margin.described}); "
                      f"{block.confidence:.0%} intervals; eval loss minus fp32's, seed by seed:")
         lines += [_row(e) for e in block.precisions.values()]
     return lines
