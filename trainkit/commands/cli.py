@@ -122,8 +122,8 @@ def build_parser() -> Parser:
     sub.add_parser("env", help="print the environment fingerprint as JSON")
     from .parity import add_arguments as add_parity_arguments
 
-    add_parity_arguments(sub.add_parser("parity", help="judge each precision's loss against fp32's seed noise, "
-                                                       "with time to target and diagnostics (see --help)"))
+    add_parity_arguments(sub.add_parser("parity", help="judge each precision's eval loss against fp32's, seed by "
+                                                       "seed, with time to target and diagnostics (see --help)"))
     from .plan import add_parser as add_plan_parser  # torch-free, like this module
 
     add_plan_parser(sub)
