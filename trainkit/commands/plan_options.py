@@ -105,6 +105,7 @@ class PlanOptions:
 
 
 def options_from_args(args: argparse.Namespace) -> PlanOptions:
+    """The plan the parsed options ask for; UsageError (one line) for a target no split reaches."""
     gpus = tuple(sorted(args.gpus))
     args.world_size = gpus[-1]
     base = config_from_args(args)

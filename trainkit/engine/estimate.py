@@ -15,11 +15,14 @@ is fused or capturable), the synthetic data pool and the held-out evaluation set
 than one rank the flat gradient buckets DDP keeps beside the gradients.
 
 The step peak is what one optimizer step allocates on top of that state at its highest point. It
-is measured, not modelled: the step (every micro-batch's forward under the policy's forward
-context, the loss through the policy's output conversion and backward, clipping, the optimizer step
-and `zero_grad(set_to_none=True)`) runs on fake tensors (FakeTensorMode: shapes and dtypes, no data,
-no memory), and a dispatch mode adds up the storages each operation creates and subtracts them when
-they are freed. Of what is alive at the peak it says which bytes are
+is measured, not modelled: the step runs through the configuration's own precision policy, as
+Trainer.train_step runs it (the model converted by `convert_module`, with its master copies or
+float8 layers; every micro-batch's forward under the policy's forward context, the loss through its
+output conversion and backward; `unscale_`, where a master mode makes its fp32 gradients; clipping;
+the policy's optimizer step over `trained_parameters`; `zero_grad(set_to_none=True)`), on fake
+tensors (FakeTensorMode: shapes and dtypes, no data, no memory; trainkit.engine.fake_step), and a
+dispatch mode adds up the storages each operation creates and subtracts them when they are freed.
+Of what is alive at the peak it says which bytes are
 
 - activations: tensors autograd saved for backward (`memory.SavedTensors`: autocast's weight
   copies, only what checkpointing keeps, the batch when it is a copy),
@@ -31,8 +34,12 @@ they are freed. Of what is alive at the peak it says which bytes are
 This is torch.distributed._tools.mem_tracker.MemTracker's composition of the peak (parameters +
 optimizer state + activations + temporaries, no gradients with set_to_none), measured here on the
 training step trainkit runs. On a CPU it is exact for models whose kernels allocate nothing of their
-own (the MLP and the GPT: the step peak equals the CPU allocator's, byte for byte); oneDNN's
-convolutions allocate scratch buffers no dispatch sees, so a CNN's real CPU peak is higher.
+own (the MLP and the GPT: the step peak equals the CPU allocator's, byte for byte, with SGD in
+every mode). What no dispatch sees is not in it: oneDNN's convolutions and bf16 matmuls allocate
+scratch buffers of their own (a CNN's real CPU peak is higher; half-bf16's MLP by 50,688 B), AdamW's
+step-counter arithmetic holds two scalars fake tensors compute as constants (12 B), and torchao's
+float8 tensors make copies inside their own dispatch (FP8 emulated on a CPU: the MLP's step peak
+10 % short).
 
 What a GPU adds, and what this estimate does about it:
 
