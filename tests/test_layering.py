@@ -74,7 +74,9 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
         for target in targets:
             while target and target not in known:
                 target = target.rpartition(".")[0]
-            if target and target != module:
+            # A module's own packages are initialised before it by Python itself: importing a
+            # sibling through them (`from . import cells`) is no dependency on their faces.
+            if target and target != module and not module.startswith(target + "."):
                 found.add(target)
     return found
 
