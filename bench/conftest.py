@@ -264,7 +264,7 @@ def _build_report(session: pytest.Session) -> None:
     if bench is None or not bench.records or session.config.getoption("tk_no_report"):
         return
     try:
-        from reports.build import build_report
+        from trainkit.reports.build import build_report
     except ImportError as exc:
         bench.report_note = f"no HTML report: {exc} (install trainkit[reports])"
         return

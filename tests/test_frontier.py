@@ -301,9 +301,9 @@ def without_new_fields(record: dict) -> dict:
 
 def test_records_from_before_these_axes_still_load_and_compare(compiled_mlp, tmp_path):
     pytest.importorskip("pandas", reason="reports need the `reports` extra")
-    from reports.load import to_frame
-    from reports.summary import summary
-    from reports.verdict import NEW, REMOVED, Thresholds, compare_records
+    from trainkit.reports.load import to_frame
+    from trainkit.reports.summary import summary
+    from trainkit.reports.verdict import NEW, REMOVED, Thresholds, compare_records
 
     _, _, eager = compiled_mlp
     old = without_new_fields(eager)
@@ -322,10 +322,10 @@ def test_records_from_before_these_axes_still_load_and_compare(compiled_mlp, tmp
 
 def test_the_report_draws_compile_speedups_and_the_memory_throughput_front(compiled_mlp, tmp_path):
     pytest.importorskip("plotly", reason="reports need the `reports` extra")
-    from reports.build import build_report
-    from reports.frontier import cells, compile_pairs, pareto_front
-    from reports.load import to_frame
     from trainkit.engine.result import append_jsonl
+    from trainkit.reports.build import build_report
+    from trainkit.reports.frontier import cells, compile_pairs, pareto_front
+    from trainkit.reports.load import to_frame
 
     from .test_reports import assert_every_chart_renders
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from bench.runner import TABLE_HEADER, table_row
-from reports.verdict import compare_records
 from trainkit.commands.cli import summary_line
 from trainkit.engine.schema import HEADLINE_MEMORY, MEMORY_KEYS, MEMORY_NAMES, SCHEMA, check_record, headline_memory
+from trainkit.reports.verdict import compare_records
 
 MiB, GiB = 2**20, 2**30
 GPU = {"torch_max_allocated_bytes": 3 * GiB, "torch_max_reserved_bytes": 4 * GiB, "nvml_process_peak_bytes": 5 * GiB,
@@ -51,8 +51,8 @@ def test_the_cli_line_the_bench_table_and_the_gate_show_the_same_measure(memory,
 @pytest.mark.parametrize("memory, measure", CASES)
 def test_the_reports_summary_shows_the_same_measure(memory, measure):
     pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, plotly)")
-    from reports.load import to_frame
-    from reports.summary import summary
+    from trainkit.reports.load import to_frame
+    from trainkit.reports.summary import summary
 
     (row,) = summary(to_frame([record(memory)])).to_dict("records")
     assert row["memory_measure"] == measure and row["peak_memory_mib"] == memory[measure] / MiB
@@ -62,8 +62,8 @@ def test_a_cell_whose_repeats_disagree_on_the_measures_is_shown_in_one_they_all_
     """A CPU cell measured before and after records carried the RSS growth: the report and the gate
     both fall back to the worker's RSS, which every repeat has, rather than mixing the two."""
     pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, plotly)")
-    from reports.load import to_frame
-    from reports.summary import summary
+    from trainkit.reports.load import to_frame
+    from trainkit.reports.summary import summary
 
     repeats = [record(CPU, "2026-01-01T00:00:01+00:00"), record(CPU_BEFORE_GROWTH, "2026-01-01T00:00:02+00:00")]
     (row,) = summary(to_frame(repeats)).to_dict("records")

@@ -332,7 +332,7 @@ def test_the_parity_report_renders_in_chromium_without_console_errors(parity_run
 
 def test_a_report_of_results_and_a_parity_document_has_both(parity_run, tmp_path):
     pytest.importorskip("plotly", reason="reports need the `reports` extra")
-    from reports.build import build_report
+    from trainkit.reports.build import build_report
 
     doc = parity_run["doc"]
     paths = build_report([doc["records_file"], str(parity_run["out"] / "parity.json")], str(tmp_path / "r.html"))
@@ -349,9 +349,9 @@ def test_the_report_names_the_diagnostic_next_to_each_verdict(verdicts):
     pytest.importorskip("plotly", reason="reports need the `reports` extra")
     import re
 
-    from reports import parity as parity_report
     from trainkit.analysis.parity import document
     from trainkit.analysis.parity_types import Flag
+    from trainkit.reports import parity as parity_report
 
     standing = Flag("updates rounded away", "updates rounded away: a step left 9% of the weights")
     chosen = {p: verdicts.precisions[p] for p in ("fp32", "half-fp16", "half-fp16-master", "fp32, other seeds")}

@@ -261,7 +261,7 @@ def test_a_real_cpu_plan_writes_what_the_issue_asks_for(cpu_plan):
 
 
 def test_the_plan_page_and_the_report_section_render(cpu_plan, tmp_path):
-    from reports.build import build_report
+    from trainkit.reports.build import build_report
 
     page_path = cpu_plan["dir"] / "plan.html"
     page = page_path.read_text()
@@ -279,7 +279,7 @@ def test_the_plan_page_and_the_report_section_render(cpu_plan, tmp_path):
     assert '<section id="planner"><h2>Memory planner</h2>' in report and 'href="#planner"' in report
     assert "Estimated vs measured peak per probe" in report
     # the page again from the plan file alone; a file that is not a plan is bad input, one line
-    from reports.cli import main as reports_main
+    from trainkit.reports.cli import main as reports_main
 
     again = tmp_path / "again.html"
     assert reports_main(["plan", str(cpu_plan["dir"] / "plan.json"), "-o", str(again)]) == 0
@@ -400,7 +400,7 @@ def test_the_search_goes_to_out_of_memory_unless_limited(tmp_path):
 
 EXAMPLE_PLAN = Path(REPO) / "reports" / "examples" / "cpu-plan" / "plan.json"
 EXAMPLE_SECTION = Path(REPO) / "tests" / "fixtures" / "cpu_plan_section.html"
-"""reports.plan.section of the example plan, as built before the plan's pure part moved to
+"""trainkit.reports.plan.section of the example plan, as built before the plan's pure part moved to
 trainkit.analysis (main at 3f4281c): the move changes no byte of it."""
 
 
@@ -422,7 +422,7 @@ def test_a_plan_written_now_has_the_keys_of_the_committed_example(tmp_path):
 
 
 def test_the_committed_example_plan_builds_the_page_it_built_before_the_move():
-    from reports.plan import page, read_plans, section
+    from trainkit.reports.plan import page, read_plans, section
 
     (plan,) = read_plans([str(EXAMPLE_PLAN)])
     built = section([plan])

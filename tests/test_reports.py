@@ -20,11 +20,11 @@ import pytest
 pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, plotly)")
 pytest.importorskip("plotly", reason="reports need the `reports` extra (pandas, plotly)")
 
-from reports.build import build_report  # noqa: E402
 from trainkit.engine.config import RunConfig  # noqa: E402
 from trainkit.engine.launch import run_cell  # noqa: E402
 from trainkit.engine.result import append_jsonl  # noqa: E402
 from trainkit.engine.schema import CutOffLineWarning  # noqa: E402
+from trainkit.reports.build import build_report  # noqa: E402
 
 # A small matrix that exercises every part of the page: precisions x batch sizes, accumulation at a
 # fixed effective batch of 64, two rank counts, a GradScaler that must skip steps (a 2**30 initial
@@ -167,8 +167,8 @@ def test_summary_figures_are_the_records_numbers(report, records):
 def test_a_loss_difference_needs_a_long_enough_run(report, records):
     """The summary says how many steps its losses are after, compares a cell's loss with fp32's
     only from MIN_LOSS_COMPARISON_STEPS on, and points to the parity run."""
-    from reports.load import to_frame
-    from reports.summary import MIN_LOSS_COMPARISON_STEPS, formatted, summary
+    from trainkit.reports.load import to_frame
+    from trainkit.reports.summary import MIN_LOSS_COMPARISON_STEPS, formatted, summary
 
     assert "after 5 steps" in report["markdown"] and "Δ loss" not in report["markdown"]
     assert "python -m trainkit parity" in report["markdown"] and "python -m trainkit parity" in report["html"]

@@ -414,7 +414,7 @@ def main(args: Any) -> int:
     write_json(args.output, doc.to_dict())
     written = [args.output] + ([] if args.from_records else [records])
     if args.report:
-        from reports.build import build_report
+        from trainkit.reports.build import build_report
 
         written += list(build_report([args.output], args.report, title="trainkit loss parity").values())
     if not args.quiet:

@@ -328,7 +328,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                f"peak {mib(best['peak_bytes'])}, headroom {mib(best['headroom_bytes'])}" if best else ""))
     if options.report:
         try:
-            from reports.plan import write_page
+            from trainkit.reports.plan import write_page
         except ImportError as exc:
             print(f"warning: no HTML report: {exc} (install trainkit[reports])", file=sys.stderr)
         else:

@@ -1,6 +1,6 @@
 """`build_report`: result files -> one self-contained HTML page, plus the summary as CSV and Markdown.
 
-    from reports.build import build_report
+    from trainkit.reports.build import build_report
     paths = build_report(["results.jsonl", "bench.json"], "reports/out/report.html")
     # {"html": ".../report.html", "csv": ".../report.csv", "markdown": ".../report.md"}
 
@@ -12,7 +12,7 @@ to compile, which cells fit in the least memory for their speed (activation chec
 accumulation, precision), which layers FP8 converted, where each cell's step time goes (the profile: phases,
 top operators, MFU, energy, links to traces and memory snapshots), which cells did not finish and
 why, and on what environment each run was measured. Given a `trainkit parity` document, it adds
-the loss-parity section (reports.parity); given only parity documents, the page is that section.
+the loss-parity section (trainkit.reports.parity); given only parity documents, the page is that section.
 """
 
 from __future__ import annotations
