@@ -131,11 +131,15 @@ def real_step_peak(config: RunConfig, policy: Precision | None = None) -> int:
 def test_the_step_peak_is_the_cpu_allocators_own(model, precision, estimators):
     """The peak formula checked as a whole: what a real step allocates at its highest point, as the
     CPU allocator itself accounts it, equals the estimate's step terms to the byte, with and without
-    accumulation (held gradients), for models whose CPU kernels allocate nothing of their own."""
+    accumulation (held gradients), where the CPU's kernels allocate nothing of their own. On a CPU with
+    native bf16 (AVX512-BF16, AMX) oneDNN's bf16 matmuls pack an operand into a buffer of their own that
+    no dispatch sees: there the real peak may stand above the estimate by that scratch, never below."""
+    scratch_bytes = BF16_MATMUL_SCRATCH_BYTES if "bf16" in precision else 0
     for batch, accumulation in ((8, 1), (16, 3)):
         estimate = estimators(model, precision).estimate(batch, accumulation)
         predicted = sum(estimate.terms[kind] for kind in STEP_KINDS)
-        assert predicted == real_step_peak(config_of(model, precision, batch_size=batch, grad_accum=accumulation))
+        real = real_step_peak(config_of(model, precision, batch_size=batch, grad_accum=accumulation))
+        assert predicted <= real <= predicted + scratch_bytes
     assert list(estimate.terms) == list(TERMS) and estimate.total_bytes == sum(estimate.terms.values())
 
 
