@@ -12,6 +12,7 @@ read after the window.
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import statistics
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import allocator, compiled
+from . import allocator, compiled, conditions
 from .config import ProfileConfig, RunConfig
 from .cpus import threads_per_rank, usable_cpus
 from .diagnostics import diagnose
@@ -151,6 +152,8 @@ class RankWorker:
         """What the warmup of a compiled cell saw (see _compile_warmup)."""
         self.allocator_before: dict[str, int] | None = None
         """The allocator's retry and OOM counters when the timed steps began (CUDA)."""
+        self.host_before: conditions.HostSnapshot | None = None
+        """The host when the timed steps began (see _note_conditions)."""
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -217,6 +220,8 @@ class RankWorker:
             timing.first_timed_step = trainer.step
             reset_peaks(self.device)  # the record's peaks are the timed steps'
             self.allocator_before = allocator.counters(self.device)
+            self.host_before = conditions.host_snapshot()
+            self._note_gpu_processes()
         first = len(trainer.step_samples)
         energy_before, counter_started = self._energy_mj(), time.perf_counter()
         trainer.run(steps, self.timer, report, PROGRESS_INTERVAL_S)
@@ -230,7 +235,26 @@ class RankWorker:
             energy_j = (energy_after - energy_before) / 1e3  # a counter reset shows as after < before
         timing.spans.append(TimedSpan(steps=len(times), seconds=sum(times), samples=sum(samples), energy_j=energy_j,
                                       counter_s=counter_s))
+        self._note_conditions()
         return times
+
+    def _note_conditions(self) -> None:
+        """The host from the first timed step to the end of the latest span, and the threads of this
+        rank; read between spans, outside every step's time."""
+        report = self.report
+        report.conditions = {**conditions.host_window(self.host_before, conditions.host_snapshot()),
+                             **conditions.threads_now(torch.get_num_threads(), torch.get_num_interop_threads()),
+                             "hostname": platform.node()}
+        self._note_gpu_processes()
+
+    def _note_gpu_processes(self) -> None:
+        """Adds the processes NVML sees on this GPU, besides this one, to the rank's report. NVML's PIDs
+        are the host's: where this process is not among them (a container's PID namespace), it cannot
+        tell others from itself, and says nothing."""
+        if self.nvml is None or self.nvml.process_used_bytes({os.getpid()}) is None:
+            return
+        seen = set(self.report.gpu_other_pids or []) | set(self.nvml.foreign_processes({os.getpid()}))
+        self.report.gpu_other_pids = sorted(seen)
 
     def step(self) -> float:
         """One timed optimizer step (a checkpoint due after it is written outside its time)."""
