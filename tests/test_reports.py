@@ -25,6 +25,7 @@ from trainkit.engine.launch import run_cell  # noqa: E402
 from trainkit.engine.result import append_jsonl  # noqa: E402
 from trainkit.engine.schema import CutOffLineWarning  # noqa: E402
 from trainkit.reports.build import build_report  # noqa: E402
+from trainkit.reports.summary import FLAG_MARK  # noqa: E402
 
 # A small matrix that exercises every part of the page: precisions x batch sizes, accumulation at a
 # fixed effective batch of 64, two rank counts, a GradScaler that must skip steps (a 2**30 initial
@@ -209,7 +210,8 @@ def test_markdown_has_a_table_per_model_and_rank_count(report, records):
     assert re.search(r"## gpt · CPU .* · 2 ranks", markdown)
     throughput = by_cell(records)["mlp-fp32-bs64-ga1-gpus1"]["throughput_samples_per_s"]
     shown = f"{throughput:,.0f}" if throughput >= 100 else f"{throughput:.3g}"
-    assert f"| {shown} |" in markdown
+    # A figure from this shared machine may carry the mark of a loaded host.
+    assert re.search(rf"\| {re.escape(shown)}( {FLAG_MARK})? \|", markdown)
     assert "peak MiB (host RSS growth)" in markdown
 
 

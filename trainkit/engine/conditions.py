@@ -163,15 +163,34 @@ def noise_of(step_times_s: list[float]) -> dict[str, Any]:
     if n < MIN_STEPS_FOR_INTERVAL:
         noise["note"] = f"no interval: {n} timed step{'' if n == 1 else 's'}, fewer than {MIN_STEPS_FOR_INTERVAL}"
         return noise
-    # Here, not at the top: scipy.stats costs about a second to import, and readers of flags need none of it.
+    ((low, high),) = median_intervals([step_times_s])
+    noise.update(median_ci_low_s=low, median_ci_high_s=high)
+    return noise
+
+
+def median_intervals(samples: list[list[float]]) -> list[tuple[float | None, float | None]]:
+    """The interval of the median of each sample (INTERVAL_METHOD); (None, None) for a sample of fewer
+    than MIN_STEPS_FOR_INTERVAL values. Samples of one length are resampled in one call: scipy draws
+    one set of resample indices for all of them, so each sample gets the interval it gets alone."""
+    out: list[tuple[float | None, float | None]] = [(None, None)] * len(samples)
+    by_length: dict[int, list[int]] = {}
+    for i, sample in enumerate(samples):
+        if len(sample) >= MIN_STEPS_FOR_INTERVAL:
+            by_length.setdefault(len(sample), []).append(i)
+    if not by_length:
+        return out
+    # Here, not at the top: scipy.stats costs a second or more to import, and readers of flags need none of it.
     import numpy as np
     from scipy.stats import bootstrap
 
-    result = bootstrap((np.asarray(step_times_s, dtype=float),), np.median, n_resamples=BOOTSTRAP_RESAMPLES,
-                       confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(BOOTSTRAP_SEED))
-    noise.update(median_ci_low_s=float(result.confidence_interval.low),
-                 median_ci_high_s=float(result.confidence_interval.high))
-    return noise
+    for members in by_length.values():
+        data = np.asarray([samples[i] for i in members], dtype=float)
+        result = bootstrap((data,), np.median, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=CONFIDENCE,
+                           method="percentile", axis=-1, rng=np.random.default_rng(BOOTSTRAP_SEED))
+        for i, low, high in zip(members, np.atleast_1d(result.confidence_interval.low),
+                                np.atleast_1d(result.confidence_interval.high)):
+            out[i] = (float(low), float(high))
+    return out
 
 
 def condition_flags(conditions: dict[str, Any] | None) -> list[str]:
@@ -183,7 +202,7 @@ def condition_flags(conditions: dict[str, Any] | None) -> list[str]:
     cores = conditions.get("host_cores")
     load = _max([conditions.get("load_avg_1m_start"), conditions.get("load_avg_1m_end")])
     if load is not None and cores and load > LOAD_PER_CORE_LIMIT * cores:
-        flags.append(f"host loaded: load average {load:.1f} on {cores} cores")
+        flags.append(f"host loaded: load average {load:.1f} on {int(cores)} cores")
     pressure = conditions.get("cpu_pressure_share")
     if pressure is not None and pressure > PRESSURE_SHARE_LIMIT:
         flags.append(f"CPU contention: a task waited for a CPU in {pressure:.0%} of the timed window")
@@ -192,9 +211,9 @@ def condition_flags(conditions: dict[str, Any] | None) -> list[str]:
         flags.append(f"CPU steal {steal:.0%} of the timed window")
     threads, usable = conditions.get("threads_on_busiest_host"), conditions.get("usable_cores")
     if threads and usable and threads > usable:
-        flags.append(f"oversubscribed: {threads} threads on {usable} usable cores")
+        flags.append(f"oversubscribed: {int(threads)} threads on {int(usable)} usable cores")
     others = conditions.get("gpu_other_processes")
     if others:
         flags.append(f"{len(others)} other process{'es' if len(others) > 1 else ''} on its GPUs "
-                     f"(PID {', '.join(map(str, others[:4]))}{', ...' if len(others) > 4 else ''})")
+                     f"(PID {', '.join(str(int(p)) for p in others[:4])}{', ...' if len(others) > 4 else ''})")
     return flags
