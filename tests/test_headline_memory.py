@@ -43,9 +43,18 @@ def test_the_cli_line_the_bench_table_and_the_gate_show_the_same_measure(memory,
     assert f"peak {MEMORY_NAMES[measure]} {shown} MiB," in summary_line(rec)
     row = table_row(rec)
     assert row.endswith(f"  {MEMORY_NAMES[measure]}") and f" {shown} " in row
-    assert TABLE_HEADER.endswith("memory measure")
+    assert TABLE_HEADER.endswith("memory measure  flags")
     (cell,) = compare_records([rec], [rec]).cells
     assert cell.memory_measure == measure and cell.metrics["memory"].baseline == memory[measure]
+
+
+def test_the_bench_table_gives_the_step_times_interval_and_the_hosts_flags():
+    rec = record(CPU)
+    assert " - " in table_row(rec)  # an older record: no interval, no conditions
+    rec["noise"] = {"median_ci_low_s": 0.062, "median_ci_high_s": 0.067}
+    rec["conditions"] = {"load_avg_1m_start": 5.1, "load_avg_1m_end": 6.9, "host_cores": 2}
+    row = table_row(rec)
+    assert " 64.00     ±4% " in row and row.endswith("  host RSS growth  host loaded: load average 6.9 on 2 cores")
 
 
 @pytest.mark.parametrize("memory, measure", CASES)

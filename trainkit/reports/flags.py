@@ -128,8 +128,8 @@ def memory_flat(table: pd.DataFrame, keys: list[str]) -> pd.Series:
     flat = (measured["batch_size"] > smaller["batch_size"]).fillna(False).astype(bool) & ~grew
     for index in measured.index[flat]:
         before, after = smaller.loc[index], measured.loc[index]
-        out[index] = (f"implausible: peak memory does not grow with the batch (batch {before['batch_size']}: "
-                      f"{before['peak_memory_mib']:,.1f} MiB, batch {after['batch_size']}: "
+        out[index] = (f"implausible: peak memory does not grow with the batch (batch {int(before['batch_size'])}: "
+                      f"{before['peak_memory_mib']:,.1f} MiB, batch {int(after['batch_size'])}: "
                       f"{after['peak_memory_mib']:,.1f} MiB)")
     return out
 
