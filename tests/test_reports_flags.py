@@ -62,6 +62,7 @@ def test_the_committed_examples_implausible_scaling_is_flagged_in_the_page_and_t
     assert "| 2445% |" not in markdown
     assert '<td class="suspect">2445%' in page and "implausible: weak scaling 2304% &gt; 105%" in page
     assert '<p class="bad">16 rows hold figures in doubt' in page
+    assert "16 points are implausible, above 105% (up to 2445%)" in page  # the scaling chart's note
     with open(paths["csv"]) as f:
         assert "implausible: weak scaling 2445% > 105%" in f.read()
 
@@ -118,3 +119,19 @@ def test_old_records_without_conditions_or_noise_get_intervals_from_their_step_t
     bf16 = rows(old)["amp-bf16-bs32-gpus1"]
     assert bf16["step_time_ci_low_s"] <= 0.5 <= bf16["step_time_ci_high_s"]
     assert 1.6 < bf16["speedup_vs_fp32_low"] < bf16["speedup_vs_fp32"] < bf16["speedup_vs_fp32_high"] < 2.5
+
+
+def test_the_pareto_front_keeps_a_cell_whose_speed_difference_is_within_noise():
+    import pandas as pd
+
+    from reports.frontier import pareto_front
+
+    points = pd.DataFrame({"cell": ["lean", "fast", "slow"], "peak_mib": [100.0, 90.0, 80.0],
+                           "throughput": [100.0, 110.0, 50.0], "throughput_low": [80.0, 105.0, 45.0],
+                           "throughput_high": [120.0, 115.0, 55.0]})
+    # "fast" needs less memory and runs faster than "lean", but inside lean's interval: lean stays.
+    assert list(pareto_front(points)["cell"]) == ["slow", "fast", "lean"]
+    resolved = points.assign(throughput_high=[102.0, 115.0, 55.0])
+    assert list(pareto_front(resolved)["cell"]) == ["slow", "fast"]
+    point_only = points.assign(throughput_low=float("nan"), throughput_high=float("nan"))
+    assert list(pareto_front(point_only)["cell"]) == ["slow", "fast"]  # no interval: the point decides
