@@ -126,11 +126,11 @@ def memory_flat(table: pd.DataFrame, keys: list[str]) -> pd.Series:
     smaller = measured.groupby(keys, dropna=False, sort=False)[["batch_size", "peak_memory_mib"]].shift(1)
     grew = measured["peak_memory_mib"] > smaller["peak_memory_mib"]
     flat = (measured["batch_size"] > smaller["batch_size"]).fillna(False).astype(bool) & ~grew
-    for index in measured.index[flat]:
-        before, after = smaller.loc[index], measured.loc[index]
-        out[index] = (f"implausible: peak memory does not grow with the batch (batch {int(before['batch_size'])}: "
-                      f"{before['peak_memory_mib']:,.1f} MiB, batch {int(after['batch_size'])}: "
-                      f"{after['peak_memory_mib']:,.1f} MiB)")
+    for index, batch, mib, smaller_batch, smaller_mib in zip(
+            measured.index[flat], measured.loc[flat, "batch_size"], measured.loc[flat, "peak_memory_mib"],
+            smaller.loc[flat, "batch_size"], smaller.loc[flat, "peak_memory_mib"]):
+        out[index] = (f"implausible: peak memory does not grow with the batch (batch {int(smaller_batch)}: "
+                      f"{smaller_mib:,.1f} MiB, batch {int(batch)}: {mib:,.1f} MiB)")
     return out
 
 

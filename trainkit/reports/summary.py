@@ -270,7 +270,7 @@ def _texts(table: pd.DataFrame, column: str) -> list[str]:
         bound = "{:.0%}" if column == "weak_scaling_efficiency" else "{:.2f}"
         texts = [text if _missing(low) or _missing(high) else f"{text} ({bound.format(low)}–{bound.format(high)})"
                  for text, low, high in zip(texts, table[f"{column}_low"], table[f"{column}_high"])]
-    if "flagged_figures" in table:
+    if "flagged_figures" in table and table["flagged_figures"].str.contains(column, regex=False).any():
         texts = [f"{text} {FLAG_MARK}" if column in str(doubted).split() else text
                  for text, doubted in zip(texts, table["flagged_figures"])]
     return texts
