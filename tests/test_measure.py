@@ -1,5 +1,6 @@
 """Measurement pieces: timers, statistics, the merge of ranks, MFU and the optional NVML."""
 
+import os
 import statistics
 import sys
 import time
@@ -279,6 +280,22 @@ def test_nvml_per_process_memory_counts_only_our_processes(install_nvml):
     assert nvml.process_used_bytes({10, 11}) == 1300
     assert nvml.process_used_bytes({12}) is None  # PIDs not visible (a container without --pid=host)
     assert nvml.foreign_processes({10, 11}) == [99]
+
+
+@pytest.mark.parametrize(("procs", "seen"), [
+    ([(os.getpid(), 2**30), (4242, 2**29), (4343, None)], [4242, 4343]),
+    ([(os.getpid(), 2**30)], []),
+    ([(12, 2**30), (13, 2**30)], None),  # our PID is not among NVML's: another PID namespace, no verdict
+])
+def test_a_worker_notes_the_other_processes_on_its_gpu(install_nvml, procs, seen):
+    from trainkit.engine.worker import RankWorker
+
+    worker = RankWorker.__new__(RankWorker)  # only the NVML handle and the report, no model
+    worker.nvml = install_nvml(procs=[_proc(pid, used) for pid, used in procs])
+    worker.report = RankReport(rank=0, pid=os.getpid())
+    worker._note_gpu_processes()
+    worker._note_gpu_processes()  # read again after a span: the union, once each
+    assert worker.report.gpu_other_pids == seen
 
 
 def test_nvml_samples_info_and_throttle_reasons(install_nvml):
