@@ -239,8 +239,7 @@ class RankWorker:
         return times
 
     def _note_conditions(self) -> None:
-        """The host from the first timed step to the end of the latest span, and the threads of this
-        rank; read between spans, outside every step's time."""
+        """The host from the first timed step to the latest span's end, and this rank's threads."""
         report = self.report
         report.conditions = {**conditions.host_window(self.host_before, conditions.host_snapshot()),
                              **conditions.threads_now(torch.get_num_threads(), torch.get_num_interop_threads()),
@@ -248,9 +247,8 @@ class RankWorker:
         self._note_gpu_processes()
 
     def _note_gpu_processes(self) -> None:
-        """Adds the processes NVML sees on this GPU, besides this one, to the rank's report. NVML's PIDs
-        are the host's: where this process is not among them (a container's PID namespace), it cannot
-        tell others from itself, and says nothing."""
+        """Adds the other processes NVML sees on this GPU to the report; none where this process is not
+        among NVML's PIDs (a container's PID namespace: it cannot tell others from itself)."""
         if self.nvml is None or self.nvml.process_used_bytes({os.getpid()}) is None:
             return
         seen = set(self.report.gpu_other_pids or []) | set(self.nvml.foreign_processes({os.getpid()}))
