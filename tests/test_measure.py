@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from trainkit.engine.conditions import HostSnapshot, condition_flags, host_window, noise_of
+from trainkit.engine.conditions import HostSnapshot, condition_flags, host_window, noise_of, other_gpu_pids
 from trainkit.engine.config import RunConfig
 from trainkit.engine.flops import gpt_flops_per_token, mfu, peak_flops_per_s, training_flops_per_sample
 from trainkit.engine.models import build_spec
@@ -211,6 +211,7 @@ def test_a_cpu_record_has_no_mfu_and_no_gpu_memory():
     conditions = record["conditions"]  # read from /proc over the timed window
     assert conditions["window_s"] > 0 and conditions["load_avg_1m_end"] is not None
     assert conditions["torch_threads_per_rank"] == [record["config"]["torch_num_threads"]]
+    assert conditions["usable_cores"] >= 1 and conditions["threads_on_busiest_host"] >= 1
     assert conditions["gpu_other_processes"] is None and record["noise"]["n"] == 2
 
 
@@ -287,15 +288,11 @@ def test_nvml_per_process_memory_counts_only_our_processes(install_nvml):
     ([(os.getpid(), 2**30)], []),
     ([(12, 2**30), (13, 2**30)], None),  # our PID is not among NVML's: another PID namespace, no verdict
 ])
-def test_a_worker_notes_the_other_processes_on_its_gpu(install_nvml, procs, seen):
-    from trainkit.engine.worker import RankWorker
-
-    worker = RankWorker.__new__(RankWorker)  # only the NVML handle and the report, no model
-    worker.nvml = install_nvml(procs=[_proc(pid, used) for pid, used in procs])
-    worker.report = RankReport(rank=0, pid=os.getpid())
-    worker._note_gpu_processes()
-    worker._note_gpu_processes()  # read again after a span: the union, once each
-    assert worker.report.gpu_other_pids == seen
+def test_a_rank_notes_the_other_processes_on_its_gpu(install_nvml, procs, seen):
+    nvml = install_nvml(procs=[_proc(pid, used) for pid, used in procs])
+    first = other_gpu_pids(nvml, os.getpid(), None)
+    assert other_gpu_pids(nvml, os.getpid(), first) == seen  # read again after a span: the union, once each
+    assert other_gpu_pids(None, os.getpid(), [7]) == [7]  # no NVML: what was seen stays
 
 
 def test_nvml_samples_info_and_throttle_reasons(install_nvml):

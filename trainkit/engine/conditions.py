@@ -22,10 +22,13 @@ interval is computed, so that reading flags costs nothing.
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from .cpus import usable_cpus
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -104,14 +107,23 @@ def host_window(before: HostSnapshot, after: HostSnapshot) -> dict[str, Any]:
             "cpu_busy_share": busy, "cpu_steal_share": steal, "cpu_pressure_share": pressure}
 
 
-def threads_now(torch_threads: int, interop_threads: int) -> dict[str, Any]:
-    """The threads this rank runs its math on and the cores it may run on (its CPU affinity)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        usable = os.cpu_count()
-    return {"torch_threads": torch_threads, "interop_threads": interop_threads, "usable_cores": usable,
-            "host_cores": os.cpu_count()}
+def rank_conditions(before: HostSnapshot | None, torch_threads: int, interop_threads: int) -> dict[str, Any]:
+    """One rank's conditions: the host from `before` (its first timed step) to now, the threads it
+    runs its math on and the CPUs it may keep busy (its affinity and cgroup quota, trainkit.engine.cpus)."""
+    budget = usable_cpus()
+    window = host_window(before, host_snapshot()) if before is not None else {}
+    return {**window, "torch_threads": torch_threads, "interop_threads": interop_threads,
+            "usable_cores": budget.cpus, "usable_cores_method": budget.method, "host_cores": os.cpu_count(),
+            "hostname": platform.node()}
+
+
+def other_gpu_pids(nvml: Any, pid: int, seen: list[int] | None) -> list[int] | None:
+    """`seen` with the processes other than `pid` that NVML now sees on the GPU of `nvml`
+    (trainkit.engine.nvml.Nvml); unchanged where there is no NVML or `pid` is not among its PIDs (a
+    container's PID namespace: it cannot tell others from itself)."""
+    if nvml is None or nvml.process_used_bytes({pid}) is None:
+        return seen
+    return sorted(set(seen or []) | set(nvml.foreign_processes({pid})))
 
 
 def _max(values: list[Any]) -> Any:
@@ -136,6 +148,7 @@ def merge_conditions(per_rank: list[dict[str, Any] | None], gpu_processes: list[
         "window_s", "load_avg_1m_start", "load_avg_1m_end", "cpu_busy_share", "cpu_steal_share", "cpu_pressure_share")}
     merged.update(host_cores=_max([c.get("host_cores") for c in on_busiest]),
                   usable_cores=_max([c.get("usable_cores") for c in on_busiest]),
+                  usable_cores_method=on_busiest[0].get("usable_cores_method"),
                   torch_threads_per_rank=sorted({c.get("torch_threads") for c in ranks if c.get("torch_threads")}),
                   threads_on_busiest_host=hosts[busiest], host_method=HOST_METHOD)
     if gpu_processes is None:

@@ -12,7 +12,6 @@ read after the window.
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import statistics
 import time
@@ -153,7 +152,7 @@ class RankWorker:
         self.allocator_before: dict[str, int] | None = None
         """The allocator's retry and OOM counters when the timed steps began (CUDA)."""
         self.host_before: conditions.HostSnapshot | None = None
-        """The host when the timed steps began (see _note_conditions)."""
+        """The host when the timed steps began (trainkit.engine.conditions)."""
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -221,7 +220,7 @@ class RankWorker:
             reset_peaks(self.device)  # the record's peaks are the timed steps'
             self.allocator_before = allocator.counters(self.device)
             self.host_before = conditions.host_snapshot()
-            self._note_gpu_processes()
+            self.report.gpu_other_pids = conditions.other_gpu_pids(self.nvml, os.getpid(), None)
         first = len(trainer.step_samples)
         energy_before, counter_started = self._energy_mj(), time.perf_counter()
         trainer.run(steps, self.timer, report, PROGRESS_INTERVAL_S)
@@ -235,24 +234,11 @@ class RankWorker:
             energy_j = (energy_after - energy_before) / 1e3  # a counter reset shows as after < before
         timing.spans.append(TimedSpan(steps=len(times), seconds=sum(times), samples=sum(samples), energy_j=energy_j,
                                       counter_s=counter_s))
-        self._note_conditions()
+        # The host from the first timed step to this span's end, read outside every step's time.
+        self.report.conditions = conditions.rank_conditions(self.host_before, torch.get_num_threads(),
+                                                            torch.get_num_interop_threads())
+        self.report.gpu_other_pids = conditions.other_gpu_pids(self.nvml, os.getpid(), self.report.gpu_other_pids)
         return times
-
-    def _note_conditions(self) -> None:
-        """The host from the first timed step to the latest span's end, and this rank's threads."""
-        report = self.report
-        report.conditions = {**conditions.host_window(self.host_before, conditions.host_snapshot()),
-                             **conditions.threads_now(torch.get_num_threads(), torch.get_num_interop_threads()),
-                             "hostname": platform.node()}
-        self._note_gpu_processes()
-
-    def _note_gpu_processes(self) -> None:
-        """Adds the other processes NVML sees on this GPU to the report; none where this process is not
-        among NVML's PIDs (a container's PID namespace: it cannot tell others from itself)."""
-        if self.nvml is None or self.nvml.process_used_bytes({os.getpid()}) is None:
-            return
-        seen = set(self.report.gpu_other_pids or []) | set(self.nvml.foreign_processes({os.getpid()}))
-        self.report.gpu_other_pids = sorted(seen)
 
     def step(self) -> float:
         """One timed optimizer step (a checkpoint due after it is written outside its time)."""
