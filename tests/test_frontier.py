@@ -360,7 +360,7 @@ def test_the_report_draws_compile_speedups_and_the_memory_throughput_front(compi
     assert section("pareto").count('class="chart"') == 2  # gpt and mlp
     assert "fp8-rowwise needs a CUDA GPU with compute capability &gt;= 8.9" in section("fp8")
     # The front: no point on it is beaten on both memory and throughput by any other point, a throughput
-    # beaten only by one whose interval lies wholly above its own (reports.flags).
+    # beaten only by one whose interval lies wholly above its own (trainkit.reports.flags).
     points = cells(to_frame(records)).dropna(subset=["peak_mib"])
     low, high = points["throughput_low"].fillna(points["throughput"]), points["throughput_high"].fillna(
         points["throughput"])

@@ -128,6 +128,16 @@ def test_the_median_step_times_interval_is_a_seeded_bootstrap():
     assert noise_of([0.5] * 5)["median_ci_low_s"] == noise_of([0.5] * 5)["median_ci_high_s"] == 0.5
 
 
+
+def test_without_scipy_the_interval_is_null_with_the_reason(monkeypatch):
+    from trainkit.engine import conditions
+
+    monkeypatch.setattr(conditions, "scipy_available", lambda: False)  # core trainkit does without it
+    noise = conditions.noise_of([1.0, 1.1, 0.9, 1.0])
+    assert noise["median_ci_low_s"] is None and "scipy is not installed" in noise["note"]
+    assert noise["iqr_over_median"] is not None  # the spread needs no scipy
+
+
 def test_ranks_that_end_apart_are_a_failed_cell():
     config = RunConfig(world_size=2)
     a, b = _report(0, [0.1], [1.0], {}), _report(1, [0.1], [1.0], {})

@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("pandas")
 pytest.importorskip("plotly")
 
-from reports.build import build_report  # noqa: E402
-from reports.load import to_frame  # noqa: E402
-from reports.summary import FLAG_MARK, formatted, summary  # noqa: E402
+from trainkit.reports.build import build_report  # noqa: E402
+from trainkit.reports.load import to_frame  # noqa: E402
+from trainkit.reports.summary import FLAG_MARK, formatted, summary  # noqa: E402
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "reports", "examples", "cpu-frontier", "results.jsonl")
 A100 = "NVIDIA A100-SXM4-80GB"  # fp32 19.5, bf16 312 dense TFLOP/s: a peak ratio of 16
@@ -124,7 +124,7 @@ def test_old_records_without_conditions_or_noise_get_intervals_from_their_step_t
 def test_the_pareto_front_keeps_a_cell_whose_speed_difference_is_within_noise():
     import pandas as pd
 
-    from reports.frontier import pareto_front
+    from trainkit.reports.frontier import pareto_front
 
     points = pd.DataFrame({"cell": ["lean", "fast", "slow"], "peak_mib": [100.0, 90.0, 80.0],
                            "throughput": [100.0, 110.0, 50.0], "throughput_low": [80.0, 105.0, 45.0],

@@ -21,6 +21,7 @@ interval is computed, so that reading flags costs nothing.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import statistics
@@ -163,7 +164,8 @@ def merge_conditions(per_rank: list[dict[str, Any] | None], gpu_processes: list[
 
 def noise_of(step_times_s: list[float]) -> dict[str, Any]:
     """How far a cell's step times spread, and the interval of their median (INTERVAL_METHOD); the
-    interval is null with the reason when there are too few steps."""
+    interval is null with the reason when there are too few steps or no scipy (an optional dependency:
+    the bench and reports extras bring it)."""
     n = len(step_times_s)
     noise: dict[str, Any] = {"n": n, "iqr_over_median": None, "cv": None, "median_ci_low_s": None,
                              "median_ci_high_s": None, "confidence": CONFIDENCE, "method": INTERVAL_METHOD,
@@ -176,9 +178,21 @@ def noise_of(step_times_s: list[float]) -> dict[str, Any]:
     if n < MIN_STEPS_FOR_INTERVAL:
         noise["note"] = f"no interval: {n} timed step{'' if n == 1 else 's'}, fewer than {MIN_STEPS_FOR_INTERVAL}"
         return noise
+    if not scipy_available():
+        noise["note"] = NO_SCIPY
+        return noise
     ((low, high),) = median_intervals([step_times_s])
     noise.update(median_ci_low_s=low, median_ci_high_s=high)
     return noise
+
+
+NO_SCIPY = ("no interval: scipy is not installed (core trainkit does without it; the bench and reports extras "
+            "bring it, and the report computes the interval from the step times)")
+
+
+def scipy_available() -> bool:
+    """Whether scipy can be imported, without importing it (that costs a second or more)."""
+    return importlib.util.find_spec("scipy") is not None
 
 
 def median_intervals(samples: list[list[float]]) -> list[tuple[float | None, float | None]]:

@@ -50,7 +50,7 @@ def cells(records: pd.DataFrame) -> pd.DataFrame:
         recompiles=("compile.recompiles", "max"), graphs=("compile.graphs", "max"),
         curves=("loss.curve", lambda s: [c for c in s if isinstance(c, list)]),
     ).join(cell_noise(ok, CELL)).reset_index()
-    # Throughput goes as 1 / step time: its interval from the median step time's (reports.flags).
+    # Throughput goes as 1 / step time: its interval from the median step time's (trainkit.reports.flags).
     median = pd.to_numeric(per_cell["step_time_median_s"], errors="coerce")
     per_cell["throughput_low"] = per_cell["throughput"] * median / per_cell["step_time_ci_high_s"]
     per_cell["throughput_high"] = per_cell["throughput"] * median / per_cell["step_time_ci_low_s"]
@@ -112,7 +112,7 @@ def compile_chart(pairs: pd.DataFrame) -> Chart:
             "repeats; above 1 compile is faster. Compile time: the warmup steps that compiled, less what they take "
             "at the steady speed; it is never part of a timed step. A compiled run is longer by the warmup steps "
             "compilation took to settle, so the table sets its loss after as many steps as the eager twin took "
-            "beside the twin's final loss. Whiskers: the speedup's 95 % interval (reports.flags).")
+            "beside the twin's final loss. Whiskers: the speedup's 95 % interval (trainkit.reports.flags).")
     unresolved = int(((pairs["speedup_low"] <= 1) & (pairs["speedup_high"] >= 1)).sum())
     if unresolved:
         note += (f" {unresolved} speedup{'s' if unresolved > 1 else ''} within noise: the interval holds 1, so "

@@ -18,11 +18,11 @@ Columns (CSV names; units in the names):
                               gate compares (trainkit.engine.schema.headline_memory); MiB = 2**20 B
     skipped_steps             optimizer steps GradScaler skipped (modes with dynamic loss scaling only)
     weak_scaling_efficiency   thr_N / (N * thr_1) for the same per-GPU batch and accumulation (N > 1)
-    speedup_vs_fp32_low, _high, weak_scaling_efficiency_low, _high   their 95 % intervals (reports.flags)
+    speedup_vs_fp32_low, _high, weak_scaling_efficiency_low, _high   their 95 % intervals (trainkit.reports.flags)
     step_time_median_s, step_time_ci_low_s, step_time_ci_high_s   the median of the cell's step times
                               (its ok repeats pooled) and its bootstrap interval
     flags                     why a figure of the row should not be believed as printed: implausible,
-                              measured on a loaded host, or within noise (reports.flags), "; "-joined
+                              measured on a loaded host, or within noise (trainkit.reports.flags), "; "-joined
     flagged_figures           the columns those flags put in doubt (marked ⚠ in the page and Markdown)
 
 Columns only present when some record has them (a CPU run has no MFU and no energy):
@@ -161,7 +161,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _judge(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """The intervals of the comparisons and each row's flags (reports.flags)."""
+    """The intervals of the comparisons and each row's flags (trainkit.reports.flags)."""
     comparisons = [("speedup_vs_fp32", "_fp32"), ("weak_scaling_efficiency", "_1gpu")]
     if "speedup_vs_tf32" in columns:
         comparisons.append(("speedup_vs_tf32", "_tf32"))
