@@ -33,11 +33,11 @@ import sys
 from typing import TYPE_CHECKING
 
 from bench.matrix import PRESET_NAMES
-from reports.cli import metric_threshold
-from reports.records import InputError
 from trainkit.engine.config import DEVICES
 from trainkit.engine.options import Parser, UsageError, choice, fraction, integer, number, optional
 from trainkit.engine.schema import ResultsFileError, cut_off_lines_on_stderr
+from trainkit.reports.cli import metric_threshold
+from trainkit.reports.records import InputError
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, LABELS, NO_BASELINE, PASS, REGRESSION
 from .gpucheck import CHECK_NAMES, GROUPS, parse_only, run_gpu_check
@@ -45,7 +45,7 @@ from .gpucheck import DEFAULT_OUT as GPU_CHECK_OUT
 from .rundir import RESULTS, TITLES, Outcome, RunDir, Stage
 
 if TYPE_CHECKING:
-    from reports.verdict import Thresholds
+    from trainkit.reports.verdict import Thresholds
 
 DEFAULT_OUT = os.path.join("reports", "out", "nightly")
 TREND = "trend.html"  # the run store's trend page, written into the run directory by `history`
@@ -194,7 +194,7 @@ def _matrix_options(args: argparse.Namespace):
 
 
 def _thresholds(args: argparse.Namespace):
-    from reports.verdict import Thresholds
+    from trainkit.reports.verdict import Thresholds
 
     from .gate import NIGHTLY_THRESHOLDS
 
@@ -271,9 +271,9 @@ def _compare(args: argparse.Namespace, run: RunDir, thresholds: Thresholds, cand
 def _history(run: RunDir, store: str, report_url: str | None = None, preset: str | None = None) -> int:
     """The run's results into the store (its commit and branch from nightly.json), then the store's
     trend page into the run directory."""
-    from reports.history.changes import load
-    from reports.history.ingest import RunMeta, ingest
-    from reports.history.trend import write_page
+    from trainkit.reports.history.changes import load
+    from trainkit.reports.history.ingest import RunMeta, ingest
+    from trainkit.reports.history.trend import write_page
 
     state = run.state()
     meta = RunMeta(commit=state.get("commit"), branch=state.get("branch"), preset=preset, report_url=report_url)

@@ -1,6 +1,6 @@
 """The gate: tonight's run against the baseline of the same environment.
 
-The decision itself is reports.verdict's (see its docstring for the rule); the nightly's defaults
+The decision itself is trainkit.reports.verdict's (see its docstring for the rule); the nightly's defaults
 make it stricter about noise and about numerics than a one-off `python -m reports compare`:
 
     throughput  regressed when lower by more than max(7 %, 3 x spread)       TorchBench's 7 %
@@ -20,7 +20,7 @@ a runner without torchao, or without an FP8 GPU) have nothing to compare and pas
 are listed as a warning with their reason, so a matrix that silently lost a precision shows it.
 
 With a run store (--history, reports/history), the gate also reads each series' latest nights
-(reports.history.latest): a series whose last two nights or more all fall past the threshold is a
+(trainkit.reports.history.latest): a series whose last two nights or more all fall past the threshold is a
 regression (exit 1), even with no baseline; a single bad night is `unknown`: it asks for a re-run,
 not a bisect (exit 4), and turns a baseline regression of that cell into unknown too. The night must
 be in the store already (`python -m reports history ingest` before the gate).
@@ -36,12 +36,12 @@ import os
 from dataclasses import asdict, replace
 from typing import Any
 
-from reports import verdict
-from reports.compare import headline, noisy_text, regressions_text, write_comparison
-from reports.history.latest import REGRESSION as HISTORY_REGRESSION
-from reports.history.latest import UNKNOWN, check_night
-from reports.records import all_records, read_runs
-from reports.verdict import Comparison, Samples, Thresholds, cell_data, compare_records
+from trainkit.reports import verdict
+from trainkit.reports.compare import headline, noisy_text, regressions_text, write_comparison
+from trainkit.reports.history.latest import REGRESSION as HISTORY_REGRESSION
+from trainkit.reports.history.latest import UNKNOWN, check_night
+from trainkit.reports.records import all_records, read_runs
+from trainkit.reports.verdict import Comparison, Samples, Thresholds, cell_data, compare_records
 
 from . import INCONCLUSIVE, NO_BASELINE, PASS, REGRESSION
 from .baselines import MANIFEST, Baseline, describe_fingerprint, find, load, load_all, slug, split_by_fingerprint

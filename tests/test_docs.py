@@ -90,7 +90,7 @@ def parser_of(program: str):
         from trainkit.commands.cli import build_parser
         return build_parser()
     if program == "reports":
-        from reports.cli import parser
+        from trainkit.reports.cli import parser
         return parser()
     from nightly.cli import parser
     return parser()

@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 
-from reports.cli import main
-from reports.history import store
 from tests.history_nights import NIGHTS, STEP_CELL, base_records, commit, night_records, write_nights
 from tests.test_reports import rendered_dom
+from trainkit.reports.cli import main
+from trainkit.reports.history import store
 
 from .conftest import REPO
 
@@ -236,7 +236,7 @@ def test_a_reference_that_names_no_run_says_what_the_store_holds(forty, capsys):
 
 WRITER = """
 import json, sys, time
-from reports.history import store
+from trainkit.reports.history import store
 db, ready, nights = sys.argv[1], sys.argv[2], int(sys.argv[3])
 records = [json.loads(line) for line in open(sys.argv[4])]
 conn = store.connect(db)
@@ -255,7 +255,7 @@ open(ready, "w").write("done")
 
 READER = """
 import sys, time
-from reports.history import store
+from trainkit.reports.history import store
 db, ready = sys.argv[1], sys.argv[2]
 while open(ready).read() != "locked":
     time.sleep(0.01)

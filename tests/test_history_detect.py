@@ -1,4 +1,4 @@
-"""The change-point detector (reports.history.detect, latest): its measured precision and recall on
+"""The change-point detector (trainkit.reports.history.detect, latest): its measured precision and recall on
 generated series of known truth, the exact rule of deterministic metrics, the drift check, and
 acknowledged changes."""
 
@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reports.cli import main
-from reports.history.detect import analyse, drift
-from reports.history.latest import INSUFFICIENT, REGRESSION, SAME, UNKNOWN, verdict
-from reports.history.params import DetectorParams
-from reports.history.quality import LEVELS, score
-from reports.history.series import EXACT, STATISTICAL, Point, Series
-from reports.history.store import Ack, RunInfo
+from trainkit.reports.cli import main
+from trainkit.reports.history.detect import analyse, drift
+from trainkit.reports.history.latest import INSUFFICIENT, REGRESSION, SAME, UNKNOWN, verdict
+from trainkit.reports.history.params import DetectorParams
+from trainkit.reports.history.quality import LEVELS, score
+from trainkit.reports.history.series import EXACT, STATISTICAL, Point, Series
+from trainkit.reports.history.store import Ack, RunInfo
 
 RUNS = {i: RunInfo(i, f"commit{i:02d}", "main", f"2026-01-{i:02d}", None, None, None, None) for i in range(1, 41)}
 

@@ -13,9 +13,9 @@ import pytest
 
 from nightly import INCONCLUSIVE, NO_BASELINE, PASS, REGRESSION
 from nightly.cli import main as nightly_main
-from reports.cli import main as reports_main
 from tests.history_nights import STEP_CELL, commit, night_records
 from tests.test_nightly_gate import baseline_dir
+from trainkit.reports.cli import main as reports_main
 
 GOOD_NIGHTS = 10
 
@@ -107,7 +107,7 @@ def test_a_missing_store_is_bad_input(nights, capsys):
 
 def test_the_history_stage_ingests_the_run_with_its_commit_and_writes_the_trend_page(nights):
     from nightly.rundir import RESULTS, RunDir, Stage
-    from reports.history import store
+    from trainkit.reports.history import store
 
     out = nights["tmp"] / "run"
     run = RunDir(str(out))

@@ -159,7 +159,7 @@ def _build_report(out: str) -> tuple[str | None, str | None]:
     if not os.path.isfile(os.path.join(out, RESULTS)):
         return None, "no cell ran, so there is no report"
     try:
-        from reports.build import build_report  # pandas and plotly: only when there are records to show
+        from trainkit.reports.build import build_report  # pandas and plotly: only when there are records to show
 
         paths = build_report([os.path.join(out, RESULTS)], os.path.join(out, REPORT), title="trainkit gpu-check")
     except Exception as exc:  # the checks stand without the page; say why it is missing

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import allocator, compiled
+from . import allocator, compiled, conditions
 from .config import ProfileConfig, RunConfig
 from .cpus import threads_per_rank, usable_cpus
 from .diagnostics import diagnose
@@ -151,6 +151,8 @@ class RankWorker:
         """What the warmup of a compiled cell saw (see _compile_warmup)."""
         self.allocator_before: dict[str, int] | None = None
         """The allocator's retry and OOM counters when the timed steps began (CUDA)."""
+        self.host_before: conditions.HostSnapshot | None = None
+        """The host when the timed steps began (trainkit.engine.conditions)."""
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -217,6 +219,8 @@ class RankWorker:
             timing.first_timed_step = trainer.step
             reset_peaks(self.device)  # the record's peaks are the timed steps'
             self.allocator_before = allocator.counters(self.device)
+            self.host_before = conditions.host_snapshot()
+            self.report.gpu_other_pids = conditions.other_gpu_pids(self.nvml, os.getpid(), None)
         first = len(trainer.step_samples)
         energy_before, counter_started = self._energy_mj(), time.perf_counter()
         trainer.run(steps, self.timer, report, PROGRESS_INTERVAL_S)
@@ -230,6 +234,10 @@ class RankWorker:
             energy_j = (energy_after - energy_before) / 1e3  # a counter reset shows as after < before
         timing.spans.append(TimedSpan(steps=len(times), seconds=sum(times), samples=sum(samples), energy_j=energy_j,
                                       counter_s=counter_s))
+        # The host from the first timed step to this span's end, read outside every step's time.
+        self.report.conditions = conditions.rank_conditions(self.host_before, torch.get_num_threads(),
+                                                            torch.get_num_interop_threads())
+        self.report.gpu_other_pids = conditions.other_gpu_pids(self.nvml, os.getpid(), self.report.gpu_other_pids)
         return times
 
     def step(self) -> float:

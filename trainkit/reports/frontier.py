@@ -23,6 +23,7 @@ from trainkit.engine.precision_facts import color_of, display_rank
 
 from . import html
 from .figures import Chart, _figure
+from .flags import NOISE_COLUMNS, cell_noise, ratio_interval
 from .summary import MIB, ranks_label
 
 SECTIONS = (("compile", "torch.compile"), ("pareto", "Memory vs throughput"), ("fp8", "FP8"))
@@ -40,14 +41,20 @@ def cells(records: pd.DataFrame) -> pd.DataFrame:
     ok = records[(records["status"] == "ok") & records["throughput_samples_per_s"].notna()]
     if ok.empty:
         return pd.DataFrame(columns=[*CELL, "repeats", "throughput", "peak_mib", "memory_measure", "final_loss",
-                                     "compile_s", "recompiles", "graphs", "curves"])
-    return ok.groupby(CELL, dropna=False, sort=False).agg(
+                                     "compile_s", "recompiles", "graphs", "curves", *NOISE_COLUMNS,
+                                     "throughput_low", "throughput_high"])
+    per_cell = ok.groupby(CELL, dropna=False, sort=False).agg(
         repeats=("status", "size"), throughput=("throughput_samples_per_s", "median"),
         peak_mib=("peak_memory_bytes", lambda s: s.median() / MIB), memory_measure=("memory_measure", "first"),
         final_loss=("loss.final", "median"), compile_s=("compile.compile_time_s", "median"),
         recompiles=("compile.recompiles", "max"), graphs=("compile.graphs", "max"),
         curves=("loss.curve", lambda s: [c for c in s if isinstance(c, list)]),
-    ).reset_index()
+    ).join(cell_noise(ok, CELL)).reset_index()
+    # Throughput goes as 1 / step time: its interval from the median step time's (trainkit.reports.flags).
+    median = pd.to_numeric(per_cell["step_time_median_s"], errors="coerce")
+    per_cell["throughput_low"] = per_cell["throughput"] * median / per_cell["step_time_ci_high_s"]
+    per_cell["throughput_high"] = per_cell["throughput"] * median / per_cell["step_time_ci_low_s"]
+    return per_cell
 
 
 def loss_at(curves: object, steps: int) -> float:
@@ -68,9 +75,10 @@ def _shape(rows: pd.DataFrame) -> list[str]:
 def compile_pairs(per_cell: pd.DataFrame) -> pd.DataFrame:
     """Compiled cells with their eager twin's throughput and the speedup (NaN without a twin)."""
     compiled = per_cell[per_cell["compiled"]]
-    eager = per_cell[~per_cell["compiled"]][[*PAIR, "throughput", "final_loss", "curves"]].drop_duplicates(subset=PAIR)
-    pairs = compiled.merge(eager, on=PAIR, how="left", suffixes=("", "_eager"))
+    eager = per_cell[~per_cell["compiled"]][[*PAIR, "throughput", "final_loss", "curves", "cell", *NOISE_COLUMNS]]
+    pairs = compiled.merge(eager.drop_duplicates(subset=PAIR), on=PAIR, how="left", suffixes=("", "_eager"))
     pairs["speedup"] = pairs["throughput"] / pairs["throughput_eager"]
+    pairs["speedup_low"], pairs["speedup_high"] = ratio_interval(pairs, "speedup", "_eager")
     # A compiled run is longer than its twin by the warmup steps compilation took to settle, so its
     # final loss is a later step's: compare the loss at the twin's last step.
     pairs["eager_steps"] = [max((len(c) for c in curves), default=0) if isinstance(curves, list) else 0
@@ -90,7 +98,9 @@ def compile_chart(pairs: pd.DataFrame) -> Chart:
         part = pairs[pairs["precision"] == precision]
         common = dict(name=precision, legendgroup=precision, meta=precision, marker_color=color_of(precision),
                       hovertext=part["cell"].astype(str))
-        fig.add_trace(go.Bar(x=part["shape"], y=part["speedup"], **common,
+        whiskers = dict(type="data", symmetric=False, array=(part["speedup_high"] - part["speedup"]).tolist(),
+                        arrayminus=(part["speedup"] - part["speedup_low"]).tolist(), color="#444", thickness=1)
+        fig.add_trace(go.Bar(x=part["shape"], y=part["speedup"], error_y=whiskers, **common,
                              hovertemplate="%{y:.2f}×<br>%{hovertext}<extra></extra>"), row=1, col=1)
         fig.add_trace(go.Bar(x=part["shape"], y=part["compile_s"], showlegend=False, **common,
                              hovertemplate="%{y:.1f} s<br>%{hovertext}<extra></extra>"), row=1, col=2)
@@ -102,7 +112,11 @@ def compile_chart(pairs: pd.DataFrame) -> Chart:
             "repeats; above 1 compile is faster. Compile time: the warmup steps that compiled, less what they take "
             "at the steady speed; it is never part of a timed step. A compiled run is longer by the warmup steps "
             "compilation took to settle, so the table sets its loss after as many steps as the eager twin took "
-            "beside the twin's final loss.")
+            "beside the twin's final loss. Whiskers: the speedup's 95 % interval (trainkit.reports.flags).")
+    unresolved = int(((pairs["speedup_low"] <= 1) & (pairs["speedup_high"] >= 1)).sum())
+    if unresolved:
+        note += (f" {unresolved} speedup{'s' if unresolved > 1 else ''} within noise: the interval holds 1, so "
+                 "compiled and eager are not told apart there.")
     if missing:
         note += f" {missing} compiled cell{'s have' if missing > 1 else ' has'} no eager twin here: no speedup."
     return Chart(title, fig, note)
@@ -116,7 +130,9 @@ def _compile_table(pairs: pd.DataFrame) -> str:
         "cell": pairs["cell"].astype(str), "precision": pairs["precision"].astype(str),
         "eager samples/s": [fmt(v, ",.4g") for v in pairs["throughput_eager"]],
         "compiled samples/s": [fmt(v, ",.4g") for v in pairs["throughput"]],
-        "speedup": [fmt(v, ".2f") + ("×" if pd.notna(v) else "") for v in pairs["speedup"]],
+        "speedup": [fmt(v, ".2f") + ("×" if pd.notna(v) else "") + (
+            f" ({low:.2f}–{high:.2f})" if pd.notna(low) and pd.notna(high) else "")
+            for v, low, high in zip(pairs["speedup"], pairs["speedup_low"], pairs["speedup_high"])],
         "eager final loss": [fmt(v, ".4f") for v in pairs["final_loss_eager"]],
         "compiled loss, same step": [fmt(v, ".4f") for v in pairs["loss_at_eager_steps"]],
         "compile s": [fmt(v, ".1f") for v in pairs["compile_s"]],
@@ -128,14 +144,15 @@ def _compile_table(pairs: pd.DataFrame) -> str:
 
 
 def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
-    """The points no other point beats on both counts (no more memory and more throughput), by memory."""
-    ordered = points.sort_values(["peak_mib", "throughput"], ascending=[True, False])
-    best, keep = float("-inf"), []
-    for index, throughput in zip(ordered.index, ordered["throughput"]):
-        if throughput > best:
-            keep.append(index)
-            best = throughput
-    return ordered.loc[keep]
+    """The points no other point surely beats on both counts, by memory: a point is off the front only
+    where another needs no more memory and its throughput interval lies wholly above this one's
+    (throughput_low/high; a point without an interval is its own). A speed difference inside the
+    noise never pushes a cell off the front."""
+    low = points["throughput_low"].fillna(points["throughput"]).to_numpy(dtype=float)
+    high = points["throughput_high"].fillna(points["throughput"]).to_numpy(dtype=float)
+    memory = points["peak_mib"].to_numpy(dtype=float)
+    beaten = ((memory[None, :] <= memory[:, None]) & (low[None, :] > high[:, None])).any(axis=1)
+    return points[~beaten].sort_values(["peak_mib", "throughput"], ascending=[True, False])
 
 
 def memory_throughput_chart(per_cell: pd.DataFrame) -> Chart:
@@ -170,7 +187,8 @@ def memory_throughput_chart(per_cell: pd.DataFrame) -> Chart:
     fig.update_yaxes(title_text="samples/s")
     note = (f"{ranks_label(gpus, hardware)}; one point per cell (median over repeats), labelled with its "
             "accumulation. Circles: no activation checkpointing, diamonds: checkpointing; open markers: "
-            "compiled. The dashed line is the Pareto front: no cell on it is beaten on both memory and speed.")
+            "compiled. The dashed line is the Pareto front: no cell on it is beaten on both memory and speed, "
+            "a speed counting as beaten only where the intervals of the two cells' throughputs do not overlap.")
     if points["hardware"].astype(str).str.startswith("CPU").any():
         note += " On a CPU the memory is the worker's RSS growth, and the speed says nothing about a GPU."
     return Chart(title, fig, note)

@@ -22,6 +22,7 @@ from plotly.subplots import make_subplots
 from trainkit.engine.precision_facts import color_of, display_rank
 from trainkit.engine.schema import OPTIONAL_MEMORY_KEYS
 
+from .flags import IMPLAUSIBLE_EFFICIENCY
 from .load import PHASES
 from .summary import MIB, ranks_label
 
@@ -284,8 +285,15 @@ def scaling(cells: pd.DataFrame) -> Chart:
     for col in (1, 2):
         _log2_axis(fig, ok["gpus"], "ranks" if hardware.startswith("CPU") else "GPUs", row=1, col=col)
     fig.update_yaxes(tickformat=".0%", row=1, col=2)
-    return Chart(title, fig, "Weak scaling: the per-GPU batch and accumulation are fixed, so N GPUs do N times "
-                 "the work; 100 % efficiency is N times the 1-GPU throughput. One line per batch and accumulation.")
+    note = ("Weak scaling: the per-GPU batch and accumulation are fixed, so N GPUs do N times the work; 100 % "
+            "efficiency is N times the 1-GPU throughput. One line per batch and accumulation.")
+    implausible = ok[ok["weak_scaling_efficiency"] > IMPLAUSIBLE_EFFICIENCY]
+    if not implausible.empty:
+        worst = implausible["weak_scaling_efficiency"].max()
+        note += (f" {len(implausible)} point{'s are' if len(implausible) > 1 else ' is'} implausible, above "
+                 f"{IMPLAUSIBLE_EFFICIENCY:.0%} (up to {worst:.0%}): N ranks cannot do more than N times one rank's "
+                 "work, so their 1-rank cells were slowed (a loaded host?); see the summary's flags.")
+    return Chart(title, fig, note)
 
 
 def _bar_slices(per_cell: pd.DataFrame, limit: int = MAX_BARS) -> pd.DataFrame:

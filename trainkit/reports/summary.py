@@ -18,6 +18,12 @@ Columns (CSV names; units in the names):
                               gate compares (trainkit.engine.schema.headline_memory); MiB = 2**20 B
     skipped_steps             optimizer steps GradScaler skipped (modes with dynamic loss scaling only)
     weak_scaling_efficiency   thr_N / (N * thr_1) for the same per-GPU batch and accumulation (N > 1)
+    speedup_vs_fp32_low, _high, weak_scaling_efficiency_low, _high   their 95 % intervals (trainkit.reports.flags)
+    step_time_median_s, step_time_ci_low_s, step_time_ci_high_s   the median of the cell's step times
+                              (its ok repeats pooled) and its bootstrap interval
+    flags                     why a figure of the row should not be believed as printed: implausible,
+                              measured on a loaded host, or within noise (trainkit.reports.flags), "; "-joined
+    flagged_figures           the columns those flags put in doubt (marked ⚠ in the page and Markdown)
 
 Columns only present when some record has them (a CPU run has no MFU and no energy):
 
@@ -41,6 +47,7 @@ import pandas as pd
 from trainkit.engine.precision_facts import display_rank
 from trainkit.engine.schema import HEADLINE_MEMORY, MEMORY_NAMES, headline_memory
 
+from . import flags as judged
 from .load import PHASES
 
 MIB = 2**20
@@ -60,7 +67,10 @@ GROUP = ["model", "hardware", "gpus"]  # one table per group in HTML and Markdow
 COLUMNS = ["model", "hardware", "gpus", "batch_size", "grad_accum", "effective_batch", "precision", "variant",
            "status", "repeats", "throughput_samples_per_s", "speedup_vs_fp32", "loss_steps", "final_loss",
            "loss_diff_vs_fp32",
-           "peak_memory_mib", "memory_measure", "skipped_steps", "weak_scaling_efficiency"]
+           "peak_memory_mib", "memory_measure", "skipped_steps", "weak_scaling_efficiency",
+           "speedup_vs_fp32_low", "speedup_vs_fp32_high", "weak_scaling_efficiency_low",
+           "weak_scaling_efficiency_high", "step_time_median_s", "step_time_ci_low_s", "step_time_ci_high_s",
+           "flags", "flagged_figures"]
 PHASE_COLUMNS = [*(f"phase_{p}_s" for p in PHASES), "data_share"]
 
 
@@ -98,7 +108,7 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
     )
     memory = (ok.groupby(KEYS, dropna=False, sort=False)[[f"memory.{m}" for m in HEADLINE_MEMORY]].apply(_memory)
               .reindex(columns=["memory_measure", "peak_memory_bytes"]))  # the columns, also with no ok record
-    table = table.join(medians).join(memory).reset_index()
+    table = table.join(medians).join(memory).join(judged.cell_noise(ok, KEYS)).reset_index()
     table["peak_memory_bytes"] = pd.to_numeric(table["peak_memory_bytes"], errors="coerce")
     table["status"] = table["last_status"].where(~table["any_ok"], "ok")
     table["repeats"] = table["repeats"].fillna(0).astype(int)
@@ -109,7 +119,8 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _versus(table: pd.DataFrame, on: list[str], where: pd.Series, suffix: str) -> pd.DataFrame:
     """Each row joined with the reference row (the row matching `where`) of the same `on` keys."""
-    reference = table.loc[where, on + ["throughput_samples_per_s", "final_loss", "loss_steps"]]
+    reference = table.loc[where, on + ["throughput_samples_per_s", "final_loss", "loss_steps", "cell",
+                                       *judged.NOISE_COLUMNS]]
     reference = reference.drop_duplicates(subset=on)  # precision variants of the reference: first wins
     return table.merge(reference, on=on, how="left", suffixes=("", suffix))
 
@@ -129,11 +140,14 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
         table = _versus(table, SHAPE, tf32, "_tf32")
         table["speedup_vs_tf32"] = table["throughput_samples_per_s"] / table["throughput_samples_per_s_tf32"]
         columns.insert(columns.index("speedup_vs_fp32") + 1, "speedup_vs_tf32")
+        at = columns.index("speedup_vs_fp32_high") + 1
+        columns[at:at] = ["speedup_vs_tf32_low", "speedup_vs_tf32_high"]
     one_gpu = (table["gpus"] == 1) & (table["status"] == "ok")
     per_gpu = ["model", "hardware", "variant", "batch_size", "grad_accum", "precision", "precision_variant"]
     table = _versus(table, per_gpu, one_gpu, "_1gpu")
     ideal = table["gpus"].astype(float) * table["throughput_samples_per_s_1gpu"]
     table["weak_scaling_efficiency"] = (table["throughput_samples_per_s"] / ideal).where(table["gpus"] > 1)
+    table = _judge(table, columns)
     table["variant"] = (table["variant"] + " " + table["precision_variant"]).str.strip()
     # Present when any cell has them: a CPU run has neither MFU nor energy, a run with
     # --phase-steps 0 no phases; a column of blanks would say "measured, nothing there".
@@ -146,9 +160,32 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     return table[columns].reset_index(drop=True)
 
 
+def _judge(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The intervals of the comparisons and each row's flags (trainkit.reports.flags)."""
+    comparisons = [("speedup_vs_fp32", "_fp32"), ("weak_scaling_efficiency", "_1gpu")]
+    if "speedup_vs_tf32" in columns:
+        comparisons.append(("speedup_vs_tf32", "_tf32"))
+    for column, suffix in comparisons:
+        table[f"{column}_low"], table[f"{column}_high"] = judged.ratio_interval(table, column, suffix)
+    same_but_batch = ["model", "hardware", "variant", "gpus", "grad_accum", "precision", "precision_variant"]
+    table["memory_flat"] = judged.memory_flat(table, same_but_batch)
+    verdicts = [judged.judge(row) for row in table.to_dict("records")]
+    table["flags"] = ["; ".join(flags) for flags, _ in verdicts]
+    table["flagged_figures"] = [" ".join(sorted(c for c in suspect if c in columns)) for _, suspect in verdicts]
+    return table
+
+
 # --- formatting, shared by the HTML page and the Markdown file ---------------------------------
 
-TEXT_HEADERS = ("precision", "variant", "status", "measured as")  # left-aligned; the rest are numbers
+TEXT_HEADERS = ("precision", "variant", "status", "measured as", "flags")  # left-aligned; the rest are numbers
+FLAG_MARK = "⚠"
+"""Follows a figure that the row's flags put in doubt: implausible, or measured on a loaded host."""
+FLAG_LEGEND = (f"{FLAG_MARK} marks a figure its row's flags put in doubt (physically implausible, or measured "
+               "on a loaded host); a ratio's 95 % interval follows it in brackets, and a difference whose "
+               f"interval holds no difference is flagged within noise. {judged.IMPLAUSIBLE_NOTE} "
+               f"{judged.INTERVAL_NOTE}")
+INTERVAL_COLUMNS = ("speedup_vs_fp32", "speedup_vs_tf32", "weak_scaling_efficiency")
+"""Figures printed with their interval (their `_low` and `_high` columns)."""
 HEADERS = {
     "batch_size": "batch", "grad_accum": "accum", "effective_batch": "eff. batch",
     "throughput_samples_per_s": "samples/s", "speedup_vs_fp32": "vs fp32", "speedup_vs_tf32": "vs tf32",
@@ -218,8 +255,25 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
                    "loss_diff_vs_fp32"):
         if column in table and table[column].isna().all():  # no dynamic scaler, one GPU count, no tf32, a CPU
             hidden.add(column)
+    hidden |= {c for c in table.columns if c.endswith(("_low", "_high")) or c.startswith("step_time_")}
+    hidden.add("flagged_figures")
+    if "flags" in table and not table["flags"].astype(bool).any():
+        hidden.add("flags")
     shown = [c for c in table.columns if c not in hidden]
-    return pd.DataFrame({headers.get(c, c): [_fmt(c, v) for v in table[c]] for c in shown}, index=table.index)
+    return pd.DataFrame({headers.get(c, c): _texts(table, c) for c in shown}, index=table.index)
+
+
+def _texts(table: pd.DataFrame, column: str) -> list[str]:
+    """A column's display strings: a ratio with its interval, a figure in doubt with FLAG_MARK."""
+    texts = [_fmt(column, v) for v in table[column]]
+    if column in INTERVAL_COLUMNS and f"{column}_low" in table:
+        bound = "{:.0%}" if column == "weak_scaling_efficiency" else "{:.2f}"
+        texts = [text if _missing(low) or _missing(high) else f"{text} ({bound.format(low)}–{bound.format(high)})"
+                 for text, low, high in zip(texts, table[f"{column}_low"], table[f"{column}_high"])]
+    if "flagged_figures" in table and table["flagged_figures"].str.contains(column, regex=False).any():
+        texts = [f"{text} {FLAG_MARK}" if column in str(doubted).split() else text
+                 for text, doubted in zip(texts, table["flagged_figures"])]
+    return texts
 
 
 def groups(table: pd.DataFrame) -> list[tuple[dict[str, object], pd.DataFrame]]:
@@ -242,7 +296,7 @@ def group_title(group: dict[str, object]) -> str:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """The summary as Markdown: a heading and a table per group (for READMEs and issue comments)."""
-    parts = ["# trainkit summary", "", PARITY_POINTER, ""]
+    parts = ["# trainkit summary", "", PARITY_POINTER, "", FLAG_LEGEND, ""]
     for group, rows in groups(table):
         shown = formatted(rows)
         parts += [f"## {group_title(group)}", "",

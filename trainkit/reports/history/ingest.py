@@ -1,6 +1,6 @@
 """Result files into the run store: results JSON lines, pytest-benchmark JSON (bench's, or old
 `.benchmarks/` autosaves), single records, or directories of them, read as every other command
-reads them (reports.records: a cut-off last line is read up to the cut, with a warning).
+reads them (trainkit.reports.records: a cut-off last line is read up to the cut, with a warning).
 
 Each input file is one run unless --commit and --date say otherwise: files that resolve to the same
 commit and date (a night's results.jsonl and benchmark.json) are one run, and a record two files
@@ -24,7 +24,7 @@ from trainkit.engine.schema import fingerprint
 from ..records import Run, read_runs
 from .store import IngestResult, add_run, opened
 
-ADDED_KEYS = ("run", "source")  # what reports.records adds to each record; not part of the record
+ADDED_KEYS = ("run", "source")  # what trainkit.reports.records adds to each record; not part of the record
 
 
 def iso_date(text: str) -> str:

@@ -106,7 +106,7 @@ def fingerprint_key(fp: dict[str, Any]) -> str:
 def record_key(record: dict[str, Any]) -> str:
     """One execution of a cell: bench writes each ok cell twice (results file and pytest-benchmark
     JSON), and the measured step times with the finishing time and host tell executions apart
-    (the same key reports.records uses to drop such repeats)."""
+    (the same key trainkit.reports.records uses to drop such repeats)."""
     steps = record.get("step_time_s") or {}
     key = [record.get("cell_id"), record.get("finished_at"), (record.get("env") or {}).get("hostname"),
            steps.get("values") or [], record.get("status_detail")]

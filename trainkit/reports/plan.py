@@ -18,7 +18,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from trainkit.commands.plan import PEAK_NAMES, PlanError, read_plan
+from trainkit.analysis.plan_file import PEAK_NAMES, PlanError, read_plan
 from trainkit.engine.precision_facts import color_of, display_rank
 from trainkit.engine.schema import write_text
 

@@ -1,6 +1,6 @@
 """`build_report`: result files -> one self-contained HTML page, plus the summary as CSV and Markdown.
 
-    from reports.build import build_report
+    from trainkit.reports.build import build_report
     paths = build_report(["results.jsonl", "bench.json"], "reports/out/report.html")
     # {"html": ".../report.html", "csv": ".../report.csv", "markdown": ".../report.md"}
 
@@ -12,7 +12,7 @@ to compile, which cells fit in the least memory for their speed (activation chec
 accumulation, precision), which layers FP8 converted, where each cell's step time goes (the profile: phases,
 top operators, MFU, energy, links to traces and memory snapshots), which cells did not finish and
 why, and on what environment each run was measured. Given a `trainkit parity` document, it adds
-the loss-parity section (reports.parity); given only parity documents, the page is that section.
+the loss-parity section (trainkit.reports.parity); given only parity documents, the page is that section.
 """
 
 from __future__ import annotations
@@ -28,7 +28,17 @@ from trainkit.engine.precision_facts import display_rank
 from . import figures, frontier, html, parity, profiles
 from .load import to_frame
 from .records import Run, all_records, fingerprint, read_runs
-from .summary import PARITY_POINTER, TEXT_HEADERS, formatted, group_title, groups, summary, to_markdown
+from .summary import (
+    FLAG_LEGEND,
+    FLAG_MARK,
+    PARITY_POINTER,
+    TEXT_HEADERS,
+    formatted,
+    group_title,
+    groups,
+    summary,
+    to_markdown,
+)
 
 SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
             ("accumulation", "Accumulation"), ("loss", "Loss curves"), ("scaler", "Loss scaling"),
@@ -68,18 +78,35 @@ def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
     if frame["hardware"].astype(str).str.startswith("CPU").any():
         parts.append('<p class="warn">CPU rows are correctness and smoke rows, not speed claims: half '
                      "precision on a CPU is emulated or slow, so its speedups say nothing about GPUs.</p>")
-    parts.append(f'<p class="note">{html.esc(PARITY_POINTER)}</p>')
+    parts.append(_flag_summary(table))
+    parts.append(f'<p class="note">{html.esc(PARITY_POINTER)}</p><p class="note">{html.esc(FLAG_LEGEND)}</p>')
     state = " open" if len(table) <= OPEN_ROWS else ""
     for group, rows in groups(table):
         shown = formatted(rows)
         classes = ["status-failed" if s != "ok" else "" for s in rows["status"]]
+        doubted = {h: ["suspect" if v.endswith(FLAG_MARK) else "" for v in shown[h]] for h in shown.columns}
         parts.append(f'<div{html.attrs({"model": group["model"], "hardware": group["hardware"]})}>'
                      f"<details{state}><summary><h3>{html.esc(group_title(group))} "
                      f'<span class="note">({len(rows)} cells)</span></h3></summary>'
-                     + html.frame_table(shown, text_columns=TEXT_HEADERS, row_classes=classes,
+                     + html.frame_table(shown, text_columns=TEXT_HEADERS, row_classes=classes, cell_classes=doubted,
+                                        wrap_columns=("flags",),
                                         row_attrs=[{"precision": p} for p in rows["precision"]])
                      + "</details></div>")
     return "".join(parts)
+
+
+def _flag_summary(table: pd.DataFrame) -> str:
+    """A box above the tables counting the rows whose figures cannot be right or were measured on a
+    loaded host: they must not be read plainly."""
+    flags = table["flags"].fillna("").astype(str)
+    implausible = int(flags.str.contains("implausible").sum())
+    doubted = int(table["flagged_figures"].fillna("").astype(bool).sum())
+    if not doubted:
+        return ""
+    what = f"{doubted} row{'s' if doubted != 1 else ''} hold figures in doubt ({FLAG_MARK})"
+    if implausible:
+        what += f", {implausible} of them physically implausible"
+    return f'<p class="bad">{html.esc(what)}: read their flags before their numbers.</p>'
 
 
 def _chart_sections(table: pd.DataFrame, frame: pd.DataFrame) -> dict[str, str]:

@@ -4,8 +4,8 @@ BASELINE and CANDIDATE are each a result file or a directory of them (repeated r
 combined; see verdict.py for the rule). The decision itself lives in verdict.py, free of pandas,
 for a regression gate to reuse:
 
-    from reports.records import read_runs, all_records
-    from reports.verdict import Thresholds, compare_records
+    from trainkit.reports.records import read_runs, all_records
+    from trainkit.reports.verdict import Thresholds, compare_records
     result = compare_records(all_records(read_runs([base])), all_records(read_runs([cand])), Thresholds())
     result.outcome, result.regressions, result.noisy_share, result.env_difference()
 """

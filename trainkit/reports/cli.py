@@ -26,7 +26,7 @@ from . import verdict
 from .history import cli as history_cli
 from .records import InputError
 
-# Exit statuses (the module docstring); compare maps its outcome (reports.verdict) to one.
+# Exit statuses (the module docstring); compare maps its outcome (trainkit.reports.verdict) to one.
 PASS, REGRESSION, BAD_INPUT, INCONCLUSIVE = 0, 1, 2, 3
 OUTCOME_EXIT = {verdict.PASS: PASS, verdict.REGRESSION: REGRESSION, verdict.INCONCLUSIVE: INCONCLUSIVE}
 

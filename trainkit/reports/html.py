@@ -41,7 +41,7 @@ td.text, th.text { text-align: left; }
 td.wrap { white-space: normal; min-width: 240px; max-width: 520px; }
 tr.status-failed td, td.v-regressed, td.v-failed { background: #fdecea; }
 td.v-improved, td.v-fixed { background: #e9f5ec; }
-td.v-noisy { background: #fff4e5; }
+td.v-noisy, td.suspect { background: #fff4e5; }
 .chart { min-height: 200px; }
 .wide { overflow-x: auto; }
 table.compact th { white-space: normal; vertical-align: bottom; }
