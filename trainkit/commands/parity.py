@@ -38,9 +38,10 @@ from ..analysis.parity_types import (
     ParityDocument,
     PrecisionParity,
 )
-from ..engine.config import RunConfig
+from ..engine.config import MODELS, RunConfig
 from ..engine.precision_facts import precision_names
 from ..engine.schema import append_jsonl
+from .config_options import model_fields
 
 DEFAULT_SEEDS = 5
 
@@ -77,6 +78,10 @@ GPU_SETUPS = {
     "resnet50": ParitySetup({"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 64, "image_size": 64},
                             steps=1000, warmup_steps=5),
 }
+WORKLOAD_SETUP = ParitySetup({"optimizer": "adamw", "lr": 1e-3, "batch_size": 16}, steps=200,
+                             why="a first guess for a model trainkit has no recipe for (--model SPEC): give "
+                                 "--steps, --batch-size and --lr of your own recipe")
+"""The recipe of a workload that is not built in, on any device (the options override it)."""
 DEFAULT_MODELS = {"cpu": ("gpt", "mlp"), "cuda": ("gpt", "resnet50")}
 CPU_PRECISIONS = ("fp32", "amp-bf16", "half-fp16", "half-bf16", "half-fp16-master", "half-bf16-master")
 """The CPU default: amp-fp16's autocast is slow and adds nothing a CPU can say that these do not."""
@@ -99,9 +104,12 @@ def cell_configs(model: str, precisions: Sequence[str], seeds: Sequence[int], de
                  overrides: dict[str, Any] | None = None) -> list[RunConfig]:
     """Every cell of one model's parity run, seed-major: each seed runs every precision in turn, so a
     machine whose speed drifts slows every precision alike."""
-    setup = setups_for(device_type)[model]
+    from ..engine.workload_resolve import model_choice  # torch: see the module docstring
+
+    chosen = model_choice(model)  # a built-in, or a workload's spec (then its name and the spec)
+    setup = setups_for(device_type)[model] if chosen.workload is None else WORKLOAD_SETUP
     options = {**setup.options, **(overrides or {})}
-    base = RunConfig(model=model, device=device, task_seed=TASK_SEED,
+    base = RunConfig(model=chosen.model, workload=chosen.workload, device=device, task_seed=TASK_SEED,
                      steps=steps if steps is not None else setup.steps,
                      warmup_steps=warmup_steps if warmup_steps is not None else setup.warmup_steps, **options)
     return [base.replace(precision=p, seed=s) for s in seeds for p in precisions]
@@ -192,11 +200,12 @@ def run(models: Sequence[str], precisions: Sequence[str] | None, seeds: int, *, 
     overrides = dict(overrides or {})
     if jobs > 1:  # side by side, each cell takes its share of the cores instead of all of them
         overrides.setdefault("cpu_threads", max(1, hw["cpu_count"] // jobs))
-    plan = [(m, c) for m in models
+    plan = [(c.model, c) for m in models
             for c in cell_configs(m, runnable, range(seeds), device_type, device_type, steps, warmup_steps, overrides)]
     records = run_cells(plan, jobs=jobs, timeout_s=timeout_s, records_path=records_path, show=show)
     margin = margin or Margin()
-    blocks = judge_records(records, models, margin=margin, confidence=confidence, target_fraction=target_fraction,
+    names = list(dict.fromkeys(config.model for _, config in plan))  # records name a workload, not its spec
+    blocks = judge_records(records, names, margin=margin, confidence=confidence, target_fraction=target_fraction,
                            target_loss=target_loss, unsupported={p: r for p, r in reasons.items() if r})
     return document(blocks, seeds=list(range(seeds)), device=device_type, env=hw.get("env"), margin=margin,
                     confidence=confidence, elapsed_s=time.monotonic() - started,
@@ -268,13 +277,16 @@ def margin_option(text: str) -> Margin:
 
 def add_arguments(parser: Any) -> None:
     """The options of `python -m trainkit parity` (validated where they are parsed)."""
-    from ..engine.config import DEVICES, MODELS
+    from ..engine.config import DEVICES
     from ..engine.options import choice, comma_list, integer, number
 
-    parser.add_argument("--model", type=comma_list(choice(MODELS)), default=None, metavar="A,B",
-                        help="models to judge (default: gpt,mlp on a CPU, gpt,resnet50 on a GPU; the ones with a "
-                             "parity recipe: " + "; ".join(f"{d}: {', '.join(s)}" for d, s in
-                                                           (("cpu", CPU_SETUPS), ("cuda", GPU_SETUPS))) + ")")
+    parser.add_argument("--model", type=comma_list(str), default=None, metavar="A,B",
+                        help="models to judge (default: gpt,mlp on a CPU, gpt,resnet50 on a GPU): built-ins with a "
+                             "parity recipe (" + "; ".join(f"{d}: {', '.join(s)}" for d, s in
+                                                           (("cpu", CPU_SETUPS), ("cuda", GPU_SETUPS)))
+                             + ") or any --model SPEC of trainkit run (MODULE:FUNCTION, a plugin, hf:..., timm:...), "
+                             f"whose recipe is AdamW at {WORKLOAD_SETUP.options['lr']:g}, batch "
+                             f"{WORKLOAD_SETUP.options['batch_size']}, {WORKLOAD_SETUP.steps} steps unless given")
     parser.add_argument("--precision", type=comma_list(choice(precision_names)), default=None, metavar="A,B",
                         help=f"precisions to judge against fp32, which always runs (default on a CPU: "
                              f"{','.join(CPU_PRECISIONS)}; on a GPU every mode it can run)")
@@ -363,7 +375,7 @@ def _rejudge(args: Any) -> ParityDocument:
     except (ResultsFileError, UnicodeDecodeError) as exc:
         raise UsageError(f"--from-records {args.from_records!r}: {exc}") from None
     found = list(dict.fromkeys(r["config"]["model"] for r in records))
-    models = args.model or found
+    models = [model_fields(m)["model"] for m in args.model] if args.model else found  # records name workloads
     missing = [m for m in models if m not in found]
     if missing or not records:
         raise UsageError(f"--from-records {args.from_records!r}: no records of {', '.join(missing) or 'any model'}; "
@@ -389,10 +401,13 @@ def _run(args: Any) -> tuple[ParityDocument, str]:
     models = args.model or DEFAULT_MODELS[device_type]
     if args.jobs > 1 and device_type != "cpu":
         raise UsageError(f"--jobs {args.jobs}: cells run side by side only on a CPU (the device is {device_type})")
-    missing = [m for m in models if m not in setups_for(device_type)]
+    specs = [m for m in models if m not in MODELS]
+    for spec in specs:
+        model_fields(spec)  # a bad spec: one line, before any cell starts
+    missing = [m for m in models if m in MODELS and m not in setups_for(device_type)]
     if missing:
         raise UsageError(f"--model: no parity recipe for {', '.join(missing)} on {device_type}; choose from "
-                         f"{', '.join(setups_for(device_type))}")
+                         f"{', '.join(setups_for(device_type))}, or a workload's spec")
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     records = args.records or os.path.splitext(args.output)[0] + ".records.jsonl"
     open(records, "w").close()  # this run's records, appended as each cell ends
