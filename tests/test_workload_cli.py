@@ -107,3 +107,29 @@ def test_a_bad_spec_is_one_line_and_exit_2(user_dir, command, spec, message):
     proc = run(trainkit_cmd(command, "--model", spec, "--device", "cpu"), user_dir)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_plan_plans_a_user_workload(user_dir):
+    proc = run(trainkit_cmd("plan", "--model", "usermodels:tiny", "--precision", "fp32", "--target-batch", "64",
+                            "--device", "cpu", "--memory-limit-gb", "2", "--output", "plan.json", "--quiet"), user_dir)
+    assert proc.returncode == 0, proc.stderr
+    with open(user_dir / "plan.json") as f:
+        plan = json.load(f)
+    assert plan["model"] == "tiny" and plan["config"]["workload"] == "usermodels:tiny"
+    assert plan["precisions"]["fp32"]["max_batch"] > 64
+    fastest = plan["fastest"]
+    assert fastest["cell_id"].startswith("tiny-fp32-") and fastest["micro_batch"] * fastest["grad_accum"] == 64
+
+
+@pytest.mark.slow
+def test_parity_judges_a_user_workload_by_its_name(user_dir):
+    proc = run(trainkit_cmd("parity", "--model", "usermodels:tiny", "--precision", "amp-bf16", "--seeds", "2",
+                            "--steps", "10", "--device", "cpu", "--output", "parity.json", "--quiet"), user_dir)
+    assert proc.returncode == 0, proc.stderr
+    with open(user_dir / "parity.json") as f:
+        doc = json.load(f)
+    block = doc["models"]["tiny"]
+    assert block["config"]["workload"] == "usermodels:tiny" and block["config"]["optimizer"] == "adamw"
+    assert set(block["precisions"]) == {"fp32", "amp-bf16"}
+    assert block["precisions"]["amp-bf16"]["verdict"] in ("equivalent", "worse", "better", "inconclusive")
