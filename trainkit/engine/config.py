@@ -235,25 +235,13 @@ class RunConfig:
 
     @property
     def cell_id(self) -> str:
-        """Readable id of the matrix cell, e.g. resnet50-amp-fp16-bs256-ga4-gpus2; the axes after
-        the first five appear only where they differ from their defaults, so the ids of cells
-        without them (and baselines keyed by them) stay what they were:
+        """Readable id of the matrix cell, e.g. resnet50-amp-fp16-bs256-ga4-gpus2: each axis's fragment
+        (trainkit.engine.axes); the axes after the first five appear only where they differ from their
+        defaults, so the ids of cells without them (and baselines keyed by them) stay what they were:
         gpt-fp8-rowwise-bs16-ga4-gpus1-compiled-ac."""
-        return (f"{self.model}-{self.precision}-bs{self.batch_size}"
-                f"-ga{self.grad_accum}-gpus{self.world_size}" + "".join(self.axis_tags))
+        from . import axes  # the axes read this module's names: imported here, it is no import cycle
 
-    @property
-    def axis_tags(self) -> tuple[str, ...]:
-        """The id's suffixes for the axes that differ from their defaults: -compiled (and its
-        mode), -ac, -alloc-<setting> (letters, digits and underscores: ids stay pytest-friendly)."""
-        tags = []
-        if self.compile:
-            tags.append("-compiled" + (f"-{self.compile_mode}" if self.compile_mode else ""))
-        if self.activation_checkpointing != "none":
-            tags.append("-ac" if self.activation_checkpointing == "full" else f"-ac-{self.activation_checkpointing}")
-        if self.alloc_conf is not None:
-            tags.append("-alloc-" + re.sub(r"[^A-Za-z0-9_.]+", "_", self.alloc_conf).strip("_"))
-        return tuple(tags)
+        return axes.cell_id(self.to_dict())
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

@@ -6,14 +6,24 @@ where it is parsed, and the parser that owns it reports it: `python -m trainkit`
 `nightly` print one line and exit 2 (their Parser raises UsageError); bench's options are pytest's,
 so pytest reports a usage error itself.
 
+The options more than one command takes (--device, --cell-timeout, --memory-limit-gb, --model,
+--precision, --gpus, --output, ...) are defined once, at the end, as `Option`s that each command
+adds to its own parser (argparse's or pytest's); outputs are checked as they are parsed
+(`output_file`, `output_dir`), so a place that cannot be written is refused before any cell runs.
+
 No torch here: reading options must not cost torch's import.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, NoReturn
+
+from .config import DEVICES, MODELS
+from .precision_facts import precision_names
 
 
 class UsageError(Exception):
@@ -95,3 +105,96 @@ def comma_list(item: Callable[[str], Any], separator: str = ",") -> Callable[[st
         return tuple(dict.fromkeys(values))
 
     return _named(parse, "list")
+
+
+# --- outputs, checked where they are parsed ---------------------------------------------------------
+def _writable_dir(directory: str, what: str, text: str, make_parents: bool) -> None:
+    """`directory` can hold a new file: it is a directory we may write in, or (make_parents) its
+    nearest existing ancestor is, so the command can create it."""
+    if not os.path.exists(directory):
+        if not make_parents:
+            raise argparse.ArgumentTypeError(f"{text!r}: directory {directory!r} does not exist")
+        parent = os.path.dirname(directory)
+        if parent == directory:  # a filesystem root that does not exist: nothing to create it in
+            raise argparse.ArgumentTypeError(f"{text!r}: directory {directory!r} does not exist")
+        _writable_dir(parent, what, text, make_parents)
+        return
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"{text!r}: {directory!r} is not a directory, so no {what} can go there")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: cannot write in directory {directory!r} (permission denied)")
+
+
+def output_file(make_parents: bool = False) -> Callable[[str], str]:
+    """A file the command will write: not an existing directory, not a read-only file, in a
+    directory that exists (or, with make_parents, that the command creates) and may be written in.
+    Checked when the option is parsed, so a bad output fails before any cell runs, not after."""
+    def parse(text: str) -> str:
+        path = os.path.abspath(text)
+        if os.path.isdir(path):
+            raise argparse.ArgumentTypeError(f"{text!r} is a directory; name a file (e.g. {os.path.join(text, 'out')})")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{text!r}: cannot overwrite it (permission denied)")
+        _writable_dir(os.path.dirname(path), "file", text, make_parents)
+        return text
+
+    return _named(parse, "file")
+
+
+def output_dir(text: str) -> str:
+    """A directory the command writes files into: an existing one it may write in, or a new one
+    it can create (the command creates it)."""
+    _writable_dir(os.path.abspath(text), "directory", text, make_parents=True)
+    return text
+
+
+# --- options shared by several commands, each defined once --------------------------------------------
+_DEFAULT = object()
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option as every command that takes it spells it: its flag, its argparse type
+    (which validates the value), its metavar and a help text. `add` puts it on an argparse parser
+    or group, or on a pytest option group; a command may reword the help, rename the flag or
+    change the default where its meaning differs (bench's --cell-memory-limit-gb), never the type."""
+
+    flag: str
+    type: Callable[[str], Any] | None
+    metavar: str | None
+    help: str
+    default: Any = None
+    short: str | None = None
+    """A one-letter alias (-o); pytest reserves lower-case short options, so bench leaves it out."""
+
+    def add(self, parser: Any, *, flag: str | None = None, help: str | None = None,
+            default: Any = _DEFAULT, short: bool = True, **extra: Any) -> None:
+        """Add the option to `parser` (argparse: add_argument; pytest: addoption); `extra` goes to
+        it unchanged (dest, required, action)."""
+        names = [flag or self.flag] + ([self.short] if self.short and short else [])
+        kwargs = {"type": self.type, "metavar": self.metavar, "help": help or self.help,
+                  "default": self.default if default is _DEFAULT else default, **extra}
+        add = parser.add_argument if hasattr(parser, "add_argument") else parser.addoption
+        add(*names, **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
+
+
+model_name = choice(MODELS)
+"""One model of trainkit's (an argparse type)."""
+precision_name = choice(precision_names)
+"""One precision mode of trainkit's table, read when the value is parsed (an argparse type)."""
+
+DEVICE = Option("--device", choice(DEVICES), None, "where the cells run: auto (a GPU if one is visible), cpu or cuda "
+                "(default: auto)", default="auto")
+CELL_TIMEOUT = Option("--cell-timeout", number(0, above=True), "SECONDS",
+                      "end a cell as 'timeout' after this many seconds (default: 900)")
+MEMORY_LIMIT_GB = Option("--memory-limit-gb", number(0, above=True), "GB",
+                         "cap each CPU worker's extra address space: an allocation past it ends the cell as 'oom' "
+                         "instead of exhausting the machine (CPU cells only)")
+MODELS_LIST = Option("--model", comma_list(model_name), "A,B", f"models, from {', '.join(MODELS)}")
+PRECISIONS_LIST = Option("--precision", comma_list(precision_name), "A,B",
+                         "precision modes of trainkit's table, e.g. fp32,amp-bf16,half-bf16")
+GPUS_LIST = Option("--gpus", comma_list(integer(1)), "N,N", "GPU counts (CPU ranks on a CPU), integers >= 1")
+OUTPUT = Option("--output", output_file(), "FILE.json", "write the result here", short="-o")
+"""A file written where it is named: its directory must exist (check_paths said so before)."""
+REPORT = Option("--report", output_file(), "FILE.html", "also write an HTML page (needs trainkit[reports])")
+QUIET = Option("--quiet", None, None, "no progress on stderr", default=False, short="-q")
