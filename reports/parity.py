@@ -12,7 +12,6 @@ too, it adds the section to their report. No torch here.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -21,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from trainkit.engine.precision_facts import color_of, display_rank
-from trainkit.engine.schema import MEMORY_NAMES
+from trainkit.engine.schema import MEMORY_NAMES, JsonFileError, read_json
 
 from . import figures, html
 from .figures import Chart
@@ -46,9 +45,8 @@ def split(paths: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
         doc = None
         if path.endswith(".json") and os.path.isfile(path):
             try:
-                with open(path, encoding="utf-8") as f:
-                    doc = json.load(f)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                doc = read_json(path, "parity document")
+            except JsonFileError:
                 doc = None  # not a parity document: the results reader says what is wrong with it
         if is_parity(doc):
             docs.append({**doc, "source": path})  # type: ignore[dict-item]

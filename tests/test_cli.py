@@ -114,3 +114,16 @@ def test_progress_is_shown_on_stderr(tmp_path):
     assert "starting 1 rank(s)" in proc.stderr
     assert "step " in proc.stderr and "left" in proc.stderr
     assert "samples/s" in proc.stderr.splitlines()[-1]
+
+
+# --- JSON files every command reads: a broken one is named in one line, exit 2 ---------------------------
+
+def test_a_broken_nightly_state_is_named_in_one_line_not_a_traceback(tmp_path, capsys):
+    """nightly.json cut off (a disk that filled up while it was written by hand, say) was a
+    JSONDecodeError traceback out of every nightly command that reads the run."""
+    from nightly.cli import main as nightly_main
+
+    (tmp_path / "nightly.json").write_text('{"schema": "trainkit.nightly/1", "stages": {')
+    assert nightly_main(["status", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'nightly.json'}: not a readable nightly run state" in err, err

@@ -595,16 +595,25 @@ def print_lines(lines: list[str]) -> None:
 
 def add_arguments(parser: Any) -> None:
     """The options of `python -m trainkit parity` (validated where they are parsed)."""
-    from ..engine.config import DEVICES, MODELS
-    from ..engine.options import choice, comma_list, fraction, integer, number
+    from ..engine.options import (
+        CELL_TIMEOUT,
+        DEVICE,
+        MODELS_LIST,
+        OUTPUT,
+        PRECISIONS_LIST,
+        QUIET,
+        REPORT,
+        fraction,
+        integer,
+        number,
+        output_file,
+    )
 
-    parser.add_argument("--model", type=comma_list(choice(MODELS)), default=None, metavar="A,B",
-                        help="models to judge (default: gpt,mlp on a CPU, gpt,resnet50 on a GPU; the ones with a "
-                             "parity recipe: " + "; ".join(f"{d}: {', '.join(s)}" for d, s in
-                                                           (("cpu", CPU_SETUPS), ("cuda", GPU_SETUPS))) + ")")
-    parser.add_argument("--precision", type=comma_list(choice(precision_names)), default=None, metavar="A,B",
-                        help=f"precisions to judge against fp32, which always runs (default on a CPU: "
-                             f"{','.join(CPU_PRECISIONS)}; on a GPU every mode it can run)")
+    MODELS_LIST.add(parser, help="models to judge (default: gpt,mlp on a CPU, gpt,resnet50 on a GPU; the ones with a "
+                                 "parity recipe: " + "; ".join(f"{d}: {', '.join(s)}" for d, s in
+                                                               (("cpu", CPU_SETUPS), ("cuda", GPU_SETUPS))) + ")")
+    PRECISIONS_LIST.add(parser, help=f"precisions to judge against fp32, which always runs (default on a CPU: "
+                                     f"{','.join(CPU_PRECISIONS)}; on a GPU every mode it can run)")
     parser.add_argument("--seeds", type=integer(2), default=DEFAULT_SEEDS, metavar="S",
                         help=f"seeds per precision, 0..S-1 (default {DEFAULT_SEEDS}; fp32's make the noise band)")
     parser.add_argument("--steps", type=integer(1), default=None, metavar="N",
@@ -622,18 +631,16 @@ def add_arguments(parser: Any) -> None:
                              f"(default {TARGET_FRACTION:g})")
     target.add_argument("--target-loss", type=number(0, above=True), default=None, metavar="X",
                         help="target loss, given")
-    parser.add_argument("--device", type=choice(DEVICES), default="auto", help="where the cells run (default: auto)")
+    DEVICE.add(parser, help="where the cells run (default: auto)")
     parser.add_argument("--jobs", "-j", type=integer(1), default=1, metavar="N",
                         help="cells run side by side on a CPU, each with its share of the cores (default 1; the "
                              "step times are then measured beside another cell)")
-    parser.add_argument("--output", "-o", required=True, metavar="FILE.json", help="the parity document")
-    parser.add_argument("--records", metavar="FILE.jsonl", default=None,
+    OUTPUT.add(parser, required=True, metavar="FILE.json", help="the parity document")
+    parser.add_argument("--records", type=output_file(), metavar="FILE.jsonl", default=None,
                         help="every cell's result record (default: beside the output, OUTPUT.records.jsonl)")
-    parser.add_argument("--report", metavar="FILE.html", default=None,
-                        help="also write the HTML report of the parity run (needs trainkit[reports])")
-    parser.add_argument("--cell-timeout", type=number(0, above=True), default=None, metavar="SECONDS",
-                        help="end a cell as 'timeout' after this many seconds (default: 900)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    REPORT.add(parser, help="also write the HTML report of the parity run (needs trainkit[reports])")
+    CELL_TIMEOUT.add(parser)
+    QUIET.add(parser)
 
 
 def main(args: Any) -> int:

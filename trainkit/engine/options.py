@@ -166,13 +166,15 @@ class Option:
     default: Any = None
     short: str | None = None
     """A one-letter alias (-o); pytest reserves lower-case short options, so bench leaves it out."""
+    action: str | None = None
+    """argparse's action (store_true for a switch); None: store the parsed value."""
 
     def add(self, parser: Any, *, flag: str | None = None, help: str | None = None,
             default: Any = _DEFAULT, short: bool = True, **extra: Any) -> None:
         """Add the option to `parser` (argparse: add_argument; pytest: addoption); `extra` goes to
         it unchanged (dest, required, action)."""
         names = [flag or self.flag] + ([self.short] if self.short and short else [])
-        kwargs = {"type": self.type, "metavar": self.metavar, "help": help or self.help,
+        kwargs = {"type": self.type, "metavar": self.metavar, "action": self.action, "help": help or self.help,
                   "default": self.default if default is _DEFAULT else default, **extra}
         add = parser.add_argument if hasattr(parser, "add_argument") else parser.addoption
         add(*names, **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
@@ -197,4 +199,4 @@ GPUS_LIST = Option("--gpus", comma_list(integer(1)), "N,N", "GPU counts (CPU ran
 OUTPUT = Option("--output", output_file(), "FILE.json", "write the result here", short="-o")
 """A file written where it is named: its directory must exist (check_paths said so before)."""
 REPORT = Option("--report", output_file(), "FILE.html", "also write an HTML page (needs trainkit[reports])")
-QUIET = Option("--quiet", None, None, "no progress on stderr", default=False, short="-q")
+QUIET = Option("--quiet", None, None, "no progress on stderr", default=False, short="-q", action="store_true")
