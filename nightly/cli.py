@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING
 from bench.matrix import PRESET_NAMES
 from reports.cli import metric_threshold
 from reports.records import InputError
-from trainkit.engine.config import DEVICES
-from trainkit.engine.options import Parser, UsageError, choice, fraction, integer, number, optional
+from trainkit.engine.options import DEVICE, Parser, UsageError, choice, fraction, integer, number, optional, output_dir
 from trainkit.engine.schema import ResultsFileError, cut_off_lines_on_stderr
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, LABELS, NO_BASELINE, PASS, REGRESSION
@@ -50,14 +49,13 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+    p.add_argument("--out", type=output_dir, default=DEFAULT_OUT, metavar="DIR",
                    help=f"the run directory: every artifact and nightly.json (default {DEFAULT_OUT})")
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=choice(DEVICES), default="auto",
-                   help="auto: the GPUs if torch sees one, else the CPU; cuda: no GPU is an infrastructure "
-                        "failure (use it on GPU runners)")
+    DEVICE.add(p, help="auto: the GPUs if torch sees one, else the CPU; cuda: no GPU is an infrastructure "
+                       "failure (use it on GPU runners)")
 
 
 def _add_preflight(p: argparse.ArgumentParser) -> None:
@@ -122,7 +120,7 @@ def _add_gpu_check(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("gpu-check", help="a few cells, each figure checked against an independent measure "
                                          "(exit 1 when a check fails)")
-    p.add_argument("--out", default=GPU_CHECK_OUT, metavar="DIR",
+    p.add_argument("--out", type=output_dir, default=GPU_CHECK_OUT, metavar="DIR",
                    help="where gpu-check.md, gpu-check.json, results.jsonl and report.html go "
                         f"(default {GPU_CHECK_OUT})")
     _add_device(p)
@@ -153,7 +151,7 @@ def parser() -> Parser:
     _add_out(status)
     promote = sub.add_parser("promote", help="make a green run the baseline of its environment")
     promote.add_argument("run_dir", metavar="DIR", help="the run directory (a downloaded nightly artifact)")
-    promote.add_argument("--baselines", default=None, metavar="DIR", help="default reports/baselines")
+    promote.add_argument("--baselines", type=output_dir, default=None, metavar="DIR", help="default reports/baselines")
     promote.add_argument("--force", action="store_true",
                          help="promote a run that is not green, not from main, or of uncommitted code")
     _add_gpu_check(sub)

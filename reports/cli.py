@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainkit.engine.options import Parser, UsageError, fraction, integer, number
+from trainkit.engine.options import Option, Parser, UsageError, fraction, integer, number, output_file
 from trainkit.engine.schema import cut_off_lines_on_stderr
 
 from . import verdict
@@ -37,6 +37,11 @@ def metric_threshold(text: str) -> tuple[str, float]:
     return metric, fraction(value)
 
 
+HTML_OUTPUT = Option("--output", output_file(make_parents=True), None, "HTML file to write", short="-o")
+"""Every subcommand's page: checked as it is parsed (not a directory, in a place that can be written;
+missing directories are made), so a bad output fails before any file is read."""
+
+
 def parser() -> Parser:
     top = Parser(prog="python -m reports", description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -44,19 +49,19 @@ def parser() -> Parser:
     build = sub.add_parser("build", help="one self-contained HTML report (+ CSV and Markdown summary beside it)")
     build.add_argument("inputs", nargs="+", metavar="RESULTS",
                        help="pytest-benchmark JSON, results JSON lines, single records, or directories of them")
-    build.add_argument("-o", "--output", default="reports/out/report.html", help="HTML file to write")
+    HTML_OUTPUT.add(build, default="reports/out/report.html")
     build.add_argument("--title", default="trainkit report")
     build.add_argument("--plan", action="append", default=[], metavar="PLAN.json",
                        help="a plan from python -m trainkit plan: adds the memory planner section (repeatable)")
 
     plan = sub.add_parser("plan", help="a plan from python -m trainkit plan as a self-contained page")
     plan.add_argument("plan", metavar="PLAN.json")
-    plan.add_argument("-o", "--output", default="reports/out/plan.html", help="HTML file to write")
+    HTML_OUTPUT.add(plan, default="reports/out/plan.html")
 
     compare = sub.add_parser("compare", help="per-cell verdicts of a candidate run against a baseline")
     compare.add_argument("baseline", metavar="BASELINE", help="result file or directory (repeats are combined)")
     compare.add_argument("candidate", metavar="CANDIDATE", help="result file or directory")
-    compare.add_argument("-o", "--output", default="reports/out/compare.html", help="HTML file to write")
+    HTML_OUTPUT.add(compare, default="reports/out/compare.html")
     compare.add_argument("--relative", type=fraction, default=0.07,
                          help="smallest relative change that counts, e.g. 0.07 or 7%% (default 7%%, TorchBench's)")
     compare.add_argument("--k", type=number(), default=3.0,
