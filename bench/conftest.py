@@ -24,10 +24,13 @@ from trainkit.engine.launch import DEFAULT_CELL_TIMEOUT_S, probe
 from trainkit.engine.options import (
     CELL_TIMEOUT,
     DEVICE,
+    LR,
     MEMORY_LIMIT_GB,
+    REPEATS,
+    STEPS,
+    WARMUP_STEPS,
     choice,
     integer,
-    number,
     output_dir,
     output_file,
 )
@@ -51,17 +54,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                         help=f"list replacing the preset's {axis.name} axis ({axis.option.help})")
     group.addoption("--compile-mode", dest="tk_compile_mode", type=choice(COMPILE_MODES), default=None,
                     help="torch.compile's mode for the compiled cells (default: torch's)")
-    group.addoption("--steps", dest="tk_steps", type=integer(1), default=None, metavar="N",
-                    help="timed optimizer steps per cell (default: the preset's)")
-    group.addoption("--warmup-steps", dest="tk_warmup_steps", type=integer(0), default=None, metavar="N",
-                    help="untimed optimizer steps before them (default: the preset's)")
+    STEPS.add(group, dest="tk_steps", help="timed optimizer steps per cell (default: the preset's)")
+    WARMUP_STEPS.add(group, dest="tk_warmup_steps", help="untimed optimizer steps before them (default: the preset's)")
     group.addoption("--rounds", dest="tk_rounds", type=integer(1), default=None, metavar="N",
                     help="how many of the timed steps pytest-benchmark records one by one (default: all); "
                          "the rest run as one window timed by the worker")
-    group.addoption("--repeats", dest="tk_repeats", type=integer(1), default=1, metavar="N",
-                    help="run every cell N times, each in fresh worker processes (ids end in -repK)")
-    group.addoption("--lr", dest="tk_lr", type=number(0, above=True), default=None, metavar="X",
-                    help="learning rate for every cell (default: each model's recipe)")
+    REPEATS.add(group, dest="tk_repeats",
+                help="run every cell N times, each in fresh worker processes (ids end in -repK)")
+    LR.add(group, dest="tk_lr")
     DEVICE.add(group, dest="tk_device", help="run the cells on this device (default: a GPU if one is visible)")
     CELL_TIMEOUT.add(group, dest="tk_cell_timeout", default=DEFAULT_CELL_TIMEOUT_S,
                      help="a cell taking longer ends with status timeout")

@@ -29,7 +29,18 @@ from typing import TYPE_CHECKING
 from bench.matrix import PRESET_NAMES
 from reports.cli import metric_threshold
 from reports.records import InputError
-from trainkit.engine.options import DEVICE, Parser, UsageError, choice, fraction, integer, number, optional, output_dir
+from trainkit.engine.options import (
+    DEVICE,
+    REPEATS,
+    Parser,
+    UsageError,
+    choice,
+    fraction,
+    integer,
+    number,
+    optional,
+    output_dir,
+)
 from trainkit.engine.schema import ResultsFileError, cut_off_lines_on_stderr
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, LABELS, NO_BASELINE, PASS, REGRESSION
@@ -74,8 +85,7 @@ def _add_preflight(p: argparse.ArgumentParser) -> None:
 def _add_matrix(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", type=choice(PRESET_NAMES), default="nightly",
                    help="bench's matrix (default nightly: the GPU matrix, 1-8 GPUs; on a CPU use tiny)")
-    p.add_argument("--repeats", type=integer(1), default=3, metavar="N",
-                   help="runs of every cell in fresh workers (default 3; fewer are reported, not gated)")
+    REPEATS.add(p, default=3, help="runs of every cell in fresh workers (default 3; fewer are reported, not gated)")
     p.add_argument("bench_args", nargs="*", metavar="-- BENCH_OPTIONS",
                    help="further bench options after --, e.g. -- --model gpt --cell-timeout 600")
     from trainkit.engine import cluster

@@ -598,11 +598,14 @@ def add_arguments(parser: Any) -> None:
     from ..engine.options import (
         CELL_TIMEOUT,
         DEVICE,
+        LR,
         MODELS_LIST,
         OUTPUT,
         PRECISIONS_LIST,
         QUIET,
         REPORT,
+        STEPS,
+        WARMUP_STEPS,
         fraction,
         integer,
         number,
@@ -616,15 +619,12 @@ def add_arguments(parser: Any) -> None:
                                      f"{','.join(CPU_PRECISIONS)}; on a GPU every mode it can run)")
     parser.add_argument("--seeds", type=integer(2), default=DEFAULT_SEEDS, metavar="S",
                         help=f"seeds per precision, 0..S-1 (default {DEFAULT_SEEDS}; fp32's make the noise band)")
-    parser.add_argument("--steps", type=integer(1), default=None, metavar="N",
-                        help="timed optimizer steps per cell after the warmup (default: each model's recipe, "
-                             "long enough for fp32's loss to flatten)")
-    parser.add_argument("--warmup-steps", type=integer(0), default=None, metavar="N",
-                        help="untimed optimizer steps first (default: the recipe's); they are in the loss curve")
+    STEPS.add(parser, help="timed optimizer steps per cell after the warmup (default: each model's recipe, "
+                           "long enough for fp32's loss to flatten)")
+    WARMUP_STEPS.add(parser, help="untimed optimizer steps first (default: the recipe's); they are in the loss curve")
     parser.add_argument("--batch-size", type=integer(1), default=None, metavar="N",
                         help="micro-batch size of every cell (default: each model's recipe)")
-    parser.add_argument("--lr", type=number(0, above=True), default=None, metavar="X",
-                        help="learning rate of every cell (default: each model's recipe)")
+    LR.add(parser)
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target-fraction", type=fraction, default=TARGET_FRACTION, metavar="F",
                         help=f"target loss: fp32's seed-mean smoothed training loss this far into the run "

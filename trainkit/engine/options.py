@@ -199,4 +199,8 @@ GPUS_LIST = Option("--gpus", comma_list(integer(1)), "N,N", "GPU counts (CPU ran
 OUTPUT = Option("--output", output_file(), "FILE.json", "write the result here", short="-o")
 """A file written where it is named: its directory must exist (check_paths said so before)."""
 REPORT = Option("--report", output_file(), "FILE.html", "also write an HTML page (needs trainkit[reports])")
+STEPS = Option("--steps", integer(1), "N", "timed optimizer steps per cell, after the warmup")
+WARMUP_STEPS = Option("--warmup-steps", integer(0), "N", "untimed optimizer steps per cell before the timed ones")
+LR = Option("--lr", number(0, above=True), "X", "learning rate of every cell (default: each model's recipe)")
+REPEATS = Option("--repeats", integer(1), "N", "run every cell N times, each in fresh worker processes", default=1)
 QUIET = Option("--quiet", None, None, "no progress on stderr", default=False, short="-q", action="store_true")
