@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainkit.engine import axes
-from trainkit.engine.axes import BATCH_MAX, Axis, Hardware
+from trainkit.engine.axes import BATCH_MAX, Axis
 from trainkit.engine.config import RunConfig
 from trainkit.engine.precision_facts import facts_of, precision_names
 
@@ -141,6 +141,26 @@ def preset(name: str, on_gpu: bool) -> Preset:
     if name == "nightly":
         return NIGHTLY
     return (PRESETS_GPU if on_gpu else PRESETS_CPU)[name]
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the cells will run on, as a probe worker saw it (trainkit.engine.axes.Hardware: what the
+    axes' skip rules ask of it)."""
+
+    device: str  # "cpu" or "cuda"
+    gpu_count: int = 0
+    capability: tuple[int, int] | None = None
+    gpu_name: str | None = None
+    cpu_count: int = 1
+    compile_unsupported: str | None = None
+    """Why torch.compile cannot run here (no C++ compiler on a CPU), or None."""
+
+    def precision_unsupported(self, precision: str) -> str | None:
+        """The policy's answer, never restated here."""
+        from trainkit.engine.precision import policy_class  # torch, only once cells are built
+
+        return policy_class(precision).unsupported_on(self.device, self.capability, self.gpu_name)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,10 @@ The first five axes are the cell id's fixed part (gpt-amp-bf16-bs32-ga4-gpus2); 
 the id, and in a report's variant, only where they differ from their defaults, so the ids of cells
 without them (and baselines keyed by them) stay what they were.
 
-No torch at import: the skip rules import it only when a matrix is built.
+No torch at import (the recompute rule imports it only when a matrix is built), and nothing that
+reads RunConfig: RunConfig.cell_id reads this module. Whether a device can run a precision mode is
+its policy's answer (trainkit.engine.precision, which reads RunConfig), so a skip rule asks the
+hardware it is given (bench.matrix.Hardware asks the policy).
 """
 
 from __future__ import annotations
@@ -20,26 +23,27 @@ import argparse
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from .config import ACTIVATION_CHECKPOINTING, ALLOC_CONF_PATTERN
+from .choices import ACTIVATION_CHECKPOINTING, ALLOC_CONF_PATTERN
 from .options import GPUS_LIST, MODELS_LIST, PRECISIONS_LIST, Option, choice, comma_list, integer, optional
 from .precision_facts import SHORT_DTYPE, facts_of
 
 CONV_MODELS = ("cnn", "resnet18", "resnet50")
 
 
-@dataclass(frozen=True)
-class Hardware:
-    """What the cells will run on, as a probe worker saw it."""
+class Hardware(Protocol):
+    """What a skip rule may ask of the hardware the cells will run on (bench.matrix.Hardware)."""
 
-    device: str  # "cpu" or "cuda"
-    gpu_count: int = 0
-    capability: tuple[int, int] | None = None
-    gpu_name: str | None = None
-    cpu_count: int = 1
-    compile_unsupported: str | None = None
+    device: str
+    """"cpu" or "cuda"."""
+    gpu_count: int
+    cpu_count: int
+    compile_unsupported: str | None
     """Why torch.compile cannot run here (no C++ compiler on a CPU), or None."""
+
+    def precision_unsupported(self, precision: str) -> str | None:
+        """Why this hardware cannot run the precision mode at all (its policy's answer), or None."""
 
 
 Values = Mapping[str, Any]
@@ -117,9 +121,7 @@ def alloc_setting(text: str) -> str:
 def _precision_skip(values: Values, hw: Hardware) -> str | None:
     """Whether the device can run the mode at all is the policy's answer, never restated here; on a
     CPU, reduced-precision convolutions are not a meaningful row."""
-    from .precision import policy_class  # torch, only once cells are built
-
-    reason = policy_class(values["precision"]).unsupported_on(hw.device, hw.capability, hw.gpu_name)
+    reason = hw.precision_unsupported(values["precision"])
     facts = facts_of(values["precision"])
     if reason is None and hw.device == "cpu" and values["model"] in CONV_MODELS and facts.slow_conv_on_cpu:
         reason = (f"{SHORT_DTYPE[facts.compute_dtype]} convolutions on the CPU are ~100x slower than fp32: "

@@ -12,23 +12,23 @@ import ast
 import dataclasses
 import functools
 import inspect
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import axes
+from .choices import (  # defined in a leaf that the option types and the axes read too; still importable from here
+    ACTIVATION_CHECKPOINTING,
+    ALLOC_CONF_PATTERN,
+    COMPILE_MODES,
+    DATASETS,
+    DEVICES,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULES,
+)
 from .precision_facts import facts_of, precision_names
 
-MODELS = ("mlp", "cnn", "resnet18", "resnet50", "gpt")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "exponential", "lambda", "cosine")
-DATASETS = ("synthetic", "mnist", "cifar10", "imagefolder")
-DEVICES = ("auto", "cpu", "cuda")
 FP16_MAX = 65504.0
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-"""torch.compile's modes (an unknown one is a RuntimeError inside torch.compile, after the cell started)."""
-ACTIVATION_CHECKPOINTING = ("none", "full")
-ALLOC_CONF_PATTERN = re.compile(r"[A-Za-z_]+:[^,:\s]+(,[A-Za-z_]+:[^,:\s]+)*")
-"""PYTORCH_CUDA_ALLOC_CONF's form: option:value pairs joined by commas (PyTorch checks the options)."""
 
 # Which models each real data set can feed: the seed MLP and CNN read 1x28x28 images, the
 # ResNets 3-channel images, the GPT token sequences (synthetic only).
@@ -239,8 +239,6 @@ class RunConfig:
         (trainkit.engine.axes); the axes after the first five appear only where they differ from their
         defaults, so the ids of cells without them (and baselines keyed by them) stay what they were:
         gpt-fp8-rowwise-bs16-ga4-gpus1-compiled-ac."""
-        from . import axes  # the axes read this module's names: imported here, it is no import cycle
-
         return axes.cell_id(self.to_dict())
 
     def replace(self, **changes: Any) -> RunConfig:

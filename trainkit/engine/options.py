@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from .config import DEVICES, MODELS
+from .choices import DEVICES, MODELS
 from .precision_facts import precision_names
 
 
