@@ -211,7 +211,7 @@ def skip_reason(model: str, precision: str, gpus: int, hw: Hardware, compile: bo
 
 MaxBatch = Callable[[RunConfig], int]
 """The planned maximum micro-batch of a cell's config (its batch size ignored); raises
-trainkit.commands.plan.PlanError (a ValueError) naming the plan to make when there is none."""
+trainkit.analysis.plan_file.PlanError (a ValueError) naming the plan to make when there is none."""
 NO_PLAN = ("--batch-size max needs --plan PLAN.json (each precision's planned maximum): write one with python -m "
            "trainkit plan --model MODEL --precision P,P ... --output PLAN.json")
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from trainkit.commands.cli import CHOICES, choices_of, main
+from trainkit.commands.cli import main
+from trainkit.commands.config_options import CHOICES, choices_of
 from trainkit.engine.config import RunConfig
 from trainkit.engine.precision_facts import precision_names
 from trainkit.engine.result import check_record
@@ -136,7 +137,7 @@ def test_a_broken_nightly_state_is_named_in_one_line_not_a_traceback(tmp_path, c
 def _command_main(command: str):
     """The in-process entry point of a command (each prints one line and returns 2 for bad input)."""
     if command == "reports":
-        from reports.cli import main as reports_main
+        from trainkit.reports.cli import main as reports_main
 
         return reports_main
     if command == "nightly":
@@ -164,6 +165,8 @@ WRITERS = [
     ("nightly", ["run", "--device", "cpu", "--out", "{bad_dir}"]),
     ("nightly", ["gpu-check", "--device", "cpu", "--out", "{bad_dir}"]),
     ("nightly", ["promote", "{ok}", "--baselines", "{bad_dir}"]),
+    ("nightly", ["history", "--out", "{ok_dir}", "--history", "{bad}"]),
+    ("reports", ["history", "trend", "--db", "{ok}", "-o", "{bad}"]),
 ]
 
 
@@ -175,13 +178,13 @@ def test_an_output_that_is_a_directory_is_refused_before_anything_runs(command, 
     directory, file = tmp_path / "a_directory", tmp_path / "a_file.json"
     directory.mkdir()
     file.write_text("{}")
-    values = {"bad": str(directory), "bad_dir": str(file), "ok": str(file)}
+    values = {"bad": str(directory), "bad_dir": str(file), "ok": str(file), "ok_dir": str(tmp_path / "run")}
     argv = [arg.format(**values) for arg in argv]
     assert _command_main(command)(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert (f"{directory}' is a directory" in err) or (f"{file}' is not a directory" in err), err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory", "a_file.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory", "a_file.json"]  # and no run directory
     assert list(directory.iterdir()) == []
 
 
@@ -202,7 +205,7 @@ def test_an_output_in_a_missing_or_impossible_directory_is_refused(argv, tmp_pat
 def test_reports_make_the_missing_directories_of_their_output(tmp_path, capsys):
     """reports create the directories of their page (as they always did): a missing one is fine,
     an impossible one (under a file) is refused as it is parsed."""
-    from reports.cli import main as reports_main
+    from trainkit.reports.cli import main as reports_main
 
     file = tmp_path / "a_file"
     file.write_text("")

@@ -91,7 +91,7 @@ class Axis:
 # --- the values of the axes, as the command line spells them -------------------------------------------
 BATCH_MAX = "max"
 """A batch-size axis value: each cell's planned maximum micro-batch, read from a plan
-(trainkit.commands.plan; bench's --plan) when the matrix is built."""
+(python -m trainkit plan; bench's --plan) when the matrix is built."""
 
 
 def batch_size_value(text: str) -> int | str:

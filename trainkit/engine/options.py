@@ -203,4 +203,6 @@ STEPS = Option("--steps", integer(1), "N", "timed optimizer steps per cell, afte
 WARMUP_STEPS = Option("--warmup-steps", integer(0), "N", "untimed optimizer steps per cell before the timed ones")
 LR = Option("--lr", number(0, above=True), "X", "learning rate of every cell (default: each model's recipe)")
 REPEATS = Option("--repeats", integer(1), "N", "run every cell N times, each in fresh worker processes", default=1)
+HTML_OUTPUT = Option("--output", output_file(make_parents=True), None, "HTML file to write", short="-o")
+"""The reports' pages: the command makes the missing directories of the place named."""
 QUIET = Option("--quiet", None, None, "no progress on stderr", default=False, short="-q", action="store_true")
