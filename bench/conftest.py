@@ -73,7 +73,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="a cell that does not end ok fails the test (default: it is reported and xfailed)")
     group.addoption("--report-dir", dest="tk_report_dir", type=output_dir, default=DEFAULT_REPORT_DIR, metavar="DIR",
                     help="where the results file and the HTML report go (default: reports/out/)")
-    group.addoption("--results-file", dest="tk_results_file", type=output_file(make_parents=True), default=None,
+    group.addoption("--results-file", dest="tk_results_file", type=output_file, default=None,
                     metavar="FILE.jsonl",
                     help="results file, one record per cell of any status (default: in --report-dir)")
     group.addoption("--no-report", dest="tk_no_report", action="store_true",

@@ -132,7 +132,7 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
                         "the run inconclusive, exit 4 (default 25%%; 1 never does)")
     p.add_argument("--fail-on-removed", action="store_true",
                    help="a baseline cell missing from the run fails it too (default: reported)")
-    p.add_argument("--history", type=output_file(make_parents=True), default=None, metavar="FILE",
+    p.add_argument("--history", type=output_file, default=None, metavar="FILE",
                    help="a run store (python -m reports history): 2+ bad nights running are a regression, one "
                         "bad night is unknown (re-run, do not bisect)")
 
@@ -169,7 +169,7 @@ def parser() -> Parser:
     _add_gate(compare)
     history = sub.add_parser("history", help="append the run to a run store and write trend.html beside its report")
     _add_out(history)
-    history.add_argument("--history", type=output_file(make_parents=True), required=True, metavar="FILE",
+    history.add_argument("--history", type=output_file, required=True, metavar="FILE",
                          help="the run store (created if missing)")
     history.add_argument("--report-url", default=None, metavar="URL",
                          help="where this night's report will be; the trend page links the night to it")

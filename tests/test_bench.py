@@ -328,9 +328,9 @@ def test_a_run_killed_mid_matrix_keeps_its_finished_cells(tmp_path):
 def test_a_made_up_axis_is_one_row_and_everything_sees_it(monkeypatch):
     """The seed as an axis (tests/made_up_axis.py): the matrix crosses it, the ids, parameters and
     records carry it, the skip rule skips by it and the report's grouping tells its cells apart."""
-    from trainkit.reports.load import to_frame
     from trainkit.engine import axes
     from trainkit.engine.result import merge_ranks
+    from trainkit.reports.load import to_frame
 
     from .made_up_axis import SEED_AXIS
 

@@ -309,7 +309,7 @@ def _judging_arguments(parser: Any) -> None:
     parser.add_argument("--from-records", metavar="FILE.jsonl", default=None,
                         help="run no cell: judge the records of an earlier parity run (its OUTPUT.records.jsonl)")
     OUTPUT.add(parser, required=True, metavar="FILE.json", help="the parity document")
-    parser.add_argument("--records", type=output_file(), metavar="FILE.jsonl", default=None,
+    parser.add_argument("--records", type=output_file, metavar="FILE.jsonl", default=None,
                         help="every cell's result record (default: beside the output, OUTPUT.records.jsonl)")
     REPORT.add(parser, help="also write the HTML report of the parity run (needs trainkit[reports])")
     QUIET.add(parser)

@@ -108,43 +108,39 @@ def comma_list(item: Callable[[str], Any], separator: str = ",") -> Callable[[st
 
 
 # --- outputs, checked where they are parsed ---------------------------------------------------------
-def _writable_dir(directory: str, what: str, text: str, make_parents: bool) -> None:
-    """`directory` can hold a new file: it is a directory we may write in, or (make_parents) its
-    nearest existing ancestor is, so the command can create it."""
+def _writable_dir(directory: str, text: str) -> None:
+    """A file can be made in `directory`: it is a directory we may write in, or its nearest existing
+    ancestor is (whether a command creates a missing directory, or refuses it right after parsing
+    as `trainkit run` does, is the command's)."""
     if not os.path.exists(directory):
-        if not make_parents:
-            raise argparse.ArgumentTypeError(f"{text!r}: directory {directory!r} does not exist")
         parent = os.path.dirname(directory)
         if parent == directory:  # a filesystem root that does not exist: nothing to create it in
             raise argparse.ArgumentTypeError(f"{text!r}: directory {directory!r} does not exist")
-        _writable_dir(parent, what, text, make_parents)
+        _writable_dir(parent, text)
         return
     if not os.path.isdir(directory):
-        raise argparse.ArgumentTypeError(f"{text!r}: {directory!r} is not a directory, so no {what} can go there")
+        raise argparse.ArgumentTypeError(f"{text!r}: {directory!r} is not a directory, so nothing can be written there")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"{text!r}: cannot write in directory {directory!r} (permission denied)")
 
 
-def output_file(make_parents: bool = False) -> Callable[[str], str]:
-    """A file the command will write: not an existing directory, not a read-only file, in a
-    directory that exists (or, with make_parents, that the command creates) and may be written in.
-    Checked when the option is parsed, so a bad output fails before any cell runs, not after."""
-    def parse(text: str) -> str:
-        path = os.path.abspath(text)
-        if os.path.isdir(path):
-            raise argparse.ArgumentTypeError(f"{text!r} is a directory; name a file (e.g. {os.path.join(text, 'out')})")
-        if os.path.exists(path) and not os.access(path, os.W_OK):
-            raise argparse.ArgumentTypeError(f"{text!r}: cannot overwrite it (permission denied)")
-        _writable_dir(os.path.dirname(path), "file", text, make_parents)
-        return text
-
-    return _named(parse, "file")
+def output_file(text: str) -> str:
+    """A file the command will write: not an existing directory, not a read-only file, in a place
+    that can be written. Checked when the option is parsed, so a bad output fails before any cell
+    runs, not after."""
+    path = os.path.abspath(text)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; name a file (e.g. {os.path.join(text, 'out')})")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: cannot overwrite it (permission denied)")
+    _writable_dir(os.path.dirname(path), text)
+    return text
 
 
 def output_dir(text: str) -> str:
     """A directory the command writes files into: an existing one it may write in, or a new one
     it can create (the command creates it)."""
-    _writable_dir(os.path.abspath(text), "directory", text, make_parents=True)
+    _writable_dir(os.path.abspath(text), text)
     return text
 
 
@@ -196,13 +192,12 @@ MODELS_LIST = Option("--model", comma_list(model_name), "A,B", f"models, from {'
 PRECISIONS_LIST = Option("--precision", comma_list(precision_name), "A,B",
                          "precision modes of trainkit's table, e.g. fp32,amp-bf16,half-bf16")
 GPUS_LIST = Option("--gpus", comma_list(integer(1)), "N,N", "GPU counts (CPU ranks on a CPU), integers >= 1")
-OUTPUT = Option("--output", output_file(), "FILE.json", "write the result here", short="-o")
-"""A file written where it is named: its directory must exist (check_paths said so before)."""
-REPORT = Option("--report", output_file(), "FILE.html", "also write an HTML page (needs trainkit[reports])")
+OUTPUT = Option("--output", output_file, "FILE.json", "write the result here", short="-o")
+REPORT = Option("--report", output_file, "FILE.html", "also write an HTML page (needs trainkit[reports])")
 STEPS = Option("--steps", integer(1), "N", "timed optimizer steps per cell, after the warmup")
 WARMUP_STEPS = Option("--warmup-steps", integer(0), "N", "untimed optimizer steps per cell before the timed ones")
 LR = Option("--lr", number(0, above=True), "X", "learning rate of every cell (default: each model's recipe)")
 REPEATS = Option("--repeats", integer(1), "N", "run every cell N times, each in fresh worker processes", default=1)
-HTML_OUTPUT = Option("--output", output_file(make_parents=True), None, "HTML file to write", short="-o")
-"""The reports' pages: the command makes the missing directories of the place named."""
+HTML_OUTPUT = Option("--output", output_file, None, "HTML file to write", short="-o")
+"""The reports' pages (the command makes the missing directories of the place named)."""
 QUIET = Option("--quiet", None, None, "no progress on stderr", default=False, short="-q", action="store_true")
