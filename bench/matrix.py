@@ -43,6 +43,13 @@ class Block:
     when the matrix is built."""
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    # The five axes every block spells, by the names blocks had before the registry.
+    models = property(lambda self: self.values["model"])
+    precisions = property(lambda self: self.values["precision"])
+    batch_sizes = property(lambda self: self.values["batch_size"])
+    grad_accums = property(lambda self: self.values["grad_accum"])
+    gpus = property(lambda self: self.values["gpus"])
+
     def axis_values(self) -> dict[str, tuple[Any, ...]]:
         """Every axis's values in the registry's order: the block's own, or the axis's default."""
         values = {}
