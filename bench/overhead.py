@@ -18,6 +18,7 @@ import torch
 from trainkit.engine.config import RunConfig
 from trainkit.engine.launch import call_in_fresh_process
 from trainkit.engine.loop import Trainer
+from trainkit.engine.protocol import Reply
 
 
 def _sync(device: torch.device) -> None:
@@ -88,6 +89,6 @@ def run_in_worker(config: RunConfig, blocks: int, steps_per_block: int, timeout_
 def _child(conn: Any, config: RunConfig, blocks: int, steps_per_block: int, environ: dict[str, str]) -> None:
     os.environ.update(environ)
     try:
-        conn.send(("ok", measure(config, blocks, steps_per_block)))
-    except Exception as exc:
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        conn.send((Reply.OK, measure(config, blocks, steps_per_block)))
+    except Exception as exc:  # any failure is the parent's to report, as one line
+        conn.send((Reply.FAILED, f"{type(exc).__name__}: {exc}"))
