@@ -146,6 +146,21 @@ def test_a_model_without_a_convertible_layer_is_unsupported_at_build_time():
         Trainer(config, CPU, policy=POLICIES["fp8-rowwise"](CPU, config, emulate=True))
 
 
+def test_fp8_over_epochs_drops_the_short_micro_batch_and_says_so():
+    """A short last micro-batch of 8 rows would fail float8's weight-gradient GEMM on a GPU (its rows
+    must be a multiple of 16); emulation would run it, so the data is checked, not the GEMM."""
+    needs_torchao()
+    config = small_config("gpt", precision="fp8-rowwise", batch_size=16, epochs=1, dataset_size=40, **GPT)
+    trainer = Trainer(config, CPU, policy=POLICIES["fp8-rowwise"](CPU, config, emulate=True))
+    trainer.run(trainer.total_steps)
+    assert trainer.step_samples == [16, 16]
+    assert trainer.data.drop_reason == "float8 GEMMs need the rows of every micro-batch to be a multiple of 16"
+    assert trainer.data.dropped_samples_per_epoch == 8
+    amp = Trainer(config.replace(precision="amp-bf16"), CPU)  # the same data in bf16 keeps all 40
+    amp.run(amp.total_steps)
+    assert amp.step_samples == [16, 16, 8] and amp.data.drop_reason is None
+
+
 def test_micro_batch_rows_must_be_a_multiple_of_16_on_a_gpu():
     """The weight gradient's GEMM runs over the micro-batch's rows; emulation has no such limit."""
     config = small_config("mlp", precision="fp8-rowwise", batch_size=24)

@@ -342,6 +342,9 @@ class RankWorker:
             "master_bytes": trainer.policy.master_bytes,
             "total_steps": trainer.total_steps,
             "steps_per_epoch": trainer.data.steps_per_epoch,
+            # A compiled or FP8 cell drops each epoch's short last micro-batch (data.fixed_rows_reason).
+            "short_micro_batch_dropped": trainer.data.drop_reason,
+            "dropped_samples_per_epoch": trainer.data.dropped_samples_per_epoch,
             "torch_num_threads": torch.get_num_threads(),
             "checkpointed_modules": list(trainer.checkpointed),
         }
