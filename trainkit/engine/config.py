@@ -63,6 +63,11 @@ def _number(field: str, value: Any, positive: bool) -> None:
         raise ConfigError(f"{field}={value!r} must be {'> 0' if positive else '>= 0'}")
 
 
+def _check_main_grads(config: RunConfig) -> None:
+    if not isinstance(config.fp32_main_grads, bool):
+        raise ConfigError(f"fp32_main_grads={config.fp32_main_grads!r} must be true or false")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """One training run: a cell of the benchmark matrix and everything that shapes it."""
@@ -115,6 +120,12 @@ class RunConfig:
     """Linear learning-rate warmup of the cosine schedule, in optimizer steps."""
     clip_grad_norm: float | None = None
     """Clip the global gradient norm to this value (after unscaling); None disables clipping."""
+
+    fp32_main_grads: bool = True
+    """Master-weight modes (half-*-master) only: accumulate the micro-batches' gradients, and average
+    them over ranks, in fp32 main gradients beside the fp32 masters, as Megatron-LM (accumulate_allreduce_grads_in_fp32,
+    which its bf16 runs force on) and DeepSpeed's bf16 optimizer do; false: in the parameters'
+    half precision, with DDP's all-reduce (each added gradient rounds to 8 or 11 mantissa bits)."""
 
     # --- loss scaling ----------------------------------------------------------------------
     init_scale: float = 2.0**16
@@ -201,6 +212,7 @@ class RunConfig:
     """Checkpoint file to resume from; the resumed run continues the same loss curve."""
 
     def __post_init__(self) -> None:
+        _check_main_grads(self)
         _choices("model", self.model, MODELS)
         _choices("precision", self.precision, precision_names())
         _choices("optimizer", self.optimizer, OPTIMIZERS)

@@ -323,6 +323,8 @@ class RankWorker:
             "resolved_device": str(self.device),
             "param_dtype": str(param.dtype),
             "grad_dtype": str(param.dtype),  # gradients take their parameter's dtype
+            # ... and add up over micro-batches and ranks in this one (fp32 main gradients of master modes)
+            "grad_accum_dtype": str(trainer.policy.grad_accum_dtype),
             "compute_dtype": str(trainer.policy.compute_dtype),
             "optimizer_state_dtype": ",".join(sorted(state_dtypes)) or None,
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
