@@ -151,7 +151,7 @@ def _cells(config: pytest.Config) -> list:
 
 def _planned(config: pytest.Config, hw: Hardware) -> Any:
     """--batch-size max's resolver: the planned maximum of a cell, from the --plan files."""
-    from trainkit.commands.plan import planned_max_batch, read_plan
+    from trainkit.analysis.plan_file import planned_max_batch, read_plan
 
     paths = config.getoption("tk_plans")
     if not paths:
@@ -269,7 +269,7 @@ def _build_report(session: pytest.Session) -> None:
     if bench is None or not bench.records or session.config.getoption("tk_no_report"):
         return
     try:
-        from reports.build import build_report
+        from trainkit.reports.build import build_report
     except ImportError as exc:
         bench.report_note = f"no HTML report: {exc} (install trainkit[reports])"
         return

@@ -206,7 +206,7 @@ BATCH_MAX = "max"
 (trainkit.commands.plan; bench's --plan) when the matrix is built."""
 MaxBatch = Callable[[RunConfig], int]
 """The planned maximum micro-batch of a cell's config (its batch size ignored); raises
-trainkit.commands.plan.PlanError (a ValueError) naming the plan to make when there is none."""
+trainkit.analysis.plan_file.PlanError (a ValueError) naming the plan to make when there is none."""
 
 
 def batch_size_value(text: str) -> int | str:

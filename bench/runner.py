@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from trainkit.engine.conditions import condition_flags
 from trainkit.engine.config import ProfileConfig
 from trainkit.engine.launch import CellFailed, CellWorkers
 from trainkit.engine.result import append_jsonl, merge_ranks
@@ -142,25 +143,37 @@ def outcome(record: dict[str, Any]) -> str:
     return f"{record['status']}: {record['status_detail']}"
 
 
-TABLE_HEADER = (f"{'cell':44} {'status':11} {'samples/s':>11} {'step ms':>9} {'peak MiB':>9} {'final loss':>10}"
-                "  memory measure")
+TABLE_HEADER = (f"{'cell':44} {'status':11} {'samples/s':>11} {'step ms':>9} {'95% CI':>7} {'peak MiB':>9} "
+                f"{'final loss':>10}  memory measure  flags")
 
 
 def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _interval_text(record: dict[str, Any]) -> str:
+    """The half-width of the median step time's 95 % interval, relative to the median ("±4%")."""
+    noise, median = record.get("noise") or {}, (record.get("step_time_s") or {}).get("median")
+    low, high = noise.get("median_ci_low_s"), noise.get("median_ci_high_s")
+    if low is None or high is None or not median:
+        return "-"
+    return f"±{(high - low) / 2 / median:.0%}"
+
+
 def table_row(record: dict[str, Any]) -> str:
     """The record's line in the session's closing table (TABLE_HEADER): its peak memory is the
-    headline measure the report and the gate use, named at the end of the line."""
+    headline measure the report and the gate use, named; then how precise its step time is and,
+    at the end, what its conditions put in doubt (a loaded host, other processes on its GPUs)."""
     memory = record.get("memory") or {}
     measure = headline_memory([memory])
     peak = memory[measure] if measure else None
     median = (record.get("step_time_s") or {}).get("median")
     name = record["cell_id"] + (f"-rep{record['repeat']}" if record.get("repeat") else "")
+    flags = condition_flags(record.get("conditions"))
     return (f"{name:44} {record['status']:11} {_fmt(record.get('throughput_samples_per_s'), 1):>11} "
-            f"{_fmt(median and median * 1e3, 2):>9} {_fmt(peak and peak / 2**20, 1):>9} "
-            f"{_fmt((record.get('loss') or {}).get('final'), 4):>10}  {MEMORY_NAMES[measure] if measure else '-'}")
+            f"{_fmt(median and median * 1e3, 2):>9} {_interval_text(record):>7} {_fmt(peak and peak / 2**20, 1):>9} "
+            f"{_fmt((record.get('loss') or {}).get('final'), 4):>10}  {MEMORY_NAMES[measure] if measure else '-'}"
+            + (f"  {'; '.join(flags)}" if flags else ""))
 
 
 def end_cell(record: dict[str, Any], strict: bool) -> None:

@@ -12,7 +12,7 @@ only calls these commands. One run writes everything into one directory (see run
     compare     the gate: against the baseline of the same environment     -> compare.html, .csv, .md
     status      the run's verdict as an exit status (and GitHub outputs)   -> summary.md
 
-Beside the job, `gpu-check` (gpucheck.py) runs a few cells and checks each figure against an
+Beside the job, `gpu-check` (gpucheck/) runs a few cells and checks each figure against an
 independent measure (wall clock, analytic memory floor, fp64 matmuls, a profile, published
 anchors, NVML's power): gpu-check.md, gpu-check.json, results.jsonl, report.html. On a CPU its
 GPU-only checks skip with their reasons.

@@ -23,8 +23,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from reports.records import InputError
 from trainkit.engine.schema import ResultsFileError, fingerprint, parse_jsonl, replacing, write_json
+from trainkit.reports.records import InputError
 
 from .rundir import RESULTS, ROOT, RunDir, now
 

@@ -5,13 +5,19 @@
     python -m nightly matrix --out DIR [--preset nightly --repeats 3] [-- --model gpt --cell-timeout 600]
     python -m nightly report --out DIR
     python -m nightly compare --out DIR [--baselines reports/baselines | --baseline PATH] [--candidate FILE]
+                              [--history history.db]
+    python -m nightly history --out DIR --history history.db [--report-url URL]
     python -m nightly status --out DIR
     python -m nightly promote DIR [--baselines reports/baselines] [--force]
     python -m nightly gpu-check --out DIR [--device auto|cuda|cpu] [--only CHECK[,CHECK]]
 
-`run` is preflight, matrix, report and compare in a row, stopping at a failed pre-flight or matrix.
+`run` is preflight, matrix, report and compare in a row, stopping at a failed pre-flight or matrix;
+with --history it ingests the night into that run store before the gate reads it (`compare
+--history` reads the store only: ingest first, `python -m reports history ingest`).
+`history` appends the run's results to a run store (reports/history) and writes trend.html, the
+store's trend page, into the run directory beside report.html.
 `gpu-check` stands apart: a few cells whose every figure is checked against an independent measure
-(nightly/gpucheck.py); it exits 1 when a check fails.
+(nightly/gpucheck/); it exits 1 when a check fails.
 `run` and `preflight` begin a new run in --out (an earlier run's artifacts there are removed); the
 other commands add to the run they find.
 
@@ -27,19 +33,22 @@ import sys
 from typing import TYPE_CHECKING
 
 from bench.matrix import PRESET_NAMES
-from reports.cli import metric_threshold
-from reports.records import InputError
 from trainkit.engine.config import DEVICES
 from trainkit.engine.options import Parser, UsageError, choice, fraction, integer, number, optional
 from trainkit.engine.schema import ResultsFileError, cut_off_lines_on_stderr
+from trainkit.reports.cli import metric_threshold
+from trainkit.reports.records import InputError
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, LABELS, NO_BASELINE, PASS, REGRESSION
-from .rundir import TITLES, Outcome, RunDir, Stage
+from .gpucheck import CHECK_NAMES, GROUPS, parse_only, run_gpu_check
+from .gpucheck import DEFAULT_OUT as GPU_CHECK_OUT
+from .rundir import RESULTS, TITLES, Outcome, RunDir, Stage
 
 if TYPE_CHECKING:
-    from reports.verdict import Thresholds
+    from trainkit.reports.verdict import Thresholds
 
 DEFAULT_OUT = os.path.join("reports", "out", "nightly")
+TREND = "trend.html"  # the run store's trend page, written into the run directory by `history`
 ANNOTATIONS = {REGRESSION: "Performance regression", BAD_INPUT: "Bad input",
                INFRASTRUCTURE: "Infrastructure failure (not a regression)",
                INCONCLUSIVE: "Inconclusive: the runner was too noisy to gate (not a regression)"}
@@ -114,12 +123,12 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
                         "the run inconclusive, exit 4 (default 25%%; 1 never does)")
     p.add_argument("--fail-on-removed", action="store_true",
                    help="a baseline cell missing from the run fails it too (default: reported)")
+    p.add_argument("--history", default=None, metavar="FILE",
+                   help="a run store (python -m reports history): 2+ bad nights running are a regression, one "
+                        "bad night is unknown (re-run, do not bisect)")
 
 
 def _add_gpu_check(sub: argparse._SubParsersAction) -> None:
-    from .gpucheck import CHECK_NAMES, GROUPS, parse_only
-    from .gpucheck import DEFAULT_OUT as GPU_CHECK_OUT
-
     p = sub.add_parser("gpu-check", help="a few cells, each figure checked against an independent measure "
                                          "(exit 1 when a check fails)")
     p.add_argument("--out", default=GPU_CHECK_OUT, metavar="DIR",
@@ -149,6 +158,11 @@ def parser() -> Parser:
     compare.add_argument("--candidate", default=None, metavar="PATH",
                          help="results to gate instead of the run's results.jsonl (a file or directory)")
     _add_gate(compare)
+    history = sub.add_parser("history", help="append the run to a run store and write trend.html beside its report")
+    _add_out(history)
+    history.add_argument("--history", required=True, metavar="FILE", help="the run store (created if missing)")
+    history.add_argument("--report-url", default=None, metavar="URL",
+                         help="where this night's report will be; the trend page links the night to it")
     status = sub.add_parser("status", help="the run's verdict as an exit status, label and summary")
     _add_out(status)
     promote = sub.add_parser("promote", help="make a green run the baseline of its environment")
@@ -180,7 +194,7 @@ def _matrix_options(args: argparse.Namespace):
 
 
 def _thresholds(args: argparse.Namespace):
-    from reports.verdict import Thresholds
+    from trainkit.reports.verdict import Thresholds
 
     from .gate import NIGHTLY_THRESHOLDS
 
@@ -249,9 +263,27 @@ def _compare(args: argparse.Namespace, run: RunDir, thresholds: Thresholds, cand
 
     try:
         return run_compare(run, thresholds, candidate=candidate, baselines_root=args.baselines,
-                           baseline=args.baseline)
+                           baseline=args.baseline, history=args.history)
     except InputError as exc:
         return Stage("compare", BAD_INPUT, str(exc))
+
+
+def _history(run: RunDir, store: str, report_url: str | None = None, preset: str | None = None) -> int:
+    """The run's results into the store (its commit and branch from nightly.json), then the store's
+    trend page into the run directory."""
+    from trainkit.reports.history.changes import load
+    from trainkit.reports.history.ingest import RunMeta, ingest
+    from trainkit.reports.history.trend import write_page
+
+    state = run.state()
+    meta = RunMeta(commit=state.get("commit"), branch=state.get("branch"), preset=preset, report_url=report_url)
+    for result in ingest(store, [run.path(RESULTS)], meta):
+        print(f"nightly history: {result.added} record(s) added to {store}"
+              + (f" ({result.already} there already)" if result.already else ""), flush=True)
+    page = run.path(TREND)
+    write_page(load(store), page, "trainkit nightly history")
+    print(f"nightly history: wrote {page}", flush=True)
+    return PASS
 
 
 def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> int:
@@ -271,6 +303,8 @@ def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> i
     if _finish(run, run_matrix(matrix_options, run)) != PASS:
         return _status(run)
     _finish(run, run_report(run))
+    if args.history:  # tonight into the store first: the gate reads the latest nights from it
+        _history(run, args.history, preset=args.preset)
     _finish(run, _compare(args, run, configs["thresholds"]))
     return _status(run)
 
@@ -290,8 +324,6 @@ def _configs(args: argparse.Namespace) -> dict[str, object]:
 def _dispatch(args: argparse.Namespace) -> int:
     configs = _configs(args)
     if args.command == "gpu-check":
-        from .gpucheck import run_gpu_check
-
         return run_gpu_check(args.out, args.device, args.only)
     if args.command == "promote":
         from .baselines import DEFAULT_ROOT, promote, shown
@@ -304,6 +336,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     run = RunDir(args.out)
     if args.command == "status":
         return _status(run)
+    if args.command == "history":
+        return _history(run, args.history, args.report_url)
     if args.command == "run":
         return _run(args, run, configs)
     if args.command == "preflight":

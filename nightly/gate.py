@@ -1,6 +1,6 @@
 """The gate: tonight's run against the baseline of the same environment.
 
-The decision itself is reports.verdict's (see its docstring for the rule); the nightly's defaults
+The decision itself is trainkit.reports.verdict's (see its docstring for the rule); the nightly's defaults
 make it stricter about noise and about numerics than a one-off `python -m reports compare`:
 
     throughput  regressed when lower by more than max(7 %, 3 x spread)       TorchBench's 7 %
@@ -15,7 +15,15 @@ make it stricter about noise and about numerics than a one-off `python -m report
                 the runner was too noisy to gate on (a busy machine must not pass a slow candidate)
 
 Cells bench could not run on this runner (more GPUs than it has) are left out of both sides and
-listed: the runner's shape is not the code's doing.
+listed: the runner's shape is not the code's doing. Cells unsupported on both sides (FP8 cells on
+a runner without torchao, or without an FP8 GPU) have nothing to compare and pass unjudged: they
+are listed as a warning with their reason, so a matrix that silently lost a precision shows it.
+
+With a run store (--history, reports/history), the gate also reads each series' latest nights
+(trainkit.reports.history.latest): a series whose last two nights or more all fall past the threshold is a
+regression (exit 1), even with no baseline; a single bad night is `unknown`: it asks for a re-run,
+not a bisect (exit 4), and turns a baseline regression of that cell into unknown too. The night must
+be in the store already (`python -m reports history ingest` before the gate).
 
 Each cell is compared only with a baseline of its own record's fingerprint. A run whose cells
 landed on different machines (cluster nodes of different GPU models) is gated part by part, each
@@ -28,10 +36,12 @@ import os
 from dataclasses import asdict, replace
 from typing import Any
 
-from reports import verdict
-from reports.compare import headline, noisy_text, regressions_text, write_comparison
-from reports.records import all_records, read_runs
-from reports.verdict import Comparison, Samples, Thresholds, cell_data, compare_records
+from trainkit.reports import verdict
+from trainkit.reports.compare import headline, noisy_text, regressions_text, write_comparison
+from trainkit.reports.history.latest import REGRESSION as HISTORY_REGRESSION
+from trainkit.reports.history.latest import UNKNOWN, check_night
+from trainkit.reports.records import all_records, read_runs
+from trainkit.reports.verdict import Comparison, Samples, Thresholds, cell_data, compare_records
 
 from . import INCONCLUSIVE, NO_BASELINE, PASS, REGRESSION
 from .baselines import MANIFEST, Baseline, describe_fingerprint, find, load, load_all, slug, split_by_fingerprint
@@ -71,6 +81,26 @@ def _label(fp: dict[str, Any], others: list[dict[str, Any]]) -> str:
     return name if sum((o.get("gpu_name") or f"CPU {o.get('cpu')}") == name for o in others) == 1 else slug(fp)
 
 
+def unsupported_on_both_sides(base_records: list[dict[str, Any]],
+                               cand_records: list[dict[str, Any]]) -> list[str]:
+    """One warning line per reason for the cells every record of which is unsupported in the
+    baseline and in the candidate (skipped at collection or refused by the worker): never gated."""
+    def unsupported(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        by_cell: dict[str, list[dict[str, Any]]] = {}
+        for record in records:
+            by_cell.setdefault(record["cell_id"], []).append(record)
+        return {cell: group[0] for cell, group in by_cell.items()
+                if all(r.get("status") == "unsupported" for r in group)}
+
+    base, cand = unsupported(base_records), unsupported(cand_records)
+    by_reason: dict[str, list[str]] = {}
+    for cell in sorted(set(base) & set(cand)):
+        by_reason.setdefault(cand[cell].get("status_detail") or "no reason recorded", []).append(cell)
+    return [f"{len(cells)} cell(s) were unsupported in the baseline and again now, so nothing gated them "
+            f"({reason}): {', '.join(cells[:5])}{' ...' if len(cells) > 5 else ''}"
+            for reason, cells in by_reason.items()]
+
+
 def _gate_part(base_records: list[dict[str, Any]], cand_records: list[dict[str, Any]],
                thresholds: Thresholds) -> Comparison:
     """One environment's cells against their baseline, with the warnings a reader must see."""
@@ -81,6 +111,7 @@ def _gate_part(base_records: list[dict[str, Any]], cand_records: list[dict[str, 
         reason = next(r["status_detail"] for r in cand_records if r["cell_id"] == not_run[0])
         result.warnings.append(f"{len(not_run)} cell(s) of the baseline could not run on this runner "
                                f"({reason}): {', '.join(not_run[:5])}{' ...' if len(not_run) > 5 else ''}")
+    result.warnings += unsupported_on_both_sides(base_records, cand_records)
     throttled = sorted({r["cell_id"] for r in cand_records if r.get("throttled")}
                        & {c.cell for c in result.regressions})
     if throttled:
@@ -89,11 +120,43 @@ def _gate_part(base_records: list[dict[str, Any]], cand_records: list[dict[str, 
     return result
 
 
+def consult_history(stage: Stage, store: str, cand_records: list[dict[str, Any]], thresholds: Thresholds,
+                    regressed: set[str]) -> Stage:
+    """The stage as the run store's latest nights amend it (see the module docstring); `regressed`:
+    the cells the baseline comparison found regressed."""
+    check = check_night(store, measured(cand_records), tuple(thresholds.gate_metrics), thresholds.gated)
+    confirmed = [v for v in check.verdicts if v.verdict == HISTORY_REGRESSION]
+    unknown = [v for v in check.verdicts if v.verdict == UNKNOWN]
+    details = {**stage.details, "history": {"store": store, "warning": check.warning,
+                                            "regressions": [v.line() for v in confirmed],
+                                            "unknown": [v.line() for v in unknown]}}
+    if check.warning:
+        details["warnings"] = [*details.get("warnings", []), check.warning]
+    if confirmed:
+        line = f"{stage.line}; history: {len(confirmed)} series regressed on 2 or more nights running"
+        details["regressions"] = [*details.get("regressions", []), *(f"history: {v.line()}" for v in confirmed)]
+        return Stage(stage.name, REGRESSION, line, details)
+    unknown_cells = {v.cell_id for v in unknown}
+    if unknown and (stage.exit_status == PASS or (stage.exit_status == REGRESSION and regressed <= unknown_cells)):
+        line = (f"{stage.line}; history: {len(unknown)} series bad on the last night only: unknown, "
+                "re-run the night (do not bisect)")
+        details["unjudged"] = [*details.get("unjudged", []), *(f"history: {v.line()}" for v in unknown)]
+        return Stage(stage.name, INCONCLUSIVE, line, details)
+    return Stage(stage.name, stage.exit_status, stage.line, details)
+
+
 def run_compare(run: RunDir, thresholds: Thresholds = NIGHTLY_THRESHOLDS, candidate: str | None = None,
-                baselines_root: str | None = None, baseline: str | None = None) -> Stage:
+                baselines_root: str | None = None, baseline: str | None = None, history: str | None = None) -> Stage:
     """Compare the run's results (or `candidate`), environment by environment, with the baseline of
     each from baselines_root (or from the results named by `baseline`); write compare.html, .md and
-    .csv."""
+    .csv. With `history` (a run store), consult_history amends the verdict."""
+    stage, regressed, cand_records = _compare(run, thresholds, candidate, baselines_root, baseline)
+    return consult_history(stage, history, cand_records, thresholds, regressed) if history else stage
+
+
+def _compare(run: RunDir, thresholds: Thresholds, candidate: str | None, baselines_root: str | None,
+             baseline: str | None) -> tuple[Stage, set[str], list[dict[str, Any]]]:
+    """run_compare without the history: the stage, the regressed cell ids, the candidate's records."""
     from .baselines import DEFAULT_ROOT
 
     root = baselines_root or DEFAULT_ROOT
@@ -122,7 +185,7 @@ def run_compare(run: RunDir, thresholds: Thresholds = NIGHTLY_THRESHOLDS, candid
         if others:
             line += "; baselines exist for: " + " | ".join(describe_fingerprint(b.fingerprint) for b in others)
         details.update(outcome=NO_BASELINE, baselines=[b.describe() for b in others])
-        return Stage("compare", PASS, line, details)
+        return Stage("compare", PASS, line, details), set(), cand_records
 
     results = []
     for fp, _, base_records, mine in compared:
@@ -147,7 +210,9 @@ def run_compare(run: RunDir, thresholds: Thresholds = NIGHTLY_THRESHOLDS, candid
                    noisy=[c.cell for c in result.noisy], noisy_share=result.noisy_share,
                    compared_cells=len(result.compared), warnings=result.warnings,
                    unjudged=[line.strip() for line in noisy_text(result)] if result.inconclusive else [])
-    return Stage("compare", EXIT_STATUS[result.outcome], f"{headline(result)} against {described}", details)
+    regressed = {c.cell.split(" @ ")[0] for c in result.regressions}
+    return (Stage("compare", EXIT_STATUS[result.outcome], f"{headline(result)} against {described}", details),
+            regressed, cand_records)
 
 
 def _spread(samples: Samples) -> float | None:

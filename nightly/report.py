@@ -1,4 +1,4 @@
-"""The report stage: the run's self-contained HTML report (reports.build), with its CSV and Markdown.
+"""The report stage: the run's self-contained HTML report (trainkit.reports.build), with its CSV and Markdown.
 
 Built from the results file, which holds every cell of any status (pytest-benchmark's JSON holds
 only the cells that finished). The report needs the `reports` extra; without it, or when it fails,
@@ -15,7 +15,7 @@ def run_report(run: RunDir, title: str = "trainkit nightly") -> Stage:
     if not run.exists(RESULTS):
         return Stage("report", INFRASTRUCTURE, f"no {RESULTS} in {run.root}: the matrix wrote no results")
     try:
-        from reports.build import build_report
+        from trainkit.reports.build import build_report
     except ImportError as exc:
         return Stage("report", INFRASTRUCTURE, f"no report: {exc} (install trainkit[reports])")
     try:

@@ -13,8 +13,8 @@ import json
 import os
 from typing import Any
 
-from reports.records import InputError, all_records, read_runs
 from trainkit.engine.schema import MEMORY_NAMES, ResultsFileError, read_jsonl, write_text
+from trainkit.reports.records import InputError, all_records, read_runs
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
 from .gate import NIGHTLY_THRESHOLDS, cell_rows

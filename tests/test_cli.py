@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from trainkit.commands.cli import CHOICES, choices_of, main
+from trainkit.commands.cli import main
+from trainkit.commands.config_options import CHOICES, choices_of
 from trainkit.engine.config import RunConfig
 from trainkit.engine.precision_facts import precision_names
 from trainkit.engine.result import check_record

@@ -143,8 +143,9 @@ def test_options_round_trip_through_the_command_line():
     parser = argparse.ArgumentParser()
     cluster.add_options(parser.add_argument)
     options = ExecutorOptions(executor="submitit-local", partition="gpu", gpus_per_node=4, array_parallelism=3,
-                              sbatch=(("mem", "0"), ("exclusive", True)), job_dir="jobs")
+                              sbatch=(("mem", "0"), ("exclusive", True)), job_dir="jobs", shared_nodes=True)
     assert cluster.from_namespace(parser.parse_args(cluster.command_line(options))) == options
+    assert "--slurm-shared-nodes" in cluster.command_line(options)
     assert cluster.from_namespace(parser.parse_args([])) == ExecutorOptions()
 
 
@@ -152,7 +153,7 @@ def test_options_round_trip_through_the_command_line():
 
 def test_the_matrix_becomes_one_capped_array_per_shape_and_sacct_states_become_statuses(slurm, tmp_path,
                                                                                         monkeypatch):
-    monkeypatch.setattr(cluster, "RESULT_GRACE_S", 0.0)  # FAILED: no result file will come
+    monkeypatch.setattr(cluster.slurm, "RESULT_GRACE_S", 0.0)  # FAILED: no result file will come
     options = ExecutorOptions(executor="slurm", partition="gpu", account="perf", qos="high", constraint="h100",
                               gpus_per_node=8, cpus_per_gpu=6, array_parallelism=3,
                               sbatch=(("mem", "0"), ("exclusive", True)))
@@ -201,6 +202,25 @@ def test_the_matrix_becomes_one_capped_array_per_shape_and_sacct_states_become_s
     assert jobs.counts() == cluster.Counts(6, 0, 0) and jobs.poll() == []
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_timed_cells_get_their_nodes_to_themselves_unless_shared_nodes(slurm, tmp_path, monkeypatch, shared):
+    """SLURM packs jobs onto shared nodes by default: a timed cell's job asks for --exclusive (the probe,
+    which times nothing, does not), --slurm-shared-nodes turns it off, and the record says which."""
+    monkeypatch.setattr(cluster.slurm, "RESULT_GRACE_S", 0.0)
+    options = ExecutorOptions(executor="slurm", shared_nodes=shared)
+    jobs = cluster.make_jobs(options, str(tmp_path / "jobs"), cell_timeout_s=60)
+    jobs.submit([CellJob("one", gpt(1)), CellJob("sixteen", gpt(16))])
+    with pytest.raises(RuntimeError, match="did not end within"):
+        cluster.probe_on_cluster(options, "cuda", str(tmp_path / "probe"), wait_s=0)
+    *cells, probe = [call["params"] for call in slurm.calls("sbatch")]
+    assert [("exclusive" in params) for params in cells] == [not shared, not shared]
+    assert probe["job-name"] == "trainkit-probe-1gpu" and "exclusive" not in probe
+    slurm.end("1000", "FAILED", "1:0")
+    ((_, record),) = jobs.poll() or jobs.poll()
+    assert record["executor"]["node_sharing"].startswith("shared: --slurm-shared-nodes" if shared else
+                                                         "exclusive: sbatch --exclusive")
+
+
 def test_a_record_that_says_a_rank_was_killed_is_oom_when_slurm_says_out_of_memory(slurm, tmp_path):
     """The cgroup's OOM killer takes a rank with SIGKILL: the job still returns a record (crashed,
     killed by SIGKILL), and sacct marks the job OUT_OF_MEMORY: the cell is oom."""
@@ -231,7 +251,7 @@ def test_stopping_early_cancels_the_arrays_that_have_not_ended(slurm, tmp_path):
 
 
 def test_when_sacct_fails_squeue_says_which_jobs_ended(slurm, tmp_path, monkeypatch):
-    monkeypatch.setattr(cluster, "RESULT_GRACE_S", 0.0)
+    monkeypatch.setattr(cluster.slurm, "RESULT_GRACE_S", 0.0)
     jobs = cluster.make_jobs(ExecutorOptions(executor="slurm"), str(tmp_path / "jobs"), cell_timeout_s=60)
     jobs.submit([CellJob("a", gpt(1)), CellJob("b", gpt(1))])
     slurm.break_sacct()

@@ -1,9 +1,12 @@
 """Diagnostics: why a loss moved, read from one extra step that changes none of the record's figures."""
 
+import json
+
 import pytest
+import torch
 
 from trainkit.engine.config import ProfileConfig
-from trainkit.engine.diagnostics import diagnose
+from trainkit.engine.diagnostics import diagnose, finite_only
 from trainkit.engine.loop import Trainer
 from trainkit.engine.result import merge_ranks
 from trainkit.engine.worker import RankWorker
@@ -77,3 +80,23 @@ def test_overflowing_gradients_are_counted_and_the_skipped_step_said():
     assert result["step_skipped"] is True and result["grad_nonfinite_count"] > 0
     assert result["loss_scale"] == 2.0**39 and "skipped this step" in result["update_note"]
     assert "update_over_lr_median" not in result
+
+
+def test_a_step_that_makes_weights_nan_is_counted_not_a_crash():
+    """A NaN weight makes the loss, every gradient and so every SGD update NaN: the record must stay
+    strict JSON (it is written with allow_nan=False; a NaN ended the whole parity run there)."""
+    trainer = Trainer(small_config(lr=0.01, momentum=0.0), CPU)
+    with torch.no_grad():
+        trainer.params[0].view(-1)[0] = float("nan")
+    result = diagnose(trainer)
+    json.dumps(result, allow_nan=False)  # raised ValueError before
+    total = sum(p.numel() for p in trainer.params)
+    assert result["grad_nonfinite_count"] > 0 and result["update_nonfinite_count"] == total
+    assert result["update_over_lr_median"] is None and result["update_to_weight_p90"] is None
+    assert "inf/NaN" in result["update_note"]
+
+
+def test_non_finite_figures_are_null_and_named():
+    assert finite_only({"a": float("inf"), "b": 1.0, "c": float("nan"), "d": None}) == {
+        "a": None, "b": 1.0, "c": None, "d": None, "nonfinite_figures": ["a", "c"]}
+    assert finite_only({"b": 1.0}) == {"b": 1.0}

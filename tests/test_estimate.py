@@ -12,8 +12,8 @@ from trainkit.engine.config import RunConfig
 from trainkit.engine.estimate import STEP_KINDS, TERMS, Estimator, _round, cublas_workspace_bytes
 from trainkit.engine.loop import Trainer
 from trainkit.engine.memory import SavedTensors
-from trainkit.engine.precision import POLICIES, HalfBF16Precision
-from trainkit.engine.precision_facts import PRECISION_FACTS, PrecisionFacts
+from trainkit.engine.precision import POLICIES, HalfBF16Precision, Precision, TF32Precision, policy_class
+from trainkit.engine.precision_facts import PRECISION_FACTS, PrecisionFacts, precision_names
 
 PRECISIONS = ("fp32", "amp-bf16", "half-bf16", "amp-fp16")
 
@@ -110,10 +110,10 @@ def test_checkpointed_blocks_save_what_a_checkpointed_real_run_saves(model):
     assert predicted < plain.activations_saved_bytes
 
 
-def real_step_peak(config: RunConfig) -> int:
+def real_step_peak(config: RunConfig, policy: Precision | None = None) -> int:
     """Peak bytes the CPU allocator holds during one steady-state step above what it held before:
     the profiler's memory events are every allocation and free the allocator reports."""
-    trainer = Trainer(config, CPU)
+    trainer = Trainer(config, CPU, policy=policy)
     trainer.train_step()  # the optimizer's state exists from here on, as in a timed step
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
@@ -131,12 +131,83 @@ def real_step_peak(config: RunConfig) -> int:
 def test_the_step_peak_is_the_cpu_allocators_own(model, precision, estimators):
     """The peak formula checked as a whole: what a real step allocates at its highest point, as the
     CPU allocator itself accounts it, equals the estimate's step terms to the byte, with and without
-    accumulation (held gradients), for models whose CPU kernels allocate nothing of their own."""
+    accumulation (held gradients), where the CPU's kernels allocate nothing of their own. On a CPU with
+    native bf16 (AVX512-BF16, AMX) oneDNN's bf16 matmuls pack an operand into a buffer of their own that
+    no dispatch sees: there the real peak may stand above the estimate by that scratch, never below."""
+    scratch_bytes = BF16_MATMUL_SCRATCH_BYTES if "bf16" in precision else 0
     for batch, accumulation in ((8, 1), (16, 3)):
         estimate = estimators(model, precision).estimate(batch, accumulation)
         predicted = sum(estimate.terms[kind] for kind in STEP_KINDS)
-        assert predicted == real_step_peak(config_of(model, precision, batch_size=batch, grad_accum=accumulation))
+        real = real_step_peak(config_of(model, precision, batch_size=batch, grad_accum=accumulation))
+        assert predicted <= real <= predicted + scratch_bytes
     assert list(estimate.terms) == list(TERMS) and estimate.total_bytes == sum(estimate.terms.values())
+
+
+class TF32OnCPU(TF32Precision):
+    """tf32's policy with its GPU check lifted: on a CPU its hooks are fp32's (TF32 is a CUDA flag)."""
+
+    def unsupported_reason(self) -> str | None:
+        return None
+
+
+def cpu_policy(config: RunConfig) -> Precision:
+    """The policy a CPU runs the mode with: FP8's emulated (float8 GEMMs need a GPU), tf32's as above."""
+    if config.precision == "tf32":
+        return TF32OnCPU(CPU, config)
+    if config.precision.startswith("fp8"):
+        return policy_class(config.precision)(CPU, config, emulate=True)  # type: ignore[call-arg]
+    return policy_class(config.precision)(CPU, config)
+
+
+@pytest.fixture
+def restored_matmul_flags():
+    """tf32's configure_backends sets process-wide matmul flags; later tests get them back."""
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32)
+    yield
+    torch.set_float32_matmul_precision(saved[0])
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1], saved[2]
+
+
+ADAMW_SCALAR_BYTES = 16
+"""AdamW on a CPU: a real step holds two scalars of its step counter's arithmetic at the peak (8 + 4
+B) that fake tensors compute as constants, without a storage."""
+BF16_MATMUL_SCRATCH_BYTES = 65_536
+"""half-bf16 on a CPU: oneDNN's bf16 matmul packs an operand into a buffer of its own, no tensor a
+dispatch sees (50,688 B for mlp's first layer here; the CNN's convolutions do the same)."""
+FP8_SHORT_FRACTION = 0.12
+"""FP8 (emulated): copies torchao makes inside its float8 tensors' own dispatch are out of the
+dispatch mode's sight (104,448 B of mlp's 1,046,840 B step peak at batch 8)."""
+
+
+def allowance_bytes(precision: str, optimizer: str, real_bytes: int) -> int:
+    """How far below a real CPU step's peak the estimate may be, each allowance a named gap above."""
+    if precision.startswith("fp8"):
+        return int(FP8_SHORT_FRACTION * real_bytes)
+    return (ADAMW_SCALAR_BYTES if optimizer == "adamw" else 0) + (
+        BF16_MATMUL_SCRATCH_BYTES if precision == "half-bf16" else 0)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("precision", precision_names())
+def test_every_mode_is_estimated_through_its_own_policy(precision, optimizer, restored_matmul_flags):
+    """Every mode of the table against a real CPU step of the same policy: the step's peak (master
+    copies' fp32 gradients from unscale_, the optimizer stepping the masters, GradScaler's step,
+    float8 layers) and the state (parameters, master copies, optimizer state) the run holds."""
+    config = config_of("mlp", precision, optimizer=optimizer)
+    estimator = Estimator(config, "cpu", policy=cpu_policy(config))
+    for batch, accumulation in ((8, 1), (8, 2)):
+        estimate = estimator.estimate(batch, accumulation)
+        predicted = sum(estimate.terms[kind] for kind in STEP_KINDS)
+        real = real_step_peak(config.replace(batch_size=batch, grad_accum=accumulation), cpu_policy(config))
+        assert 0 <= real - predicted <= allowance_bytes(precision, optimizer, real), (batch, accumulation)
+    trainer = Trainer(config, CPU, policy=cpu_policy(config))
+    trainer.train_step()
+    state = [v for s in trainer.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    terms = estimator.state.terms
+    assert terms["parameters"] == nbytes(trainer.raw_model.parameters())
+    assert terms["master_copies"] == trainer.policy.master_bytes
+    assert terms["optimizer_state"] == nbytes(state) > 0
 
 
 def test_without_accumulation_the_peak_holds_no_gradients_and_with_it_all_of_them(estimators):

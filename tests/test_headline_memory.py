@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from bench.runner import TABLE_HEADER, table_row
-from reports.verdict import compare_records
 from trainkit.commands.cli import summary_line
 from trainkit.engine.schema import HEADLINE_MEMORY, MEMORY_KEYS, MEMORY_NAMES, SCHEMA, check_record, headline_memory
+from trainkit.reports.verdict import compare_records
 
 MiB, GiB = 2**20, 2**30
 GPU = {"torch_max_allocated_bytes": 3 * GiB, "torch_max_reserved_bytes": 4 * GiB, "nvml_process_peak_bytes": 5 * GiB,
@@ -43,16 +43,25 @@ def test_the_cli_line_the_bench_table_and_the_gate_show_the_same_measure(memory,
     assert f"peak {MEMORY_NAMES[measure]} {shown} MiB," in summary_line(rec)
     row = table_row(rec)
     assert row.endswith(f"  {MEMORY_NAMES[measure]}") and f" {shown} " in row
-    assert TABLE_HEADER.endswith("memory measure")
+    assert TABLE_HEADER.endswith("memory measure  flags")
     (cell,) = compare_records([rec], [rec]).cells
     assert cell.memory_measure == measure and cell.metrics["memory"].baseline == memory[measure]
+
+
+def test_the_bench_table_gives_the_step_times_interval_and_the_hosts_flags():
+    rec = record(CPU)
+    assert " - " in table_row(rec)  # an older record: no interval, no conditions
+    rec["noise"] = {"median_ci_low_s": 0.062, "median_ci_high_s": 0.067}
+    rec["conditions"] = {"load_avg_1m_start": 5.1, "load_avg_1m_end": 6.9, "host_cores": 2}
+    row = table_row(rec)
+    assert " 64.00     ±4% " in row and row.endswith("  host RSS growth  host loaded: load average 6.9 on 2 cores")
 
 
 @pytest.mark.parametrize("memory, measure", CASES)
 def test_the_reports_summary_shows_the_same_measure(memory, measure):
     pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, plotly)")
-    from reports.load import to_frame
-    from reports.summary import summary
+    from trainkit.reports.load import to_frame
+    from trainkit.reports.summary import summary
 
     (row,) = summary(to_frame([record(memory)])).to_dict("records")
     assert row["memory_measure"] == measure and row["peak_memory_mib"] == memory[measure] / MiB
@@ -62,8 +71,8 @@ def test_a_cell_whose_repeats_disagree_on_the_measures_is_shown_in_one_they_all_
     """A CPU cell measured before and after records carried the RSS growth: the report and the gate
     both fall back to the worker's RSS, which every repeat has, rather than mixing the two."""
     pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, plotly)")
-    from reports.load import to_frame
-    from reports.summary import summary
+    from trainkit.reports.load import to_frame
+    from trainkit.reports.summary import summary
 
     repeats = [record(CPU, "2026-01-01T00:00:01+00:00"), record(CPU_BEFORE_GROWTH, "2026-01-01T00:00:02+00:00")]
     (row,) = summary(to_frame(repeats)).to_dict("records")

@@ -3,6 +3,7 @@
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ def test_an_ok_cell_reports_every_rank_and_its_fixed_cost():
     assert record["ranks_reported"] == 2 and len(record["memory"]["per_rank"]) == 2
     per_rank = record["memory"]["per_rank"]
     assert record["memory"]["host_rss_peak_bytes"] == max(r["host_rss_peak_bytes"] for r in per_rank)
-    assert record["config"]["torch_num_threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert record["config"]["torch_num_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert set(record["fixed_cost_s"]) >= {"spawn_to_ready_s", "init_s", "build_s"}
 
 
@@ -232,3 +233,55 @@ def test_a_cpu_cell_records_its_own_rss_growth_beside_the_inherited_pages():
     assert memory["host_rss_baseline_bytes"] > 100 * 2**20  # torch, inherited from the fork server
     assert memory["host_rss_growth_bytes"] == memory["host_rss_peak_bytes"] - memory["host_rss_baseline_bytes"]
     assert 0 < memory["host_rss_growth_bytes"] < memory["host_rss_baseline_bytes"]
+
+
+# --- an allocator backend, which torch reads once, at import ------------------------------------
+
+ASYNC = "backend:cudaMallocAsync"
+
+
+@pytest.mark.slow
+def test_a_cell_that_picks_an_allocator_backend_gets_it_from_a_fresh_interpreter(monkeypatch):
+    """torch picks its CUDA allocator backend when it is imported (no GPU needed to ask which): the
+    fork server imported torch long before, so such a cell's ranks start fresh, the setting in their
+    environment from their first instruction, and the record shows the backend in effect."""
+    import torch
+
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    if not hasattr(torch._C, "_cuda_getAllocatorBackend"):
+        pytest.skip("this torch has no CUDA allocator to choose")
+    config = small_config(steps=2, warmup_steps=1, world_size=2, alloc_conf=ASYNC)
+    with CellWorkers(config, timeout_s=180) as cell:
+        cell.start()
+        environments = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in cell.pids]
+        cell.warmup()
+        cell.run_timed()
+        record = cell.finish()
+    assert all(f"PYTORCH_CUDA_ALLOC_CONF={ASYNC}".encode() in env for env in environments)  # set at exec
+    assert record["status"] == "ok" and record["memory"]["allocator"]["backend_in_effect"] == "cudaMallocAsync"
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ  # the launcher's own environment is as it was
+    plain = run_cell(small_config(steps=1), timeout_s=120)  # other cells: the fork server, the default
+    assert plain["memory"]["allocator"]["backend_in_effect"] == "native"
+
+
+def test_a_backend_that_cannot_take_effect_is_refused_in_one_line(monkeypatch):
+    """A rank started by torchrun imported torch before it read its config: it refuses the cell
+    (unsupported) and says how to give the setting, instead of running on the wrong allocator."""
+    import torch
+
+    from trainkit.engine import allocator
+    from trainkit.engine.precision import Unsupported
+
+    if allocator.backend_in_effect() != "native":
+        pytest.skip("needs a torch with CUDA, imported without a backend setting")
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(Unsupported) as refused:
+        allocator.set_alloc_conf(ASYNC)
+    assert str(refused.value) == (f"alloc_conf={ASYNC!r}: backend cudaMallocAsync cannot take effect in this process: "
+                                  "torch chose its CUDA allocator (native) when it was imported; start the process "
+                                  f"with PYTORCH_CUDA_ALLOC_CONF={ASYNC} in its environment (trainkit's launcher does)")
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+    allocator.set_alloc_conf("backend:native,expandable_segments:True")  # the backend it has: accepted
+    assert torch.cuda.get_allocator_backend() == "native"

@@ -1,5 +1,7 @@
 """Measurement pieces: timers, statistics, the merge of ranks, MFU and the optional NVML."""
 
+import os
+import statistics
 import sys
 import time
 import types
@@ -7,6 +9,7 @@ import types
 import pytest
 import torch
 
+from trainkit.engine.conditions import HostSnapshot, condition_flags, host_window, noise_of, other_gpu_pids
 from trainkit.engine.config import RunConfig
 from trainkit.engine.flops import gpt_flops_per_token, mfu, peak_flops_per_s, training_flops_per_sample
 from trainkit.engine.models import build_spec
@@ -58,6 +61,81 @@ def test_merge_takes_the_slowest_rank_the_max_memory_and_sums_the_loss_shares():
     assert record["memory"]["torch_max_allocated_bytes"] == 7
     assert record["loss"]["curve"] == pytest.approx([2.2, 1.7, 1.1])
     assert record["loss"]["final"] == pytest.approx(1.1)
+
+
+def _conditions(load, threads, host="a", busy=0.5):
+    return {"window_s": 1.0, "load_avg_1m_start": load, "load_avg_1m_end": load / 2, "cpu_busy_share": busy,
+            "cpu_steal_share": 0.0, "cpu_pressure_share": 0.1, "torch_threads": threads, "interop_threads": 1,
+            "usable_cores": 2, "host_cores": 4, "hostname": host}
+
+
+def test_merge_keeps_the_worst_ranks_conditions_and_adds_up_the_threads_of_a_host():
+    rank0, rank1 = _report(0, [0.1, 0.2], [1.0, 0.9], {}), _report(1, [0.1, 0.2], [1.0, 0.9], {})
+    rank0.conditions, rank1.conditions = _conditions(1.5, 2, busy=0.9), _conditions(5.0, 2, busy=0.4)
+    record = merge_ranks(RunConfig(world_size=2), [rank0, rank1])
+    conditions = record["conditions"]
+    assert conditions["load_avg_1m_start"] == 5.0 and conditions["cpu_busy_share"] == 0.9  # a peak is a max
+    assert conditions["threads_on_busiest_host"] == 4 and conditions["usable_cores"] == 2
+    assert conditions["gpu_other_processes"] is None and "CPU" in conditions["gpu_other_processes_note"]
+    assert condition_flags(conditions) == ["host loaded: load average 5.0 on 4 cores",
+                                           "oversubscribed: 4 threads on 2 usable cores"]
+    rank1.conditions["hostname"] = "b"  # ranks on two hosts share no cores
+    assert merge_ranks(RunConfig(world_size=2), [rank0, rank1])["conditions"]["threads_on_busiest_host"] == 2
+
+
+def test_other_processes_on_the_gpus_leave_out_the_cells_own_workers():
+    rank0, rank1 = _report(0, [0.1], [1.0], {}), _report(1, [0.1], [1.0], {})
+    for rank in (rank0, rank1):
+        rank.derived = {"resolved_device": f"cuda:{rank.rank}"}
+    rank0.gpu_other_pids, rank1.gpu_other_pids = [101, 4242], [100]  # 100, 101: the cell's ranks
+    record = merge_ranks(RunConfig(world_size=2), [rank0, rank1], launcher=LauncherReport(worker_pids=[100, 101]))
+    assert record["conditions"] is None  # no rank measured its host: nothing to merge
+    rank0.conditions = _conditions(0.5, 1)
+    conditions = merge_ranks(RunConfig(world_size=2), [rank0, rank1],
+                             launcher=LauncherReport(worker_pids=[100, 101]))["conditions"]
+    assert conditions["gpu_other_processes"] == [4242]
+    assert condition_flags(conditions) == ["1 other process on its GPUs (PID 4242)"]
+    rank0.gpu_other_pids = rank1.gpu_other_pids = None  # NVML could not tell
+    conditions = merge_ranks(RunConfig(world_size=2), [rank0, rank1])["conditions"]
+    assert conditions["gpu_other_processes"] is None and "PID namespace" in conditions["gpu_other_processes_note"]
+
+
+def test_host_window_shares_come_from_the_counters_deltas():
+    before = HostSnapshot(monotonic_s=10.0, load_avg_1m=1.0, cpu_jiffies=(100, 0, 50, 1000, 10, 0, 0, 5, 0, 0),
+                          cpu_pressure_some_us=1_000_000)
+    # 200 jiffies: 60 user, 20 system, 100 idle, 0 iowait, 20 steal; 0.5 s of the 2 s with a task waiting.
+    after = HostSnapshot(monotonic_s=12.0, load_avg_1m=3.0, cpu_jiffies=(160, 0, 70, 1100, 10, 0, 0, 25, 0, 0),
+                         cpu_pressure_some_us=1_500_000)
+    window = host_window(before, after)
+    assert window["window_s"] == 2.0 and window["load_avg_1m_end"] == 3.0
+    assert window["cpu_busy_share"] == pytest.approx(0.5) and window["cpu_steal_share"] == pytest.approx(0.1)
+    assert window["cpu_pressure_share"] == pytest.approx(0.25)
+    assert condition_flags({**window, "host_cores": 2}) == ["host loaded: load average 3.0 on 2 cores",
+                                                            "CPU steal 10% of the timed window"]
+    blind = HostSnapshot(monotonic_s=12.0, load_avg_1m=None, cpu_jiffies=None, cpu_pressure_some_us=None)
+    assert host_window(before, blind)["cpu_busy_share"] is None and condition_flags(host_window(before, blind)) == []
+
+
+def test_the_median_step_times_interval_is_a_seeded_bootstrap():
+    times = [1.26, 2.105, 2.047, 2.056, 2.068, 1.942, 1.954, 1.711]
+    noise = noise_of(times)
+    assert noise["median_ci_low_s"] <= statistics.median(times) <= noise["median_ci_high_s"]
+    assert min(times) <= noise["median_ci_low_s"] < noise["median_ci_high_s"] <= max(times)
+    assert noise_of(times) == noise and "bootstrap" in noise["method"]  # the same times, the same interval
+    assert noise["iqr_over_median"] == pytest.approx(summarize_s(times)["iqr"] / statistics.median(times))
+    short = noise_of([1.0, 2.0])
+    assert short["median_ci_low_s"] is None and "2 timed steps" in short["note"]
+    assert noise_of([0.5] * 5)["median_ci_low_s"] == noise_of([0.5] * 5)["median_ci_high_s"] == 0.5
+
+
+
+def test_without_scipy_the_interval_is_null_with_the_reason(monkeypatch):
+    from trainkit.engine import conditions
+
+    monkeypatch.setattr(conditions, "scipy_available", lambda: False)  # core trainkit does without it
+    noise = conditions.noise_of([1.0, 1.1, 0.9, 1.0])
+    assert noise["median_ci_low_s"] is None and "scipy is not installed" in noise["note"]
+    assert noise["iqr_over_median"] is not None  # the spread needs no scipy
 
 
 def test_ranks_that_end_apart_are_a_failed_cell():
@@ -140,6 +218,11 @@ def test_a_cpu_record_has_no_mfu_and_no_gpu_memory():
     memory = record["memory"]
     assert memory["torch_max_allocated_bytes"] is None and memory["nvml_process_peak_bytes"] is None
     assert memory["nvml_method"] == "unavailable: no GPU" and memory["host_rss_peak_bytes"] > 0
+    conditions = record["conditions"]  # read from /proc over the timed window
+    assert conditions["window_s"] > 0 and conditions["load_avg_1m_end"] is not None
+    assert conditions["torch_threads_per_rank"] == [record["config"]["torch_num_threads"]]
+    assert conditions["usable_cores"] >= 1 and conditions["threads_on_busiest_host"] >= 1
+    assert conditions["gpu_other_processes"] is None and record["noise"]["n"] == 2
 
 
 def test_step_time_grows_with_the_work():
@@ -208,6 +291,18 @@ def test_nvml_per_process_memory_counts_only_our_processes(install_nvml):
     assert nvml.process_used_bytes({10, 11}) == 1300
     assert nvml.process_used_bytes({12}) is None  # PIDs not visible (a container without --pid=host)
     assert nvml.foreign_processes({10, 11}) == [99]
+
+
+@pytest.mark.parametrize(("procs", "seen"), [
+    ([(os.getpid(), 2**30), (4242, 2**29), (4343, None)], [4242, 4343]),
+    ([(os.getpid(), 2**30)], []),
+    ([(12, 2**30), (13, 2**30)], None),  # our PID is not among NVML's: another PID namespace, no verdict
+])
+def test_a_rank_notes_the_other_processes_on_its_gpu(install_nvml, procs, seen):
+    nvml = install_nvml(procs=[_proc(pid, used) for pid, used in procs])
+    first = other_gpu_pids(nvml, os.getpid(), None)
+    assert other_gpu_pids(nvml, os.getpid(), first) == seen  # read again after a span: the union, once each
+    assert other_gpu_pids(None, os.getpid(), [7]) == [7]  # no NVML: what was seen stays
 
 
 def test_nvml_samples_info_and_throttle_reasons(install_nvml):

@@ -19,8 +19,8 @@ from nightly import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, 
 from nightly.baselines import MANIFEST, load_all, slug
 from nightly.cli import main
 from nightly.rundir import ROOT, RunDir
-from reports.verdict import Samples
 from trainkit.engine.schema import fingerprint, headline_memory, read_jsonl
+from trainkit.reports.verdict import Samples
 
 pytestmark = pytest.mark.slow
 CELLS = ("mlp-fp32-bs16-ga1-gpus1", "mlp-fp32-bs16-ga2-gpus1", "mlp-amp-bf16-bs16-ga1-gpus1",

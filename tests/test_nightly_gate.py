@@ -9,13 +9,13 @@ import os
 
 import pytest
 
-from nightly import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
+from nightly import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION, summary
 from nightly.baselines import MANIFEST, slug
 from nightly.cli import main
 from nightly.gate import NIGHTLY_THRESHOLDS, cell_rows, run_compare
 from nightly.rundir import COMPARE, RunDir, Stage, overall
-from reports.verdict import Thresholds
 from trainkit.engine.schema import SCHEMA, fingerprint
+from trainkit.reports.verdict import Thresholds
 
 H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver": "575.51.03", "cuda": "12.8", "torch": "2.7.0",
         "cpu": "x", "hostname": "runner-1"}
@@ -231,6 +231,32 @@ def test_cells_this_runner_cannot_run_are_left_out_not_failed(gate):
     # A worker that now refuses a cell it used to run is a failure, not the runner's shape.
     refused = repeats(eight, statuses=["unsupported"] * 3)
     assert gate(repeats(MLP) + repeats(eight), repeats(MLP) + refused).exit_status == REGRESSION
+
+
+def test_cells_unsupported_on_both_sides_are_listed_as_a_warning_in_the_summary(gate, tmp_path):
+    """FP8 cells on a runner installed without the fp8 extra end unsupported tonight and in the
+    baseline alike: nothing compares them, and the summary says so instead of dropping them."""
+    fp8 = ["gpt-fp8-tensorwise-bs8-ga1-gpus1", "gpt-fp8-rowwise-bs8-ga1-gpus1"]
+    no_torchao = "fp8 precisions need torchao: pip install 'trainkit[fp8]'"
+    refused = [dict(record(cell, status="unsupported", repeat=i), status_detail=no_torchao)
+               for cell in fp8 for i in range(3)]
+    old_gpu = "gpt-fp8-tensorwise-bs8-ga4-gpus1"
+    skipped = [dict(record(old_gpu, status="unsupported", repeat=i, skipped_at_collection=True),
+                    status_detail="fp8-tensorwise needs compute capability >= 8.9") for i in range(3)]
+    once = [dict(r, cell_id="gpt-fp8-rowwise-bs8-ga4-gpus1") for r in refused[:3]]  # ok tonight: not this case
+    base = repeats(MLP) + refused + skipped + once
+    cand = repeats(MLP) + refused + skipped + repeats("gpt-fp8-rowwise-bs8-ga4-gpus1")
+    run = RunDir(str(tmp_path / "run"))
+    stage = gate(base, cand)
+    assert stage.exit_status == PASS
+    assert stage.details["warnings"] == [
+        f"2 cell(s) were unsupported in the baseline and again now, so nothing gated them ({no_torchao}): "
+        f"{fp8[1]}, {fp8[0]}",
+        f"1 cell(s) were unsupported in the baseline and again now, so nothing gated them (fp8-tensorwise needs "
+        f"compute capability >= 8.9): {old_gpu}"]
+    run.record(stage)
+    assert f"> ⚠ 2 cell(s) were unsupported in the baseline and again now, so nothing gated them ({no_torchao})" \
+        in summary.render(run)
 
 
 # --- like with like ---------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""`python -m nightly gpu-check`: each check's decision on hand-made records (built by trainkit's own
-merge_ranks, so their keys are the real record's), shown to pass and to fail; the whole GPU path on a
-simulated GPU; and the real command on the CPU, as a subprocess, with its report in a browser."""
+"""`python -m nightly gpu-check`: each check's decision on hand-made records (tests/gpucheck_records.py;
+the memory checks are in test_nightly_gpucheck_memory.py), shown to pass and to fail; the whole GPU
+path on a simulated GPU; and the real command on the CPU, as a subprocess, with its report in a browser."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -15,181 +16,37 @@ import pytest
 import torch
 
 from nightly import BAD_INPUT, INFRASTRUCTURE, PASS, REGRESSION
-from nightly import gpucheck as gc
 from nightly.cli import main
+from nightly.gpucheck import anchors, cells, command, numerics, nvml, registry, stepprobe, timing
+from nightly.gpucheck.results import FAIL, OK, REPORT, RESULTS, SKIP, SUMMARY_JSON, SUMMARY_MD
+from nightly.gpucheck.thresholds import HALF_SHARE_MIN, TIME_TOLERANCE
 from nightly.rundir import ROOT
+from tests.gpucheck_records import H200, gpt_config, gpu_record, resnet_config, step_count
 from trainkit.engine.config import RunConfig
-from trainkit.engine.flops import peak_flops_per_s
-from trainkit.engine.precision_facts import DTYPE_BYTES, facts_of
-from trainkit.engine.result import LauncherReport, RankReport, TimedSpan, merge_ranks
 from trainkit.engine.schema import read_jsonl
-
-MiB, GiB = 2**20, 2**30
-H200 = "NVIDIA H200"
-GPT = {**gc.GPU_GPT, **gc.GPT_RECIPE}
-
-
-def gpt_config(precision: str = "amp-bf16", batch: int = 16, accum: int = 1, steps: int = 100) -> RunConfig:
-    return RunConfig(model="gpt", precision=precision, batch_size=batch, grad_accum=accum, steps=steps,
-                     warmup_steps=5, device="cuda", **GPT)
-
-
-def resnet_config(precision: str) -> RunConfig:
-    return RunConfig(model="resnet50", precision=precision, batch_size=128, steps=20, warmup_steps=5, device="cuda",
-                     **gc.RESNET_RECIPE)
-
-
-# Seconds per step of the simulated GPU: ResNet-50 in the order a real one shows (AMP < TF32 < FP32).
-STEP_S = {("resnet50", "fp32"): 0.20, ("resnet50", "tf32"): 0.09, ("resnet50", "amp-fp16"): 0.05}
-
-
-def gpu_record(config: RunConfig, gpu_name: str = H200, mfu: float = 0.30, power_w: float = 500.0) -> dict:
-    """A plausible GPU record of a cell, merged by trainkit.engine.result.merge_ranks from what a rank and the
-    launcher would report: every figure consistent with every check, which the tests then break."""
-    steps, samples = config.steps, config.effective_batch
-    step_s = STEP_S.get((config.model, config.precision), 0.05)
-    params = 124_475_904 if config.model == "gpt" else 23_528_522
-    facts = facts_of(config.precision)
-    weights = params * DTYPE_BYTES[facts.param_dtype]
-    state = (2 if config.optimizer.startswith("adam") else 1) * params * DTYPE_BYTES[facts.optimizer_state_dtype]
-    rank = RankReport(rank=0, pid=4242)
-    rank.timing.step_times_s = [step_s] * steps
-    rank.timing.timed_samples = [samples] * steps
-    rank.timing.first_timed_step = config.warmup_steps
-    rank.timing.spans = [TimedSpan(steps=steps, seconds=step_s * steps, samples=samples * steps,
-                                   energy_j=power_w * step_s * steps)]
-    rank.loss.curve = [2.0] * (config.warmup_steps + steps)
-    rank.loss.step_samples = [samples] * (config.warmup_steps + steps)
-    allocated = 2 * weights + state + config.batch_size * 200 * MiB  # activations grow with the micro-batch
-    memory = rank.memory
-    memory.torch_max_allocated_bytes, memory.torch_max_reserved_bytes = allocated, int(allocated * 1.2)
-    memory.nvml_context_baseline_bytes = 520 * MiB
-    rank.derived = {"resolved_device": "cuda:0", "params": params, "param_bytes": weights,
-                    "optimizer_state_bytes": state, "param_dtype": f"torch.{facts.param_dtype}",
-                    "optimizer_state_dtype": f"torch.{facts.optimizer_state_dtype}",
-                    "compute_dtype": f"torch.{facts.compute_dtype}"}
-    rank.env = {"gpu_name": gpu_name, "gpu_count": 1, "driver": "570.86", "cuda": "13.0", "torch": "2.14.1",
-                "cpu": "Intel Xeon", "gpu_capability": "9.0"}
-    peak = peak_flops_per_s(gpu_name, config.precision) or 989.4e12
-    rank.flops_per_sample = mfu * peak * step_s / samples
-    half = facts.compute_dtype != "float32"
-    rank.profile = {"reduced_precision_share": 0.8 if half else 0.0, "time_basis": "device (kernel) time",
-                    "trace_steps": 3}
-    launcher = LauncherReport(worker_pids=[4242], nvml_process_peak_bytes=[int(allocated * 1.2) + 600 * MiB],
-                              nvml_note="per-process (nvmlDeviceGetComputeRunningProcesses): the largest of 70 samples",
-                              gpu_samples={"samples": 70, "interval_s": 0.1, "power_w_mean": power_w,
-                                           "sm_clock_mhz": None, "temperature_c_max": 60, "throttle_reasons": [],
-                                           "throttled": False})
-    return merge_ranks(config, [rank], launcher=launcher)
-
-
-def cpu_record(config: RunConfig, rss_growth: int) -> dict:
-    """A CPU record: no allocator or NVML figures, the cell's host RSS growth."""
-    rank = RankReport(rank=0, pid=4343)
-    rank.timing.step_times_s, rank.timing.timed_samples = [0.1], [config.effective_batch]
-    rank.memory.host_rss_baseline_bytes, rank.memory.host_rss_peak_bytes = 400 * MiB, 400 * MiB + rss_growth
-    rank.derived = {"resolved_device": "cpu"}
-    return merge_ranks(config, [rank])
-
 
 # --- time ------------------------------------------------------------------------------------------
 
 def test_time_passes_when_the_marks_sum_to_the_wall_clock_within_3_percent():
     record = gpu_record(gpt_config())
     marks = sum(record["step_time_s"]["values"])
-    check = gc.check_time(record, marks * 1.004)
-    assert check.status == gc.OK and check.figures["steps"] == 100
+    check = timing.check_time(record, marks * 1.004)
+    assert check.status == OK and check.figures["steps"] == 100
     assert math.isclose(check.figures["relative_difference"], 1 / 1.004 - 1)
 
 
 @pytest.mark.parametrize("wall_factor, words", [(1.05, "miss part of each step"), (0.95, "MORE than the wall clock")])
 def test_time_fails_when_the_marks_miss_time_or_count_too_much(wall_factor, words):
     record = gpu_record(gpt_config())
-    check = gc.check_time(record, sum(record["step_time_s"]["values"]) * wall_factor)
-    assert check.status == gc.FAIL and words in check.reason and "CUDA events" in check.reason
+    check = timing.check_time(record, sum(record["step_time_s"]["values"]) * wall_factor)
+    assert check.status == FAIL and words in check.reason and "CUDA events" in check.reason
 
 
 def test_time_fails_with_the_cells_status_when_the_cell_did_not_finish():
     record = gpu_record(gpt_config())
     record.update(status="oom", status_detail="CUDA out of memory")
-    check = gc.check_time(record, None)
-    assert check.status == gc.FAIL and "ended oom: CUDA out of memory" in check.reason
-
-
-# --- memory ----------------------------------------------------------------------------------------
-
-def test_the_analytic_floor_counts_bytes_from_the_precision_table_and_the_optimizer():
-    adamw = gc.analytic_state({"params": 1000, "precision": "amp-bf16", "optimizer": "adamw"})
-    assert (adamw["weights_bytes"], adamw["grads_bytes"], adamw["optimizer_state_bytes"]) == (4000, 4000, 8000)
-    half = gc.analytic_state({"params": 1000, "precision": "half-bf16", "optimizer": "sgd", "momentum": 0.9})
-    assert (half["weights_bytes"], half["optimizer_state_bytes"], half["floor_bytes"]) == (2000, 2000, 6000)
-    plain = gc.analytic_state({"params": 1000, "precision": "fp32", "optimizer": "sgd", "momentum": 0.0})
-    assert plain["optimizer_state_bytes"] == 0 and plain["floor_bytes"] == 8000
-
-
-def test_a_master_copy_of_the_weights_is_in_the_floor(monkeypatch):
-    import dataclasses
-
-    from trainkit.engine import precision_facts
-
-    master = dataclasses.replace(precision_facts.PRECISION_FACTS["half-bf16"], name="bf16-master",
-                                 master_dtype="float32")
-    monkeypatch.setitem(precision_facts.PRECISION_FACTS, "bf16-master", master)
-    state = gc.analytic_state({"params": 1000, "precision": "bf16-master", "optimizer": "adamw"})
-    assert (state["master_bytes"], state["floor_bytes"]) == (4000, 2000 + 2000 + 4000 + 2 * 2000)
-
-
-def test_the_floor_passes_above_and_fails_below_weights_grads_and_state():
-    gpt, resnet = gpu_record(gpt_config()), gpu_record(resnet_config("amp-fp16"))
-    assert gc.check_memory_floor([gpt, resnet]).status == gc.OK
-    floor = gc.analytic_state(gpt["config"])["floor_bytes"]
-    assert floor == 124_475_904 * 16  # fp32 weights + grads + AdamW's two fp32 moments
-    gpt["memory"]["torch_max_allocated_bytes"] = floor - 1
-    check = gc.check_memory_floor([gpt, resnet])
-    assert check.status == gc.FAIL and gpt["cell_id"] in check.reason and resnet["cell_id"] not in check.reason
-
-
-def test_live_state_bytes_must_match_the_precision_table():
-    records = [gpu_record(gpt_config()), gpu_record(resnet_config("fp32"))]
-    assert gc.check_memory_state(records).status == gc.OK
-    records[0]["config"]["optimizer_state_bytes"] //= 2  # moments kept in bf16 by an fp32-state mode
-    check = gc.check_memory_state(records)
-    assert check.status == gc.FAIL and records[0]["cell_id"] in check.reason
-
-
-def test_nvml_below_reserved_plus_context_fails():
-    record = gpu_record(gpt_config())
-    assert gc.check_nvml(record).status == gc.OK
-    memory = record["memory"]
-    memory["nvml_process_peak_bytes"] = memory["torch_max_reserved_bytes"] + memory["nvml_context_baseline_bytes"] - MiB
-    check = gc.check_nvml(record)
-    assert check.status == gc.FAIL and "1.0 MiB less" in check.reason
-
-
-def test_nvml_that_cannot_see_the_process_skips_with_the_records_reason():
-    record = gpu_record(gpt_config())
-    record["memory"].update(nvml_process_peak_bytes=None, nvml_method="unavailable: NVML lists none of the cell's "
-                                                                        "processes (docker --pid=host)")
-    check = gc.check_nvml(record)
-    assert check.status == gc.SKIP and "docker --pid=host" in check.reason
-
-
-def test_accumulation_that_takes_more_memory_fails():
-    one_big = gpu_record(gpt_config(batch=16))
-    four_small = gpu_record(gpt_config(batch=4, accum=4, steps=10))
-    check = gc.check_accumulation(one_big, four_small)
-    assert check.status == gc.OK and check.figures["measure"] == "torch_max_allocated_bytes"
-    four_small["memory"]["torch_max_allocated_bytes"] = one_big["memory"]["torch_max_allocated_bytes"]
-    assert gc.check_accumulation(one_big, four_small).status == gc.FAIL
-
-
-def test_accumulation_on_a_cpu_reads_the_host_rss_growth():
-    config = RunConfig(model="gpt", batch_size=128, device="cpu", **gc.CPU_GPT)
-    one_big = cpu_record(config, 96 * MiB)
-    four_small = cpu_record(config.replace(batch_size=32, grad_accum=4), 64 * MiB)
-    check = gc.check_accumulation(one_big, four_small)
-    assert check.status == gc.OK and check.figures["measure"] == "host_rss_growth_bytes"
-    assert gc.check_accumulation(four_small, one_big).status == gc.FAIL
+    check = timing.check_time(record, None)
+    assert check.status == FAIL and "ended oom: CUDA out of memory" in check.reason
 
 
 # --- precision -------------------------------------------------------------------------------------
@@ -231,125 +88,125 @@ def errors() -> dict[str, float]:
 
 
 def test_fp32_error_passes_at_fp32s_level_and_fails_at_tf32s(errors):
-    assert gc.check_fp32_matmul(probe_answer(256, errors["fp32"], None)).status == gc.OK
-    check = gc.check_fp32_matmul(probe_answer(256, errors["tf32"], None))
-    assert check.status == gc.FAIL and "do not run in IEEE fp32" in check.reason
+    assert numerics.check_fp32_matmul(probe_answer(256, errors["fp32"], None)).status == OK
+    check = numerics.check_fp32_matmul(probe_answer(256, errors["tf32"], None))
+    assert check.status == FAIL and "do not run in IEEE fp32" in check.reason
 
 
 @pytest.mark.parametrize("kind", ["tf32", "tf32-truncated"])
 def test_tf32_error_passes_for_tf32_math_rounded_or_truncated(errors, kind):
-    assert gc.check_tf32_matmul(probe_answer(256, errors["fp32"], errors[kind])).status == gc.OK
+    assert numerics.check_tf32_matmul(probe_answer(256, errors["fp32"], errors[kind])).status == OK
 
 
 @pytest.mark.parametrize("kind, words", [("fp32", "still run in full fp32"), ("bf16", "coarser than TF32")])
 def test_tf32_error_fails_for_fp32_math_and_for_bf16_math(errors, kind, words):
-    check = gc.check_tf32_matmul(probe_answer(256, errors["fp32"], errors[kind]))
-    assert check.status == gc.FAIL and words in check.reason
+    check = numerics.check_tf32_matmul(probe_answer(256, errors["fp32"], errors[kind]))
+    assert check.status == FAIL and words in check.reason
 
 
 def test_tf32_that_is_not_faster_fails():
-    assert gc.check_tf32_speed(probe_answer(4096, 3e-7, 3e-4, fp32_s=3e-3, tf32_s=5e-4)).status == gc.OK
-    check = gc.check_tf32_speed(probe_answer(4096, 3e-7, 3e-4, fp32_s=3e-3, tf32_s=3e-3))
-    assert check.status == gc.FAIL and "not used" in check.reason
+    assert numerics.check_tf32_speed(probe_answer(4096, 3e-7, 3e-4, fp32_s=3e-3, tf32_s=5e-4)).status == OK
+    check = numerics.check_tf32_speed(probe_answer(4096, 3e-7, 3e-4, fp32_s=3e-3, tf32_s=3e-3))
+    assert check.status == FAIL and "not used" in check.reason
 
 
 def test_the_matmul_probe_measures_real_fp32_math_on_the_cpu():
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
-        answer = gc.measure_matmuls("cpu", 128, 1)
+        answer = numerics.measure_matmuls("cpu", 128, 1)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     assert answer["modes"]["tf32"] == {"unsupported": "tf32 needs a CUDA GPU with compute capability >= 8.0"}
     fp32 = answer["modes"]["fp32"]
-    assert 0 < fp32["relative_error"] < gc.fp32_level(128) and fp32["float32_matmul_precision"] == "highest"
-    assert gc.check_fp32_matmul(answer).status == gc.OK
-    check = gc.check_tf32_matmul(answer)  # asked for anyway: a fail that says why
-    assert check.status == gc.FAIL and "compute capability" in check.reason
+    assert 0 < fp32["relative_error"] < numerics.fp32_level(128) and fp32["float32_matmul_precision"] == "highest"
+    assert numerics.check_fp32_matmul(answer).status == OK
+    check = numerics.check_tf32_matmul(answer)  # asked for anyway: a fail that says why
+    assert check.status == FAIL and "compute capability" in check.reason
 
 
 def test_half_share_below_a_third_or_missing_fails():
     record = gpu_record(gpt_config())
-    assert gc.check_half_share(record, "amp-bf16").status == gc.OK
+    assert numerics.check_half_share(record, "amp-bf16").status == OK
     record["profile"]["reduced_precision_share"] = 0.05
-    assert gc.check_half_share(record, "amp-bf16").status == gc.FAIL
+    assert numerics.check_half_share(record, "amp-bf16").status == FAIL
     record["profile"] = {"error": "RuntimeError: profiler failed"}
-    check = gc.check_half_share(record, "amp-bf16")
-    assert check.status == gc.FAIL and "profiler failed" in check.reason
-    assert gc.check_half_share(gpu_record(gpt_config("amp-fp16")), "amp-bf16").status == gc.FAIL  # the wrong mode
+    check = numerics.check_half_share(record, "amp-bf16")
+    assert check.status == FAIL and "profiler failed" in check.reason
+    assert numerics.check_half_share(gpu_record(gpt_config("amp-fp16")), "amp-bf16").status == FAIL  # the wrong mode
 
 
 # --- anchors ---------------------------------------------------------------------------------------
 
 def test_resnet50_is_sane_in_the_order_amp_tf32_fp32():
     fp32, tf32, amp = (gpu_record(resnet_config(p)) for p in ("fp32", "tf32", "amp-fp16"))
-    check = gc.check_resnet50(fp32, tf32, amp)
-    assert check.status == gc.OK and check.measured.startswith("AMP 1.80x TF32, 4.00x FP32")
+    check = anchors.check_resnet50(fp32, tf32, amp)
+    assert check.status == OK and check.measured.startswith("AMP 1.80x TF32, 4.00x FP32")
     assert "DLE A100 80GB: AMP 2.63x TF32" in check.expected and "V100 16GB: AMP 3.26x FP32" in check.expected
-    assert gc.check_resnet50(fp32, amp, tf32).status == gc.FAIL  # AMP slower than TF32
-    check = gc.check_resnet50(tf32, fp32, amp)  # "TF32" slower than "FP32": TF32 was not on
-    assert check.status == gc.FAIL and "TF32 is not faster than FP32" in check.reason
+    assert anchors.check_resnet50(fp32, amp, tf32).status == FAIL  # AMP slower than TF32
+    check = anchors.check_resnet50(tf32, fp32, amp)  # "TF32" slower than "FP32": TF32 was not on
+    assert check.status == FAIL and "TF32 is not faster than FP32" in check.reason
 
 
-@pytest.mark.parametrize("mfu, status", [(0.30, gc.OK), (0.10, gc.FAIL), (0.90, gc.FAIL)])
+@pytest.mark.parametrize("mfu, status", [(0.30, OK), (0.10, FAIL), (0.90, FAIL)])
 def test_mfu_outside_15_to_80_percent_fails(mfu, status):
     record = gpu_record(gpt_config(), mfu=mfu)
     assert math.isclose(record["mfu"], mfu)
-    assert gc.check_mfu(record).status == status
+    assert anchors.check_mfu(record).status == status
 
 
 def test_mfu_without_a_sourced_peak_fails_naming_the_gpu():
     record = gpu_record(gpt_config(), gpu_name="NVIDIA H300 Preview")
     assert record["mfu"] is None
-    check = gc.check_mfu(record)
-    assert check.status == gc.FAIL and "no sourced peak for NVIDIA H300 Preview" in check.reason
+    check = anchors.check_mfu(record)
+    assert check.status == FAIL and "no sourced peak for NVIDIA H300 Preview" in check.reason
 
 
 def test_energy_off_by_20_percent_fails():
     record = gpu_record(gpt_config())
-    assert record["energy_method"].startswith(gc.COUNTER_METHOD)
-    assert gc.check_energy(record).status == gc.OK
+    assert record["energy_method"].startswith(nvml.COUNTER_METHOD)
+    assert nvml.check_energy(record).status == OK
     record["energy_j_per_sample"] *= 1.2
-    check = gc.check_energy(record)
-    assert check.status == gc.FAIL and "+20%" in check.reason
+    check = nvml.check_energy(record)
+    assert check.status == FAIL and "+20%" in check.reason
 
 
 def test_energy_from_the_power_integral_skips_and_a_missing_figure_fails():
     record = gpu_record(gpt_config())
     record["energy_method"] = "power-integral (NVML power samples) over the timed window(s) of 5 s"
-    check = gc.check_energy(record)
-    assert check.status == gc.SKIP and "circular" in check.reason
+    check = nvml.check_energy(record)
+    assert check.status == SKIP and "circular" in check.reason
     record.update(energy_j_per_sample=None, energy_method="not measured: no run of timed steps lasted 1 s")
-    check = gc.check_energy(record)
-    assert check.status == gc.FAIL and "lasted 1 s" in check.reason
+    check = nvml.check_energy(record)
+    assert check.status == FAIL and "lasted 1 s" in check.reason
 
 
 # --- choosing checks and cells ---------------------------------------------------------------------
 
 def test_only_takes_names_and_groups_and_names_the_valid_ones():
-    assert gc.parse_only("anchor,time") == ("time", "anchor.resnet50", "anchor.mfu", "anchor.energy")
-    assert gc.parse_only("memory.nvml, precision.fp32") == ("memory.nvml", "precision.fp32")
+    assert registry.parse_only("anchor,time") == ("time", "anchor.resnet50", "anchor.mfu", "anchor.energy")
+    assert registry.parse_only("memory.nvml, precision.fp32") == ("memory.nvml", "precision.fp32")
     with pytest.raises(argparse.ArgumentTypeError,
                        match=r"unknown check 'memroy'; choose from time, memory.floor, .* \(or a group: time, memory"):
-        gc.parse_only("memroy")
+        registry.parse_only("memroy")
 
 
 def test_every_check_finds_its_cells_on_a_gpu_and_skips_with_a_reason_where_it_cannot_run():
-    plans = gc.plan_cells("cuda", (9, 0), H200)
-    for spec in gc.CHECKS:
-        assert gc.skip_reason(spec, "cuda", (9, 0), H200) is None
+    plans = cells.plan_cells("cuda", (9, 0), H200)
+    for spec in registry.CHECKS:
+        assert registry.skip_reason(spec, "cuda", (9, 0), H200) is None
         assert all(role in plans for role in spec.roles), spec.name
     assert plans["time"] is plans["amp-bf16"] is plans["accum-1"]  # one main cell serves them
     assert plans["accum-4"].config.effective_batch == plans["accum-1"].config.effective_batch
-    cpu = gc.plan_cells("cpu")
-    for spec in gc.CHECKS:
-        reason = gc.skip_reason(spec, "cpu", None, None)
+    cpu = cells.plan_cells("cpu")
+    for spec in registry.CHECKS:
+        reason = registry.skip_reason(spec, "cpu", None, None)
         assert (reason is None) == (spec.gpu_only is None), spec.name
         # memory.floor and memory.state read the ResNet-50 cell too where a plan has one (GPUs)
         assert reason is not None or not spec.roles or spec.roles[0] in cpu, spec.name
-    v100 = gc.plan_cells("cuda", (7, 0), "Tesla V100-SXM2-16GB")
+    v100 = cells.plan_cells("cuda", (7, 0), "Tesla V100-SXM2-16GB")
     assert v100["time"].config.precision == "amp-fp16" and "amp-bf16" not in v100 and "resnet50-tf32" not in v100
-    mfu = next(spec for spec in gc.CHECKS if spec.name == "anchor.mfu")
-    assert "compute capability >= 8.0" in gc.skip_reason(mfu, "cuda", (7, 0), "Tesla V100-SXM2-16GB")
+    mfu = next(spec for spec in registry.CHECKS if spec.name == "anchor.mfu")
+    assert "compute capability >= 8.0" in registry.skip_reason(mfu, "cuda", (7, 0), "Tesla V100-SXM2-16GB")
 
 
 # --- the whole command on a simulated GPU ------------------------------------------------------------
@@ -368,30 +225,36 @@ def simulated_gpu(monkeypatch):
         return {"device": "cuda", "gpu_count": 1, "capability": gpu["capability"], "gpu_name": gpu["name"],
                 "cpu_count": 16, "env": {"driver": "570.86", "cuda": "13.0", "torch": "2.14.1"}}
 
-    def run_cell(plan: gc.CellPlan, profile_dir: str, timeout_s: float = 0) -> tuple[dict, float]:
+    def run_cell(plan: cells.CellPlan, profile_dir: str, timeout_s: float = 0) -> tuple[dict, float]:
         ran.append(plan.config)
         record = gpu_record(plan.config, gpu_name=gpu["name"])
         return record, sum(record["step_time_s"]["values"]) * 1.002
 
-    def matmuls(target, device, size, repeats, timeout_s=0, what=""):
-        assert target is gc.matmul_worker and device == "cuda" and size == gc.GPU_MATMUL_SIZE
+    def fresh_process(target, *args, timeout_s=0, what=""):
+        if target is stepprobe.step_probe_worker:
+            (configs,) = args
+            return {count.cell_id: dataclasses.asdict(count)
+                    for count in (step_count(RunConfig.from_dict(c)) for c in configs)}
+        device, size, _ = args
+        assert target is numerics.matmul_worker and device == "cuda" and size == cells.GPU_MATMUL_SIZE
         return probe_answer(size, 2.5e-7, 3.1e-4)
 
     monkeypatch.setattr(trainkit.engine.launch, "probe", probe)
-    monkeypatch.setattr(trainkit.engine.launch, "call_in_fresh_process", matmuls)
-    monkeypatch.setattr(gc, "run_cell_with_clock", run_cell)
+    monkeypatch.setattr(trainkit.engine.launch, "call_in_fresh_process", fresh_process)
+    monkeypatch.setattr(cells, "run_cell_with_clock", run_cell)
     return gpu, ran
 
 
 def test_on_an_h200_every_check_runs_and_passes(simulated_gpu, tmp_path, capsys):
     _, ran = simulated_gpu
-    assert gc.run_gpu_check(str(tmp_path)) == PASS
-    summary = json.loads((tmp_path / gc.SUMMARY_JSON).read_text())
-    assert [(c["name"], c["status"]) for c in summary["checks"]] == [(n, gc.OK) for n in gc.CHECK_NAMES]
+    assert command.run_gpu_check(str(tmp_path)) == PASS
+    summary = json.loads((tmp_path / SUMMARY_JSON).read_text())
+    assert [(c["name"], c["status"]) for c in summary["checks"]] == [(n, OK) for n in registry.CHECK_NAMES]
     assert sorted(c.cell_id for c in ran) == sorted(
         ["gpt-amp-bf16-bs16-ga1-gpus1", "gpt-amp-bf16-bs4-ga4-gpus1", "gpt-amp-fp16-bs16-ga1-gpus1",
          "resnet50-fp32-bs128-ga1-gpus1", "resnet50-tf32-bs128-ga1-gpus1", "resnet50-amp-fp16-bs128-ga1-gpus1"])
-    assert len(read_jsonl(str(tmp_path / gc.RESULTS))) == 6 and (tmp_path / gc.REPORT).stat().st_size > 0
+    assert len(read_jsonl(str(tmp_path / RESULTS))) == 6 and (tmp_path / REPORT).stat().st_size > 0
+    assert sorted(summary["step_probe"]) == ["gpt-amp-bf16-bs16-ga1-gpus1", "resnet50-amp-fp16-bs128-ga1-gpus1"]
     out = capsys.readouterr().out
     assert "anchor.mfu" in out and "gpu-check: pass (exit 0): 13 pass, 0 fail, 0 skipped" in out
 
@@ -399,20 +262,20 @@ def test_on_an_h200_every_check_runs_and_passes(simulated_gpu, tmp_path, capsys)
 def test_on_an_unknown_gpu_mfu_fails_and_the_command_exits_1(simulated_gpu, tmp_path, capsys):
     gpu, _ = simulated_gpu
     gpu["name"] = "NVIDIA H300 Preview"
-    assert gc.run_gpu_check(str(tmp_path), only=gc.parse_only("anchor.mfu,time")) == REGRESSION
-    checks = {c["name"]: c for c in json.loads((tmp_path / gc.SUMMARY_JSON).read_text())["checks"]}
-    assert checks["time"]["status"] == gc.OK
-    assert checks["anchor.mfu"]["status"] == gc.FAIL
+    assert command.run_gpu_check(str(tmp_path), only=registry.parse_only("anchor.mfu,time")) == REGRESSION
+    checks = {c["name"]: c for c in json.loads((tmp_path / SUMMARY_JSON).read_text())["checks"]}
+    assert checks["time"]["status"] == OK
+    assert checks["anchor.mfu"]["status"] == FAIL
     assert "no sourced peak for NVIDIA H300 Preview" in checks["anchor.mfu"]["reason"]
-    assert "| anchor.mfu |" in (tmp_path / gc.SUMMARY_MD).read_text() and "fail" in capsys.readouterr().out
+    assert "| anchor.mfu |" in (tmp_path / SUMMARY_MD).read_text() and "fail" in capsys.readouterr().out
 
 
 def test_on_a_v100_the_bf16_and_tf32_checks_skip_with_their_reasons(simulated_gpu, tmp_path):
     gpu, ran = simulated_gpu
     gpu.update(name="Tesla V100-SXM2-16GB", capability=(7, 0))
-    assert gc.run_gpu_check(str(tmp_path)) == PASS
-    checks = {c["name"]: c for c in json.loads((tmp_path / gc.SUMMARY_JSON).read_text())["checks"]}
-    skipped = {name for name, c in checks.items() if c["status"] == gc.SKIP}
+    assert command.run_gpu_check(str(tmp_path)) == PASS
+    checks = {c["name"]: c for c in json.loads((tmp_path / SUMMARY_JSON).read_text())["checks"]}
+    skipped = {name for name, c in checks.items() if c["status"] == SKIP}
     assert skipped == {"precision.tf32", "precision.tf32-speed", "precision.amp-bf16", "anchor.resnet50", "anchor.mfu"}
     assert "compute capability >= 8.0" in checks["anchor.mfu"]["reason"]
     assert {c.precision for c in ran} == {"amp-fp16"}
@@ -444,26 +307,26 @@ def test_no_gpu_for_device_cuda_is_an_infrastructure_failure(tmp_path):
     assert done.returncode == INFRASTRUCTURE, done.stdout + done.stderr
     assert "infrastructure failure: the device cannot be used" in done.stdout and "no CUDA GPU" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
-    assert json.loads((tmp_path / gc.SUMMARY_JSON).read_text())["exit_status"] == INFRASTRUCTURE
+    assert json.loads((tmp_path / SUMMARY_JSON).read_text())["exit_status"] == INFRASTRUCTURE
 
 
 @pytest.mark.slow
 def test_only_runs_the_chosen_checks_and_no_cell(tmp_path):
     done = nightly("gpu-check", "--device", "cpu", "--only", "precision.fp32", "--out", str(tmp_path))
     assert done.returncode == PASS, done.stdout + done.stderr
-    summary = json.loads((tmp_path / gc.SUMMARY_JSON).read_text())
+    summary = json.loads((tmp_path / SUMMARY_JSON).read_text())
     assert [c["name"] for c in summary["checks"]] == ["precision.fp32"] and summary["cells"] == []
-    assert not (tmp_path / gc.RESULTS).exists() and "no cell ran" in (tmp_path / gc.SUMMARY_MD).read_text()
+    assert not (tmp_path / RESULTS).exists() and "no cell ran" in (tmp_path / SUMMARY_MD).read_text()
 
 
-CPU_CHECKS = {"time", "memory.state", "memory.accumulation", "precision.fp32", "precision.amp-bf16",
+CPU_CHECKS = {"time", "memory.floor", "memory.state", "memory.accumulation", "precision.fp32", "precision.amp-bf16",
               "precision.amp-fp16"}
 
 
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
-    (out / gc.RESULTS).write_text("stale\n")  # an earlier run's file is removed, never appended to
+    (out / RESULTS).write_text("stale\n")  # an earlier run's file is removed, never appended to
     done = nightly("gpu-check", "--device", "cpu", "--out", str(out))
     return out, done
 
@@ -475,8 +338,8 @@ def test_the_cpu_run_passes_its_checks_and_skips_each_gpu_check_with_its_reason(
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["check", "|", "expected", "|", "measured", "|", "result"]
     rows = {line.split("|")[0].strip(): line.split("|")[-1].strip() for line in lines[2:15]}
-    assert rows == {name: gc.OK if name in CPU_CHECKS else gc.SKIP for name in gc.CHECK_NAMES}
-    for spec in gc.CHECKS:
+    assert rows == {name: OK if name in CPU_CHECKS else SKIP for name in registry.CHECK_NAMES}
+    for spec in registry.CHECKS:
         if spec.name not in CPU_CHECKS:
             assert f"{spec.name} (skip): {spec.gpu_only}" in done.stdout
             assert spec.gpu_only.startswith("needs a CUDA GPU: ")
@@ -486,16 +349,18 @@ def test_the_cpu_run_passes_its_checks_and_skips_each_gpu_check_with_its_reason(
 @pytest.mark.slow
 def test_the_cpu_checks_hold_real_measured_values(cpu_run):
     out, _ = cpu_run
-    checks = {c["name"]: c for c in json.loads((out / gc.SUMMARY_JSON).read_text())["checks"]}
+    checks = {c["name"]: c for c in json.loads((out / SUMMARY_JSON).read_text())["checks"]}
     figures = {name: checks[name]["figures"] for name in CPU_CHECKS}
     # A fast CI machine runs the 24 steps in under 0.2 s: the window's length is machine-made.
-    assert figures["time"]["steps"] == gc.CPU_TIME_STEPS and figures["time"]["wall_s"] > 0
+    assert figures["time"]["steps"] == cells.CPU_TIME_STEPS and figures["time"]["wall_s"] > 0
     assert figures["time"]["marks_s"] > 0
-    assert abs(figures["time"]["relative_difference"]) <= gc.TIME_TOLERANCE
+    assert abs(figures["time"]["relative_difference"]) <= TIME_TOLERANCE
     assert 0 < figures["memory.accumulation"]["ratio"] < 1
     assert 0 < figures["precision.fp32"]["relative_error"] <= figures["precision.fp32"]["bound"]
     for mode in ("amp-bf16", "amp-fp16"):
-        assert gc.HALF_SHARE_MIN <= figures[f"precision.{mode}"]["reduced_precision_share"] <= 1
+        assert HALF_SHARE_MIN <= figures[f"precision.{mode}"]["reduced_precision_share"] <= 1
+    (floor,) = figures["memory.floor"].values()
+    assert 0 <= floor["slack_bytes"] < floor["optimizer_state_bytes"] and floor["peak_bytes"] > 0
     (state,) = figures["memory.state"].values()
     assert state["expected_bytes"] == state["live_param_bytes"] + state["live_optimizer_state_bytes"] > 0
     assert all(checks[name]["measured"] for name in CPU_CHECKS)
@@ -506,12 +371,12 @@ def test_the_cpu_run_writes_its_files_and_the_report_renders(cpu_run, tmp_path):
     from tests.test_reports import assert_every_chart_renders
 
     out, _ = cpu_run
-    records = read_jsonl(str(out / gc.RESULTS))
+    records = read_jsonl(str(out / RESULTS))
     assert {r["status"] for r in records} == {"ok"} and len(records) == 5
     assert len({r["worker_pids"][0] for r in records}) == 5  # every cell in its own worker process
-    markdown = (out / gc.SUMMARY_MD).read_text()
+    markdown = (out / SUMMARY_MD).read_text()
     assert markdown.startswith("# trainkit gpu-check: pass") and "| memory.nvml | - | - | skip |" in markdown
     assert "needs a CUDA GPU: NVML measures GPU memory of processes" in markdown
-    page = (out / gc.REPORT).read_text()
+    page = (out / REPORT).read_text()
     assert all(r["cell_id"] in page for r in records)
-    assert_every_chart_renders(str(out / gc.REPORT), page, tmp_path)
+    assert_every_chart_renders(str(out / REPORT), page, tmp_path)

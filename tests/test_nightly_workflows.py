@@ -12,7 +12,9 @@ import sys
 
 import pytest
 
+from bench.matrix import NIGHTLY as NIGHTLY_PRESET
 from nightly.rundir import ROOT
+from trainkit.engine.precision_facts import precision_names
 
 WORKFLOWS = os.path.join(ROOT, ".github", "workflows")
 NIGHTLY = os.path.join(WORKFLOWS, "nightly-gpu.yml")
@@ -79,10 +81,23 @@ def _runs(path: str) -> list[str]:
 def test_the_nightly_workflow_only_calls_the_nightly_script():
     runs = _runs(NIGHTLY)
     install, *steps, install_failed = runs
-    assert "pip install" in install and "-e '.[bench,reports]'" in install
-    assert [s.split()[3] for s in steps] == ["preflight", "matrix", "report", "compare", "status"]
+    assert "pip install" in install and "-e '.[bench,reports,fp8]'" in install
+    assert [s.split()[3] for s in steps] == ["preflight", "matrix", "report", "history", "compare", "status"]
     assert all(s.startswith("python -m nightly ") and '--out "$NIGHTLY_OUT"' in s for s in steps)
     assert install_failed.startswith('echo "::error title=Infrastructure failure')
+
+
+def test_the_nightly_workflow_installs_what_the_nightly_presets_precisions_need():
+    """The nightly preset has FP8 cells: installed without the fp8 extra (torchao), they would end
+    unsupported on both sides of the gate, tonight and in the baseline, and measure nothing."""
+    def modes(block) -> tuple[str, ...]:
+        chosen = block.precisions
+        return precision_names() if chosen is None else chosen() if callable(chosen) else chosen
+
+    install = _runs(NIGHTLY)[0]
+    extras = set(re.search(r"-e '\.\[([a-z0-9,]+)\]'", install).group(1).split(","))
+    fp8 = {p for block in NIGHTLY_PRESET.blocks for p in modes(block) if p.startswith("fp8")}
+    assert fp8 and "fp8" in extras, (fp8, extras)
 
 
 def test_the_nightly_workflow_has_its_schedule_runner_artifacts_and_verdict():

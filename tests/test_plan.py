@@ -9,32 +9,29 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from bench.matrix import AXIS_OPTIONS, BATCH_MAX, Hardware, build_matrix, preset
 from tests.conftest import REPO, trainkit_cmd
 from tests.test_reports import assert_every_chart_renders
-from trainkit.commands.cli import main
-from trainkit.commands.plan import (
+from trainkit.analysis.plan_file import SCHEMA, PlanError, planned_max_batch
+from trainkit.analysis.plan_search import (
     FAILED,
     OK,
     OOM,
-    PROBE_GRAD_ACCUM,
-    SCHEMA,
     Candidate,
-    PlanError,
-    PlanOptions,
     Probe,
     candidates,
-    make_plan,
     most_promising,
     outcome_of,
-    planned_max_batch,
-    probe_config,
     recommend,
     search_max_batch,
 )
+from trainkit.commands.cli import main
+from trainkit.commands.plan import PROBE_GRAD_ACCUM, make_plan, probe_config
+from trainkit.commands.plan_options import PlanOptions
 from trainkit.engine.config import RunConfig
 from trainkit.engine.launch import run_cell
 
@@ -264,7 +261,7 @@ def test_a_real_cpu_plan_writes_what_the_issue_asks_for(cpu_plan):
 
 
 def test_the_plan_page_and_the_report_section_render(cpu_plan, tmp_path):
-    from reports.build import build_report
+    from trainkit.reports.build import build_report
 
     page_path = cpu_plan["dir"] / "plan.html"
     page = page_path.read_text()
@@ -282,7 +279,7 @@ def test_the_plan_page_and_the_report_section_render(cpu_plan, tmp_path):
     assert '<section id="planner"><h2>Memory planner</h2>' in report and 'href="#planner"' in report
     assert "Estimated vs measured peak per probe" in report
     # the page again from the plan file alone; a file that is not a plan is bad input, one line
-    from reports.cli import main as reports_main
+    from trainkit.reports.cli import main as reports_main
 
     again = tmp_path / "again.html"
     assert reports_main(["plan", str(cpu_plan["dir"] / "plan.json"), "-o", str(again)]) == 0
@@ -390,10 +387,44 @@ def test_the_search_goes_to_out_of_memory_unless_limited(tmp_path):
     """By default each precision's maximum is its own (bench's --batch-size max compares them);
     auto stops at the target per rank with its margin."""
     from trainkit.commands.cli import build_parser
-    from trainkit.commands.plan import options_from_args
+    from trainkit.commands.plan_options import options_from_args
 
     common = ["plan", "--model", "mlp", "--precision", "fp32", "--target-batch", "4096", "--gpus", "2,4",
               "--device", "cpu", "--memory-limit-gb", "1", "--output", str(tmp_path / "plan.json")]
     assert options_from_args(build_parser().parse_args(common)).search_limit is None
     auto = options_from_args(build_parser().parse_args([*common, "--search-limit", "auto"]))
     assert auto.search_limit == math.ceil(4096 // 2 / 0.9) and auto.gpus == (2, 4)
+
+
+# --- the plan file and its page, as main built them before the planner's types moved ---------------
+
+EXAMPLE_PLAN = Path(REPO) / "reports" / "examples" / "cpu-plan" / "plan.json"
+EXAMPLE_SECTION = Path(REPO) / "tests" / "fixtures" / "cpu_plan_section.html"
+"""trainkit.reports.plan.section of the example plan, as built before the plan's pure part moved to
+trainkit.analysis (main at 3f4281c): the move changes no byte of it."""
+
+
+def key_shape(document: dict) -> dict:
+    """The keys of a plan, in order, at every level a reader looks into."""
+    entry = next(iter(document["precisions"].values()))
+    return {"plan": list(document), "precision": list(entry), "estimate": list(entry["estimate"]),
+            "probe": list(entry["probes"][0]), "candidate": list(entry["candidates"][0]),
+            "recommendation": list(entry["recommendation"]), "fastest": list(document["fastest"]),
+            "probe cells": list(document["probe"]), "candidate cells": list(document["candidate_cells"])}
+
+
+def test_a_plan_written_now_has_the_keys_of_the_committed_example(tmp_path):
+    boundary, throughput = {"fp32": 40, "amp-bf16": 100}, {("fp32", 16, 4): 800.0}
+    hardware = {"device": "cpu", "gpu_count": 0, "capability": None, "gpu_name": None, "cpu_count": 2, "env": {}}
+    plan = make_plan(plan_options(tmp_path), hardware, lambda c: fake_record(c, throughput, boundary), fake_estimates)
+    example = json.loads(EXAMPLE_PLAN.read_text())
+    assert key_shape(plan) == key_shape(example)
+
+
+def test_the_committed_example_plan_builds_the_page_it_built_before_the_move():
+    from trainkit.reports.plan import page, read_plans, section
+
+    (plan,) = read_plans([str(EXAMPLE_PLAN)])
+    built = section([plan])
+    assert built == EXAMPLE_SECTION.read_text()
+    assert built in page(plan)

@@ -70,11 +70,11 @@ def test_a_new_mode_reaches_the_record_and_the_reports_order_and_colours(made_up
     pytest.importorskip("plotly", reason="reports need the `reports` extra")
     import torch
 
-    from reports.figures import charts_for
-    from reports.load import to_frame
-    from reports.summary import summary
     from trainkit.engine.result import merge_ranks
     from trainkit.engine.worker import RankWorker
+    from trainkit.reports.figures import charts_for
+    from trainkit.reports.load import to_frame
+    from trainkit.reports.summary import summary
 
     records = []
     for precision in (MADE_UP, "half-bf16", "fp32"):  # the new mode first: reports must reorder it

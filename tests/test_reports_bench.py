@@ -1,5 +1,5 @@
 """The real bench output feeds the reports: `pytest bench` writes pytest-benchmark JSON and a results
-file, builds its report through reports.build.build_report, and compare reads both kinds."""
+file, builds its report through trainkit.reports.build.build_report, and compare reads both kinds."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, plotly)")
 
-from reports.cli import main  # noqa: E402
+from trainkit.reports.cli import main  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

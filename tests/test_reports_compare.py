@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, plotly)")
 
-from reports.cli import main  # noqa: E402
+from trainkit.reports.cli import main  # noqa: E402
 
 from .test_reports import by_cell, real_records, write_results  # noqa: E402
 
@@ -191,8 +191,8 @@ def test_thresholds_from_the_command_line(baseline, tmp_path, capsys):
 
 
 def test_a_drifting_loss_and_a_noisy_cell_on_the_page_the_markdown_and_the_csv(baseline, tmp_path):
-    from reports.compare import compare_files, regressions_text
-    from reports.verdict import Thresholds
+    from trainkit.reports.compare import compare_files, regressions_text
+    from trainkit.reports.verdict import Thresholds
 
     records, path = baseline
     moved = copy.deepcopy(records)

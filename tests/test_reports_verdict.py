@@ -1,4 +1,4 @@
-"""The regression verdict (reports.verdict) and the result-file reader (reports.records): pure Python,
+"""The regression verdict (trainkit.reports.verdict) and the result-file reader (trainkit.reports.records): pure Python,
 tested on small hand-made records so every branch of the rule is pinned to numbers."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from reports import records as rec
-from reports.verdict import (
+from trainkit.engine.schema import CutOffLineWarning, ResultsFileError, cut_off_lines_on_stderr, read_jsonl
+from trainkit.reports import records as rec
+from trainkit.reports.verdict import (
     DRIFTED,
     FAILED,
     FIXED,
@@ -33,7 +34,6 @@ from reports.verdict import (
     decide_cell,
     decide_metric,
 )
-from trainkit.engine.schema import CutOffLineWarning, ResultsFileError, cut_off_lines_on_stderr, read_jsonl
 
 CPU_ENV = {"cpu": "AMD EPYC", "torch": "2.14.1", "gpu_name": None, "hostname": "a"}
 GPU_ENV = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver": "580.1", "cuda": "13.0", "torch": "2.14.1", "cpu": "x"}
@@ -350,7 +350,8 @@ def test_a_directory_stands_for_its_result_files_and_a_cell_seen_twice_counts_on
 
 def test_the_gate_path_imports_neither_pandas_nor_plotly_nor_torch():
     """A regression gate imports records, verdict and compare on a machine that may lack the extra."""
-    code = ("import sys, reports.records, reports.verdict, reports.compare, reports.cli; "
+    code = ("import sys, trainkit.reports.records, trainkit.reports.verdict, trainkit.reports.compare, "
+            "trainkit.reports.cli; "
             "print(sorted(m for m in ('pandas', 'plotly', 'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr

@@ -15,75 +15,17 @@ other status (the record is still written), 2 for bad input (one line, no traceb
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 from typing import Any
 
 from ..engine import config as cfg
-from ..engine.config import ConfigError, ProfileConfig, RunConfig, field_help
-from ..engine.options import Parser, UsageError, choice, integer, number, optional
-from ..engine.precision_facts import precision_names
+from ..engine.config import ConfigError, ProfileConfig, RunConfig
+from ..engine.options import Parser, UsageError, integer, number
 from ..engine.schema import MEMORY_NAMES, headline_memory, write_json
-
-CHOICES = {"model": cfg.MODELS, "precision": precision_names, "optimizer": cfg.OPTIMIZERS,
-           "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES,
-           "compile_mode": cfg.COMPILE_MODES, "activation_checkpointing": cfg.ACTIVATION_CHECKPOINTING}
-"""Fields with a fixed set of values (precision's is the table's, read when parsing)."""
-
-
-def choices_of(field: str) -> tuple[str, ...]:
-    valid = CHOICES[field]
-    return tuple(valid() if callable(valid) else valid)
-
-
-def add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
-    """One option per RunConfig field (but those in `exclude`, which the command sets itself), typed
-    from its annotation, documented by its docstring."""
-    group = parser.add_argument_group("run configuration (RunConfig fields)")
-    for field in dataclasses.fields(RunConfig):
-        if field.name in exclude:
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        kind = str(field.type)
-        default = field.default
-        help_text = f"{field_help(field.name)} (default: {default})"
-        if kind == "bool":
-            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=help_text)
-        elif field.name in CHOICES:
-            group.add_argument(flag, dest=field.name, type=choice(CHOICES[field.name]), default=None,
-                               metavar="{" + ",".join(choices_of(field.name)) + "}", help=help_text)
-        elif kind.startswith(("int", "float")):
-            # Bounds are RunConfig's to check (it names the field); here only the number's form.
-            parse = integer(None) if kind.startswith("int") else number(None)
-            group.add_argument(flag, dest=field.name, type=optional(parse) if "None" in kind else parse,
-                               default=None, metavar="N" if kind.startswith("int") else "X", help=help_text)
-        else:
-            group.add_argument(flag, dest=field.name, default=None, metavar="TEXT", help=help_text)
-
-
-def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
-    """A RunConfig from parsed options: given options replace the base's (or the defaults)."""
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
-               if getattr(args, f.name, None) is not None}
-    try:
-        return dataclasses.replace(base, **changes) if base is not None else RunConfig(**changes)
-    except ConfigError as exc:
-        raise UsageError(f"invalid configuration: {exc}") from None
-
-
-def check_paths(config: RunConfig, output: str | None) -> None:
-    """Input files and the output directory, checked before any process starts."""
-    if config.data != "synthetic" and not os.path.isdir(config.data_root or ""):
-        raise UsageError(f"--data-root {config.data_root!r} is not a directory")
-    if config.resume_from and not os.path.isfile(config.resume_from):
-        raise UsageError(f"--resume-from {config.resume_from!r} is not a file")
-    if output:
-        parent = os.path.dirname(os.path.abspath(output))
-        if not os.path.isdir(parent):
-            raise UsageError(f"--output {output!r}: directory {parent!r} does not exist")
+from .config_options import MEMORY_LIMIT_ON_GPU, add_config_options, check_paths, config_from_args
+from .plan import cmd_plan
+from .plan_options import add_parser as add_plan_parser
 
 
 def build_parser() -> Parser:
@@ -122,10 +64,8 @@ def build_parser() -> Parser:
     sub.add_parser("env", help="print the environment fingerprint as JSON")
     from .parity import add_arguments as add_parity_arguments
 
-    add_parity_arguments(sub.add_parser("parity", help="judge each precision's loss against fp32's seed noise, "
-                                                       "with time to target and diagnostics (see --help)"))
-    from .plan import add_parser as add_plan_parser  # torch-free, like this module
-
+    add_parity_arguments(sub.add_parser("parity", help="judge each precision's eval loss against fp32's, seed by "
+                                                       "seed, with time to target and diagnostics (see --help)"))
     add_plan_parser(sub)
     return parser
 
@@ -165,10 +105,6 @@ def _progress_printer(config: RunConfig, quiet: bool):  # noqa: ANN202
               f"{elapsed:.0f}s elapsed, ~{left:.0f}s left", file=sys.stderr, flush=True)
 
     return show
-
-
-MEMORY_LIMIT_ON_GPU = ("caps a CPU worker's address space (RLIMIT_AS); CUDA reserves far more address space "
-                       "than memory, so on a GPU it would fail every cell (the GPU's memory is the limit there)")
 
 
 def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
@@ -231,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_parity(args)
         if args.command == "plan":
-            from .plan import cmd_plan
-
             return cmd_plan(args)
         base = _load_record_config(args.record) if args.command == "repro" else None
         return cmd_run(args, base)

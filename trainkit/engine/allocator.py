@@ -9,6 +9,14 @@ from a fork server that imported torch but never CUDA, so nothing has read it ye
 exposes the parsed setting (`torch._C._accelerator_getAllocatorSettings`, read once too), the
 record keeps it: proof the setting arrived in time, on any device.
 
+One key is read earlier: `backend` (`backend:cudaMallocAsync`, CUDA's stream-ordered allocator)
+is chosen when torch's CUDA library loads, at `import torch`, and never again. The fork server
+imported torch before any cell existed, so such a cell's ranks start from a fresh interpreter
+with the setting in their environment from the start (trainkit.engine.launch); a process whose
+torch chose another backend (a rank started by torchrun without the setting in its environment)
+refuses the cell with a line saying so, instead of running it on the wrong allocator. The record
+keeps the backend in effect (`torch.cuda.get_allocator_backend()`, which needs no GPU).
+
 Fragmentation over the timed steps, from `torch.cuda.memory_stats()`: the reserved peak minus
 the allocated peak (memory the allocator held but could not hand out when it mattered most), and
 the allocation retries (cudaMalloc failed, the cache was flushed and the call retried: slow) and
@@ -22,6 +30,8 @@ from typing import Any
 
 import torch
 
+from .precision import Unsupported
+
 ENV_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 """Both names get the setting: torch < 2.9 reads only the first; later ones read either."""
 NOT_APPLICABLE = "not applicable: the CUDA caching allocator's figures; this cell ran on the CPU"
@@ -29,11 +39,33 @@ METHOD = ("torch.cuda.memory_stats() over the timed steps: fragmentation = reser
           "num_alloc_retries and num_ooms counted over those steps")
 
 
+def requested_backend(value: str | None) -> str | None:
+    """The allocator backend a setting asks for (`backend:cudaMallocAsync` -> cudaMallocAsync), or None."""
+    for pair in (value or "").split(","):
+        key, _, chosen = pair.partition(":")
+        if key.strip() == "backend":
+            return chosen.strip()
+    return None
+
+
+def backend_in_effect() -> str | None:
+    """The CUDA allocator backend torch chose when it was imported (native or cudaMallocAsync);
+    None where this torch has no CUDA."""
+    read = getattr(torch._C, "_cuda_getAllocatorBackend", None)
+    return read() if read is not None else None
+
+
 def set_alloc_conf(value: str | None) -> None:
     """Put the cell's allocator setting into this process's environment (None: leave it as it is).
-    Must run before CUDA starts; once it has, a different setting cannot take effect and this raises."""
+    Must run before CUDA starts; once it has, a different setting cannot take effect and this raises.
+    A backend other than the one torch chose at import cannot take effect either: Unsupported."""
     if value is None:
         return
+    wanted, chosen = requested_backend(value), backend_in_effect()
+    if wanted is not None and chosen is not None and wanted != chosen:
+        raise Unsupported(f"alloc_conf={value!r}: backend {wanted} cannot take effect in this process: torch chose "
+                          f"its CUDA allocator ({chosen}) when it was imported; start the process with "
+                          f"PYTORCH_CUDA_ALLOC_CONF={value} in its environment (trainkit's launcher does)")
     current = os.environ.get(ENV_VARS[0])
     if torch.cuda.is_initialized() and current != value:
         raise RuntimeError(f"alloc_conf={value!r} comes too late: CUDA already started in this process "
@@ -62,6 +94,7 @@ def figures(device: torch.device, alloc_conf: str | None, before: dict[str, int]
     """A rank's allocator record: the setting asked for and the one in effect, and fragmentation over
     the timed steps (peaks since the reset before them, counters since `before`)."""
     out: dict[str, Any] = {"alloc_conf": alloc_conf, "settings_in_effect": settings_in_effect(),
+                           "backend_in_effect": backend_in_effect(),
                            "fragmentation_bytes": None, "num_alloc_retries": None, "num_ooms": None}
     if device.type != "cuda":
         return {**out, "method": NOT_APPLICABLE}

@@ -16,6 +16,10 @@ figures that tell such cases apart:
   fp32 masters where a mode keeps them);
 - the loss scale at that step (the run's trajectory is the record's `scaler.scale_curve`).
 
+A step that makes weights inf/NaN is data: those weights are counted (`update_nonfinite_count`) and
+left out of the update sizes, and any figure that is still not finite is null, named in
+`nonfinite_figures` (the record is strict JSON: a NaN there would end the whole run writing it).
+
 It runs like the profiling passes (trainkit.engine.profile): after the timed steps and the eval, so the
 step it adds is in no step time, memory peak, loss curve or eval loss of the record. The figures
 mean most beside the same model's in fp32 (`trainkit parity` puts them side by side).
@@ -85,7 +89,9 @@ def second_moment_stats(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 
 def _quantiles(values: torch.Tensor) -> tuple[float | None, float | None]:
-    """Median and 90th percentile of a flat tensor (an evenly strided sample of a large one)."""
+    """Median and 90th percentile of the finite elements of a flat tensor (an evenly strided sample
+    of a large one); None without any (the non-finite ones are counted by the caller)."""
+    values = values[torch.isfinite(values)]
     if values.numel() == 0:
         return None, None
     if values.numel() > QUANTILE_SAMPLE:
@@ -95,20 +101,36 @@ def _quantiles(values: torch.Tensor) -> tuple[float | None, float | None]:
 
 
 def update_stats(before: list[torch.Tensor], after: list[torch.Tensor], lr: float) -> dict[str, Any]:
-    """How far the step moved each weight, absolutely (in units of lr) and relative to the weight."""
-    deltas, ratios, unchanged, total = [], [], 0, 0
+    """How far the step moved each weight, absolutely (in units of lr) and relative to the weight.
+    A weight that is or became inf/NaN has no update size: it is counted (`update_nonfinite_count`)
+    and left out of the quantiles, which are None when no update is finite."""
+    deltas, ratios, unchanged, nonfinite, total = [], [], 0, 0, 0
     for old, new in zip(before, after):
         old32, delta = old.detach().float().flatten(), (new.detach().float() - old.detach().float()).flatten()
         unchanged += int((delta == 0).sum())
+        nonfinite += int((~torch.isfinite(delta)).sum())
         total += delta.numel()
         deltas.append(delta.abs())
         nonzero = old32 != 0
         ratios.append(delta[nonzero].abs() / old32[nonzero].abs())
-    over_lr = _quantiles(torch.cat(deltas) / lr) if lr > 0 else (None, None)
-    to_weight = _quantiles(torch.cat(ratios))
-    return {"unchanged_share": unchanged / total if total else None,
-            "update_over_lr_median": over_lr[0], "update_over_lr_p90": over_lr[1],
-            "update_to_weight_median": to_weight[0], "update_to_weight_p90": to_weight[1]}
+    over_lr = _quantiles(torch.cat(deltas) / lr) if lr > 0 and deltas else (None, None)
+    to_weight = _quantiles(torch.cat(ratios)) if ratios else (None, None)
+    result = {"unchanged_share": unchanged / total if total else None, "update_nonfinite_count": nonfinite,
+              "update_over_lr_median": over_lr[0], "update_over_lr_p90": over_lr[1],
+              "update_to_weight_median": to_weight[0], "update_to_weight_p90": to_weight[1]}
+    if nonfinite:
+        result["update_note"] = (f"{nonfinite} of {total} weights are inf/NaN before or after the step: left out "
+                                 "of the update sizes" + ("" if nonfinite < total else ", which are null"))
+    return result
+
+
+def finite_only(result: dict[str, Any]) -> dict[str, Any]:
+    """`result` with every inf/NaN number made null and named under `nonfinite_figures`: a record is
+    written as strict JSON (no NaN), and a non-finite diagnostic is data, never the end of a run."""
+    bad = sorted(k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v))
+    if not bad:
+        return result
+    return {**{k: None if k in bad else v for k, v in result.items()}, "nonfinite_figures": bad}
 
 
 def diagnose(trainer: Trainer) -> dict[str, Any]:
@@ -131,4 +153,4 @@ def diagnose(trainer: Trainer) -> dict[str, Any]:
         result.update(update_stats(before, trainer.params, lr))
         if lr <= 0:
             result["update_note"] = "the schedule's learning rate is 0 at this step: no update in units of lr"
-    return result
+    return finite_only(result)

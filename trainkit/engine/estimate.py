@@ -15,11 +15,14 @@ is fused or capturable), the synthetic data pool and the held-out evaluation set
 than one rank the flat gradient buckets DDP keeps beside the gradients.
 
 The step peak is what one optimizer step allocates on top of that state at its highest point. It
-is measured, not modelled: the step (every micro-batch's forward under the policy's forward
-context, the loss through the policy's output conversion and backward, clipping, the optimizer step
-and `zero_grad(set_to_none=True)`) runs on fake tensors (FakeTensorMode: shapes and dtypes, no data,
-no memory), and a dispatch mode adds up the storages each operation creates and subtracts them when
-they are freed. Of what is alive at the peak it says which bytes are
+is measured, not modelled: the step runs through the configuration's own precision policy, as
+Trainer.train_step runs it (the model converted by `convert_module`, with its master copies or
+float8 layers; every micro-batch's forward under the policy's forward context, the loss through its
+output conversion and backward; `unscale_`, where a master mode makes its fp32 gradients; clipping;
+the policy's optimizer step over `trained_parameters`; `zero_grad(set_to_none=True)`), on fake
+tensors (FakeTensorMode: shapes and dtypes, no data, no memory; trainkit.engine.fake_step), and a
+dispatch mode adds up the storages each operation creates and subtracts them when they are freed.
+Of what is alive at the peak it says which bytes are
 
 - activations: tensors autograd saved for backward (`memory.SavedTensors`: autocast's weight
   copies, only what checkpointing keeps, the batch when it is a copy),
@@ -31,8 +34,12 @@ they are freed. Of what is alive at the peak it says which bytes are
 This is torch.distributed._tools.mem_tracker.MemTracker's composition of the peak (parameters +
 optimizer state + activations + temporaries, no gradients with set_to_none), measured here on the
 training step trainkit runs. On a CPU it is exact for models whose kernels allocate nothing of their
-own (the MLP and the GPT: the step peak equals the CPU allocator's, byte for byte); oneDNN's
-convolutions allocate scratch buffers no dispatch sees, so a CNN's real CPU peak is higher.
+own (the MLP and the GPT: the step peak equals the CPU allocator's, byte for byte, with SGD in
+every mode). What no dispatch sees is not in it: oneDNN's convolutions and bf16 matmuls allocate
+scratch buffers of their own (a CNN's real CPU peak is higher; half-bf16's MLP by 50,688 B), AdamW's
+step-counter arithmetic holds two scalars fake tensors compute as constants (12 B), and torchao's
+float8 tensors make copies inside their own dispatch (FP8 emulated on a CPU: the MLP's step peak
+10 % short).
 
 What a GPU adds, and what this estimate does about it:
 
@@ -56,23 +63,20 @@ BatchNorm under bf16 autocast reports its saved statistics in bf16 where the CPU
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from . import recompute
 from .config import RunConfig
 from .data import EVAL_SAMPLES, pool_size
+from .fake_step import STEP_KINDS, StepPeak, converted_on_fake, scaler_steps
+from .fake_step import round_to_block as _round
 from .loop import build_optimizer
 from .memory import SavedTensors
 from .models import ModelSpec, build_spec
@@ -89,17 +93,12 @@ CUBLAS_WORKSPACE_DEFAULT_BYTES = 4096 * 1024 * 2 + 16 * 1024 * 8
 CUBLAS_WORKSPACE_SM90_BYTES = 4096 * 1024 * 8
 CUBLAS_WORKSPACES = 2
 """Threads that run matmuls in a step: the forward's and autograd's device thread."""
-STEP_KINDS = ("activations", "gradients", "temporaries")
 PERSISTENT_TERMS = ("parameters", "buffers", "master_copies", "optimizer_state", "data", "ddp_buckets",
                     "cublas_workspaces")
 TERMS = (*PERSISTENT_TERMS, *STEP_KINDS)
 """The terms of the estimate, in order; they add up to its total."""
 FIT_BATCHES = (8, 16)
 """Micro-batches at which the activation term is measured to give its per-sample slope."""
-
-
-def _round(nbytes: int, block: int) -> int:
-    return -(-nbytes // block) * block if block > 1 else nbytes
 
 
 def cublas_workspace_bytes(capability: tuple[int, int] | None, environ: Mapping[str, str] = os.environ) -> int:
@@ -114,67 +113,6 @@ def cublas_workspace_bytes(capability: tuple[int, int] | None, environ: Mapping[
             pass  # PyTorch falls back to its default on a value it cannot parse, so do we
     return CUBLAS_WORKSPACE_SM90_BYTES if capability is not None and tuple(capability) == (9, 0) \
         else CUBLAS_WORKSPACE_DEFAULT_BYTES
-
-
-class StepPeak(TorchDispatchMode):
-    """Bytes of the storages operations create while it is active, alive at their highest point.
-
-    A storage counts once, from the operation that creates it (an output that shares an input's
-    storage is a view or an in-place result) until it is freed (a weak reference to the storage
-    fires). Storages that existed before entering (the weights, the optimizer's state, the data)
-    are not counted. `mark(tensor, kind)` files a counted storage under activations or gradients;
-    the rest are temporaries. `phase` names the part of the step now running, for the record of
-    where the peak was."""
-
-    def __init__(self, block_bytes: int = 1) -> None:
-        super().__init__()
-        self.block_bytes = block_bytes
-        self._live: dict[Any, tuple[int, str, Any]] = {}
-        self.alive = dict.fromkeys(STEP_KINDS, 0)
-        self.total = 0
-        self.peak = 0
-        self.at_peak = dict.fromkeys(STEP_KINDS, 0)
-        self.phase = ""
-        self.peak_phase = ""
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        inputs = {StorageWeakRef(t.untyped_storage()) for t in tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor)}
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                self._add(tensor, inputs)
-        return out
-
-    def _add(self, tensor: torch.Tensor, inputs: set[Any]) -> None:
-        storage = tensor.untyped_storage()
-        key = StorageWeakRef(storage)
-        if key in inputs or key in self._live or storage.nbytes() == 0:
-            return
-        size = _round(storage.nbytes(), self.block_bytes)
-
-        def freed(_: Any, key: Any = key) -> None:
-            entry = self._live.pop(key, None)
-            if entry is not None:
-                self.alive[entry[1]] -= entry[0]
-                self.total -= entry[0]
-
-        self._live[key] = (size, "temporaries", weakref.ref(storage, freed))
-        self.alive["temporaries"] += size
-        self.total += size
-        if self.total > self.peak:
-            self.peak, self.at_peak, self.peak_phase = self.total, dict(self.alive), self.phase
-
-    def mark(self, tensor: torch.Tensor | None, kind: str) -> None:
-        if tensor is None:
-            return
-        key = StorageWeakRef(tensor.untyped_storage())
-        entry = self._live.get(key)
-        if entry is not None and entry[1] != kind:
-            size, old, ref = entry
-            self._live[key] = (size, kind, ref)
-            self.alive[old] -= size
-            self.alive[kind] += size
 
 
 @dataclass
@@ -223,26 +161,21 @@ def _dtype_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype, device="meta").element_size()
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(saved)
-
-
 class Estimator:
     """Builds a configuration's model and optimizer once on fake tensors and estimates its peak
     at any micro-batch size and accumulation.
 
-    The model is built directly in the policy's parameter dtype on the device (a module's `.to()`
-    cannot move fake parameters in torch 2.14): the same tensors `policy.convert_module` leaves.
+    Everything precision does runs through the configuration's own policy, as in Trainer: the
+    model is built in fp32 and passed through `policy.convert_module` (parameter dtypes, master
+    copies, float8 layers; see fake_step.converted_on_fake for how, on fake tensors), the
+    optimizer is built over `policy.trained_parameters`, and a step calls the policy's forward
+    context, backward, `unscale_` and `optimizer_step`. `policy` replaces the default one (the
+    tests pass FP8's emulated policy, which runs on a CPU).
     """
 
     def __init__(self, config: RunConfig, device: torch.device | str,
-                 capability: tuple[int, int] | None = None, environ: Mapping[str, str] = os.environ) -> None:
+                 capability: tuple[int, int] | None = None, environ: Mapping[str, str] = os.environ,
+                 policy: Precision | None = None) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         self.config = config.replace(batch_size=1, grad_accum=1)
@@ -252,22 +185,22 @@ class Estimator:
         self.capability = capability
         self.environ = environ
         self.mode = FakeTensorMode()
-        self.policy: Precision = build_precision(self.config, self.device)
+        # Built for the configuration as given: FP8's conversion checks its micro-batch's rows.
+        self.policy: Precision = policy if policy is not None else build_precision(config, self.device)
         self.spec: ModelSpec = build_spec(self.config)
-        with self.mode, _default_dtype(self.policy.param_dtype), self.device:
-            self.model: nn.Module = self.spec.build()
-            # Checkpointed blocks save only their inputs for backward, as in Trainer.
-            recompute.apply(self.model, self.config.model, self.config.activation_checkpointing)
+        self.model: nn.Module = converted_on_fake(self.spec.build, self.policy.convert_module, [self.policy],
+                                                  self.mode, self.device)
+        # Checkpointed blocks save only their inputs for backward, as in Trainer.
+        recompute.apply(self.model, self.config.model, self.config.activation_checkpointing)
+        self.params = self.policy.trained_parameters(self.model)
+        """What the optimizer updates and clipping reads: the parameters, or their master copies."""
         with self.mode:
-            # Over the module's own parameters: a master mode's copies are counted as master_copies,
-            # and its optimizer state in the table's optimizer_state_dtype.
-            self.optimizer = build_optimizer(self.config, [p for p in self.model.parameters() if p.requires_grad])
+            self.optimizer = build_optimizer(self.config, self.params)
         if self.device.type == "cuda":
             # On a GPU torch.optim picks its foreach kernels (whose intermediates span every
             # parameter); its check looks at the parameters' Python type, which fake tensors hide.
             for group in self.optimizer.param_groups:
                 group["foreach"] = True
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.state = self._model_state()
         self._stepped = False
 
@@ -354,8 +287,8 @@ class Estimator:
 
     def _step(self, micro: list[tuple[torch.Tensor, torch.Tensor]], tracker: StepPeak | None,
               counter: SavedTensors | None, saved: list[int]) -> None:
-        """One optimizer step as Trainer.train_step takes it, minus what allocates no memory worth
-        a line (GradScaler's skip test, the schedule)."""
+        """One optimizer step as Trainer.train_step takes it, through the policy's hooks, minus
+        the schedule (it allocates nothing)."""
         policy, spec, kept = self.policy, self.spec, []
         for inputs, targets in micro:
             if tracker is not None:
@@ -371,9 +304,14 @@ class Estimator:
             kept.append(loss.detach())
         if tracker is not None:
             tracker.phase = "optimizer"
+        policy.unscale_(self.optimizer)  # a master mode's fp32 gradients are made here
+        if tracker is not None:
+            for param in self.params:
+                tracker.mark(param.grad, "gradients")
         if self.config.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad_norm)
-        self.optimizer.step()
+        with scaler_steps(policy.scaler):
+            policy.optimizer_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
 
     def estimate(self, batch: int, grad_accum: int = 1) -> Estimate:
@@ -387,8 +325,10 @@ class Estimator:
                 self._stepped = True
             tracker = StepPeak(self.block)
             counter = SavedTensors(self.model, exclude=pool, on_count=lambda t: tracker.mark(t, "activations"))
+            # On the module's parameters: backward's gradients are theirs (a master mode's are
+            # copied to the masters by unscale_, marked there).
             hooks = [p.register_post_accumulate_grad_hook(lambda p: tracker.mark(p.grad, "gradients"))
-                     for p in self.params]
+                     for p in self.model.parameters() if p.requires_grad]
             saved: list[int] = []
             try:
                 with counter.hooks(), tracker:

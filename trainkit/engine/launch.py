@@ -11,17 +11,20 @@ MASTER_PORT), so the same worker runs multi-node under torchrun (see `run_under_
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import allocator
 from .config import ProfileConfig, RunConfig
 from .nvml import GpuSampler, Nvml
+from .peers import Failure, FailureBoard, leave
 from .protocol import Command, Reply
 from .result import ENERGY_MIN_WINDOW_S, LauncherReport, RankReport, merge_ranks
 
@@ -40,6 +43,32 @@ def _fork_server() -> Any:
         # real data). A module that fails to import is skipped by the fork server.
         _context.set_forkserver_preload(["trainkit.engine.worker", "torch._dynamo", "torchvision"])
     return _context
+
+
+def _context_for(config: RunConfig) -> tuple[Any, dict[str, str]]:
+    """Where a cell's ranks come from, and the environment they must have from their first
+    instruction: the fork server (torch preloaded) for every cell but one whose allocator setting
+    picks a backend, which torch reads once, at import (trainkit.engine.allocator): its ranks are
+    fresh interpreters (multiprocessing's spawn) started with the setting, at a fresh import's cost."""
+    if allocator.requested_backend(config.alloc_conf) is None:
+        return _fork_server(), {}
+    return mp.get_context("spawn"), {name: str(config.alloc_conf) for name in allocator.ENV_VARS}
+
+
+@contextlib.contextmanager
+def _environment(changes: dict[str, str]) -> Iterator[None]:
+    """This process's environment with `changes` while a spawned process starts (spawn passes it on
+    at exec; there is no other way to give one), then as it was: this process never starts CUDA."""
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _free_port() -> int:
@@ -100,11 +129,11 @@ class CellWorkers:
     def start(self) -> None:
         from .worker import serve  # imported lazily: the fork server preloads it, this process need not
 
-        ctx = _fork_server()
+        ctx, start_env = _context_for(self.config)
         started = time.perf_counter()
         self.deadline = time.monotonic() + self.timeout_s
         world = self.config.world_size
-        base_env = dict(os.environ)
+        base_env = dict(os.environ, **start_env)
         base_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
                         LOCAL_WORLD_SIZE=str(world))
         for rank in range(world):
@@ -113,7 +142,8 @@ class CellWorkers:
             process = ctx.Process(target=serve, name=f"trainkit-{self.config.cell_id}-rank{rank}",
                                   args=(self.config, rank, rank, world, child_end, env, self.memory_limit_bytes,
                                         self.profile))
-            process.start()
+            with _environment(start_env):
+                process.start()
             child_end.close()
             self.processes.append(process)
             self.conns.append(parent_end)
@@ -305,34 +335,65 @@ def launched_by_torchrun() -> bool:
 
 def run_under_torchrun(config: RunConfig, profile: ProfileConfig | None = None) -> dict[str, Any] | None:
     """This process is one rank started by torchrun (any number of nodes): run it in place,
-    gather the partial results on rank 0 and return the record there (None on other ranks)."""
+    gather the partial results on rank 0 and return the record there (None on other ranks).
+    A rank that fails stops its peers, and the cell ends with its status (trainkit.engine.peers)."""
     import torch.distributed as dist
 
-    from .worker import RankWorker, classify, failure_report
+    from .worker import RankWorker
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world != config.world_size:
         raise ValueError(f"world_size={config.world_size} but torchrun started {world} ranks")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    worker, status, detail = None, "ok", ""
+    worker: RankWorker | None = None
+    board: FailureBoard | None = None
     try:
         worker = RankWorker(config, rank, local_rank, local_world, profile)
+        board = FailureBoard.of_process_group(rank)
+        if board is not None:
+            board.watch()
         worker.warmup()
         worker.run_timed()
         report = worker.collect()
-    except Exception as exc:  # torchrun's agent stops the other ranks when one fails
-        status, detail = classify(exc)
-        report = failure_report(worker, rank)
-    gathered: list[Any] = [None] * world if rank == 0 else []
-    if dist.is_initialized():
-        dist.gather_object(report, gathered if rank == 0 else None, dst=0)
-        # A sender's gather can return before rank 0 has received; tearing gloo down then aborts
-        # the process (std::terminate in its pair thread). Every rank leaves together.
-        dist.barrier()
-        dist.destroy_process_group()
-    else:
-        gathered = [report]
-    # No launcher stands outside the ranks here: NVML's per-process peak is not sampled.
-    launcher = LauncherReport(nvml_note="unavailable: ranks started by torchrun have no launcher to sample NVML")
-    return merge_ranks(config, gathered, status, detail, launcher=launcher) if rank == 0 else None
+        if board is not None:
+            board.stop()  # from here on a failure shows in the gather itself
+        gathered: list[Any] = [None] * world if rank == 0 else []
+        if dist.is_initialized():
+            dist.gather_object(report, gathered if rank == 0 else None, dst=0)
+            # A sender's gather can return before rank 0 has received; tearing gloo down then aborts
+            # the process (std::terminate in its pair thread). Every rank leaves together.
+            dist.barrier()
+            dist.destroy_process_group()
+        else:
+            gathered = [report]
+    except Exception as exc:
+        return _failed_rank(config, rank, worker, board or FailureBoard.of_process_group(rank), exc)
+    return merge_ranks(config, gathered, launcher=_TORCHRUN_LAUNCHER) if rank == 0 else None
+
+
+_TORCHRUN_LAUNCHER = LauncherReport(nvml_note="unavailable: ranks started by torchrun have no launcher to sample NVML")
+"""No launcher stands outside the ranks here: NVML's per-process peak is not sampled."""
+
+
+def _failed_rank(config: RunConfig, rank: int, worker: Any, board: FailureBoard | None,
+                 exc: Exception) -> dict[str, Any] | None:
+    """A rank whose cell ended in an exception: post it (unless a peer's failure came first and
+    this one is its consequence, such as a collective whose peer left), leave the group so that
+    the peers stop, and on rank 0 return the record of the first failure."""
+    from .worker import classify, failure_report
+
+    status, detail = classify(exc)
+    own = Failure(rank, status, detail, failure_report(worker, rank))
+    first = board.first() if board is not None else None
+    if first is None:
+        first = board.post(own) if board is not None else own
+    leave(board)
+    if rank != 0:
+        return None
+    reports = [own.report] if first.rank == rank else [own.report, first.report]
+    if first.rank != rank:
+        detail = f"rank {first.rank}: {first.detail} (rank 0 then stopped: {own.detail[:160]})"
+    elif config.world_size > 1:
+        detail = f"rank 0: {own.detail}"
+    return merge_ranks(config, reports, first.status, detail, launcher=_TORCHRUN_LAUNCHER)

@@ -8,6 +8,8 @@ adds what it saw from outside (LauncherReport: NVML samples of the timed steps, 
     loss     a step's loss is the sum of the ranks' shares; epoch means weighted by samples
     scaler   GradScaler's skips and scale, of modes with dynamic loss scaling
     memory   the max over ranks, never a sum; peaks over the timed steps, warmup's beside them
+    conditions  the worst rank's host load, all ranks' threads, other processes on the GPUs; and the
+             noise of the step times (trainkit.engine.conditions)
     energy   joules per sample over the timed windows NVML can resolve, or null with the reason
 
 A record is written whatever the status, so a failed cell is a result too.
@@ -20,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .conditions import merge_conditions, noise_of
 from .config import RunConfig
 from .flops import mfu, mfu_peak, peak_unknown_reason
 from .precision_facts import facts_of
@@ -141,6 +144,11 @@ class RankReport:
     """torch.compile's warmup: compile time, graphs, recompiles (trainkit/compiled.py); None when eager."""
     precision_details: dict[str, Any] | None = None
     """What the precision mode did to the model that its config does not say (FP8's converted layers)."""
+    conditions: dict[str, Any] | None = None
+    """The host over this rank's timed window and the threads it ran (trainkit.engine.conditions)."""
+    gpu_other_pids: list[int] | None = None
+    """Processes NVML saw on this rank's GPU around its timed steps, besides its own; None where NVML
+    cannot tell (no GPU, no NVML, a PID namespace of its own)."""
 
 
 @dataclass
@@ -344,6 +352,27 @@ def merge_energy(ranks: list[RankReport], launcher: LauncherReport,
     return None, "not measured: NVML's energy counter and power readings are unavailable", None
 
 
+def check_replicas(ranks: list[RankReport], status: str, status_detail: str) -> tuple[str, str]:
+    """The status of a cell whose ranks ended with different parameters: DDP keeps replicas identical
+    only if every rank synced the same gradients; a wrong no_sync ends with ranks apart
+    (modelscope/FunASR#3472)."""
+    checksums = {r.param_checksum for r in ranks if r.param_checksum is not None}
+    if status == "ok" and len(checksums) > 1:
+        return "crashed", f"ranks ended with different parameters (checksums {sorted(checksums)})"
+    return status, status_detail
+
+
+def merge_conditions_of(ranks: list[RankReport], launcher: LauncherReport, on_gpu: bool) -> dict[str, Any] | None:
+    """The cell's conditions (trainkit.engine.conditions): the worst rank's host, every rank's threads,
+    the processes besides the cell's own on any of its GPUs."""
+    note = ("NVML's compute processes on each rank's GPU at the start and end of its timed spans, besides the "
+            "cell's own" if on_gpu else "not measured: a CPU cell has no GPU")
+    if on_gpu and all(r.gpu_other_pids is None for r in ranks):
+        note = "not measured: NVML unavailable, or its PIDs are not in this PID namespace (docker --pid=host)"
+    return merge_conditions([r.conditions for r in ranks], [r.gpu_other_pids for r in ranks] if on_gpu else None,
+                            note, launcher.worker_pids)
+
+
 def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", status_detail: str = "",
                 launcher: LauncherReport | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """One record from the reports of the ranks that reported (possibly none)."""
@@ -352,12 +381,7 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
     launcher = launcher or LauncherReport()
     ranks = sorted(ranks, key=lambda r: r.rank)
     lead = ranks[0] if ranks else RankReport(rank=0, pid=0)
-    checksums = {r.param_checksum for r in ranks if r.param_checksum is not None}
-    if status == "ok" and len(checksums) > 1:
-        # DDP keeps replicas identical only if every rank synced the same gradients; a wrong
-        # no_sync ends with ranks apart (modelscope/FunASR#3472).
-        status, status_detail = "crashed", f"ranks ended with different parameters (checksums {sorted(checksums)})"
-
+    status, status_detail = check_replicas(ranks, status, status_detail)
     timed = merge_timing(ranks)
     throughput, effective = throughputs(timed, lead.loss.skipped)
     env = lead.env or {}
@@ -367,11 +391,9 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
                                 lead.precision_details)
     tokens = config.tokens_per_sample
     utilisation = mfu(lead.flops_per_sample, throughput, peak, config.world_size)
+    cpu_times = [r.cpu_time_s for r in ranks]
     record = {
-        "schema": SCHEMA,
-        "cell_id": config.cell_id,
-        "status": status,
-        "status_detail": status_detail,
+        "schema": SCHEMA, "cell_id": config.cell_id, "status": status, "status_detail": status_detail,
         "config": {**config.to_dict(), "effective_batch": config.effective_batch,
                    "resolved_adam_eps": config.resolved_adam_eps, "resolved_image_size": config.resolved_image_size,
                    "tokens_per_sample": tokens, **lead.derived},
@@ -379,38 +401,26 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
         "effective_throughput_samples_per_s": effective,
         "tokens_per_s": throughput * tokens if throughput is not None and tokens else None,
         "step_time_s": summarize_s(timed.step_times_s),
+        "noise": noise_of(timed.step_times_s),
+        "conditions": merge_conditions_of(ranks, launcher, on_gpu),
         "warmup_time_s": _max_or_none([r.timing.warmup_time_s for r in ranks]),
         # What the cell cost the machine: its ranks' CPU time, added up (a loaded machine stretches
         # the wall clock, not this).
-        "cpu_time_s": sum(r.cpu_time_s for r in ranks) if ranks and None not in [r.cpu_time_s for r in ranks]
-        else None,
+        "cpu_time_s": sum(cpu_times) if ranks and None not in cpu_times else None,  # type: ignore[arg-type]
         "fixed_cost_s": {**launcher.fixed_cost_s, **lead.fixed_cost_s},
-        "memory": merge_memory(ranks, launcher),
-        "loss": merge_loss(config, ranks),
+        "memory": merge_memory(ranks, launcher), "loss": merge_loss(config, ranks),
         "scaler": merge_scaler(config, lead.loss, timed),
-        "flops_per_sample": lead.flops_per_sample,
-        "peak_flops_per_s": peak,
-        "mfu": utilisation,
+        "flops_per_sample": lead.flops_per_sample, "peak_flops_per_s": peak, "mfu": utilisation,
         "mfu_method": mfu_method,
         "mfu_note": None if utilisation is not None or throughput is None
         else peak_unknown_reason(env.get("gpu_name") if on_gpu else None, config.precision),
-        "energy_j_per_sample": energy,
-        "energy_method": energy_method,
-        "energy_window_s": energy_window_s,
-        "timed_samples": sum(timed.samples),
-        "compile": merge_compile(ranks),
-        "precision_details": lead.precision_details,
-        "profile": lead.profile,
-        "diagnostics": lead.diagnostics,
+        "energy_j_per_sample": energy, "energy_method": energy_method, "energy_window_s": energy_window_s,
+        "timed_samples": sum(timed.samples), "compile": merge_compile(ranks),
+        "precision_details": lead.precision_details, "profile": lead.profile, "diagnostics": lead.diagnostics,
         "gpu_samples": launcher.gpu_samples,
         "throttled": launcher.gpu_samples["throttled"] if launcher.gpu_samples else None,
-        "env": env,
-        "ranks_reported": len(ranks),
-        "worker_pids": launcher.worker_pids,
-        "finished_at": now_iso(),
+        "env": env, "ranks_reported": len(ranks), "worker_pids": launcher.worker_pids, "finished_at": now_iso(),
     }
     if launcher.step_round_trip_s:
         record["step_round_trip_s"] = launcher.step_round_trip_s
-    if extra:
-        record.update(extra)
-    return record
+    return {**record, **(extra or {})}

@@ -22,6 +22,11 @@ OPTIONAL_MEMORY_KEYS = ("host_rss_growth_bytes",)
 """Memory keys newer records carry and older ones lack; check_record does not ask for them.
 host_rss_growth_bytes: a CPU cell's own growth of the resident set over its worker's baseline
 (most of a worker's RSS is torch, inherited from the fork server, the same for every cell)."""
+OPTIONAL_RECORD_KEYS = ("noise", "conditions")
+"""Record keys newer records carry and older ones lack; check_record does not ask for them, and
+readers judge an older record on what it has. noise: the spread of the step times and the interval
+of their median; conditions: the host, threads and GPU neighbours over the timed window
+(trainkit.engine.conditions)."""
 RECORD_KEYS = ("schema", "cell_id", "status", "status_detail", "config", "throughput_samples_per_s",
                "step_time_s", "memory", "loss", "scaler", "mfu", "flops_per_sample", "energy_j_per_sample", "env")
 

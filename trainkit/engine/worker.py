@@ -22,8 +22,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import allocator, compiled
+from . import allocator, compiled, conditions
 from .config import ProfileConfig, RunConfig
+from .cpus import threads_per_rank, usable_cpus
 from .diagnostics import diagnose
 from .env import collect_env
 from .flops import training_flops_per_sample
@@ -113,6 +114,8 @@ class RankWorker:
                  profile: ProfileConfig | None = None, device: torch.device | None = None) -> None:
         started = time.perf_counter()
         self.config, self.rank, self.profile = config, rank, profile
+        self.threads_method: str | None = None
+        """Where a CPU rank's thread count came from (None on a GPU: torch's default)."""
         self.report = RankReport(rank=rank, pid=os.getpid())
         memory = self.report.memory
         memory.host_rss_baseline_bytes = host_rss_now_bytes()  # mostly the fork server's pages
@@ -121,8 +124,12 @@ class RankWorker:
         if self.device.type == "cpu":
             # CUDA reserves far more address space than memory: no such measure there.
             memory.host_vm_baseline_bytes = host_vm_now_bytes()
-            # Ranks share the cores: without this, 2 ranks x all-cores threads thrash.
-            torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // local_world_size))
+            # Ranks share the cores this process may use (its affinity and cgroup quota, not the
+            # node's count): without this, 2 ranks x all-cores threads thrash.
+            threads, self.threads_method = threads_per_rank(local_world_size)
+            if config.cpu_threads:
+                threads, self.threads_method = config.cpu_threads, f"cpu_threads={config.cpu_threads} (the config)"
+            torch.set_num_threads(threads)
         self.nvml = Nvml.open(self.device) if self.device.type == "cuda" else None
         self.gpu_uuid = str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
@@ -144,6 +151,8 @@ class RankWorker:
         """What the warmup of a compiled cell saw (see _compile_warmup)."""
         self.allocator_before: dict[str, int] | None = None
         """The allocator's retry and OOM counters when the timed steps began (CUDA)."""
+        self.host_before: conditions.HostSnapshot | None = None
+        """The host when the timed steps began (trainkit.engine.conditions)."""
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -210,6 +219,8 @@ class RankWorker:
             timing.first_timed_step = trainer.step
             reset_peaks(self.device)  # the record's peaks are the timed steps'
             self.allocator_before = allocator.counters(self.device)
+            self.host_before = conditions.host_snapshot()
+            self.report.gpu_other_pids = conditions.other_gpu_pids(self.nvml, os.getpid(), None)
         first = len(trainer.step_samples)
         energy_before, counter_started = self._energy_mj(), time.perf_counter()
         trainer.run(steps, self.timer, report, PROGRESS_INTERVAL_S)
@@ -223,6 +234,10 @@ class RankWorker:
             energy_j = (energy_after - energy_before) / 1e3  # a counter reset shows as after < before
         timing.spans.append(TimedSpan(steps=len(times), seconds=sum(times), samples=sum(samples), energy_j=energy_j,
                                       counter_s=counter_s))
+        # The host from the first timed step to this span's end, read outside every step's time.
+        self.report.conditions = conditions.rank_conditions(self.host_before, torch.get_num_threads(),
+                                                            torch.get_num_interop_threads())
+        self.report.gpu_other_pids = conditions.other_gpu_pids(self.nvml, os.getpid(), self.report.gpu_other_pids)
         return times
 
     def step(self) -> float:
@@ -348,6 +363,7 @@ class RankWorker:
             "short_micro_batch_dropped": trainer.data.drop_reason,
             "dropped_samples_per_epoch": trainer.data.dropped_samples_per_epoch,
             "torch_num_threads": torch.get_num_threads(),
+            "torch_num_threads_method": self.threads_method or "torch's default (a GPU rank's host threads)",
             "checkpointed_modules": list(trainer.checkpointed),
         }
 
@@ -420,7 +436,7 @@ def probe(conn: Any, device: str, environ: dict[str, str]) -> None:
     try:
         chosen = select_device(RunConfig(device=device), 0)
         info: dict[str, Any] = {"device": chosen.type, "gpu_count": 0, "capability": None, "gpu_name": None,
-                                "gpu_memory_bytes": None, "cpu_count": os.cpu_count() or 1}
+                                "gpu_memory_bytes": None, "cpu_count": usable_cpus().cpus}
         if chosen.type == "cuda":
             info.update(gpu_count=torch.cuda.device_count(), capability=torch.cuda.get_device_capability(chosen),
                         gpu_name=torch.cuda.get_device_name(chosen),

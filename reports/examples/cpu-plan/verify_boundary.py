@@ -7,7 +7,8 @@ import json
 import sys
 import time
 
-from trainkit.commands.plan import outcome_of, probe_config
+from trainkit.analysis.plan_search import outcome_of
+from trainkit.commands.plan import probe_config
 from trainkit.engine.config import RunConfig
 from trainkit.engine.launch import run_cell
 

@@ -1,0 +1,137 @@
+"""Figures that cannot be right are flagged, not printed plainly (issue 17): the summary, the page and
+the Markdown mark implausible figures, figures from a loaded host, and differences within noise."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+
+pytest.importorskip("pandas")
+pytest.importorskip("plotly")
+
+from trainkit.reports.build import build_report  # noqa: E402
+from trainkit.reports.load import to_frame  # noqa: E402
+from trainkit.reports.summary import FLAG_MARK, formatted, summary  # noqa: E402
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "reports", "examples", "cpu-frontier", "results.jsonl")
+A100 = "NVIDIA A100-SXM4-80GB"  # fp32 19.5, bf16 312 dense TFLOP/s: a peak ratio of 16
+
+
+def example_records() -> list[dict]:
+    with open(EXAMPLE) as f:
+        return [json.loads(line) for line in f]
+
+
+def cell(precision: str = "fp32", batch: int = 32, gpus: int = 1, step_s: float = 0.1, spread: float = 0.01,
+         memory_mib: float = 100.0, gpu: str | None = None, conditions: dict | None = None) -> dict:
+    """A record of the committed example, reshaped: its steps take step_s, give or take `spread` of it."""
+    record = copy.deepcopy(next(r for r in example_records() if r["cell_id"] == "gpt-fp32-bs32-ga1-gpus1"))
+    record["config"].update(precision=precision, batch_size=batch, world_size=gpus, effective_batch=batch * gpus)
+    record["cell_id"] = f"gpt-{precision}-bs{batch}-ga1-gpus{gpus}"
+    times = [step_s * (1 + spread * sign) for sign in (-1, 1, -1, 1, -1, 1, 0, 0)]
+    record["step_time_s"] = {**record["step_time_s"], "values": times, "median": step_s}
+    record["throughput_samples_per_s"] = batch * gpus * len(times) / sum(times)
+    record["memory"]["host_rss_growth_bytes"] = int(memory_mib * 2**20)
+    if gpu:
+        record["env"]["gpu_name"] = gpu
+    if conditions is not None:
+        record["conditions"] = conditions
+    return record
+
+
+def rows(records: list[dict]) -> dict[str, dict]:
+    table = summary(to_frame(records))
+    shown = formatted(table)
+    return {f"{p}-bs{b}-gpus{g}": {**t, "shown": s} for p, b, g, t, s in zip(
+        table["precision"], table["batch_size"], table["gpus"], table.to_dict("records"),
+        shown.to_dict("records"))}
+
+
+def test_the_committed_examples_implausible_scaling_is_flagged_in_the_page_and_the_markdown(tmp_path):
+    paths = build_report([EXAMPLE], str(tmp_path / "x.html"))
+    with open(paths["markdown"]) as f:
+        markdown = f.read()
+    with open(paths["html"]) as f:
+        page = f.read()
+    # 2445 %: its 1-rank cell shared two cores with other jobs. Never again printed plainly.
+    line = next(line for line in markdown.splitlines() if "| 2445%" in line)
+    assert f"{FLAG_MARK} |" in line and "implausible: weak scaling 2445% > 105%" in line
+    assert "| 2445% |" not in markdown
+    assert '<td class="suspect">2445%' in page and "implausible: weak scaling 2304% &gt; 105%" in page
+    assert '<p class="bad">16 rows hold figures in doubt' in page
+    assert "16 points are implausible, above 105% (up to 2445%)" in page  # the scaling chart's note
+    with open(paths["csv"]) as f:
+        assert "implausible: weak scaling 2445% > 105%" in f.read()
+
+
+def test_a_speedup_beyond_the_peak_ratio_is_implausible_one_within_it_is_not():
+    fp32 = cell("fp32", step_s=2.0, gpu=A100)
+    table = rows([fp32, cell("amp-bf16", step_s=2.0 / 20, gpu=A100), cell("half-bf16", step_s=2.0 / 10, gpu=A100)])
+    assert "implausible: 20.00× fp32, beyond the 16.0× its peaks allow" in table["amp-bf16-bs32-gpus1"]["flags"]
+    assert table["amp-bf16-bs32-gpus1"]["shown"]["vs fp32"].endswith(FLAG_MARK)
+    assert table["half-bf16-bs32-gpus1"]["flags"] == ""  # 10x: within the peaks
+    # A CPU has no peak table: its speedups are not judged against one.
+    assert rows([cell("fp32", step_s=2.0), cell("amp-bf16", step_s=0.1)])["amp-bf16-bs32-gpus1"]["flags"] == ""
+
+
+def test_a_difference_within_the_intervals_is_flagged_as_noise_and_not_marked():
+    table = rows([cell("fp32", step_s=1.0, spread=0.3), cell("amp-bf16", step_s=0.95, spread=0.3),
+                  cell("half-bf16", step_s=0.5)])
+    noisy, clear = table["amp-bf16-bs32-gpus1"], table["half-bf16-bs32-gpus1"]
+    assert noisy["speedup_vs_fp32_low"] < 1 < noisy["speedup_vs_fp32_high"]
+    assert noisy["flags"].startswith("within noise: vs fp32 interval") and FLAG_MARK not in noisy["shown"]["vs fp32"]
+    assert clear["flags"] == "" and clear["speedup_vs_fp32_low"] > 1
+    assert clear["shown"]["vs fp32"] == (f"{clear['speedup_vs_fp32']:.2f}× ({clear['speedup_vs_fp32_low']:.2f}–"
+                                         f"{clear['speedup_vs_fp32_high']:.2f})")
+
+
+def test_a_memory_peak_that_does_not_grow_with_the_batch_is_implausible():
+    table = rows([cell(batch=32, memory_mib=100), cell(batch=64, memory_mib=100), cell(batch=128, memory_mib=180)])
+    assert table["fp32-bs64-gpus1"]["flags"] == ("implausible: peak memory does not grow with the batch "
+                                                 "(batch 32: 100.0 MiB, batch 64: 100.0 MiB)")
+    assert table["fp32-bs64-gpus1"]["shown"]["peak MiB (host RSS growth)"] == f"100 {FLAG_MARK}"
+    assert table["fp32-bs32-gpus1"]["flags"] == table["fp32-bs128-gpus1"]["flags"] == ""
+
+
+def test_a_cell_from_a_loaded_host_marks_its_timing_figures_and_those_compared_with_it():
+    loaded = {"load_avg_1m_start": 6.9, "load_avg_1m_end": 4.6, "host_cores": 2, "usable_cores": 2,
+              "threads_on_busiest_host": 2, "cpu_steal_share": 0.0, "gpu_other_processes": None}
+    quiet = {**loaded, "load_avg_1m_start": 0.5, "load_avg_1m_end": 0.4}
+    table = rows([cell("fp32", step_s=1.0, conditions=loaded), cell("amp-bf16", step_s=0.5, conditions=quiet),
+                  cell("fp32", gpus=2, step_s=1.0, conditions=quiet)])
+    fp32 = table["fp32-bs32-gpus1"]
+    assert fp32["flags"] == "host loaded: load average 6.9 on 2 cores"
+    assert fp32["shown"]["samples/s"].endswith(FLAG_MARK)
+    bf16 = table["amp-bf16-bs32-gpus1"]
+    assert bf16["flags"] == "its fp32 reference: host loaded: load average 6.9 on 2 cores"
+    assert bf16["shown"]["vs fp32"].endswith(FLAG_MARK) and not bf16["shown"]["samples/s"].endswith(FLAG_MARK)
+    two = table["fp32-bs32-gpus2"]
+    assert "its 1-rank reference: host loaded" in two["flags"] and two["shown"]["weak scaling"].endswith(FLAG_MARK)
+
+
+def test_old_records_without_conditions_or_noise_get_intervals_from_their_step_times():
+    old = [cell("fp32", step_s=1.0), cell("amp-bf16", step_s=0.5)]
+    for record in old:
+        record.pop("conditions", None), record.pop("noise", None)
+    bf16 = rows(old)["amp-bf16-bs32-gpus1"]
+    assert bf16["step_time_ci_low_s"] <= 0.5 <= bf16["step_time_ci_high_s"]
+    assert 1.6 < bf16["speedup_vs_fp32_low"] < bf16["speedup_vs_fp32"] < bf16["speedup_vs_fp32_high"] < 2.5
+
+
+def test_the_pareto_front_keeps_a_cell_whose_speed_difference_is_within_noise():
+    import pandas as pd
+
+    from trainkit.reports.frontier import pareto_front
+
+    points = pd.DataFrame({"cell": ["lean", "fast", "slow"], "peak_mib": [100.0, 90.0, 80.0],
+                           "throughput": [100.0, 110.0, 50.0], "throughput_low": [80.0, 105.0, 45.0],
+                           "throughput_high": [120.0, 115.0, 55.0]})
+    # "fast" needs less memory and runs faster than "lean", but inside lean's interval: lean stays.
+    assert list(pareto_front(points)["cell"]) == ["slow", "fast", "lean"]
+    resolved = points.assign(throughput_high=[102.0, 115.0, 55.0])
+    assert list(pareto_front(resolved)["cell"]) == ["slow", "fast"]
+    point_only = points.assign(throughput_low=float("nan"), throughput_high=float("nan"))
+    assert list(pareto_front(point_only)["cell"]) == ["slow", "fast"]  # no interval: the point decides

@@ -1,0 +1,223 @@
+"""`build_report`: result files -> one self-contained HTML page, plus the summary as CSV and Markdown.
+
+    from trainkit.reports.build import build_report
+    paths = build_report(["results.jsonl", "bench.json"], "reports/out/report.html")
+    # {"html": ".../report.html", "csv": ".../report.csv", "markdown": ".../report.md"}
+
+The page answers, per model and hardware: what each precision does to throughput, loss and
+memory (summary), how throughput and memory grow with batch size, what accumulation costs at a
+fixed effective batch, how the loss curves of the precisions compare, what the fp16 loss scaler
+did, how throughput scales across GPUs, what torch.compile gains per precision and what it costs
+to compile, which cells fit in the least memory for their speed (activation checkpointing,
+accumulation, precision), which layers FP8 converted, where each cell's step time goes (the profile: phases,
+top operators, MFU, energy, links to traces and memory snapshots), which cells did not finish and
+why, and on what environment each run was measured. Given a `trainkit parity` document, it adds
+the loss-parity section (trainkit.reports.parity); given only parity documents, the page is that section.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any
+
+import pandas as pd
+
+from trainkit.engine.precision_facts import display_rank
+
+from . import figures, frontier, html, parity, profiles
+from .load import to_frame
+from .records import Run, all_records, fingerprint, read_runs
+from .summary import (
+    FLAG_LEGEND,
+    FLAG_MARK,
+    PARITY_POINTER,
+    TEXT_HEADERS,
+    formatted,
+    group_title,
+    groups,
+    summary,
+    to_markdown,
+)
+
+SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), ("memory", "Peak memory"),
+            ("accumulation", "Accumulation"), ("loss", "Loss curves"), ("scaler", "Loss scaling"),
+            ("scaling", "Scaling"), *frontier.SECTIONS, ("profile", "Profile"),
+            ("failures", "Cells that did not finish"), ("environment", "Environment"))
+PARITY_SECTION = ("parity", "Loss parity")  # present when a `trainkit parity` document is among the inputs
+OPEN_ROWS = 120  # past this many summary rows the tables start folded, so they do not bury the charts
+
+
+def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(model, hardware) pairs, each one block of every chart section."""
+    return sorted({(str(m), str(h)) for m, h in zip(frame["model"], frame["hardware"]) if isinstance(m, str)})
+
+
+PLANNER_SECTION = ("planner", "Memory planner")
+"""Shown when the report is given plans (python -m trainkit plan's files)."""
+
+
+def _header(runs: list[Run], frame: pd.DataFrame, sections: list[tuple[str, str]]) -> str:
+    statuses = frame["status"].value_counts()
+    not_ok = ", ".join(f"{n} {s}" for s, n in statuses.items() if s != "ok")
+    counts = (f"{len(frame)} records of {frame['cell'].nunique()} cells from {len(runs)} "
+              f"file{'s' if len(runs) != 1 else ''}: {statuses.get('ok', 0)} ok" + (f", {not_ok}" if not_ok else ""))
+    models = sorted(frame["model"].dropna().astype(str).unique())
+    hardware = sorted(frame["hardware"].astype(str).unique())
+    precisions = sorted(frame["precision"].dropna().astype(str).unique(), key=display_rank)
+    filters = "".join([html.select("model", "model", models), html.select("hardware", "hardware", hardware),
+                       html.select("precision", "precision", precisions)])
+    nav = "".join(f'<a href="#{key}">{html.esc(title)}</a>' for key, title in sections)
+    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f'<p class="note">{html.esc(counts)}. Generated {generated}.</p>'
+            f'<div class="filters">{filters}</div><nav>{nav}</nav>')
+
+
+def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
+    parts = []
+    if frame["hardware"].astype(str).str.startswith("CPU").any():
+        parts.append('<p class="warn">CPU rows are correctness and smoke rows, not speed claims: half '
+                     "precision on a CPU is emulated or slow, so its speedups say nothing about GPUs.</p>")
+    parts.append(_flag_summary(table))
+    parts.append(f'<p class="note">{html.esc(PARITY_POINTER)}</p><p class="note">{html.esc(FLAG_LEGEND)}</p>')
+    state = " open" if len(table) <= OPEN_ROWS else ""
+    for group, rows in groups(table):
+        shown = formatted(rows)
+        classes = ["status-failed" if s != "ok" else "" for s in rows["status"]]
+        doubted = {h: ["suspect" if v.endswith(FLAG_MARK) else "" for v in shown[h]] for h in shown.columns}
+        parts.append(f'<div{html.attrs({"model": group["model"], "hardware": group["hardware"]})}>'
+                     f"<details{state}><summary><h3>{html.esc(group_title(group))} "
+                     f'<span class="note">({len(rows)} cells)</span></h3></summary>'
+                     + html.frame_table(shown, text_columns=TEXT_HEADERS, row_classes=classes, cell_classes=doubted,
+                                        wrap_columns=("flags",),
+                                        row_attrs=[{"precision": p} for p in rows["precision"]])
+                     + "</details></div>")
+    return "".join(parts)
+
+
+def _flag_summary(table: pd.DataFrame) -> str:
+    """A box above the tables counting the rows whose figures cannot be right or were measured on a
+    loaded host: they must not be read plainly."""
+    flags = table["flags"].fillna("").astype(str)
+    implausible = int(flags.str.contains("implausible").sum())
+    doubted = int(table["flagged_figures"].fillna("").astype(bool).sum())
+    if not doubted:
+        return ""
+    what = f"{doubted} row{'s' if doubted != 1 else ''} hold figures in doubt ({FLAG_MARK})"
+    if implausible:
+        what += f", {implausible} of them physically implausible"
+    return f'<p class="bad">{html.esc(what)}: read their flags before their numbers.</p>'
+
+
+def _chart_sections(table: pd.DataFrame, frame: pd.DataFrame) -> dict[str, str]:
+    keys = ["throughput", "memory", "accumulation", "loss", "scaler", "scaling"]
+    out = {k: [] for k in keys}
+    for n, (model, hardware) in enumerate(_pairs(frame)):
+        cells = table[(table["model"] == model) & (table["hardware"] == hardware)]
+        records = frame[(frame["model"] == model) & (frame["hardware"] == hardware)]
+        for key, chart in zip(keys, figures.charts_for(cells, records)):
+            out[key].append(f'<div{html.attrs({"model": model, "hardware": hardware})}>'
+                            f"<h3>{html.esc(model)} · {html.esc(hardware)}</h3>"
+                            + html.chart(chart, div_id=f"{key}-{n}") + "</div>")
+    return {k: "".join(v) for k, v in out.items()}
+
+
+def _failures_section(frame: pd.DataFrame) -> str:
+    failed = frame[frame["status"] != "ok"].sort_values(["model", "cell"])
+    if failed.empty:
+        return '<p class="note">Every cell finished.</p>'
+    shown = pd.DataFrame({"cell": failed["cell"], "status": failed["status"],
+                          "reason": failed["status_detail"].fillna("").astype(str),
+                          "run": failed["run"], "finished": failed["finished_at"].fillna("")})
+    rows = [{"model": m, "hardware": h, "precision": p}
+            for m, h, p in zip(failed["model"], failed["hardware"], failed["precision"])]
+    return html.frame_table(shown, text_columns=shown.columns, wrap_columns=("reason",), row_attrs=rows)
+
+
+ENV_KEYS = ("gpu_name", "gpu_count", "driver", "cuda", "cudnn", "torch", "cpu", "cpu_count", "python",
+            "hostname", "git_commit", "git_dirty")
+
+
+NOT_RECORDED = "not recorded"
+
+
+def environments(runs: list[Run]) -> pd.DataFrame:
+    """One row per input file and distinct environment fingerprint in it, with the fuller environment
+    and how many of the file's records were measured there."""
+    rows = []
+    for run in runs:
+        seen: dict[str, dict[str, Any]] = {}
+        for env in run.envs:
+            env = env or run.machine_info.get("trainkit_env") or {}
+            if not env:
+                continue  # a cell refused before its worker reported an environment
+            key = repr(sorted(fingerprint(env).items()))
+            entry = seen.setdefault(key, {"run": run.label, "kind": run.kind, "records": 0,
+                                          "fingerprint": ", ".join(f"{k}={v}" for k, v in fingerprint(env).items()),
+                                          **{k: env.get(k) for k in ENV_KEYS}})
+            entry["records"] += 1
+        rows.extend(seen.values() or [{"run": run.label, "kind": run.kind, "records": len(run.envs),
+                                       "fingerprint": NOT_RECORDED}])
+    frame = pd.DataFrame(rows)
+    if "git_commit" in frame:
+        frame["git_commit"] = frame["git_commit"].map(lambda c: str(c)[:12] if isinstance(c, str) else c)
+    return frame
+
+
+def _environment_section(runs: list[Run]) -> str:
+    envs = environments(runs)
+    parts = []
+    if envs.loc[envs["fingerprint"] != NOT_RECORDED, "fingerprint"].nunique() > 1:
+        parts.append('<p class="warn">The runs were measured on different environments (fingerprint = GPU, '
+                     "driver, CUDA, torch; on a CPU, the CPU and torch): compare their numbers with care.</p>")
+    shown = envs.dropna(axis=1, how="all").fillna("").astype(str)
+    parts.append(html.frame_table(shown, text_columns=shown.columns, wrap_columns=("fingerprint", "cpu")))
+    return "".join(parts)
+
+
+def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
+           parity_docs: list[dict[str, Any]] | None = None,
+           plans: list[dict[str, Any]] | None = None) -> tuple[str, pd.DataFrame]:
+    """The page and the summary table of some runs; links to profile files are made relative to
+    base_dir, the page's directory, where they lie under it. Parity documents add their section,
+    plans the memory planner's."""
+    frame = to_frame(all_records(runs))
+    table = summary(frame)
+    charts = _chart_sections(table, frame)
+    bodies = {"summary": _summary_section(table, frame), **charts,
+              "profile": profiles.section(frame, _pairs(frame), base_dir, OPEN_ROWS),
+              **frontier.sections(frame, _pairs(frame)),
+              "failures": _failures_section(frame), "environment": _environment_section(runs)}
+    sections = list(SECTIONS)
+    if parity_docs:
+        bodies["parity"] = parity.section(parity_docs)
+        sections.insert(sections.index(("loss", "Loss curves")) + 1, PARITY_SECTION)
+    if plans:
+        from .plan import section as plan_section
+
+        bodies[PLANNER_SECTION[0]] = plan_section(plans)
+        sections.insert(sections.index(("failures", "Cells that did not finish")), PLANNER_SECTION)
+    body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in sections)
+    return html.page(title, _header(runs, frame, sections), body), table
+
+
+def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit report",
+                 plans: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """Read result files (pytest-benchmark JSON, results JSON lines, single records, or directories
+    of them), write the HTML report and, beside it, the summary as CSV and Markdown (same stem).
+    `plans` (files `python -m trainkit plan` wrote) add the memory planner's section.
+    Returns the paths written: {"html": ..., "csv": ..., "markdown": ...}. Raises records.InputError
+    (one line) on a missing, malformed or empty input, or an output that cannot be written."""
+    parity_docs, result_files = parity.split(list(inputs))
+    if parity_docs and not result_files:  # a parity run on its own (`trainkit parity --report`)
+        return html.write_page(output_html, parity.page(parity_docs, title), parity.to_markdown(parity_docs),
+                               parity.to_csv(parity_docs), "report")
+    runs = read_runs(result_files)
+    read = None
+    if plans:
+        from .plan import read_plans
+
+        read = read_plans(plans)
+    page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)), parity_docs=parity_docs,
+                         plans=read)
+    return html.write_page(output_html, page, to_markdown(table), table.to_csv(index=False), "report")
