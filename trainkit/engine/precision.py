@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from . import float8
+from . import float8, main_grads
 from .config import RunConfig
 from .precision_facts import PrecisionFacts, facts_of, precision_names, unsupported_reason
 
@@ -273,7 +273,7 @@ class MasterWeightPrecision(HalfPrecision):
     fp16 keeps dynamic loss scaling: GradScaler works here, since the gradients it unscales are the
     masters' fp32 ones (it refuses fp16 gradients, pytorch/pytorch#74739), and skips a step whose
     gradients overflowed. The price is memory: 4 bytes per parameter for the masters, and 4 more for
-    their gradients from unscale_ to zero_grad.
+    their gradients from the first micro-batch's backward (unscale_ without fp32_main_grads) to zero_grad.
     """
 
     name = "half-fp16-master"
@@ -322,37 +322,14 @@ class MasterWeightPrecision(HalfPrecision):
 
     def after_backward(self) -> None:
         if self.fp32_main_grads:
-            self._move_grads_to_masters()
-
-    def _move_grads_to_masters(self) -> None:
-        """Add the parameters' half-precision gradients into the masters' fp32 ones (the first
-        micro-batch's are copied) and drop them: backward makes new ones, as after
-        zero_grad(set_to_none=True). inf and NaN survive the cast, so GradScaler still finds an overflow."""
-        pairs = [(param, master) for param, master in zip(self.params, self.masters) if param.grad is not None]
-        added = [(param.grad, master.grad) for param, master in pairs if master.grad is not None]
-        for param, master in pairs:
-            if master.grad is None:
-                master.grad = param.grad.to(self.master_dtype)  # type: ignore[union-attr]
-        if added:  # one foreach kernel, fp32 += half
-            torch._foreach_add_([m for _, m in added], [g for g, _ in added])
-        for param, _ in pairs:
-            param.grad = None
-
-    def _average_masters_over_ranks(self) -> None:
-        """The mean of the ranks' fp32 main gradients (DDP's average, which the loop's loss weights
-        assume), in one all-reduce of a flat fp32 buffer."""
-        grads = [m.grad for m in self.masters if m.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)  # a sum: gloo has no average
-        flat.div_(self.config.world_size)
-        torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)])
+            main_grads.add_into(self.params, self.masters, self.master_dtype)
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         if self.fp32_main_grads:
             if self.reduces_gradients:
-                self._average_masters_over_ranks()
-        else:
-            self._move_grads_to_masters()  # the step's half-precision total, all-reduced by DDP
+                main_grads.average_over_ranks(self.masters, self.config.world_size)
+        else:  # the step's half-precision total, all-reduced by DDP
+            main_grads.add_into(self.params, self.masters, self.master_dtype)
         if self._scaler is not None:
             self._scaler.unscale_(optimizer)
 
