@@ -116,6 +116,12 @@ class RunConfig:
     clip_grad_norm: float | None = None
     """Clip the global gradient norm to this value (after unscaling); None disables clipping."""
 
+    fp32_main_grads: bool = True
+    """Master-weight modes (half-*-master) only: accumulate the micro-batches' gradients, and average
+    them over ranks, in fp32 main gradients beside the fp32 masters, as Megatron-LM (accumulate_allreduce_grads_in_fp32,
+    which its bf16 runs force on) and DeepSpeed's bf16 optimizer do; false: in the parameters'
+    half precision, with DDP's all-reduce (each added gradient rounds to 8 or 11 mantissa bits)."""
+
     # --- loss scaling ----------------------------------------------------------------------
     init_scale: float = 2.0**16
     """Initial GradScaler scale of modes with dynamic loss scaling (amp-fp16); the seeds suggest 1024
@@ -312,7 +318,8 @@ def _check_schedule(c: RunConfig) -> None:
 
 
 def _check_precision(c: RunConfig) -> None:
-    """The precision mode and its loss scaling; a learning rate its fp16 optimizer steps can hold."""
+    """The precision mode and its loss scaling; a learning rate its fp16 optimizer steps can hold; where
+    the master modes accumulate their gradients."""
     _choices("precision", c.precision, precision_names())
     _at_least("growth_interval", c.growth_interval, 1)
     _number("min_loss_scale", c.min_loss_scale, positive=False)
@@ -321,6 +328,8 @@ def _check_precision(c: RunConfig) -> None:
     if c.fp16_optimizer_state and c.lr > FP16_MAX:
         raise ConfigError(f"lr={c.lr!r} cannot be represented in fp16 (max {FP16_MAX:g}), which "
                           f"{c.precision}'s optimizer steps use")
+    if not isinstance(c.fp32_main_grads, bool):
+        raise ConfigError(f"fp32_main_grads={c.fp32_main_grads!r} must be true or false")
 
 
 def _check_parallelism(c: RunConfig) -> None:

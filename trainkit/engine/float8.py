@@ -137,12 +137,17 @@ def convert(model: nn.Module, recipe: str, emulate: bool = False) -> tuple[nn.Mo
     return model, conversion
 
 
+LINEAR_FLOPS_BATCH = 2
+"""Samples linear_flops counts for (any size works: the count is linear in the batch)."""
+
+
 def linear_flops(spec: ModelSpec) -> dict[str, int]:
-    """Training FLOPs (forward and backward) of each nn.Linear of the model for a batch of 2, keyed
-    by module name, counted by FlopCounterMode on the meta device (no memory, no compute)."""
+    """Training FLOPs (forward and backward) of each nn.Linear of the model for a batch of
+    LINEAR_FLOPS_BATCH, keyed by module name, counted by FlopCounterMode on the meta device (no
+    memory, no compute), as flops.training_flops_per_sample counts the whole model."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    batch = 2
+    batch = LINEAR_FLOPS_BATCH
     with torch.device("meta"):
         model = spec.build()
         x = torch.zeros((batch, *spec.input_shape), dtype=torch.long if spec.tokens else torch.float32)
@@ -156,8 +161,9 @@ def linear_flops(spec: ModelSpec) -> dict[str, int]:
 
 
 def details(conversion: Conversion, spec: ModelSpec) -> dict[str, Any]:
-    """The record's account of an FP8 cell: recipe, torchao, converted and skipped layers, and the
-    converted layers' share of all linear layers' training FLOPs."""
+    """The record's account of an FP8 cell: recipe, torchao, converted and skipped layers, the
+    converted layers' share of all linear layers' training FLOPs, and their training FLOPs per
+    sample (the part of flops_per_sample that runs in float8: MFU divides it by the fp8 peak)."""
     flops = linear_flops(spec)
     total = sum(flops.values())
     converted = sum(flops.get(name, 0) for name in conversion.converted)
@@ -169,5 +175,6 @@ def details(conversion: Conversion, spec: ModelSpec) -> dict[str, Any]:
         "converted_layers": list(conversion.converted),
         "skipped_layers": [{"layer": name, "reason": why} for name, why in conversion.skipped.items()],
         "converted_linear_flop_share": converted / total if total else None,
+        "float8_flops_per_sample": converted / LINEAR_FLOPS_BATCH,
         "linear_flops_method": "per-module FlopCounterMode counts of forward and backward on the meta device",
     }
