@@ -31,6 +31,7 @@ from trainkit.engine.options import (
     WARMUP_STEPS,
     choice,
     integer,
+    number,
     output_dir,
     output_file,
 )
