@@ -1,7 +1,8 @@
 """The benchmark matrix as pytest-benchmark tests: `pytest bench --benchmark-only`.
 
-One test per cell, e.g. test_train[gpt-amp-bf16-bs32-ga4-gpus2], parametrized by model,
-precision, batch_size, grad_accum and gpus (so --benchmark-group-by param:precision works).
+One test per cell, e.g. test_train[gpt-amp-bf16-bs32-ga4-gpus2], parametrized by the matrix's axes
+(trainkit.engine.axes: model, precision, batch_size, grad_accum, gpus, ...) and the repeat, so
+--benchmark-group-by param:precision works.
 Cells the hardware cannot run are skipped at collection with the reason. Each cell runs in its
 own worker process(es); pytest-benchmark times single optimizer steps as measured by the worker.
 """
@@ -16,13 +17,27 @@ from typing import Any
 
 import pytest
 
-from trainkit.engine.config import COMPILE_MODES, DEVICES, SNAPSHOT_STEPS, TRACE_STEPS, ProfileConfig
+from trainkit.engine import axes
+from trainkit.engine.config import COMPILE_MODES, SNAPSHOT_STEPS, TRACE_STEPS, ProfileConfig
 from trainkit.engine.env import fingerprint
 from trainkit.engine.launch import DEFAULT_CELL_TIMEOUT_S, probe
-from trainkit.engine.options import choice, integer, number
+from trainkit.engine.options import (
+    CELL_TIMEOUT,
+    DEVICE,
+    LR,
+    MEMORY_LIMIT_GB,
+    REPEATS,
+    STEPS,
+    WARMUP_STEPS,
+    choice,
+    integer,
+    number,
+    output_dir,
+    output_file,
+)
 
 from . import executors
-from .matrix import AXIS_OPTIONS, PRESET_NAMES, CellSpec, Hardware, build_matrix, preset
+from .matrix import PRESET_NAMES, Hardware, build_matrix, param_names, preset
 from .runner import TABLE_HEADER, BenchSession, SessionOptions, table_row
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,44 +50,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("trainkit", "trainkit benchmark matrix")
     group.addoption("--preset", type=choice(PRESET_NAMES), default=None,
                     help="matrix to run: tiny (CI smoke), quick (default), full, nightly (the GPU matrix)")
-    for name, (flag, parse, valid) in AXIS_OPTIONS.items():
-        group.addoption(flag, dest=f"tk_{name}", type=parse, default=None,
-                        metavar="A;B" if name == "alloc_conf" else "A,B",
-                        help=f"list replacing the preset's {name} axis ({valid})")
+    for axis in axes.AXES:
+        axis.option.add(group, dest=f"tk_{axis.name}", default=None, short=False,
+                        help=f"list replacing the preset's {axis.name} axis ({axis.option.help})")
     group.addoption("--compile-mode", dest="tk_compile_mode", type=choice(COMPILE_MODES), default=None,
                     help="torch.compile's mode for the compiled cells (default: torch's)")
-    group.addoption("--steps", dest="tk_steps", type=integer(1), default=None, metavar="N",
-                    help="timed optimizer steps per cell (default: the preset's)")
-    group.addoption("--warmup-steps", dest="tk_warmup_steps", type=integer(0), default=None, metavar="N",
-                    help="untimed optimizer steps before them (default: the preset's)")
+    STEPS.add(group, dest="tk_steps", help="timed optimizer steps per cell (default: the preset's)")
+    WARMUP_STEPS.add(group, dest="tk_warmup_steps", help="untimed optimizer steps before them (default: the preset's)")
     group.addoption("--rounds", dest="tk_rounds", type=integer(1), default=None, metavar="N",
                     help="how many of the timed steps pytest-benchmark records one by one (default: all); "
                          "the rest run as one window timed by the worker")
-    group.addoption("--repeats", dest="tk_repeats", type=integer(1), default=1, metavar="N",
-                    help="run every cell N times, each in fresh worker processes (ids end in -repK)")
-    group.addoption("--lr", dest="tk_lr", type=number(0, above=True), default=None, metavar="X",
-                    help="learning rate for every cell (default: each model's recipe)")
-    group.addoption("--device", dest="tk_device", type=choice(DEVICES), default="auto",
-                    help="run the cells on this device (default: a GPU if one is visible)")
-    group.addoption("--cell-timeout", dest="tk_cell_timeout", type=number(0, above=True),
-                    default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
-                    help="a cell taking longer ends with status timeout")
-    group.addoption("--cell-memory-limit-gb", dest="tk_memory_limit", type=number(0, above=True), default=None,
-                    metavar="GB", help="cap each CPU worker's extra address space; past it the cell ends as oom "
-                                       "(CPU cells only)")
+    REPEATS.add(group, dest="tk_repeats",
+                help="run every cell N times, each in fresh worker processes (ids end in -repK)")
+    LR.add(group, dest="tk_lr")
+    DEVICE.add(group, dest="tk_device", help="run the cells on this device (default: a GPU if one is visible)")
+    CELL_TIMEOUT.add(group, dest="tk_cell_timeout", default=DEFAULT_CELL_TIMEOUT_S,
+                     help="a cell taking longer ends with status timeout")
+    MEMORY_LIMIT_GB.add(group, flag="--cell-memory-limit-gb", dest="tk_memory_limit")
     group.addoption("--plan", dest="tk_plans", action="append", default=[], metavar="PLAN.json",
                     help="a plan (python -m trainkit plan) that --batch-size max reads each precision's planned "
                          "maximum micro-batch from; repeat for more models")
     group.addoption("--strict-cells", dest="tk_strict", action="store_true",
                     help="a cell that does not end ok fails the test (default: it is reported and xfailed)")
-    group.addoption("--report-dir", dest="tk_report_dir", default=DEFAULT_REPORT_DIR, metavar="DIR",
+    group.addoption("--report-dir", dest="tk_report_dir", type=output_dir, default=DEFAULT_REPORT_DIR, metavar="DIR",
                     help="where the results file and the HTML report go (default: reports/out/)")
-    group.addoption("--results-file", dest="tk_results_file", default=None, metavar="FILE.jsonl",
+    group.addoption("--results-file", dest="tk_results_file", type=output_file, default=None,
+                    metavar="FILE.jsonl",
                     help="results file, one record per cell of any status (default: in --report-dir)")
     group.addoption("--no-report", dest="tk_no_report", action="store_true",
                     help="do not build the HTML report at the end")
     group.addoption("--overhead", dest="tk_overhead", action="store_true",
                     help="also measure trainkit's loop against a hand-written loop (bench/test_overhead.py)")
+    group.addoption("--overhead-blocks", dest="tk_overhead_blocks", type=integer(1), default=None, metavar="N",
+                    help="interleaved blocks of each loop per overhead case (default: each case's own)")
+    group.addoption("--overhead-min-ratio", dest="tk_overhead_min_ratio", type=number(0), default=0.98,
+                    metavar="X", help="the overhead check fails below this share of the hand-written loop's "
+                                      "throughput (default 0.98)")
     group.addoption("--phase-steps", dest="tk_phase_steps", type=integer(0), default=3, metavar="N",
                     help="after the timed steps, time N steps phase by phase: data, forward, backward, "
                          "optimizer (default 3; 0 turns it off)")
@@ -82,7 +95,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--memory-snapshot", dest="tk_memory_snapshot", action="store_true",
                     help=f"after the timed steps, record {SNAPSHOT_STEPS} steps of CUDA allocator history per cell "
                          "(CUDA only)")
-    group.addoption("--profile-dir", dest="tk_profile_dir", default=None, metavar="DIR",
+    group.addoption("--profile-dir", dest="tk_profile_dir", type=output_dir, default=None, metavar="DIR",
                     help="where traces and snapshots go (default: REPORT_DIR/profiles)")
     executors.add_options(parser)
 
@@ -132,8 +145,8 @@ def _cells(config: pytest.Config) -> list:
     run_options = {"lr": config.getoption("tk_lr")} if config.getoption("tk_lr") is not None else {}
     if config.getoption("tk_compile_mode") is not None:
         run_options["compile_mode"] = config.getoption("tk_compile_mode")
-    overrides = {name: config.getoption(f"tk_{name}") for name in AXIS_OPTIONS
-                 if config.getoption(f"tk_{name}") is not None}
+    overrides = {axis.name: config.getoption(f"tk_{axis.name}") for axis in axes.AXES
+                 if config.getoption(f"tk_{axis.name}") is not None}
     try:
         cells = build_matrix(chosen, hw, overrides, steps, warmup, config.getoption("tk_repeats"), run_options,
                              max_batch=_planned(config, hw))
@@ -165,7 +178,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for cell in cells:
         marks = [pytest.mark.skip(reason=cell.skip_reason)] if cell.skip_reason else []
         params.append(pytest.param(*cell.params.values(), id=cell.id, marks=marks))
-    metafunc.parametrize(",".join(CellSpec.PARAMS), params)
+    metafunc.parametrize(",".join(param_names()), params)
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:

@@ -4,6 +4,14 @@ Both loops train the same model instance with the same optimizer on the same sam
 process, in interleaved blocks (hand, trainkit, trainkit, hand, ...) so that drift in the
 machine's speed falls on both alike. The hand-written loop is the seeds' loop:
 zero_grad -> forward -> loss -> backward -> step.
+
+What trainkit's step adds at small steps (the mlp case, ~0.75 ms steps on one CPU thread,
+median of 60 blocks, 2026-12): the step as it is keeps 0.969-0.982 of the hand loop's throughput;
+the hand loop run as the "trainkit" side keeps 0.996-1.005 (the noise floor); trainkit's step
+without its two context managers and without keeping each micro-batch's loss keeps 0.991-0.997.
+Keeping the loss tensor (a device tensor, read after the timed steps: the loss curve without a
+host sync or an extra kernel) costs 0.5-1%, the DDP no_sync and autocast contexts ~0.3%; both
+stay, since the curve and those contexts are what the record and the DDP/AMP cells need.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import torch
 from trainkit.engine.config import RunConfig
 from trainkit.engine.launch import call_in_fresh_process
 from trainkit.engine.loop import Trainer
+from trainkit.engine.protocol import Reply
 
 
 def _sync(device: torch.device) -> None:
@@ -88,6 +97,6 @@ def run_in_worker(config: RunConfig, blocks: int, steps_per_block: int, timeout_
 def _child(conn: Any, config: RunConfig, blocks: int, steps_per_block: int, environ: dict[str, str]) -> None:
     os.environ.update(environ)
     try:
-        conn.send(("ok", measure(config, blocks, steps_per_block)))
-    except Exception as exc:
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        conn.send((Reply.OK, measure(config, blocks, steps_per_block)))
+    except Exception as exc:  # any failure is the parent's to report, as one line
+        conn.send((Reply.FAILED, f"{type(exc).__name__}: {exc}"))

@@ -16,14 +16,13 @@ moves only when someone runs `python -m nightly promote RUN_DIR` and commits the
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from trainkit.engine.schema import ResultsFileError, fingerprint, parse_jsonl, replacing, write_json
+from trainkit.engine.schema import ResultsFileError, fingerprint, parse_jsonl, read_json, replacing, write_json
 from trainkit.reports.records import InputError
 
 from .rundir import RESULTS, ROOT, RunDir, now
@@ -79,11 +78,7 @@ class Baseline:
 def load(path: str) -> Baseline:
     """The baseline in directory `path`; a missing or broken manifest is bad input."""
     manifest_path = os.path.join(path, MANIFEST)
-    try:
-        with open(manifest_path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{manifest_path}: not a readable baseline manifest: {exc}") from None
+    manifest = read_json(manifest_path, "baseline manifest", InputError)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("fingerprint"), dict):
         raise InputError(f"{manifest_path}: a baseline manifest needs a 'fingerprint' object")
     return Baseline(path, manifest)

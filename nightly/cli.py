@@ -33,8 +33,19 @@ import sys
 from typing import TYPE_CHECKING
 
 from bench.matrix import PRESET_NAMES
-from trainkit.engine.config import DEVICES
-from trainkit.engine.options import Parser, UsageError, choice, fraction, integer, number, optional
+from trainkit.engine.options import (
+    DEVICE,
+    REPEATS,
+    Parser,
+    UsageError,
+    choice,
+    fraction,
+    integer,
+    number,
+    optional,
+    output_dir,
+    output_file,
+)
 from trainkit.engine.schema import ResultsFileError, cut_off_lines_on_stderr
 from trainkit.reports.cli import metric_threshold
 from trainkit.reports.records import InputError
@@ -59,14 +70,13 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+    p.add_argument("--out", type=output_dir, default=DEFAULT_OUT, metavar="DIR",
                    help=f"the run directory: every artifact and nightly.json (default {DEFAULT_OUT})")
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=choice(DEVICES), default="auto",
-                   help="auto: the GPUs if torch sees one, else the CPU; cuda: no GPU is an infrastructure "
-                        "failure (use it on GPU runners)")
+    DEVICE.add(p, help="auto: the GPUs if torch sees one, else the CPU; cuda: no GPU is an infrastructure "
+                       "failure (use it on GPU runners)")
 
 
 def _add_preflight(p: argparse.ArgumentParser) -> None:
@@ -85,8 +95,7 @@ def _add_preflight(p: argparse.ArgumentParser) -> None:
 def _add_matrix(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", type=choice(PRESET_NAMES), default="nightly",
                    help="bench's matrix (default nightly: the GPU matrix, 1-8 GPUs; on a CPU use tiny)")
-    p.add_argument("--repeats", type=integer(1), default=3, metavar="N",
-                   help="runs of every cell in fresh workers (default 3; fewer are reported, not gated)")
+    REPEATS.add(p, default=3, help="runs of every cell in fresh workers (default 3; fewer are reported, not gated)")
     p.add_argument("bench_args", nargs="*", metavar="-- BENCH_OPTIONS",
                    help="further bench options after --, e.g. -- --model gpt --cell-timeout 600")
     from trainkit.engine import cluster
@@ -123,7 +132,7 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
                         "the run inconclusive, exit 4 (default 25%%; 1 never does)")
     p.add_argument("--fail-on-removed", action="store_true",
                    help="a baseline cell missing from the run fails it too (default: reported)")
-    p.add_argument("--history", default=None, metavar="FILE",
+    p.add_argument("--history", type=output_file, default=None, metavar="FILE",
                    help="a run store (python -m reports history): 2+ bad nights running are a regression, one "
                         "bad night is unknown (re-run, do not bisect)")
 
@@ -131,7 +140,7 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
 def _add_gpu_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gpu-check", help="a few cells, each figure checked against an independent measure "
                                          "(exit 1 when a check fails)")
-    p.add_argument("--out", default=GPU_CHECK_OUT, metavar="DIR",
+    p.add_argument("--out", type=output_dir, default=GPU_CHECK_OUT, metavar="DIR",
                    help="where gpu-check.md, gpu-check.json, results.jsonl and report.html go "
                         f"(default {GPU_CHECK_OUT})")
     _add_device(p)
@@ -160,14 +169,15 @@ def parser() -> Parser:
     _add_gate(compare)
     history = sub.add_parser("history", help="append the run to a run store and write trend.html beside its report")
     _add_out(history)
-    history.add_argument("--history", required=True, metavar="FILE", help="the run store (created if missing)")
+    history.add_argument("--history", type=output_file, required=True, metavar="FILE",
+                         help="the run store (created if missing)")
     history.add_argument("--report-url", default=None, metavar="URL",
                          help="where this night's report will be; the trend page links the night to it")
     status = sub.add_parser("status", help="the run's verdict as an exit status, label and summary")
     _add_out(status)
     promote = sub.add_parser("promote", help="make a green run the baseline of its environment")
     promote.add_argument("run_dir", metavar="DIR", help="the run directory (a downloaded nightly artifact)")
-    promote.add_argument("--baselines", default=None, metavar="DIR", help="default reports/baselines")
+    promote.add_argument("--baselines", type=output_dir, default=None, metavar="DIR", help="default reports/baselines")
     promote.add_argument("--force", action="store_true",
                          help="promote a run that is not green, not from main, or of uncommitted code")
     _add_gpu_check(sub)

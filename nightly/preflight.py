@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from trainkit.engine.nvml import SLOWDOWN_REASONS
-from trainkit.engine.schema import fingerprint, write_json
+from trainkit.engine.schema import JsonFileError, fingerprint, read_json, write_json
 
 from . import INFRASTRUCTURE, PASS
 from .baselines import slug
@@ -228,12 +228,9 @@ def run_preflight(limits: PreflightLimits, run: RunDir, facts: dict[str, Any] | 
 def postflight(run: RunDir) -> str | None:
     """After the matrix: do the GPUs the pre-flight saw still answer? A GPU that fell off the bus
     mid-run fails every later cell; that is the runner's fault, not the code's."""
-    import json
-
     try:
-        with open(run.path(PREFLIGHT), encoding="utf-8") as f:
-            before = json.load(f).get("gpus") or []
-    except (FileNotFoundError, json.JSONDecodeError):
+        before = read_json(run.path(PREFLIGHT), "pre-flight record").get("gpus") or []
+    except JsonFileError:  # no pre-flight to compare with (or a broken one): nothing to say
         return None
     if not before:
         return None

@@ -9,13 +9,12 @@ decided is written down as it ends and read back by the next one and by `status`
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainkit.engine.schema import write_json
+from trainkit.engine.schema import read_json, write_json
 
 from . import INFRASTRUCTURE, LABELS, NO_BASELINE, PASS
 
@@ -92,11 +91,9 @@ class RunDir:
         os.makedirs(self.root, exist_ok=True)
 
     def state(self) -> dict[str, Any]:
-        try:
-            with open(self.path(STATE), encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
+        if not self.exists(STATE):
             return {}
+        return read_json(self.path(STATE), "nightly run state")
 
     def stages(self) -> dict[str, dict[str, Any]]:
         return self.state().get("stages", {})

@@ -9,11 +9,10 @@ median and spread over the repeats, what the pre-flight saw, and the artifacts.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
-from trainkit.engine.schema import MEMORY_NAMES, ResultsFileError, read_jsonl, write_text
+from trainkit.engine.schema import MEMORY_NAMES, ResultsFileError, read_json, read_jsonl, write_text
 from trainkit.reports.records import InputError, all_records, read_runs
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
@@ -97,8 +96,7 @@ def _cells_section(run: RunDir, max_spread: float | None, candidate: str | None)
 def _preflight_section(run: RunDir) -> list[str]:
     if not run.exists(PREFLIGHT):
         return []
-    with open(run.path(PREFLIGHT), encoding="utf-8") as f:
-        facts = json.load(f)
+    facts = read_json(run.path(PREFLIGHT), "pre-flight record")
     lines = ["## Pre-flight", ""]
     lines += [f"- ✗ {p}" for p in facts["problems"]] + [f"- ⚠ {w}" for w in facts["warnings"]]
     host = facts["host"]

@@ -321,3 +321,42 @@ def test_a_run_killed_mid_matrix_keeps_its_finished_cells(tmp_path):
     assert all(w.category is CutOffLineWarning and f"read the {len(kept)} complete" in str(w.message) for w in said)
     assert 2 <= len(kept) < 4
     assert all(r["status"] == "ok" and check_record(r) == [] for r in kept)
+
+
+# --- an axis is one row of trainkit.engine.axes ------------------------------------------------------------
+
+def test_a_made_up_axis_is_one_row_and_everything_sees_it(monkeypatch):
+    """The seed as an axis (tests/made_up_axis.py): the matrix crosses it, the ids, parameters and
+    records carry it, the skip rule skips by it and the report's grouping tells its cells apart."""
+    from trainkit.engine import axes
+    from trainkit.engine.result import merge_ranks
+    from trainkit.reports.load import to_frame
+
+    from .made_up_axis import SEED_AXIS
+
+    monkeypatch.setattr(axes, "AXES", (*axes.AXES, SEED_AXIS))
+    assert AXIS_OPTIONS["seed"][0] == "--seed" and AXIS_OPTIONS["seed"][1]("0,13,0") == (0, 13)
+    tiny = preset("tiny", on_gpu=False)
+    cells = build_matrix(tiny, CPU_HW, {"model": ("mlp",), "grad_accum": (1,), "seed": (0, 13)}, 2, 1)
+    assert [(c.id, c.skip_reason) for c in cells] == [
+        ("mlp-fp32-bs16-ga1-gpus1", None), ("mlp-fp32-bs16-ga1-gpus1-seed13", "seed 13 is unlucky"),
+        ("mlp-amp-bf16-bs16-ga1-gpus1", None), ("mlp-amp-bf16-bs16-ga1-gpus1-seed13", "seed 13 is unlucky")]
+    assert cells[1].params["seed"] == 13 and cells[1].seed == 13 and cells[1].config.seed == 13
+    records = [merge_ranks(c.config, [], "unsupported", c.skip_reason or "-") for c in cells]
+    assert [r["cell_id"] for r in records] == [c.id for c in cells]
+    frame = to_frame(records)
+    assert list(frame["variant"]) == ["", "seed=13", "", "seed=13"] and list(frame["seed"]) == [0, 13, 0, 13]
+
+
+def test_a_made_up_axis_reaches_the_options_and_parameters_of_the_real_suite(tmp_path):
+    proc = run_bench(tmp_path, "-p", "tests.made_up_axis", "--preset", "tiny", "--model", "mlp", "--precision", "fp32",
+                     "--grad-accum", "1", "--seed", "0,13", "--steps", "2", "--warmup-steps", "1", "--no-report",
+                     "--benchmark-json", str(tmp_path / "bench.json"), "-rs")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "seed 13 is unlucky" in proc.stdout
+    (bench,) = json.loads((tmp_path / "bench.json").read_text())["benchmarks"]
+    assert bench["name"] == "test_train[mlp-fp32-bs16-ga1-gpus1]" and bench["params"]["seed"] == 0
+    got = records(tmp_path)
+    assert got["mlp-fp32-bs16-ga1-gpus1"]["status"] == "ok"
+    skipped = got["mlp-fp32-bs16-ga1-gpus1-seed13"]
+    assert skipped["status"] == "unsupported" and skipped["config"]["seed"] == 13

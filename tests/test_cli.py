@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -115,3 +117,127 @@ def test_progress_is_shown_on_stderr(tmp_path):
     assert "starting 1 rank(s)" in proc.stderr
     assert "step " in proc.stderr and "left" in proc.stderr
     assert "samples/s" in proc.stderr.splitlines()[-1]
+
+
+# --- JSON files every command reads: a broken one is named in one line, exit 2 ---------------------------
+
+def test_a_broken_nightly_state_is_named_in_one_line_not_a_traceback(tmp_path, capsys):
+    """nightly.json cut off (a disk that filled up while it was written by hand, say) was a
+    JSONDecodeError traceback out of every nightly command that reads the run."""
+    from nightly.cli import main as nightly_main
+
+    (tmp_path / "nightly.json").write_text('{"schema": "trainkit.nightly/1", "stages": {')
+    assert nightly_main(["status", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'nightly.json'}: not a readable nightly run state" in err, err
+
+
+# --- outputs are checked as they are parsed, before any cell runs ------------------------------------------
+
+def _command_main(command: str):
+    """The in-process entry point of a command (each prints one line and returns 2 for bad input)."""
+    if command == "reports":
+        from trainkit.reports.cli import main as reports_main
+
+        return reports_main
+    if command == "nightly":
+        from nightly.cli import main as nightly_main
+
+        return nightly_main
+    return main
+
+
+CPU_PLAN = ["plan", "--model", "mlp", "--precision", "fp32", "--device", "cpu", "--memory-limit-gb", "1"]
+# Each command that writes a file, with {bad} where the place it writes goes; {ok} is a good file.
+WRITERS = [
+    ("trainkit", ["run", *SMALL, "--output", "{bad}"]),
+    ("trainkit", ["repro", "{ok}", "--output", "{bad}"]),
+    ("trainkit", ["run", *SMALL, "--profile", "--profile-dir", "{bad_dir}"]),
+    ("trainkit", [*CPU_PLAN, "--output", "{bad}"]),
+    ("trainkit", [*CPU_PLAN, "--output", "{ok}", "--report", "{bad}"]),
+    ("trainkit", ["parity", "--device", "cpu", "--output", "{bad}"]),
+    ("trainkit", ["parity", "--device", "cpu", "--output", "{ok}", "--records", "{bad}"]),
+    ("trainkit", ["parity", "--device", "cpu", "--output", "{ok}", "--report", "{bad}"]),
+    ("reports", ["build", "{ok}", "-o", "{bad}"]),
+    ("reports", ["plan", "{ok}", "--output", "{bad}"]),
+    ("reports", ["compare", "{ok}", "{ok}", "-o", "{bad}"]),
+    ("nightly", ["status", "--out", "{bad_dir}"]),
+    ("nightly", ["run", "--device", "cpu", "--out", "{bad_dir}"]),
+    ("nightly", ["gpu-check", "--device", "cpu", "--out", "{bad_dir}"]),
+    ("nightly", ["promote", "{ok}", "--baselines", "{bad_dir}"]),
+    ("nightly", ["history", "--out", "{ok_dir}", "--history", "{bad}"]),
+    ("reports", ["history", "trend", "--db", "{ok}", "-o", "{bad}"]),
+]
+
+
+@pytest.mark.parametrize(("command", "argv"), WRITERS, ids=lambda v: v if isinstance(v, str) else " ".join(v[:1]))
+def test_an_output_that_is_a_directory_is_refused_before_anything_runs(command, argv, tmp_path, capsys):
+    """An existing directory named as an output file passed validation and failed with
+    IsADirectoryError after every cell had run; an existing file named as an output directory
+    likewise. Now the option's type refuses it: one line naming it, exit 2, nothing written."""
+    directory, file = tmp_path / "a_directory", tmp_path / "a_file.json"
+    directory.mkdir()
+    file.write_text("{}")
+    values = {"bad": str(directory), "bad_dir": str(file), "ok": str(file), "ok_dir": str(tmp_path / "run")}
+    argv = [arg.format(**values) for arg in argv]
+    assert _command_main(command)(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert (f"{directory}' is a directory" in err) or (f"{file}' is not a directory" in err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory", "a_file.json"]  # and no run directory
+    assert list(directory.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", *SMALL, "--output", "{file}/r.json"],
+    ["parity", "--device", "cpu", "--output", "{missing}/p.json"],
+    [*CPU_PLAN, "--output", "{missing}/plan.json"],
+])
+def test_an_output_in_a_missing_or_impossible_directory_is_refused(argv, tmp_path, capsys):
+    file = tmp_path / "a_file"
+    file.write_text("")
+    argv = [arg.format(file=file, missing=tmp_path / "missing") for arg in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("does not exist" in err or "is not a directory" in err), err
+
+
+def test_reports_make_the_missing_directories_of_their_output(tmp_path, capsys):
+    """reports create the directories of their page (as they always did): a missing one is fine,
+    an impossible one (under a file) is refused as it is parsed."""
+    from trainkit.reports.cli import main as reports_main
+
+    file = tmp_path / "a_file"
+    file.write_text("")
+    assert reports_main(["build", str(tmp_path / "none.jsonl"), "-o", str(file / "deeper" / "r.html")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert reports_main(["build", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "new" / "r.html")]) == 2
+    assert "none.jsonl: no such file" in capsys.readouterr().err  # past the output check, to the input
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in a read-only directory")
+def test_an_output_in_a_read_only_directory_is_refused(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert main(["run", *SMALL, "--output", str(locked / "r.json")]) == 2
+        assert "permission denied" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--results-file", "{dir}"), ("--report-dir", "{file}"),
+                                             ("--profile-dir", "{file}")])
+def test_bench_refuses_its_outputs_as_usage_errors_before_any_cell(flag, value, tmp_path):
+    """bench's options are pytest's: a bad output is pytest's usage error (exit 4), one line, and
+    no cell runs."""
+    directory, file = tmp_path / "a_directory", tmp_path / "a_file"
+    directory.mkdir()
+    file.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "bench/test_train.py", "--benchmark-only", "-p",
+                           "no:randomly", "--preset", "tiny", flag, value.format(dir=directory, file=file)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    assert f"argument {flag}: '" in proc.stderr and "directory" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout and list(directory.iterdir()) == []

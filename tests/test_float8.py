@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from bench.matrix import Hardware, skip_reason
-from trainkit.engine import float8
+from trainkit.engine import float8, flops
 from trainkit.engine.loop import Trainer, Unsupported
 from trainkit.engine.precision import POLICIES, Float8Precision
+from trainkit.engine.result import RankReport, RankTiming, merge_ranks
 
 from .conftest import CPU, small_config
 
@@ -121,6 +122,7 @@ def test_emulated_fp8_converts_the_gpt_and_trains_within_tolerance_of_amp_bf16(m
     # Every linear layer here computes its input gradient (6 FLOPs per weight and token), so the
     # share is that of the weights: (32*96 + 32*32 + 32*128 + 128*32) / (that + 32*72).
     assert details["converted_linear_flop_share"] == pytest.approx(12288 / (12288 + 2304))
+    assert details["float8_flops_per_sample"] == 6 * 12288 * GPT["seq_len"]  # 6 per weight and token
 
     curve = trainer.loss_curve()
     assert torch.isfinite(curve).all()
@@ -146,8 +148,69 @@ def test_a_model_without_a_convertible_layer_is_unsupported_at_build_time():
         Trainer(config, CPU, policy=POLICIES["fp8-rowwise"](CPU, config, emulate=True))
 
 
+def test_fp8_over_epochs_drops_the_short_micro_batch_and_says_so():
+    """A short last micro-batch of 8 rows would fail float8's weight-gradient GEMM on a GPU (its rows
+    must be a multiple of 16); emulation would run it, so the data is checked, not the GEMM."""
+    needs_torchao()
+    config = small_config("gpt", precision="fp8-rowwise", batch_size=16, epochs=1, dataset_size=40, **GPT)
+    trainer = Trainer(config, CPU, policy=POLICIES["fp8-rowwise"](CPU, config, emulate=True))
+    trainer.run(trainer.total_steps)
+    assert trainer.step_samples == [16, 16]
+    assert trainer.data.drop_reason == "float8 GEMMs need the rows of every micro-batch to be a multiple of 16"
+    assert trainer.data.dropped_samples_per_epoch == 8
+    amp = Trainer(config.replace(precision="amp-bf16"), CPU)  # the same data in bf16 keeps all 40
+    amp.run(amp.total_steps)
+    assert amp.step_samples == [16, 16, 8] and amp.data.drop_reason is None
+
+
 def test_micro_batch_rows_must_be_a_multiple_of_16_on_a_gpu():
     """The weight gradient's GEMM runs over the micro-batch's rows; emulation has no such limit."""
     config = small_config("mlp", precision="fp8-rowwise", batch_size=24)
     with pytest.raises(Unsupported, match=r"rows of a micro-batch to be a multiple of 16 \(batch_size x tokens = 24\)"):
         POLICIES["fp8-rowwise"](CPU, config).convert_module(torch.nn.Linear(32, 32))
+
+
+H100_TFLOPS = flops.PEAK_TFLOPS[H100.gpu_name]
+
+
+def test_fp8_mfu_divides_each_dtypes_flops_by_its_own_peak():
+    """A quarter of the FLOPs in float8, the rest in bf16: MFU is the float8 FLOP/s over the fp8
+    peak plus the bf16 FLOP/s over the bf16 peak. All divided by the fp8 peak, it would be 4/7 of
+    that on an H100 (whose fp8 peak is twice its bf16 one, to 1e-4), and would not compare with amp-bf16's."""
+    flops_per_sample, throughput = 4e9, 1e5
+    details = {"float8_flops_per_sample": 1e9}
+    peak, method = flops.mfu_peak(H100.gpu_name, "fp8-rowwise", flops_per_sample, details)
+    utilisation = flops.mfu(flops_per_sample, throughput, peak, 1)
+    by_dtype = 1e9 * throughput / (H100_TFLOPS["fp8"] * 1e12) + 3e9 * throughput / (H100_TFLOPS["bf16"] * 1e12)
+    assert utilisation == pytest.approx(by_dtype, rel=1e-12)
+    all_at_fp8 = flops.mfu(flops_per_sample, throughput, H100_TFLOPS["fp8"] * 1e12, 1)
+    assert all_at_fp8 == pytest.approx(4 / 7 * utilisation, rel=1e-4)
+    assert method.startswith("FLOPs per dtype") and "bf16" in method
+    # All FLOPs in float8 reach the fp8 peak; none, the bf16 peak (amp-bf16's).
+    assert flops.mfu_peak(H100.gpu_name, "fp8-tensorwise", 4e9, {"float8_flops_per_sample": 4e9})[0] \
+        == pytest.approx(H100_TFLOPS["fp8"] * 1e12)
+    assert flops.mfu_peak(H100.gpu_name, "fp8-tensorwise", 4e9, {"float8_flops_per_sample": 0.0})[0] \
+        == pytest.approx(flops.peak_flops_per_s(H100.gpu_name, "amp-bf16"))
+    assert flops.mfu_peak(H100.gpu_name, "amp-bf16", 4e9, None) == (
+        flops.peak_flops_per_s(H100.gpu_name, "amp-bf16"), "flops_per_sample x throughput / (bf16 dense peak x GPUs)")
+
+
+def test_fp8_mfu_is_null_without_both_peaks_or_the_float8_flops():
+    assert flops.mfu_peak("NVIDIA A100-SXM4-80GB", "fp8-rowwise", 4e9, {"float8_flops_per_sample": 1e9})[0] is None
+    assert flops.mfu_peak(H100.gpu_name, "fp8-rowwise", 4e9, None)[0] is None
+    assert flops.mfu_peak(None, "fp8-rowwise", 4e9, {"float8_flops_per_sample": 1e9})[0] is None
+    assert flops.peak_unknown_reason("NVIDIA B200", "fp8-rowwise") is None  # bf16 and fp8 both sourced
+    assert flops.peak_unknown_reason("NVIDIA A100-SXM4-80GB", "fp8-rowwise") == \
+        "no sourced dense fp8 peak for 'NVIDIA A100-SXM4-80GB'"
+
+
+def test_an_fp8_record_carries_its_mfu_method():
+    """The record's mfu, peak_flops_per_s and mfu_method from a GPU-shaped rank report."""
+    config = small_config("gpt", precision="fp8-rowwise", batch_size=16, **GPT)
+    report = RankReport(rank=0, pid=1, flops_per_sample=4e9, env={"gpu_name": H100.gpu_name},
+                        derived={"resolved_device": "cuda:0"}, precision_details={"float8_flops_per_sample": 1e9},
+                        timing=RankTiming(step_times_s=[0.01] * 4, timed_samples=[16] * 4, first_timed_step=0))
+    record = merge_ranks(config, [report])
+    peak, method = flops.mfu_peak(H100.gpu_name, "fp8-rowwise", 4e9, {"float8_flops_per_sample": 1e9})
+    assert record["peak_flops_per_s"] == peak and record["mfu_method"] == method
+    assert record["mfu"] == pytest.approx(4e9 * record["throughput_samples_per_s"] / peak)

@@ -191,6 +191,30 @@ def test_a_recompile_after_warmup_is_an_error_the_cell_reports(compiled_mlp):
                              "'fail_on_recompile'") and "\n" not in detail
 
 
+def test_a_compiled_cell_over_epochs_drops_the_short_micro_batch_and_says_so():
+    """40 samples in micro-batches of 16 leave 8: a third shape, which after warmup would be a
+    recompile, an error. The cell drops those 8 per epoch and its record says so."""
+    config = RunConfig(model="mlp", batch_size=16, epochs=2, dataset_size=40, warmup_steps=1, device="cpu",
+                       compile=True)
+    try:
+        cell = RankWorker(config)
+        cell.warmup()
+        cell.run_timed()
+        report = cell.collect()
+        record = merge_ranks(config, [report])
+    finally:
+        torch.compiler.set_stance("default")
+    assert record["status"] == "ok", record["status_detail"]
+    assert report.loss.step_samples == [16] * 4
+    assert record["compile"]["recompiles"] == 0
+    assert record["config"]["steps_per_epoch"] == 2 and record["config"]["total_steps"] == 4
+    assert record["config"]["dropped_samples_per_epoch"] == 8
+    assert record["config"]["short_micro_batch_dropped"].startswith("torch.compile: a short micro-batch is a new shape")
+    # The same data eager keeps the short micro-batch.
+    eager = Trainer(config.replace(compile=False), CPU)
+    assert eager.data.steps_per_epoch == 3 and eager.data.drop_reason is None
+
+
 def test_a_compile_failure_is_a_crashed_cell_with_the_errors_first_line(monkeypatch):
     """No C++ compiler, found out at the first compiled step (bench and the Trainer refuse such cells
     beforehand; here the check is bypassed so that the compile itself fails)."""

@@ -23,9 +23,9 @@ def masters(trainer: Trainer) -> torch.Tensor:
 @pytest.mark.parametrize("model", ["mlp", "gpt"])
 @pytest.mark.parametrize("precision", MASTER_MODES)
 def test_accumulation_equivalence(model, precision):
-    """batch 8 x accum 4 == batch 32 x accum 1 up to the half dtype's rounding: the gradients
-    accumulate in the parameters' dtype (where DDP all-reduces them) and reach the fp32 masters
-    once per step. A step that copied only the last micro-batch's gradient would be 4x off."""
+    """batch 8 x accum 4 == batch 32 x accum 1 up to the half dtype's rounding: the micro-batches'
+    gradients add up in the masters' fp32 main gradients. A step that kept only the last
+    micro-batch's gradient would be 4x off."""
     common = {"steps": 5, "lr": 0.1, "precision": precision}
     accumulated = train(small_config(model, batch_size=8, grad_accum=4, **common))
     whole = train(small_config(model, batch_size=32, grad_accum=1, **common))
@@ -113,3 +113,60 @@ def test_masters_keep_updates_the_half_weights_round_away(precision):
                         != torch.cat([p.detach().flatten() for p in start.raw_model.parameters()])).float().mean())
     assert moved_masters > 0.99
     assert moved_pure < moved_masters - 0.05
+
+
+def micro_and_main_grads(precision: str, fp32_main_grads: bool, grad_accum: int = 8):
+    """One step's micro-batch gradients as backward left them (before after_backward) and the
+    masters' gradients unscale_ left, scaled back by the loss scale."""
+    trainer = Trainer(small_config("gpt", precision=precision, batch_size=2, grad_accum=grad_accum,
+                                   fp32_main_grads=fp32_main_grads), CPU)
+    policy, micro, main = trainer.policy, [], []
+    after_backward, unscale_ = policy.after_backward, policy.unscale_
+
+    def spy_after_backward():
+        micro.append([p.grad.clone() for p in policy.params])
+        after_backward()
+
+    def spy_unscale_(optimizer):
+        unscale_(optimizer)
+        scale = policy.scaler.get_scale() if policy.scaler is not None else 1.0  # a power of 2: exact
+        main.extend(m.grad * scale for m in policy.masters)
+
+    policy.after_backward, policy.unscale_ = spy_after_backward, spy_unscale_
+    trainer.run(1)
+    return micro, main
+
+
+def relative_error(grads: list[torch.Tensor], exact: list[torch.Tensor]) -> float:
+    diff = torch.cat([(g.double() - e).flatten() for g, e in zip(grads, exact)])
+    return float(diff.norm() / torch.cat([e.flatten() for e in exact]).norm())
+
+
+@pytest.mark.parametrize("precision", MASTER_MODES)
+def test_fp32_main_grads_add_the_micro_batches_in_fp32(precision):
+    """With fp32 main gradients (the default) the masters' gradient is the fp32 sum of the
+    micro-batches' half-precision gradients, exactly; accumulated in the half dtype instead (the
+    old way, fp32_main_grads=False) each addition rounds, and the total is off by far more."""
+    micro, main = micro_and_main_grads(precision, True)
+    assert len(micro) == 8 and all(g.dtype == torch.float32 for g in main)
+    fp32_sum = [sum((m[i].float() for m in micro[1:]), micro[0][i].float()) for i in range(len(main))]
+    assert all(torch.equal(g, s) for g, s in zip(main, fp32_sum))
+    exact = [sum(m[i].double() for m in micro) for i in range(len(main))]
+    half_micro, half_main = micro_and_main_grads(precision, False)
+    assert all(g.dtype == torch.float32 for g in half_main)  # copied into the masters at the end
+    # The same weights and samples: the running half-precision total at the last micro-batch.
+    assert relative_error(main, exact) < 1e-6
+    assert relative_error(half_main, exact) > 50 * relative_error(main, exact)
+    assert relative_error(half_main, exact) < 4 * EPS[precision]  # rounding, not a wrong sum
+
+
+def test_fp32_main_grads_are_averaged_over_ranks_in_fp32():
+    """2 ranks x 2 micro-batches == 1 rank x 4 micro-batches: the policy all-reduces the fp32 main
+    gradients itself (DDP syncs none of the micro-batches), and the replicas stay identical."""
+    common = {"precision": "half-bf16-master", "steps": 4, "warmup_steps": 0, "lr": 0.1}
+    two = run_cell(small_config("mlp", world_size=2, grad_accum=2, **common), timeout_s=300)
+    assert two["status"] == "ok", two["status_detail"]  # a rank apart would end it "crashed"
+    assert two["config"]["grad_accum_dtype"] == "torch.float32" and two["config"]["grad_dtype"] == "torch.bfloat16"
+    one = train(small_config("mlp", grad_accum=4, **common))
+    torch.testing.assert_close(torch.tensor(two["loss"]["curve"], dtype=torch.float64), one.loss_curve(),
+                               rtol=EPS["half-bf16-master"], atol=0)

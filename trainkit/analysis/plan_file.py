@@ -3,12 +3,11 @@ read of `python -m trainkit plan`'s output. Torch-free: bench reads plans at col
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from ..engine.config import RunConfig
-from ..engine.schema import MEMORY_NAMES
+from ..engine.schema import MEMORY_NAMES, read_json
 
 SCHEMA = "trainkit.plan/1"
 PLAN_AXES = ("precision", "batch_size", "grad_accum", "world_size", "device")
@@ -32,11 +31,7 @@ class PlanError(ValueError):
 def read_plan(path: str) -> dict[str, Any]:
     """The plan at `path` as its JSON object, with `path` added; PlanError (one line) for a file that
     is not one."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            plan = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PlanError(f"{path}: not a readable plan ({type(exc).__name__}: {exc})") from None
+    plan = read_json(path, "plan", PlanError)
     if not isinstance(plan, dict) or plan.get("schema") != SCHEMA:
         raise PlanError(f"{path}: not a plan (schema {plan.get('schema') if isinstance(plan, dict) else None!r}, "
                         f"expected {SCHEMA!r}; write one with python -m trainkit plan)")

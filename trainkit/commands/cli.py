@@ -21,8 +21,8 @@ from typing import Any
 
 from ..engine import config as cfg
 from ..engine.config import ConfigError, ProfileConfig, RunConfig
-from ..engine.options import Parser, UsageError, integer, number
-from ..engine.schema import MEMORY_NAMES, headline_memory, write_json
+from ..engine.options import CELL_TIMEOUT, MEMORY_LIMIT_GB, OUTPUT, QUIET, Parser, UsageError, integer, output_dir
+from ..engine.schema import MEMORY_NAMES, headline_memory, read_json, write_json
 from .config_options import MEMORY_LIMIT_ON_GPU, add_config_options, check_paths, config_from_args
 from .plan import cmd_plan
 from .plan_options import add_parser as add_plan_parser
@@ -41,14 +41,10 @@ def build_parser() -> Parser:
     for p in (run, repro):
         add_config_options(p)
         out = p.add_argument_group("output and limits")
-        out.add_argument("--output", "-o", metavar="FILE.json", help="write the result record here "
-                         "(default: print it to stdout)")
-        out.add_argument("--cell-timeout", type=number(0, above=True), default=None, metavar="SECONDS",
-                         help="end the cell as 'timeout' after this many seconds (default: 900)")
-        out.add_argument("--memory-limit-gb", type=number(0, above=True), default=None, metavar="GB",
-                         help="cap each CPU worker's extra address space (an allocation past it ends "
-                              "the cell as 'oom' instead of exhausting the machine)")
-        out.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+        OUTPUT.add(out, help="write the result record here (default: print it to stdout)")
+        CELL_TIMEOUT.add(out, help="end the cell as 'timeout' after this many seconds (default: 900)")
+        MEMORY_LIMIT_GB.add(out)
+        QUIET.add(out)
         prof = p.add_argument_group("profiling (a separate pass after the timed steps; never in them)")
         prof.add_argument("--phase-steps", type=integer(0), default=3, metavar="N",
                           help="optimizer steps timed phase by phase: data, forward, backward, optimizer "
@@ -62,7 +58,7 @@ def build_parser() -> Parser:
         prof.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=True,
                           help="one extra optimizer step that records why the loss moved: gradient underflow, "
                                "zero optimizer second moments, inf/NaN gradients, update sizes (default: on)")
-        prof.add_argument("--profile-dir", metavar="DIR", default=None,
+        prof.add_argument("--profile-dir", type=output_dir, metavar="DIR", default=None,
                           help="where traces and snapshots go (default: OUTPUT.profile/, or ./trainkit-profiles/)")
     sub.add_parser("env", help="print the environment fingerprint as JSON")
     from .parity import add_arguments as add_parity_arguments
@@ -82,11 +78,10 @@ def profile_config(args: argparse.Namespace) -> ProfileConfig:
 
 
 def _load_record_config(path: str) -> RunConfig:
+    record = read_json(path, "result record")
     try:
-        with open(path) as f:
-            record = json.load(f)
         return RunConfig.from_dict(record["config"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise UsageError(f"{path}: not a readable result record ({type(exc).__name__}: {exc})") from None
     except ConfigError as exc:
         raise UsageError(f"{path}: its config is not valid here: {exc}") from None

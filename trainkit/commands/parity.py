@@ -277,41 +277,34 @@ def margin_option(text: str) -> Margin:
 
 def add_arguments(parser: Any) -> None:
     """The options of `python -m trainkit parity` (validated where they are parsed)."""
-    from ..engine.config import DEVICES
-    from ..engine.options import choice, comma_list, integer, number
+    from ..engine.options import CELL_TIMEOUT, DEVICE, LR, MODELS_LIST, PRECISIONS_LIST, STEPS, WARMUP_STEPS, integer
 
-    parser.add_argument("--model", type=comma_list(str), default=None, metavar="A,B",
-                        help="models to judge (default: gpt,mlp on a CPU, gpt,resnet50 on a GPU): built-ins with a "
-                             "parity recipe (" + "; ".join(f"{d}: {', '.join(s)}" for d, s in
-                                                           (("cpu", CPU_SETUPS), ("cuda", GPU_SETUPS)))
-                             + ") or any --model SPEC of trainkit run (MODULE:FUNCTION, a plugin, hf:..., timm:...), "
-                             f"whose recipe is AdamW at {WORKLOAD_SETUP.options['lr']:g}, batch "
-                             f"{WORKLOAD_SETUP.options['batch_size']}, {WORKLOAD_SETUP.steps} steps unless given")
-    parser.add_argument("--precision", type=comma_list(choice(precision_names)), default=None, metavar="A,B",
-                        help=f"precisions to judge against fp32, which always runs (default on a CPU: "
-                             f"{','.join(CPU_PRECISIONS)}; on a GPU every mode it can run)")
+    MODELS_LIST.add(parser, help="models to judge (default: gpt,mlp on a CPU, gpt,resnet50 on a GPU): built-ins with "
+                                 "a parity recipe (" + "; ".join(f"{d}: {', '.join(s)}" for d, s in
+                                                                 (("cpu", CPU_SETUPS), ("cuda", GPU_SETUPS)))
+                                 + ") or any --model SPEC of trainkit run (MODULE:FUNCTION, a plugin, hf:..., "
+                                 f"timm:...), whose recipe is AdamW at {WORKLOAD_SETUP.options['lr']:g}, batch "
+                                 f"{WORKLOAD_SETUP.options['batch_size']}, {WORKLOAD_SETUP.steps} steps unless given")
+    PRECISIONS_LIST.add(parser, help=f"precisions to judge against fp32, which always runs (default on a CPU: "
+                                     f"{','.join(CPU_PRECISIONS)}; on a GPU every mode it can run)")
     parser.add_argument("--seeds", type=integer(2), default=DEFAULT_SEEDS, metavar="S",
                         help=f"seeds per precision, 0..S-1, the same in every precision (default {DEFAULT_SEEDS})")
-    parser.add_argument("--steps", type=integer(1), default=None, metavar="N",
-                        help="timed optimizer steps per cell after the warmup (default: each model's recipe, "
-                             "long enough for fp32's loss to flatten)")
-    parser.add_argument("--warmup-steps", type=integer(0), default=None, metavar="N",
-                        help="untimed optimizer steps first (default: the recipe's); they are in the loss curve")
+    STEPS.add(parser, help="timed optimizer steps per cell after the warmup (default: each model's recipe, "
+                           "long enough for fp32's loss to flatten)")
+    WARMUP_STEPS.add(parser, help="untimed optimizer steps first (default: the recipe's); they are in the loss curve")
     parser.add_argument("--batch-size", type=integer(1), default=None, metavar="N",
                         help="micro-batch size of every cell (default: each model's recipe)")
-    parser.add_argument("--lr", type=number(0, above=True), default=None, metavar="X",
-                        help="learning rate of every cell (default: each model's recipe)")
-    parser.add_argument("--device", type=choice(DEVICES), default="auto", help="where the cells run (default: auto)")
+    LR.add(parser)
+    DEVICE.add(parser, help="where the cells run (default: auto)")
     parser.add_argument("--jobs", "-j", type=integer(1), default=1, metavar="N",
                         help="cells run side by side on a CPU, each with its share of the cores (default 1; the "
                              "step times are then measured beside another cell)")
-    parser.add_argument("--cell-timeout", type=number(0, above=True), default=None, metavar="SECONDS",
-                        help="end a cell as 'timeout' after this many seconds (default: 900)")
+    CELL_TIMEOUT.add(parser)
     _judging_arguments(parser)
 
 
 def _judging_arguments(parser: Any) -> None:
-    from ..engine.options import fraction, number
+    from ..engine.options import OUTPUT, QUIET, REPORT, fraction, number, output_file
 
     parser.add_argument("--margin", type=margin_option, default=Margin(), metavar="M",
                         help=f"equivalence margin: a precision whose interval of eval-loss differences from fp32 "
@@ -327,12 +320,11 @@ def _judging_arguments(parser: Any) -> None:
                         help="one target loss for every seed, given")
     parser.add_argument("--from-records", metavar="FILE.jsonl", default=None,
                         help="run no cell: judge the records of an earlier parity run (its OUTPUT.records.jsonl)")
-    parser.add_argument("--output", "-o", required=True, metavar="FILE.json", help="the parity document")
-    parser.add_argument("--records", metavar="FILE.jsonl", default=None,
+    OUTPUT.add(parser, required=True, metavar="FILE.json", help="the parity document")
+    parser.add_argument("--records", type=output_file, metavar="FILE.jsonl", default=None,
                         help="every cell's result record (default: beside the output, OUTPUT.records.jsonl)")
-    parser.add_argument("--report", metavar="FILE.html", default=None,
-                        help="also write the HTML report of the parity run (needs trainkit[reports])")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    REPORT.add(parser, help="also write the HTML report of the parity run (needs trainkit[reports])")
+    QUIET.add(parser)
 
 
 def _check(args: Any) -> None:
@@ -401,9 +393,6 @@ def _run(args: Any) -> tuple[ParityDocument, str]:
     models = args.model or DEFAULT_MODELS[device_type]
     if args.jobs > 1 and device_type != "cpu":
         raise UsageError(f"--jobs {args.jobs}: cells run side by side only on a CPU (the device is {device_type})")
-    specs = [m for m in models if m not in MODELS]
-    for spec in specs:
-        model_fields(spec)  # a bad spec: one line, before any cell starts
     missing = [m for m in models if m in MODELS and m not in setups_for(device_type)]
     if missing:
         raise UsageError(f"--model: no parity recipe for {', '.join(missing)} on {device_type}; choose from "

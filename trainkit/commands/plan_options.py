@@ -9,9 +9,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..analysis.plan_file import NOT_PLANNED, PLAN_AXES
-from ..engine.config import DEVICES, RunConfig
-from ..engine.options import UsageError, choice, comma_list, integer, number, optional
-from ..engine.precision_facts import precision_names
+from ..engine.config import RunConfig
+from ..engine.options import (
+    CELL_TIMEOUT,
+    DEVICE,
+    GPUS_LIST,
+    MEMORY_LIMIT_GB,
+    OUTPUT,
+    PRECISIONS_LIST,
+    QUIET,
+    REPORT,
+    UsageError,
+    integer,
+    number,
+    optional,
+)
 from .config_options import add_config_options, check_paths, config_from_args
 
 PROBE_WARMUP_STEPS = 1
@@ -40,18 +52,17 @@ def add_parser(sub: Any) -> None:
     plan = sub.add_parser("plan", help="predict memory, find the largest micro-batch per precision and the "
                                        "fastest micro-batch x accumulation (x GPUs) to a target batch")
     group = plan.add_argument_group("what to plan")
-    group.add_argument("--precision", dest="precisions", type=comma_list(choice(precision_names)), required=True,
-                       metavar="P,P", help="precision modes to plan, e.g. fp32,amp-bf16,half-bf16")
+    PRECISIONS_LIST.add(group, dest="precisions", required=True, metavar="P,P",
+                        help="precision modes to plan, e.g. fp32,amp-bf16,half-bf16")
     group.add_argument("--target-batch", type=integer(1), default=None, metavar="N",
                        help="effective batch to reach (micro-batch x accumulation x GPUs); without it the "
                             "planner finds the largest micro-batches and recommends nothing")
-    group.add_argument("--gpus", type=comma_list(integer(1)), default=(1,), metavar="N,N",
-                       help="GPU counts (CPU ranks on a CPU) the candidates may use; the search probes with the "
-                            "largest (default 1)")
-    group.add_argument("--device", type=choice(DEVICES), default="auto", help="where the cells run (default auto)")
-    group.add_argument("--memory-limit-gb", type=number(0, above=True), default=None, metavar="GB",
-                       help="each CPU worker's address-space cap, the memory the search fits batches into "
-                            "(required on a CPU; on a GPU the GPU's memory is the limit)")
+    GPUS_LIST.add(group, default=(1,),
+                  help="GPU counts (CPU ranks on a CPU) the candidates may use; the search probes with the "
+                       "largest (default 1)")
+    DEVICE.add(group, help="where the cells run (default auto)")
+    MEMORY_LIMIT_GB.add(group, help="each CPU worker's address-space cap, the memory the search fits batches into "
+                                    "(required on a CPU; on a GPU the GPU's memory is the limit)")
     group.add_argument("--safety", type=safety_factor, default=DEFAULT_SAFETY, metavar="F",
                        help=f"the planned maximum is the largest batch that ran times this (default {DEFAULT_SAFETY})")
     search = plan.add_argument_group("the search")
@@ -69,13 +80,11 @@ def add_parser(sub: Any) -> None:
     search.add_argument("--measure", type=integer(1), default=DEFAULT_MEASURED, metavar="N",
                         help="candidates measured per GPU count: the N largest micro-batches "
                              f"(default {DEFAULT_MEASURED})")
-    search.add_argument("--cell-timeout", type=number(0, above=True), default=None, metavar="SECONDS",
-                        help="end a probe or a candidate as 'timeout' after this many seconds (default 900)")
+    CELL_TIMEOUT.add(search, help="end a probe or a candidate as 'timeout' after this many seconds (default 900)")
     out = plan.add_argument_group("output")
-    out.add_argument("--output", "-o", required=True, metavar="PLAN.json", help="write the plan here")
-    out.add_argument("--report", metavar="PLAN.html", default=None,
-                     help="also write the plan as an HTML page (needs trainkit[reports])")
-    out.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    OUTPUT.add(out, required=True, metavar="PLAN.json", help="write the plan here")
+    REPORT.add(out, metavar="PLAN.html", help="also write the plan as an HTML page (needs trainkit[reports])")
+    QUIET.add(out)
     add_config_options(plan, exclude=PLAN_AXES + NOT_PLANNED)
 
 

@@ -16,19 +16,20 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import axes
+from .choices import (  # defined in a leaf that the option types and the axes read too; still importable from here
+    ACTIVATION_CHECKPOINTING,
+    ALLOC_CONF_PATTERN,
+    COMPILE_MODES,
+    DATASETS,
+    DEVICES,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULES,
+)
 from .precision_facts import facts_of, precision_names
 
-MODELS = ("mlp", "cnn", "resnet18", "resnet50", "gpt")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "exponential", "lambda", "cosine")
-DATASETS = ("synthetic", "mnist", "cifar10", "imagefolder")
-DEVICES = ("auto", "cpu", "cuda")
 FP16_MAX = 65504.0
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-"""torch.compile's modes (an unknown one is a RuntimeError inside torch.compile, after the cell started)."""
-ACTIVATION_CHECKPOINTING = ("none", "full")
-ALLOC_CONF_PATTERN = re.compile(r"[A-Za-z_]+:[^,:\s]+(,[A-Za-z_]+:[^,:\s]+)*")
-"""PYTORCH_CUDA_ALLOC_CONF's form: option:value pairs joined by commas (PyTorch checks the options)."""
 
 # Which models each real data set can feed: the seed MLP and CNN read 1x28x28 images, the
 # ResNets 3-channel images, the GPT token sequences (synthetic only).
@@ -67,12 +68,9 @@ WORKLOAD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*(-[A-Za-z0-9_.]+)*")
 """The form of a workload's name (trainkit.engine.workload.NAME_PATTERN): it starts every cell id."""
 
 
-def _check_model(config: RunConfig) -> None:
-    """A built-in model, or a workload's spec with its name: never a built-in's name, which would
-    make two models' cells share ids and report groups."""
-    if config.workload is None:
-        _choices("model", config.model, MODELS)
-        return
+def _check_workload(config: RunConfig) -> None:
+    """A workload's spec with its name: never a built-in's name, which would make two models' cells
+    share ids and report groups."""
     if not isinstance(config.workload, str) or not config.workload.strip():
         raise ConfigError(f"workload={config.workload!r} must be a model spec (MODULE:FUNCTION, hf:..., timm:...)")
     if config.model in MODELS:
@@ -143,6 +141,12 @@ class RunConfig:
     """Linear learning-rate warmup of the cosine schedule, in optimizer steps."""
     clip_grad_norm: float | None = None
     """Clip the global gradient norm to this value (after unscaling); None disables clipping."""
+
+    fp32_main_grads: bool = True
+    """Master-weight modes (half-*-master) only: accumulate the micro-batches' gradients, and average
+    them over ranks, in fp32 main gradients beside the fp32 masters, as Megatron-LM (accumulate_allreduce_grads_in_fp32,
+    which its bf16 runs force on) and DeepSpeed's bf16 optimizer do; false: in the parameters'
+    half precision, with DDP's all-reduce (each added gradient rounds to 8 or 11 mantissa bits)."""
 
     # --- loss scaling ----------------------------------------------------------------------
     init_scale: float = 2.0**16
@@ -229,63 +233,10 @@ class RunConfig:
     """Checkpoint file to resume from; the resumed run continues the same loss curve."""
 
     def __post_init__(self) -> None:
-        _check_model(self)
-        _choices("precision", self.precision, precision_names())
-        _choices("optimizer", self.optimizer, OPTIMIZERS)
-        _choices("schedule", self.schedule, SCHEDULES)
-        _choices("data", self.data, DATASETS)
-        _choices("device", self.device, DEVICES)
-        for name in ("batch_size", "grad_accum", "world_size", "steps", "growth_interval",
-                     "seq_len", "vocab_size", "gpt_layers", "gpt_heads", "gpt_width"):
-            _at_least(name, getattr(self, name), 1)
-        for name in ("warmup_steps", "lr_warmup_steps", "num_workers", "seed"):
-            _at_least(name, getattr(self, name), 0)
-        for name in ("epochs", "dataset_size", "checkpoint_every", "prefetch_factor"):
-            if getattr(self, name) is not None:
-                _at_least(name, getattr(self, name), 1)
-        if self.task_seed is not None:
-            _at_least("task_seed", self.task_seed, 0)
-        if self.cpu_threads is not None:
-            _at_least("cpu_threads", self.cpu_threads, 1)
-        if self.image_size is not None:
-            _at_least("image_size", self.image_size, 8)
-        for name in ("momentum", "weight_decay", "min_loss_scale"):
-            _number(name, getattr(self, name), positive=False)
-        for name in ("lr", "lr_gamma", "init_scale", "static_loss_scale"):
-            _number(name, getattr(self, name), positive=True)
-        for name in ("adam_eps", "clip_grad_norm"):
-            if getattr(self, name) is not None:
-                _number(name, getattr(self, name), positive=True)
-        if self.fp16_optimizer_state and self.lr > FP16_MAX:
-            raise ConfigError(f"lr={self.lr!r} cannot be represented in fp16 (max {FP16_MAX:g}), which "
-                              f"{self.precision}'s optimizer steps use")
-        if self.gpt_width % self.gpt_heads:
-            raise ConfigError(f"gpt_width={self.gpt_width} must be divisible by gpt_heads={self.gpt_heads}")
-        if self.workload is None and self.model not in MODELS_FOR_DATA[self.data]:
-            raise ConfigError(f"model={self.model!r} cannot read data={self.data!r}; "
-                              f"choose from {', '.join(MODELS_FOR_DATA[self.data])}")
-        if self.model in ("mlp", "cnn") and self.image_size not in (None, 28):
-            raise ConfigError(f"image_size={self.image_size} is not valid for {self.model}: "
-                              "the seed models read 28x28 images")
-        if self.data != "synthetic" and not self.data_root:
-            raise ConfigError(f"data={self.data!r} needs data_root (a local directory; nothing is downloaded)")
-        if self.data == "synthetic" and self.dataset_size is None and self.epochs is not None:
-            raise ConfigError("epochs with synthetic data needs dataset_size (samples per epoch)")
-        if self.num_workers == 0 and (self.prefetch_factor is not None or self.persistent_workers):
-            raise ConfigError("prefetch_factor and persistent_workers need num_workers > 0")
-        if (self.checkpoint_every is None) != (self.checkpoint_dir is None):
-            raise ConfigError("checkpoint_every and checkpoint_dir go together")
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"compile={self.compile!r} must be true or false")
-        if self.compile_mode is not None:
-            _choices("compile_mode", self.compile_mode, COMPILE_MODES)
-            if not self.compile:
-                raise ConfigError(f"compile_mode={self.compile_mode!r} needs compile")
-        _choices("activation_checkpointing", self.activation_checkpointing, ACTIVATION_CHECKPOINTING)
-        if self.alloc_conf is not None and not (isinstance(self.alloc_conf, str)
-                                                and ALLOC_CONF_PATTERN.fullmatch(self.alloc_conf)):
-            raise ConfigError(f"alloc_conf={self.alloc_conf!r} is not valid; write option:value pairs joined by "
-                              "commas, e.g. expandable_segments:True")
+        """Validate section by section (each check names the field, its value and what is valid);
+        a later section may rely on an earlier one (the precision's facts need a valid precision)."""
+        for check in VALIDATORS:
+            check(self)
 
     # --- derived quantities, computed once so every part agrees -----------------------------
     @property
@@ -317,25 +268,11 @@ class RunConfig:
 
     @property
     def cell_id(self) -> str:
-        """Readable id of the matrix cell, e.g. resnet50-amp-fp16-bs256-ga4-gpus2; the axes after
-        the first five appear only where they differ from their defaults, so the ids of cells
-        without them (and baselines keyed by them) stay what they were:
+        """Readable id of the matrix cell, e.g. resnet50-amp-fp16-bs256-ga4-gpus2: each axis's fragment
+        (trainkit.engine.axes); the axes after the first five appear only where they differ from their
+        defaults, so the ids of cells without them (and baselines keyed by them) stay what they were:
         gpt-fp8-rowwise-bs16-ga4-gpus1-compiled-ac."""
-        return (f"{self.model}-{self.precision}-bs{self.batch_size}"
-                f"-ga{self.grad_accum}-gpus{self.world_size}" + "".join(self.axis_tags))
-
-    @property
-    def axis_tags(self) -> tuple[str, ...]:
-        """The id's suffixes for the axes that differ from their defaults: -compiled (and its
-        mode), -ac, -alloc-<setting> (letters, digits and underscores: ids stay pytest-friendly)."""
-        tags = []
-        if self.compile:
-            tags.append("-compiled" + (f"-{self.compile_mode}" if self.compile_mode else ""))
-        if self.activation_checkpointing != "none":
-            tags.append("-ac" if self.activation_checkpointing == "full" else f"-ac-{self.activation_checkpointing}")
-        if self.alloc_conf is not None:
-            tags.append("-alloc-" + re.sub(r"[^A-Za-z0-9_.]+", "_", self.alloc_conf).strip("_"))
-        return tuple(tags)
+        return axes.cell_id(self.to_dict())
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -348,6 +285,120 @@ class RunConfig:
         """Build from a record's config, ignoring derived keys the record adds."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+
+# --- validation, one function per section of RunConfig ---------------------------------------------
+def _check_model(c: RunConfig) -> None:
+    """The model and its shape: a known model, a GPT whose width splits into its heads, images the
+    seed models can read; or a workload (its spec and its name)."""
+    if c.workload is not None:
+        _check_workload(c)
+    else:
+        _choices("model", c.model, MODELS)
+    for name in ("seq_len", "vocab_size", "gpt_layers", "gpt_heads", "gpt_width"):
+        _at_least(name, getattr(c, name), 1)
+    if c.gpt_width % c.gpt_heads:
+        raise ConfigError(f"gpt_width={c.gpt_width} must be divisible by gpt_heads={c.gpt_heads}")
+    if c.image_size is not None:
+        _at_least("image_size", c.image_size, 8)
+    if c.model in ("mlp", "cnn") and c.image_size not in (None, 28):
+        raise ConfigError(f"image_size={c.image_size} is not valid for {c.model}: the seed models read 28x28 images")
+
+
+def _check_data(c: RunConfig) -> None:
+    """The data: a data set the model can read, found locally, and a DataLoader whose options fit
+    together."""
+    _choices("data", c.data, DATASETS)
+    if c.workload is None and c.model not in MODELS_FOR_DATA[c.data]:
+        raise ConfigError(f"model={c.model!r} cannot read data={c.data!r}; "
+                          f"choose from {', '.join(MODELS_FOR_DATA[c.data])}")
+    if c.data != "synthetic" and not c.data_root:
+        raise ConfigError(f"data={c.data!r} needs data_root (a local directory; nothing is downloaded)")
+    _at_least("num_workers", c.num_workers, 0)
+    if c.prefetch_factor is not None:
+        _at_least("prefetch_factor", c.prefetch_factor, 1)
+    if c.num_workers == 0 and (c.prefetch_factor is not None or c.persistent_workers):
+        raise ConfigError("prefetch_factor and persistent_workers need num_workers > 0")
+
+
+def _check_optimizer(c: RunConfig) -> None:
+    """The optimizer and its numbers (a learning rate of 0 or NaN trains nothing)."""
+    _choices("optimizer", c.optimizer, OPTIMIZERS)
+    for name in ("momentum", "weight_decay"):
+        _number(name, getattr(c, name), positive=False)
+    _number("lr", c.lr, positive=True)
+    for name in ("adam_eps", "clip_grad_norm"):
+        if getattr(c, name) is not None:
+            _number(name, getattr(c, name), positive=True)
+
+
+def _check_schedule(c: RunConfig) -> None:
+    """The run's length and its learning-rate schedule: steps or whole epochs of a known size."""
+    _choices("schedule", c.schedule, SCHEDULES)
+    _number("lr_gamma", c.lr_gamma, positive=True)
+    _at_least("steps", c.steps, 1)
+    for name in ("warmup_steps", "lr_warmup_steps"):
+        _at_least(name, getattr(c, name), 0)
+    for name in ("epochs", "dataset_size"):
+        if getattr(c, name) is not None:
+            _at_least(name, getattr(c, name), 1)
+    if c.data == "synthetic" and c.dataset_size is None and c.epochs is not None:
+        raise ConfigError("epochs with synthetic data needs dataset_size (samples per epoch)")
+
+
+def _check_precision(c: RunConfig) -> None:
+    """The precision mode and its loss scaling; a learning rate its fp16 optimizer steps can hold; where
+    the master modes accumulate their gradients."""
+    _choices("precision", c.precision, precision_names())
+    _at_least("growth_interval", c.growth_interval, 1)
+    _number("min_loss_scale", c.min_loss_scale, positive=False)
+    for name in ("init_scale", "static_loss_scale"):
+        _number(name, getattr(c, name), positive=True)
+    if c.fp16_optimizer_state and c.lr > FP16_MAX:
+        raise ConfigError(f"lr={c.lr!r} cannot be represented in fp16 (max {FP16_MAX:g}), which "
+                          f"{c.precision}'s optimizer steps use")
+    if not isinstance(c.fp32_main_grads, bool):
+        raise ConfigError(f"fp32_main_grads={c.fp32_main_grads!r} must be true or false")
+
+
+def _check_parallelism(c: RunConfig) -> None:
+    """Batch, accumulation and ranks; the device; the seeds and threads of each rank."""
+    for name in ("batch_size", "grad_accum", "world_size"):
+        _at_least(name, getattr(c, name), 1)
+    _choices("device", c.device, DEVICES)
+    _at_least("seed", c.seed, 0)
+    if c.task_seed is not None:
+        _at_least("task_seed", c.task_seed, 0)
+    if c.cpu_threads is not None:
+        _at_least("cpu_threads", c.cpu_threads, 1)
+
+
+def _check_compilation_and_memory(c: RunConfig) -> None:
+    """torch.compile and its mode, activation checkpointing, the CUDA allocator's settings."""
+    if not isinstance(c.compile, bool):
+        raise ConfigError(f"compile={c.compile!r} must be true or false")
+    if c.compile_mode is not None:
+        _choices("compile_mode", c.compile_mode, COMPILE_MODES)
+        if not c.compile:
+            raise ConfigError(f"compile_mode={c.compile_mode!r} needs compile")
+    _choices("activation_checkpointing", c.activation_checkpointing, ACTIVATION_CHECKPOINTING)
+    if c.alloc_conf is not None and not (isinstance(c.alloc_conf, str) and ALLOC_CONF_PATTERN.fullmatch(c.alloc_conf)):
+        raise ConfigError(f"alloc_conf={c.alloc_conf!r} is not valid; write option:value pairs joined by "
+                          "commas, e.g. expandable_segments:True")
+
+
+def _check_checkpoints(c: RunConfig) -> None:
+    """Checkpoints: a directory and an interval, or neither."""
+    if c.checkpoint_every is not None:
+        _at_least("checkpoint_every", c.checkpoint_every, 1)
+    if (c.checkpoint_every is None) != (c.checkpoint_dir is None):
+        raise ConfigError("checkpoint_every and checkpoint_dir go together")
+
+
+VALIDATORS = (_check_model, _check_data, _check_optimizer, _check_schedule, _check_precision, _check_parallelism,
+              _check_compilation_and_memory, _check_checkpoints)
+"""RunConfig's checks in the order they run: the model and precision come before what reads them."""
 
 
 def field_help(name: str) -> str:

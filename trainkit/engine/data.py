@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from .config import RunConfig
+from .precision_facts import facts_of
 from .workload import Workload
 
 POOL_MAX_SAMPLES = 4096
@@ -156,10 +157,23 @@ def _keep(batch: Any) -> Any:
     return batch
 
 
+def fixed_rows_reason(config: RunConfig) -> str | None:
+    """Why every micro-batch of this run must hold batch_size samples, or None. An epoch's short
+    last micro-batch would otherwise end the cell: under torch.compile a new batch size is a new
+    shape, a recompile, which the worker's stance after warmup turns into an error; float8's weight
+    gradient GEMM runs over the micro-batch's rows, which must be a multiple of 16 on a GPU."""
+    if config.compile:
+        return "torch.compile: a short micro-batch is a new shape, a recompile (an error after warmup)"
+    if facts_of(config.precision).peak_kind == "fp8":
+        return "float8 GEMMs need the rows of every micro-batch to be a multiple of 16"
+    return None
+
+
 class EpochData:
     """Epoch mode: a data set split over ranks by DistributedSampler (shuffled per epoch with
     seed + epoch, padded to equal rank shares), grouped into windows of grad_accum micro-batches,
-    the last window of an epoch holding what is left."""
+    the last window of an epoch holding what is left. The short last micro-batch of an epoch is
+    dropped when drop_last says so, and always for cells that need fixed rows (fixed_rows_reason)."""
 
     def __init__(self, config: RunConfig, dataset: Dataset, device: torch.device, input_dtype: torch.dtype,
                  rank: int, on_device: bool) -> None:
@@ -167,6 +181,11 @@ class EpochData:
         self.rank, self.on_device = rank, on_device
         self.sampler = DistributedSampler(dataset, num_replicas=config.world_size, rank=rank, shuffle=config.shuffle,
                                           seed=config.seed)
+        short = len(self.sampler) % config.batch_size
+        self.drop_reason = "drop_last" if config.drop_last else fixed_rows_reason(config) if short else None
+        """Why the short last micro-batch of each epoch is dropped, or None when none is."""
+        self.dropped_samples_per_epoch = short * config.world_size if self.drop_reason else 0
+        """Samples (all ranks) left out of every epoch by that."""
         self.skipping = _SkipSampler(self.sampler)
         # One loader for the whole run, so persistent workers persist: started once, not per epoch.
         self.loader = self._loader()
@@ -180,13 +199,14 @@ class EpochData:
         cfg = self.config
         if self.on_device:  # synthetic: batches are gathered on the device, no workers, no collate
             return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.skipping,
-                              drop_last=cfg.drop_last, collate_fn=_keep)
+                              drop_last=self.drop_reason is not None, collate_fn=_keep)
         # Workers are forked from this rank: started any other way (a worker inherits the fork
         # server's start method) they would outlive a killed rank, whose PID their watchdog
         # never sees. They never touch CUDA, so forking after CUDA's initialisation is safe.
         context = multiprocessing.get_context("fork") if cfg.num_workers > 0 else None
         return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.skipping,
-                          drop_last=cfg.drop_last, num_workers=cfg.num_workers, multiprocessing_context=context,
+                          drop_last=self.drop_reason is not None, num_workers=cfg.num_workers,
+                          multiprocessing_context=context,
                           pin_memory=cfg.pin_memory and self.device.type == "cuda",
                           prefetch_factor=cfg.prefetch_factor, persistent_workers=cfg.persistent_workers,
                           generator=torch.Generator().manual_seed(cfg.seed))
@@ -289,6 +309,10 @@ class DataBundle:
     steps_per_epoch: int | None
     device_bytes: int
     """Device memory the data itself holds (the synthetic pool), reported beside the peaks."""
+    drop_reason: str | None = None
+    """Why the short last micro-batch of each epoch is dropped (epoch mode), or None."""
+    dropped_samples_per_epoch: int = 0
+    """Samples (all ranks) that dropping it leaves out of every epoch."""
 
 
 def build_data(config: RunConfig, spec: Workload, device: torch.device, input_dtype: torch.dtype,
@@ -299,8 +323,10 @@ def build_data(config: RunConfig, spec: Workload, device: torch.device, input_dt
         if config.epochs is None:
             return DataBundle(synthetic, synthetic.eval_set, None, synthetic.pool_bytes)
         epochs = EpochData(config, _IndexDataset(synthetic), device, input_dtype, rank, on_device=True)
-        return DataBundle(epochs, synthetic.eval_set, epochs.steps_per_epoch, synthetic.pool_bytes)
+        return DataBundle(epochs, synthetic.eval_set, epochs.steps_per_epoch, synthetic.pool_bytes,
+                          epochs.drop_reason, epochs.dropped_samples_per_epoch)
     assert dataset is not None, "real data needs its data set"
     train, held = hold_out(dataset)
     epochs = EpochData(config, train, device, input_dtype, rank, on_device=False)
-    return DataBundle(epochs, stack_eval(held, device, input_dtype), epochs.steps_per_epoch, 0)
+    return DataBundle(epochs, stack_eval(held, device, input_dtype), epochs.steps_per_epoch, 0,
+                      epochs.drop_reason, epochs.dropped_samples_per_epoch)

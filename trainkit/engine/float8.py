@@ -139,20 +139,26 @@ def convert(model: nn.Module, recipe: str, emulate: bool = False) -> tuple[nn.Mo
     return model, conversion
 
 
+LINEAR_FLOPS_BATCH = 2
+"""Samples linear_flops counts for (any size works: the count is linear in the batch)."""
+
+
 def linear_flops(spec: Workload) -> dict[str, int]:
-    """Training FLOPs (forward and backward) of each nn.Linear of the model for a batch of 2, keyed
-    by module name, counted by FlopCounterMode (flops.flop_counts: on the meta device where the
-    model runs there)."""
+    """Training FLOPs (forward and backward) of each nn.Linear of the model for a batch of
+    LINEAR_FLOPS_BATCH, keyed by module name, counted by FlopCounterMode (flops.flop_counts: on the
+    meta device where the model runs there, else a real CPU batch scaled to LINEAR_FLOPS_BATCH), as
+    flops.training_flops_per_sample counts the whole model."""
     counter, model, batch = flop_counts(spec)
     counts = counter.get_flop_counts()
     root = type(model).__name__
-    return {name: int(sum(counts.get(f"{root}.{name}", {}).values())) * 2 // batch
+    return {name: int(sum(counts.get(f"{root}.{name}", {}).values())) * LINEAR_FLOPS_BATCH // batch
             for name, module in model.named_modules() if isinstance(module, nn.Linear)}
 
 
 def details(conversion: Conversion, spec: Workload) -> dict[str, Any]:
-    """The record's account of an FP8 cell: recipe, torchao, converted and skipped layers, and the
-    converted layers' share of all linear layers' training FLOPs."""
+    """The record's account of an FP8 cell: recipe, torchao, converted and skipped layers, the
+    converted layers' share of all linear layers' training FLOPs, and their training FLOPs per
+    sample (the part of flops_per_sample that runs in float8: MFU divides it by the fp8 peak)."""
     flops = linear_flops(spec)
     total = sum(flops.values())
     converted = sum(flops.get(name, 0) for name in conversion.converted)
@@ -164,5 +170,6 @@ def details(conversion: Conversion, spec: Workload) -> dict[str, Any]:
         "converted_layers": list(conversion.converted),
         "skipped_layers": [{"layer": name, "reason": why} for name, why in conversion.skipped.items()],
         "converted_linear_flop_share": converted / total if total else None,
+        "float8_flops_per_sample": converted / LINEAR_FLOPS_BATCH,
         "linear_flops_method": "per-module FlopCounterMode counts of forward and backward on the meta device",
     }

@@ -92,10 +92,45 @@ def peak_unknown_reason(gpu_name: str | None, precision: str) -> str | None:
         return "no GPU: MFU is a GPU measure"
     if gpu_name not in PEAK_TFLOPS:
         return f"no sourced dense peak for {gpu_name!r} (trainkit.engine.flops.PEAK_TFLOPS matches names exactly)"
-    kind = facts_of(precision).peak_kind
-    if kind not in PEAK_TFLOPS[gpu_name]:
-        return f"no sourced dense {kind} peak for {gpu_name!r}"
+    for kind in peak_kinds(precision):
+        if kind not in PEAK_TFLOPS[gpu_name]:
+            return f"no sourced dense {kind} peak for {gpu_name!r}"
     return None
+
+
+FP8_REST_KIND = "bf16"
+"""What an FP8 mode's FLOPs outside its float8 layers run in: attention and the unconverted layers
+under bf16 autocast (precision.Float8Precision)."""
+MFU_METHOD = "flops_per_sample x throughput / ({kind} dense peak x GPUs)"
+FP8_MFU_METHOD = (
+    "FLOPs per dtype: the float8 layers' training FLOPs (precision_details.float8_flops_per_sample) over "
+    "the fp8 dense peak plus the rest of flops_per_sample over the bf16 dense peak, each x throughput / GPUs; "
+    "peak_flops_per_s is the peak that gives the same MFU for all FLOPs (flops / sum of FLOPs over peak)")
+
+
+def peak_kinds(precision: str) -> tuple[str, ...]:
+    """The dense peaks a mode's FLOPs run at: its own, and bf16 besides for FP8 modes."""
+    kind = facts_of(precision).peak_kind
+    return (kind, FP8_REST_KIND) if kind == "fp8" else (kind,)
+
+
+def mfu_peak(gpu_name: str | None, precision: str, flops_per_sample: float | None,
+             details: dict[str, Any] | None) -> tuple[float | None, str]:
+    """(The peak FLOP/s that MFU divides by, how it was formed: the `mfu_method` of the record).
+    An FP8 mode runs only its converted linear layers in float8 and the rest in bf16, so each dtype's
+    FLOPs are divided by their own peak; dividing all of them by the fp8 peak would halve MFU for the
+    part that cannot reach it, and no FP8 MFU would compare with amp-bf16's. None where a peak or
+    the float8 FLOPs are unknown."""
+    kind = facts_of(precision).peak_kind
+    if kind != "fp8":
+        return peak_flops_per_s(gpu_name, precision), MFU_METHOD.format(kind=kind)
+    peaks = PEAK_TFLOPS.get(gpu_name or "", {})
+    float8_flops = (details or {}).get("float8_flops_per_sample")
+    if not flops_per_sample or float8_flops is None or any(k not in peaks for k in peak_kinds(precision)):
+        return None, FP8_MFU_METHOD
+    rest = max(0.0, flops_per_sample - float8_flops)
+    seconds_at_peak = float8_flops / (peaks["fp8"] * 1e12) + rest / (peaks[FP8_REST_KIND] * 1e12)
+    return flops_per_sample / seconds_at_peak, FP8_MFU_METHOD
 
 
 def mfu(flops_per_sample: float | None, throughput_samples_per_s: float | None, peak_per_gpu: float | None,

@@ -155,7 +155,8 @@ class Trainer:
             share = inputs.shape[0] / window.global_samples  # of the effective batch, all ranks
             # DDP decides during forward whether backward will all-reduce, so no_sync must cover
             # forward and backward (baidu-baige/LoongForge#163); only the last micro-batch syncs.
-            with self.sync_gradients(i == last_micro):
+            # A policy that averages over ranks itself (fp32 main gradients) has DDP sync none.
+            with self.sync_gradients(i == last_micro and not self.policy.reduces_gradients):
                 with self.policy.forward_context():
                     loss = self.spec.loss_fn(self.policy.convert_output(self.model(inputs)), targets)
                 _mark(marks, "forward")
@@ -165,6 +166,9 @@ class Trainer:
                 weight = share * self.world_size
                 self.policy.backward(loss * weight if weight != 1.0 else loss)
             _mark(marks, "backward")
+            # Where the policy keeps the gradient (fp32 main gradients); after the mark, so that
+            # diagnostics read the gradient as backward left it.
+            self.policy.after_backward()
             losses.append(loss.detach())
             shares.append(share)
         self.policy.unscale_(self.optimizer)  # once per step, before clipping (pytorch#36601)

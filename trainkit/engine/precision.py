@@ -3,8 +3,9 @@
 A policy owns everything precision changes in a training step, as hooks the loop calls in order:
 `configure_backends` (TF32 flags), `convert_module` (parameter dtype), `trained_parameters` (what
 the optimizer updates: the parameters, or fp32 master copies of them), `forward_context`
-(autocast), `backward` (loss scaling), `unscale_` (before clipping) and `optimizer_step` (the
-step, with GradScaler's skip-on-overflow); `details` tells the record what the mode did to the
+(autocast), `backward` (loss scaling), `after_backward` (where a micro-batch's gradient is
+accumulated), `unscale_` (before clipping) and `optimizer_step` (the step, with GradScaler's
+skip-on-overflow); `details` tells the record what the mode did to the
 model (FP8's converted layers). fp32 is the base class with no-op hooks. What a mode *is* (its
 dtypes, where it runs, its loss scaling) is read from precision_facts.py, never restated.
 """
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from . import float8
+from . import float8, main_grads
 from .config import RunConfig
 from .precision_facts import PrecisionFacts, facts_of, precision_names, unsupported_reason
 
@@ -103,6 +104,21 @@ class Precision:
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
+
+    def after_backward(self) -> None:
+        """After each micro-batch's backward (and DDP's all-reduce, on the last one): take the
+        gradients it left where the policy accumulates them. Here: they stay in the parameters."""
+
+    @property
+    def reduces_gradients(self) -> bool:
+        """The policy averages gradients over ranks itself (in unscale_), so DDP must not: the loop
+        runs every micro-batch under no_sync."""
+        return False
+
+    @property
+    def grad_accum_dtype(self) -> torch.dtype:
+        """The dtype micro-batch gradients are accumulated and averaged over ranks in."""
+        return self.param_dtype
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients to their true size, on the tensors the optimizer updates, before
@@ -246,14 +262,18 @@ class MasterWeightPrecision(HalfPrecision):
     The recipe of large-scale mixed-precision training (Micikevicius et al. 2018; Megatron-LM's
     Float16OptimizerWithFloat16Params, DeepSpeed's fp16 optimizer): the masters are copied from the
     fp32 initial weights before the cast, the optimizer is built over them (so its state is fp32),
-    each step's half-precision gradients are copied into the masters' fp32 gradients before
-    unscaling and clipping, and after the step the masters are rounded back into the parameters.
+    each micro-batch's half-precision gradients are added into the masters' fp32 gradients (the
+    "main gradients" of Megatron-LM and DeepSpeed; config.fp32_main_grads, the default), which are
+    averaged over ranks in fp32 before unscaling and clipping, and after the step the masters are
+    rounded back into the parameters. With fp32_main_grads off, the micro-batches accumulate in the
+    parameters' half-precision gradients, DDP all-reduces them in half precision, and the step's
+    total is copied into the masters.
     Updates below the half-precision spacing of a weight accumulate in the master instead of
     rounding away, and Adam's second moment (g**2, ~1e-8 and below) no longer underflows fp16.
     fp16 keeps dynamic loss scaling: GradScaler works here, since the gradients it unscales are the
     masters' fp32 ones (it refuses fp16 gradients, pytorch/pytorch#74739), and skips a step whose
     gradients overflowed. The price is memory: 4 bytes per parameter for the masters, and 4 more for
-    their gradients from unscale_ to zero_grad.
+    their gradients from the first micro-batch's backward (unscale_ without fp32_main_grads) to zero_grad.
     """
 
     name = "half-fp16-master"
@@ -269,6 +289,7 @@ class MasterWeightPrecision(HalfPrecision):
         """The module's half-precision parameters (forward and backward)."""
         self.masters: list[torch.Tensor] = []
         """Their master copies, one per parameter, in the same order (the optimizer's parameters)."""
+        self.fp32_main_grads = config.fp32_main_grads
 
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
@@ -291,13 +312,24 @@ class MasterWeightPrecision(HalfPrecision):
     def backward(self, loss: torch.Tensor) -> None:
         scaled_backward(self._scaler, loss)
 
+    @property
+    def reduces_gradients(self) -> bool:
+        return self.fp32_main_grads and self.config.world_size > 1
+
+    @property
+    def grad_accum_dtype(self) -> torch.dtype:
+        return self.master_dtype if self.fp32_main_grads else self.param_dtype
+
+    def after_backward(self) -> None:
+        if self.fp32_main_grads:
+            main_grads.add_into(self.params, self.masters, self.master_dtype)
+
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
-        # The half-precision gradients become the masters' fp32 gradients; inf and NaN survive the
-        # cast, so GradScaler still finds an overflow. The parameters' own are dropped (backward
-        # makes new ones, as after zero_grad(set_to_none=True)).
-        for param, master in zip(self.params, self.masters):
-            master.grad = None if param.grad is None else param.grad.to(self.master_dtype)
-            param.grad = None
+        if self.fp32_main_grads:
+            if self.reduces_gradients:
+                main_grads.average_over_ranks(self.masters, self.config.world_size)
+        else:  # the step's half-precision total, all-reduced by DDP
+            main_grads.add_into(self.params, self.masters, self.master_dtype)
         if self._scaler is not None:
             self._scaler.unscale_(optimizer)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from .conditions import merge_conditions, noise_of
 from .config import RunConfig
-from .flops import mfu, peak_flops_per_s, peak_unknown_reason
+from .flops import mfu, mfu_peak, peak_unknown_reason
 from .precision_facts import facts_of
 
 # The contract itself lives in schema.py (no torch), re-exported here for the library's users.
@@ -387,7 +387,8 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
     env = lead.env or {}
     on_gpu = lead.derived.get("resolved_device", "").startswith("cuda")
     energy, energy_method, energy_window_s = merge_energy(ranks, launcher, on_gpu)
-    peak = peak_flops_per_s(env.get("gpu_name"), config.precision) if on_gpu else None
+    peak, mfu_method = mfu_peak(env.get("gpu_name") if on_gpu else None, config.precision, lead.flops_per_sample,
+                                lead.precision_details)
     tokens = config.tokens_per_sample
     utilisation = mfu(lead.flops_per_sample, throughput, peak, config.world_size)
     cpu_times = [r.cpu_time_s for r in ranks]
@@ -410,6 +411,7 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
         "memory": merge_memory(ranks, launcher), "loss": merge_loss(config, ranks),
         "scaler": merge_scaler(config, lead.loss, timed),
         "flops_per_sample": lead.flops_per_sample, "peak_flops_per_s": peak, "mfu": utilisation,
+        "mfu_method": mfu_method,
         "mfu_note": None if utilisation is not None or throughput is None
         else peak_unknown_reason(env.get("gpu_name") if on_gpu else None, config.precision),
         "energy_j_per_sample": energy, "energy_method": energy_method, "energy_window_s": energy_window_s,

@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
+from .options import UsageError
+
 SCHEMA = "trainkit.result/1"
 STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "unsupported")
 MEMORY_KEYS = ("torch_max_allocated_bytes", "torch_max_reserved_bytes", "nvml_process_peak_bytes",
@@ -125,6 +127,23 @@ def append_jsonl(record: dict[str, Any], path: str) -> None:
 class ResultsFileError(ValueError):
     """A results file that is not JSON lines: a line other than the last is not JSON. The message
     is one line naming the file and the line (bad input, exit status 2, in every command)."""
+
+
+class JsonFileError(UsageError, ValueError):
+    """A JSON file that cannot be read: missing, unreadable, not UTF-8 or not JSON. The message is one
+    line naming the file and what it should have been (bad input, exit status 2, in every command)."""
+
+
+def read_json(path: str, what: str, error: type[Exception] = JsonFileError) -> Any:
+    """The JSON document in `path`, or `error` (one line: the file, what it should have been, and
+    why it is not) for a file that cannot be read as JSON. The one JSON reader of every command."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise error(f"{path}: not a readable {what} ({type(exc).__name__}: {exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
 
 
 class CutOffLineWarning(UserWarning):

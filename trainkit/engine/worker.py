@@ -338,6 +338,8 @@ class RankWorker:
             "resolved_device": str(self.device),
             "param_dtype": str(param.dtype),
             "grad_dtype": str(param.dtype),  # gradients take their parameter's dtype
+            # ... and add up over micro-batches and ranks in this one (fp32 main gradients of master modes)
+            "grad_accum_dtype": str(trainer.policy.grad_accum_dtype),
             "compute_dtype": str(trainer.policy.compute_dtype),
             "optimizer_state_dtype": ",".join(sorted(state_dtypes)) or None,
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
@@ -357,6 +359,9 @@ class RankWorker:
             "master_bytes": trainer.policy.master_bytes,
             "total_steps": trainer.total_steps,
             "steps_per_epoch": trainer.data.steps_per_epoch,
+            # A compiled or FP8 cell drops each epoch's short last micro-batch (data.fixed_rows_reason).
+            "short_micro_batch_dropped": trainer.data.drop_reason,
+            "dropped_samples_per_epoch": trainer.data.dropped_samples_per_epoch,
             "torch_num_threads": torch.get_num_threads(),
             "torch_num_threads_method": self.threads_method or "torch's default (a GPU rank's host threads)",
             "checkpointed_modules": list(trainer.checkpointed),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainkit.engine.options import Parser, UsageError, fraction, integer, number
+from trainkit.engine.options import HTML_OUTPUT, Parser, UsageError, fraction, integer, number
 from trainkit.engine.schema import cut_off_lines_on_stderr
 
 from . import verdict
@@ -46,19 +46,19 @@ def parser() -> Parser:
     build = sub.add_parser("build", help="one self-contained HTML report (+ CSV and Markdown summary beside it)")
     build.add_argument("inputs", nargs="+", metavar="RESULTS",
                        help="pytest-benchmark JSON, results JSON lines, single records, or directories of them")
-    build.add_argument("-o", "--output", default="reports/out/report.html", help="HTML file to write")
+    HTML_OUTPUT.add(build, default="reports/out/report.html")
     build.add_argument("--title", default="trainkit report")
     build.add_argument("--plan", action="append", default=[], metavar="PLAN.json",
                        help="a plan from python -m trainkit plan: adds the memory planner section (repeatable)")
 
     plan = sub.add_parser("plan", help="a plan from python -m trainkit plan as a self-contained page")
     plan.add_argument("plan", metavar="PLAN.json")
-    plan.add_argument("-o", "--output", default="reports/out/plan.html", help="HTML file to write")
+    HTML_OUTPUT.add(plan, default="reports/out/plan.html")
 
     compare = sub.add_parser("compare", help="per-cell verdicts of a candidate run against a baseline")
     compare.add_argument("baseline", metavar="BASELINE", help="result file or directory (repeats are combined)")
     compare.add_argument("candidate", metavar="CANDIDATE", help="result file or directory")
-    compare.add_argument("-o", "--output", default="reports/out/compare.html", help="HTML file to write")
+    HTML_OUTPUT.add(compare, default="reports/out/compare.html")
     compare.add_argument("--relative", type=fraction, default=0.07,
                          help="smallest relative change that counts, e.g. 0.07 or 7%% (default 7%%, TorchBench's)")
     compare.add_argument("--k", type=number(), default=3.0,

@@ -7,10 +7,10 @@ A few short columns are added so the tables and figures read plainly:
     variant           config fields besides the axes where a record departs from the usual value
                       among the records of its model ("lr=1e+06"), else ""; precision_variant: the
                       same for fields that only one precision reads (init_scale of amp-fp16). The
-                      axes after the first five lead it where they are not at their defaults
-                      ("compiled ac alloc=expandable_segments:True"), so charts and comparisons
-                      keep compiled and eager, checkpointed and not, apart
-    compiled, activation_checkpointing, alloc_conf   those axes (older records: the defaults)
+                      axes after the first five (trainkit.engine.axes) lead it where they are not at
+                      their defaults ("compiled ac alloc=expandable_segments:True"), so charts and
+                      comparisons keep compiled and eager, checkpointed and not, apart
+    compiled, activation_checkpointing, alloc_conf   those axes, one column each (older records: the defaults)
     eager_variant     the variant without "compiled": a compiled cell's eager twin has it too
     cell              cell_id plus the variants: the key that repeats of one cell share
     peak_memory_bytes the record's headline memory measure, named in memory_measure
@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from trainkit.engine import axes
 from trainkit.engine.precision_facts import loss_scaling_of
 from trainkit.engine.schema import HEADLINE_MEMORY, headline_memory
 
@@ -56,8 +57,6 @@ OTHER = ("cell_id", "status", "status_detail", "finished_at", "run", "source", "
          "profile.memory_snapshot_file", "profile.memory_snapshot_note", "compile.mode", "compile.compile_time_method",
          "precision_details.recipe", "precision_details.converted_layers", "precision_details.skipped_layers",
          "memory.allocator.settings_in_effect", "memory.allocator.method")
-# The axes after the first five, at their defaults in records written before they existed.
-AXIS_DEFAULTS = {"compile": False, "compile_mode": None, "activation_checkpointing": "none", "alloc_conf": None}
 
 
 # Config fields that change the work besides the five axes, with the records they matter to: a
@@ -134,8 +133,7 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     for column in OTHER:
         if column not in frame:
             frame[column] = None
-    config = {"model": "config.model", "precision": "config.precision", "batch_size": "config.batch_size",
-              "grad_accum": "config.grad_accum", "gpus": "config.world_size",
+    config = {**{axis.name: f"config.{axis.field}" for axis in axes.AXES[:axes.FIXED_PART]},
               "effective_batch": "config.effective_batch"}
     for short, column in config.items():
         frame[short] = frame[column] if column in frame else None
@@ -155,24 +153,35 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+def _config_values(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each record's config values by field, None where the record has none (NaN in the frame), and
+    each axis's default where a record from before the axis existed lacks it."""
+    columns = [c for c in frame.columns if c.startswith("config.")]
+    rows = [{k[len("config."):]: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+            for row in frame[columns].to_dict("records")]
+    for row in rows:
+        row.update({axis.field: axis.value(row) for axis in axes.AXES})
+    return rows
+
+
 def _axes(frame: pd.DataFrame) -> None:
-    """The compile, activation-checkpointing and allocator axes as columns, and in the variant."""
-    values = {}
-    for key, default in AXIS_DEFAULTS.items():
-        column = frame[f"config.{key}"] if f"config.{key}" in frame else pd.Series(None, index=frame.index)
-        values[key] = [default if v is None or (isinstance(v, float) and v != v) else v for v in column]
-    frame["compiled"] = pd.Series([bool(v) for v in values["compile"]], index=frame.index, dtype=bool)
-    frame["activation_checkpointing"] = pd.Series(values["activation_checkpointing"], index=frame.index, dtype=object)
-    frame["alloc_conf"] = pd.Series(values["alloc_conf"], index=frame.index, dtype=object)
-    compile_labels = ["" if not on else "compiled" + (f"({mode})" if mode else "")
-                      for on, mode in zip(values["compile"], values["compile_mode"])]
-    other_labels = [" ".join(filter(None, ["ac" if ac == "full" else ("" if ac == "none" else f"ac={ac}"),
-                                           f"alloc={alloc}" if alloc else ""]))
-                    for ac, alloc in zip(values["activation_checkpointing"], values["alloc_conf"])]
-    frame["eager_variant"] = pd.Series([" ".join(filter(None, [o, v])) for o, v in zip(other_labels, frame["variant"])],
+    """The axes after the id's fixed part (trainkit.engine.axes) as columns, and their words in the
+    variant; eager_variant leaves out the compile axis's, so a compiled cell and its eager twin share it."""
+    rows = _config_values(frame)
+    words, eager_words = [[] for _ in rows], [[] for _ in rows]
+    for axis in axes.optional_axes():
+        values = [row[axis.field] for row in rows]
+        kind = bool if isinstance(axis.default, bool) else object
+        frame[axis.report_column] = pd.Series([kind(v) if kind is bool else v for v in values], index=frame.index,
+                                              dtype=kind)
+        for row, own, eager in zip(rows, words, eager_words):
+            label = axis.label(row)
+            own.append(label)
+            if axis.name != "compile":
+                eager.append(label)
+    frame["eager_variant"] = pd.Series([" ".join(filter(None, [*e, v])) for e, v in zip(eager_words, frame["variant"])],
                                        index=frame.index, dtype=object)
-    frame["variant"] = pd.Series([" ".join(filter(None, [c, o, v]))
-                                  for c, o, v in zip(compile_labels, other_labels, frame["variant"])],
+    frame["variant"] = pd.Series([" ".join(filter(None, [*w, v])) for w, v in zip(words, frame["variant"])],
                                  index=frame.index, dtype=object)
 
 

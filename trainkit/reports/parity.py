@@ -15,7 +15,6 @@ types are trainkit.analysis.parity_types.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -25,7 +24,7 @@ import plotly.graph_objects as go
 
 from trainkit.analysis.parity_types import NO_VERDICT, OLD_SCHEMAS, PARITY_SCHEMA
 from trainkit.engine.precision_facts import color_of, display_rank
-from trainkit.engine.schema import MEMORY_NAMES
+from trainkit.engine.schema import MEMORY_NAMES, JsonFileError, read_json
 
 from . import figures, html
 from .figures import Chart
@@ -50,9 +49,8 @@ def is_parity(doc: Any) -> bool:
 
 def _load(path: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_json(path, "parity document")
+    except JsonFileError:
         return None  # not a parity document: the results reader says what is wrong with it
 
 

@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from trainkit.engine.options import UsageError, choice, fraction, integer
+from trainkit.engine.options import HTML_OUTPUT, UsageError, choice, fraction, integer
 
 from .ingest import RunMeta, ingest, iso_date
 from .params import DetectorParams
@@ -80,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("trend", help="the self-contained trend page (plotly)")
     p.add_argument("--db", **db)
-    p.add_argument("-o", "--output", default="reports/out/trend.html", help="HTML file to write")
+    HTML_OUTPUT.add(p, default="reports/out/trend.html")
     p.add_argument("--since", metavar="REF", help="pin the drift check to this commit or date")
     p.add_argument("--cells", default="*", metavar="GLOB", help="cell ids to chart (default all)")
     p.add_argument("--title", default="trainkit history")
