@@ -35,11 +35,15 @@ This is torch.distributed._tools.mem_tracker.MemTracker's composition of the pea
 optimizer state + activations + temporaries, no gradients with set_to_none), measured here on the
 training step trainkit runs. On a CPU it is exact for models whose kernels allocate nothing of their
 own (the MLP and the GPT: the step peak equals the CPU allocator's, byte for byte, with SGD in
-every mode). What no dispatch sees is not in it: oneDNN's convolutions and bf16 matmuls allocate
-scratch buffers of their own (a CNN's real CPU peak is higher; half-bf16's MLP by 50,688 B), AdamW's
-step-counter arithmetic holds two scalars fake tensors compute as constants (12 B), and torchao's
-float8 tensors make copies inside their own dispatch (FP8 emulated on a CPU: the MLP's step peak
-10 % short).
+every mode). One kind of allocation below the dispatcher is replayed: a CPU kernel of mixed-dtype
+arithmetic copies the operand of the other dtype into the common one while it runs (fp32 main
+gradients: each half-precision gradient `_foreach_add_` adds in is copied to fp32 first, so with
+accumulation a master mode's step peaks there, the fp32 copy of the largest gradient beside the main
+and the half-precision gradients; fake_step.cpu_promotion_bytes). Otherwise what no dispatch sees is
+not in it: oneDNN's convolutions and bf16 matmuls allocate scratch buffers of their own (a CNN's
+real CPU peak is higher; half-bf16's MLP by 50,688 B), AdamW's step-counter arithmetic holds two
+scalars fake tensors compute as constants (12 B), and torchao's float8 tensors make copies inside
+their own dispatch (FP8 emulated on a CPU: the MLP's step peak 10 % short).
 
 What a GPU adds, and what this estimate does about it:
 
@@ -300,6 +304,7 @@ class Estimator:
                 tracker.phase = "backward"
             weight = 1.0 / len(micro)  # the micro-batch's share of the step's samples (Trainer: share * ranks)
             policy.backward(loss * weight if weight != 1.0 else loss)
+            policy.after_backward()  # the master modes' fp32 main gradients take this micro-batch's here
             kept.append(loss.detach())
         if tracker is not None:
             tracker.phase = "optimizer"

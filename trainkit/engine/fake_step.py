@@ -23,6 +23,38 @@ from torch.utils._pytree import tree_leaves
 
 STEP_KINDS = ("activations", "gradients", "temporaries")
 
+_aten = torch.ops.aten
+PROMOTING_OPS = frozenset(getattr(_aten, name).Tensor
+                          for name in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"))
+"""Binary arithmetic whose CPU kernel (TensorIterator) promotes an operand of another dtype by copying it."""
+PROMOTING_FOREACH_OPS = frozenset(getattr(_aten, f"_foreach_{name}_").List for name in ("add", "sub", "mul", "div"))
+"""Their foreach forms: on a CPU, one such operation per pair of tensors, one after another."""
+
+
+def _promotion_bytes(out: torch.Tensor, other: Any, in_place: bool) -> int:
+    """Bytes of the copies a CPU kernel makes to run `out OP other` in their common dtype: every
+    tensor operand of another dtype is copied into it (TensorIterator's `promote_inputs_to_common_dtype`
+    on a CPU; a GPU kernel casts as it reads), and an in-place result of another dtype is computed into
+    a temporary and copied back."""
+    if not isinstance(other, torch.Tensor) or out.device.type != "cpu" or other.dtype == out.dtype:
+        return 0
+    common = torch.result_type(out, other)
+    size = sum(t.numel() * common.itemsize for t in (out, other) if t.dtype != common)
+    if in_place and out.dtype != common:
+        size += out.numel() * common.itemsize
+    return size
+
+
+def cpu_promotion_bytes(func: Any, args: tuple[Any, ...]) -> int:
+    """The most bytes alive at once in copies a CPU kernel of `func` makes below the dispatcher, out
+    of sight of a dispatch mode (fp32 main gradients: the fp32 copy of each half-precision gradient
+    `_foreach_add_` adds in)."""
+    if func in PROMOTING_FOREACH_OPS and len(args) >= 2:
+        return max((_promotion_bytes(out, other, True) for out, other in zip(args[0], args[1])), default=0)
+    if func in PROMOTING_OPS and len(args) >= 2 and isinstance(args[0], torch.Tensor):
+        return _promotion_bytes(args[0], args[1], func._schema.is_mutable)
+    return 0
+
 
 def round_to_block(nbytes: int, block: int) -> int:
     """`nbytes` rounded up to a multiple of `block` (1: unchanged)."""
@@ -92,8 +124,9 @@ class StepPeak(TorchDispatchMode):
     storage is a view or an in-place result) until it is freed (a weak reference to the storage
     fires). Storages that existed before entering (the weights, the optimizer's state, the data)
     are not counted. `mark(tensor, kind)` files a counted storage under activations or gradients;
-    the rest are temporaries. `phase` names the part of the step now running, for the record of
-    where the peak was."""
+    the rest are temporaries. A CPU kernel's copies of mixed-dtype operands (cpu_promotion_bytes)
+    count as temporaries while the operation runs. `phase` names the part of the step now running,
+    for the record of where the peak was."""
 
     def __init__(self, block_bytes: int = 1) -> None:
         super().__init__()
@@ -113,6 +146,11 @@ class StepPeak(TorchDispatchMode):
         for tensor in tree_leaves(out):
             if isinstance(tensor, torch.Tensor):
                 self._add(tensor, inputs)
+        # A CPU kernel's own copies live while it runs, beside its output: they count at the peak, freed after.
+        copies = round_to_block(cpu_promotion_bytes(func, args), self.block_bytes)
+        if copies and self.total + copies > self.peak:
+            self.peak, self.peak_phase = self.total + copies, self.phase
+            self.at_peak = {**self.alive, "temporaries": self.alive["temporaries"] + copies}
         return out
 
     def _add(self, tensor: torch.Tensor, inputs: set[Any]) -> None:
