@@ -202,3 +202,14 @@ def test_batchnorm_makes_accumulation_inexact_and_the_workload_says_so(user_dir)
     whole = train(user_config("usermodels:tiny_bn", batch_size=32, grad_accum=1, steps=3))
     assert accumulated.spec.has_batchnorm
     assert not torch.allclose(flat_params(accumulated), flat_params(whole), rtol=1e-5, atol=1e-7)
+
+
+def test_a_workload_s_own_data_set_is_read_in_epochs(monkeypatch):
+    monkeypatch.syspath_prepend(EXAMPLE)
+    config = user_config("tk_example.workloads:resmlp", data="workload", epochs=2, batch_size=100, grad_accum=2)
+    trainer = train(config)
+    # 1024 samples, a fifth (204) held out for the eval loss: 820 in windows of 200, the last one short.
+    assert trainer.data.steps_per_epoch == 5 and trainer.step_samples == [200, 200, 200, 200, 20] * 2
+    assert trainer.data.eval_set[0].shape == (204, 64) and trainer.evaluate() > 0
+    with pytest.raises(WorkloadError, match="has no data set"):
+        train(user_config("tk_example.minimal", data="workload", epochs=1))

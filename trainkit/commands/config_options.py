@@ -88,7 +88,7 @@ def model_fields(spec: str) -> dict[str, str | None]:
 
 def check_paths(config: RunConfig, output: str | None) -> None:
     """Input files and the output directory, checked before any process starts."""
-    if config.data != "synthetic" and not os.path.isdir(config.data_root or ""):
+    if config.data in cfg.LOCAL_DATA and not os.path.isdir(config.data_root or ""):
         raise UsageError(f"--data-root {config.data_root!r} is not a directory")
     if config.resume_from and not os.path.isfile(config.resume_from):
         raise UsageError(f"--resume-from {config.resume_from!r} is not a file")

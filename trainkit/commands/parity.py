@@ -393,6 +393,8 @@ def _run(args: Any) -> tuple[ParityDocument, str]:
     models = args.model or DEFAULT_MODELS[device_type]
     if args.jobs > 1 and device_type != "cpu":
         raise UsageError(f"--jobs {args.jobs}: cells run side by side only on a CPU (the device is {device_type})")
+    for spec in (m for m in models if m not in MODELS):
+        model_fields(spec)  # resolved here: a bad spec is one line, before any cell starts
     missing = [m for m in models if m in MODELS and m not in setups_for(device_type)]
     if missing:
         raise UsageError(f"--model: no parity recipe for {', '.join(missing)} on {device_type}; choose from "

@@ -12,7 +12,7 @@ import re
 MODELS = ("mlp", "cnn", "resnet18", "resnet50", "gpt")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "exponential", "lambda", "cosine")
-DATASETS = ("synthetic", "mnist", "cifar10", "imagefolder")
+DATASETS = ("synthetic", "mnist", "cifar10", "imagefolder", "workload")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """torch.compile's modes (an unknown one is a RuntimeError inside torch.compile, after the cell started)."""

@@ -38,7 +38,10 @@ MODELS_FOR_DATA = {
     "mnist": ("mlp", "cnn"),
     "cifar10": ("resnet18", "resnet50"),
     "imagefolder": ("resnet18", "resnet50"),
+    "workload": (),  # a workload's own data set (Workload.dataset): no built-in model has one
 }
+LOCAL_DATA = ("mnist", "cifar10", "imagefolder")
+"""The data sets read from data_root (the others are generated, or the workload's own)."""
 
 
 class ConfigError(ValueError):
@@ -79,9 +82,9 @@ def _check_workload(config: RunConfig) -> None:
     if not isinstance(config.model, str) or not WORKLOAD_NAME.fullmatch(config.model):
         raise ConfigError(f"model={config.model!r} is not a workload name: use letters, digits, '_' and '.', "
                           "joined by single '-'")
-    if config.data != "synthetic":
+    if config.data not in ("synthetic", "workload"):
         raise ConfigError(f"data={config.data!r} is for the built-in models; workload {config.model!r} reads "
-                          "synthetic data (its make_batch)")
+                          "synthetic data (its make_batch) or its own data set (data=workload)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,7 +167,8 @@ class RunConfig:
     # --- data --------------------------------------------------------------------------------
     data: str = "synthetic"
     """synthetic (generated on the device, labels from a fixed random teacher), mnist, cifar10
-    or imagefolder (read from data_root; never downloaded)."""
+    or imagefolder (read from data_root; never downloaded), or workload (a workload's own data set,
+    Workload.dataset, read in epochs like the real ones)."""
     data_root: str | None = None
     """Directory of a real data set (torchvision layout)."""
     image_size: int | None = None
@@ -313,7 +317,7 @@ def _check_data(c: RunConfig) -> None:
     if c.workload is None and c.model not in MODELS_FOR_DATA[c.data]:
         raise ConfigError(f"model={c.model!r} cannot read data={c.data!r}; "
                           f"choose from {', '.join(MODELS_FOR_DATA[c.data])}")
-    if c.data != "synthetic" and not c.data_root:
+    if c.data in LOCAL_DATA and not c.data_root:
         raise ConfigError(f"data={c.data!r} needs data_root (a local directory; nothing is downloaded)")
     _at_least("num_workers", c.num_workers, 0)
     if c.prefetch_factor is not None:

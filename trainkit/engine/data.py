@@ -295,7 +295,8 @@ def hold_out(dataset: Dataset, eval_samples: int = EVAL_SAMPLES) -> tuple[Datase
 def stack_eval(dataset: Dataset, device: torch.device, input_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     pairs = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
     inputs = torch.stack([torch.as_tensor(x) for x, _ in pairs]).to(device)
-    targets = torch.as_tensor([int(y) for _, y in pairs]).to(device)
+    # Class ids (torchvision's ints) or a workload's target tensors, stacked alike.
+    targets = torch.stack([torch.as_tensor(y) for _, y in pairs]).to(device)
     return (inputs.to(input_dtype) if inputs.is_floating_point() else inputs), targets
 
 

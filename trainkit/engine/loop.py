@@ -26,7 +26,7 @@ from .data import Window, build_data, build_real_dataset, num_classes_of
 from .precision import NO_CONTEXT, Precision, Unsupported, build_precision
 from .schema import replacing
 from .timing import Marks
-from .workload_resolve import build_workload
+from .workload_resolve import build_workload, workload_dataset
 
 
 def _mark(marks: Marks | None, phase: str) -> None:
@@ -99,8 +99,10 @@ class Trainer:
         self.policy.configure_backends()
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
 
-        dataset = build_real_dataset(config) if config.data != "synthetic" else None
+        dataset = build_real_dataset(config) if config.data not in ("synthetic", "workload") else None
         self.spec = build_workload(config, num_classes_of(dataset) if dataset is not None else 10)
+        if config.data == "workload":
+            dataset = workload_dataset(self.spec)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
         # The order matters: precision conversion (float8 layers), activation checkpointing around
         # the converted blocks, DDP, and torch.compile last, so that it traces all of them.

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from . import workload_adapters as adapters
 from .config import RunConfig
@@ -190,6 +191,14 @@ def model_choice(spec: str) -> ModelChoice:
     if module_name.endswith(".py") and not module_name.startswith(tuple(adapters.ADAPTERS)):
         spec = f"{os.path.abspath(module_name)}{colon}{attr}{question}{query}"
     return ModelChoice(resolve(spec).name, spec)
+
+
+def workload_dataset(workload: Workload) -> Dataset:
+    """The workload's own data set (`--data workload`), or WorkloadError saying it has none."""
+    if workload.dataset is None:
+        raise WorkloadError(f"data=workload: workload {workload.name!r} has no data set (its dataset is None); "
+                            "use data=synthetic")
+    return workload.dataset()
 
 
 def build_workload(config: RunConfig, num_classes: int = 10) -> Workload:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from trainkit.engine.workload import Workload
 
@@ -50,10 +51,15 @@ def make_batch(batch_size: int, generator: torch.Generator, device: torch.device
     return features, torch.tanh(features).matmul(weight).argmax(dim=1)
 
 
+def dataset(samples: int = 1024) -> TensorDataset:
+    """A fixed data set of the same task (`--data workload --epochs N`), as a real one would be read."""
+    return TensorDataset(*make_batch(samples, torch.Generator().manual_seed(TEACHER_SEED + 1), torch.device("cpu")))
+
+
 def resmlp(width: int = 64, depth: int = 2) -> Workload:
     """The LayerNorm variant: accumulation-equivalent."""
     return Workload(name="resmlp", build=lambda: ResidualMLP(width, depth, "layer"), loss_fn=F.cross_entropy,
-                    make_batch=make_batch, num_classes=CLASSES)
+                    make_batch=make_batch, dataset=dataset, num_classes=CLASSES)
 
 
 def resmlp_bn(width: int = 64, depth: int = 2) -> Workload:
