@@ -66,7 +66,10 @@ def run_matrix(options: MatrixOptions, run: RunDir) -> Stage:
         if run.exists(stale):
             os.remove(run.path(stale))
     sys.stdout.flush()
-    returncode = subprocess.run(command, cwd=ROOT).returncode
+    # bench runs in the checkout; a workload's module (--model MODULE:FUNCTION) imports from the
+    # directory this command was started in, so that directory goes on the subprocess's path.
+    path = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+    returncode = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": path}).returncode
     details["pytest_exit_status"] = returncode
     try:
         records = read_jsonl(run.path(RESULTS)) if run.exists(RESULTS) else []

@@ -133,3 +133,15 @@ def test_parity_judges_a_user_workload_by_its_name(user_dir):
     assert block["config"]["workload"] == "usermodels:tiny" and block["config"]["optimizer"] == "adamw"
     assert set(block["precisions"]) == {"fp32", "amp-bf16"}
     assert block["precisions"]["amp-bf16"]["verdict"] in ("equivalent", "worse", "better", "inconclusive")
+
+
+@pytest.mark.slow
+def test_nightly_runs_a_user_workload_from_the_directory_it_was_started_in(user_dir):
+    proc = run([*trainkit_cmd("x")[:2], "nightly", "run", "--out", "night", "--preset", "tiny", "--device", "cpu",
+                "--", "--model", "usermodels:tiny", "--precision", "fp32", "--grad-accum", "1", "--steps", "2",
+                "--warmup-steps", "1", "--rounds", "2"], user_dir)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with open(user_dir / "night" / "results.jsonl") as f:
+        cells = [json.loads(line) for line in f]
+    assert {c["cell_id"] for c in cells} == {"tiny-fp32-bs16-ga1-gpus1"}  # each of nightly's repeats
+    assert all(c["status"] == "ok" and c["config"]["workload"] == "usermodels:tiny" for c in cells)
