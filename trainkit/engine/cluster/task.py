@@ -88,7 +88,7 @@ def run_cell_job(job: CellJob) -> dict[str, Any] | None:
     try:
         if env.num_tasks > 1:
             from ..launch import run_under_torchrun  # torch: after the allocator setting above
-            from ..worker import limit_host_memory
+            from ..worker import limit_host_memory  # torch: likewise
 
             os.environ.update(torchrun_environment(env, os.environ.get("CUDA_VISIBLE_DEVICES")))
             if job.memory_limit_bytes is not None:
