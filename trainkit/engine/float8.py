@@ -86,6 +86,7 @@ def _float8() -> Any:
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
+        # torchao: optional, only for the FP8 precisions (tests hide it to check that)
         import torchao.float8
         import torchao.float8.float8_linear  # noqa: F401 - Float8Linear, below
     finally:
@@ -145,7 +146,7 @@ def linear_flops(spec: ModelSpec) -> dict[str, int]:
     """Training FLOPs (forward and backward) of each nn.Linear of the model for a batch of
     LINEAR_FLOPS_BATCH, keyed by module name, counted by FlopCounterMode on the meta device (no
     memory, no compute), as flops.training_flops_per_sample counts the whole model."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode  # not loaded by `import torch`: only when FLOPs are counted
 
     batch = LINEAR_FLOPS_BATCH
     with torch.device("meta"):

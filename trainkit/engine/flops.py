@@ -145,6 +145,7 @@ def training_flops_per_sample(spec: ModelSpec) -> float:
     """FLOPs of one forward + backward pass per sample, counted by torch's FlopCounterMode on the
     meta device (no memory, no compute). Counts matmuls, convolutions and attention; elementwise
     ops are ignored, as in every MFU convention (PaLM appendix B)."""
+    # torch: this module is torch-free at import (the reports' flags and nightly's gpu-check read its peak table)
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -120,7 +120,7 @@ def build_spec(config: RunConfig, num_classes: int = 10) -> ModelSpec:
     if config.model == "cnn":
         return ModelSpec("cnn", lambda: TwoConvNet(num_classes), cross_entropy, (1, 28, 28), num_classes, False, False)
     if config.model in ("resnet18", "resnet50"):
-        import torchvision
+        import torchvision  # torchvision: optional, only for the ResNets
 
         factory = getattr(torchvision.models, config.model)
         return ModelSpec(config.model, lambda: factory(weights=None, num_classes=num_classes), cross_entropy,

@@ -11,6 +11,7 @@ read after the window.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import statistics
@@ -96,8 +97,6 @@ def limit_host_memory(extra_bytes: int) -> None:
     and a fixed mmap threshold (the adaptive one keeps freed large blocks in the heap, fragmented
     in an order the threads decide). Without this, the same cell near the cap runs or fails by
     chance; with it, the cap bounds the memory in use and a cell fails the same way every time."""
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(GLIBC_M_ARENA_MAX, 1)
