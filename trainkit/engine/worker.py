@@ -307,19 +307,18 @@ class RankWorker:
 
     def _diagnose(self) -> dict[str, Any]:
         """Why the loss moved, from one more step after everything above was read (like the profiling
-        passes, it never touches those figures). A failure is reported beside the cell's results."""
-        try:
-            result = diagnose(self.trainer)
-            self._sync()
-            return result
-        except Exception as exc:
-            return {"error": classify(exc)[1]}
+        passes, it never touches those figures)."""
+        return self._beside_the_figures(lambda: diagnose(self.trainer))
 
     def _profile(self) -> dict[str, Any]:
-        """The profiling passes, after everything above was read: they never touch those figures.
-        A profiler failure is reported beside the cell's results, which stay valid."""
+        """The profiling passes, after everything above was read: they never touch those figures."""
+        return self._beside_the_figures(lambda: profile_cell(self.trainer, self.profile, self.rank))  # type: ignore[arg-type]
+
+    def _beside_the_figures(self, extra_pass: Any) -> dict[str, Any]:
+        """An extra pass after the figures: its failure is reported beside the cell's results, which
+        stay valid, never instead of them."""
         try:
-            result = profile_cell(self.trainer, self.profile, self.rank)  # type: ignore[arg-type]
+            result = extra_pass()
             self._sync()
             return result
         except Exception as exc:
