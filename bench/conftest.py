@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from trainkit.analysis.plan_file import planned_max_batch, read_plan
+from trainkit.commands.cli import MEMORY_LIMIT_ON_GPU
 from trainkit.engine import axes
 from trainkit.engine.config import COMPILE_MODES, SNAPSHOT_STEPS, TRACE_STEPS, ProfileConfig
 from trainkit.engine.env import fingerprint
@@ -131,8 +133,6 @@ def _cells(config: pytest.Config) -> list:
     hw = Hardware(info["device"], info["gpu_count"], tuple(info["capability"]) if info["capability"] else None,
                   info["gpu_name"], info["cpu_count"], info.get("compile_unsupported"))
     if config.getoption("tk_memory_limit") and hw.device == "cuda":
-        from trainkit.commands.cli import MEMORY_LIMIT_ON_GPU
-
         raise pytest.UsageError(f"--cell-memory-limit-gb {MEMORY_LIMIT_ON_GPU}; here the cells run on CUDA "
                                 "(use --device cpu)")
     chosen = preset(config.getoption("preset") or "quick", on_gpu=hw.device == "cuda")
@@ -159,8 +159,6 @@ def _cells(config: pytest.Config) -> list:
 
 def _planned(config: pytest.Config, hw: Hardware) -> Any:
     """--batch-size max's resolver: the planned maximum of a cell, from the --plan files."""
-    from trainkit.analysis.plan_file import planned_max_batch, read_plan
-
     paths = config.getoption("tk_plans")
     if not paths:
         return None
@@ -277,7 +275,7 @@ def _build_report(session: pytest.Session) -> None:
     if bench is None or not bench.records or session.config.getoption("tk_no_report"):
         return
     try:
-        from trainkit.reports.build import build_report
+        from trainkit.reports.build import build_report  # pandas/plotly: the reports extra, only for a page
     except ImportError as exc:
         bench.report_note = f"no HTML report: {exc} (install trainkit[reports])"
         return

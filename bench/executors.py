@@ -168,7 +168,7 @@ def arrange(config: pytest.Config, cells: list[CellSpec]) -> list[CellSpec]:
 def _harvest(folder: str, waiting: dict[str, CellSpec]) -> list[tuple[CellSpec, dict[str, Any]]]:
     """Records that jobs of an earlier driver returned after it died: rank 0's result files in the
     job directory whose cell this run still needs, with the same options."""
-    from submitit.core.utils import pickle_load
+    from submitit.core.utils import pickle_load  # submitit: the optional cluster extra, only on slurm
 
     found = []
     for path in sorted(glob.glob(os.path.join(folder, "*_0_result.pkl"))):

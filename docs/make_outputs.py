@@ -1,6 +1,6 @@
 """Runs every command of the tutorials for real and records what it printed, for the docs to include.
 
-    python docs/make_outputs.py [--only TUTORIAL] [--screenshots-only]
+    python docs/make_outputs.py [--only TUTORIAL[/BLOCK]] [--screenshots-only]
 
 A tutorial marks each block of commands it wants run with a comment on the line before it:
 
@@ -115,14 +115,15 @@ def screenshot(html: Path, png: Path, window: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="run only this tutorial's blocks (its file name without .md)")
+    parser.add_argument("--only", help="run only this tutorial's blocks (its file name without .md), or one "
+                                       "block of it: TUTORIAL/NAME")
     parser.add_argument("--screenshots-only", action="store_true", help="only remake the screenshots")
     args = parser.parse_args(argv)
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
     if not args.screenshots_only:
         scratch = Path(tempfile.mkdtemp(prefix="trainkit-docs-"))
         for block in tutorial_blocks():
-            if args.only and block.tutorial != args.only:
+            if args.only and args.only not in (block.tutorial, f"{block.tutorial}/{block.name}"):
                 continue
             out = OUTPUTS / block.tutorial / f"{block.name}.txt"
             out.parent.mkdir(parents=True, exist_ok=True)

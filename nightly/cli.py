@@ -30,9 +30,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from bench.matrix import PRESET_NAMES
+from trainkit.engine import cluster
+from trainkit.engine.cluster import from_namespace
 from trainkit.engine.options import (
     DEVICE,
     REPEATS,
@@ -48,15 +49,19 @@ from trainkit.engine.options import (
 )
 from trainkit.engine.schema import ResultsFileError, cut_off_lines_on_stderr
 from trainkit.reports.cli import metric_threshold
+from trainkit.reports.history.ingest import RunMeta, ingest
 from trainkit.reports.records import InputError
+from trainkit.reports.verdict import Thresholds
 
-from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, LABELS, NO_BASELINE, PASS, REGRESSION
+from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, LABELS, NO_BASELINE, PASS, REGRESSION, summary
+from .baselines import DEFAULT_ROOT, promote, shown
+from .gate import NIGHTLY_THRESHOLDS, run_compare
 from .gpucheck import CHECK_NAMES, GROUPS, parse_only, run_gpu_check
 from .gpucheck import DEFAULT_OUT as GPU_CHECK_OUT
+from .matrix import MatrixOptions, run_matrix
+from .preflight import PreflightLimits, run_preflight
+from .report import run_report
 from .rundir import RESULTS, TITLES, Outcome, RunDir, Stage
-
-if TYPE_CHECKING:
-    from trainkit.reports.verdict import Thresholds
 
 DEFAULT_OUT = os.path.join("reports", "out", "nightly")
 TREND = "trend.html"  # the run store's trend page, written into the run directory by `history`
@@ -80,7 +85,7 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 
 def _add_preflight(p: argparse.ArgumentParser) -> None:
-    from .preflight import PreflightLimits as L
+    L = PreflightLimits  # the defaults
 
     p.add_argument("--min-free-fraction", type=fraction, default=L.min_free_fraction, metavar="F",
                    help="each GPU needs this share of its memory free (default %(default)s)")
@@ -98,14 +103,13 @@ def _add_matrix(p: argparse.ArgumentParser) -> None:
     REPEATS.add(p, default=3, help="runs of every cell in fresh workers (default 3; fewer are reported, not gated)")
     p.add_argument("bench_args", nargs="*", metavar="-- BENCH_OPTIONS",
                    help="further bench options after --, e.g. -- --model gpt --cell-timeout 600")
-    from trainkit.engine import cluster
 
     cluster.add_options(p.add_argument_group("where the cells run (see README, 'Running on a SLURM cluster')")
                         .add_argument)
 
 
 def _add_gate(p: argparse.ArgumentParser) -> None:
-    from .gate import NIGHTLY_THRESHOLDS as T
+    T = NIGHTLY_THRESHOLDS  # the defaults
 
     p.add_argument("--baselines", default=None, metavar="DIR",
                    help="where baselines live, one directory per fingerprint (default reports/baselines)")
@@ -187,27 +191,17 @@ def parser() -> Parser:
 # --- commands ---------------------------------------------------------------------------------
 
 def _limits(args: argparse.Namespace):
-    from .preflight import PreflightLimits
-
     return PreflightLimits(device=args.device, min_free_fraction=args.min_free_fraction, min_gpus=args.min_gpus,
                            allow_foreign_processes=args.allow_foreign_processes,
                            fail_on_slowdown=args.fail_on_slowdown)
 
 
 def _matrix_options(args: argparse.Namespace):
-    from trainkit.engine.cluster import from_namespace
-
-    from .matrix import MatrixOptions
-
     return MatrixOptions(preset=args.preset, repeats=args.repeats, device=args.device,
                          bench_args=tuple(args.bench_args), executor=from_namespace(args))
 
 
 def _thresholds(args: argparse.Namespace):
-    from trainkit.reports.verdict import Thresholds
-
-    from .gate import NIGHTLY_THRESHOLDS
-
     return Thresholds(relative=args.relative, k=args.k, spread=args.spread,
                       per_metric={**NIGHTLY_THRESHOLDS.per_metric, **dict(args.threshold)},
                       gate_metrics=args.gate_metrics, gate_cells=tuple(args.gate_cells),
@@ -218,8 +212,6 @@ def _thresholds(args: argparse.Namespace):
 
 def _finish(run: RunDir, stage: Stage) -> int:
     """Record the stage, refresh summary.md, print the stage's line."""
-    from . import summary
-
     run.record(stage)
     summary.write(run)
     label = "" if stage.exit_status == PASS else f"{LABELS[stage.exit_status]}: "
@@ -239,7 +231,6 @@ def _github(run: RunDir, outcome: Outcome) -> None:
     whose title says whose problem it is. Elsewhere nothing: the same run works on any host."""
     if os.environ.get("GITHUB_ACTIONS") != "true":
         return
-    from . import summary
 
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
@@ -254,8 +245,6 @@ def _github(run: RunDir, outcome: Outcome) -> None:
 
 
 def _status(run: RunDir) -> int:
-    from . import summary
-
     if not run.state():
         raise InputError(f"{run.root}: no nightly run here (no nightly.json)")
     outcome = run.outcome()
@@ -269,8 +258,6 @@ def _status(run: RunDir) -> int:
 def _compare(args: argparse.Namespace, run: RunDir, thresholds: Thresholds, candidate: str | None = None) -> Stage:
     """The gate as a stage: results it cannot use (a run that mixes machines, a broken manifest)
     are recorded as bad input, so `status` and the summary say so."""
-    from .gate import run_compare
-
     try:
         return run_compare(run, thresholds, candidate=candidate, baselines_root=args.baselines,
                            baseline=args.baseline, history=args.history)
@@ -281,8 +268,8 @@ def _compare(args: argparse.Namespace, run: RunDir, thresholds: Thresholds, cand
 def _history(run: RunDir, store: str, report_url: str | None = None, preset: str | None = None) -> int:
     """The run's results into the store (its commit and branch from nightly.json), then the store's
     trend page into the run directory."""
+    # numpy/scipy/ruptures (the detector) and plotly: kept out of `python -m nightly`'s import path
     from trainkit.reports.history.changes import load
-    from trainkit.reports.history.ingest import RunMeta, ingest
     from trainkit.reports.history.trend import write_page
 
     state = run.state()
@@ -297,10 +284,6 @@ def _history(run: RunDir, store: str, report_url: str | None = None, preset: str
 
 
 def _run(args: argparse.Namespace, run: RunDir, configs: dict[str, object]) -> int:
-    from .matrix import run_matrix
-    from .preflight import run_preflight
-    from .report import run_report
-
     run.start()
     matrix_options = configs["matrix_options"]
     if matrix_options.executor.executor == "slurm":  # this machine is a login node, not where cells run
@@ -336,8 +319,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "gpu-check":
         return run_gpu_check(args.out, args.device, args.only)
     if args.command == "promote":
-        from .baselines import DEFAULT_ROOT, promote, shown
-
         promoted = promote(RunDir(args.run_dir), args.baselines or DEFAULT_ROOT, force=args.force)
         for baseline in promoted:  # one per environment the run's cells were measured in
             print(f"promoted {args.run_dir} to {baseline.describe()}")
@@ -351,17 +332,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args, run, configs)
     if args.command == "preflight":
-        from .preflight import run_preflight
-
         run.start()
         return _finish(run, run_preflight(configs["limits"], run))
     if args.command == "matrix":
-        from .matrix import run_matrix
-
         return _finish(run, run_matrix(configs["matrix_options"], run))
     if args.command == "report":
-        from .report import run_report
-
         return _finish(run, run_report(run))
     return _finish(run, _compare(args, run, configs["thresholds"], args.candidate))
 

@@ -44,7 +44,17 @@ from trainkit.reports.records import all_records, read_runs
 from trainkit.reports.verdict import Comparison, Samples, Thresholds, cell_data, compare_records
 
 from . import INCONCLUSIVE, NO_BASELINE, PASS, REGRESSION
-from .baselines import MANIFEST, Baseline, describe_fingerprint, find, load, load_all, slug, split_by_fingerprint
+from .baselines import (
+    DEFAULT_ROOT,
+    MANIFEST,
+    Baseline,
+    describe_fingerprint,
+    find,
+    load,
+    load_all,
+    slug,
+    split_by_fingerprint,
+)
 from .rundir import COMPARE, RESULTS, RunDir, Stage
 
 NIGHTLY_THRESHOLDS = Thresholds(per_metric={"loss": 0.02}, two_sided=("loss",), max_spread=0.10, min_repeats=3,
@@ -157,8 +167,6 @@ def run_compare(run: RunDir, thresholds: Thresholds = NIGHTLY_THRESHOLDS, candid
 def _compare(run: RunDir, thresholds: Thresholds, candidate: str | None, baselines_root: str | None,
              baseline: str | None) -> tuple[Stage, set[str], list[dict[str, Any]]]:
     """run_compare without the history: the stage, the regressed cell ids, the candidate's records."""
-    from .baselines import DEFAULT_ROOT
-
     root = baselines_root or DEFAULT_ROOT
     candidate = candidate or run.path(RESULTS)
     cand_records = _read(candidate)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from trainkit.engine.cluster import ExecutorOptions, command_line
 from trainkit.engine.schema import ResultsFileError, read_jsonl
 
-from . import BAD_INPUT, INFRASTRUCTURE, PASS
+from . import BAD_INPUT, INFRASTRUCTURE, PASS, preflight
 from .rundir import BENCH_JSON, RESULTS, ROOT, RunDir, Stage
 
 BENCH_TEST = os.path.join("bench", "test_train.py")  # not `bench`: the opt-in overhead benchmark stays out
@@ -90,10 +90,10 @@ def run_matrix(options: MatrixOptions, run: RunDir) -> Stage:
     # With --strict-cells, cells that did not end ok fail their tests (exit 1): results for the gate.
     if returncode != 0 and not (returncode == PYTEST_TESTS_FAILED and ran):
         return Stage("matrix", INFRASTRUCTURE, f"bench exited {returncode}: the matrix could not run", details)
-    from .preflight import postflight  # after the matrix: do the GPUs still answer?
 
     # On a cluster the GPUs are the nodes', not this machine's: each record names its node.
-    lost = None if options.executor.executor == "slurm" else postflight(run)
+    # After the matrix: do the GPUs still answer? (preflight.postflight, looked up now: tests replace it)
+    lost = None if options.executor.executor == "slurm" else preflight.postflight(run)
     if lost:
         return Stage("matrix", INFRASTRUCTURE, lost, details)
     if not ran:

@@ -22,7 +22,7 @@ import platform
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from trainkit.engine.nvml import SLOWDOWN_REASONS
+from trainkit.engine.nvml import SLOWDOWN_REASONS, Nvml
 from trainkit.engine.schema import JsonFileError, fingerprint, read_json, write_json
 
 from . import INFRASTRUCTURE, PASS
@@ -64,7 +64,7 @@ class PreflightLimits:
 def probe_device(device: str) -> dict[str, Any]:
     """What torch sees, from a fresh worker process (this one never initialises CUDA): device,
     GPU count, capability and the environment fingerprint. Raises RuntimeError when it cannot."""
-    from trainkit.engine.launch import probe
+    from trainkit.engine.launch import probe  # torch: kept out of `python -m nightly`'s import path
 
     return probe(device)
 
@@ -72,10 +72,8 @@ def probe_device(device: str) -> dict[str, Any]:
 def open_gpus() -> tuple[list[tuple[str, Any]], str | None]:
     """NVML sessions for the GPUs the cells may use: those CUDA_VISIBLE_DEVICES names (indices or
     UUIDs), else every GPU NVML sees. Returns (id, Nvml) pairs and why NVML is unusable, if it is."""
-    from trainkit.engine.nvml import Nvml
-
     try:
-        import pynvml
+        import pynvml  # optional (trainkit[bench]): its absence is a pre-flight answer, not an import error
     except ImportError:
         return [], "NVML is not available: nvidia-ml-py is not installed (pip install trainkit[bench])"
     try:

@@ -15,7 +15,7 @@ def run_report(run: RunDir, title: str = "trainkit nightly") -> Stage:
     if not run.exists(RESULTS):
         return Stage("report", INFRASTRUCTURE, f"no {RESULTS} in {run.root}: the matrix wrote no results")
     try:
-        from trainkit.reports.build import build_report
+        from trainkit.reports.build import build_report  # pandas/plotly: the reports extra, only for a page
     except ImportError as exc:
         return Stage("report", INFRASTRUCTURE, f"no report: {exc} (install trainkit[reports])")
     try:

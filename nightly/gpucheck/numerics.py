@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trainkit.engine.config import RunConfig
+from trainkit.engine.protocol import Reply
 
 from .results import FAIL, OK, Check, failed_cell, finite
 from .thresholds import FP32_UNIT_ROUNDOFF, HALF_SHARE_MIN, TF32_BAND_FACTOR, TF32_UNIT_ROUNDOFF
@@ -169,8 +170,6 @@ def measure_matmuls(device: str, size: int, repeats: int) -> dict[str, Any]:
 
 def matmul_worker(conn: Any, device: str, size: int, repeats: int, environ: dict[str, str]) -> None:
     """Entry point of the matmul probe's fresh process (trainkit.engine.launch.call_in_fresh_process)."""
-    from trainkit.engine.protocol import Reply
-
     os.environ.clear()
     os.environ.update(environ)
     try:

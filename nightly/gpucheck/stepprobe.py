@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from trainkit.engine.config import RunConfig
+from trainkit.engine.protocol import Reply
 
 COUNTED_STEP = "gpu-check: the counted step"
 """The torch.profiler range around the step whose peak is read (the build and the first step are not)."""
@@ -56,7 +57,7 @@ class StepCount:
 @contextlib.contextmanager
 def _cpu_allocator_events(on_cpu: bool) -> Iterator[Any]:
     """torch.profiler recording every allocation and free of the CPU allocator (None on a GPU)."""
-    import torch
+    import torch  # torch: runs in the probe's process, kept out of `python -m nightly`'s import path
 
     if not on_cpu:
         yield None
@@ -87,6 +88,7 @@ def _counted_step_peak(prof: Any) -> int:
 def count_step(config: RunConfig) -> StepCount:
     """Build the cell's trainer, take one step (it creates the optimizer's state, as the warmup
     does before a timed step), then take one more counting what it saves for backward."""
+    # torch and the engine's torch modules: in the probe's process, kept out of `python -m nightly`'s import path
     import torch
 
     from trainkit.engine.data import SyntheticData
@@ -124,9 +126,9 @@ def count_step(config: RunConfig) -> StepCount:
 def step_probe_worker(conn: Any, configs: Sequence[dict[str, Any]], environ: dict[str, str]) -> None:
     """Entry point of the step probe's fresh process (trainkit.engine.launch.call_in_fresh_process):
     each config's count, or {"error": ...} for a config whose step failed."""
+    # torch and the engine's torch modules: in the probe's process, kept out of `python -m nightly`'s import path
     import torch
 
-    from trainkit.engine.protocol import Reply
     from trainkit.engine.worker import classify
 
     os.environ.clear()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from ..engine import config as cfg
@@ -24,6 +25,8 @@ from ..engine.config import ConfigError, ProfileConfig, RunConfig
 from ..engine.options import CELL_TIMEOUT, MEMORY_LIMIT_GB, OUTPUT, QUIET, Parser, UsageError, integer, output_dir
 from ..engine.schema import MEMORY_NAMES, headline_memory, read_json, write_json
 from .config_options import MEMORY_LIMIT_ON_GPU, add_config_options, check_paths, config_from_args
+from .parity import add_arguments as add_parity_arguments
+from .parity import main as cmd_parity
 from .plan import cmd_plan
 from .plan_options import add_parser as add_plan_parser
 from .workloads import add_parsers as add_workload_parsers
@@ -61,7 +64,6 @@ def build_parser() -> Parser:
         prof.add_argument("--profile-dir", type=output_dir, metavar="DIR", default=None,
                           help="where traces and snapshots go (default: OUTPUT.profile/, or ./trainkit-profiles/)")
     sub.add_parser("env", help="print the environment fingerprint as JSON")
-    from .parity import add_arguments as add_parity_arguments
 
     add_parity_arguments(sub.add_parser("parity", help="judge each precision's eval loss against fp32's, seed by "
                                                        "seed, with time to target and diagnostics (see --help)"))
@@ -90,7 +92,6 @@ def _load_record_config(path: str) -> RunConfig:
 def _progress_printer(config: RunConfig, quiet: bool):  # noqa: ANN202
     if quiet:
         return None
-    import time
 
     started = time.monotonic()
 
@@ -144,6 +145,7 @@ def summary_line(record: dict[str, Any]) -> str:
 
 
 def cmd_env() -> int:
+    # torch (and the engine's env module, which imports it): kept out of `python -m trainkit`'s import path
     import torch
 
     from ..engine.env import collect_env
@@ -163,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "env":
             return cmd_env()
         if args.command == "parity":
-            from .parity import main as cmd_parity
-
             return cmd_parity(args)
         if args.command == "workloads":
             return cmd_workloads(args)

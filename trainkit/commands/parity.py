@@ -15,6 +15,7 @@ commands their import time, nor fail them when absent.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
@@ -38,9 +39,26 @@ from ..analysis.parity_types import (
     ParityDocument,
     PrecisionParity,
 )
-from ..engine.config import MODELS, RunConfig
+from ..engine.config import MODELS, ProfileConfig, RunConfig
+from ..engine.options import (
+    CELL_TIMEOUT,
+    DEVICE,
+    LR,
+    MODELS_LIST,
+    OUTPUT,
+    PRECISIONS_LIST,
+    QUIET,
+    REPORT,
+    STEPS,
+    WARMUP_STEPS,
+    UsageError,
+    fraction,
+    integer,
+    number,
+    output_file,
+)
 from ..engine.precision_facts import precision_names
-from ..engine.schema import append_jsonl
+from ..engine.schema import ResultsFileError, append_jsonl, read_jsonl, write_json
 from .config_options import model_fields
 
 DEFAULT_SEEDS = 5
@@ -124,8 +142,7 @@ def run_cells(plan: list[tuple[str, RunConfig]], *, jobs: int = 1, timeout_s: fl
               records_path: str | None = None, show: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run each (model, config) cell in fresh workers, `jobs` at a time, with the diagnostics pass;
     append each record to `records_path` as it ends (so an interrupted run keeps the cells it ran)."""
-    from ..engine.config import ProfileConfig  # torch stays out of the CLI's import path (module docstring)
-    from ..engine.launch import DEFAULT_CELL_TIMEOUT_S, run_cell
+    from ..engine.launch import DEFAULT_CELL_TIMEOUT_S, run_cell  # torch: see the module docstring
 
     profile = ProfileConfig(phase_steps=0, diagnostics=True)
     lock = threading.Lock()
@@ -184,7 +201,7 @@ def run(models: Sequence[str], precisions: Sequence[str] | None, seeds: int, *, 
     document. `hw` is the device probe's answer (asked here if None)."""
     from ..analysis.parity import document  # scipy: see the module docstring
     from ..engine.launch import probe  # torch: see the module docstring
-    from ..engine.precision import policy_class
+    from ..engine.precision import policy_class  # torch: see the module docstring
 
     started = time.monotonic()
     hw = hw or probe(device)
@@ -262,8 +279,6 @@ def summary_lines(doc: ParityDocument) -> list[str]:
 
 def margin_option(text: str) -> Margin:
     """`--margin`: `0.5%` (of fp32's seed-mean eval loss) or a loss (`0.01`), above 0."""
-    import argparse
-
     relative = text.strip().endswith("%")
     try:
         value = float(text.strip().rstrip("%"))
@@ -277,8 +292,6 @@ def margin_option(text: str) -> Margin:
 
 def add_arguments(parser: Any) -> None:
     """The options of `python -m trainkit parity` (validated where they are parsed)."""
-    from ..engine.options import CELL_TIMEOUT, DEVICE, LR, MODELS_LIST, PRECISIONS_LIST, STEPS, WARMUP_STEPS, integer
-
     MODELS_LIST.add(parser, help="models to judge (default: gpt,mlp on a CPU, gpt,resnet50 on a GPU): built-ins with "
                                  "a parity recipe (" + "; ".join(f"{d}: {', '.join(s)}" for d, s in
                                                                  (("cpu", CPU_SETUPS), ("cuda", GPU_SETUPS)))
@@ -304,8 +317,6 @@ def add_arguments(parser: Any) -> None:
 
 
 def _judging_arguments(parser: Any) -> None:
-    from ..engine.options import OUTPUT, QUIET, REPORT, fraction, number, output_file
-
     parser.add_argument("--margin", type=margin_option, default=Margin(), metavar="M",
                         help=f"equivalence margin: a precision whose interval of eval-loss differences from fp32 "
                              f"lies within +-M is equivalent; M is a share of fp32's seed-mean eval loss (0.5%%) "
@@ -329,8 +340,6 @@ def _judging_arguments(parser: Any) -> None:
 
 def _check(args: Any) -> None:
     """Bad input, before anything runs: one line (UsageError), exit 2."""
-    from ..engine.options import UsageError
-
     if not 0 < args.target_fraction <= 1:
         raise UsageError(f"--target-fraction {args.target_fraction:g} must be in (0, 1]")
     if not 0 < args.confidence < 1:
@@ -359,8 +368,6 @@ def _check(args: Any) -> None:
 def _rejudge(args: Any) -> ParityDocument:
     """`--from-records`: the document of an earlier run's records, no cell run."""
     from ..analysis.parity import document  # scipy: see the module docstring
-    from ..engine.options import UsageError
-    from ..engine.schema import ResultsFileError, read_jsonl
 
     try:
         records = [r for r in read_jsonl(args.from_records) if isinstance(r, dict) and r.get("config")]
@@ -382,7 +389,6 @@ def _rejudge(args: Any) -> ParityDocument:
 def _run(args: Any) -> tuple[ParityDocument, str]:
     """The cells of the options' models, run, and their document; the records file they went to."""
     from ..engine.launch import probe  # torch: see the module docstring
-    from ..engine.options import UsageError
 
     # On a CPU the options are checked before anything starts; elsewhere the probe says which device.
     try:
@@ -413,14 +419,12 @@ def _run(args: Any) -> tuple[ParityDocument, str]:
 def main(args: Any) -> int:
     """`python -m trainkit parity`: exit 0 when every precision got a verdict, 1 when one did not
     (the document is still written), 2 for bad input."""
-    from ..engine.schema import write_json
-
     _check(args)
     doc, records = (_rejudge(args), args.from_records) if args.from_records else _run(args)
     write_json(args.output, doc.to_dict())
     written = [args.output] + ([] if args.from_records else [records])
     if args.report:
-        from trainkit.reports.build import build_report
+        from trainkit.reports.build import build_report  # pandas/plotly: the reports extra, only for a page
 
         written += list(build_report([args.output], args.report, title="trainkit loss parity").values())
     if not args.quiet:

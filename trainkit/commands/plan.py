@@ -89,7 +89,7 @@ def memory_limit(options: PlanOptions, hardware: dict[str, Any]) -> tuple[int, s
 
 def check_hardware(options: PlanOptions, hardware: dict[str, Any]) -> None:
     """Precisions the device cannot run and GPU counts it does not have are bad input."""
-    from ..engine.precision import policy_class
+    from ..engine.precision import policy_class  # torch: kept out of `python -m trainkit`'s import path
 
     device, capability = hardware["device"], hardware.get("capability")
     capability = tuple(capability) if capability else None
@@ -328,7 +328,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                f"peak {mib(best['peak_bytes'])}, headroom {mib(best['headroom_bytes'])}" if best else ""))
     if options.report:
         try:
-            from trainkit.reports.plan import write_page
+            from trainkit.reports.plan import write_page  # pandas/plotly: the reports extra, only for a page
         except ImportError as exc:
             print(f"warning: no HTML report: {exc} (install trainkit[reports])", file=sys.stderr)
         else:

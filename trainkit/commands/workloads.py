@@ -46,7 +46,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_workloads(_: argparse.Namespace) -> int:
-    from ..engine.models import BUILTINS
+    from ..engine.models import BUILTINS  # torch: see the module docstring
     from ..engine.workload_adapters import ADAPTERS
     from ..engine.workload_resolve import plugins
 
@@ -73,7 +73,7 @@ def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    import torch
+    import torch  # torch: see the module docstring
 
     from ..engine.config import ConfigError, RunConfig
     from ..engine.workload import WorkloadError

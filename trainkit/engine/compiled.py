@@ -37,7 +37,7 @@ TIME_METHOD = ("sum over the warmup steps that compiled (new frames, graphs or r
 def cpp_compiler() -> tuple[str | None, str | None]:
     """(the C++ compiler inductor will use, None) or (None, why there is none). Runs
     `<compiler> --version` once per process, as inductor itself does."""
-    from torch._inductor import cpp_builder
+    from torch._inductor import cpp_builder  # inductor: heavy, not loaded by `import torch`; only for compiled cells
 
     try:
         return cpp_builder.get_cpp_compiler(), None
@@ -72,7 +72,7 @@ class Counters:
 
     @classmethod
     def now(cls) -> Counters:
-        from torch._dynamo.utils import counters, guard_failures
+        from torch._dynamo.utils import counters, guard_failures  # dynamo: not loaded by `import torch`
 
         return cls(frames=counters["frames"]["total"], graphs=counters["stats"]["unique_graphs"],
                    recompiles=sum(len(reasons) for reasons in guard_failures.values()))
@@ -87,7 +87,7 @@ class Counters:
 
 def guard_failure_counts() -> dict[Any, int]:
     """How many guard failures dynamo holds per code object now (pass it to recompile_reasons later)."""
-    from torch._dynamo.utils import guard_failures
+    from torch._dynamo.utils import guard_failures  # dynamo: not loaded by `import torch`
 
     return {code: len(reasons) for code, reasons in guard_failures.items()}
 
@@ -95,7 +95,7 @@ def guard_failure_counts() -> dict[Any, int]:
 def recompile_reasons(since: dict[Any, int], limit: int = 5) -> list[str]:
     """Why dynamo recompiled after `since` (its guard failures, e.g. "tensor 'x' size mismatch at
     index 0"), the first few."""
-    from torch._dynamo.utils import guard_failures
+    from torch._dynamo.utils import guard_failures  # dynamo: not loaded by `import torch`
 
     return [str(reason) for code, reasons in guard_failures.items() for reason in reasons[since.get(code, 0):]][:limit]
 

@@ -244,6 +244,7 @@ class EpochData:
 
 def build_real_dataset(config: RunConfig) -> Dataset:
     """A torchvision data set read from config.data_root; never a download."""
+    # torchvision: optional, only for the real (not synthetic) data sets
     import torchvision
     from torchvision import transforms as T
 

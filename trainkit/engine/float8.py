@@ -88,6 +88,7 @@ def _float8() -> Any:
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
+        # torchao: optional, only for the FP8 precisions (tests hide it to check that)
         import torchao.float8
         import torchao.float8.float8_linear  # noqa: F401 - Float8Linear, below
     finally:

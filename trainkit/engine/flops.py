@@ -145,6 +145,7 @@ def flop_counts(spec: Workload) -> tuple[Any, Any, int]:
     """(A FlopCounterMode that counted one forward + backward of the workload's model, that model,
     the batch it ran.) On the meta device (no memory, no compute) where the model's forward runs
     there, else on a real CPU batch of one (data-dependent code, as in transformers' masks)."""
+    # torch: this module is torch-free at import (the reports' flags and nightly's gpu-check read its peak table)
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch.distributed as dist
+
 from . import allocator
 from .config import ProfileConfig, RunConfig
 from .nvml import GpuSampler, Nvml
@@ -131,7 +133,8 @@ class CellWorkers:
 
     # --- processes ------------------------------------------------------------------------------
     def start(self) -> None:
-        from .worker import serve  # imported lazily: the fork server preloads it, this process need not
+        # imported lazily: the fork server preloads it, this process need not (nor loop, models, data)
+        from .worker import serve
 
         ctx, start_env = _context_for(self.config)
         started = time.perf_counter()
@@ -328,6 +331,7 @@ def call_in_fresh_process(target: Callable[..., None], *args: Any, timeout_s: fl
 def probe(device: str = "auto", timeout_s: float = 300.0) -> dict[str, Any]:
     """Ask a fresh worker process what the cells will run on (device, GPU count and capability,
     the environment fingerprint): this process never initialises CUDA."""
+    # the worker's modules (loop, models, data): the launching process never imports them
     from .worker import probe as probe_main
 
     return call_in_fresh_process(probe_main, device, timeout_s=timeout_s, what="the device probe")
@@ -341,8 +345,7 @@ def run_under_torchrun(config: RunConfig, profile: ProfileConfig | None = None) 
     """This process is one rank started by torchrun (any number of nodes): run it in place,
     gather the partial results on rank 0 and return the record there (None on other ranks).
     A rank that fails stops its peers, and the cell ends with its status (trainkit.engine.peers)."""
-    import torch.distributed as dist
-
+    # the worker's modules (loop, models, data): the launching process never imports them
     from .worker import RankWorker
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -385,6 +388,7 @@ def _failed_rank(config: RunConfig, rank: int, worker: Any, board: FailureBoard 
     """A rank whose cell ended in an exception: post it (unless a peer's failure came first and
     this one is its consequence, such as a collective whose peer left), leave the group so that
     the peers stop, and on rank 0 return the record of the first failure."""
+    # the worker's modules (loop, models, data): the launching process never imports them
     from .worker import classify, failure_report
 
     status, detail = classify(exc)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 
 def host_rss_peak_bytes() -> int:
@@ -72,8 +73,6 @@ class SavedTensors:
 
     def __init__(self, model: torch.nn.Module, exclude: tuple[torch.Tensor, ...] = (),
                  on_count: Callable[[torch.Tensor], None] | None = None) -> None:
-        from torch.multiprocessing.reductions import StorageWeakRef
-
         self._ref = StorageWeakRef
         self.weights = {StorageWeakRef(t.untyped_storage()) for t in (*model.parameters(), *model.buffers(), *exclude)}
         self.seen: set[Any] = set()

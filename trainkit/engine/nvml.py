@@ -23,7 +23,7 @@ class Nvml:
     def open(cls, device: Any = None, uuid: str | None = None, index: int | None = None) -> Nvml | None:
         """NVML for a torch CUDA device, a GPU UUID or an NVML index; None when NVML cannot be used."""
         try:
-            import pynvml
+            import pynvml  # optional (nvidia-ml-py, the bench extra): None without it; tests stand in for it
         except ImportError:
             return None
         try:

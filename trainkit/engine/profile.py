@@ -12,6 +12,7 @@ import statistics
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from .config import ProfileConfig
 from .loop import Trainer
@@ -52,8 +53,6 @@ def torch_trace(trainer: Trainer, steps: int, path: str, top: int = 15) -> dict[
     """A torch.profiler Chrome trace of `steps` optimizer steps (open it in Perfetto or
     chrome://tracing), the top operators by self time, and the share of operator time whose
     floating-point inputs were fp16/bf16: what autocast or half precision really changed."""
-    from torch.profiler import ProfilerActivity, profile
-
     on_gpu = trainer.device.type == "cuda"
     if not on_gpu:  # a CUDA build of torch on a CPU machine: Kineto would log a spurious device error
         os.environ.setdefault("KINETO_LOG_LEVEL", "5")

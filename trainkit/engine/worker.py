@@ -11,6 +11,7 @@ read after the window.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import statistics
@@ -96,8 +97,6 @@ def limit_host_memory(extra_bytes: int) -> None:
     and a fixed mmap threshold (the adaptive one keeps freed large blocks in the heap, fragmented
     in an order the threads decide). Without this, the same cell near the cap runs or fails by
     chance; with it, the cap bounds the memory in use and a cell fails the same way every time."""
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(GLIBC_M_ARENA_MAX, 1)
@@ -308,19 +307,18 @@ class RankWorker:
 
     def _diagnose(self) -> dict[str, Any]:
         """Why the loss moved, from one more step after everything above was read (like the profiling
-        passes, it never touches those figures). A failure is reported beside the cell's results."""
-        try:
-            result = diagnose(self.trainer)
-            self._sync()
-            return result
-        except Exception as exc:
-            return {"error": classify(exc)[1]}
+        passes, it never touches those figures)."""
+        return self._beside_the_figures(lambda: diagnose(self.trainer))
 
     def _profile(self) -> dict[str, Any]:
-        """The profiling passes, after everything above was read: they never touch those figures.
-        A profiler failure is reported beside the cell's results, which stay valid."""
+        """The profiling passes, after everything above was read: they never touch those figures."""
+        return self._beside_the_figures(lambda: profile_cell(self.trainer, self.profile, self.rank))  # type: ignore[arg-type]
+
+    def _beside_the_figures(self, extra_pass: Any) -> dict[str, Any]:
+        """An extra pass after the figures: its failure is reported beside the cell's results, which
+        stay valid, never instead of them."""
         try:
-            result = profile_cell(self.trainer, self.profile, self.rank)  # type: ignore[arg-type]
+            result = extra_pass()
             self._sync()
             return result
         except Exception as exc:

@@ -27,6 +27,8 @@ from trainkit.engine.precision_facts import display_rank
 
 from . import figures, frontier, html, parity, profiles
 from .load import to_frame
+from .plan import read_plans
+from .plan import section as plan_section
 from .records import Run, all_records, fingerprint, read_runs
 from .summary import (
     FLAG_LEGEND,
@@ -193,8 +195,6 @@ def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
         bodies["parity"] = parity.section(parity_docs)
         sections.insert(sections.index(("loss", "Loss curves")) + 1, PARITY_SECTION)
     if plans:
-        from .plan import section as plan_section
-
         bodies[PLANNER_SECTION[0]] = plan_section(plans)
         sections.insert(sections.index(("failures", "Cells that did not finish")), PLANNER_SECTION)
     body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in sections)
@@ -215,8 +215,6 @@ def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit 
     runs = read_runs(result_files)
     read = None
     if plans:
-        from .plan import read_plans
-
         read = read_plans(plans)
     page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)), parity_docs=parity_docs,
                          plans=read)

@@ -23,8 +23,10 @@ from trainkit.engine.options import HTML_OUTPUT, Parser, UsageError, fraction, i
 from trainkit.engine.schema import cut_off_lines_on_stderr
 
 from . import verdict
+from .compare import compare_files, headline, noisy_text, regressions_text
 from .history import cli as history_cli
 from .records import InputError
+from .verdict import Thresholds
 
 # Exit statuses (the module docstring); compare maps its outcome (trainkit.reports.verdict) to one.
 PASS, REGRESSION, BAD_INPUT, INCONCLUSIVE = 0, 1, 2, 3
@@ -90,7 +92,7 @@ def parser() -> Parser:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .build import build_report
+    from .build import build_report  # pandas/plotly: the reports extra, only when a page is built
 
     paths = build_report(args.inputs, args.output, title=args.title, plans=args.plan)
     print("wrote " + ", ".join(paths.values()))
@@ -98,7 +100,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .plan import read_plans, write_page
+    from .plan import read_plans, write_page  # pandas/plotly: the reports extra, only when a page is built
 
     (plan,) = read_plans([args.plan])
     try:
@@ -110,9 +112,6 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare_files, headline, noisy_text, regressions_text
-    from .verdict import Thresholds
-
     try:
         thresholds = Thresholds(relative=args.relative, k=args.k, spread=args.spread,
                                 per_metric=dict(args.threshold),

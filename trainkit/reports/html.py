@@ -14,6 +14,10 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from trainkit.engine.schema import write_text
+
+from .records import InputError
+
 if TYPE_CHECKING:  # the comparison page uses this module without pandas or plotly
     import pandas as pd
 
@@ -155,7 +159,7 @@ def page(title: str, header: str, body: str, with_plotly: bool = True) -> str:
     """The whole document; plotly.js (4.8 MB) inlined once in <head> when the page has charts."""
     plotly_js = ""
     if with_plotly:
-        import plotly.offline
+        import plotly.offline  # plotly: only for a page that draws charts (the comparison page draws none)
 
         plotly_js = f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>'
 
@@ -169,10 +173,6 @@ def page(title: str, header: str, body: str, with_plotly: bool = True) -> str:
 def write_page(output_html: str, page_html: str, markdown: str, csv: str, what: str) -> dict[str, str]:
     """Write a page and, beside it with the same stem, its Markdown and CSV, each atomically.
     Returns the paths written; an output that cannot be written is InputError (bad input)."""
-    from trainkit.engine.schema import write_text
-
-    from .records import InputError
-
     stem = os.path.splitext(output_html)[0]
     paths = {"html": output_html, "csv": stem + ".csv", "markdown": stem + ".md"}
     try:

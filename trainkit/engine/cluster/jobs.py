@@ -83,7 +83,7 @@ class Jobs:
 
     # --- records ---
     def _failure(self, cell: CellJob, status: str, detail: str) -> dict[str, Any]:
-        from ..result import merge_ranks
+        from ..result import merge_ranks  # torch: kept out of `python -m nightly`'s import path (it imports cluster)
 
         return merge_ranks(cell.config, [], status, detail, extra={"repeat": cell.repeat})
 
@@ -92,6 +92,7 @@ class Jobs:
 
     def _from_result(self, w: _Watched) -> dict[str, Any]:
         """The record rank 0's task returned, or a crash naming why there is none."""
+        # submitit: the optional cluster extra, only when jobs are submitted
         from submitit.core.utils import pickle_load
 
         try:
@@ -135,7 +136,7 @@ class LocalJobs(Jobs):
         self._start_next()
 
     def _start_next(self) -> None:
-        import submitit
+        import submitit  # submitit: the optional cluster extra, only when jobs are submitted
 
         if any(w.started and not w.done for w in self.watched) or not self.queue:
             return

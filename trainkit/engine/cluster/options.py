@@ -25,7 +25,7 @@ def executor_name(text: str) -> str:
     choice(EXECUTORS)(text)
     if text != "local":
         try:
-            import submitit  # noqa: F401
+            import submitit  # noqa: F401 - optional (the cluster extra): is it installed?
         except ImportError:
             raise argparse.ArgumentTypeError(f"{text} needs submitit: {INSTALL}") from None
     if text == "slurm" and shutil.which("sbatch") is None:

@@ -51,7 +51,7 @@ class SlurmJobs(Jobs):
                 "signal_delay_s": SIGNAL_DELAY_S, "additional_parameters": extra}
 
     def submit(self, cells: list[CellJob]) -> None:
-        import submitit
+        import submitit  # submitit: the optional cluster extra, only when jobs are submitted
 
         executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=0)
         groups: dict[JobShape, list[CellJob]] = {}
@@ -72,6 +72,7 @@ class SlurmJobs(Jobs):
             self.watched += [_Watched(cell, job) for cell, job in zip(group, jobs)]
 
     def _query(self, command: list[str]) -> dict[str, dict[str, str]]:
+        # submitit: the optional cluster extra, only when jobs are submitted
         from submitit.slurm.slurm import SlurmInfoWatcher
 
         output = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
@@ -95,6 +96,7 @@ class SlurmJobs(Jobs):
         return self._query_text("JobID|State\n" + lines, gone_means_ended=True)
 
     def _query_text(self, text: str, gone_means_ended: bool) -> dict[str, dict[str, str]]:
+        # submitit: the optional cluster extra, only when jobs are submitted
         from submitit.slurm.slurm import SlurmInfoWatcher
 
         states = SlurmInfoWatcher().read_info(text)
@@ -181,7 +183,7 @@ def probe_on_cluster(options: ExecutorOptions, device: str, folder: str, wait_s:
     constraint (one GPU unless device is cpu) and return what it saw; `say` hears a line when it
     is submitted and while it waits (a queue can be long). Raises RuntimeError with one line when
     the job cannot be submitted or fails."""
-    import submitit
+    import submitit  # submitit: the optional cluster extra, only when jobs are submitted
 
     jobs = SlurmJobs(options, folder, time_limit_s(0))
     shape = JobShape(1, 1, 0 if device == "cpu" else 1, options.cpus_per_gpu)

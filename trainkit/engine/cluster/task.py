@@ -72,6 +72,7 @@ def run_cell_job(job: CellJob) -> dict[str, Any] | None:
         # The job runs this one cell: its allocator setting is the process's, set before this
         # process first imports torch (below), which reads the allocator backend at import.
         os.environ.update(dict.fromkeys(ALLOC_CONF_VARS, job.config.alloc_conf))
+    # Only now, in the job: torch (merge_ranks) after the allocator setting above; submitit is the cluster extra.
     import submitit
 
     from ..result import merge_ranks
@@ -86,15 +87,15 @@ def run_cell_job(job: CellJob) -> dict[str, Any] | None:
           f"(pid {os.getpid()})", flush=True)
     try:
         if env.num_tasks > 1:
-            from ..launch import run_under_torchrun
-            from ..worker import limit_host_memory
+            from ..launch import run_under_torchrun  # torch: after the allocator setting above
+            from ..worker import limit_host_memory  # torch: likewise
 
             os.environ.update(torchrun_environment(env, os.environ.get("CUDA_VISIBLE_DEVICES")))
             if job.memory_limit_bytes is not None:
                 limit_host_memory(job.memory_limit_bytes)
             record = run_under_torchrun(job.config, job.profile)
         else:
-            from ..launch import run_cell
+            from ..launch import run_cell  # torch: after the allocator setting above
 
             record = run_cell(job.config, job.timeout_s, job.memory_limit_bytes, profile=job.profile,
                               single_steps=job.single_steps)
@@ -122,7 +123,7 @@ class _Reply:
 
 def probe_node(device: str) -> dict[str, Any]:
     """A job's entry point: what cells on `device` will run on there (device, GPUs, fingerprint)."""
-    from ..worker import probe
+    from ..worker import probe  # torch: kept out of `python -m nightly`'s import path (it imports cluster)
 
     reply = _Reply()
     probe(reply, device, dict(os.environ))

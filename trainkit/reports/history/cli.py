@@ -146,7 +146,7 @@ def _changes(args: argparse.Namespace) -> int:
 
 def _trend(args: argparse.Namespace) -> int:
     from .changes import load  # the detector: see _changes
-    from .trend import write_page
+    from .trend import write_page  # plotly and the detector: see _changes
 
     history = load(args.db, params_of(args), args.since, args.cells)
     try:
