@@ -81,7 +81,7 @@ class Logits(nn.Module):
 
 def _hf_config(spec: str, target: str, overrides: dict[str, Any]) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded, ever
-    from transformers import CONFIG_MAPPING, AutoConfig  # the hf extra: see the note above hf_workload
+    from transformers import CONFIG_MAPPING, AutoConfig  # the hf extra: see the note under the imports
 
     try:
         if os.path.exists(target):
