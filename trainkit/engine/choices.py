@@ -19,3 +19,20 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 ACTIVATION_CHECKPOINTING = ("none", "full")
 ALLOC_CONF_PATTERN = re.compile(r"[A-Za-z_]+:[^,:\s]+(,[A-Za-z_]+:[^,:\s]+)*")
 """PYTORCH_CUDA_ALLOC_CONF's form: option:value pairs joined by commas (PyTorch checks the options)."""
+WORKLOAD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*(-[A-Za-z0-9_.]+)*")
+"""The form of a workload's name (trainkit.engine.workload.NAME_PATTERN): it starts every cell id."""
+
+
+def workload_problem(model: object, workload: object, data: object) -> str | None:
+    """What is wrong with a run's workload (its spec `workload`, its name `model`), in one line, or
+    None. Never a built-in's name, which would make two models' cells share ids and report groups."""
+    if not isinstance(workload, str) or not workload.strip():
+        return f"workload={workload!r} must be a model spec (MODULE:FUNCTION, hf:..., timm:...)"
+    if model in MODELS:
+        return f"model={model!r} is a built-in model's name; the workload {workload!r} needs a name of its own"
+    if not isinstance(model, str) or not WORKLOAD_NAME.fullmatch(model):
+        return f"model={model!r} is not a workload name: use letters, digits, '_' and '.', joined by single '-'"
+    if data not in ("synthetic", "workload"):
+        return (f"data={data!r} is for the built-in models; workload {model!r} reads synthetic data (its make_batch) "
+                "or its own data set (data=workload)")
+    return None

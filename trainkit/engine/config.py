@@ -12,7 +12,6 @@ import ast
 import dataclasses
 import functools
 import inspect
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from .choices import (  # defined in a leaf that the option types and the axes r
     MODELS,
     OPTIMIZERS,
     SCHEDULES,
+    workload_problem,
 )
 from .precision_facts import facts_of, precision_names
 
@@ -65,26 +65,6 @@ def _number(field: str, value: Any, positive: bool) -> None:
         raise ConfigError(f"{field}={value!r} must be a number")
     if not (value > 0 if positive else value >= 0):  # also rejects NaN
         raise ConfigError(f"{field}={value!r} must be {'> 0' if positive else '>= 0'}")
-
-
-WORKLOAD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*(-[A-Za-z0-9_.]+)*")
-"""The form of a workload's name (trainkit.engine.workload.NAME_PATTERN): it starts every cell id."""
-
-
-def _check_workload(config: RunConfig) -> None:
-    """A workload's spec with its name: never a built-in's name, which would make two models' cells
-    share ids and report groups."""
-    if not isinstance(config.workload, str) or not config.workload.strip():
-        raise ConfigError(f"workload={config.workload!r} must be a model spec (MODULE:FUNCTION, hf:..., timm:...)")
-    if config.model in MODELS:
-        raise ConfigError(f"model={config.model!r} is a built-in model's name; the workload {config.workload!r} "
-                          "needs a name of its own")
-    if not isinstance(config.model, str) or not WORKLOAD_NAME.fullmatch(config.model):
-        raise ConfigError(f"model={config.model!r} is not a workload name: use letters, digits, '_' and '.', "
-                          "joined by single '-'")
-    if config.data not in ("synthetic", "workload"):
-        raise ConfigError(f"data={config.data!r} is for the built-in models; workload {config.model!r} reads "
-                          "synthetic data (its make_batch) or its own data set (data=workload)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,7 +277,9 @@ def _check_model(c: RunConfig) -> None:
     """The model and its shape: a known model, a GPT whose width splits into its heads, images the
     seed models can read; or a workload (its spec and its name)."""
     if c.workload is not None:
-        _check_workload(c)
+        problem = workload_problem(c.model, c.workload, c.data)
+        if problem:
+            raise ConfigError(problem)
     else:
         _choices("model", c.model, MODELS)
     for name in ("seq_len", "vocab_size", "gpt_layers", "gpt_heads", "gpt_width"):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .config import WORKLOAD_NAME
+from .choices import WORKLOAD_NAME
 
 NAME_PATTERN = WORKLOAD_NAME
 """A workload's name: letters, digits, '_' and '.', joined by single '-' (it starts every cell id,
