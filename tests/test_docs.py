@@ -125,3 +125,30 @@ def test_documented_command_parses(page, command, tmp_path, monkeypatch):
             parser_of(program).parse_args(words)
         except SystemExit as stop:
             assert stop.code == 0, f"{page}: {command}\n{stderr.getvalue()}"
+
+
+README = ROOT / "README.md"
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_the_readme_is_a_short_landing_page_whose_links_resolve():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 150
+    missing = [target for target in LINK.findall(text)
+               if not target.startswith(("http://", "https://")) and not (ROOT / target).exists()]
+    assert missing == []
+
+
+def test_the_quick_start_is_two_commands_and_ci_runs_the_second():
+    quick_start = text_between(README.read_text(), "## Quick start", "\n## ")
+    (block,) = BLOCK.findall(quick_start)
+    install_and_bench, install_and_test = block.splitlines()
+    assert "pytest bench --benchmark-only" in install_and_bench and "pip install" in install_and_bench
+    assert install_and_test.endswith("-m pytest tests")
+    assert install_and_test in (ROOT / ".ci" / "run").read_text()
+
+
+def text_between(text: str, start: str, end: str) -> str:
+    begin = text.index(start)
+    stop = text.find(end, begin + len(start))
+    return text[begin:stop if stop != -1 else len(text)]
