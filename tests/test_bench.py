@@ -85,7 +85,8 @@ def test_the_nightly_preset_is_skipped_on_a_cpu_with_a_reason():
 
 
 @pytest.mark.parametrize(("axis", "text", "message"), [
-    ("model", "mlp,vit", "invalid choice: 'vit' (choose from mlp, cnn, resnet18, resnet50, gpt)"),
+    # --model takes workload specs too: its parse checks the form, and resolving follows (below).
+    ("model", "mlp,my model", "invalid model: 'my model' (a built-in: mlp, cnn, resnet18, resnet50, gpt; or a"),
     ("batch_size", "1,two", "'two' is not an integer"),
     ("gpus", "0", "'0' must be >= 1"),
     ("grad_accum", ",", "empty list"),
@@ -105,7 +106,8 @@ def test_axis_lists_keep_their_order_without_repeats():
 # --- the suite, run for real ------------------------------------------------------------------
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--model", "mlp,vit"], "argument --model: invalid choice: 'vit' (choose from mlp, cnn, resnet18, resnet50, gpt)"),
+    (["--model", "mlp,vit"], "--model 'vit' is not a built-in model (mlp, cnn, resnet18, resnet50, gpt), an installed "
+                             "plugin (none), an adapter (hf:..., timm:...) nor an importable module"),
     (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8' (choose from fp32, tf32, amp-fp16"),
     (["--batch-size", "big"], "argument --batch-size: 'big' is not an integer"),
     (["--gpus", "0"], "argument --gpus: '0' must be >= 1"),

@@ -5,6 +5,7 @@ that writes records and exits as bench would; test_nightly_e2e runs the real one
 from __future__ import annotations
 
 import json
+import os
 import types
 
 import pytest
@@ -27,8 +28,10 @@ def bench(monkeypatch, tmp_path):
         run = RunDir(str(tmp_path / "run"))
         calls = []
 
-        def fake_run(command, cwd):
+        def fake_run(command, cwd, env):
             calls.append(command)
+            # A workload's module imports from the directory nightly was started in.
+            assert env["PYTHONPATH"].split(os.pathsep)[0] == os.getcwd()
             if records:
                 with open(run.path(RESULTS), "w") as f:
                     f.writelines(json.dumps(r) + "\n" for r in records)
