@@ -210,25 +210,25 @@ def add_run(conn: sqlite3.Connection, info: dict[str, Any], records: list[dict[s
     return IngestResult(run_id, len(new), len(known))
 
 
-def known_keys(conn: sqlite3.Connection, keys: list[str], chunk: int = 500) -> set[str]:
-    """The record keys the store holds among `keys` (asked in chunks: SQLite caps the parameters of
-    one statement)."""
-    found: set[str] = set()
+def _among_keys(conn: sqlite3.Connection, column: str, keys: list[str], chunk: int = 500) -> set[Any]:
+    """`column` of the records whose key is among `keys` (asked in chunks: SQLite caps the
+    parameters of one statement)."""
+    found: set[Any] = set()
     for i in range(0, len(keys), chunk):
         part = keys[i:i + chunk]
-        found |= {k for (k,) in conn.execute(
-            f"SELECT record_key FROM records WHERE record_key IN ({','.join('?' * len(part))})", part)}
+        found |= {value for (value,) in conn.execute(
+            f"SELECT DISTINCT {column} FROM records WHERE record_key IN ({','.join('?' * len(part))})", part)}
     return found
 
 
-def runs_of(conn: sqlite3.Connection, keys: list[str], chunk: int = 500) -> set[int]:
+def known_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
+    """The record keys the store holds among `keys`."""
+    return _among_keys(conn, "record_key", keys)
+
+
+def runs_of(conn: sqlite3.Connection, keys: list[str]) -> set[int]:
     """The runs that hold any of these record keys."""
-    found: set[int] = set()
-    for i in range(0, len(keys), chunk):
-        part = keys[i:i + chunk]
-        found |= {run_id for (run_id,) in conn.execute(
-            f"SELECT DISTINCT run_id FROM records WHERE record_key IN ({','.join('?' * len(part))})", part)}
-    return found
+    return _among_keys(conn, "run_id", keys)
 
 
 def runs(conn: sqlite3.Connection) -> list[RunInfo]:
