@@ -30,7 +30,7 @@ class CellJob:
     config: RunConfig
     repeat: int = 0
     timeout_s: float = 900.0
-    """The cell's own deadline, as for the local executor (trainkit.engine.cell.launch.Cell)."""
+    """The cell's own deadline, as for the local executor (trainkit.engine.cell.launch.CellWorkers)."""
     memory_limit_bytes: int | None = None
     profile: ProfileConfig | None = None
     single_steps: int = 0
