@@ -118,7 +118,7 @@ def test_real_data_is_never_downloaded(tmp_path):
 GENERATION_PROBE = """
 import resource, sys
 import torch
-from bench.matrix import GPU_GPT
+from trainkit.engine.spec.presets import GPU_GPT
 from trainkit.engine.spec.config import RunConfig
 from trainkit.engine.workloads.data import SyntheticData
 from trainkit.engine.measure.memory import host_rss_now_bytes

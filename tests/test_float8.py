@@ -11,10 +11,11 @@ import sys
 import pytest
 import torch
 
-from bench.matrix import Hardware, skip_reason
+from trainkit.bench.matrix import skip_reason
 from trainkit.engine.cell.record import RankReport, RankTiming, merge_ranks
 from trainkit.engine.measure import flops
 from trainkit.engine.train import float8
+from trainkit.engine.train.hardware import Hardware
 from trainkit.engine.train.loop import Trainer, Unsupported
 from trainkit.engine.train.precision import POLICIES, Float8Precision
 

@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.matrix import AXIS_OPTIONS, Hardware, build_matrix, preset, skip_reason
+from trainkit.bench.matrix import AXIS_OPTIONS, build_matrix, skip_reason
 from trainkit.engine.cell import allocator, worker
 from trainkit.engine.cell.launch import run_cell
 from trainkit.engine.cell.record import merge_ranks
 from trainkit.engine.cell.worker import RankWorker, classify
 from trainkit.engine.measure.memory import SavedTensors
 from trainkit.engine.spec.config import ConfigError, RunConfig
+from trainkit.engine.spec.presets import preset
 from trainkit.engine.train import checkpointing, compiled
+from trainkit.engine.train.hardware import Hardware
 from trainkit.engine.train.loop import Trainer, Unsupported
 
 from .conftest import CPU, flat_params, small_config, train

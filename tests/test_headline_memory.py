@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.runner import TABLE_HEADER, table_row
+from trainkit.bench.runner import TABLE_HEADER, table_row
 from trainkit.commands.cli import summary_line
 from trainkit.engine.spec.schema import (
     HEADLINE_MEMORY,

@@ -22,9 +22,19 @@ from typing import Any
 
 from ..engine.spec import config as cfg
 from ..engine.spec.config import ConfigError, ProfileConfig, RunConfig
-from ..engine.spec.options import CELL_TIMEOUT, MEMORY_LIMIT_GB, OUTPUT, QUIET, Parser, UsageError, integer, output_dir
+from ..engine.spec.options import (
+    CELL_TIMEOUT,
+    MEMORY_LIMIT_GB,
+    MEMORY_LIMIT_ON_GPU,
+    OUTPUT,
+    QUIET,
+    Parser,
+    UsageError,
+    integer,
+    output_dir,
+)
 from ..engine.spec.schema import MEMORY_NAMES, headline_memory, read_json, write_json
-from .config_options import MEMORY_LIMIT_ON_GPU, add_config_options, check_paths, config_from_args
+from .config_options import add_config_options, check_paths, config_from_args
 from .parity import add_arguments as add_parity_arguments
 from .parity import main as cmd_parity
 from .plan import cmd_plan

@@ -53,10 +53,9 @@ from ..analysis.plan.search import (
     search_max_batch,
 )
 from ..engine.spec.config import RunConfig
-from ..engine.spec.options import UsageError
+from ..engine.spec.options import MEMORY_LIMIT_ON_GPU, UsageError
 from ..engine.spec.precision_facts import precision_names
 from ..engine.spec.schema import headline_memory, write_json
-from .config_options import MEMORY_LIMIT_ON_GPU
 from .plan_options import PROBE_WARMUP_STEPS, PlanOptions, options_from_args
 
 PROBE_GRAD_ACCUM = 2

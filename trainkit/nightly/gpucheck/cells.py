@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.matrix import CPU_GPT, GPU_GPT, RECIPES
+from trainkit.engine.spec.presets import CPU_GPT, GPU_GPT, RECIPES
+
 from trainkit.engine.spec.config import ProfileConfig, RunConfig
 from trainkit.engine.spec.precision_facts import unsupported_reason
 

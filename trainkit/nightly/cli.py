@@ -31,7 +31,8 @@ import argparse
 import os
 import sys
 
-from bench.matrix import PRESET_NAMES
+from trainkit.engine.spec.presets import PRESET_NAMES
+
 from trainkit.engine import cluster
 from trainkit.engine.cluster import from_namespace
 from trainkit.engine.spec.options import (
