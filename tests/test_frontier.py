@@ -128,7 +128,7 @@ def test_checkpointing_keeps_far_fewer_tensors_for_backward():
         inputs, targets = next(trainer.windows).micro_batches[0]
         counter = SavedTensors(trainer.raw_model, exclude=(inputs, targets))
         with counter.hooks():
-            trainer.spec.loss_fn(trainer.model(inputs), targets)
+            trainer.workload.loss_fn(trainer.model(inputs), targets)
         return counter.bytes
 
     plain, ckpt = saved_bytes("none"), saved_bytes("full")

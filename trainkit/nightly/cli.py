@@ -31,8 +31,6 @@ import argparse
 import os
 import sys
 
-from trainkit.engine.spec.presets import PRESET_NAMES
-
 from trainkit.engine import cluster
 from trainkit.engine.cluster import from_namespace
 from trainkit.engine.spec.options import (
@@ -48,6 +46,7 @@ from trainkit.engine.spec.options import (
     output_dir,
     output_file,
 )
+from trainkit.engine.spec.presets import PRESET_NAMES
 from trainkit.engine.spec.schema import ResultsFileError, cut_off_lines_on_stderr
 from trainkit.reports.cli import metric_threshold
 from trainkit.reports.history.ingest import RunMeta, ingest

@@ -24,7 +24,7 @@ from ..measure.timing import Marks
 from ..spec.choices import checkpointing_unsupported_reason
 from ..spec.config import RunConfig
 from ..spec.schema import replacing
-from ..workloads.data import Window, build_data, build_real_dataset, num_classes_of
+from ..workloads.data import AccumulationWindow, build_data, build_real_dataset, num_classes_of
 from ..workloads.resolve import build_workload, workload_dataset
 from . import checkpointing, compiled
 from .precision import NO_CONTEXT, Precision, Unsupported, build_precision
@@ -101,13 +101,13 @@ class Trainer:
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
 
         dataset = build_real_dataset(config) if config.data not in ("synthetic", "workload") else None
-        self.spec = build_workload(config, num_classes_of(dataset) if dataset is not None else 10)
+        self.workload = build_workload(config, num_classes_of(dataset) if dataset is not None else 10)
         if config.data == "workload":
-            dataset = workload_dataset(self.spec)
+            dataset = workload_dataset(self.workload)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
         # The order matters: precision conversion (float8 layers), activation checkpointing around
         # the converted blocks, DDP, and torch.compile last, so that it traces all of them.
-        model = self.policy.convert_module(self.spec.build().to(device))
+        model = self.policy.convert_module(self.workload.build().to(device))
         self.checkpointed = checkpointing.apply(model, config.model, config.activation_checkpointing)
         """Modules that recompute their forward in backward (activation_checkpointing)."""
         self.raw_model = model
@@ -120,7 +120,7 @@ class Trainer:
         self.params = self.policy.trained_parameters(self.raw_model)
         """What the optimizer updates and clipping reads: the parameters, or their fp32 master copies."""
 
-        self.data = build_data(config, self.spec, device, self.policy.input_dtype, rank, dataset)
+        self.data = build_data(config, self.workload, device, self.policy.input_dtype, rank, dataset)
         if config.epochs is not None:
             assert self.data.steps_per_epoch is not None
             self.total_steps = config.epochs * self.data.steps_per_epoch
@@ -144,7 +144,7 @@ class Trainer:
         self.resumed_from_step: int | None = None
         if config.resume_from:
             self.load_checkpoint(config.resume_from)
-        self.windows: Iterator[Window] = self.data.source.windows(self.step)
+        self.windows: Iterator[AccumulationWindow] = self.data.source.windows(self.step)
 
     # --- the step ------------------------------------------------------------------------------
     def train_step(self, marks: Marks | None = None) -> None:
@@ -161,7 +161,7 @@ class Trainer:
             # A policy that averages over ranks itself (fp32 main gradients) has DDP sync none.
             with self.sync_gradients(i == last_micro and not self.policy.reduces_gradients):
                 with self.policy.forward_context():
-                    loss = self.spec.loss_fn(self.policy.convert_output(self.model(inputs)), targets)
+                    loss = self.workload.loss_fn(self.policy.convert_output(self.model(inputs)), targets)
                 _mark(marks, "forward")
                 # DDP averages gradients over ranks, hence world_size: the gradient is the mean over
                 # the effective batch however it is split, a short last window included. (A weight
@@ -284,7 +284,7 @@ class Trainer:
         for start in range(0, inputs.shape[0], self.config.batch_size):
             x, y = inputs[start:start + self.config.batch_size], targets[start:start + self.config.batch_size]
             with self.policy.forward_context():
-                loss = self.spec.loss_fn(self.policy.convert_output(self.raw_model(x)), y)
+                loss = self.workload.loss_fn(self.policy.convert_output(self.raw_model(x)), y)
             total += loss.float() * x.shape[0]
         self.raw_model.train()
         return float(total) / inputs.shape[0]

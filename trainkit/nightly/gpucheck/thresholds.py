@@ -11,7 +11,7 @@ ENERGY_TOLERANCE = 0.10
 """Energy from NVML's counter within 10 % of NVML's mean power x the window."""
 MFU_BAND = (0.15, 0.80)
 """Plausible MFU of GPT-2 124M in amp-bf16: nanoGPT reaches about 33 % on one H100 and llm.c about
-60 % on A100s (research/frontier.md §3). Below 15 % the GPU starves; above 80 % the FLOPs are
+60 % on A100s. Below 15 % the GPU starves; above 80 % the FLOPs are
 over-counted or the peak is wrong."""
 MFU_REFERENCE = "GPT-2 124M bf16 on one H100: about 33% (nanoGPT#464)"
 HALF_SHARE_MIN = 1 / 3
