@@ -17,12 +17,12 @@ with --history it ingests the night into that run store before the gate reads it
 `history` appends the run's results to a run store (reports/history) and writes trend.html, the
 store's trend page, into the run directory beside report.html.
 `gpu-check` stands apart: a few cells whose every figure is checked against an independent measure
-(nightly/gpucheck/); it exits 1 when a check fails.
+(trainkit/nightly/gpucheck/); it exits 1 when a check fails.
 `run` and `preflight` begin a new run in --out (an earlier run's artifacts there are removed); the
 other commands add to the run they find.
 
 Exit status: 0 pass or no comparable baseline, 1 regression, 2 bad input, 3 infrastructure failure,
-4 inconclusive (the runner was too noisy to gate; see nightly/__init__.py).
+4 inconclusive (the runner was too noisy to gate; see trainkit/nightly/__init__.py).
 """
 
 from __future__ import annotations

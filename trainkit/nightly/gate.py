@@ -61,7 +61,7 @@ NIGHTLY_THRESHOLDS = Thresholds(per_metric={"loss": 0.02}, two_sided=("loss",), 
                                 max_noisy_share=0.25)
 """The nightly's defaults; every field is a `python -m nightly compare` option."""
 EXIT_STATUS = {verdict.PASS: PASS, verdict.REGRESSION: REGRESSION, verdict.INCONCLUSIVE: INCONCLUSIVE}
-"""The gate's outcome as the nightly's exit status (nightly/__init__.py)."""
+"""The gate's outcome as the nightly's exit status (trainkit/nightly/__init__.py)."""
 
 
 def measured(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ ARTIFACTS = (SUMMARY, PREFLIGHT, RESULTS, BENCH_JSON, REPORT, "report.csv", "rep
 
 @dataclass(frozen=True)
 class Stage:
-    """What one stage decided: an exit status (see nightly/__init__.py), one readable line, and
+    """What one stage decided: an exit status (see trainkit/nightly/__init__.py), one readable line, and
     whatever the later stages, the summary or `promote` need to know."""
 
     name: str
