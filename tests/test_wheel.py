@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -103,38 +104,49 @@ def test_only_the_wheels_trainkit_is_importable_and_the_checkouts_folders_are_no
         assert proc.returncode == 1 and f"No module named '{name}'" in proc.stderr, (name, proc.stderr)
 
 
+def together(*calls: tuple) -> list[subprocess.CompletedProcess]:
+    """Independent front doors side by side: most of each is starting Python and importing torch."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(lambda call: run(*call), calls))
+
+
 def test_the_trainkit_command(env):
     assert "check-workload" in ok(run(env, "trainkit", "--help"))
-    assert "mlp" in ok(run(env, "trainkit", "workloads"))
-    ok(run(env, "trainkit", "run", *TINY_RUN, "--phase-steps", "0", "--quiet", "--output", "run.json"))
+    done = together(
+        (env, "trainkit", "workloads"),
+        (env, "trainkit", "run", *TINY_RUN, "--phase-steps", "0", "--quiet", "--output", "run.json"),
+        (env, "trainkit", "check-workload", "--model", "mlp", "--device", "cpu", "--steps", "1", "--batch-size", "2",
+         "--precision", "fp32"),
+        (env, "trainkit", "parity", *TINY_RUN, "--precision", "fp32", "--seeds", "2", "--quiet",
+         "--output", "parity.json"),
+        (env, "trainkit", "plan", "--model", "mlp", "--precision", "fp32", "--device", "cpu", "--target-batch", "8",
+         "--memory-limit-gb", "4", "--search-limit", "8", "--probe-steps", "1", "--measure", "1", "--quiet",
+         "--output", "plan.json"))
+    outputs = [ok(proc) for proc in done]
+    assert "mlp" in outputs[0]
     record = json.loads((env["work"] / "run.json").read_text())
     assert record["status"] == "ok" and record["config"]["model"] == "mlp"
-    ok(run(env, "trainkit", "check-workload", "--model", "mlp", "--device", "cpu", "--steps", "1", "--batch-size", "2",
-           "--precision", "fp32"))
-    ok(run(env, "trainkit", "parity", *TINY_RUN, "--precision", "fp32", "--seeds", "2", "--jobs", "2", "--quiet",
-           "--output", "parity.json"))
+    assert outputs[2].startswith("workload mlp (built-in)")
     assert json.loads((env["work"] / "parity.json").read_text())["models"]["mlp"]
-    ok(run(env, "trainkit", "plan", "--model", "mlp", "--precision", "fp32", "--device", "cpu", "--target-batch", "8",
-           "--memory-limit-gb", "4", "--search-limit", "8", "--probe-steps", "1", "--measure", "1", "--quiet",
-           "--output", "plan.json"))
     assert json.loads((env["work"] / "plan.json").read_text())["precisions"]["fp32"]
 
 
 def test_the_bench_matrix_is_the_registered_pytest_plugin(env):
-    # No -p: the wheel's pytest11 entry point loads the plugin; without paths it runs its own tests.
-    ok(run(env, "python", "-m", "pytest", "--benchmark-only", *TINY_BENCH, "--report-dir", "bench-out",
-           "--no-report", "-q"))
-    (results,) = (env["work"] / "bench-out").glob("results-*.jsonl")
-    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
-    assert record["status"] == "ok" and record["cell_id"] == "mlp-fp32-bs16-ga1-gpus1"
+    # No -p: the wheel's pytest11 entry point loads the plugin; without paths it collects its own
+    # tests, the matrix's cells (the nightly job below runs them, naming the plugin with -p).
+    out = ok(run(env, "python", "-m", "pytest", "--benchmark-only", *TINY_BENCH, "--collect-only", "-q"))
+    assert "cells.py::test_train[mlp-fp32-bs16-ga1-gpus1]" in out, out
 
 
 def test_the_nightly_job_and_the_reports(env):
-    ok(run(env, "trainkit-nightly", "run", "--out", "night", "--preset", "tiny", "--device", "cpu", "--repeats", "1",
-           "--", *TINY_BENCH[2:10], "--steps", "2", "--warmup-steps", "1"))
+    night, gpu = together(
+        (env, "trainkit-nightly", "run", "--out", "night", "--preset", "tiny", "--device", "cpu", "--repeats", "1",
+         "--", *TINY_BENCH[2:10], "--steps", "2", "--warmup-steps", "1"),
+        (env, "trainkit-nightly", "gpu-check", "--out", "gpu", "--device", "cpu", "--only", "memory.floor"))
+    ok(night), ok(gpu)
     results = env["work"] / "night" / "results.jsonl"
     assert (env["work"] / "night" / "report.html").is_file()
-    ok(run(env, "trainkit-nightly", "gpu-check", "--out", "gpu", "--device", "cpu", "--only", "memory.floor"))
+    assert json.loads(results.read_text().splitlines()[0])["cell_id"] == "mlp-fp32-bs16-ga1-gpus1"
     assert (env["work"] / "gpu" / "gpu-check.md").is_file()
     ok(run(env, "trainkit-reports", "build", str(results), "-o", "report.html"))
     ok(run(env, "trainkit-reports", "compare", str(results), str(results), "--output", "compare.html"))
