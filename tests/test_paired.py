@@ -26,9 +26,10 @@ def test_a_paired_ratio_is_the_median_of_per_round_ratios():
 def test_too_few_rounds_give_the_ratio_without_an_interval():
     result = paired_ratio([1.0, 1.0, 1.0], [1.1, 1.3, 1.2])
     assert result.ratio == pytest.approx(1.2) and result.low is None and result.high is None
-    assert "3 rounds" in result.reason and "at least 5" in result.reason and result.holds(1.0) is None
+    assert "3 rounds" in result.reason and "at least 6" in result.reason and result.holds(1.0) is None
     assert paired_ratio([None, 2.0], [1.0, None]).ratio is None  # no round with both
     assert paired_ratio([1.0, float("nan"), 1.0, 1.0, 1.0, 1.0], [2.0] * 6).n_rounds == 5
+    assert "5 rounds" in paired_ratio([1.0] * 5, [2.0] * 5).reason  # min to max of 5: 93.75 %
 
 
 @pytest.mark.parametrize("reference, candidate, match", [

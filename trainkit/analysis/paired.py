@@ -13,7 +13,7 @@ a round the machine upset in only one of the two cells moves the interval by one
 not by its size). Where the reference and the candidate spread alike, a per-round ratio is the
 true ratio times a symmetric factor (a ratio of two draws of one law), whose median is 1: the
 median of the ratios then estimates the true ratio itself. Below MIN_ROUNDS_FOR_INTERVAL rounds no
-distribution-free interval of a median reaches 95 % (min to max of 4 covers 87.5 %): the ratio is
+distribution-free interval of a median reaches 95 % (min to max of 5 covers 93.75 %): the ratio is
 given, its interval is null with the reason.
 
 `unpaired_ratio` is the fallback for two cells measured once each (no rounds): the ratio of their
@@ -35,7 +35,7 @@ from trainkit.engine.conditions import MIN_STEPS_FOR_INTERVAL, median_interval
 
 CONFIDENCE = 0.95
 MIN_ROUNDS_FOR_INTERVAL = MIN_STEPS_FOR_INTERVAL
-"""Rounds below which a paired ratio has no interval (the median's order-statistic interval needs 5)."""
+"""Rounds below which a paired ratio has no 95 % interval (the median's order-statistic interval needs 6)."""
 PAIRED_METHOD = ("median of per-round ratios (candidate over reference, measured in the same round), with the "
                  "order-statistic interval of that median over rounds (Hettmansperger-Sheather), {confidence:.0%}")
 UNPAIRED_METHOD = ("ratio of the two cells' median step times, with their medians' order-statistic intervals "

@@ -31,13 +31,18 @@ from typing import Any
 from .cpus import usable_cpus
 
 CONFIDENCE = 0.95
-MIN_STEPS_FOR_INTERVAL = 5
-"""Fewer values than this give no interval of their median: at 4 the widest distribution-free one,
-min to max, covers 87.5 % (at 3, 75 %), short of the 95 % it would be printed as."""
+MIN_STEPS_FOR_INTERVAL = 6
+"""Fewer values than this give no 95 % interval of their median: the widest distribution-free one,
+min to max, covers 93.75 % at 5 values, 87.5 % at 4 and 75 % at 3, short of what it would be printed as."""
+INTERPOLATION_MARGIN = 0.01
+"""The interpolated interval aims this far above its confidence: Hettmansperger-Sheather's interpolation
+covers up to 0.6 points below its aim for normal and skewed step times at 7-11 values (simulated,
+trainkit.analysis.calibration), and a 95 % interval must hold at least 95 % (an A/A comparison holds
+1x in 95 % of trials); aimed at 96 % it covers 95.5-96.2 % from 6 values up."""
 INTERVAL_METHOD = (f"order-statistic interval of the median step time, {CONFIDENCE:.0%} (Hettmansperger-Sheather "
-                   "interpolation between the two order statistics whose binomial coverage brackets it; min to "
-                   "max at 5 steps, which covers 93.75 %); step-to-step noise within the cell's process, not "
-                   "run-to-run")
+                   "interpolation between the two order statistics whose binomial coverage brackets "
+                   f"{CONFIDENCE + INTERPOLATION_MARGIN:.0%}; none below {MIN_STEPS_FOR_INTERVAL} steps); "
+                   "step-to-step noise within the cell's process, not run-to-run")
 LOAD_PER_CORE_LIMIT = 1.0
 """A 1-minute load average above this many runnable tasks per core means tasks waited for a CPU
 while the cell ran: the host was loaded beyond its cores."""
@@ -188,32 +193,37 @@ def _binomial_coverage(n: int, d: int) -> float:
 def median_order_weights(n: int, confidence: float = CONFIDENCE) -> tuple[int, float] | None:
     """(d, lambda) of the median's interval over n sorted values: low = (1 - lambda) X(d) + lambda X(d+1),
     high = (1 - lambda) X(n-d+1) + lambda X(n-d) (1-based). d is the innermost pair whose binomial
-    coverage is at least `confidence`; lambda interpolates towards the next pair inward, whose coverage
-    falls short (Hettmansperger and Sheather 1986, Statistics & Probability Letters 4:75-79; exact
-    for the double exponential, within a point of nominal for the normal and skewed laws the tests
-    simulate). At n = 5 no pair reaches 95 %: min to max (93.75 %) is within the tolerance the
-    suite holds a 95 % interval to (93-97 %), and is taken as is. None below MIN_STEPS_FOR_INTERVAL."""
-    if n < MIN_STEPS_FOR_INTERVAL:
+    coverage is at least the aim (confidence + INTERPOLATION_MARGIN); lambda interpolates towards the
+    next pair inward, whose coverage falls short of it (Hettmansperger and Sheather 1986, Statistics &
+    Probability Letters 4:75-79). None where even min to max covers less than `confidence`."""
+    aim = confidence + INTERPOLATION_MARGIN
+    widest = _binomial_coverage(n, 1) if n >= 1 else 0.0
+    if widest < confidence:
         return None
+    if widest <= aim:
+        return 1, 0.0
     d = 1
-    while d + 1 <= n // 2 and _binomial_coverage(n, d + 1) >= confidence:
+    while _binomial_coverage(n, d + 1) >= aim:  # d + 1 <= n / 2 here: the middle pair covers less than 1/2
         d += 1
-    outer, inner = _binomial_coverage(n, d), (_binomial_coverage(n, d + 1) if d + 1 <= (n + 1) // 2 else 0.0)
-    if outer <= confidence or d + 1 > (n + 1) // 2:
-        return d, 0.0
-    share = (outer - confidence) / (outer - inner)
+    outer, inner = _binomial_coverage(n, d), _binomial_coverage(n, d + 1)
+    share = (outer - aim) / (outer - inner)
     return d, (n - d) * share / (d + (n - 2 * d) * share)
+
+
+def fewest_values(confidence: float = CONFIDENCE) -> int:
+    """The fewest values whose median has a `confidence` interval (min to max covers 1 - 2 / 2^n)."""
+    return next(n for n in range(1, 64) if _binomial_coverage(n, 1) >= confidence)
 
 
 def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float | None, float | None,
                                                                                      str | None]:
     """(low, high, None): the `confidence` interval of the median of `values` (median_order_weights),
-    or (None, None, why) for fewer than MIN_STEPS_FOR_INTERVAL values. Pure Python: no scipy."""
+    or (None, None, why) for fewer than MIN_STEPS_FOR_INTERVAL values (at 95 %). Pure Python: no scipy."""
     n = len(values)
     weights = median_order_weights(n, confidence)
     if weights is None:
         return None, None, (f"no interval: {n} value{'' if n == 1 else 's'}; a median's {confidence:.0%} interval "
-                            f"needs at least {MIN_STEPS_FOR_INTERVAL} (min to max of {n} covers "
+                            f"needs at least {fewest_values(confidence)} (min to max of {n} covers only "
                             f"{_binomial_coverage(n, 1):.1%})" if n >= 2 else
                             f"no interval: {n} value{'' if n == 1 else 's'}")
     d, share = weights
