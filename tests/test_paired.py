@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from trainkit.analysis.paired import PairedRatio, paired_ratio, unpaired_ratio
+from trainkit.analysis.paired import MOVER_SCALE, PairedRatio, paired_ratio, unpaired_ratio
 
 
 def test_a_paired_ratio_is_the_median_of_per_round_ratios():
@@ -46,8 +46,8 @@ def test_the_unpaired_ratio_combines_the_two_intervals_on_the_log_scale():
     ratio, low, high = unpaired_ratio(2.0, 1.8, 2.2, 4.0, 3.6, 4.4)
     assert ratio == pytest.approx(2.0)
     # Each side is 10 % off: MOVER's half-width is sqrt(2) x one side's on the logs, not the sum of both.
-    assert math.log(ratio / low) == pytest.approx(math.hypot(math.log(4 / 3.6), math.log(2.2 / 2)))
-    assert math.log(high / ratio) == pytest.approx(math.hypot(math.log(4.4 / 4), math.log(2 / 1.8)))
+    assert math.log(ratio / low) == pytest.approx(MOVER_SCALE * math.hypot(math.log(4 / 3.6), math.log(2.2 / 2)))
+    assert math.log(high / ratio) == pytest.approx(MOVER_SCALE * math.hypot(math.log(4.4 / 4), math.log(2 / 1.8)))
     assert low > 3.6 / 2.2 and high < 4.4 / 1.8  # narrower than the worst case of both
     arrays = unpaired_ratio(np.array([1.0, 1.0]), np.array([0.9, np.nan]), np.array([1.1, np.nan]),
                             np.array([2.0, 2.0]), np.array([1.8, 1.8]), np.array([2.2, 2.2]))
