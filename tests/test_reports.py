@@ -156,7 +156,8 @@ def test_summary_figures_are_the_records_numbers(report, records):
         assert float(row["peak_memory_mib"]) == pytest.approx(record["memory"]["host_rss_growth_bytes"] / 2**20)
         assert row["memory_measure"] == "host_rss_growth_bytes"
         fp32 = cells[cell_id.replace(record["config"]["precision"], "fp32", 1)]
-        assert float(row["speedup_vs_fp32"]) == pytest.approx(fp32["step_time_s"]["median"] / record["step_time_s"]["median"])
+        assert float(row["speedup_vs_fp32"]) == pytest.approx(
+            fp32["step_time_s"]["median"] / record["step_time_s"]["median"])
         # 5 steps, far fewer than MIN_LOSS_COMPARISON_STEPS: the loss is said to be after 5 steps and
         # is not compared with fp32's (test_a_loss_difference_needs_a_long_enough_run below).
         assert row["loss_steps"] == str(len(record["loss"]["curve"])) == "5" and row["loss_diff_vs_fp32"] == ""
