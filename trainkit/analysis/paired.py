@@ -44,8 +44,8 @@ MOVER_SCALE = 0.83
 1.0 covers 97.6-98.1 % at 6-20 steps a cell, 0.83 covers 94.5-96.7 % for normal, skewed and
 slow-outlier step times alike."""
 UNPAIRED_METHOD = ("ratio of the two cells' median step times, with their medians' order-statistic intervals "
-                   "combined on the log scale (MOVER, scaled by simulation), {confidence:.0%}; no rounds: drift between the cells is "
-                   "not cancelled")
+                   "combined on the log scale (MOVER, scaled by simulation), {confidence:.0%}; no rounds: drift "
+                   "between the cells is not cancelled")
 
 
 @dataclass(frozen=True)
