@@ -76,14 +76,21 @@ def _pooled(runs: pd.Series) -> list[float]:
     return [float(v) for run in runs if isinstance(run, list) for v in run if v is not None]
 
 
-def _rounds(parts: pd.DataFrame) -> dict[int, float]:
-    """A cell's throughput per round: effective batch over the round record's median step time (the
-    median of them, should a round hold two records of the cell)."""
-    per_round: dict[int, list[float]] = {}
-    for round_, batch, median in zip(parts["round"], parts["batch"], parts["median"]):
-        if not _missing(round_) and not _missing(batch) and not _missing(median) and median > 0:
-            per_round.setdefault(int(round_), []).append(float(batch) / float(median))
-    return {r: statistics.median(v) for r, v in sorted(per_round.items())}
+def _rounds(parts: pd.DataFrame, keys: list[str], index: pd.Index) -> pd.Series:
+    """Each cell's throughput per round: effective batch over the round record's median step time
+    (the median of them, should a round hold two records of the cell); None for a cell without rounds."""
+    out = pd.Series(None, index=index, dtype=object)
+    rounds = pd.to_numeric(parts["round"], errors="coerce")
+    figure = pd.to_numeric(parts["batch"], errors="coerce") / pd.to_numeric(parts["median"], errors="coerce")
+    usable = rounds.notna() & figure.gt(0) & np.isfinite(figure)
+    if not usable.any():  # records from before rounds, or a run without --repeats: nothing to pair
+        return out
+    for cell, positions in parts[usable].groupby(keys, dropna=False, sort=False).indices.items():
+        per_round: dict[int, list[float]] = {}
+        for r, value in zip(rounds[usable].iloc[positions], figure[usable].iloc[positions]):
+            per_round.setdefault(int(r), []).append(float(value))
+        out[cell] = {r: statistics.median(v) for r, v in sorted(per_round.items())}
+    return out
 
 
 def cell_noise(ok: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -106,10 +113,10 @@ def cell_noise(ok: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     low = pd.Series([math.nan if b[0] is None else b[0] for b in bounds], index=cells.index)
     high = pd.Series([math.nan if b[1] is None else b[1] for b in bounds], index=cells.index)
     batch = pd.to_numeric(cells["batch"], errors="coerce")
-    rounds = grouped[["round", "batch", "median"]].apply(_rounds) if len(parts) else pd.Series(dtype=object)
+    rounds = _rounds(parts, keys, cells.index)
     return pd.DataFrame({"step_time_median_s": median, "step_time_ci_low_s": low, "step_time_ci_high_s": high,
                          "throughput_median": batch / median, "throughput_low": batch / high,
-                         "throughput_high": batch / low, "round_throughputs": rounds.reindex(cells.index),
+                         "throughput_high": batch / low, "round_throughputs": rounds,
                          "cell_flags": cells["cell_flags"]}, index=cells.index)
 
 
