@@ -167,11 +167,13 @@ def test_a_speedup_measured_in_rounds_is_the_median_of_per_round_ratios():
     bf16 = table["amp-bf16-bs32-gpus1"]
     assert bf16["speedup_vs_fp32"] == pytest.approx(1.25) and bf16["speedup_vs_fp32_rounds"] == 7
     assert bf16["speedup_vs_fp32_low"] == pytest.approx(1.25) == bf16["speedup_vs_fp32_high"]
-    assert bf16["flags"] == ""
+    assert bf16["flags"] == "" and bf16["shown"]["vs fp32"] == "1.25× (1.25–1.25, 7 rounds)"
+    assert table["fp32-bs32-gpus1"]["shown"]["vs fp32"] == "1.00×"  # the reference itself
     # With 3 rounds the figure is still paired, and there is no interval to judge it by.
     three = rows(rounds_of("fp32", machine[:3]) + rounds_of("amp-bf16", [m * 0.8 for m in machine[:3]]))
     assert three["amp-bf16-bs32-gpus1"]["speedup_vs_fp32"] == pytest.approx(1.25)
     assert math.isnan(three["amp-bf16-bs32-gpus1"]["speedup_vs_fp32_low"])
+    assert three["amp-bf16-bs32-gpus1"]["shown"]["vs fp32"] == "1.25× (3 rounds, no interval)"
     # Weak scaling is paired by round too: 2 ranks at the 1-rank step time are 100 % efficient.
     scaling = rows(rounds_of("fp32", machine) + rounds_of("fp32", machine, gpus=2))["fp32-bs32-gpus2"]
     assert scaling["weak_scaling_efficiency"] == pytest.approx(1.0) and scaling["flags"].startswith("within noise")

@@ -173,7 +173,8 @@ def _ratio(table: pd.DataFrame, column: str, suffix: str, per: pd.Series | None 
     scale = 1.0 if per is None else per
     table[column], table[f"{column}_low"], table[f"{column}_high"] = (
         ratio["ratio"] / scale, ratio["low"] / scale, ratio["high"] / scale)
-    table[f"{column}_rounds"] = ratio["rounds"].where(ratio["ratio"].notna())
+    compared = ratio["ratio"].notna() & (table["cell"] != table[f"cell{suffix}"])  # the reference's own row: none
+    table[f"{column}_rounds"] = ratio["rounds"].where(compared)
 
 
 def _judge(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -266,7 +267,7 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
                    "loss_diff_vs_fp32"):
         if column in table and table[column].isna().all():  # no dynamic scaler, one GPU count, no tf32, a CPU
             hidden.add(column)
-    hidden |= {c for c in table.columns if c.endswith(("_low", "_high")) or c.startswith("step_time_")}
+    hidden |= {c for c in table.columns if c.endswith(("_low", "_high", "_rounds")) or c.startswith("step_time_")}
     hidden.add("flagged_figures")
     if "flags" in table and not table["flags"].astype(bool).any():
         hidden.add("flags")
@@ -279,12 +280,22 @@ def _texts(table: pd.DataFrame, column: str) -> list[str]:
     texts = [_fmt(column, v) for v in table[column]]
     if column in INTERVAL_COLUMNS and f"{column}_low" in table:
         bound = "{:.0%}" if column == "weak_scaling_efficiency" else "{:.2f}"
-        texts = [text if _missing(low) or _missing(high) else f"{text} ({bound.format(low)}–{bound.format(high)})"
-                 for text, low, high in zip(texts, table[f"{column}_low"], table[f"{column}_high"])]
+        rounds = table[f"{column}_rounds"] if f"{column}_rounds" in table else [math.nan] * len(table)
+        texts = [_with_interval(text, bound, low, high, n)
+                 for text, low, high, n in zip(texts, table[f"{column}_low"], table[f"{column}_high"], rounds)]
     if "flagged_figures" in table and table["flagged_figures"].str.contains(column, regex=False).any():
         texts = [f"{text} {FLAG_MARK}" if column in str(doubted).split() else text
                  for text, doubted in zip(texts, table["flagged_figures"])]
     return texts
+
+
+def _with_interval(text: str, bound: str, low: object, high: object, rounds: object) -> str:
+    """A ratio's text with its interval and, when paired by round, the rounds: "1.25× (1.20–1.31, 8
+    rounds)", "0.65× (3 rounds, no interval)"."""
+    paired = not _missing(rounds) and rounds > 0
+    if not _missing(low) and not _missing(high):
+        return f"{text} ({bound.format(low)}–{bound.format(high)}{f', {int(rounds)} rounds' if paired else ''})"
+    return f"{text} ({int(rounds)} rounds, no interval)" if paired and text else text
 
 
 def groups(table: pd.DataFrame) -> list[tuple[dict[str, object], pd.DataFrame]]:
