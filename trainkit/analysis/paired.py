@@ -41,7 +41,7 @@ PAIRED_METHOD = ("median of per-round ratios (candidate over reference, measured
                  "order-statistic interval of that median over rounds (Hettmansperger-Sheather), {confidence:.0%}")
 MOVER_SCALE = 0.83
 """The share of MOVER's distances the unpaired interval keeps: simulated (trainkit.analysis.calibration),
-1.0 covers 97.6-98.1 % at 6-20 steps a cell, 0.83 covers 94.5-96.7 % for normal, skewed and
+1.0 covers 97.6-98.1 % at 6-20 steps a cell, 0.83 covers 94.4-96.7 % for normal, skewed and
 slow-outlier step times alike."""
 UNPAIRED_METHOD = ("ratio of the two cells' median step times, with their medians' order-statistic intervals "
                    "combined on the log scale (MOVER, scaled by simulation), {confidence:.0%}; no rounds: drift "

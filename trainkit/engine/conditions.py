@@ -36,7 +36,7 @@ MIN_STEPS_FOR_INTERVAL = 6
 min to max, covers 93.75 % at 5 values, 87.5 % at 4 and 75 % at 3, short of what it would be printed as."""
 INTERPOLATION_MARGIN = 0.01
 """The interpolated interval aims this far above its confidence: Hettmansperger-Sheather's interpolation
-covers up to 0.6 points below its aim for normal and skewed step times at 7-11 values (simulated,
+covers up to half a point below its aim for normal and skewed step times at 7-10 values (simulated,
 trainkit.analysis.calibration), and a 95 % interval must hold at least 95 % (an A/A comparison holds
 1x in 95 % of trials); aimed at 96 % it covers 95.5-96.2 % from 6 values up."""
 INTERVAL_METHOD = (f"order-statistic interval of the median step time, {CONFIDENCE:.0%} (Hettmansperger-Sheather "
