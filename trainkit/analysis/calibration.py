@@ -29,6 +29,7 @@ same configuration measured close in time on the user's machine.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -258,14 +259,20 @@ def aa_of_records(records: Sequence[dict[str, Any]]) -> list[CellAA]:
     throughput at the median step time in round 2k + 1 over round 2k, paired_ratio over the pairs.
     Interleaved, the rounds of one cell are as close in time as the cells of a comparison are."""
     figures: dict[str, dict[int, float]] = {}
+    names: dict[str, str] = {}
     for record in records:
-        steps, batch = record.get("step_time_s") or {}, (record.get("config") or {}).get("effective_batch")
+        config = record.get("config") or {}
+        steps, batch = record.get("step_time_s") or {}, config.get("effective_batch")
         median, round_ = steps.get("median"), record.get("round")
         if record.get("status") != "ok" or round_ is None or not median or not batch:
             continue
-        figures.setdefault(str(record.get("cell_id")), {})[int(round_)] = batch / median
+        # One cell is one configuration: two with one id (a learning-rate variant, say) stay apart.
+        key = json.dumps(config, sort_keys=True, default=str)
+        names.setdefault(key, str(record.get("cell_id")))
+        figures.setdefault(key, {})[int(round_)] = batch / median
     out = []
-    for cell, by_round in figures.items():
+    for key, by_round in figures.items():
+        cell = names[key]
         pairs = [(by_round[r], by_round[r + 1]) for r in range(0, max(by_round) + 1, 2)
                  if r in by_round and r + 1 in by_round]
         if not pairs:
