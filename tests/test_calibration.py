@@ -12,7 +12,7 @@ import pytest
 from bench.matrix import Hardware, build_matrix, preset
 from trainkit.analysis import calibration as sim
 from trainkit.analysis import paired
-from trainkit.engine import conditions
+from trainkit.engine.measure import conditions
 from trainkit.reports import calibration
 from trainkit.reports.cli import main
 from trainkit.reports.load import to_frame

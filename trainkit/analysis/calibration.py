@@ -6,13 +6,13 @@ prints it draws thousands of data sets of known truth (seeded, vectorised numpy)
 interval exactly as the suite does, and counts how often it holds the truth:
 
     step time     a cell's median step time: the order-statistic interval
-                  (trainkit.engine.conditions.median_interval), over n timed steps
+                  (trainkit.engine.measure.conditions.median_interval), over n timed steps
     speedup       paired over n rounds: the median of per-round ratios and its interval
                   (trainkit.analysis.paired.paired_ratio), each round's cells slowed alike by the
                   machine of that round; unpaired: the ratio of two cells' medians of n steps each
                   (paired.unpaired_ratio)
     parity        the paired t interval of the mean per-seed eval-loss difference over n seeds
-                  (trainkit.analysis.parity_stats.t_interval)
+                  (trainkit.analysis.parity.stats.t_interval)
     Welch         the Welch t interval of two independent sets of n seeds each (welch_interval)
 
 at n = 3, 4, 5, 8 and 20, for step times (or differences) that are normal, skewed (log-normal) and
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
-from trainkit.engine.conditions import CONFIDENCE, median_order_weights
+from trainkit.engine.measure.conditions import CONFIDENCE, median_order_weights
 
 from .paired import paired_ratio, unpaired_ratio
 

@@ -5,10 +5,10 @@ swamps the difference (a loop-against-itself ratio ranged 0.60-1.69 over seven p
 Measured in rounds (every cell once, then every cell again: ABAB, as Chromium's Pinpoint
 interleaves A and B), round r holds the reference and the candidate close in time, so a slowdown
 of the machine during round r slows both and cancels in their ratio. The rounds are the pairs, as
-seeds are for parity's loss (trainkit.analysis.parity_stats).
+seeds are for parity's loss (trainkit.analysis.parity.stats).
 
 The statistic is the median of the per-round ratios, and its interval is the order-statistic
-interval of that same median (trainkit.engine.conditions.median_interval: distribution-free, so
+interval of that same median (trainkit.engine.measure.conditions.median_interval: distribution-free, so
 a round the machine upset in only one of the two cells moves the interval by one order statistic,
 not by its size). Where the reference and the candidate spread alike, a per-round ratio is the
 true ratio times a symmetric factor (a ratio of two draws of one law), whose median is 1: the
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainkit.engine.conditions import MIN_STEPS_FOR_INTERVAL, median_interval
+from trainkit.engine.measure.conditions import MIN_STEPS_FOR_INTERVAL, median_interval
 
 CONFIDENCE = 0.95
 MIN_ROUNDS_FOR_INTERVAL = MIN_STEPS_FOR_INTERVAL

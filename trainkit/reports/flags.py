@@ -8,14 +8,14 @@ it should not be believed as printed:
                   beyond what the device's peaks allow (speedup_bound); a peak memory that does
                   not grow with the batch, against the cell that differs only in a smaller batch
     conditions    the host loaded beyond its cores, CPU steal, more threads than cores, other
-                  processes on the GPUs (trainkit.engine.conditions.condition_flags), of the cell
+                  processes on the GPUs (trainkit.engine.measure.conditions.condition_flags), of the cell
                   or of the cell it is compared with
     within noise  a speedup or efficiency whose interval holds 1: the difference it states is
                   smaller than the noise of the two cells it compares
 
 Figures and intervals rest on one statistic, the median step time. A cell's throughput is its
 effective batch over the median of its step times (its ok repeats pooled), and its interval is that
-median's order-statistic interval (trainkit.engine.conditions.median_interval), null below 6 steps.
+median's order-statistic interval (trainkit.engine.measure.conditions.median_interval), null below 6 steps.
 A ratio of two cells (a speedup, a weak-scaling efficiency, compiled over eager) is, where both ran
 in the same rounds (bench --repeats N: every cell once, then every cell again), the median of its
 per-round ratios with the interval of that median over rounds (trainkit.analysis.paired.paired_ratio;
@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 
 from trainkit.analysis.paired import MIN_ROUNDS_FOR_INTERVAL, paired_ratio, unpaired_ratio
-from trainkit.engine.conditions import MIN_STEPS_FOR_INTERVAL, condition_flags, median_intervals
-from trainkit.engine.flops import peak_flops_per_s
-from trainkit.engine.precision_facts import DTYPE_BYTES, PRECISION_FACTS
+from trainkit.engine.measure.conditions import MIN_STEPS_FOR_INTERVAL, condition_flags, median_intervals
+from trainkit.engine.measure.flops import peak_flops_per_s
+from trainkit.engine.spec.precision_facts import DTYPE_BYTES, PRECISION_FACTS
 
 IMPLAUSIBLE_EFFICIENCY = 1.05
 """Weak-scaling efficiency above this is implausible: a few per cent of measurement slack, no more."""
@@ -155,7 +155,7 @@ def compare(table: pd.DataFrame, suffix: str) -> pd.DataFrame:
 
 def speedup_bound(hardware: object, precision: object, reference: str) -> float | None:
     """The largest speedup of `precision` over `reference` the device's physics allows: the ratio of
-    their dense peak FLOP/s (trainkit.engine.flops), or of the bytes their math reads where a
+    their dense peak FLOP/s (trainkit.engine.measure.flops), or of the bytes their math reads where a
     memory-bound reference gains more from halving them (roofline: t = max(FLOPs/peak, bytes/bandwidth)).
     None where a peak is unknown (a CPU, an unlisted GPU): nothing to judge against."""
     if not isinstance(precision, str) or precision not in PRECISION_FACTS:
