@@ -1,4 +1,4 @@
-"""The nightly gate's decisions (nightly.gate, nightly.rundir), on small hand-made records: noise-aware
+"""The nightly gate's decisions (trainkit.nightly: gate, rundir), on small hand-made records: noise-aware
 thresholds over repeats, like-with-like baselines, new, removed and failing cells, loss drift, and the
 exit status and label a run ends with. Pure Python: no worker runs here (test_nightly_e2e runs them)."""
 
