@@ -124,6 +124,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """The report directory's default is the rootdir's reports/out/ (a path given is kept). Asked
     for without paths, the matrix runs the package's own tests rather than the rootdir's testpaths
     or the current directory, so it runs the same outside a checkout."""
+    # Its tests' marker, registered here too: outside the checkout no ini file names it.
+    config.addinivalue_line("markers", "bench: a benchmark-matrix cell (trainkit.bench)")
     if config.getoption("tk_report_dir") is None:
         config.option.tk_report_dir = os.path.join(str(config.rootpath), "reports", "out")
     if _asked(config) and config.args_source != pytest.Config.ArgsSource.ARGS:
