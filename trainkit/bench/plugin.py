@@ -260,8 +260,9 @@ def bench_session(request: pytest.FixtureRequest) -> BenchSession:
 @pytest.hookimpl(optionalhook=True)  # pytest-benchmark's hook: the plugin loads without it (trainkit[bench])
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     """The environment fingerprint (GPU, driver, CUDA, cuDNN, NCCL, torch, CPU, git commit):
-    pytest-benchmark's own machine id knows nothing of GPUs. Only for a run that built the matrix."""
-    if CELLS not in config.stash:
+    pytest-benchmark's own machine id knows nothing of GPUs. Only for a run that asks for the matrix
+    (asked before the matrix is built too: --benchmark-compare reads it at configure time)."""
+    if not _asked(config) and CELLS not in config.stash:
         return
     env = _hardware(config)["env"]
     machine_info["trainkit_env"] = env
