@@ -3,7 +3,8 @@
 A row names the axis (bench's test parameter, the key of an override and of a preset block), the
 RunConfig field it sets, its command-line option (a list of values, validated as it is parsed),
 the value a block that leaves it out takes, its fragment of the cell id, its words in a report's
-variant, and the rule that skips a cell the hardware cannot run. Every reader goes through AXES at
+variant, the rule that skips a cell the hardware cannot run, and the rule that leaves out a cell
+that does not apply to its model. Every reader goes through AXES at
 the time it reads (bench's options, matrix, ids and test parameters; RunConfig.cell_id; the
 reports' columns and grouping), so an axis added here, as one row, is everywhere at once.
 
@@ -11,7 +12,7 @@ The first five axes are the cell id's fixed part (gpt-amp-bf16-bs32-ga4-gpus2); 
 the id, and in a report's variant, only where they differ from their defaults, so the ids of cells
 without them (and baselines keyed by them) stay what they were.
 
-No torch at import (the recompute rule imports it only when a matrix is built), and nothing that
+No torch at import (the checkpointing rule imports it only when a matrix is built), and nothing that
 reads RunConfig: RunConfig.cell_id reads this module. Whether a device can run a precision mode is
 its policy's answer (trainkit.engine.precision, which reads RunConfig), so a skip rule asks the
 hardware it is given (bench.matrix.Hardware asks the policy).
@@ -20,6 +21,7 @@ hardware it is given (bench.matrix.Hardware asks the policy).
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -75,6 +77,9 @@ class Axis:
     which the report has as columns of its own)."""
     skip: SkipRule | None = None
     """Why the hardware cannot run a cell with this value (the cell's values, the hardware), or None."""
+    left_out: Callable[[Values], str | None] | None = None
+    """Why a cell with this value does not apply to its model at all (activation checkpointing of a
+    model without blocks), or None: such a cell is left out of a matrix, never run or recorded."""
     column: str | None = None
     """The report's column for the axis (None: `name`)."""
 
@@ -140,10 +145,25 @@ def _compile_skip(values: Values, hw: Hardware) -> str | None:
     return hw.compile_unsupported if values["compile"] else None
 
 
-def _checkpointing_skip(values: Values, hw: Hardware) -> str | None:
-    from . import recompute  # torch, only once cells are built
+def _checkpointing_left_out(values: Values) -> str | None:
+    """A model that names no blocks has nothing to checkpoint: its cells with checkpointing are not
+    a result of the hardware, they do not exist."""
+    if (values.get("activation_checkpointing") or "none") == "none":
+        return None
+    if values.get("workload") is None:
+        from .models import CHECKPOINTED  # torch, only once cells are built
 
-    return recompute.unsupported_reason(values["model"], values["activation_checkpointing"])
+        names = values["model"] in CHECKPOINTED
+    else:
+        names = _names_blocks(values["workload"])
+    return None if names else f"{values['model']} names no blocks to checkpoint (Workload.checkpoint_blocks)"
+
+
+@functools.lru_cache(maxsize=64)
+def _names_blocks(spec: str) -> bool:
+    from .workload_resolve import resolve  # torch and the user's module, only once cells are built
+
+    return resolve(spec).checkpoint_blocks is not None
 
 
 # --- the axes' words in ids and reports -------------------------------------------------------------------
@@ -193,7 +213,7 @@ AXES: tuple[Axis, ...] = (
     Axis("activation_checkpointing", "activation_checkpointing",
          Option("--activation-checkpointing", comma_list(choice(ACTIVATION_CHECKPOINTING)), "A,B",
                 ", ".join(ACTIVATION_CHECKPOINTING)),
-         "none", _checkpointing_tag, _checkpointing_label, _checkpointing_skip),
+         "none", _checkpointing_tag, _checkpointing_label, left_out=_checkpointing_left_out),
     Axis("alloc_conf", "alloc_conf",
          Option("--alloc-conf", comma_list(optional(alloc_setting), separator=";"), "A;B",
                 "PYTORCH_CUDA_ALLOC_CONF settings separated by ';' (each may hold commas), none for the "
@@ -222,6 +242,16 @@ def cell_id(values: Values) -> str:
     """The readable id of a cell, e.g. resnet50-amp-fp16-bs256-ga4-gpus2 or
     gpt-fp8-rowwise-bs16-ga4-gpus1-compiled-ac: every axis's fragment, in order."""
     return "".join(axis.tag(values) for axis in AXES)
+
+
+def left_out_reason(values: Values) -> str | None:
+    """Why the cell does not apply to its model (it is left out of a matrix), or None: the first
+    axis, in order, whose rule says so."""
+    for axis in AXES:
+        reason = axis.left_out(values) if axis.left_out else None
+        if reason:
+            return reason
+    return None
 
 
 def skip_reason(values: Values, hw: Hardware) -> str | None:

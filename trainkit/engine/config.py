@@ -248,7 +248,10 @@ class RunConfig:
 
     @property
     def tokens_per_sample(self) -> int | None:
-        return self.seq_len if self.model == "gpt" else None
+        """Tokens per sample as the config alone knows them: the built-in GPT's seq_len. A
+        workload's own (Workload.tokens_per_sample: a user's model, hf:) is known once it is
+        resolved; the worker records it in the record's config."""
+        return self.seq_len if self.model == "gpt" and self.workload is None else None
 
     @property
     def cell_id(self) -> str:

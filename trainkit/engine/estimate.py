@@ -189,7 +189,8 @@ class Estimator:
         self.block = CUDA_BLOCK_BYTES if self.device.type == "cuda" else 1
         self.capability = capability
         self.environ = environ
-        self.mode = FakeTensorMode()
+        # A real tensor the model combines (a module-level constant) becomes a fake one where it is used.
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
         # Built for the configuration as given: FP8's conversion checks its micro-batch's rows.
         self.policy: Precision = policy if policy is not None else build_precision(config, self.device)
         self.spec: Workload = build_workload(self.config)
@@ -197,7 +198,7 @@ class Estimator:
         self.model: nn.Module = converted_on_fake(self.spec.build, self.policy.convert_module, [self.policy],
                                                   self.mode, self.device)
         # Checkpointed blocks save only their inputs for backward, as in Trainer.
-        recompute.apply(self.model, self.config.model, self.config.activation_checkpointing)
+        recompute.apply(self.model, self.spec, self.config.activation_checkpointing)
         self.params = self.policy.trained_parameters(self.model)
         """What the optimizer updates and clipping reads: the parameters, or their master copies."""
         with self.mode:

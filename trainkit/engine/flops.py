@@ -144,7 +144,8 @@ def mfu(flops_per_sample: float | None, throughput_samples_per_s: float | None, 
 def flop_counts(spec: Workload) -> tuple[Any, Any, int]:
     """(A FlopCounterMode that counted one forward + backward of the workload's model, that model,
     the batch it ran.) On the meta device (no memory, no compute) where the model's forward runs
-    there, else on a real CPU batch of one (data-dependent code, as in transformers' masks)."""
+    there, else on a real CPU batch of two (data-dependent code, as in transformers' masks, or a
+    module-level constant; two, since BatchNorm refuses one sample in training mode)."""
     # torch: this module is torch-free at import (the reports' flags and nightly's gpu-check read its peak table)
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -157,7 +158,6 @@ def flop_counts(spec: Workload) -> tuple[Any, Any, int]:
         with FlopCounterMode(display=False) as counter:
             spec.loss_fn(model(x), target).backward()
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
-        batch = 1
         model = spec.build()
         x, target = spec.make_batch(batch, torch.Generator().manual_seed(0), torch.device("cpu"))
         with FlopCounterMode(display=False) as counter:

@@ -26,6 +26,7 @@ from .data import Window, build_data, build_real_dataset, num_classes_of
 from .precision import NO_CONTEXT, Precision, Unsupported, build_precision
 from .schema import replacing
 from .timing import Marks
+from .workload import WorkloadError, non_scalar_loss
 from .workload_resolve import build_workload, workload_dataset
 
 
@@ -92,22 +93,24 @@ class Trainer:
         self.world_size = config.world_size
         self.policy = policy if policy is not None else build_precision(config, device)
         reason = (self.policy.unsupported_reason()
-                  or recompute.unsupported_reason(config.model, config.activation_checkpointing)
                   or (compiled.unsupported_reason(device.type) if config.compile else None))
+        if reason:
+            raise Unsupported(reason)
+        dataset = build_real_dataset(config) if config.data not in ("synthetic", "workload") else None
+        self.spec = build_workload(config, num_classes_of(dataset) if dataset is not None else 10)
+        reason = recompute.unsupported_reason(self.spec, config.activation_checkpointing)
         if reason:
             raise Unsupported(reason)
         self.policy.configure_backends()
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
 
-        dataset = build_real_dataset(config) if config.data not in ("synthetic", "workload") else None
-        self.spec = build_workload(config, num_classes_of(dataset) if dataset is not None else 10)
         if config.data == "workload":
             dataset = workload_dataset(self.spec)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
         # The order matters: precision conversion (float8 layers), activation checkpointing around
         # the converted blocks, DDP, and torch.compile last, so that it traces all of them.
         model = self.policy.convert_module(self.spec.build().to(device))
-        self.checkpointed = recompute.apply(model, config.model, config.activation_checkpointing)
+        self.checkpointed = recompute.apply(model, self.spec, config.activation_checkpointing)
         """Modules that recompute their forward in backward (activation_checkpointing)."""
         self.raw_model = model
         if self.world_size > 1:
@@ -161,6 +164,8 @@ class Trainer:
             with self.sync_gradients(i == last_micro and not self.policy.reduces_gradients):
                 with self.policy.forward_context():
                     loss = self.spec.loss_fn(self.policy.convert_output(self.model(inputs)), targets)
+                if loss.ndim:  # a shape: known without a sync
+                    raise WorkloadError(non_scalar_loss(self.spec.name, loss))
                 _mark(marks, "forward")
                 # DDP averages gradients over ranks, hence world_size: the gradient is the mean over
                 # the effective batch however it is split, a short last window included. (A weight

@@ -49,13 +49,21 @@ def phase_breakdown(trainer: Trainer, steps: int) -> dict[str, Any]:
             "data_share": data_share, "data_bound": data_share is not None and data_share > DATA_BOUND_SHARE}
 
 
+def quiet_profiler() -> None:
+    """Keep Kineto (torch.profiler's engine) off stderr on a CPU: it logs its stages, its USDT probes
+    and, in a CUDA build of torch on a machine without a GPU, a spurious "gpuGetDeviceCount failed
+    with code 35" error. Level 6 is above all of them (5 still prints the probes); Kineto reads it
+    when a profile starts."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+
 def torch_trace(trainer: Trainer, steps: int, path: str, top: int = 15) -> dict[str, Any]:
     """A torch.profiler Chrome trace of `steps` optimizer steps (open it in Perfetto or
     chrome://tracing), the top operators by self time, and the share of operator time whose
     floating-point inputs were fp16/bf16: what autocast or half precision really changed."""
     on_gpu = trainer.device.type == "cuda"
-    if not on_gpu:  # a CUDA build of torch on a CPU machine: Kineto would log a spurious device error
-        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    if not on_gpu:
+        quiet_profiler()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(steps):

@@ -389,7 +389,8 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
     energy, energy_method, energy_window_s = merge_energy(ranks, launcher, on_gpu)
     peak, mfu_method = mfu_peak(env.get("gpu_name") if on_gpu else None, config.precision, lead.flops_per_sample,
                                 lead.precision_details)
-    tokens = config.tokens_per_sample
+    # The worker's workload knows its tokens (a user's model, hf:); a cell no rank reported, its config.
+    tokens = lead.derived.get("tokens_per_sample", config.tokens_per_sample)
     utilisation = mfu(lead.flops_per_sample, throughput, peak, config.world_size)
     cpu_times = [r.cpu_time_s for r in ranks]
     record = {

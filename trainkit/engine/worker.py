@@ -44,6 +44,7 @@ from .profile import profile_cell
 from .protocol import Command, Reply
 from .result import RankReport, TimedSpan
 from .timing import Marks
+from .workload import WorkloadError, user_frame
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -66,8 +67,14 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "oom", f"out of memory: {message[:300]}" if message else "out of memory"
     if compiled.is_compile_error(exc):  # its message goes on with pages of generated code
         return "crashed", f"torch.compile: {type(exc).__name__}: {compiled.first_line(exc)[:300]}"
-    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    at = f" ({os.path.basename(where.filename)}:{where.lineno})" if where else ""
+    if isinstance(exc, WorkloadError):  # already one line naming what is wrong with the workload
+        return "crashed", message[:400]
+    # Where the user's code raised it or called what did; else where it was raised.
+    where = user_frame(exc)
+    if where is None and exc.__traceback__ is not None:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{os.path.basename(frame.filename)}:{frame.lineno}"
+    at = f" ({where})" if where else ""
     return "crashed", f"{type(exc).__name__}: {message[:300]}{at}"
 
 
@@ -348,6 +355,8 @@ class RankWorker:
             "distributed_backend": dist.get_backend() if dist.is_initialized() else None,
             "has_batchnorm": trainer.spec.has_batchnorm,
             "num_classes": trainer.spec.num_classes,
+            # The workload's own (a user's sequence model, hf:), which the config alone does not know.
+            "tokens_per_sample": trainer.spec.tokens_per_sample,
             "params": count_params(trainer.raw_model),
             # The floor of any peak: weights, their gradients (same dtype) and optimizer state.
             "param_bytes": param_bytes,
