@@ -222,6 +222,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     cells = [c for c in config.stash[CELLS] if c.id in selected]
     cells = executors.start(config, bench, items, cells)
     bench.total = sum(1 for c in cells if not c.skip_reason)
+    bench.planned = [c for c in cells if not c.skip_reason]
     bench.note_skipped(cells, _hardware(config)["env"])
     config.stash[SESSION] = bench
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,31 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def cell_kind(cell: CellSpec) -> tuple[Any, ...]:
+    """What sets a cell's wall time besides its size, most telling first: compiled (a compile's
+    seconds), activation checkpointing, ranks, precision (bf16 on a CPU is several times fp32)."""
+    config = cell.config
+    return (config.compile, config.activation_checkpointing != "none", config.world_size, config.precision)
+
+
+def time_left(done: list[tuple[tuple[Any, ...], float]], pending: list[tuple[Any, ...]]) -> tuple[float, int]:
+    """(seconds the pending cells should take, how many of them no finished cell can stand for).
+    Each pending cell takes the median of the finished cells of its kind (cell_kind); failing that,
+    of those that share the longest leading part of its kind, down to its compile flag alone. A
+    compiled cell before any compiled one finished cannot be guessed from eager ones: it is
+    counted, not timed."""
+    seconds, unknown = 0.0, 0
+    for kind in pending:
+        for length in range(len(kind), 0, -1):
+            like = [s for k, s in done if k[:length] == kind[:length]]
+            if like:
+                seconds += statistics.median(like)
+                break
+        else:
+            unknown += 1
+    return seconds, unknown
+
+
 class BenchSession:
     def __init__(self, options: SessionOptions, write: Any) -> None:
         self.options = options
@@ -53,6 +79,10 @@ class BenchSession:
         self.setup_s = 0.0
         self.started = time.monotonic()
         self.cell_seconds: list[float] = []
+        self.timed: list[tuple[tuple[Any, ...], float]] = []
+        """(cell_kind, wall seconds) of each cell run so far."""
+        self.planned: list[CellSpec] = []
+        """The cells this session will run, in order (the progress line's time left)."""
         self.remote: Any = None
         """bench.executors.RemoteCells when the cells run as jobs (--executor slurm, submitit-local)."""
         os.makedirs(os.path.dirname(os.path.abspath(options.results_file)), exist_ok=True)
@@ -76,7 +106,11 @@ class BenchSession:
         elapsed = time.monotonic() - self.started
         left = ""
         if done:
-            left = f", ~{_clock(sum(self.cell_seconds) / done * (self.total - done))} left"
+            position = next((i for i, c in enumerate(self.planned) if c.id == cell.id), len(self.planned))
+            pending = [cell_kind(c) for c in self.planned[position:]] or [cell_kind(cell)]
+            seconds, unknown = time_left(self.timed, pending)
+            left = f", ~{_clock(seconds)} left" + (f" + {unknown} compiled cell{'s' if unknown > 1 else ''} not "
+                                                   "yet timed" if unknown else "")
         self.write(f"\n[cell {done + 1}/{self.total}] {cell.id} (elapsed {_clock(elapsed)}{left}) ")
 
     def complete(self, record: dict[str, Any], cell: CellSpec) -> dict[str, Any]:
@@ -108,6 +142,7 @@ class BenchSession:
                 record = workers.record_for(failure)
         self.complete(record, cell)
         self.cell_seconds.append(time.monotonic() - began)
+        self.timed.append((cell_kind(cell), self.cell_seconds[-1]))
         self.keep(record)
         return self._reported(record, benchmark)
 

@@ -362,3 +362,16 @@ def test_a_made_up_axis_reaches_the_options_and_parameters_of_the_real_suite(tmp
     assert got["mlp-fp32-bs16-ga1-gpus1"]["status"] == "ok"
     skipped = got["mlp-fp32-bs16-ga1-gpus1-seed13"]
     assert skipped["status"] == "unsupported" and skipped["config"]["seed"] == 13
+
+
+def test_time_left_learns_each_kind_of_cell_and_never_guesses_a_compiled_one_from_eager_ones():
+    from bench.runner import time_left
+
+    eager, eager_bf16, eager_2 = (False, False, 1, "fp32"), (False, False, 1, "amp-bf16"), (False, False, 2, "fp32")
+    compiled = (True, False, 1, "fp32")
+    done = [(eager, 2.0), (eager, 4.0), (eager_bf16, 9.0)]
+    # Each kind by its own median; a kind not seen by its nearest seen kind (2 ranks: the 1-rank fp32
+    # and bf16 cells, median 4 s); compiled cells counted, not timed.
+    assert time_left(done, [eager, eager_bf16, eager_2, compiled, compiled]) == (3.0 + 9.0 + 4.0, 2)
+    # Once a compiled cell has run, the others take its time (a mean over every cell would say 12 s).
+    assert time_left([*done, (compiled, 40.0)], [compiled, eager]) == (43.0, 0)

@@ -86,8 +86,9 @@ def model_fields(spec: str) -> dict[str, str | None]:
     return {"model": chosen.model, "workload": chosen.workload}
 
 
-def check_paths(config: RunConfig, output: str | None) -> None:
-    """Input files and the output directory, checked before any process starts."""
+def check_paths(config: RunConfig, output: str | None, option: str = "--output") -> None:
+    """Input files and the output directory (of the file `option` names), checked before any
+    process starts."""
     if config.data in cfg.LOCAL_DATA and not os.path.isdir(config.data_root or ""):
         raise UsageError(f"--data-root {config.data_root!r} is not a directory")
     if config.resume_from and not os.path.isfile(config.resume_from):
@@ -95,7 +96,7 @@ def check_paths(config: RunConfig, output: str | None) -> None:
     if output:
         parent = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(parent):
-            raise UsageError(f"--output {output!r}: directory {parent!r} does not exist")
+            raise UsageError(f"{option} {output!r}: directory {parent!r} does not exist")
 
 
 MEMORY_LIMIT_ON_GPU = ("caps a CPU worker's address space (RLIMIT_AS); CUDA reserves far more address space "

@@ -421,6 +421,9 @@ def main(args: Any) -> int:
     (the document is still written), 2 for bad input."""
     _check(args)
     doc, records = (_rejudge(args), args.from_records) if args.from_records else _run(args)
+    if doc.records_file:  # beside the document, as the document finds it: no machine's own path in a shared file
+        doc = dataclasses.replace(doc, records_file=os.path.relpath(
+            doc.records_file, os.path.dirname(os.path.abspath(args.output))))
     write_json(args.output, doc.to_dict())
     written = [args.output] + ([] if args.from_records else [records])
     if args.report:
