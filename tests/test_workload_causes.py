@@ -47,7 +47,7 @@ class EncoderClassifier(nn.Module):
         self.head = nn.Linear(WIDTH, CLASSES)
 
     def forward(self, ids):
-        x = self.embed(ids) * (1 + SCALE) + self.pos
+        x = self.embed(ids) * (1 + SCALE.to(self.pos.dtype)) + self.pos
         return self.head(self.norm(self.encoder(x).mean(1)))
 
 

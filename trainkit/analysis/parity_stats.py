@@ -6,7 +6,7 @@ a precision's eval loss and fp32's are a pair per seed: most of the seed-to-seed
 and cancels in the difference. The test is therefore on the per-seed differences (a paired t
 interval), not on a precision's mean against fp32's spread of single seeds: in the committed CPU
 example (reports/examples/cpu-parity) fp32's seed-to-seed spread is 4-416x the differences' in
-nine of ten modes, and 0.65x in one (gpt half-fp16, whose seeds part ways with fp32's): pairing
+9 of 10 modes, and 0.65x in one (gpt half-fp16, whose seeds part ways with fp32's): pairing
 is usually far tighter, never assumed to be (tests/test_docs.py holds these figures).
 
 Why Student's t and not a bootstrap: parity runs have 2-10 seeds. A bootstrap of 5 values has 126
