@@ -11,7 +11,9 @@ import sys
 import pytest
 import torch
 
+from bench.matrix import Hardware, build_matrix, preset
 from trainkit.engine.config import RunConfig
+from trainkit.engine.launch import run_cell
 from trainkit.engine.workload_check import (
     check_accumulation,
     check_independent,
@@ -139,3 +141,30 @@ def test_a_vector_loss_is_one_line_giving_its_shape_and_nothing_else_runs(encode
     assert [(c.check, c.verdict) for c in report.checks] == [("builds", "ok"), ("loss is a scalar", "fails")]
     assert report.checks[1].detail.startswith("workload 'encoder': loss_fn returned a tensor of shape (8,), not a "
                                               "scalar")
+
+
+@pytest.mark.slow
+def test_the_encoder_runs_checkpointed_in_a_cell_and_its_record_counts_its_tokens(encoder_path):
+    """A user's model that names its blocks: activation checkpointing wraps them in the worker (an
+    nn.TransformerEncoder reads its layers' attributes through the wrapper), the gradients are the
+    unwrapped model's, and the record's tokens per second are the workload's tokens per sample."""
+    config, _ = setup(encoder_path, "?dropout=0.0")
+    config = config.replace(steps=2, warmup_steps=1)
+    plain = run_cell(config)
+    checkpointed = run_cell(config.replace(activation_checkpointing="full"))
+    assert plain["status"] == checkpointed["status"] == "ok", checkpointed["status_detail"]
+    assert checkpointed["config"]["checkpointed_modules"] == ["encoder.layers.0"]
+    assert checkpointed["loss"]["curve"] == pytest.approx(plain["loss"]["curve"], rel=1e-6)
+    assert checkpointed["config"]["tokens_per_sample"] == 8
+    assert checkpointed["tokens_per_s"] == pytest.approx(8 * checkpointed["throughput_samples_per_s"])
+
+
+def test_a_matrix_leaves_out_the_checkpointed_cells_of_a_model_that_names_no_blocks(encoder_path):
+    left_out: dict[str, str] = {}
+    cells = build_matrix(preset("quick", on_gpu=False), Hardware("cpu", cpu_count=2),
+                         {"model": (f"{encoder_path}:encoder?blocks=False", f"{encoder_path}:encoder"),
+                          "precision": ("fp32",), "gpus": (1,), "activation_checkpointing": ("none", "full")},
+                         2, 1, left_out=left_out)
+    named = {c.config.workload.endswith("blocks=False") for c in cells if c.activation_checkpointing == "full"}
+    assert named == {False} and not any(c.skip_reason for c in cells)
+    assert set(left_out.values()) == {"encoder names no blocks to checkpoint (Workload.checkpoint_blocks)"}
