@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from trainkit.engine.conditions import condition_flags
 from trainkit.engine.config import ProfileConfig
-from trainkit.engine.launch import CellFailed, CellWorkers
+from trainkit.engine.launch import CellFailed, CellWorkers, time_left
 from trainkit.engine.result import append_jsonl, merge_ranks
 from trainkit.engine.schema import MEMORY_NAMES, headline_memory
 
@@ -50,24 +49,6 @@ def cell_kind(cell: CellSpec) -> tuple[Any, ...]:
     seconds), activation checkpointing, ranks, precision (bf16 on a CPU is several times fp32)."""
     config = cell.config
     return (config.compile, config.activation_checkpointing != "none", config.world_size, config.precision)
-
-
-def time_left(done: list[tuple[tuple[Any, ...], float]], pending: list[tuple[Any, ...]]) -> tuple[float, int]:
-    """(seconds the pending cells should take, how many of them no finished cell can stand for).
-    Each pending cell takes the median of the finished cells of its kind (cell_kind); failing that,
-    of those that share the longest leading part of its kind, down to its compile flag alone. A
-    compiled cell before any compiled one finished cannot be guessed from eager ones: it is
-    counted, not timed."""
-    seconds, unknown = 0.0, 0
-    for kind in pending:
-        for length in range(len(kind), 0, -1):
-            like = [s for k, s in done if k[:length] == kind[:length]]
-            if like:
-                seconds += statistics.median(like)
-                break
-        else:
-            unknown += 1
-    return seconds, unknown
 
 
 class BenchSession:

@@ -365,7 +365,7 @@ def test_a_made_up_axis_reaches_the_options_and_parameters_of_the_real_suite(tmp
 
 
 def test_time_left_learns_each_kind_of_cell_and_never_guesses_a_compiled_one_from_eager_ones():
-    from bench.runner import time_left
+    from trainkit.engine.launch import time_left
 
     eager, eager_bf16, eager_2 = (False, False, 1, "fp32"), (False, False, 1, "amp-bf16"), (False, False, 2, "fp32")
     compiled = (True, False, 1, "fp32")

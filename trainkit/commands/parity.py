@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import statistics
 import sys
 import threading
 import time
@@ -142,23 +143,31 @@ def run_cells(plan: list[tuple[str, RunConfig]], *, jobs: int = 1, timeout_s: fl
               records_path: str | None = None, show: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run each (model, config) cell in fresh workers, `jobs` at a time, with the diagnostics pass;
     append each record to `records_path` as it ends (so an interrupted run keeps the cells it ran)."""
-    from ..engine.launch import DEFAULT_CELL_TIMEOUT_S, run_cell  # torch: see the module docstring
+    from ..engine.launch import DEFAULT_CELL_TIMEOUT_S, run_cell, time_left  # torch: see the module docstring
 
     profile = ProfileConfig(phase_steps=0, diagnostics=True)
     lock = threading.Lock()
     started, done = time.monotonic(), 0
+    timed: list[tuple[tuple[str, ...], float]] = []
+    pending = [(model, config.precision) for model, config in plan]
 
     def one(item: tuple[str, RunConfig]) -> dict[str, Any]:
         nonlocal done
         model, config = item
+        began = time.monotonic()
         record = run_cell(config, timeout_s=timeout_s or DEFAULT_CELL_TIMEOUT_S, profile=profile)
         with lock:  # one writer of the records file and of the progress lines
             if records_path:
                 append_jsonl(record, records_path)
             done += 1
+            # Learned from the cells run so far, by model and precision (a median: the first cells,
+            # which start the fork server and load their kernels, do not stand for the rest).
+            timed.append(((model, config.precision), time.monotonic() - began))
+            pending.remove((model, config.precision))
             if show is not None:
                 elapsed = time.monotonic() - started
-                left = elapsed / done * (len(plan) - done)
+                seconds, unknown = time_left(timed, pending)  # a model not yet run: any cell's median
+                left = (seconds + unknown * statistics.median(t for _, t in timed)) / jobs
                 what = (f"eval {record['loss']['eval']:.4f}, {record['step_time_s']['median'] * 1e3:.1f} ms/step"
                         if record["status"] == "ok" else f"{record['status']}: {record['status_detail']}")
                 show(f"[parity] {done}/{len(plan)} {model} {config.precision} seed {config.seed}: {what} "
