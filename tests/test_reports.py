@@ -134,7 +134,10 @@ def test_writes_html_csv_and_markdown_beside_each_other(report):
 
 def test_the_page_is_self_contained(report):
     page = report["html"]
-    assert page.count("* plotly.js v") == 1  # the library inlined once, not once per chart
+    # The library inlined once, not once per chart: the basic bundle (every trace drawn is a scatter or
+    # a bar), a quarter of the whole library's size.
+    assert page.count("* plotly.js (basic - minified) v") == 1 and "* plotly.js v" not in page
+    assert len(page.encode()) < 2_000_000
     assert not re.search(r"<script[^>]+src=", page) and not re.search(r"<link[^>]+href=", page)
     assert "cdn.plot.ly" not in page.replace("https://cdn.plot.ly", "")  # no script fetched from the CDN
 
@@ -397,3 +400,17 @@ def test_the_command_line_builds_the_same_summary_from_the_results_file_alone(re
     assert done.returncode == 0, done.stderr
     with open(tmp_path / "r.csv") as f:
         assert list(csv.DictReader(f)) == report["rows"]
+
+
+def test_a_chart_the_basic_bundle_cannot_draw_gets_the_whole_library():
+    import plotly.graph_objects as go
+
+    from trainkit.reports import html as report_html
+    from trainkit.reports.figures import Chart
+
+    def page_of(figure) -> str:
+        return report_html.page("t", "", report_html.chart(Chart("t", figure), "c1"))
+
+    assert "(basic - minified)" in page_of(go.Figure(go.Bar(x=[1], y=[2])))
+    whole = page_of(go.Figure(go.Heatmap(z=[[1, 2]])))
+    assert "(basic - minified)" not in whole and whole.count("* plotly.js v") == 1
