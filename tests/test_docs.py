@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,27 @@ def test_the_site_builds_strict(tmp_path):
         assert f"{page}/index.html" in built
     commands = (tmp_path / "site" / "reference" / "commands" / "index.html").read_text()
     assert "--target-batch" in commands and "--max-noisy-share" in commands and "--preset" in commands
+    tutorial_renders_with_code_blocks_and_a_full_outline(tmp_path / "site" / "tutorials" / "which-precision")
+
+
+def tutorial_renders_with_code_blocks_and_a_full_outline(built: Path) -> None:
+    """The start-here tutorial as a browser shows it (headless Chromium's DOM): every command and
+    every output in a code block, one H1, and a table of contents holding every section."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium is not installed: apt-get install -y chromium")
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--no-first-run", "--virtual-time-budget=3000", f"--user-data-dir={built}/profile",
+                           "--dump-dom", (built / "index.html").as_uri()], capture_output=True, text=True, timeout=120)
+    dom = done.stdout
+    source = (DOCS / "tutorials" / "which-precision.md").read_text()
+    sections = re.findall(r"^## (.+)$", FENCE.sub("", source), re.M)
+    assert dom.count("<pre") == source.count("```bash") + len(INCLUDE.findall(source))
+    assert dom.count("<h1") == 1
+    toc = re.search(r'<nav class="md-nav md-nav--secondary".*?</nav>', dom, re.S)
+    assert toc is not None
+    entries = [" ".join(e.split()) for e in re.findall(r'<span class="md-ellipsis">(.*?)</span>', toc.group(0), re.S)]
+    assert entries == sections
 
 
 def test_every_tutorial_block_was_run_as_written():
