@@ -10,12 +10,17 @@ A spec is one of (tried in this order):
   is such a function (or a module of the minimal form below);
 - `MODULE` (or a .py file's path): the minimal form, a module with `build()`, `loss(output, target)` and
   `batch(batch_size, generator, device)`, and optionally NAME, HAS_BATCHNORM, FLOPS_PER_SAMPLE,
-  NUM_CLASSES, TOKENS_PER_SAMPLE and `dataset()`.
+  NUM_CLASSES, TOKENS_PER_SAMPLE, CHECKPOINT_BLOCKS and `dataset()`. A bare name runs a module only
+  when its source defines those three functions (read first, not run): `--model setup` is no reason
+  to run setup.py.
 
-Modules import from the current directory (it is put on sys.path, in the worker too) or from the
-environment. Values after `?` are Python literals where they parse as one (64, 1e-5, True), else
-strings. A run's config keeps the workload's name in `model` (cell ids, report groups) and the spec
-in `workload`, which the worker resolves again.
+Modules import from the environment or from the current directory (put last on sys.path, in the
+worker too, so a user's file never hides the standard library); a .py file is loaded under its
+stem unless that would replace a module already loaded or a standard one (a user's json.py). Values
+after `?` are Python literals where they parse as one (64, 1e-5, True), else strings. Whatever the
+user's code raises while it is imported, called or built (SystemExit included) is one WorkloadError
+line naming their file and line. A run's config keeps the workload's name in `model` (cell ids,
+report groups) and the spec in `workload`, which the worker resolves again.
 """
 
 from __future__ import annotations
