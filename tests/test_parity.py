@@ -258,7 +258,8 @@ def test_the_command_writes_a_document_with_one_entry_per_precision(parity_run):
         assert entry["loss"]["margin_loss"] == pytest.approx(0.005 * block["reference"]["eval_loss_mean"])
         assert [c["seed"] for c in entry["cells"]] == [0, 1]
     assert block["config"]["task_seed"] == TASK_SEED and block["steps"] == 14
-    with open(doc["records_file"]) as f:
+    assert doc["records_file"] == "parity.records.jsonl"  # beside the document: no machine's path in it
+    with open(parity_run["out"] / doc["records_file"]) as f:
         records = [json.loads(line) for line in f]
     assert len(records) == 6 and {r["status"] for r in records} == {"ok"}
     assert all(r["diagnostics"]["step"] == 14 for r in records)
@@ -275,7 +276,8 @@ def test_the_command_writes_a_document_with_one_entry_per_precision(parity_run):
 def test_the_records_can_be_judged_again_with_another_margin(parity_run, tmp_path):
     doc = parity_run["doc"]
     out = tmp_path / "again.json"
-    done = subprocess.run(trainkit_cmd("parity", "--from-records", doc["records_file"], "--margin", "50%", "-q",
+    done = subprocess.run(trainkit_cmd("parity", "--from-records", str(parity_run["out"] / doc["records_file"]),
+                                       "--margin", "50%", "-q",
                                        "-o", str(out)), capture_output=True, text=True, timeout=120, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": REPO})
     assert done.returncode == 0, done.stderr
@@ -335,7 +337,8 @@ def test_a_report_of_results_and_a_parity_document_has_both(parity_run, tmp_path
     from trainkit.reports.build import build_report
 
     doc = parity_run["doc"]
-    paths = build_report([doc["records_file"], str(parity_run["out"] / "parity.json")], str(tmp_path / "r.html"))
+    paths = build_report([str(parity_run["out"] / doc["records_file"]), str(parity_run["out"] / "parity.json")],
+                         str(tmp_path / "r.html"))
     with open(paths["html"]) as f:
         page = f.read()
     assert '<section id="summary">' in page and '<section id="parity">' in page
