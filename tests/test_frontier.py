@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -411,3 +413,16 @@ def _run(config: RunConfig):
     cell.warmup()
     cell.run_timed()
     return cell.collect()
+
+
+@pytest.mark.slow
+def test_a_compiled_model_on_a_cpu_writes_nothing_to_the_terminal():
+    """inductor's C++ build imports torch.utils.cpp_extension, which warns "No CUDA runtime is found"
+    when a CUDA build of torch runs without a GPU: a stray line among a matrix's progress lines."""
+    code = ("import torch\nfrom trainkit.engine import compiled\n"
+            "model = compiled.compile_model(torch.nn.Linear(4, 4), None)\nmodel(torch.randn(2, 4)).sum().backward()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                               "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == done.stderr == ""
