@@ -11,13 +11,13 @@ import os
 import pytest
 import torch
 
-from trainkit.engine import float8
-from trainkit.engine.config import RunConfig
-from trainkit.engine.loop import Trainer
-from trainkit.engine.precision import Float8Precision, policy_class
-from trainkit.engine.precision_facts import precision_names
-from trainkit.engine.workload import WorkloadError
-from trainkit.engine.workload_resolve import model_choice, resolve
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.precision_facts import precision_names
+from trainkit.engine.train import float8
+from trainkit.engine.train.loop import Trainer
+from trainkit.engine.train.precision import Float8Precision, policy_class
+from trainkit.engine.workloads.resolve import model_choice, resolve
+from trainkit.engine.workloads.workload import WorkloadError
 
 from .conftest import CPU, flat_params, train
 
@@ -126,7 +126,8 @@ def test_hf_is_offline_before_transformers_is_imported_and_its_layers_are_its_bl
     """huggingface_hub reads HF_HUB_OFFLINE once, when transformers first imports it: the adapter sets
     it before its first import. A Llama's decoder layers are what activation checkpointing wraps."""
     needs("transformers", "hf")
-    from trainkit.engine import recompute, workload_adapters
+    from trainkit.engine.train import checkpointing
+    from trainkit.engine.workloads import adapters as workload_adapters
 
     seen = []
     real = workload_adapters._require
@@ -136,6 +137,6 @@ def test_hf_is_offline_before_transformers_is_imported_and_its_layers_are_its_bl
     workload = resolve(LLAMA)
     assert seen == ["1"]
     model = workload.build()
-    assert recompute.apply(model, workload, "full") == ["model.model.layers.0", "model.model.layers.1"]
+    assert checkpointing.apply(model, workload, "full") == ["model.model.layers.0", "model.model.layers.1"]
     classify = resolve(LLAMA.replace("name=tiny-llama", "name=tiny-cls&task=sequence-classification&num_labels=3"))
     assert classify.tokens_per_sample == 32  # a classifier's samples are token sequences too

@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from bench.matrix import Hardware, build_matrix, preset
-from trainkit.engine.config import RunConfig
-from trainkit.engine.launch import run_cell
-from trainkit.engine.workload_check import (
+from trainkit.engine.cell.launch import run_cell
+from trainkit.engine.estimate.check import (
     check_accumulation,
     check_independent,
     check_loss_mean,
     probe,
     run_checks,
 )
-from trainkit.engine.workload_resolve import build_workload, model_choice
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.workloads.resolve import build_workload, model_choice
 
 from .conftest import REPO
 from .test_workload import write_user_module
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainkit.engine.workload import Workload
+from trainkit.engine.workloads import Workload
 
 VOCAB, SEQ, CLASSES, WIDTH = 32, 8, 4, 16
 POSITIONS = torch.linspace(-1, 1, SEQ).unsqueeze(1)  # module-level constants, used in build() and forward

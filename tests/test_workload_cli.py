@@ -103,7 +103,7 @@ def test_check_workload_says_batchnorm_makes_accumulation_inexact_by_design(user
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("usermodels:not_a_workload", "returned a Linear, not a trainkit.engine.workload.Workload"),
+    ("usermodels:not_a_workload", "returned a Linear, not a trainkit.engine.workloads.Workload"),
     ("nosuch:fn", "no module named 'nosuch' in the current directory"),
     ("setup", "setup.py does not define build, loss, batch (the minimal form), so it is not run"),
 ])
