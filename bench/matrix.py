@@ -297,16 +297,23 @@ def build_matrix(chosen: Preset, hw: Hardware, overrides: dict[str, tuple[Any, .
     batch size of max is resolved per cell by `max_batch` (a ValueError without one); a cell the
     hardware cannot run and no plan covers is left out (it has no batch to name it by), and so is a
     cell that does not apply to its model (activation checkpointing of a model without blocks:
-    `left_out` gets its id and why)."""
+    `left_out` gets its id and why).
+
+    With `repeats` N >= 2 the matrix runs in rounds: every cell once (repeat 0), then every cell
+    again (repeat 1), and so on (ABAB, as Chromium's Pinpoint interleaves A and B), so round r holds
+    each comparison's reference and candidate close in time and a speedup is paired by round
+    (trainkit.analysis.paired). Back to back (AABB), a machine that slowed between two cells would
+    slow every repeat of one and none of the other."""
     cells: dict[str, CellSpec] = {}
     lengths = {"steps": steps, "warmup_steps": warmup_steps}
     left_out = left_out if left_out is not None else {}
-    for chosen_block in chosen.blocks:
-        for values, config, reason in _block_cells(chosen, chosen_block, hw, overrides, lengths,
-                                                   dict(run_options or {}), max_batch, left_out):
-            for repeat in range(repeats):
-                spec = CellSpec(values, repeat, config, reason)
-                cells.setdefault(spec.id, spec)
+    once = [(values, config, reason) for chosen_block in chosen.blocks
+            for values, config, reason in _block_cells(chosen, chosen_block, hw, overrides, lengths,
+                                                       dict(run_options or {}), max_batch, left_out)]
+    for repeat in range(repeats):
+        for values, config, reason in once:
+            spec = CellSpec(values, repeat, config, reason)
+            cells.setdefault(spec.id, spec)
     return list(cells.values())
 
 
