@@ -150,8 +150,9 @@ def _import(module_name: str, spec: str, bare: bool) -> ModuleType:
         source = getattr(loaded, "__file__", None) if loaded is not None else _find_source(module_name)
         if source is None:
             raise WorkloadError(f"--model {spec!r} is not a built-in model ({', '.join(BUILTINS)}), an installed "
-                                f"plugin ({', '.join(plugins()) or 'none'}), an adapter (hf:..., timm:...) nor a "
-                                f"module (no module named {module_name!r} in {os.getcwd()} or the environment)")
+                                f"plugin ({', '.join(plugins()) or 'none'}), an adapter (hf:..., timm:...) nor an "
+                                f"importable module (no module named {module_name!r} in {os.getcwd()} or the "
+                                "environment)")
         if len(_defines_minimal_form(source)) < len(MINIMAL_FORM):
             raise _bare_error(spec, module_name, source)
     try:
