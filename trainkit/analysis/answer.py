@@ -251,6 +251,8 @@ def _need(c: Candidate, v: Verdict, rerun: str) -> Need:
     if v.category == "target-not-reached":
         return Need(c.precision, "longer runs, so every seed reaches fp32's target loss",
                     f"{rerun} --precision {c.precision} --steps <more>")
+    if c.loss.verdict == NOT_MEASURED and c.loss.reason and "budget" not in c.loss.reason:
+        return Need(c.precision, c.loss.reason.split(": run ")[0], f"{rerun} --precision {c.precision}")
     return Need(c.precision, "its loss parity against fp32 (not run within the budget)",
                 f"{rerun} --precision {c.precision} --budget <more>")
 
@@ -266,6 +268,9 @@ def decide(candidates: Sequence[Candidate], *, rerun: str = "python -m trainkit 
     open_ = [c for c in ordered if verdicts[c.precision].status == "undecided" and verdicts[c.precision].could_win]
     unknown = [f"{v.precision}: {v.why}" for v in verdicts.values() if v.status == "undecided"]
     unknown += [f"{v.precision}: {v.why}" for v in verdicts.values() if v.category == "unsupported"]
+    # A loss not measured for a reason other than the budget (a matrix without parity) is said once.
+    unknown += list(dict.fromkeys(c.loss.reason for c in ordered if c.loss.verdict == NOT_MEASURED and c.loss.reason
+                                  and "budget" not in c.loss.reason and verdicts[c.precision].status == "undecided"))
     listed = list(verdicts.values())
     # An equivalent candidate whose interval holds 1x but points above it: more rounds could show it faster.
     narrower = tuple(Need(c.precision, f"more speed rounds: its effective speedup {_fmt(c.effective)} holds 1x",
@@ -285,8 +290,8 @@ def decide(candidates: Sequence[Candidate], *, rerun: str = "python -m trainkit 
     if open_:
         needs = tuple(_need(c, verdicts[c.precision], rerun) for c in open_)
         names = ", ".join(c.precision for c in open_)
-        reason = (f"the evidence cannot decide: {names} could still beat fp32 "
-                  f"({'; '.join(verdicts[c.precision].why for c in open_)})")
+        reason = (f"the evidence cannot decide: {names} may yet be shown faster than fp32 with an equivalent "
+                  f"loss ({'; '.join(c.precision + ': ' + verdicts[c.precision].why for c in open_)})")
         return Decision(CANT_TELL, None, reason, None, tuple(listed), tuple(unknown), needs)
     if not listed:
         reason = "no candidate precision to compare with fp32"

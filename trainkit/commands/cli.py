@@ -39,7 +39,8 @@ from .workloads import cmd_check, cmd_workloads
 def build_parser() -> Parser:
     parser = Parser(prog="trainkit", description="Measure what precision and gradient accumulation do to "
                                                  "PyTorch training, one cell at a time.")
-    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env,recommend,parity,plan,workloads,check-workload}",
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{run,repro,env,recommend,parity,plan,workloads,check-workload}",
                                 parser_class=Parser)
     run = sub.add_parser("run", help="run one cell and write its result record")
     repro = sub.add_parser("repro", help="rerun the config of a result record (options override it)")

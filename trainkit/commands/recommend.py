@@ -155,7 +155,8 @@ def load_sources(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]
         if os.path.isdir(path):
             found = [os.path.join(path, n) for n in ("records.jsonl", PLAN) if os.path.isfile(os.path.join(path, n))]
             if not found:
-                raise UsageError(f"--from {path!r}: no records.jsonl or {PLAN} in it (an answer's directory holds both)")
+                raise UsageError(f"--from {path!r}: no records.jsonl or {PLAN} in it (an answer's directory "
+                                 "holds both)")
             for name in found:
                 if name.endswith(".jsonl"):
                     jsonl(name)
@@ -238,7 +239,8 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--memory-limit-gb is a CPU worker's cap; on a GPU the plan fits into the GPU's memory")
     limit = None
     if device_type == "cpu":
-        limit = int(args.memory_limit_gb * 2**30) if args.memory_limit_gb else int(_available_bytes() * HOST_MEMORY_SHARE)
+        limit = (int(args.memory_limit_gb * 2**30) if args.memory_limit_gb
+                 else int(_available_bytes() * HOST_MEMORY_SHARE))
     base = recipe(args.model, device_type, args.steps, args.target_batch)
     timeout_s = args.cell_timeout or DEFAULT_CELL_TIMEOUT_S
 

@@ -333,7 +333,7 @@ def parity(request: Request, routes: dict[str, Route], speeds: dict[str, Ratio],
     losses: dict[str, Loss] = {}
     seeds_done = 0
     wanted = min(FIRST_SEEDS, request.seeds)
-    for look in range(LOOKS):
+    for _look in range(LOOKS):
         while live and seeds_done < wanted:
             seed = seeds_done
             arms = [REFERENCE, *live]

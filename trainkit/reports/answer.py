@@ -57,7 +57,9 @@ def _anchor(doc: dict[str, Any], what: str, precision: str) -> str:
 
 
 def _link(doc: dict[str, Any], text: str, what: str, precision: str) -> str:
-    return f'<a href="{_anchor(doc, what, precision)}">{html.esc(text)}</a>'
+    """A figure linked to its evidence: this page's evidence section, or (`link_to`, on a matrix report)
+    the section that lists the cells."""
+    return f'<a href="{doc.get("link_to") or _anchor(doc, what, precision)}">{html.esc(text)}</a>'
 
 
 def headline(doc: dict[str, Any]) -> str:
@@ -88,17 +90,27 @@ def _figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
     if chosen:
         p = chosen["precision"]
         loss = chosen["loss"]
-        out.append(("effective speedup to fp32's target loss", _link(doc, ratio_text(chosen.get("effective")), "loss", p)))
+        effective = ratio_text(chosen.get("effective"))
+        out.append(("effective speedup to fp32's target loss", _link(doc, effective, "loss", p)))
         out.append(("throughput vs fp32 (paired rounds)", _link(doc, ratio_text(chosen.get("speed")), "speed", p)))
         out.append(("loss parity", _link(doc, f"{loss['verdict']} at margin {doc['margin']}", "loss", p)))
         route = chosen["route"]
     else:
         route, p = ref, "fp32"
+        timed = [c for c in doc["candidates"] if (c.get("speed") or {}).get("value")]
+        if timed:
+            fastest = max(timed, key=lambda c: c["speed"]["value"])
+            peak = (fastest.get("route") or {}).get("peak_bytes")
+            out.append(("fastest vs fp32 (throughput)", _link(doc, f"{fastest['precision']} "
+                                                          f"{ratio_text(fastest['speed'])}", "speed",
+                                                          fastest["precision"])))
+            out.append((f"{fastest['precision']} peak memory", _link(doc, _mib(peak), "plan", fastest["precision"])))
     if route:
         headroom = route.get("headroom_fraction")
-        out.append(("peak memory / headroom", _link(doc, f"{_mib(route.get('peak_bytes'))} / {_mib(route.get('headroom_bytes'))}"
-                                                    + (f" ({headroom:.0%})" if headroom is not None else ""),
-                                                    "plan", p)))
+        memory = f"{_mib(route.get('peak_bytes'))} / {_mib(route.get('headroom_bytes'))}" + (
+            f" ({headroom:.0%})" if headroom is not None else "")
+        label = f"{p} peak memory / headroom" if not chosen else "peak memory / headroom"
+        out.append((label, _link(doc, memory, "plan", p)))
         if route.get("throughput_samples_per_s"):
             out.append(("throughput", _link(doc, f"{route['throughput_samples_per_s']:,.1f} samples/s", "speed", p)))
     ttt = doc.get("time_to_train")
@@ -109,6 +121,26 @@ def _figures(doc: dict[str, Any]) -> list[tuple[str, str]]:
         if ttt.get("cost") is not None:
             text += f", {ttt['cost']:,.2f} at {ttt['price_per_hour']:g}/h"
         out.append(("time to train", _link(doc, text, "speed", p)))
+    return out
+
+
+def _unknown(doc: dict[str, Any]) -> list[str]:
+    """What is not known: the decision's list and what the budget did not afford."""
+    afforded = doc["budget"].get("not_afforded", ())
+    return list(doc["decision"].get("unknown") or ()) + [f"not afforded: {n}" for n in afforded]
+
+
+def grouped_needs(doc: dict[str, Any]) -> list[tuple[str, list[str], str]]:
+    """The decision's needs grouped by what decides them: (what, precisions, one command for them all)."""
+    groups: dict[str, tuple[list[str], str]] = {}
+    for need in doc["decision"].get("needs", ()):
+        names, command = groups.setdefault(need["what"], ([], need["command"]))
+        names.append(need["precision"])
+    out = []
+    for what, (names, command) in groups.items():
+        if len(names) > 1:
+            command = command.replace(f"--precision {names[0]}", f"--precision {','.join(names)}")
+        out.append((what, names, command))
     return out
 
 
@@ -125,7 +157,8 @@ def card(doc: dict[str, Any]) -> str:
     runner = decision.get("runner_up")
     if runner:
         parts.append(f'<p class="why">Runner-up: <b>{html.esc(runner["precision"])}</b> — {html.esc(runner["why"])}'
-                     + (f' (diagnostic: {html.esc(runner["diagnostic"])})' if runner.get("diagnostic") else "") + "</p>")
+                     + (f' (diagnostic: {html.esc(runner["diagnostic"])})' if runner.get("diagnostic") else "")
+                     + "</p>")
     rejected = [v for v in decision["verdicts"] if v["status"] in ("rejected", "no-win")
                 and (not runner or v["precision"] != runner["precision"])]
     if rejected:
@@ -133,14 +166,15 @@ def card(doc: dict[str, Any]) -> str:
             f"<li>{_link(doc, v['precision'], 'loss', v['precision'])}: {html.esc(v['why'])}"
             + (f" <i>diagnostic: {html.esc(v['diagnostic'])}</i>" if v.get("diagnostic") else "") + "</li>"
             for v in rejected) + "</ul>")
-    unknown = list(decision.get("unknown") or ()) + [f"not afforded: {n}" for n in doc["budget"].get("not_afforded", ())]
+    unknown = _unknown(doc)
     if unknown or decision.get("needs"):
         parts.append("<p class='why'>Not known:</p><ul>" + "".join(f"<li>{html.esc(u)}</li>" for u in unknown)
-                     + "".join(f"<li>to decide {html.esc(n['precision'])}: {html.esc(n['what'])}: "
-                               f"<code>{html.esc(n['command'])}</code></li>" for n in decision.get("needs", ()))
+                     + "".join(f"<li>to decide {html.esc(', '.join(names))}: {html.esc(what)}: "
+                               f"<code>{html.esc(command)}</code></li>" for what, names, command in grouped_needs(doc))
                      + "</ul>")
     budget = doc["budget"]
-    parts.append(f'<p class="note">{html.esc(doc["device"])}{" · " + html.esc(doc["gpu_name"]) if doc.get("gpu_name") else ""}'
+    gpu = " · " + html.esc(doc["gpu_name"]) if doc.get("gpu_name") else ""
+    parts.append(f'<p class="note">{html.esc(doc["device"])}{gpu}'
                  f' · target batch {doc["target_batch"]} · {doc["confidence"]:.0%} intervals · '
                  f'{budget["cells_run"]} cells run, {budget["cells_reused"]} reused, {budget["spent_s"]:.0f} s'
                  + (f' of a {budget["budget_s"]:.0f} s budget' if budget.get("budget_s") else "") + "</p></div>")
@@ -156,21 +190,25 @@ def evidence(doc: dict[str, Any]) -> str:
     rows = []
     ref = doc.get("reference") or {}
     prefix = doc.get("anchor_prefix", "")
-    rows.append(f'<h3 id="{prefix}ev-plan-fp32">fp32 (the reference)</h3><p>route: micro-batch {ref.get("micro_batch")} '
+    rows.append(f'<h3 id="{prefix}ev-plan-fp32">fp32 (the reference)</h3><p>route: micro-batch '
+                f'{ref.get("micro_batch")} '
                 f'x accumulation {ref.get("grad_accum")} x {ref.get("ranks")}; peak {_mib(ref.get("peak_bytes"))} '
                 f'({html.esc(ref.get("peak_measure"))}), headroom {_mib(ref.get("headroom_bytes"))}; plan cells: '
-                f'{_cells(ref.get("cells", ()))}</p><span id="{prefix}ev-speed-fp32"></span><span id="{prefix}ev-loss-fp32"></span>')
+                f'{_cells(ref.get("cells", ()))}</p><span id="{prefix}ev-speed-fp32"></span>'
+                f'<span id="{prefix}ev-loss-fp32"></span>')
     for c in doc["candidates"]:
         p, route, loss = c["precision"], c.get("route"), c["loss"]
         rows.append(f'<h3 id="{prefix}ev-plan-{html.esc(p)}">{html.esc(p)}</h3>')
         if c.get("unsupported"):
             rows.append(f"<p>not run: {html.esc(c['unsupported'])}</p>")
-            rows.append(f'<span id="{prefix}ev-speed-{html.esc(p)}"></span><span id="{prefix}ev-loss-{html.esc(p)}"></span>')
+            rows.append(f'<span id="{prefix}ev-speed-{html.esc(p)}"></span>'
+                        f'<span id="{prefix}ev-loss-{html.esc(p)}"></span>')
             continue
         if route:
             rows.append(f"<p>route: micro-batch {route['micro_batch']} x accumulation {route['grad_accum']} x "
-                        f"{route['ranks']}; peak {_mib(route.get('peak_bytes'))} ({html.esc(route.get('peak_measure'))}), "
-                        f"headroom {_mib(route.get('headroom_bytes'))}; plan cells: {_cells(route.get('cells', ()))}</p>")
+                        f"{route['ranks']}; peak {_mib(route.get('peak_bytes'))} "
+                        f"({html.esc(route.get('peak_measure'))}), headroom {_mib(route.get('headroom_bytes'))}; "
+                        f"plan cells: {_cells(route.get('cells', ()))}</p>")
         else:
             rows.append(f"<p>no route: {html.esc(c.get('route_note'))}</p>")
         speed = c.get("speed")
@@ -220,11 +258,14 @@ def markdown(doc: dict[str, Any]) -> str:
     ttt = doc.get("time_to_train")
     if ttt:
         lines.append(f"- time to train {ttt['samples']:,.0f} samples: {_duration(ttt['seconds'])}"
-                     + (f", cost {ttt['cost']:,.2f} at {ttt['price_per_hour']:g}/h" if ttt.get("cost") is not None else ""))
+                     + (f", cost {ttt['cost']:,.2f} at {ttt['price_per_hour']:g}/h"
+                        if ttt.get("cost") is not None else ""))
     runner = decision.get("runner_up")
     if runner:
-        lines += ["", f"Runner-up: **{runner['precision']}**: {runner['why']}"]
-    lines += ["", "| candidate | route | throughput vs fp32 | parity | effective speedup | status |", "|---|---|---|---|---|---|"]
+        lines += ["", f"Runner-up: **{runner['precision']}**: {runner['why']}"
+                  + (f" (diagnostic: {runner['diagnostic']})" if runner.get("diagnostic") else "")]
+    lines += ["", "| candidate | route | throughput vs fp32 | parity | effective speedup | status |",
+              "|---|---|---|---|---|---|"]
     verdicts = {v["precision"]: v for v in decision["verdicts"]}
     for c in doc["candidates"]:
         r = c.get("route")
@@ -232,11 +273,12 @@ def markdown(doc: dict[str, Any]) -> str:
         v = verdicts.get(c["precision"], {})
         lines.append(f"| {c['precision']} | {shown} | {ratio_text(c.get('speed'))} | {c['loss']['verdict']} | "
                      f"{ratio_text(c.get('effective')) if c.get('effective') else '-'} | {v.get('status', '')}: "
-                     f"{str(v.get('why', '')).replace('|', '/')} |")
-    unknown = list(decision.get("unknown") or ()) + [f"not afforded: {n}" for n in doc["budget"].get("not_afforded", ())]
+                     f"{str(v.get('why', '')).replace('|', '/')}"
+                     + (f"; diagnostic: {v['diagnostic']}" if v.get("diagnostic") else "") + " |")
+    unknown = _unknown(doc)
     if unknown or decision.get("needs"):
         lines += ["", "Not known:", ""] + [f"- {u}" for u in unknown]
-        lines += [f"- to decide {n['precision']}: {n['what']}: `{n['command']}`" for n in decision.get("needs", ())]
+        lines += [f"- to decide {', '.join(names)}: {what}: `{command}`" for what, names, command in grouped_needs(doc)]
     budget = doc["budget"]
     lines += ["", f"{doc['device']}, target batch {doc['target_batch']}, {doc['confidence']:.0%} intervals; "
                   f"{budget['cells_run']} cells run, {budget['cells_reused']} reused, {budget['spent_s']:.0f} s.", ""]
