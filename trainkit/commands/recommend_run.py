@@ -64,6 +64,10 @@ SPEED_STEPS = {"cpu": (2, 10), "cuda": (5, 30)}
 """(warmup, timed) steps of a speed round's cell: enough timed steps for a median on a CPU's ~10-100 ms
 steps, and past cuDNN's autotuning and the caching allocator's first growth on a GPU."""
 
+PLAN_SAFETY = 1.0
+PLAN_MEASURED = 2
+"""Routes the plan measures per precision: the two largest micro-batches that divide the target per rank."""
+
 CellRunner = Callable[[RunConfig, str], dict[str, Any]]
 """Runs a cell for a purpose (probe, plan, speed, parity) and returns its record."""
 Say = Callable[[str], None]
@@ -181,7 +185,7 @@ def _plan_one(request: Request, hardware: dict[str, Any], precision: str, store:
               run: CellRunner, estimate: Any, say: Say) -> dict[str, Any]:
     """One precision's part of the plan: make_plan over cells the store may already hold."""
     from .plan import make_plan
-    from .plan_options import DEFAULT_RESOLUTION, DEFAULT_SAFETY, PROBE_WARMUP_STEPS, PlanOptions
+    from .plan_options import DEFAULT_RESOLUTION, PROBE_WARMUP_STEPS, PlanOptions
 
     def cell(config: RunConfig) -> dict[str, Any]:
         purpose = "probe" if config.warmup_steps == PROBE_WARMUP_STEPS and config.grad_accum == 2 else "plan"
@@ -197,12 +201,14 @@ def _plan_one(request: Request, hardware: dict[str, Any], precision: str, store:
     warmup, steps = SPEED_STEPS.get(hardware["device"], SPEED_STEPS["cuda"])
     # the plan's measured routes are short cells, like a speed round's: their memory, not their loss, counts
     base = request.base.replace(world_size=request.world_size, steps=steps, warmup_steps=warmup)
+    # No micro-batch above the target per rank is a route to it, so the search stops there. The plan's
+    # safety factor is 1: the answer's rule asks for headroom at the route itself (MIN_HEADROOM_FRACTION
+    # of the memory left, measured), which spares the probe above the target a factor would need.
     options = PlanOptions(base=base, precisions=(precision,),
                           target_batch=request.target_batch, gpus=(request.world_size,), device=request.device,
-                          memory_limit_bytes=request.memory_limit_bytes, safety=DEFAULT_SAFETY,
-                          # no micro-batch above the target per rank is a route to it: the search stops there
-                          search_limit=math.ceil(per_rank / DEFAULT_SAFETY), resolution=DEFAULT_RESOLUTION,
-                          probe_steps=2, measure=2, cell_timeout_s=None, output=os.devnull)
+                          memory_limit_bytes=request.memory_limit_bytes, safety=PLAN_SAFETY,
+                          search_limit=per_rank, resolution=DEFAULT_RESOLUTION,
+                          probe_steps=2, measure=PLAN_MEASURED, cell_timeout_s=None, output=os.devnull)
     return make_plan(options, hardware, cell, estimate, say)
 
 
