@@ -140,21 +140,10 @@ def test_time_and_cost_to_train() -> None:
 def test_paired_ratio_is_the_median_of_per_round_ratios_with_an_interval_from_three_rounds() -> None:
     r = paired_ratio([100, 100], [120, 130])
     assert r.ratio == pytest.approx(1.25) and r.low is None and "3" in (r.reason or "")
-    r = paired_ratio([100, 50, 200, 100], [150, 75, 300, 150])  # the machine's drift is shared: cancels
+    machine = [1, 0.5, 2, 1, 0.7, 1.3, 0.9, 1.1]  # the machine's speed per round, shared by both: it cancels
+    r = paired_ratio([100 * m for m in machine], [150 * m for m in machine])
     assert r.ratio == pytest.approx(1.5) and r.low == pytest.approx(1.5) and r.high == pytest.approx(1.5)
     assert paired_ratio([None, 100], [10, None]).ratio is None
-
-
-def test_paired_ratio_interval_covers_the_true_ratio_under_drift() -> None:
-    rng = random.Random(7)
-    covered, trials = 0, 1000
-    for _ in range(trials):
-        drift = [math.exp(rng.gauss(0, 0.5)) for _ in range(5)]  # each round's machine speed
-        ref = [100 * d * math.exp(rng.gauss(0, 0.05)) for d in drift]
-        cand = [130 * d * math.exp(rng.gauss(0, 0.05)) for d in drift]
-        r = paired_ratio(ref, cand)
-        covered += r.low <= 1.3 <= r.high  # type: ignore[operator]
-    assert 0.93 <= covered / trials <= 0.97
 
 
 # --- the orchestration, with a fake cell runner and clock ------------------------------------------------
@@ -203,7 +192,7 @@ def _request(tmp_path, budget: float | None = None, **extra: object) -> rr.Reque
     base = RunConfig(model="mlp", device="cpu", task_seed=0, steps=40, warmup_steps=2, optimizer="sgd", lr=0.01)
     values = dict(base=base, model_spec="mlp", target_batch=256, world_size=1, device="cpu",
                   precisions=("amp-bf16", "half-bf16", "half-bf16-master"), margin=Margin(), confidence=0.95,
-                  budget_s=budget, memory_limit_bytes=2**31, seeds=4, rounds=5, output_dir=str(tmp_path),
+                  budget_s=budget, memory_limit_bytes=2**31, seeds=4, rounds=8, output_dir=str(tmp_path),
                   rerun=f"python -m trainkit recommend --from {tmp_path}")
     values.update(extra)
     return rr.Request(**values)  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 def _tiny(tmp_path, model: str, cwd=REPO, env=None, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "answer"
     proc = recommend("--model", model, "--target-batch", "32", "--device", "cpu", "--precision", "amp-bf16",
-                     "--rounds", "3", "--seeds", "2", "--steps", "12", "--train-samples", "1e6",
+                     "--rounds", "6", "--seeds", "2", "--steps", "12", "--train-samples", "1e6",
                      "--price-per-hour", "3", "--output", str(out), *extra, cwd=cwd, env=env)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     with open(out / "answer.json") as f:
@@ -69,7 +69,7 @@ def test_a_tiny_run_writes_the_answer_and_its_card_is_in_the_first_screen(tmp_pa
     assert 0 <= top < bottom <= SCREEN[1] and right <= SCREEN[0], box
     # again from its own directory: every cell the records cover is reused, none runs
     again = recommend("--model", "mlp", "--target-batch", "32", "--device", "cpu", "--precision", "amp-bf16",
-                      "--rounds", "3", "--seeds", "2", "--steps", "12", "--from", str(out),
+                      "--rounds", "6", "--seeds", "2", "--steps", "12", "--from", str(out),
                       "--output", str(tmp_path / "again"))
     assert again.returncode in (0, 1), again.stderr[-3000:]
     second = json.loads((tmp_path / "again" / "answer.json").read_text())

@@ -242,8 +242,8 @@ def _rank(c: Candidate) -> float:
 def _need(c: Candidate, v: Verdict, rerun: str) -> Need:
     """What would decide an undecided candidate, and the command (`rerun` reuses what ran)."""
     if v.category == "few-rounds":
-        return Need(c.precision, "more speed rounds (an interval needs 3 paired rounds)",
-                    f"{rerun} --precision {c.precision} --rounds 5")
+        return Need(c.precision, "more speed rounds (too few paired rounds for an interval)",
+                    f"{rerun} --precision {c.precision} --rounds 10")
     if v.category == "inconclusive" and c.loss.more_seeds_to_decide:
         total = len(c.loss.seeds) + c.loss.more_seeds_to_decide
         return Need(c.precision, f"{c.loss.more_seeds_to_decide} more seeds ({total} in all)",

@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-MIN_ROUNDS = 3
+MIN_ROUNDS_FOR_INTERVAL = 3
 """Fewest rounds with an interval: two log ratios give a t interval on 1 degree of freedom, whose
 quantile (12.7 at 95 %) makes it too wide to say anything."""
 METHOD = ("median of the per-round ratios candidate / reference (rounds paired by index); interval: Student t "
@@ -52,9 +52,9 @@ def paired_ratio(reference: Sequence[float | None], candidate: Sequence[float | 
     if not ratios:
         return PairedRatio(None, None, None, 0, METHOD, "no round measured both", confidence)
     ratio = statistics.median(ratios)
-    if n < MIN_ROUNDS:
-        return PairedRatio(ratio, None, None, n, METHOD, f"{n} paired round(s); an interval needs {MIN_ROUNDS}",
-                           confidence)
+    if n < MIN_ROUNDS_FOR_INTERVAL:
+        why = f"{n} paired round(s); an interval needs {MIN_ROUNDS_FOR_INTERVAL}"
+        return PairedRatio(ratio, None, None, n, METHOD, why, confidence)
     logs = [math.log(r) for r in ratios]
     mean, sd = statistics.fmean(logs), statistics.stdev(logs)
     from scipy import stats  # the analysis extra: see the module docstring

@@ -47,7 +47,7 @@ DEFAULT_BUDGET_S = 780.0
 """13 minutes: `--model mlp --target-batch 256 --device cpu` ends within 15 on a 2-core machine, the
 answer's pages and the last cell's overrun included."""
 DEFAULT_SEEDS = 6
-DEFAULT_ROUNDS = 5
+DEFAULT_ROUNDS = 8
 MIN_PARITY_STEPS = 100
 HOST_MEMORY_SHARE = 0.5
 """On a CPU without --memory-limit-gb, each worker's address-space cap is this share of the memory
@@ -104,7 +104,8 @@ def add_parser(sub: Any) -> None:
     how.add_argument("--seeds", type=integer(2), default=DEFAULT_SEEDS, metavar="S",
                      help=f"most seeds a parity verdict may take (default {DEFAULT_SEEDS})")
     how.add_argument("--rounds", type=integer(1), default=DEFAULT_ROUNDS, metavar="R",
-                     help=f"most interleaved speed rounds (default {DEFAULT_ROUNDS}; an interval needs 3)")
+                     help=f"most interleaved speed rounds (default {DEFAULT_ROUNDS}; they stop once every interval "
+                          "lies off 1x)")
     STEPS.add(how, help="optimizer steps of a parity cell (default: the model's parity recipe)")
     MEMORY_LIMIT_GB.add(how, help="on a CPU, each worker's address-space cap the plan fits micro-batches into "
                                   f"(default: {HOST_MEMORY_SHARE:.0%} of the memory available at the start)")

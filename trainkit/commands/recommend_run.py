@@ -5,8 +5,9 @@
    route to the target batch, with its peak memory and headroom.
 2. **Speed** in interleaved paired rounds: every route (fp32 at its own) runs as a short fresh cell,
    round after round, the order reversed every other round, so a machine's drift moves every
-   route of a round alike (trainkit.analysis.paired: the median of the per-round ratios with a t
-   interval over rounds). After MIN_ROUNDS rounds a candidate whose interval lies below 1x stops;
+   route of a round alike (trainkit.analysis.paired: the median of the per-round ratios with its
+   interval over rounds). From the first round with an interval (MIN_ROUNDS_FOR_INTERVAL) on, a
+   candidate whose interval lies below 1x stops;
    the rounds stop when every interval lies off 1x, or at `rounds`.
 3. **Loss**: paired parity against fp32 (trainkit.analysis.parity) for the candidates whose speed
    could still win, fastest first, seed-major (fp32's seed s, then each candidate's). Seeds come in
@@ -49,14 +50,13 @@ from ..analysis.answer import (
     decide,
     time_to_train,
 )
-from ..analysis.paired import PairedRatio, paired_ratio
+from ..analysis.paired import MIN_ROUNDS_FOR_INTERVAL, PairedRatio, paired_ratio
 from ..analysis.parity_types import TASK_SEED, Margin
 from ..engine.config import RunConfig
 from ..engine.precision_facts import precision_names, unsupported_reason
 
 RECORDS = "records.jsonl"
 PLAN = "plan.json"
-MIN_ROUNDS = 3
 FIRST_SEEDS = 3
 """Seeds of the first look: a paired t interval on 2 degrees of freedom."""
 LOOKS = 2
@@ -230,6 +230,12 @@ def route_config(request: Request, route: Route) -> RunConfig:
                                 grad_accum=route.grad_accum, world_size=route.ranks)
 
 
+def _paired(figures: dict[str, list[float | None]], precision: str, confidence: float) -> PairedRatio:
+    """A candidate's throughput over fp32's, paired by round: a candidate stopped early has the first rounds."""
+    mine = figures[precision]
+    return paired_ratio(figures[REFERENCE][:len(mine)], mine, confidence=confidence)
+
+
 def _ratio(paired: PairedRatio) -> Ratio:
     return Ratio(paired.ratio, paired.low, paired.high, paired.n_rounds, paired.method, paired.reason)
 
@@ -262,8 +268,8 @@ def speed_rounds(request: Request, hardware: dict[str, Any], routes: dict[str, R
                 record = store.keep(record, "speed", clock.now() - began, round=index)
             figures[precision].append(record.get("throughput_samples_per_s") if record.get("status") == "ok" else None)
             cells[precision].append(f"{record.get('cell_id', config.cell_id)}@round{index}")
-        if index + 1 >= MIN_ROUNDS:
-            ratios = {p: paired_ratio(figures[REFERENCE], figures[p], confidence=request.confidence) for p in live}
+        if index + 1 >= MIN_ROUNDS_FOR_INTERVAL:
+            ratios = {p: _paired(figures, p, request.confidence) for p in live}
             for p, r in ratios.items():
                 if r.high is not None and r.high < 1:
                     say(f"{p}: slower than fp32 after {index + 1} rounds ({r.ratio:.2f}x [{r.low:.2f}, {r.high:.2f}]): "
@@ -422,8 +428,7 @@ def answer(request: Request, hardware: dict[str, Any], run: CellRunner, estimate
     if REFERENCE not in routes:
         raise RuntimeError(f"fp32 has no route to the target batch {request.target_batch}: {notes.get(REFERENCE)}")
     figures, speed_cells = speed_rounds(request, hardware, routes, store, clock, run, say)
-    speeds = {p: _ratio(paired_ratio(figures[REFERENCE], figures[p], confidence=request.confidence))
-              for p in routes if p != REFERENCE and figures[p]}
+    speeds = {p: _ratio(_paired(figures, p, request.confidence)) for p in routes if p != REFERENCE and figures[p]}
     losses = parity(request, routes, speeds, store, clock, run, say)
     throughput = {p: statistics.median([f for f in fs if f]) if any(fs) else None for p, fs in figures.items()}
     routes = {p: dataclasses.replace(r, throughput_samples_per_s=throughput.get(p)) for p, r in routes.items()}
