@@ -65,8 +65,10 @@ SPEED_STEPS = {"cpu": (2, 10), "cuda": (5, 30)}
 steps, and past cuDNN's autotuning and the caching allocator's first growth on a GPU."""
 
 PLAN_SAFETY = 1.0
-PLAN_MEASURED = 2
-"""Routes the plan measures per precision: the two largest micro-batches that divide the target per rank."""
+PLAN_MEASURED = 1
+"""Routes the plan measures per precision: the largest micro-batch that fits and divides the target per
+rank, the fewest accumulation steps (each micro-batch pays a forward and a backward launch). Its memory
+is what the plan measures; its speed the rounds measure, against fp32's."""
 
 CellRunner = Callable[[RunConfig, str], dict[str, Any]]
 """Runs a cell for a purpose (probe, plan, speed, parity) and returns its record."""
