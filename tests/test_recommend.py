@@ -15,7 +15,7 @@ from .test_workload import write_user_module
 from .test_workload_cli import env_with
 
 
-def recommend(*args: str, cwd=REPO, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
+def recommend(*args: str, cwd=REPO, env=None, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(trainkit_cmd("recommend", *args), cwd=cwd, env=env or env_with(), capture_output=True,
                           text=True, timeout=timeout)
 
@@ -37,8 +37,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 def _tiny(tmp_path, model: str, cwd=REPO, env=None, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "answer"
     proc = recommend("--model", model, "--target-batch", "32", "--device", "cpu", "--precision", "amp-bf16",
-                     "--rounds", "6", "--seeds", "2", "--steps", "12", "--train-samples", "1e6",
-                     "--price-per-hour", "3", "--output", str(out), *extra, cwd=cwd, env=env)
+                     "--rounds", "3", "--seeds", "2", "--steps", "12", "--train-samples", "1e6",
+                     "--price-per-hour", "3", "--budget", "300", "--output", str(out), *extra, cwd=cwd, env=env)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     with open(out / "answer.json") as f:
         return proc, json.load(f)
@@ -58,7 +58,8 @@ def test_a_tiny_run_writes_the_answer_and_its_card_is_in_the_first_screen(tmp_pa
     speed = [r for r in records if r["answer_purpose"] == "speed"]
     assert [r["config"]["precision"] for r in speed[:4]] == ["fp32", "amp-bf16", "amp-bf16", "fp32"]  # ABBA
     candidate = doc["candidates"][0]
-    assert candidate["precision"] == "amp-bf16" and candidate["speed"]["n"] >= 3
+    # the budget bounds the run on a loaded machine: at least one round ran, each named by its cells
+    assert candidate["precision"] == "amp-bf16" and candidate["speed"]["n"] >= 1
     assert len(candidate["speed_cells"]) == candidate["speed"]["n"]
     ttt = doc["time_to_train"]
     if ttt:  # a price and samples give the cost at the answer's throughput
@@ -67,13 +68,16 @@ def test_a_tiny_run_writes_the_answer_and_its_card_is_in_the_first_screen(tmp_pa
     assert box is not None
     top, bottom, left, right = box
     assert 0 <= top < bottom <= SCREEN[1] and right <= SCREEN[0], box
-    # again from its own directory: every cell the records cover is reused, none runs
+    # again from its own directory, with no time to run anything: the plan and every cell the records
+    # cover are reused (a reused cell costs nothing of the budget), none runs, and the answer is the same
     again = recommend("--model", "mlp", "--target-batch", "32", "--device", "cpu", "--precision", "amp-bf16",
-                      "--rounds", "6", "--seeds", "2", "--steps", "12", "--from", str(out),
+                      "--rounds", "3", "--seeds", "2", "--steps", "12", "--budget", "1", "--from", str(out),
                       "--output", str(tmp_path / "again"))
     assert again.returncode in (0, 1), again.stderr[-3000:]
     second = json.loads((tmp_path / "again" / "answer.json").read_text())
-    assert second["budget"]["cells_run"] == 0 and second["budget"]["cells_reused"] == len(records)
+    ran = [r for r in records if r["answer_purpose"] in ("speed", "parity")]
+    assert second["budget"]["cells_run"] == 0 and second["budget"]["cells_reused"] == len(ran)
+    assert second["decision"]["kind"] == doc["decision"]["kind"]
 
 
 @pytest.mark.slow
@@ -83,7 +87,7 @@ def test_a_user_workload_from_outside_the_repository(tmp_path):
     write_user_module(user)
     proc, doc = _tiny(tmp_path, "usermodels:tiny", user, env_with(str(user)))
     assert doc["model"] == "tiny" and doc["config"]["workload"] == "usermodels:tiny"
-    assert doc["candidates"][0]["speed"]["n"] >= 3
+    assert doc["candidates"][0]["speed"]["n"] >= 1
 
 
 @pytest.mark.slow

@@ -129,6 +129,14 @@ class Store:
         self.reused = 0
         self.seconds: dict[str, list[float]] = {}
 
+    def has(self, config: RunConfig) -> bool:
+        """Whether a given record of this config is left to reuse."""
+        return bool(self.given.get(cell_key(config.replace(device=self.device_type).to_dict())))
+
+    def to_run(self, configs: Sequence[RunConfig], purpose: str, fallback: float) -> float:
+        """Seconds the cells among `configs` that no given record covers would take (reused ones are free)."""
+        return sum(self.cost(purpose, fallback) for c in configs if not self.has(c))
+
     def take(self, config: RunConfig, purpose: str) -> dict[str, Any] | None:
         """A given record of this config not yet used, or None."""
         found = self.given.get(cell_key(config.replace(device=self.device_type).to_dict()))
@@ -164,7 +172,7 @@ class Clock:
         return self.now() - self.started
 
     def affords(self, seconds: float, what: str) -> bool:
-        if self.budget_s is None or self.spent + seconds <= self.budget_s:
+        if seconds <= 0 or self.budget_s is None or self.spent + seconds <= self.budget_s:
             return True
         self.not_afforded.append(f"{what} (~{seconds:.0f} s; {max(self.budget_s - self.spent, 0):.0f} s of the "
                                  f"budget left)")
@@ -255,7 +263,7 @@ def speed_rounds(request: Request, hardware: dict[str, Any], routes: dict[str, R
             break
         arms = [REFERENCE, *live]
         order = arms if index % 2 == 0 else arms[::-1]
-        cost = sum(store.cost("speed", 2.0) for _ in order)
+        cost = store.to_run([configs[p] for p in order], "speed", 2.0)
         if not clock.affords(cost, f"speed round {index + 1} of {', '.join(order)}"):
             break
         for precision in order:
@@ -351,8 +359,8 @@ def parity(request: Request, routes: dict[str, Route], speeds: dict[str, Ratio],
         while live and seeds_done < wanted:
             seed = seeds_done
             arms = [REFERENCE, *live]
-            if not clock.affords(sum(store.cost("parity", 10.0) for _ in arms),
-                                 f"parity seed {seed} of {', '.join(arms)}"):
+            cost = store.to_run([_parity_config(request, routes[p], seed) for p in arms], "parity", 10.0)
+            if not clock.affords(cost, f"parity seed {seed} of {', '.join(arms)}"):
                 break
             for precision in arms:
                 config = _parity_config(request, routes[precision], seed)
