@@ -118,12 +118,17 @@ def test_an_exhausted_budget_gives_cant_tell_yet_with_the_commands_that_decide()
                           Loss("not measured", None, None, None, None, None, (), reason="not run within the budget"),
                           None)
     open_seeds = _cand("amp-fp16", _ratio(1.2, 1.1, 1.3), "inconclusive", more=4)
-    d = decide([no_rounds, no_parity, open_seeds], rerun="python -m trainkit recommend --from d")
+    unplanned = Candidate("half-fp16", None, None, Loss("not measured", None, None, None, None, None, ()), None,
+                          skipped="its plan was not afforded within the budget")
+    d = decide([no_rounds, no_parity, open_seeds, unplanned], rerun="python -m trainkit recommend --from d")
     assert d.kind == CANT_TELL and d.precision is None
     needs = {n.precision: n for n in d.needs}
     assert "--rounds" in needs["amp-bf16"].command
     assert "--budget" in needs["half-bf16-master"].command
     assert "--seeds 7" in needs["amp-fp16"].command and "4 more seeds" in needs["amp-fp16"].what
+    # a candidate the budget did not even plan is undecided, never "does not fit"
+    assert "--budget" in needs["half-fp16"].command
+    assert next(v for v in d.verdicts if v.precision == "half-fp16").category == "not-run"
     assert all(n.command.startswith("python -m trainkit recommend --from d") for n in d.needs)
 
 

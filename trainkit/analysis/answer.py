@@ -124,6 +124,8 @@ class Candidate:
     """Why this device cannot run the precision (it was not run)."""
     route_note: str | None = None
     speed_cells: tuple[str, ...] = ()
+    skipped: str | None = None
+    """Why nothing of it ran (the budget did not afford its plan): it is undecided, not rejected."""
     """Cell ids of the speed rounds, the candidate's and fp32's."""
 
 
@@ -137,7 +139,7 @@ class Verdict:
     why: str
     category: str
     """unsupported, no-fit, worse, changed-numerics, slower, no-headroom, equivalent-no-gain, winner,
-    no-verdict, inconclusive, few-rounds, target-not-reached."""
+    no-verdict, inconclusive, few-rounds, target-not-reached, not-run."""
     could_win: bool = False
     diagnostic: str | None = None
 
@@ -183,6 +185,8 @@ def judge_candidate(c: Candidate, min_headroom: float = MIN_HEADROOM_FRACTION) -
     p, loss = c.precision, c.loss
     if c.unsupported:
         return Verdict(p, "rejected", f"not run: {c.unsupported}", "unsupported")
+    if c.skipped:
+        return Verdict(p, "undecided", f"not run: {c.skipped}", "not-run", could_win=True)
     if c.route is None:
         return Verdict(p, "rejected", f"no micro-batch fits: {c.route_note or 'the plan found none'}", "no-fit")
     if loss.verdict == "worse":
@@ -241,6 +245,9 @@ def _rank(c: Candidate) -> float:
 
 def _need(c: Candidate, v: Verdict, rerun: str) -> Need:
     """What would decide an undecided candidate, and the command (`rerun` reuses what ran)."""
+    if v.category == "not-run":
+        return Need(c.precision, "its plan, speed rounds and parity (not afforded within the budget)",
+                    f"{rerun} --precision {c.precision} --budget 30m")
     if v.category == "few-rounds":
         return Need(c.precision, "more speed rounds (too few paired rounds for an interval)",
                     f"{rerun} --precision {c.precision} --rounds 10")
@@ -250,11 +257,11 @@ def _need(c: Candidate, v: Verdict, rerun: str) -> Need:
                     f"{rerun} --precision {c.precision} --seeds {total}")
     if v.category == "target-not-reached":
         return Need(c.precision, "longer runs, so every seed reaches fp32's target loss",
-                    f"{rerun} --precision {c.precision} --steps <more>")
+                    f"{rerun} --precision {c.precision} --steps 1000")
     if c.loss.verdict == NOT_MEASURED and c.loss.reason and "budget" not in c.loss.reason:
         return Need(c.precision, c.loss.reason.split(": run ")[0], f"{rerun} --precision {c.precision}")
     return Need(c.precision, "its loss parity against fp32 (not run within the budget)",
-                f"{rerun} --precision {c.precision} --budget <more>")
+                f"{rerun} --precision {c.precision} --budget 30m")
 
 
 def decide(candidates: Sequence[Candidate], *, rerun: str = "python -m trainkit recommend",

@@ -342,24 +342,42 @@ def effective(speed: Ratio | None, steps: Ratio | None) -> Ratio | None:
     return Ratio(value, math.exp(centre - half), math.exp(centre + half), min(speed.n, steps.n), method)
 
 
+def _parity_prior(request: Request, store: Store, hardware_device: str) -> float:
+    """Seconds a parity cell is expected to take before one ran: a speed cell's time scaled by the steps
+    (a parity cell runs the recipe's steps where a speed cell runs a few), and a fifth more for the
+    held-out loss and the diagnostics pass."""
+    warmup, steps = SPEED_STEPS.get(hardware_device, SPEED_STEPS["cuda"])
+    speed_cell = store.cost("speed", 2.0)
+    return 1.2 * speed_cell * (request.base.steps + request.base.warmup_steps) / (steps + warmup)
+
+
 def parity(request: Request, routes: dict[str, Route], speeds: dict[str, Ratio], store: Store, clock: Clock,
            run: CellRunner, say: Say) -> dict[str, Loss]:
     """Seed-major paired parity of the candidates whose speed could still win (module docstring, 3)."""
     from ..analysis.parity import judge  # scipy: the analysis extra
 
     look_confidence = 1 - (1 - request.confidence) / LOOKS
-    live = sorted((p for p in routes if p != REFERENCE and not (speeds.get(p) and speeds[p].below_one)),
-                  key=lambda p: -(speeds[p].value or 0) if p in speeds else 0)
+    # Only a candidate whose throughput interval lies above 1x (or has none yet) can win: one whose interval
+    # holds 1x or lies below it is no win whatever its loss, so its parity would not change the answer.
+    live = sorted((p for p in routes if p != REFERENCE and p in speeds
+                   and (speeds[p].above_one or speeds[p].low is None)),
+                  key=lambda p: (speeds[p].low is None, -(speeds[p].value or 0)))
     records: dict[str, list[dict[str, Any]]] = {p: [] for p in routes}
     cells: dict[str, list[str]] = {p: [] for p in routes}
     losses: dict[str, Loss] = {}
     seeds_done = 0
     wanted = min(FIRST_SEEDS, request.seeds)
+    prior = _parity_prior(request, store, hardware_device=store.device_type)
+    # A verdict needs two seed pairs: the first look starts only if two seeds fit in the budget.
+    if live and not clock.affords(2 * store.to_run([_parity_config(request, routes[p], 0) for p in [REFERENCE, *live]],
+                                                   "parity", prior),
+                                  f"parity (two seeds) of {', '.join([REFERENCE, *live])}"):
+        live = []
     for _look in range(LOOKS):
         while live and seeds_done < wanted:
             seed = seeds_done
             arms = [REFERENCE, *live]
-            cost = store.to_run([_parity_config(request, routes[p], seed) for p in arms], "parity", 10.0)
+            cost = store.to_run([_parity_config(request, routes[p], seed) for p in arms], "parity", prior)
             if not clock.affords(cost, f"parity seed {seed} of {', '.join(arms)}"):
                 break
             for precision in arms:
@@ -396,8 +414,13 @@ def parity(request: Request, routes: dict[str, Route], speeds: dict[str, Ratio],
             break
     for p in routes:
         if p != REFERENCE and p not in losses:
-            why = ("slower than fp32: parity not run" if speeds.get(p) and speeds[p].below_one
-                   else "not run within the budget")
+            speed = speeds.get(p)
+            if speed is not None and speed.below_one:
+                why = "slower than fp32: parity not run"
+            elif speed is not None and speed.low is not None and not speed.above_one:
+                why = "its throughput interval holds 1x: parity would not change the answer"
+            else:
+                why = "not run within the budget"
             losses[p] = Loss(NOT_MEASURED, None, None, None, None, None, (), reason=why)
     return losses
 
@@ -417,11 +440,14 @@ def answer(request: Request, hardware: dict[str, Any], run: CellRunner, estimate
     runnable, unsupported = candidates_for(request, hardware)
     planned: dict[str, Any] = dict(plan["precisions"]) if plan else {}
     header: dict[str, Any] = {k: v for k, v in (plan or {}).items() if k != "precisions"}
+    unplanned: set[str] = set()
     for precision in [REFERENCE, *runnable]:
         if precision in planned:
             continue
-        fallback = 5 * store.cost("plan", 4.0) if precision != REFERENCE else 0.0
+        # fp32's plan always runs (every speed is against its route); a candidate's costs its probes and route
+        fallback = 3 * store.cost("plan", 4.0) if precision != REFERENCE else 0.0
         if precision != REFERENCE and not clock.affords(fallback, f"the plan of {precision}"):
+            unplanned.add(precision)
             continue
         doc = _plan_one(request, hardware, precision, store, clock, run, estimate, say)
         header = header or {k: v for k, v in doc.items() if k != "precisions"}
@@ -449,6 +475,11 @@ def answer(request: Request, hardware: dict[str, Any], run: CellRunner, estimate
         if precision in unsupported:
             candidates.append(Candidate(precision, None, None, Loss(NOT_MEASURED, None, None, None, None, None, ()),
                                         None, unsupported=unsupported[precision]))
+            continue
+        if precision in unplanned:
+            candidates.append(Candidate(precision, None, None, Loss(NOT_MEASURED, None, None, None, None, None, (),
+                                                                    reason="not run within the budget"),
+                                        None, skipped="its plan was not afforded within the budget"))
             continue
         speed = speeds.get(precision)
         loss = losses.get(precision) or Loss(NOT_MEASURED, None, None, None, None, None, (), reason="no route")
