@@ -109,7 +109,13 @@ def test_no_headroom_and_no_fit_and_unsupported_are_rejected_with_reasons() -> N
     d = decide([tight, nofit, gpu])
     cats = {v.precision: v.category for v in d.verdicts}
     assert cats == {"amp-bf16": "no-headroom", "half-fp16": "no-fit", "tf32": "unsupported"}
-    assert d.kind == STAY and any("tf32" in u for u in d.unknown)
+    assert d.kind == STAY and "CUDA GPU" in next(v.why for v in d.verdicts if v.precision == "tf32")
+
+
+def test_a_candidate_whose_throughput_holds_one_is_no_win_whatever_its_loss() -> None:
+    d = decide([_cand("amp-fp16", _ratio(0.85, 0.55, 1.21), "not measured")])
+    assert d.kind == STAY and d.verdicts[0].status == "no-win" and d.verdicts[0].category == "holds-one"
+    assert d.unknown == () and d.needs == ()
 
 
 def test_an_exhausted_budget_gives_cant_tell_yet_with_the_commands_that_decide() -> None:

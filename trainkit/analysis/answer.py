@@ -138,8 +138,8 @@ class Verdict:
     """winner, no-win, rejected or undecided."""
     why: str
     category: str
-    """unsupported, no-fit, worse, changed-numerics, slower, no-headroom, equivalent-no-gain, winner,
-    no-verdict, inconclusive, few-rounds, target-not-reached, not-run."""
+    """unsupported, no-fit, worse, changed-numerics, slower, no-headroom, equivalent-no-gain, holds-one,
+    winner, no-verdict, inconclusive, few-rounds, target-not-reached, not-run."""
     could_win: bool = False
     diagnostic: str | None = None
 
@@ -207,6 +207,10 @@ def judge_candidate(c: Candidate, min_headroom: float = MIN_HEADROOM_FRACTION) -
     if c.speed is None or c.speed.low is None:
         return Verdict(p, "undecided", f"throughput {_fmt(c.speed)}: more rounds would give an interval",
                        "few-rounds", could_win=could)
+    if loss.verdict in (NOT_MEASURED, "inconclusive", "no-verdict") and not c.speed.above_one:
+        # its throughput interval holds 1x: no loss verdict would make it a win
+        return Verdict(p, "no-win", f"throughput {_fmt(c.speed)} holds 1x: it is not shown faster than fp32",
+                       "holds-one")
     if loss.verdict == "equivalent":
         if c.effective is None or c.effective.value is None or c.effective.low is None:
             why = (c.effective.reason if c.effective is not None and c.effective.reason else
@@ -273,11 +277,13 @@ def decide(candidates: Sequence[Candidate], *, rerun: str = "python -m trainkit 
     by_name = {c.precision: c for c in ordered}
     winners = [verdicts[c.precision] for c in ordered if verdicts[c.precision].status == "winner"]
     open_ = [c for c in ordered if verdicts[c.precision].status == "undecided" and verdicts[c.precision].could_win]
-    unknown = [f"{v.precision}: {v.why}" for v in verdicts.values() if v.status == "undecided"]
-    unknown += [f"{v.precision}: {v.why}" for v in verdicts.values() if v.category == "unsupported"]
-    # A loss not measured for a reason other than the budget (a matrix without parity) is said once.
+    # What is not known: each undecided candidate (one the budget did not plan is said by the budget's list),
+    # and a loss parity a matrix did not measure, once.
+    unknown = [f"{v.precision}: {v.why}" for v in verdicts.values()
+               if v.status == "undecided" and v.category != "not-run"]
     unknown += list(dict.fromkeys(c.loss.reason for c in ordered if c.loss.verdict == NOT_MEASURED and c.loss.reason
-                                  and "budget" not in c.loss.reason and verdicts[c.precision].status == "undecided"))
+                                  and c.loss.reason.startswith("loss parity not measured")
+                                  and verdicts[c.precision].status == "undecided"))
     listed = list(verdicts.values())
     # An equivalent candidate whose interval holds 1x but points above it: more rounds could show it faster.
     narrower = tuple(Need(c.precision, f"more speed rounds: its effective speedup {_fmt(c.effective)} holds 1x",
