@@ -23,9 +23,9 @@ from trainkit.analysis.answer import (
     time_to_train,
 )
 from trainkit.analysis.paired import paired_ratio
-from trainkit.analysis.parity_types import Margin
+from trainkit.analysis.parity.document import Margin
 from trainkit.commands import recommend_run as rr
-from trainkit.engine.config import RunConfig
+from trainkit.engine.spec.config import RunConfig
 from trainkit.reports.answer import card, markdown
 from trainkit.reports.html import esc
 

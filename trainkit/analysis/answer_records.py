@@ -41,7 +41,7 @@ def _route_key(config: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def _peak(record: dict[str, Any]) -> tuple[int | None, str | None]:
-    from ..engine.schema import headline_memory
+    from ..engine.spec.schema import headline_memory
 
     memory = record.get("memory") or {}
     measure = headline_memory([memory])
@@ -49,7 +49,7 @@ def _peak(record: dict[str, Any]) -> tuple[int | None, str | None]:
 
 
 def _steps_ratio(block: dict[str, Any], precision: str) -> Ratio | None:
-    from .parity_stats import geometric_interval  # scipy: the analysis extra
+    from .parity.stats import geometric_interval  # scipy: the analysis extra
 
     mine, ref = block["precisions"].get(precision), block["precisions"].get(REFERENCE)
     if not mine or not ref or not mine.get("timing") or not ref.get("timing"):

@@ -22,9 +22,9 @@ import time
 from typing import Any
 
 from ..analysis.answer import CANT_TELL
-from ..analysis.parity_types import CONFIDENCE, DEFAULT_MARGIN_RELATIVE, TASK_SEED, Margin
-from ..engine.config import MODELS, ConfigError, ProfileConfig, RunConfig
-from ..engine.options import (
+from ..analysis.parity.document import CONFIDENCE, DEFAULT_MARGIN_RELATIVE, TASK_SEED, Margin
+from ..engine.spec.config import MODELS, ConfigError, ProfileConfig, RunConfig
+from ..engine.spec.options import (
     CELL_TIMEOUT,
     DEVICE,
     MEMORY_LIMIT_GB,
@@ -38,7 +38,7 @@ from ..engine.options import (
     number,
     output_dir,
 )
-from ..engine.schema import write_json
+from ..engine.spec.schema import write_json
 from .config_options import model_fields
 from .parity import WORKLOAD_SETUP, margin_option, setups_for
 from .recommend_run import PLAN, Request, answer
@@ -228,8 +228,8 @@ def main(args: argparse.Namespace) -> int:
     say = (lambda line: None) if args.quiet else (lambda line: print(f"[recommend] {line}", file=sys.stderr,
                                                                       flush=True))
     # torch is imported only now: bad input is refused before it loads.
-    from ..engine.estimate import serve_estimates
-    from ..engine.launch import DEFAULT_CELL_TIMEOUT_S, call_in_fresh_process, probe, run_cell
+    from ..engine.cell.launch import DEFAULT_CELL_TIMEOUT_S, call_in_fresh_process, probe, run_cell
+    from ..engine.cell.worker import serve_estimates
 
     try:
         hardware = probe(args.device)

@@ -51,9 +51,9 @@ from ..analysis.answer import (
     time_to_train,
 )
 from ..analysis.paired import MIN_ROUNDS_FOR_INTERVAL, PairedRatio, paired_ratio
-from ..analysis.parity_types import TASK_SEED, Margin
-from ..engine.config import RunConfig
-from ..engine.precision_facts import precision_names, unsupported_reason
+from ..analysis.parity.document import TASK_SEED, Margin
+from ..engine.spec.config import RunConfig
+from ..engine.spec.precision_facts import precision_names, unsupported_reason
 
 RECORDS = "records.jsonl"
 PLAN = "plan.json"
@@ -299,8 +299,8 @@ def _parity_config(request: Request, route: Route, seed: int) -> RunConfig:
 
 
 def _loss(entry: Any, reference: Any, confidence: float, cells: list[str]) -> Loss:
-    """A candidate's Loss from its parity entry (trainkit.analysis.parity_types.PrecisionParity) and fp32's."""
-    from ..analysis.parity_stats import geometric_interval  # scipy: the analysis extra
+    """A candidate's Loss from its parity entry (trainkit.analysis.parity.document.PrecisionParity) and fp32's."""
+    from ..analysis.parity.stats import geometric_interval  # scipy: the analysis extra
 
     test = entry.loss
     ratio = None
@@ -354,7 +354,7 @@ def _parity_prior(request: Request, store: Store, hardware_device: str) -> float
 def parity(request: Request, routes: dict[str, Route], speeds: dict[str, Ratio], store: Store, clock: Clock,
            run: CellRunner, say: Say) -> dict[str, Loss]:
     """Seed-major paired parity of the candidates whose speed could still win (module docstring, 3)."""
-    from ..analysis.parity import judge  # scipy: the analysis extra
+    from ..analysis.parity.verdicts import judge  # scipy: the analysis extra
 
     look_confidence = 1 - (1 - request.confidence) / LOOKS
     # Only a candidate whose throughput interval lies above 1x (or has none yet) can win: one whose interval

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from trainkit.analysis.answer_records import answers_from_records
-from trainkit.engine.precision_facts import display_rank
+from trainkit.engine.spec.precision_facts import display_rank
 
 from . import answer, figures, frontier, html, parity, profiles
 from .load import to_frame
