@@ -210,7 +210,7 @@ def evidence(doc: dict[str, Any]) -> str:
                         f"({html.esc(route.get('peak_measure'))}), headroom {_mib(route.get('headroom_bytes'))}; "
                         f"plan cells: {_cells(route.get('cells', ()))}</p>")
         else:
-            rows.append(f"<p>no route: {html.esc(c.get('route_note'))}</p>")
+            rows.append(f"<p>no route: {html.esc(c.get('skipped') or c.get('route_note') or 'not planned')}</p>")
         speed = c.get("speed")
         rows.append(f'<p id="{prefix}ev-speed-{html.esc(p)}">throughput vs fp32: {html.esc(ratio_text(speed))}'
                     + (f" over {speed['n']} rounds ({html.esc(speed['method'])})" if speed else "")
