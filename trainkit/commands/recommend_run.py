@@ -496,7 +496,7 @@ def answer(request: Request, hardware: dict[str, Any], run: CellRunner, estimate
                                   if chosen else "")
     budget = Budget(budget_s=request.budget_s, spent_s=round(clock.spent, 1), cells_run=store.ran,
                     cells_reused=store.reused, not_afforded=tuple(clock.not_afforded)
-                    + ((f"time to train: {ttt_note}",) if ttt_note else ()))
+                    + ((f"time to train: {ttt_note}",) if ttt_note and chosen else ()))
     doc = Answer(schema=ANSWER_SCHEMA, created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  model=request.base.model, device=hardware["device"], gpu_name=hardware.get("gpu_name"),
                  world_size=request.world_size, target_batch=request.target_batch,
