@@ -34,6 +34,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_help_lists_every_option():
+    proc = recommend("--help")
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--target-batch", "--budget", "--from", "--margin", "--world-size", "--train-tokens",
+                   "--price-per-hour", "--memory-limit-gb"):
+        assert option in proc.stdout
+
+
 def _tiny(tmp_path, model: str, cwd=REPO, env=None, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "answer"
     proc = recommend("--model", model, "--target-batch", "32", "--device", "cpu", "--precision", "amp-bf16",

@@ -108,7 +108,7 @@ def add_parser(sub: Any) -> None:
                           "lies off 1x)")
     STEPS.add(how, help="optimizer steps of a parity cell (default: the model's parity recipe)")
     MEMORY_LIMIT_GB.add(how, help="on a CPU, each worker's address-space cap the plan fits micro-batches into "
-                                  f"(default: {HOST_MEMORY_SHARE:.0%} of the memory available at the start)")
+                                  f"(default: {HOST_MEMORY_SHARE:.0%}% of the memory available at the start)")
     CELL_TIMEOUT.add(how)
     out = p.add_argument_group("output")
     out.add_argument("--output", "-o", type=output_dir, required=True, metavar="DIR",
