@@ -105,4 +105,5 @@ def test_a_tiny_llama_through_hf(tmp_path):
             "&max_position_embeddings=16&seq_len=16&name=tiny-llama")
     proc, doc = _tiny(tmp_path, spec)
     assert doc["config"]["workload"] == spec and doc["candidates"][0]["route"] is not None
-    assert doc["time_to_train"] and doc["time_to_train"]["samples"] == 1e6
+    if doc["decision"]["kind"] != "can't tell yet":  # an answer is timed at its throughput
+        assert doc["time_to_train"]["samples"] == 1e6
