@@ -22,7 +22,6 @@ from trainkit.analysis.answer import (
     decide,
     time_to_train,
 )
-from trainkit.analysis.paired import paired_ratio
 from trainkit.analysis.parity.document import Margin
 from trainkit.commands import recommend_run as rr
 from trainkit.engine.spec.config import RunConfig
@@ -144,17 +143,6 @@ def test_time_and_cost_to_train() -> None:
     ttt, why = time_to_train(1000.0, tokens=64e6, tokens_per_sample=64)
     assert ttt is not None and ttt.samples == pytest.approx(1e6)
     assert time_to_train(1000.0, tokens=1e6)[0] is None
-
-
-# --- the paired speed ratio -----------------------------------------------------------------------------
-
-def test_paired_ratio_is_the_median_of_per_round_ratios_with_an_interval_from_three_rounds() -> None:
-    r = paired_ratio([100, 100], [120, 130])
-    assert r.ratio == pytest.approx(1.25) and r.low is None and "3" in (r.reason or "")
-    machine = [1, 0.5, 2, 1, 0.7, 1.3, 0.9, 1.1]  # the machine's speed per round, shared by both: it cancels
-    r = paired_ratio([100 * m for m in machine], [150 * m for m in machine])
-    assert r.ratio == pytest.approx(1.5) and r.low == pytest.approx(1.5) and r.high == pytest.approx(1.5)
-    assert paired_ratio([None, 100], [10, None]).ratio is None
 
 
 # --- the orchestration, with a fake cell runner and clock ------------------------------------------------
