@@ -25,7 +25,7 @@ from trainkit.analysis.answer import (
 from trainkit.analysis.parity.document import Margin
 from trainkit.commands import recommend_run as rr
 from trainkit.engine.spec.config import RunConfig
-from trainkit.reports.answer import card, markdown
+from trainkit.reports.answer.card import card, markdown
 from trainkit.reports.html import esc
 
 # --- the rule, planted --------------------------------------------------------------------------------

@@ -269,7 +269,7 @@ def main(args: argparse.Namespace) -> int:
     write_json(os.path.join(args.output, PLAN), plan_doc)
     written = ["answer.json", PLAN, "records.jsonl"]
     try:
-        from trainkit.reports.answer import write_pages  # the reports extra, only for the pages
+        from trainkit.reports.answer.card import write_pages  # the reports extra, only for the pages
     except ImportError as exc:
         print(f"warning: no answer.md/answer.html: {exc} (install trainkit[reports])", file=sys.stderr)
     else:

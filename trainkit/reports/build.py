@@ -26,7 +26,8 @@ import pandas as pd
 from trainkit.analysis.answer_records import answers_from_records
 from trainkit.engine.spec.precision_facts import display_rank
 
-from . import answer, figures, frontier, html, parity, profiles
+from . import figures, frontier, html, parity, profiles
+from .answer import card as answer
 from .load import to_frame
 from .plan import read_plans
 from .plan import section as plan_section

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import html
+from .. import html
 
 CARD_CSS = """
 .answer-card{border:2px solid #4c72b0;border-radius:8px;padding:10px 16px;margin:8px 0 14px;background:#f7f9fd;
