@@ -27,7 +27,7 @@ from trainkit.analysis.answer_records import answers_from_records
 from trainkit.engine.spec.precision_facts import display_rank
 
 from . import figures, frontier, html, parity, profiles
-from .answer import card as answer
+from .answer.card import card as answer_card
 from .load import to_frame
 from .plan import read_plans
 from .plan import section as plan_section
@@ -185,7 +185,7 @@ def answer_cards(runs: list[Run], parity_docs: list[dict[str, Any]] | None, sour
     cards = []
     for doc in answers_from_records(all_records(runs), parity_docs or [], sources):
         data = {**doc.to_dict(), "link_to": "#parity" if parity_docs else "#summary"}
-        cards.append(answer.card(data))
+        cards.append(answer_card(data))
     return "".join(cards)
 
 
