@@ -38,7 +38,8 @@ def ratio_text(ratio: dict[str, Any] | None) -> str:
     if not ratio or ratio.get("value") is None:
         return "not measured"
     if ratio.get("low") is None:
-        return f"{ratio['value']:.2f}x (no interval: {ratio.get('reason') or 'too few values'})"
+        why = ratio.get("reason") or "too few values"
+        return f"{ratio['value']:.2f}x ({why if why.startswith('no interval') else 'no interval: ' + why})"
     return f"{ratio['value']:.2f}x [{ratio['low']:.2f}, {ratio['high']:.2f}]"
 
 
