@@ -1,0 +1,55 @@
+"""The gate's false-alarm rate and detection power (trainkit.reports.gate_power), simulated on the
+gate's own rule: quiet A/A nights pass, a planted regression is caught or said unseen, and a
+miscalibrated rule is caught by the same simulation."""
+
+from __future__ import annotations
+
+import pytest
+
+from nightly.baselines import NIGHTLY_THRESHOLDS
+from trainkit.reports import gate_power
+from trainkit.reports.verdict import Thresholds
+
+CELLS = 24  # the quick preset's cells on a CPU: a night's worth of chances for a false alarm
+
+
+def test_the_simulation_runs_the_nightlys_own_thresholds():
+    assert gate_power.NIGHTLY == NIGHTLY_THRESHOLDS
+
+
+@pytest.mark.parametrize("spread", [0.01, 0.02, 0.03])
+def test_quiet_aa_nights_false_alarm_at_most_five_percent_per_run(spread):
+    aa = gate_power.simulate(spread, repeats=3, regression=0.0, nights=2000, seed=1)
+    assert gate_power.run_false_alarm(aa.caught, CELLS) <= 0.05
+    assert gate_power.run_false_alarm(aa.unknown, CELLS) <= 0.05  # and a quiet night is seldom inconclusive
+    assert aa.caught + aa.unknown + aa.passed == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("spread", [0.067, 0.08, 0.10])
+def test_a_twenty_percent_regression_at_seven_to_ten_percent_spread_is_almost_never_passed(spread):
+    planted = gate_power.simulate(spread, repeats=3, regression=0.20, nights=2000, seed=2)
+    assert planted.passed <= 0.02  # caught or said unseen (inconclusive) on 98 % of nights or more
+    assert planted.caught >= 0.3
+
+
+def test_power_falls_with_the_spread_and_a_quarter_slowdown_of_a_quiet_cell_is_always_caught():
+    assert gate_power.simulate(0.02, regression=0.25, nights=500).caught == 1.0
+    smallest = [gate_power.smallest_caught(s, nights=200) for s in (0.01, 0.05, 0.10)]
+    assert smallest[0] is not None and smallest[0] <= 0.08  # the 7 % floor, plus a little
+    assert smallest == sorted(smallest)
+
+
+def test_a_miscalibrated_rule_is_caught_by_the_simulation():
+    # A planted fault: the noise term switched off (k = 0) gates a 10 %-spread cell on the 7 % floor
+    # alone, and the A/A nights show it raising false alarms far above 5 %.
+    no_noise = Thresholds(**{**vars(gate_power.NIGHTLY), "k": 0.0, "max_spread": None})
+    assert gate_power.simulate(0.10, nights=1000, thresholds=no_noise).caught > 0.1  # 16 %
+    assert gate_power.simulate(0.10, nights=1000).caught <= 0.01
+
+
+def test_the_calibration_table_and_bad_input():
+    rows = gate_power.calibration(spreads=(0.02, 0.10), planted=(0.25,), nights=200)
+    assert [r.spread for r in rows] == [0.02, 0.10] and rows[0].planted[0].caught == 1.0
+    assert rows[0].aa.threshold_median == pytest.approx(0.07)  # quiet: the 7 % floor sets the threshold
+    with pytest.raises(ValueError, match="spread=-1"):
+        gate_power.simulate(-1)
