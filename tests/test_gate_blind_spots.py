@@ -188,3 +188,20 @@ def test_a_loss_regression_is_not_excused_by_the_same_cells_throughput_outlier(t
     assert [line.split(":")[0] for line in stage["history"]["unknown"]] == [f"{STEP_CELL} @ CPU AMD EPYC throughput"]
     assert status == REGRESSION, stage["line"]
     assert any(line.startswith(f"{STEP_CELL}: ") and "loss +10.0%" in line for line in stage["regressions"])
+
+
+def test_the_summary_lists_every_gated_cell_with_the_smallest_regression_it_could_catch(tmp_path):
+    from nightly import summary
+    from nightly.gate import run_compare
+
+    root = str(tmp_path / "baselines")
+    wobbly = repeats(GPT, throughputs=(920.0, 1000.0, 1080.0))  # spread 8 %: catches beyond 24 %
+    baseline_dir(root, repeats(MLP) + wobbly)
+    cand = write_results(str(tmp_path / "c.jsonl"), repeats(MLP) + wobbly)
+    run = RunDir(str(tmp_path / "run"))
+    run.record(run_compare(run, candidate=cand, baselines_root=root))
+    text = summary.render(run)
+    assert "## Every gated cell" in text
+    assert (f"| {MLP} | unchanged | unchanged (+0.0%, catches −7.0%) | unchanged (+0.0%, catches +7.0%) | "
+            "unchanged (+0.0%, catches ±2.0%) |  |") in text
+    assert f"| {GPT} | unchanged | unchanged (+0.0%, catches −24.0%) |" in text
