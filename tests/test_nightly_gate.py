@@ -187,7 +187,7 @@ def test_an_inconclusive_run_is_labelled_the_runners_problem_and_cannot_be_promo
     assert output.read_text() == "exit_status=4\nlabel=inconclusive\n"
     text = summary.read_text()
     assert text.startswith("# trainkit nightly: ❔ inconclusive (exit 4)\n\ncomparison: INCONCLUSIVE: the gate could ")
-    assert "The runner was too noisy to gate on" in text and "do not bisect the code" in text
+    assert "When the runner was too noisy to gate on" in text and "do not bisect the code" in text
     monkeypatch.delenv("GITHUB_ACTIONS")
     assert main(["promote", run.root, "--baselines", str(tmp_path / "promoted")]) == BAD_INPUT
     assert "the run is not green (inconclusive: comparison: INCONCLUSIVE" in capsys.readouterr().err
