@@ -205,3 +205,55 @@ def test_the_summary_lists_every_gated_cell_with_the_smallest_regression_it_coul
     assert (f"| {MLP} | unchanged | unchanged (+0.0%, catches −7.0%) | unchanged (+0.0%, catches +7.0%) | "
             "unchanged (+0.0%, catches ±2.0%) |  |") in text
     assert f"| {GPT} | unchanged | unchanged (+0.0%, catches −24.0%) |" in text
+
+
+# --- a cell is everything it ran with -----------------------------------------------------------------
+
+def real_cpu_records() -> list[dict]:
+    from tests.history_nights import base_records
+    return base_records()  # real CPU records (tests/history_data): trainkit run's windows, 10 steps
+
+
+def variant_of(record: dict, **config) -> dict:
+    out = copy.deepcopy(record)
+    out["config"].update(config)
+    out["finished_at"] = f"{out['finished_at']}-{sorted(config.items())}"  # another execution
+    return out
+
+
+@pytest.mark.parametrize("field, value", [("steps", 300), ("seed", 7), ("fp32_main_grads", False),
+                                          ("cudnn_benchmark", False), ("cpu_threads", 1)])
+def test_the_report_never_pools_records_that_differ_in_a_field_that_changes_a_figure(tmp_path, field, value):
+    pytest.importorskip("pandas")
+    from trainkit.reports.build import render
+    from trainkit.reports.load import to_frame
+    from trainkit.reports.records import read_runs
+
+    bf16 = next(r for r in real_cpu_records() if r["cell_id"].startswith("mlp-amp-bf16"))
+    other = variant_of(bf16, **{field: value})
+    other["throughput_samples_per_s"] *= 2
+    frame = to_frame([bf16, other])
+    assert frame["cell"].nunique() == 2, list(frame["cell"])  # they were averaged as repeats of one cell
+    assert any(f"{field}={value}" in cell for cell in frame["cell"])
+    # The comparison refuses to pool them too, naming the field.
+    (cell,) = compare_records([bf16, other], [bf16]).cells
+    assert cell.verdict == "unknown" and f"they differ in {field}" in cell.note
+    # reports build over two sessions says what it pooled and what it kept apart.
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps(bf16) + "\n")
+    b.write_text(json.dumps(other) + "\n" + json.dumps(variant_of(bf16, lr=bf16["config"]["lr"])) + "\n")
+    page, _ = render(read_runs([str(tmp_path)]))
+    assert "Pooled: 1 cell(s) pool repeats from several files" in page
+    assert "1 cell id(s) kept apart as different cells" in page
+
+
+def test_trainkit_run_and_bench_records_are_not_one_cell():
+    pytest.importorskip("pandas")
+    from trainkit.reports.load import to_frame
+
+    run = next(r for r in real_cpu_records() if r["cell_id"].startswith("mlp-fp32"))
+    bench = variant_of(run)
+    bench["step_round_trip_s"] = [0.01] * 10  # bench's rounds: one step per command
+    assert to_frame([run, bench])["cell"].nunique() == 2
+    (cell,) = compare_records([run, bench], [run]).cells
+    assert "timed differently" in cell.note
