@@ -257,3 +257,24 @@ def test_trainkit_run_and_bench_records_are_not_one_cell():
     assert to_frame([run, bench])["cell"].nunique() == 2
     (cell,) = compare_records([run, bench], [run]).cells
     assert "timed differently" in cell.note
+
+
+def test_memory_vs_batch_over_an_uneven_grid_does_not_crash(tmp_path):
+    """A fixed effective batch run as 1 rank x accumulation 2 and 2 ranks x 1: the smallest
+    accumulation and the fewest ranks were never measured together (an IndexError, and
+    `reports build` wrote nothing)."""
+    pytest.importorskip("pandas")
+    from trainkit.reports.build import build_report
+    from trainkit.reports.figures import memory_vs_batch
+    from trainkit.reports.load import to_frame
+
+    one = next(r for r in real_cpu_records() if r["cell_id"].startswith("mlp-fp32"))
+    accum2 = variant_of(one, grad_accum=2, world_size=1)
+    accum2["cell_id"] = "mlp-fp32-bs32-ga2-gpus1"
+    ranks2 = variant_of(one, grad_accum=1, world_size=2)
+    ranks2["cell_id"] = "mlp-fp32-bs32-ga1-gpus2"
+    chart = memory_vs_batch(to_frame([accum2, ranks2]))
+    assert chart.figure is not None and chart.note.startswith("Gradient accumulation 2, 1 ")
+    path = tmp_path / "uneven.jsonl"
+    path.write_text(json.dumps(accum2) + "\n" + json.dumps(ranks2) + "\n")
+    assert set(build_report([str(path)], str(tmp_path / "r.html"))) == {"html", "csv", "markdown"}
