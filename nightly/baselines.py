@@ -50,7 +50,8 @@ def slug(fp: dict[str, Any]) -> str:
     if fp.get("gpu_name"):
         parts = [fp["gpu_name"], f"driver-{fp.get('driver')}", f"cuda-{fp.get('cuda')}", f"torch-{fp.get('torch')}"]
     else:
-        parts = ["cpu", str(fp.get("cpu")), f"torch-{fp.get('torch')}"]
+        cores = [f"{fp['usable_cpus']}cores"] if fp.get("usable_cpus") else []
+        parts = ["cpu", str(fp.get("cpu")), *cores, f"torch-{fp.get('torch')}"]
     return re.sub(r"[^a-z0-9.]+", "-", "-".join(parts).lower()).strip("-.")
 
 

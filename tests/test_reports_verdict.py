@@ -264,10 +264,12 @@ def test_a_config_change_between_the_runs_is_noted_on_the_cell():
     assert "config changed: lr 0.01 -> 0.02" in verdict.note
 
 
-def test_the_fingerprint_is_model_driver_cuda_torch_or_cpu_and_torch():
+def test_the_fingerprint_is_model_driver_cuda_torch_or_cpu_cores_and_torch():
     assert rec.fingerprint(GPU_ENV) == {k: GPU_ENV.get(k) for k in ("gpu_name", "driver", "cuda", "torch")}
-    assert rec.fingerprint(CPU_ENV) == {"cpu": CPU_ENV.get("cpu"), "torch": CPU_ENV.get("torch")}
-    assert rec.fingerprint({}) == {"cpu": None, "torch": None}
+    assert rec.fingerprint(CPU_ENV) == {"cpu": CPU_ENV.get("cpu"), "usable_cpus": None, "torch": CPU_ENV.get("torch")}
+    assert rec.fingerprint({}) == {"cpu": None, "usable_cpus": None, "torch": None}
+    # A 2-core baseline is not a 4-core runner's.
+    assert rec.fingerprint({**CPU_ENV, "usable_cpus": 2}) != rec.fingerprint({**CPU_ENV, "usable_cpus": 4})
 
 
 # --- reading result files -------------------------------------------------------------------------
