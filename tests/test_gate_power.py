@@ -53,3 +53,9 @@ def test_the_calibration_table_and_bad_input():
     assert rows[0].aa.threshold_median == pytest.approx(0.07)  # quiet: the 7 % floor sets the threshold
     with pytest.raises(ValueError, match="spread=-1"):
         gate_power.simulate(-1)
+
+
+def test_the_calibration_section_states_the_promises_and_holds_them():
+    lines, ok = gate_power.calibration_lines(nights=300)
+    assert ok and lines[-1].endswith(": holds")
+    assert any(line.lstrip().startswith("1.0%") for line in lines) and any("10.0%" in line for line in lines)

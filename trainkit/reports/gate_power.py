@@ -128,3 +128,38 @@ def calibration(spreads: tuple[float, ...] = (0.01, 0.03, 0.05, 0.075, 0.10), re
                            planted=tuple(simulate(s, repeats, r, nights, seed + 1, thresholds) for r in planted),
                            smallest_caught_80=smallest_caught(s, repeats, 0.8, nights // 4, seed + 2, thresholds))
             for s in spreads]
+
+
+RUN_CELLS = 24
+"""Cells of a night the run-level false-alarm rate is stated for (the CPU quick preset's order)."""
+MAX_RUN_FALSE_ALARM = 0.05
+"""A quiet night's run may raise a false alarm at most this often."""
+MAX_MISSED = 0.02
+"""A 20 % regression at a 6.7-10 % spread may pass unseen on at most this share of nights."""
+
+
+def calibration_lines(nights: int = 1000, seed: int = 0) -> tuple[list[str], bool]:
+    """The gate's calibration as text lines (a table per spread) and whether its promises hold: a
+    quiet cell's (spread <= 3 %) A/A run of RUN_CELLS cells raises a false alarm at most 5 % of
+    nights, and a 20 % regression at 6.7-10 % spread passes unseen at most 2 % of nights."""
+    rows = calibration(spreads=(0.01, 0.03, 0.05, 0.067, 0.10), planted=(0.10, 0.20, 0.25), nights=nights, seed=seed)
+    lines = [f"the nightly gate's own rule on {nights:,} simulated nights per row, 3 repeats a side; A/A: false alarm "
+             f"(regressed) and unknown per cell, and false alarm per run of {RUN_CELLS} cells; planted: caught / "
+             "unknown / passed unseen", "",
+             f"{'spread':>7}  {'A/A false':>9}  {'unknown':>8}  {'run false':>9}  "
+             + "  ".join(f"{f'{r:.0%} planted':>20}" for r in (0.10, 0.20, 0.25)) + f"  {'80 % caught at':>14}"]
+    ok = True
+    for row in rows:
+        run = run_false_alarm(row.aa.caught, RUN_CELLS)
+        planted = "  ".join(f"{p.caught:6.1%}/{p.unknown:6.1%}/{p.passed:5.1%}" for p in row.planted)
+        smallest = "–" if row.smallest_caught_80 is None else f"{row.smallest_caught_80:.0%}"
+        lines.append(f"{row.spread:>7.1%}  {row.aa.caught:>9.1%}  {row.aa.unknown:>8.1%}  {run:>9.1%}  {planted}  "
+                     f"{smallest:>14}")
+        if row.spread <= 0.03 and run > MAX_RUN_FALSE_ALARM:
+            ok = False
+        if 0.067 <= row.spread <= 0.10 and row.planted[1].passed > MAX_MISSED:
+            ok = False
+    lines.append(f"quiet cells (spread <= 3 %): a run's false alarm at most {MAX_RUN_FALSE_ALARM:.0%}; a 20 % "
+                 f"regression at 6.7-10 % spread passes unseen at most {MAX_MISSED:.0%} of nights: "
+                 + ("holds" if ok else "DOES NOT HOLD"))
+    return lines, ok
