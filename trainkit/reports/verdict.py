@@ -158,8 +158,9 @@ def _mad(values: list[float]) -> float:
 
 
 def beyond(change: float, threshold: float) -> bool:
-    """Whether a (non-negative) change is beyond its threshold; equal is not (see TIE)."""
-    return change > threshold * (1 + TIE) + TIE * 1e-3
+    """Whether a change is beyond its threshold; equal is not, to within TIE of the threshold (or of
+    0.1 % when the threshold is smaller, so a zero threshold ignores a float's rounding too)."""
+    return change > threshold + TIE * max(threshold, 1e-3)
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ def decide_metric(metric: str, baseline: Samples | None, candidate: Samples | No
     fewest = min(len(b_values), len(c_values))
     if fewest < thresholds.min_repeats:
         return verdict(UNKNOWN, f"{fewest} repeat(s), {thresholds.min_repeats} needed to gate")
-    if thresholds.max_spread is not None and spread > thresholds.max_spread * (1 + TIE):
+    if thresholds.max_spread is not None and beyond(spread, thresholds.max_spread):
         cannot = ": the baseline cannot judge this cell" if whose == "the baseline's" else ""
         return verdict(UNKNOWN, f"{whose} spread {spread:.1%} above the noise limit of "
                                 f"{thresholds.max_spread:.1%}{cannot}")
