@@ -22,7 +22,7 @@ store's trend page, into the run directory beside report.html.
 other commands add to the run they find.
 
 Exit status: 0 pass or no comparable baseline, 1 regression, 2 bad input, 3 infrastructure failure,
-4 inconclusive (the runner was too noisy to gate; see nightly/__init__.py).
+4 inconclusive (the gate could not see a gated cell; see nightly/__init__.py).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ DEFAULT_OUT = os.path.join("reports", "out", "nightly")
 TREND = "trend.html"  # the run store's trend page, written into the run directory by `history`
 ANNOTATIONS = {REGRESSION: "Performance regression", BAD_INPUT: "Bad input",
                INFRASTRUCTURE: "Infrastructure failure (not a regression)",
-               INCONCLUSIVE: "Inconclusive: the runner was too noisy to gate (not a regression)"}
+               INCONCLUSIVE: "Inconclusive: the gate could not see every cell (not a regression)"}
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -212,7 +212,7 @@ def test_half_the_throughput_on_a_runner_too_noisy_to_tell_is_inconclusive(tonig
     printed = capsys.readouterr().out
     assert printed.startswith("trainkit nightly: inconclusive (exit 4): comparison: INCONCLUSIVE: the gate could not "
                               "see 4")
-    assert "::error title=Inconclusive: the runner was too noisy to gate (not a regression)::" in printed
+    assert "::error title=Inconclusive: the gate could not see every cell (not a regression)::" in printed
     assert output.read_text() == "exit_status=4\nlabel=inconclusive\n"
     assert Path(out.path("summary.md")).read_text(encoding="utf-8").startswith(
         "# trainkit nightly: ❔ inconclusive (exit 4)")

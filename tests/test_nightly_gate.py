@@ -182,7 +182,7 @@ def test_an_inconclusive_run_is_labelled_the_runners_problem_and_cannot_be_promo
     out = capsys.readouterr().out
     assert out.startswith("trainkit nightly: inconclusive (exit 4): comparison: INCONCLUSIVE: the gate could not "
                           "see 3 gated cell(s)")
-    assert ("::error title=Inconclusive: the runner was too noisy to gate (not a regression)::comparison: "
+    assert ("::error title=Inconclusive: the gate could not see every cell (not a regression)::comparison: "
             "INCONCLUSIVE: the gate could not see 3") in out
     assert output.read_text() == "exit_status=4\nlabel=inconclusive\n"
     text = summary.read_text()
