@@ -75,8 +75,8 @@ SHARED_FIELDS = {
     # the steps and seed the final loss, main gradients memory and speed, cuDNN's autotuning the
     # kernels, the threads a CPU cell's speed; and how the steps were timed (bench's rounds or
     # trainkit run's windows), which is the record's, not the config's.
-    **{k: None for k in ("steps", "warmup_steps", "seed", "fp32_main_grads", "cudnn_benchmark", "cpu_threads",
-                         "timing_method")},
+    **{k: None for k in ("steps", "warmup_steps", "seed", "fp32_main_grads", "cudnn_benchmark", "cpu_threads")},
+    "timing_method": lambda r: isinstance(r.get("config.timing_method"), str),  # a cell that ran was timed
 }
 # Fields that only one precision reads: they split cells of that precision, but its comparison
 # with fp32 still pairs it with the fp32 cell of the same shared variant.
