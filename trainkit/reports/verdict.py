@@ -63,14 +63,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from trainkit.engine.schema import headline_memory
+from trainkit.engine.spec.schema import headline_memory
 
 from .records import OK, fingerprint, get
 
 # Metrics: record key, and whether a larger value is better.
 METRICS = {
     "throughput": ("throughput_samples_per_s", True),
-    "memory": (None, False),  # the headline memory measure: trainkit.engine.schema.headline_memory
+    "memory": (None, False),  # the headline memory measure: trainkit.engine.spec.schema.headline_memory
     "loss": ("loss.final", False),
 }
 
@@ -311,7 +311,7 @@ class CellVerdict:
     note: str = ""
     failing_verdicts: tuple[str, ...] = GATE_FAILS
     memory_measure: str | None = None
-    """The memory key compared (see trainkit.engine.schema.HEADLINE_MEMORY)."""
+    """The memory key compared (see trainkit.engine.spec.schema.HEADLINE_MEMORY)."""
     gate_metrics: tuple[str, ...] = ()
     """The metrics of this cell the gate judged (its thresholds' less those its figures cannot support)."""
 
