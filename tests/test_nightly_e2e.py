@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nightly import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
-from nightly.baselines import MANIFEST, load_all, slug
+from nightly.baselines import MANIFEST, cannot_judge, load_all, slug
 from nightly.cli import main
 from nightly.rundir import ROOT, RunDir
 from trainkit.engine.spec.schema import fingerprint, headline_memory, read_jsonl
@@ -102,7 +102,11 @@ def test_promote_keys_the_baseline_by_the_runs_fingerprint(tonight, baselines):
     assert baseline.fingerprint == fp and os.path.basename(baseline.path) == slug(fp)
     m = baseline.manifest
     assert (m["preset"], m["repeats"], m["cells"], m["records"], m["statuses"]) == ("tiny", 3, 4, 12, {"ok": 12})
-    assert m["branch"] == "main" and m["forced"] is False and "--preset" in m["command"]
+    # Promotion refuses a run holding cells it cannot judge (a busy 2-core machine's repeats may spread
+    # past 10 %); the fixture forces it, and the manifest names those cells.
+    unjudged = cannot_judge(read_jsonl(run.path("results.jsonl")))
+    assert m["branch"] == "main" and m["forced"] is bool(unjudged) and m["cannot_judge"] == unjudged
+    assert "--preset" in m["command"]
     with open(baseline.results) as f, open(run.path("results.jsonl")) as g:
         assert f.read() == g.read()
 
@@ -116,9 +120,9 @@ def test_the_run_against_its_own_baseline_passes(tonight, baselines, tmp_path, c
     out = capsys.readouterr().out
     assert "nightly comparison: PASS: 0 gated cell(s) regressed or failed of 4" in out
     assert RunDir(str(tmp_path / "again")).outcome().label == "pass"
-    # With it, cells whose repeats spread more than 10 % (a busy 2-core machine) could hide any change:
-    # past a quarter of them the gate cannot vouch even for the same numbers, and says so.
-    # The gate judges throughput and the headline memory: a cell is noisy when either spreads.
+    # With it, a cell whose repeats spread more than 10 % (a busy 2-core machine) could hide any change
+    # within its threshold: the gate cannot vouch even for the same numbers, and says so.
+    # The gate judges throughput and the headline memory: a cell is unseen when either spreads.
     records = read_jsonl(run.path("results.jsonl"))
     measure = headline_memory(r["memory"] for r in records)
 
@@ -127,8 +131,7 @@ def test_the_run_against_its_own_baseline_passes(tonight, baselines, tmp_path, c
 
     noisy = [c for c in CELLS if max(spread(c, lambda r: r["throughput_samples_per_s"]),
                                      spread(c, lambda r: r["memory"][measure])) > 0.10]
-    noisy_share = len(noisy) / len(CELLS)
-    assert main(again) == (INCONCLUSIVE if noisy_share > 0.25 else PASS)
+    assert main(again) == (INCONCLUSIVE if noisy else PASS)
 
 
 def test_a_cut_off_copy_of_the_results_is_gated_on_its_complete_records(tonight, baselines, tmp_path):
