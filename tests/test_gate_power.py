@@ -59,3 +59,16 @@ def test_the_calibration_section_states_the_promises_and_holds_them():
     lines, ok = gate_power.calibration_lines(nights=300)
     assert ok and lines[-1].endswith(": holds")
     assert any(line.lstrip().startswith("1.0%") for line in lines) and any("10.0%" in line for line in lines)
+
+
+def test_python_m_reports_calibration_prints_the_gates_section(monkeypatch, capsys):
+    from trainkit.reports import calibration
+    from trainkit.reports.cli import main
+
+    gate = [section for section in calibration.SECTIONS if section.key == "gate"]
+    assert len(gate) == 1
+    monkeypatch.setattr(calibration, "SECTIONS", gate)  # the other sections' draws are theirs to test
+    assert main(["calibration", "--draws", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "== The nightly gate: false alarms and detection power [pass]" in out
+    assert "a 20 % regression at 6.7-10 % spread passes unseen at most 2% of nights: holds" in out
