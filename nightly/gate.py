@@ -19,7 +19,7 @@ make it stricter about noise and about numerics than a one-off `python -m report
                 see it, and the run is inconclusive (exit 4), naming each such cell
 
 The only silent outcome is "seen and unchanged": the summary lists every gated cell's outcome and
-the smallest regression it could have caught (its threshold; trainkit.analysis.gate_power
+the smallest regression it could have caught (its threshold; trainkit.reports.calibration (the gate section)
 simulates the false-alarm rate and the detection power the rule gives).
 
 Cells bench could not run on this runner (more GPUs or CPU ranks than it has) are left out of both
