@@ -19,8 +19,8 @@ make it stricter about noise and about numerics than a one-off `python -m report
                 see it, and the run is inconclusive (exit 4), naming each such cell
 
 The only silent outcome is "seen and unchanged": the summary lists every gated cell's outcome and
-the smallest regression it could have caught (its threshold; trainkit.reports.calibration (the gate section)
-simulates the false-alarm rate and the detection power the rule gives).
+the smallest regression it could have caught (its threshold); the gate section of
+trainkit.reports.calibration simulates the false-alarm rate and the detection power the rule gives.
 
 Cells bench could not run on this runner (more GPUs or CPU ranks than it has) are left out of both
 sides and listed: the runner's shape is not the code's doing. A cell refused at collection for any

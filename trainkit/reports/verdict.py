@@ -28,7 +28,7 @@ of changed numerics as a higher one.
 
 7 % is TorchBench's DEFAULT_REGRESSION_DELTA_THRESHOLD (pytorch/benchmark regression_detector.py);
 k = 3 spreads keeps a cell whose steps vary by 10 % from flagging a 20 % wobble. The false-alarm
-rate and the detection power this gives are simulated by trainkit.reports.calibration (the gate section).
+rate and the detection power this gives are simulated by the gate section of trainkit.reports.calibration.
 
 A cell's spread: across repeated records (several runs of one cell), the IQR (or MAD) of the
 metric relative to its median; with a single record, the record's own step-time IQR relative to
