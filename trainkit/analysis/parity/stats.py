@@ -91,9 +91,9 @@ def apart_reason(values: dict[int, float], what: str) -> str | None:
     spread = statistics.stdev(rest) if len(rest) > 1 else 0.0
     shown = ", ".join(f"{values[s]:+.4g}" for s in apart)
     who = f"seed {apart[0]} stands" if len(apart) == 1 else f"seeds {', '.join(map(str, apart))} stand"
-    return (f"{who} apart: {what} {shown} against {centre:+.4g} +- {spread:.2g} (mean +- sd) over the other "
-            f"{len(rest)} seeds (generalized ESD test); a t interval cannot cover the typical seed's difference "
-            "with it: rerun it or add seeds")
+    # Short: `python -m trainkit parity` prints it on the precision's line.
+    return (f"{who} apart: {what} {shown} against {centre:+.4g} +- {spread:.2g} (mean +- sd) of the other "
+            f"{len(rest)} (generalized ESD test); rerun it or add seeds")
 
 
 def _t_quantile(confidence: float, dof: float) -> float:
