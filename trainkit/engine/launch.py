@@ -25,6 +25,7 @@ from typing import Any
 import torch.distributed as dist
 
 from . import allocator
+from .conditions import CELL_ROOT_ENV
 from .config import ProfileConfig, RunConfig
 from .nvml import GpuSampler, Nvml
 from .peers import Failure, FailureBoard, leave
@@ -143,6 +144,8 @@ class CellWorkers:
         base_env = dict(os.environ, **start_env)
         base_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
                         LOCAL_WORLD_SIZE=str(world))
+        # This process, the fork server below it and the ranks are the cell's own load, not contention.
+        base_env[CELL_ROOT_ENV] = str(os.getpid())
         for rank in range(world):
             parent_end, child_end = ctx.Pipe()
             env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank))
