@@ -26,6 +26,7 @@ import pandas as pd
 from trainkit.engine.precision_facts import display_rank
 
 from . import figures, frontier, html, parity, profiles
+from .flags import flag_share_sentence
 from .load import to_frame
 from .plan import read_plans
 from .plan import section as plan_section
@@ -99,16 +100,17 @@ def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
 
 def _flag_summary(table: pd.DataFrame) -> str:
     """A box above the tables counting the rows whose figures cannot be right or were measured on a
-    loaded host: they must not be read plainly."""
+    loaded host (they must not be read plainly), and the share of rows carrying each flag."""
     flags = table["flags"].fillna("").astype(str)
     implausible = int(flags.str.contains("implausible").sum())
     doubted = int(table["flagged_figures"].fillna("").astype(bool).sum())
+    shares = f'<p class="note">{html.esc(flag_share_sentence(table))}</p>'
     if not doubted:
-        return ""
+        return shares
     what = f"{doubted} row{'s' if doubted != 1 else ''} hold figures in doubt ({FLAG_MARK})"
     if implausible:
         what += f", {implausible} of them physically implausible"
-    return f'<p class="bad">{html.esc(what)}: read their flags before their numbers.</p>'
+    return f'<p class="bad">{html.esc(what)}: read their flags before their numbers.</p>' + shares
 
 
 def _chart_sections(table: pd.DataFrame, frame: pd.DataFrame) -> dict[str, str]:
