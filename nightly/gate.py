@@ -146,6 +146,8 @@ def consult_history(stage: Stage, store: str, cand_records: list[dict[str, Any]]
         line = f"{stage.line}; history: {len(confirmed)} series regressed on 2 or more nights running"
         details["regressions"] = [*details.get("regressions", []), *(f"history: {v.line()}" for v in confirmed)]
         return Stage(stage.name, REGRESSION, line, details)
+    if check.warning and not unknown:  # no history consulted: the line says so, not only the details
+        return Stage(stage.name, stage.exit_status, f"{stage.line}; history: {check.warning}", details)
     unknown_cells = {v.cell_id for v in unknown}
     if unknown and (stage.exit_status == PASS or (stage.exit_status == REGRESSION and regressed <= unknown_cells)):
         line = (f"{stage.line}; history: {len(unknown)} series bad on the last night only: unknown, "
