@@ -34,7 +34,8 @@ MIB = 2**20
 VERDICT_CLASS = {"equivalent": "v-fixed", "reference": "", "better": "v-noisy", "inconclusive": "v-noisy",
                  "worse": "v-regressed", NO_VERDICT: "v-failed"}
 NOTE = ("Each precision trained every seed fp32 did (same initial weights, same samples), on one synthetic task, "
-        "until fp32's loss flattened. The verdict is on the per-seed differences of eval loss from fp32: their mean "
+        "for its model's recipe of optimizer steps (whether fp32's loss had flattened by then is said per model). "
+        "The verdict is on the per-seed differences of eval loss from fp32: their mean "
         "and confidence interval against ± the equivalence margin. Equivalent: the interval inside the margin; "
         "worse or better: entirely beyond it; inconclusive: it straddles the margin. `better` means the numerics "
         "changed (the optimizer no longer computes what fp32's does), never a win: the diagnostic that stands out is "
@@ -284,12 +285,27 @@ def _head(block: dict[str, Any]) -> str:
     ref = block["reference"]
     if ref.get("error"):
         return f"No verdicts: {ref['error']}."
-    share = (ref.get("flatness") or {}).get("last_quarter_share")
     margin = block.get("margin") or {}
     return (f"fp32 eval loss {ref['eval_loss_mean']:.4f} ± {ref['eval_loss_sd']:.4f} (sd over {ref['seeds']} seeds); "
-            f"margin ±{_num(margin.get('loss'), '.5f')} ({margin.get('described')}); {block['steps']} optimizer steps "
-            "per cell" + (f"; fp32's loss fell {share:.1%} of its total drop in the last quarter of the run"
-                          if share is not None else "") + ".")
+            f"margin ±{_num(margin.get('loss'), '.5f')} ({margin.get('described')}); {run_length_sentence(block)}.")
+
+
+FLAT_SHARE = 0.05
+"""fp32's loss has flattened when its last quarter holds at most this share of its total drop."""
+
+
+def run_length_sentence(block: dict[str, Any]) -> str:
+    """How long the cells trained and whether fp32's loss had flattened by then, from its seed-mean
+    curve (the last quarter's share of the total drop): a fixed recipe may stop while it still falls."""
+    share = ((block.get("reference") or {}).get("flatness") or {}).get("last_quarter_share")
+    steps = f"{block['steps']} optimizer steps per cell"
+    if share is None:
+        return steps
+    drop = f"{share * 100:.1f} % of its total drop in the last quarter of the run"
+    if share <= FLAT_SHARE:
+        return f"{steps}, by when fp32's loss had flattened ({drop})"
+    return (f"{steps}, a fixed recipe: fp32's loss was still falling ({drop}), so the verdicts are on a model "
+            "still learning")
 
 
 def _model_block(doc: dict[str, Any], model: str, n: int) -> str:
