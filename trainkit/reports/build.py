@@ -79,8 +79,7 @@ def _header(runs: list[Run], frame: pd.DataFrame, sections: list[tuple[str, str]
 def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
     parts = []
     if frame["hardware"].astype(str).str.startswith("CPU").any():
-        parts.append('<p class="warn">CPU rows are correctness and smoke rows, not speed claims: half '
-                     "precision on a CPU is emulated or slow, so its speedups say nothing about GPUs.</p>")
+        parts.append(f'<p class="warn">{html.esc(cpu_banner(table, frame))}</p>')
     parts.append(_flag_summary(table))
     parts.append(f'<p class="note">{html.esc(PARITY_POINTER)}</p><p class="note">{html.esc(FLAG_LEGEND)}</p>')
     state = " open" if len(table) <= OPEN_ROWS else ""
@@ -96,6 +95,41 @@ def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
                                         row_attrs=[{"precision": p} for p in rows["precision"]])
                      + "</details></div>")
     return "".join(parts)
+
+
+HALF_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_fp16")
+"""CPU instructions that run bf16 or fp16 math natively (oneDNN uses them); without them it is emulated."""
+
+
+def cpu_banner(table: pd.DataFrame, frame: pd.DataFrame) -> str:
+    """The CPU rows' banner, each clause from the data it speaks of: per CPU, whether it has native
+    half-precision instructions (the records' env.cpu_flags) and which precision was fastest in how
+    many of its shapes (the summary's throughput), so it never says "emulated or slow" above a table
+    where bf16 is the fastest row on a CPU with avx512_bf16."""
+    text = ("CPU rows are correctness and smoke rows, not speed claims: a CPU's speedups say nothing about a "
+            "GPU's.")
+    cpu = frame[frame["hardware"].astype(str).str.startswith("CPU")]
+    ok = table[(table["status"] == "ok") & table["hardware"].astype(str).str.startswith("CPU")
+               & table["throughput_samples_per_s"].notna()]
+    for hardware, records in cpu.groupby("hardware", sort=False):
+        flags = sorted({f for value in records.get("env.cpu_flags", pd.Series(dtype=object))
+                        if isinstance(value, list) for f in value if f in HALF_CPU_FLAGS})
+        known = records.get("env.cpu_flags", pd.Series(dtype=object)).map(lambda v: isinstance(v, list)).any()
+        if flags:
+            native = f"{hardware} has {', '.join(flags)}: its half-precision math runs natively"
+        elif known:
+            native = (f"{hardware} has none of {', '.join(HALF_CPU_FLAGS)}: its half-precision math is emulated "
+                      "in fp32 instructions")
+        else:
+            native = f"{hardware}: its records do not say which instructions it has"
+        mine = ok[ok["hardware"] == hardware]
+        shapes = mine.groupby(["model", "gpus", "batch_size", "grad_accum", "variant"], dropna=False, sort=False)
+        fastest = [str(g.loc[g["throughput_samples_per_s"].idxmax(), "precision"]) for _, g in shapes if len(g) > 1]
+        if fastest:
+            counts = pd.Series(fastest).value_counts()
+            native += "; fastest per shape: " + ", ".join(f"{p} in {n} of {len(fastest)}" for p, n in counts.items())
+        text += f" {native}."
+    return text
 
 
 def _flag_summary(table: pd.DataFrame) -> str:
