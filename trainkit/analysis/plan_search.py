@@ -183,6 +183,12 @@ class Candidate:
     step_time_s: float | None = None
     """Median time of a timed optimizer step."""
     cell_id: str = ""
+    throughput_low_samples_per_s: float | None = None
+    throughput_high_samples_per_s: float | None = None
+    """The throughput's 95 % interval, from the cell's interval of its median step time
+    (trainkit.engine.conditions.noise_of); None where the cell has none."""
+    flags: tuple[str, ...] = ()
+    """What its conditions say against its speed (trainkit.engine.conditions.condition_flags)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
