@@ -191,7 +191,7 @@ class Candidate:
     """What its conditions say against its speed (trainkit.engine.conditions.condition_flags)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "flags": list(self.flags)}  # JSON data: a list, as it reads back
 
 
 def divisors(n: int) -> list[int]:
