@@ -211,7 +211,11 @@ def host_snapshot(cell_pids: tuple[int, ...] | None = None, proc: str = "/proc")
             some_us = int(dict(part.split("=") for part in line.split()[1:])["total"])
     cell = None
     try:
-        cell = cell_snapshot(cell_pids if cell_pids is not None else cell_processes(cell_root_pid(), proc), proc)
+        if cell_pids is None:
+            cell_pids = cell_processes(cell_root_pid(), proc)
+            if proc == "/proc" and os.getpid() not in cell_pids:  # a stale root: this rank is its own still
+                cell_pids = (*cell_pids, os.getpid())
+        cell = cell_snapshot(cell_pids, proc)
     except (OSError, ValueError, IndexError):
         pass  # no /proc of the processes (not Linux): others' share is not measured
     busy, cores = _core_busy_ticks(stat, affinity_core_ids())
