@@ -10,16 +10,19 @@ it should not be believed as printed:
                   batch. A flat peak is no fault: the optimizer phase or the weights hold the peak
                   of a small model at every batch (the estimator gives the MLP under amp-bf16 the
                   same peak at batch 16, 32 and 64), so only a fall says the figure is wrong
-    conditions    the host loaded beyond its cores, CPU steal, more threads than cores, other
-                  processes on the GPUs (trainkit.engine.conditions.condition_flags), of the cell
-                  or of the cell it is compared with
+    conditions    other processes taking CPU time from the cell's cores while its threads waited
+                  (never the cell's own ranks, threads, launcher or fork server), the host loaded
+                  beyond its cores and the cell's threads, CPU steal, more threads than cores,
+                  other processes on the GPUs (trainkit.engine.conditions.condition_flags), of the
+                  cell or of the cell it is compared with
     within noise  a speedup or efficiency whose interval holds 1: the difference it states is
                   smaller than the noise of the two cells it compares
 
 Intervals: each cell's step times (all its ok repeats, pooled) give a bootstrap interval of their
 median (trainkit.engine.conditions.noise_of); a throughput ratio's interval takes the worst case of
 its two cells' intervals (INTERVAL_NOTE). Older records without conditions are judged on what they
-have: an efficiency of 2445 % is implausible whatever the host did.
+have: an efficiency of 2445 % is implausible whatever the host did. The page says what share of
+rows carries each kind of flag (flag_shares): a flag on every row is the machine's, not the row's.
 """
 
 from __future__ import annotations
