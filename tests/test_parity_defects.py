@@ -71,6 +71,12 @@ def test_seeds_fp32_did_not_run_are_judged_and_shown():
     assert entry.loss.unpaired.verdict == "worse" and entry.verdict == "worse"
     line = command._row(entry)
     assert "seeds 5, 6, 7 fp32 did not run" in line and "worse" in line
+    from trainkit.reports.parity import rows, table
+
+    doc = {"models": {"mlp": dataclasses.asdict(judge(fp32(), {"half-fp16": candidates}))}}
+    shown = table(rows(doc))
+    (cell,) = [c for c in shown["seeds fp32 did not run"] if c != "–"]
+    assert cell.startswith("5, 6, 7: +2.4") and cell.endswith("(Welch t) worse")
 
 
 def test_exactly_one_shared_seed_gives_a_coherent_answer():

@@ -110,9 +110,23 @@ def _row(model: str, block: dict[str, Any], e: dict[str, Any]) -> dict[str, Any]
         "optimizer_state_bytes": memory.get("optimizer_state_bytes"), "peak_bytes": memory.get("peak_bytes"),
         "peak_measure": memory.get("peak_measure"),
         **{k: diag.get(k) for k in DIAGNOSTIC_COLUMNS},
+        "unpaired": _unpaired_text(loss),
         "named": e.get("named") or e.get("reason") or "",
         "flags": [f["text"] for f in e.get("flags") or []],
     }
+
+
+def _unpaired_text(loss: dict[str, Any]) -> str:
+    """The seeds fp32 did not run and how they were judged (an independent set, Welch t), or ""."""
+    seeds = loss.get("unpaired_seeds") or []
+    if not seeds:
+        return ""
+    test = loss.get("unpaired") or {}
+    iv = test.get("difference") or {}
+    if not test or iv.get("mean") is None:
+        return f"{', '.join(map(str, seeds))}: one seed, no test (no equivalence claimed over it)"
+    return (f"{', '.join(map(str, seeds))}: {iv['mean']:+.5f} [{_num(iv.get('low'), '+.5f')}, "
+            f"{_num(iv.get('high'), '+.5f')}] (Welch t) {test.get('verdict')}")
 
 
 def rows(doc: dict[str, Any]) -> pd.DataFrame:
@@ -153,7 +167,7 @@ def _more_text(row: pd.Series) -> str:
     return f"+{int(more)}" if _num(more, "g") != "–" else str(row["more_seeds_note"] or "–")
 
 
-TABLE_TEXT = ("precision", "verdict", "test")
+TABLE_TEXT = ("precision", "verdict", "test", "seeds fp32 did not run")
 
 
 def table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -169,6 +183,7 @@ def table(frame: pd.DataFrame) -> pd.DataFrame:
         # A shift can be detectable (p small) and still inside the margin: the verdict is the margin's.
         "p (no difference)": [_num(v, ".2g") for v in frame["p_value"]],
         "seeds to decide": [_more_text(r) for _, r in frame.iterrows()],
+        "seeds fp32 did not run": [u or "–" for u in frame["unpaired"]],
         "eval loss ± sd": [f"{_num(m, '.4f')} ± {_num(s, '.4f')}" if _num(m, ".4f") != "–" else "–"
                            for m, s in zip(frame["eval_loss"], frame["eval_loss_sd"])],
         "steps to target": [_interval_text(r, "steps_to_target", ".0f") for _, r in frame.iterrows()],
