@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from trainkit.engine import conditions
-from trainkit.engine.conditions import cell_processes, condition_flags, host_snapshot, host_window
+from trainkit.engine.measure import conditions
+from trainkit.engine.measure.conditions import cell_processes, condition_flags, host_snapshot, host_window
 
 ROOT, FORK_SERVER, RANK0, RANK1, GLOO = 500, 501, 502, 503, 504
 TICKS = os.sysconf("SC_CLK_TCK")

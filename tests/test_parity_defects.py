@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 
-from trainkit.analysis.parity import judge, judge_model
-from trainkit.analysis.parity_stats import geometric_interval
-from trainkit.analysis.parity_types import NO_VERDICT
+from trainkit.analysis.parity.document import NO_VERDICT
+from trainkit.analysis.parity.stats import geometric_interval
+from trainkit.analysis.parity.verdicts import judge, judge_model
 from trainkit.commands import parity as command
 from trainkit.commands.cli import build_parser
 
