@@ -85,6 +85,12 @@ def coverage_section(options: Options) -> Printed:
         marks = "".join(f"  {_cell(r.covered)}{'!' if r.passes is False else ' '}" for r in group)
         lines.append(f"{interval:<24}{law:<14}{marks}")
         failed += [r for r in group if r.passes is False]
+    refusing = [r for r in rows if r.refused is not None]
+    if refusing:
+        lines += ["", "refused: share of data sets given no interval because a seed stood apart (coverage above "
+                  "is over the rest)", f"{'':<24}{'law':<14}{sizes}"]
+        for (interval, law), group in itertools.groupby(refusing, key=lambda r: (r.interval, r.distribution)):
+            lines.append(f"{interval:<24}{law:<14}" + "".join(f"  {_cell(r.refused)} " for r in group))
     lines += ["", *(f"  {key}: {what}" for key, (what, _) in sim.INTERVALS.items())]
     if failed:
         lines.append(f"{len(failed)} of {len(rows)} cover outside {low:.0%}–{high:.0%} (marked !): " + "; ".join(
