@@ -44,6 +44,7 @@ from .profile import profile_cell
 from .protocol import Command, Reply
 from .result import RankReport, TimedSpan
 from .timing import Marks
+from .what_ran import observe
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -298,6 +299,8 @@ class RankWorker:
             report.precision_details = trainer.policy.details(trainer.spec)
             if evaluate:
                 loss.eval_loss = trainer.evaluate()
+        if evaluate:  # every rank: the step's all-reduce needs them all
+            report.what_ran = self._beside_the_figures(lambda: observe(self.trainer))
         if evaluate and self.profile is not None and self.profile.diagnostics:
             report.diagnostics = self._diagnose()
         if evaluate and self.profile is not None:
