@@ -140,7 +140,7 @@ class RoundingOptimizer(torch.optim.Optimizer):
             if self.defaults["momentum"]:
                 state["momentum_buffer"] = None  # the first step's gradient, as torch.optim.SGD
         else:
-            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["step"] = 0  # on the host: the bias corrections need it there, and it costs no device memory
             state["exp_avg"] = self._buffer(param)
             state["exp_avg_sq"] = self._buffer(param)
         if self.rounding == "kahan":
@@ -160,7 +160,7 @@ class RoundingOptimizer(torch.optim.Optimizer):
     def _adam(self, state: dict[str, Any], grad: torch.Tensor, betas: tuple[float, float], eps: float) -> torch.Tensor:
         beta1, beta2 = betas
         state["step"] += 1
-        step = float(state["step"])
+        step = state["step"]
         exp_avg = state["exp_avg"].float().lerp_(grad, 1 - beta1)
         exp_avg_sq = state["exp_avg_sq"].float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         state["exp_avg"].copy_(exp_avg)
