@@ -21,12 +21,14 @@ from trainkit.engine.config import ProfileConfig, RunConfig
 from trainkit.engine.loop import Trainer
 from trainkit.engine.precision import Float8Precision, Unsupported, policy_class
 from trainkit.engine.precision_facts import OPTIMIZER_STATES, PRECISION_FACTS, facts_of, precision_names
-from trainkit.engine.result import STATUSES, check_record, merge_ranks, read_jsonl
+from trainkit.engine.result import STATUSES, append_jsonl, check_record, merge_ranks, read_jsonl
 from trainkit.engine.rounding import RoundingOptimizer, accumulation_check
 from trainkit.engine.what_ran import observe
 from trainkit.engine.worker import RankWorker
 from trainkit.engine.workload_check import check_what_ran, run_checks
 from trainkit.engine.workload_resolve import build_workload
+from trainkit.reports.build import render, status_class
+from trainkit.reports.records import read_runs
 
 from .conftest import REPO, small_config, trainkit_cmd
 from .test_estimate import TF32OnCPU
@@ -224,19 +226,36 @@ def test_a_model_cast_to_bf16_under_fp32_is_named_with_both_dtypes():
     assert {"parameters", "gradients", "optimizer state", "matmul outputs"} <= wrong
 
 
-def test_a_mismatch_is_the_cells_status_and_the_record_keeps_the_table():
-    config = RunConfig(model="castbf16", workload=PLANTED, precision="fp32", optimizer="adam", batch_size=8,
-                       steps=2, warmup_steps=1, device="cpu")
-    worker = RankWorker(config, profile=ProfileConfig(phase_steps=0))
+PLANTED_CONFIG = RunConfig(model="castbf16", workload=PLANTED, precision="fp32", optimizer="adam", batch_size=8,
+                           steps=2, warmup_steps=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def planted_record() -> dict:
+    worker = RankWorker(PLANTED_CONFIG, profile=ProfileConfig(phase_steps=0))
     worker.warmup()
     worker.run_timed()
-    record = merge_ranks(config, [worker.collect()])
+    return merge_ranks(PLANTED_CONFIG, [worker.collect()])
+
+
+def test_a_mismatch_is_the_cells_status_and_the_record_keeps_the_table(planted_record):
+    record, config = planted_record, PLANTED_CONFIG
     assert "precision-mismatch" in STATUSES and check_record(record) == []
     assert record["status"] == "precision-mismatch"
     assert record["status_detail"] == "parameters: declared float32, observed bfloat16 (4 tensors)"
     assert record["what_ran"]["rows"][0]["observed"] == "bfloat16"
     fine = merge_ranks(config.replace(model="subulp", workload=SUBULP), [])
     assert fine["status"] == "ok"  # no rank reported a table: nothing to judge
+
+
+def test_the_report_colours_the_cell_and_shows_what_ran(planted_record, tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_jsonl(planted_record, str(path))
+    page, _ = render(read_runs([str(path)]))
+    failures = page[page.index('id="failures"'):]
+    assert 'class="status-mismatch"' in failures and "What ran in castbf16-fp32-bs8-ga1-gpus1" in failures
+    assert "MISMATCH" in failures and "bfloat16" in failures
+    assert status_class("precision-mismatch") == "status-mismatch" and status_class("crashed") == "status-failed"
 
 
 def test_check_workload_fails_the_planted_fault_and_keeps_its_table():
