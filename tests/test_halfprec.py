@@ -330,3 +330,15 @@ def test_the_committed_parity_example_holds_the_new_modes():
         names = set(doc["models"][model]["precisions"])
         assert {"half-bf16-sr", "half-bf16-kahan"} <= names
     assert set(PRECISION_FACTS) >= {"half-bf16-sr", "half-bf16-kahan"}
+
+
+def test_a_checkpoint_resumes_the_rounding_optimizer_with_its_state_dtypes(tmp_path):
+    """torch.optim casts a loaded state to its parameter's dtype; a bf16 state of fp32 weights stays bf16."""
+    config = small_config("mlp", precision="fp32", optimizer="adam", optimizer_state="bf16", steps=2,
+                          checkpoint_dir=str(tmp_path), checkpoint_every=1)
+    first = Trainer(config, CPU)
+    first.run(1)
+    resumed = Trainer(config.replace(resume_from=first.checkpoint_path(1)), CPU)
+    assert {v.dtype for s in resumed.optimizer.state.values() for k, v in s.items() if k != "step"} == {torch.bfloat16}
+    resumed.run(1)
+    assert observe(resumed)["mismatch"] is None

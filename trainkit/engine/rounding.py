@@ -105,6 +105,19 @@ class RoundingOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.kind, self.rounding, self.state_dtype = kind, rounding, state_dtype
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loading a checkpoint keeps each state tensor's own dtype: torch.optim casts floating state to
+        its parameter's dtype, which would turn a bf16 state of fp32 weights into fp32 on resume (the
+        round trip bf16 -> fp32 -> bf16 is exact)."""
+        dtypes = {index: {key: value.dtype for key, value in state.items() if isinstance(value, torch.Tensor)}
+                  for index, state in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]  # the ids' order
+        for index, kept in dtypes.items():
+            state = self.state[params[index]]
+            for key, dtype in kept.items():
+                state[key] = state[key].to(dtype)
+
     def _buffer(self, param: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(param, dtype=self.state_dtype or param.dtype)
 

@@ -76,6 +76,15 @@ def dtype_name(value: Any) -> str:
     return str(value.dtype).removeprefix("torch.")
 
 
+def stored_bytes(value: torch.Tensor) -> int:
+    """Bytes a tensor holds: a tensor subclass's inner tensors (torchao's quantized optimizer states:
+    codes, scales, code table), whose element_size() would be the apparent dtype's."""
+    if hasattr(value, "__tensor_flatten__") and type(value) is not torch.Tensor:
+        names, _ = value.__tensor_flatten__()
+        return sum(stored_bytes(getattr(value, name)) for name in names)
+    return value.numel() * value.element_size()
+
+
 def _joined(names: Iterable[str]) -> str:
     return ",".join(sorted(set(names))) or NONE
 
