@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainkit.engine.workload import Workload
+from trainkit.engine.workloads.workload import Workload
 
 DIM, OUT = 64, 4
 INIT_SD, TEACHER_SHIFT_SD, NOISE_SD = 0.25, 0.03, 1.0

@@ -15,18 +15,18 @@ import sys
 import pytest
 import torch
 
-from trainkit.analysis.parity import judge
-from trainkit.engine import rounding
-from trainkit.engine.config import ProfileConfig, RunConfig
-from trainkit.engine.loop import Trainer
-from trainkit.engine.precision import Float8Precision, Unsupported, policy_class
-from trainkit.engine.precision_facts import OPTIMIZER_STATES, PRECISION_FACTS, facts_of, precision_names
-from trainkit.engine.result import STATUSES, append_jsonl, check_record, merge_ranks, read_jsonl
-from trainkit.engine.rounding import RoundingOptimizer, accumulation_check
-from trainkit.engine.what_ran import observe
-from trainkit.engine.worker import RankWorker
-from trainkit.engine.workload_check import check_what_ran, run_checks
-from trainkit.engine.workload_resolve import build_workload
+from trainkit.analysis.parity.verdicts import judge
+from trainkit.engine.cell.record import STATUSES, append_jsonl, check_record, merge_ranks, read_jsonl
+from trainkit.engine.cell.worker import RankWorker
+from trainkit.engine.estimate.check import check_what_ran, run_checks
+from trainkit.engine.measure.what_ran import observe
+from trainkit.engine.spec.config import ProfileConfig, RunConfig
+from trainkit.engine.spec.precision_facts import OPTIMIZER_STATES, PRECISION_FACTS, facts_of, precision_names
+from trainkit.engine.train import rounding
+from trainkit.engine.train.loop import Trainer
+from trainkit.engine.train.precision import Float8Precision, Unsupported, policy_class
+from trainkit.engine.train.rounding import RoundingOptimizer, accumulation_check
+from trainkit.engine.workloads.resolve import build_workload
 from trainkit.reports.build import render, status_class
 from trainkit.reports.records import read_runs
 
