@@ -264,10 +264,16 @@ def test_check_workload_fails_the_planted_fault_and_keeps_its_table():
     row = check_what_ran(config, CPU, tables)
     assert row.verdict == "fails" and "declared float32, observed bfloat16" in row.detail
     assert tables["fp32"]["mismatch"].startswith("parameters")
+
+
+@pytest.mark.slow
+def test_check_workload_runs_what_ran_and_the_roundings_beside_its_other_checks():
+    """All of check-workload for one mode: its what-ran row, and the rounding rows (two compiled)."""
+    config = RunConfig(model="castbf16", workload=PLANTED, precision="fp32", batch_size=4, steps=2, device="cpu")
     report = run_checks(PLANTED, build_workload(config), config, CPU, ("half-bf16-sr",))
-    assert {c.check: c.verdict for c in report.checks}["what ran half-bf16-sr"] == "ok"
-    assert {c.check for c in report.checks} >= {"rounding nearest", "rounding stochastic",
-                                                  "rounding stochastic compiled"}
+    verdicts = {c.check: c.verdict for c in report.checks}
+    assert verdicts["what ran half-bf16-sr"] == "ok" and list(report.what_ran) == ["half-bf16-sr"]
+    assert {verdicts[f"rounding {r}{c}"] for r in ("nearest", "stochastic") for c in ("", " compiled")} == {"ok"}
 
 
 @pytest.mark.slow
