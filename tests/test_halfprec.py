@@ -15,11 +15,13 @@ import sys
 import pytest
 import torch
 
+from bench.matrix import Hardware
 from trainkit.analysis.parity.verdicts import judge
 from trainkit.engine.cell.record import STATUSES, append_jsonl, check_record, merge_ranks, read_jsonl
 from trainkit.engine.cell.worker import RankWorker
 from trainkit.engine.estimate.check import check_what_ran, run_checks
 from trainkit.engine.measure.what_ran import observe
+from trainkit.engine.spec import axes
 from trainkit.engine.spec.config import ProfileConfig, RunConfig
 from trainkit.engine.spec.precision_facts import OPTIMIZER_STATES, PRECISION_FACTS, facts_of, precision_names
 from trainkit.engine.train import rounding
@@ -177,6 +179,16 @@ def test_torchaos_low_bit_states_run_on_a_cpu_and_are_observed_as_such(state):
     assert observed["mismatch"] is None, observed
     row = next(r for r in observed["rows"] if r["tensor"] == "optimizer state")
     assert row["observed"] == f"{state},float32"
+
+
+def test_the_matrix_skips_a_state_the_cell_cannot_keep_with_the_reason():
+    cpu, no_compiler = Hardware("cpu", cpu_count=2), Hardware("cpu", cpu_count=2, compile_unsupported="no g++")
+    sgd = small_config("mlp", optimizer="sgd", optimizer_state="8bit").to_dict()
+    assert "needs optimizer adam or adamw" in axes.skip_reason(sgd, cpu)
+    adam = small_config("mlp", optimizer="adam", optimizer_state="8bit").to_dict()
+    assert axes.skip_reason(adam, no_compiler) == "optimizer_state=8bit: torchao compiles its optimizer step; no g++"
+    assert axes.skip_reason({**adam, "optimizer_state": "bf16"}, no_compiler) is None
+    assert axes.named("optimizer_state").option.type("none,8bit") == (None, "8bit")
 
 
 def test_a_low_bit_state_without_torchao_is_unsupported_with_the_install_hint(monkeypatch):
