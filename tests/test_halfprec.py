@@ -39,6 +39,7 @@ CPU = torch.device("cpu")
 PLANTED = "tests.halfprec_workloads:cast_to_bf16"
 SUBULP = "tests.halfprec_workloads:subulp"
 EXAMPLE = os.path.join(REPO, "reports", "examples", "cpu-halfprec", "parity.json")
+SUBULP_EXAMPLE = os.path.join(REPO, "reports", "examples", "cpu-halfprec", "subulp", "parity.json")
 
 
 # --- the roundings happen --------------------------------------------------------------------------
@@ -341,13 +342,22 @@ def test_below_half_an_ulp_half_bf16_is_worse_and_its_fixes_are_equivalent(subul
     assert all(e.loss.test == "paired t" for e in subulp_verdicts.precisions.values())
 
 
-def test_the_committed_parity_example_holds_the_new_modes():
+def test_the_committed_parity_examples_hold_the_new_modes_and_their_verdicts():
+    """reports/examples/cpu-halfprec: `trainkit parity` on gpt and mlp, and on subulp (--lr 1e-4
+    --batch-size 32 --steps 600 --warmup-steps 0: AdamW without decay, Adam's arithmetic)."""
     with open(EXAMPLE) as f:
         doc = json.load(f)
     for model in ("gpt", "mlp"):
-        names = set(doc["models"][model]["precisions"])
-        assert {"half-bf16-sr", "half-bf16-kahan"} <= names
-    assert set(PRECISION_FACTS) >= {"half-bf16-sr", "half-bf16-kahan"}
+        assert {"half-bf16-sr", "half-bf16-kahan"} <= set(doc["models"][model]["precisions"])
+    assert {n: e["verdict"] for n, e in doc["models"]["gpt"]["precisions"].items()} == {
+        "fp32": "reference", "half-bf16": "worse", "half-bf16-sr": "equivalent", "half-bf16-kahan": "equivalent",
+        "half-bf16-master": "equivalent"}
+    with open(SUBULP_EXAMPLE) as f:
+        subulp = json.load(f)["models"]["subulp"]["precisions"]
+    assert {n: e["verdict"] for n, e in subulp.items()} == {
+        "fp32": "reference", "half-bf16": "worse", "half-bf16-sr": "equivalent", "half-bf16-kahan": "equivalent",
+        "half-bf16-master": "equivalent"}
+    assert set(PRECISION_FACTS) >= set(subulp)
 
 
 def test_a_checkpoint_resumes_the_rounding_optimizer_with_its_state_dtypes(tmp_path):

@@ -301,12 +301,12 @@ class RankWorker:
             report.precision_details = trainer.policy.details(trainer.spec)
             if evaluate:
                 loss.eval_loss = trainer.evaluate()
-        if evaluate:  # every rank: the step's all-reduce needs them all
-            report.what_ran = self._beside_the_figures(lambda: observe(self.trainer))
         if evaluate and self.profile is not None and self.profile.diagnostics:
             report.diagnostics = self._diagnose()
         if evaluate and self.profile is not None:
             report.profile = self._profile()
+        if evaluate:  # last, so the passes above keep their steps; every rank: its all-reduce needs them all
+            report.what_ran = self._beside_the_figures(lambda: observe(self.trainer))
         report.cpu_time_s = time.process_time()  # this process's, all threads, from its fork on
         return report
 
