@@ -123,9 +123,13 @@ class GradientDtypes(Marks):
         super().__init__(device)
         self.params = params
         self.seen: set[str] = set()
+        self.on_data: Any = None
+        """Called when the step has its data (its first mark): the op counter starts there."""
 
     def mark(self, label: str = "") -> None:
         super().mark(label)
+        if label == "data" and self.on_data is not None:
+            self.on_data()
         if label == "backward":
             self.seen |= {dtype_name(p.grad) for p in self.params if p.grad is not None}
 
@@ -199,19 +203,33 @@ def observe(trainer: Any) -> dict[str, Any]:
     reader = GradientDtypes(trainer.device, module_params)
     optimizer_grads: set[str] = set()
 
+    counter = None if config.compile else OpCounter()
+    # Counting from the step's first mark to the optimizer's step: torchao's low-bit optimizers
+    # compile their step, and torch.compile refuses to run under a dispatch mode.
+    counting = False
+
+    def count(on: bool) -> None:
+        nonlocal counting
+        if counter is None or on == counting:
+            return
+        if on:
+            counter.__enter__()
+        else:
+            counter.__exit__(None, None, None)
+        counting = on
+
+    reader.on_data = lambda: count(True)
+
     def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        count(False)
         optimizer_grads.update(dtype_name(p.grad) for group in optimizer.param_groups
                                for p in group["params"] if p.grad is not None)
 
     hook = trainer.optimizer.register_step_pre_hook(before_step)
-    counter = None if config.compile else OpCounter()
     try:
-        if counter is None:
-            trainer.train_step(reader)
-        else:
-            with counter:
-                trainer.train_step(reader)
+        trainer.train_step(reader)
     finally:
+        count(False)
         hook.remove()
     module_ids = {id(p) for p in trainer.raw_model.parameters()}
     masters = [p for p in trainer.params if id(p) not in module_ids]
