@@ -212,13 +212,18 @@ def cpu_policy(config: RunConfig):
 @pytest.mark.parametrize("model", ["mlp", "cnn", "resnet18", "resnet50", "gpt"])
 def test_every_built_in_model_under_every_mode_runs_what_it_declares(model):
     """Every mode (tf32 with its CPU hooks, FP8 emulated) on every built-in model: one step, then the
-    observed one, whose table holds no mismatch. FP8's matmul row is reported, not judged."""
+    observed one, whose table holds no mismatch. FP8's matmul row is reported, not judged; FP8 on the
+    conv models (no linear layer with dimensions of multiples of 16) is unsupported, as in the matrix."""
     for precision in precision_names():
         optimizer = "adamw" if model == "gpt" else "sgd"
         config = small_config(model, precision=precision, optimizer=optimizer, grad_accum=2, batch_size=4)
         if model in ("cnn", "resnet18", "resnet50") and facts_of(precision).slow_conv_on_cpu:
             continue  # fp16 convolutions on a CPU: the matrix skips these cells too
-        trainer = Trainer(config, CPU, policy=cpu_policy(config))
+        try:
+            trainer = Trainer(config, CPU, policy=cpu_policy(config))
+        except Unsupported as exc:  # FP8 on a model without a linear layer float8 can run: no cell to check
+            assert precision.startswith("fp8") and "no linear layer" in str(exc), exc
+            continue
         trainer.train_step()
         observed = observe(trainer)
         assert observed["mismatch"] is None, (model, precision, observed["rows"])
