@@ -26,7 +26,7 @@ import pandas as pd
 from trainkit.engine.spec.precision_facts import display_rank
 
 from . import figures, frontier, html, parity, profiles
-from .load import to_frame
+from .load import pooling, to_frame
 from .plan import read_plans
 from .plan import section as plan_section
 from .records import Run, all_records, fingerprint, read_runs
@@ -71,6 +71,9 @@ def _header(runs: list[Run], frame: pd.DataFrame, sections: list[tuple[str, str]
                        html.select("precision", "precision", precisions)])
     nav = "".join(f'<a href="#{key}">{html.esc(title)}</a>' for key, title in sections)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    pooled = pooling(frame)
+    if pooled:
+        counts += f". Pooled: {pooled}"
     return (f'<p class="note">{html.esc(counts)}. Generated {generated}.</p>'
             f'<div class="filters">{filters}</div><nav>{nav}</nav>')
 
