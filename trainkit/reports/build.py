@@ -90,7 +90,7 @@ def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
     state = " open" if len(table) <= OPEN_ROWS else ""
     for group, rows in groups(table):
         shown = formatted(rows)
-        classes = ["status-failed" if s != "ok" else "" for s in rows["status"]]
+        classes = [status_class(s) for s in rows["status"]]
         doubted = {h: ["suspect" if v.endswith(FLAG_MARK) else "" for v in shown[h]] for h in shown.columns}
         parts.append(f'<div{html.attrs({"model": group["model"], "hardware": group["hardware"]})}>'
                      f"<details{state}><summary><h3>{html.esc(group_title(group))} "
@@ -165,6 +165,15 @@ def _chart_sections(table: pd.DataFrame, frame: pd.DataFrame) -> dict[str, str]:
     return {k: "".join(v) for k, v in out.items()}
 
 
+MISMATCH = "precision-mismatch"
+
+
+def status_class(status: object) -> str:
+    """A row's colour by its cell's status: amber for a cell that ran another precision than it
+    declares (its figures are of another configuration), red for one that did not finish."""
+    return "" if status == "ok" else "status-mismatch" if status == MISMATCH else "status-failed"
+
+
 def _failures_section(frame: pd.DataFrame) -> str:
     failed = frame[frame["status"] != "ok"].sort_values(["model", "cell"])
     if failed.empty:
@@ -174,7 +183,27 @@ def _failures_section(frame: pd.DataFrame) -> str:
                           "run": failed["run"], "finished": failed["finished_at"].fillna("")})
     rows = [{"model": m, "hardware": h, "precision": p}
             for m, h, p in zip(failed["model"], failed["hardware"], failed["precision"])]
-    return html.frame_table(shown, text_columns=shown.columns, wrap_columns=("reason",), row_attrs=rows)
+    parts = [html.frame_table(shown, text_columns=shown.columns, wrap_columns=("reason",), row_attrs=rows,
+                              row_classes=[status_class(s) for s in failed["status"]])]
+    for (_, record), attrs in zip(failed.iterrows(), rows):
+        observed = record.get("what_ran.rows")
+        if record["status"] == MISMATCH and isinstance(observed, list) and observed:
+            parts.append(_what_ran_table(str(record["cell"]), observed, attrs))
+    return "".join(parts)
+
+
+def _what_ran_table(cell: str, observed: list[dict[str, Any]], attrs: dict[str, Any]) -> str:
+    """The dtypes a precision-mismatch cell's observed step used, against the declared ones."""
+    verdicts = {True: "ok", False: "MISMATCH", None: "not observed"}
+    table = pd.DataFrame({"tensor": [r.get("tensor") for r in observed],
+                          "declared": [r.get("declared") for r in observed],
+                          "observed": [r.get("observed") for r in observed],
+                          "verdict": [verdicts.get(r.get("matches"), "") for r in observed],
+                          "detail": [r.get("detail") or "" for r in observed]})
+    classes = ["status-mismatch" if r.get("matches") is False else "" for r in observed]
+    return (f'<div{html.attrs(attrs)}><h3>What ran in {html.esc(cell)}</h3>'
+            + html.frame_table(table, text_columns=table.columns, wrap_columns=("detail",), row_classes=classes)
+            + "</div>")
 
 
 ENV_KEYS = ("gpu_name", "gpu_count", "driver", "cuda", "cudnn", "torch", "cpu", "cpu_count", "python",
