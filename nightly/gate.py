@@ -198,6 +198,8 @@ def consult_history(stage: Stage, check: HistoryCheck, store: str, regressed: se
         line = f"{stage.line}; history: {len(confirmed)} series regressed on 2 or more nights running"
         details["regressions"] = [*details.get("regressions", []), *(f"history: {v.line()}" for v in confirmed)]
         return Stage(stage.name, REGRESSION, line, details)
+    if check.warning and not unknown:  # no history consulted: the line says so, not only the details
+        return Stage(stage.name, stage.exit_status, f"{stage.line}; history: {check.warning}", details)
     # A single bad night excuses a baseline regression of the same (cell, metric) only: a throughput
     # outlier says nothing about the loss.
     unknown_pairs = {(v.cell_id, v.metric) for v in unknown}

@@ -166,7 +166,7 @@ def test_a_store_of_the_older_schema_is_migrated_with_its_runs(tmp_path):
     conn.close()
     with sqlite3.connect(db) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
-    with pytest.raises(store.StoreError, match="schema version 1, this trainkit reads 2"):
+    with pytest.raises(store.StoreError, match=f"schema version 1, this trainkit reads {store.SCHEMA_VERSION}"):
         store.connect(db, readonly=True)  # a reader never migrates
     path = tmp_path / "night.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in base_records()))

@@ -11,11 +11,12 @@ import os
 from ..engine.spec import config as cfg
 from ..engine.spec.config import ConfigError, RunConfig, field_help
 from ..engine.spec.options import UsageError, choice, integer, number, optional
-from ..engine.spec.precision_facts import precision_names
+from ..engine.spec.precision_facts import OPTIMIZER_STATES, precision_names
 
 CHOICES = {"precision": precision_names, "optimizer": cfg.OPTIMIZERS,
            "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES,
-           "compile_mode": cfg.COMPILE_MODES, "activation_checkpointing": cfg.ACTIVATION_CHECKPOINTING}
+           "compile_mode": cfg.COMPILE_MODES, "activation_checkpointing": cfg.ACTIVATION_CHECKPOINTING,
+           "optimizer_state": tuple(OPTIMIZER_STATES)}
 """Fields with a fixed set of values (precision's is the table's, read when parsing)."""
 
 

@@ -102,7 +102,8 @@ WORKLOAD_SETUP = ParitySetup({"optimizer": "adamw", "lr": 1e-3, "batch_size": 16
                                  "--steps, --batch-size and --lr of your own recipe")
 """The recipe of a workload that is not built in, on any device (the options override it)."""
 DEFAULT_MODELS = {"cpu": ("gpt", "mlp"), "cuda": ("gpt", "resnet50")}
-CPU_PRECISIONS = ("fp32", "amp-bf16", "half-fp16", "half-bf16", "half-fp16-master", "half-bf16-master")
+CPU_PRECISIONS = ("fp32", "amp-bf16", "half-fp16", "half-bf16", "half-bf16-sr", "half-bf16-kahan", "half-fp16-master",
+                  "half-bf16-master")
 """The CPU default: amp-fp16's autocast is slow and adds nothing a CPU can say that these do not."""
 
 
@@ -263,9 +264,15 @@ def _row(e: PrecisionParity) -> str:
     timing = e.timing
     effective = (_interval(timing.effective_speedup, ".2f", "x") if timing else "-")
     steps = (_interval(timing.steps_to_target, ".0f") if timing else "-")
+    unpaired = ""
+    if test.unpaired_seeds:
+        seeds = ", ".join(map(str, test.unpaired_seeds))
+        unpaired = (f"; seed{'s' if len(test.unpaired_seeds) > 1 else ''} {seeds} fp32 did not run: "
+                    + (f"diff {_interval(test.unpaired.difference, '+.5f')} (Welch t) {test.unpaired.verdict}"
+                       if test.unpaired else "one seed, no test: no equivalence claimed over it"))
     return (f"  {e.precision:18} {e.verdict:12} diff {_interval(test.difference, '+.5f')} "
-            f"({test.test}), margin +-{test.margin_loss:.5f}{more}; steps to target {steps}; effective {effective}"
-            + (f"  [{e.named}]" if e.named else ""))
+            f"({test.test}), margin +-{test.margin_loss:.5f}{more}{unpaired}; steps to target {steps}; "
+            f"effective {effective}" + (f"  [{e.named}]" if e.named else ""))
 
 
 def summary_lines(doc: ParityDocument) -> list[str]:
@@ -416,6 +423,9 @@ def _run(args: Any) -> tuple[ParityDocument, str]:
                          f"{', '.join(setups_for(device_type))}, or a workload's spec")
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     records = args.records or os.path.splitext(args.output)[0] + ".records.jsonl"
+    kept = keep_earlier(records)
+    if kept and not args.quiet:
+        print(f"[parity] {records} held an earlier run's records: kept as {kept}", file=sys.stderr, flush=True)
     open(records, "w").close()  # this run's records, appended as each cell ends
     show = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     doc = run(models, args.precision, args.seeds, device=args.device, steps=args.steps,
@@ -423,6 +433,19 @@ def _run(args: Any) -> tuple[ParityDocument, str]:
               target_fraction=args.target_fraction, target_loss=args.target_loss, records_path=records,
               timeout_s=args.cell_timeout, jobs=args.jobs, show=show, hw=hw)
     return doc, records
+
+
+def keep_earlier(path: str) -> str | None:
+    """Move an earlier run's records at `path` aside (PATH.1.jsonl, .2, ... the first free name) so
+    this run starts its own file and never loses them; the name it got, or None (nothing there)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return None
+    stem, ext = os.path.splitext(path)
+    n = 1
+    while os.path.exists(f"{stem}.{n}{ext}"):
+        n += 1
+    os.replace(path, f"{stem}.{n}{ext}")
+    return f"{stem}.{n}{ext}"
 
 
 def main(args: Any) -> int:

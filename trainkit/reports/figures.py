@@ -165,6 +165,24 @@ def memory_vs_batch(records: pd.DataFrame) -> Chart:
     return Chart(title, fig, note)
 
 
+def no_accumulation_comparison(ok: pd.DataFrame) -> str:
+    """Why the accumulation chart is empty, from the cells that ran: none accumulated, or those that did
+    share no effective batch with a cell of another accumulation count (nothing to hold constant)."""
+    accumulated = ok[ok["grad_accum"] >= 2]
+    if accumulated.empty:
+        return "No cell ran with two or more accumulation steps."
+
+    def listed(rows: pd.DataFrame) -> str:
+        return "; ".join(f"accumulation {int(a)}: effective batch "
+                         + ", ".join(str(int(e)) for e in sorted(group["effective_batch"].unique()))
+                         for a, group in rows.groupby("grad_accum"))
+
+    counts = ", ".join(str(int(a)) for a in sorted(accumulated["grad_accum"].unique()))
+    return (f"{len(accumulated)} cell(s) ran with accumulation {counts}, but no effective batch (with its variant "
+            "and rank count) ran at two accumulation counts, so none compares accumulation at a fixed effective "
+            f"batch ({listed(ok)}). Run a smaller micro-batch with more accumulation steps beside it to compare.")
+
+
 def accumulation(cells: pd.DataFrame) -> Chart:
     """Throughput (top) and peak memory (bottom) against accumulation steps at a fixed effective batch."""
     title = "Gradient accumulation at a fixed effective batch"
@@ -173,7 +191,7 @@ def accumulation(cells: pd.DataFrame) -> Chart:
     spans = ok.groupby(keys, dropna=False)["grad_accum"].nunique()
     spans = spans[spans >= 2].sort_values(ascending=False, kind="stable")
     if spans.empty:
-        return Chart(title, None, "No effective batch was measured with two or more accumulation steps.")
+        return Chart(title, None, no_accumulation_comparison(ok))
     shown = list(spans.index[:MAX_PANELS])
     note = "Micro-batch × accumulation × ranks held constant; each point is one cell (median over repeats)."
     if len(spans) > MAX_PANELS:

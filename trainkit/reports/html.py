@@ -47,6 +47,7 @@ th { background: #f6f6f6; position: sticky; top: 0; }
 td.text, th.text { text-align: left; }
 td.wrap { white-space: normal; min-width: 240px; max-width: 520px; }
 tr.status-failed td, td.v-regressed, td.v-failed { background: #fdecea; }
+tr.status-mismatch td { background: #fff3cd; }
 td.v-improved, td.v-fixed { background: #e9f5ec; }
 td.v-noisy, td.suspect { background: #fff4e5; }
 .chart { min-height: 200px; }

@@ -61,7 +61,7 @@ OTHER = ("cell_id", "status", "status_detail", "finished_at", "run", "source", "
          "profile.phase_method", "profile.data_bound", "profile.top_ops", "profile.time_basis", "profile.trace_file",
          "profile.memory_snapshot_file", "profile.memory_snapshot_note", "compile.mode", "compile.compile_time_method",
          "precision_details.recipe", "precision_details.converted_layers", "precision_details.skipped_layers",
-         "memory.allocator.settings_in_effect", "memory.allocator.method")
+         "memory.allocator.settings_in_effect", "memory.allocator.method", "what_ran.rows")
 
 
 # Config fields that change the work besides the five axes, with the records they matter to: a

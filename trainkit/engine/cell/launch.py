@@ -25,6 +25,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from ..measure.conditions import CELL_ROOT_ENV
 from ..measure.nvml import GpuSampler, Nvml
 from ..spec.config import ProfileConfig, RunConfig
 from . import allocator
@@ -144,6 +145,8 @@ class CellWorkers:
         base_env = dict(os.environ, **start_env)
         base_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
                         LOCAL_WORLD_SIZE=str(world))
+        # This process, the fork server below it and the ranks are the cell's own load, not contention.
+        base_env[CELL_ROOT_ENV] = str(os.getpid())
         for rank in range(world):
             parent_end, child_end = ctx.Pipe()
             env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank))

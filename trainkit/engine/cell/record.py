@@ -138,6 +138,8 @@ class RankReport:
     profile: dict[str, Any] | None = None
     diagnostics: dict[str, Any] | None = None
     """Why the loss moved, read from one extra step after the figures (trainkit.engine.cell.diagnostics)."""
+    what_ran: dict[str, Any] | None = None
+    """The dtypes one extra step used against what the precision declares (trainkit.engine.measure.what_ran)."""
     cpu_time_s: float | None = None
     """CPU seconds this rank's process used, all its threads, from its start to its report."""
     compile: dict[str, Any] | None = None
@@ -362,6 +364,16 @@ def check_replicas(ranks: list[RankReport], status: str, status_detail: str) -> 
     return status, status_detail
 
 
+def check_what_ran(ranks: list[RankReport], status: str, status_detail: str) -> tuple[str, str]:
+    """The status of a cell whose step used other dtypes than its precision declares: its figures
+    measure another configuration (TensorAuto/OpenTau#177), whatever they are."""
+    mismatches = [(r.rank, r.what_ran["mismatch"]) for r in ranks if r.what_ran and r.what_ran.get("mismatch")]
+    if status == "ok" and mismatches:
+        rank, line = mismatches[0]
+        return "precision-mismatch", line + (f" (rank {rank})" if len(ranks) > 1 else "")
+    return status, status_detail
+
+
 def merge_conditions_of(ranks: list[RankReport], launcher: LauncherReport, on_gpu: bool) -> dict[str, Any] | None:
     """The cell's conditions (trainkit.engine.measure.conditions): the worst rank's host, every rank's threads,
     the processes besides the cell's own on any of its GPUs."""
@@ -382,6 +394,7 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
     ranks = sorted(ranks, key=lambda r: r.rank)
     lead = ranks[0] if ranks else RankReport(rank=0, pid=0)
     status, status_detail = check_replicas(ranks, status, status_detail)
+    status, status_detail = check_what_ran(ranks, status, status_detail)
     timed = merge_timing(ranks)
     throughput, effective = throughputs(timed, lead.loss.skipped)
     env = lead.env or {}
@@ -418,6 +431,7 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
         "energy_j_per_sample": energy, "energy_method": energy_method, "energy_window_s": energy_window_s,
         "timed_samples": sum(timed.samples), "compile": merge_compile(ranks),
         "precision_details": lead.precision_details, "profile": lead.profile, "diagnostics": lead.diagnostics,
+        "what_ran": lead.what_ran,
         "gpu_samples": launcher.gpu_samples,
         "throttled": launcher.gpu_samples["throttled"] if launcher.gpu_samples else None,
         "env": env, "ranks_reported": len(ranks), "worker_pids": launcher.worker_pids, "finished_at": now_iso(),

@@ -37,6 +37,7 @@ from ..measure.memory import (
 )
 from ..measure.nvml import Nvml
 from ..measure.timing import Marks
+from ..measure.what_ran import dtype_name, observe, stored_bytes
 from ..spec.config import ProfileConfig, RunConfig
 from ..train import compiled
 from ..train.loop import Trainer, Unsupported
@@ -311,6 +312,8 @@ class RankWorker:
             report.diagnostics = self._diagnose()
         if evaluate and self.profile is not None:
             report.profile = self._profile()
+        if evaluate:  # last, so the passes above keep their steps; every rank: its all-reduce needs them all
+            report.what_ran = self._beside_the_figures(lambda: observe(self.trainer))
         report.cpu_time_s = time.process_time()  # this process's, all threads, from its fork on
         return report
 
@@ -339,7 +342,8 @@ class RankWorker:
         param = next(trainer.raw_model.parameters())
         state = [v for s in trainer.optimizer.state.values() for v in s.values()
                  if isinstance(v, torch.Tensor) and v.ndim > 0]
-        state_dtypes = {str(v.dtype) for v in state}
+        # torchao's quantized states by their kind (8bit, fp8): their dtype is the apparent one
+        state_dtypes = {str(v.dtype) if type(v) is torch.Tensor else dtype_name(v) for v in state}
         param_bytes = sum(p.numel() * p.element_size() for p in trainer.raw_model.parameters())
         return {
             "resolved_device": str(self.device),
@@ -362,7 +366,7 @@ class RankWorker:
             "params": count_params(trainer.raw_model),
             # The floor of any peak: weights, their gradients (same dtype) and optimizer state.
             "param_bytes": param_bytes,
-            "optimizer_state_bytes": sum(v.numel() * v.element_size() for v in state),
+            "optimizer_state_bytes": sum(stored_bytes(v) for v in state),
             # The price of master weights: an fp32 copy of every parameter (0 without one).
             "master_dtype": str(trainer.params[0].dtype) if trainer.policy.master_bytes else None,
             "master_bytes": trainer.policy.master_bytes,

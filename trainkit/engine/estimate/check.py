@@ -3,26 +3,31 @@
 Each check trains the workload for a few steps in this process, on the device asked for, and says
 what it found in one `Check`: accumulation equivalence and determinism (the invariants the
 built-in models pass in tests/test_equivalence.py), its FLOPs per sample, the layers FP8 would
-convert, the planner's estimate of a step's peak against a real step, and, for every precision
-mode, whether it runs here (one optimizer step) or why not.
+convert, the planner's estimate of a step's peak against a real step, for every precision mode
+whether it runs here (one optimizer step) or why not, what ran in it (the dtypes one observed step
+used against the mode's declared ones: trainkit.engine.measure.what_ran), and whether the weight roundings
+the modes claim happen, eager and compiled (trainkit.engine.train.rounding.accumulation_check).
 """
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..measure.flops import training_flops_per_sample
 from ..measure.memory import quiet_profiler
+from ..measure.what_ran import compact, observe
 from ..spec.config import RunConfig
-from ..spec.precision_facts import precision_names
-from ..train import float8
+from ..spec.precision_facts import facts_of, precision_names
+from ..train import compiled, float8
 from ..train.loop import Trainer
 from ..train.precision import Unsupported, policy_class
+from ..train.rounding import accumulation_check
 from ..workloads.models import count_params
 from ..workloads.workload import Workload, describe_error, non_scalar_loss
 from .estimate import STEP_KINDS, Estimator
@@ -62,6 +67,8 @@ class WorkloadCheck:
     source: str
     device: str
     checks: tuple[Check, ...]
+    what_ran: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each mode that ran: the table its observed step gave (trainkit.engine.measure.what_ran.observe)."""
 
     @property
     def failed(self) -> bool:
@@ -330,6 +337,34 @@ def check_precision(config: RunConfig, device: torch.device) -> Check:
     return Check(row, "ok", f"one step: loss {loss:.4f}, parameters {str(trainer.params[0].dtype)[6:]}")
 
 
+def check_what_ran(config: RunConfig, device: torch.device, tables: dict[str, dict[str, Any]]) -> Check:
+    """One step in config.precision, then one observed step: the dtypes that ran against the declared
+    ones; the observed table goes into `tables`."""
+    row = f"what ran {config.precision}"
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    reason = policy_class(config.precision).unsupported_on(device.type, capability)
+    if reason:
+        return Check(row, "unsupported", reason)
+    try:
+        trainer = _train(config.replace(warmup_steps=0, steps=1), device)
+        observed = observe(trainer)
+    except Unsupported as exc:
+        return Check(row, "unsupported", str(exc))
+    tables[config.precision] = observed
+    if observed["mismatch"]:
+        return Check(row, "fails", f"precision-mismatch: {observed['mismatch']}")
+    return Check(row, "ok", compact(observed))
+
+
+def check_rounding(rounding: str, compile_step: bool, device: torch.device) -> Check:
+    """1e-3 added to bf16 ones a thousand times through the optimizer's write with `rounding`."""
+    row = f"rounding {rounding}" + (" compiled" if compile_step else "")
+    if compile_step and (why := compiled.unsupported_reason(device.type)):
+        return Check(row, "unsupported", why)
+    result = accumulation_check(rounding, compiled=compile_step, device=device)
+    return Check(row, "ok" if result.holds else "fails", result.line)
+
+
 def run_checks(spec: str, workload: Workload, config: RunConfig, device: torch.device,
                precisions: tuple[str, ...] | None = None,
                progress: Callable[[str], None] | None = None) -> WorkloadCheck:
@@ -366,11 +401,22 @@ def run_checks(spec: str, workload: Workload, config: RunConfig, device: torch.d
         ("FP8 layers", lambda: check_fp8(workload)),
         ("planner estimate", lambda: check_estimate(config, device)),
     ]
-    for mode in precisions or precision_names():
+    tables: dict[str, dict[str, Any]] = {}
+    modes = precisions or precision_names()
+    for mode in modes:
         steps.append((f"precision {mode}", lambda mode=mode: check_precision(config.replace(precision=mode), device)))
+    for mode in modes:
+        steps.append((f"what ran {mode}",
+                      lambda mode=mode: check_what_ran(config.replace(precision=mode), device, tables)))
+    # Nearest rounding is the control: the check must see its stagnation to mean anything.
+    roundings = dict.fromkeys(("nearest", *(facts_of(mode).weight_rounding for mode in modes)))
+    for rounding in roundings:
+        for compile_step in (False, True):
+            steps.append((f"rounding {rounding}" + (" compiled" if compile_step else ""),
+                          lambda r=rounding, c=compile_step: check_rounding(r, c, device)))
     for name, check in steps:
         run(name, check)
-    return WorkloadCheck(spec, workload.name, workload.source, str(device), tuple(checks))
+    return WorkloadCheck(spec, workload.name, workload.source, str(device), tuple(checks), tables)
 
 
 def _probed(found: list[Probe], workload: Workload, config: RunConfig) -> Probe:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from .choices import ACTIVATION_CHECKPOINTING, ALLOC_CONF_PATTERN, CHECKPOINTED_MODULES
 from .options import GPUS_LIST, MODELS_LIST, PRECISIONS_LIST, Option, choice, comma_list, integer, optional
-from .precision_facts import SHORT_DTYPE, facts_of
+from .precision_facts import OPTIMIZER_STATES, SHORT_DTYPE, facts_of, library_missing_reason, optimizer_state_problem
 
 CONV_MODELS = ("cnn", "resnet18", "resnet50")
 
@@ -157,6 +157,20 @@ def _checkpointing_left_out(values: Values) -> str | None:
     return None if names else f"{values['model']} names no blocks to checkpoint (Workload.checkpoint_blocks)"
 
 
+def _optimizer_state_skip(values: Values, hw: Hardware) -> str | None:
+    """A state the mode and optimizer cannot keep; torchao's low-bit states compile their step, so
+    they need what torch.compile needs here."""
+    state = values.get("optimizer_state")
+    if state is None:
+        return None
+    problem = optimizer_state_problem(values["precision"], state, values.get("optimizer", "sgd"))
+    if problem is None and OPTIMIZER_STATES[state].library == "torchao":
+        problem = library_missing_reason(state)
+        if problem is None and hw.compile_unsupported:
+            problem = f"optimizer_state={state}: torchao compiles its optimizer step; {hw.compile_unsupported}"
+    return problem
+
+
 # --- the axes' words in ids and reports -------------------------------------------------------------------
 def _compile_tag(values: Values) -> str:
     mode = values.get("compile_mode")
@@ -189,6 +203,16 @@ def _alloc_label(values: Values) -> str:
     return f"alloc={setting}" if isinstance(setting, str) and setting else ""
 
 
+def _state_tag(values: Values) -> str:
+    state = values.get("optimizer_state")
+    return f"-os{state}" if state else ""
+
+
+def _state_label(values: Values) -> str:
+    state = values.get("optimizer_state")
+    return f"state={state}" if state else ""
+
+
 AXES: tuple[Axis, ...] = (
     Axis("model", "model", MODELS_LIST, "mlp", lambda v: f"{v['model']}"),
     Axis("precision", "precision", PRECISIONS_LIST, "fp32", lambda v: f"-{v['precision']}", skip=_precision_skip),
@@ -210,6 +234,10 @@ AXES: tuple[Axis, ...] = (
                 "PYTORCH_CUDA_ALLOC_CONF settings separated by ';' (each may hold commas), none for the "
                 "environment's own"),
          None, _alloc_tag, _alloc_label),
+    Axis("optimizer_state", "optimizer_state",
+         Option("--optimizer-state", comma_list(optional(choice(tuple(OPTIMIZER_STATES)))), "A,B",
+                f"{', '.join(OPTIMIZER_STATES)} (8bit, fp8: torchao's Adam states), none for the precision's own"),
+         None, _state_tag, _state_label, _optimizer_state_skip),
 )
 """The matrix's axes in the order of the cell id, of the test's parameters and of the cross product."""
 FIXED_PART = 5

@@ -26,7 +26,8 @@ from ..spec.schema import replacing
 from ..workloads.data import Window, build_data, build_real_dataset, num_classes_of
 from ..workloads.resolve import build_workload, workload_dataset
 from ..workloads.workload import WorkloadError, non_scalar_loss
-from . import checkpointing, compiled
+from . import checkpointing, compiled, optimizers
+from .optimizers import build_optimizer
 from .precision import NO_CONTEXT, Precision, Unsupported, build_precision
 
 
@@ -36,20 +37,6 @@ def _mark(marks: Marks | None, phase: str) -> None:
 
 
 CURVE_CHUNK_STEPS = 64
-
-
-def build_optimizer(config: RunConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    """SGD with momentum, Adam or AdamW over `params`; weight decay only on matrices and kernels,
-    never on norms and biases (a parameter group each; one group when there is no decay at all,
-    which keeps the optimizer's fused update to a single call)."""
-    groups: list[dict[str, Any]] = [{"params": params}]
-    if config.weight_decay:
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return optimizer_class(groups, lr=config.lr, eps=config.resolved_adam_eps, weight_decay=0.0)
 
 
 def lr_factor(config: RunConfig, total_steps: int):  # noqa: ANN201 - returns a LambdaLR lambda
@@ -93,7 +80,8 @@ class Trainer:
         self.world_size = config.world_size
         self.policy = policy if policy is not None else build_precision(config, device)
         reason = (self.policy.unsupported_reason()
-                  or (compiled.unsupported_reason(device.type) if config.compile else None))
+                  or (compiled.unsupported_reason(device.type) if config.compile else None)
+                  or optimizers.unsupported_reason(config, device.type))
         if reason:
             raise Unsupported(reason)
         dataset = build_real_dataset(config) if config.data not in ("synthetic", "workload") else None

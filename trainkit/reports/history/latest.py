@@ -86,7 +86,7 @@ def _violates(series: Series, value: float, reference: list[float], params: Dete
     if series.method == EXACT:
         threshold = params.tolerance(series.metric)
         return bad > threshold, change, threshold
-    threshold = max(params.min_magnitude, rules.k * noise(reference))
+    threshold = max(params.min_magnitude, rules.k * (noise(reference) or 0.0))  # unmeasured: the floor
     return bad >= threshold, change, threshold
 
 
@@ -132,7 +132,8 @@ class HistoryCheck:
 
     verdicts: tuple[LatestVerdict, ...]
     warning: str | None = None
-    """Why there are no verdicts (the night is not in the store), else None."""
+    """Why there are no verdicts (the night is not in the store, or no series has the nights a verdict
+    needs), else None."""
 
 
 def check_night(path: str, records: list[dict[str, Any]], metrics: tuple[str, ...],
@@ -158,4 +159,10 @@ def check_night(path: str, records: list[dict[str, Any]], metrics: tuple[str, ..
             before = s.values[max(start, len(s.values) - 1 - rules.reference_nights):-1]
             spread = noise(list(before)) if len(before) >= rules.min_history else None
             out.append(replace(verdict(s, by_id, start, params, rules), noise=spread))
+    if all(v.verdict == INSUFFICIENT for v in out):
+        earlier = max((len(s.points) - 1 for s in build_series(rows, metrics)), default=0)
+        return HistoryCheck(tuple(out), f"{path}: no history to judge tonight by: {len(out)} series, the longest "
+                                        f"with {earlier} earlier night{'' if earlier == 1 else 's'}, fewer than the "
+                                        f"{rules.min_history} a verdict needs; tonight is judged against the "
+                                        "baseline alone")
     return HistoryCheck(tuple(out))
