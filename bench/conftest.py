@@ -1,7 +1,7 @@
 """The benchmark matrix as pytest-benchmark tests: `pytest bench --benchmark-only`.
 
 One test per cell, e.g. test_train[gpt-amp-bf16-bs32-ga4-gpus2], parametrized by the matrix's axes
-(trainkit.engine.axes: model, precision, batch_size, grad_accum, gpus, ...) and the repeat, so
+(trainkit.engine.spec.axes: model, precision, batch_size, grad_accum, gpus, ...) and the repeat, so
 --benchmark-group-by param:precision works.
 Cells the hardware cannot run are skipped at collection with the reason. Each cell runs in its
 own worker process(es); pytest-benchmark times single optimizer steps as measured by the worker.
@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from trainkit.analysis.plan_file import planned_max_batch, read_plan
+from trainkit.analysis.plan.file import planned_max_batch, read_plan
 from trainkit.commands.cli import MEMORY_LIMIT_ON_GPU
-from trainkit.engine import axes
-from trainkit.engine.config import COMPILE_MODES, SNAPSHOT_STEPS, TRACE_STEPS, ProfileConfig
-from trainkit.engine.env import fingerprint
-from trainkit.engine.launch import DEFAULT_CELL_TIMEOUT_S, probe
-from trainkit.engine.options import (
+from trainkit.engine.cell.launch import DEFAULT_CELL_TIMEOUT_S, probe
+from trainkit.engine.measure.env import fingerprint
+from trainkit.engine.spec import axes
+from trainkit.engine.spec.config import COMPILE_MODES, SNAPSHOT_STEPS, TRACE_STEPS, ProfileConfig
+from trainkit.engine.spec.options import (
     CELL_TIMEOUT,
     DEVICE,
     LR,
@@ -47,7 +47,7 @@ DEFAULT_REPORT_DIR = os.path.join(os.path.dirname(HERE), "reports", "out")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Every option is validated where it is parsed (trainkit.engine.options types): a bad value is
+    """Every option is validated where it is parsed (trainkit.engine.spec.options types): a bad value is
     pytest's own usage error, naming the value and what is valid."""
     group = parser.getgroup("trainkit", "trainkit benchmark matrix")
     group.addoption("--preset", type=choice(PRESET_NAMES), default=None,

@@ -37,7 +37,7 @@ import pytest
 
 from trainkit.engine import cluster
 from trainkit.engine.cluster import CellJob, ExecutorOptions
-from trainkit.engine.schema import CutOffLineWarning, parse_jsonl, read_jsonl, replacing
+from trainkit.engine.spec.schema import CutOffLineWarning, parse_jsonl, read_jsonl, replacing
 
 from .clock import advance
 from .matrix import CellSpec

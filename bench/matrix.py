@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainkit.engine import axes
-from trainkit.engine.axes import BATCH_MAX, Axis
-from trainkit.engine.config import RunConfig
-from trainkit.engine.precision_facts import facts_of, precision_names
+from trainkit.engine.spec import axes
+from trainkit.engine.spec.axes import BATCH_MAX, Axis
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.precision_facts import facts_of, precision_names
 
 # Model sizes per hardware. CPU rows are correctness and smoke rows, never speed claims.
 CPU_GPT = {"gpt_layers": 2, "gpt_width": 64, "gpt_heads": 4, "seq_len": 32, "vocab_size": 128}
@@ -41,7 +41,7 @@ class Block:
     """A cross product of axis values, with model options per model (make one with `block`)."""
 
     values: Mapping[str, Any]
-    """Each axis's values by axis name (trainkit.engine.axes.AXES); precision's may be None (every
+    """Each axis's values by axis name (trainkit.engine.spec.axes.AXES); precision's may be None (every
     mode of trainkit's precision table) or a function that picks modes from the table, both read
     when the matrix is built."""
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -155,7 +155,7 @@ def preset(name: str, on_gpu: bool) -> Preset:
 
 @dataclass(frozen=True)
 class Hardware:
-    """What the cells will run on, as a probe worker saw it (trainkit.engine.axes.Hardware: what the
+    """What the cells will run on, as a probe worker saw it (trainkit.engine.spec.axes.Hardware: what the
     axes' skip rules ask of it)."""
 
     device: str  # "cpu" or "cuda"
@@ -168,7 +168,7 @@ class Hardware:
 
     def precision_unsupported(self, precision: str) -> str | None:
         """The policy's answer, never restated here."""
-        from trainkit.engine.precision import policy_class  # torch, only once cells are built
+        from trainkit.engine.train.precision import policy_class  # torch, only once cells are built
 
         return policy_class(precision).unsupported_on(self.device, self.capability, self.gpu_name)
 
@@ -212,7 +212,7 @@ def _defaults() -> dict[str, Any]:
 
 def skip_reason(model: str, precision: str, gpus: int, hw: Hardware, compile: bool = False,
                 activation_checkpointing: str = "none") -> str | None:
-    """Why this hardware cannot run the cell meaningfully, or None (trainkit.engine.axes.skip_reason,
+    """Why this hardware cannot run the cell meaningfully, or None (trainkit.engine.spec.axes.skip_reason,
     for a cell given by these axes, the others at their defaults)."""
     values = {**_defaults(), "model": model, "precision": precision, "world_size": gpus, "compile": compile,
               "activation_checkpointing": activation_checkpointing}
@@ -221,7 +221,7 @@ def skip_reason(model: str, precision: str, gpus: int, hw: Hardware, compile: bo
 
 MaxBatch = Callable[[RunConfig], int]
 """The planned maximum micro-batch of a cell's config (its batch size ignored); raises
-trainkit.analysis.plan_file.PlanError (a ValueError) naming the plan to make when there is none."""
+trainkit.analysis.plan.file.PlanError (a ValueError) naming the plan to make when there is none."""
 NO_PLAN = ("--batch-size max needs --plan PLAN.json (each precision's planned maximum): write one with python -m "
            "trainkit plan --model MODEL --precision P,P ... --output PLAN.json")
 
@@ -247,7 +247,7 @@ def _block_cells(chosen: Preset, chosen_block: Block, hw: Hardware, overrides: d
         cell = dict(zip((axis.name for axis in order), combo))
         fields = {axis.field: value for axis, value in zip(order, combo)}
         if cell["model"] not in RECIPES:  # a workload's spec: its name is the model, the spec goes along
-            from trainkit.engine.workload_resolve import model_choice  # torch, only once cells are built
+            from trainkit.engine.workloads.resolve import model_choice  # torch, only once cells are built
 
             chosen_model = model_choice(cell["model"])
             fields.update(model=chosen_model.model, workload=chosen_model.workload)

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from trainkit.engine.config import RunConfig
-from trainkit.engine.launch import call_in_fresh_process
-from trainkit.engine.loop import Trainer
-from trainkit.engine.protocol import Reply
+from trainkit.engine.cell.launch import call_in_fresh_process
+from trainkit.engine.cell.protocol import Reply
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.train.loop import Trainer
 
 
 def _sync(device: torch.device) -> None:

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from trainkit.engine.conditions import condition_flags
-from trainkit.engine.config import ProfileConfig
-from trainkit.engine.launch import CellFailed, CellWorkers
-from trainkit.engine.result import append_jsonl, merge_ranks
-from trainkit.engine.schema import MEMORY_NAMES, headline_memory
+from trainkit.engine.cell.launch import CellFailed, CellWorkers
+from trainkit.engine.cell.record import append_jsonl, merge_ranks
+from trainkit.engine.measure.conditions import condition_flags
+from trainkit.engine.spec.config import ProfileConfig
+from trainkit.engine.spec.schema import MEMORY_NAMES, headline_memory
 
 from .clock import advance
 from .matrix import CellSpec

@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainkit.engine.config import RunConfig
+from trainkit.engine.spec.config import RunConfig
 
 from .clock import advance, worker_clock
 from .overhead import run_in_worker

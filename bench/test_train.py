@@ -20,7 +20,7 @@ def test_train(benchmark, bench_session, cell_spec, **params):
 
 
 # pytest reads a test's parameters from its signature: the fixtures, then one parameter per axis of
-# the registry (trainkit.engine.axes.AXES) and the repeat, so an axis added there needs no edit here.
+# the registry (trainkit.engine.spec.axes.AXES) and the repeat, so an axis added there needs no edit here.
 test_train.__signature__ = inspect.Signature(
     [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
      for name in ("benchmark", "bench_session", "cell_spec", *param_names())])

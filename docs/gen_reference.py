@@ -2,7 +2,7 @@
 
 Run by mkdocs-gen-files during `mkdocs build`: the commands' help from their argparse parsers (and
 bench's options from pytest's own help), the run configuration from RunConfig's field docstrings,
-and the precision table from trainkit/engine/precision_facts.py.
+and the precision table from trainkit/engine/spec/precision_facts.py.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ os.environ["COLUMNS"] = "100"  # argparse wraps its help at the terminal's width
 
 from nightly.cli import parser as nightly_parser  # noqa: E402
 from trainkit.commands.cli import build_parser as trainkit_parser  # noqa: E402
-from trainkit.engine import precision_facts  # noqa: E402
-from trainkit.engine.config import RunConfig, field_help  # noqa: E402
+from trainkit.engine.spec import precision_facts  # noqa: E402
+from trainkit.engine.spec.config import RunConfig, field_help  # noqa: E402
 from trainkit.reports.cli import parser as reports_parser  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def config_page() -> str:
         rows.append(f"| `{field.name}` | `{option}` | `{default!r}` | {meaning} |")
     return "\n".join([
         "# Run configuration\n",
-        "Every field of `trainkit.engine.config.RunConfig`, generated from its docstrings. Each is an option of "
+        "Every field of `trainkit.engine.spec.config.RunConfig`, generated from its docstrings. Each is an option of "
         "`python -m trainkit run` (booleans as `--flag` / `--no-flag`) and a key of a record's `config`.\n",
         *rows, ""])
 
@@ -89,7 +89,7 @@ def precisions_page() -> str:
     summaries = [f"- `{facts.name}`: {facts.summary}" for facts in precision_facts.PRECISION_FACTS.values()]
     return "\n".join([
         "# Precision modes\n",
-        "Generated from `trainkit/engine/precision_facts.py`, the one table every part of trainkit reads.\n",
+        "Generated from `trainkit/engine/spec/precision_facts.py`, the one table every part of trainkit reads.\n",
         *summaries, "", *rows, ""])
 
 

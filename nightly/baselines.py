@@ -5,7 +5,7 @@
         results.jsonl    the promoted run's records, every status, as the matrix wrote them
 
 A cell is compared only with a baseline whose fingerprint equals its record's own: GPU model,
-driver, CUDA and torch (on a CPU, the CPU model and torch; see trainkit.engine.schema.fingerprint). A
+driver, CUDA and torch (on a CPU, the CPU model and torch; see trainkit.engine.spec.schema.fingerprint). A
 driver update alone moves results on the same runner and commit (intel-xpu-backend-for-triton#7835),
 so anything else is "no comparable baseline", never a comparison. A run whose cells landed on
 different machines (a cluster's nodes) is split by fingerprint: each part is gated against, and
@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from trainkit.engine.schema import ResultsFileError, fingerprint, parse_jsonl, read_json, replacing, write_json
+from trainkit.engine.spec.schema import ResultsFileError, fingerprint, parse_jsonl, read_json, replacing, write_json
 from trainkit.reports.records import InputError
 
 from .rundir import RESULTS, ROOT, RunDir, now

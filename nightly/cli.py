@@ -34,7 +34,7 @@ import sys
 from bench.matrix import PRESET_NAMES
 from trainkit.engine import cluster
 from trainkit.engine.cluster import from_namespace
-from trainkit.engine.options import (
+from trainkit.engine.spec.options import (
     DEVICE,
     REPEATS,
     Parser,
@@ -47,7 +47,7 @@ from trainkit.engine.options import (
     output_dir,
     output_file,
 )
-from trainkit.engine.schema import ResultsFileError, cut_off_lines_on_stderr
+from trainkit.engine.spec.schema import ResultsFileError, cut_off_lines_on_stderr
 from trainkit.reports.cli import metric_threshold
 from trainkit.reports.history.ingest import RunMeta, ingest
 from trainkit.reports.records import InputError

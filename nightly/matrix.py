@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from trainkit.engine.cluster import ExecutorOptions, command_line
-from trainkit.engine.schema import ResultsFileError, read_jsonl
+from trainkit.engine.spec.schema import ResultsFileError, read_jsonl
 
 from . import BAD_INPUT, INFRASTRUCTURE, PASS, preflight
 from .rundir import BENCH_JSON, RESULTS, ROOT, RunDir, Stage

@@ -22,8 +22,8 @@ import platform
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from trainkit.engine.nvml import SLOWDOWN_REASONS, Nvml
-from trainkit.engine.schema import JsonFileError, fingerprint, read_json, write_json
+from trainkit.engine.measure.nvml import SLOWDOWN_REASONS, Nvml
+from trainkit.engine.spec.schema import JsonFileError, fingerprint, read_json, write_json
 
 from . import INFRASTRUCTURE, PASS
 from .baselines import slug
@@ -64,7 +64,7 @@ class PreflightLimits:
 def probe_device(device: str) -> dict[str, Any]:
     """What torch sees, from a fresh worker process (this one never initialises CUDA): device,
     GPU count, capability and the environment fingerprint. Raises RuntimeError when it cannot."""
-    from trainkit.engine.launch import probe  # torch: kept out of `python -m nightly`'s import path
+    from trainkit.engine.cell.launch import probe  # torch: kept out of `python -m nightly`'s import path
 
     return probe(device)
 

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainkit.engine.schema import read_json, write_json
+from trainkit.engine.spec.schema import read_json, write_json
 
 from . import INFRASTRUCTURE, LABELS, NO_BASELINE, PASS
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from trainkit.engine.schema import MEMORY_NAMES, ResultsFileError, read_json, read_jsonl, write_text
+from trainkit.engine.spec.schema import MEMORY_NAMES, ResultsFileError, read_json, read_jsonl, write_text
 from trainkit.reports.records import InputError, all_records, read_runs
 
 from . import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION

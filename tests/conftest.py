@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from trainkit.engine.config import RunConfig
-from trainkit.engine.loop import Trainer
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.train.loop import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")

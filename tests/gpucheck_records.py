@@ -7,10 +7,10 @@ from __future__ import annotations
 from bench.matrix import GPU_GPT
 from nightly.gpucheck import cells, memory
 from nightly.gpucheck.stepprobe import StepCount
-from trainkit.engine.config import RunConfig
-from trainkit.engine.flops import peak_flops_per_s
-from trainkit.engine.precision_facts import DTYPE_BYTES, facts_of
-from trainkit.engine.result import LauncherReport, RankReport, TimedSpan, merge_ranks
+from trainkit.engine.cell.record import LauncherReport, RankReport, TimedSpan, merge_ranks
+from trainkit.engine.measure.flops import peak_flops_per_s
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.precision_facts import DTYPE_BYTES, facts_of
 
 MiB, GiB = 2**20, 2**30
 H200 = "NVIDIA H200"
@@ -43,7 +43,7 @@ def step_count(config: RunConfig) -> StepCount:
 
 
 def gpu_record(config: RunConfig, gpu_name: str = H200, mfu: float = 0.30, power_w: float = 500.0) -> dict:
-    """A plausible GPU record of a cell, merged by trainkit.engine.result.merge_ranks from what a rank and the
+    """A plausible GPU record of a cell, merged by trainkit.engine.cell.record.merge_ranks from what a rank and the
     launcher would report: every figure consistent with every check, which the tests then break."""
     steps, samples = config.steps, config.effective_batch
     step_s = STEP_S.get((config.model, config.precision), 0.05)

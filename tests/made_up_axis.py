@@ -2,9 +2,9 @@
 rule no hardware has. Loaded by pytest as a plugin (-p tests.made_up_axis), it registers the row
 before bench's conftest reads the registry; imported, it only defines it."""
 
-from trainkit.engine import axes
-from trainkit.engine.axes import Axis
-from trainkit.engine.options import Option, comma_list, integer
+from trainkit.engine.spec import axes
+from trainkit.engine.spec.axes import Axis
+from trainkit.engine.spec.options import Option, comma_list, integer
 
 SEED_AXIS = Axis("seed", "seed", Option("--seed", comma_list(integer(0)), "A,B", "integers >= 0"), 0,
                  tag=lambda v: f"-seed{v['seed']}" if v["seed"] else "",

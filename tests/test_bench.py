@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from bench.matrix import AXIS_OPTIONS, NIGHTLY, Hardware, build_matrix, preset, skip_reason
-from trainkit.engine.result import RECORD_KEYS, check_record, read_jsonl
-from trainkit.engine.schema import CutOffLineWarning
+from trainkit.engine.cell.record import RECORD_KEYS, check_record, read_jsonl
+from trainkit.engine.spec.schema import CutOffLineWarning
 
 from .conftest import REPO
 
@@ -325,13 +325,13 @@ def test_a_run_killed_mid_matrix_keeps_its_finished_cells(tmp_path):
     assert all(r["status"] == "ok" and check_record(r) == [] for r in kept)
 
 
-# --- an axis is one row of trainkit.engine.axes ------------------------------------------------------------
+# --- an axis is one row of trainkit.engine.spec.axes ------------------------------------------------------------
 
 def test_a_made_up_axis_is_one_row_and_everything_sees_it(monkeypatch):
     """The seed as an axis (tests/made_up_axis.py): the matrix crosses it, the ids, parameters and
     records carry it, the skip rule skips by it and the report's grouping tells its cells apart."""
-    from trainkit.engine import axes
-    from trainkit.engine.result import merge_ranks
+    from trainkit.engine.cell.record import merge_ranks
+    from trainkit.engine.spec import axes
     from trainkit.reports.load import to_frame
 
     from .made_up_axis import SEED_AXIS

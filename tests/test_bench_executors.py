@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from trainkit.engine.result import check_record, read_jsonl
+from trainkit.engine.cell.record import check_record, read_jsonl
 
 from .conftest import REPO
 

@@ -10,9 +10,9 @@ import pytest
 
 from trainkit.commands.cli import main
 from trainkit.commands.config_options import CHOICES, choices_of
-from trainkit.engine.config import RunConfig
-from trainkit.engine.precision_facts import precision_names
-from trainkit.engine.result import check_record
+from trainkit.engine.cell.record import check_record
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.precision_facts import precision_names
 
 from .conftest import REPO, trainkit_cmd
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from trainkit.engine import cluster
+from trainkit.engine.cell.record import check_record
 from trainkit.engine.cluster import CellJob, ExecutorOptions, JobShape, job_shape, placement_problem, status_from_sacct
-from trainkit.engine.config import RunConfig
-from trainkit.engine.result import check_record
-from trainkit.engine.schema import read_jsonl
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.schema import read_jsonl
 
 from .conftest import REPO
 from .slurm_standins import FakeSlurm
@@ -226,7 +226,7 @@ def test_a_record_that_says_a_rank_was_killed_is_oom_when_slurm_says_out_of_memo
     killed by SIGKILL), and sacct marks the job OUT_OF_MEMORY: the cell is oom."""
     from submitit.core.utils import cloudpickle_dump
 
-    from trainkit.engine.result import merge_ranks
+    from trainkit.engine.cell.record import merge_ranks
 
     jobs = cluster.make_jobs(ExecutorOptions(executor="slurm"), str(tmp_path / "jobs"), cell_timeout_s=60)
     jobs.submit([CellJob("a", gpt(1))])

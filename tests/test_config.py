@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from trainkit.engine.config import ConfigError, RunConfig, field_help
-from trainkit.engine.precision_facts import precision_names
+from trainkit.engine.spec.config import ConfigError, RunConfig, field_help
+from trainkit.engine.spec.precision_facts import precision_names
 
 
 def test_defaults_are_valid_and_derived_values_agree():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainkit.engine import cpus
-from trainkit.engine.cpus import threads_per_rank, usable_cpus
+from trainkit.engine.measure import cpus
+from trainkit.engine.measure.cpus import threads_per_rank, usable_cpus
 
 from .conftest import small_config
 
@@ -81,7 +81,7 @@ def test_a_cpu_rank_takes_as_many_threads_as_its_affinity_allows():
     node's count would give every core) and says why in its record."""
     import torch
 
-    from trainkit.engine.worker import RankWorker
+    from trainkit.engine.cell.worker import RankWorker
 
     before_affinity, before_threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, {min(before_affinity)})

@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from trainkit.engine.data import EVAL_SAMPLES, SyntheticData, pool_size
-from trainkit.engine.launch import run_cell
-from trainkit.engine.models import build_spec
+from trainkit.engine.cell.launch import run_cell
+from trainkit.engine.workloads.data import EVAL_SAMPLES, SyntheticData, pool_size
+from trainkit.engine.workloads.models import build_spec
 
 from .conftest import CPU, small_config, train
 from .datasets import write_cifar10, write_image_folder, write_mnist
@@ -119,10 +119,10 @@ GENERATION_PROBE = """
 import resource, sys
 import torch
 from bench.matrix import GPU_GPT
-from trainkit.engine.config import RunConfig
-from trainkit.engine.data import SyntheticData
-from trainkit.engine.memory import host_rss_now_bytes
-from trainkit.engine.models import build_spec
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.workloads.data import SyntheticData
+from trainkit.engine.measure.memory import host_rss_now_bytes
+from trainkit.engine.workloads.models import build_spec
 
 config = RunConfig(model="gpt", device="cpu", **GPU_GPT)
 spec = build_spec(config)
@@ -148,7 +148,7 @@ def test_generating_the_gpu_gpts_data_stays_within_its_bound():
     import subprocess
     import sys
 
-    from trainkit.engine.data import GENERATION_MAX_BYTES
+    from trainkit.engine.workloads.data import GENERATION_MAX_BYTES
 
     cap = 6 * 2**30  # address space, not memory: torch's libraries alone map ~3 GB
     proc = subprocess.run([sys.executable, "-c", GENERATION_PROBE, str(cap)], capture_output=True, text=True,

@@ -8,9 +8,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from trainkit.engine.launch import _fork_server, _free_port
-from trainkit.engine.loop import Trainer
-from trainkit.engine.result import check_record
+from trainkit.engine.cell.launch import _fork_server, _free_port
+from trainkit.engine.cell.record import check_record
+from trainkit.engine.train.loop import Trainer
 
 from .conftest import small_config
 
@@ -59,9 +59,9 @@ def _torchrun_rank(rank: int, port: int, failing: int, how: str, queue) -> None:
     """One rank of a 2-rank cell under torchrun's environment contract (no launcher outside it);
     rank `failing` fails in its train step FAIL_AT_STEP, before its backward: its peer is then
     alone in the gradient all-reduce."""
-    from trainkit.engine import loop
-    from trainkit.engine.launch import run_under_torchrun
-    from trainkit.engine.worker import limit_host_memory
+    from trainkit.engine.cell.launch import run_under_torchrun
+    from trainkit.engine.cell.worker import limit_host_memory
+    from trainkit.engine.train import loop
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from trainkit.engine.config import ProfileConfig
-from trainkit.engine.diagnostics import diagnose, finite_only
-from trainkit.engine.loop import Trainer
-from trainkit.engine.result import merge_ranks
-from trainkit.engine.worker import RankWorker
+from trainkit.engine.cell.diagnostics import diagnose, finite_only
+from trainkit.engine.cell.record import merge_ranks
+from trainkit.engine.cell.worker import RankWorker
+from trainkit.engine.spec.config import ProfileConfig
+from trainkit.engine.train.loop import Trainer
 
 from .conftest import CPU, small_config
 

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from trainkit.engine.launch import run_cell
-from trainkit.engine.loop import Trainer
+from trainkit.engine.cell.launch import run_cell
+from trainkit.engine.train.loop import Trainer
 
 from .conftest import flat_params, small_config, train
 

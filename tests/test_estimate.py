@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from tests.conftest import CPU, small_config
-from trainkit.engine.config import RunConfig
-from trainkit.engine.estimate import STEP_KINDS, TERMS, Estimator, _round, cublas_workspace_bytes
-from trainkit.engine.loop import Trainer
-from trainkit.engine.memory import SavedTensors
-from trainkit.engine.precision import POLICIES, HalfBF16Precision, Precision, TF32Precision, policy_class
-from trainkit.engine.precision_facts import PRECISION_FACTS, PrecisionFacts, precision_names
+from trainkit.engine.estimate.estimate import STEP_KINDS, TERMS, Estimator, _round, cublas_workspace_bytes
+from trainkit.engine.measure.memory import SavedTensors
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.precision_facts import PRECISION_FACTS, PrecisionFacts, precision_names
+from trainkit.engine.train.loop import Trainer
+from trainkit.engine.train.precision import POLICIES, HalfBF16Precision, Precision, TF32Precision, policy_class
 
 PRECISIONS = ("fp32", "amp-bf16", "half-bf16", "amp-fp16")
 
@@ -47,7 +47,7 @@ def estimators():
 @pytest.mark.parametrize("model", ["mlp", "gpt"])
 def test_weights_gradients_optimizer_state_and_data_are_the_tensors_of_a_real_run(model, precision, estimators):
     """Parameters, buffers, gradients and optimizer state from the precision table's dtypes, the
-    data pool and evaluation set from trainkit.engine.data's shapes: each equal to the bytes of the real
+    data pool and evaluation set from trainkit.engine.workloads.data's shapes: each equal to the bytes of the real
     run's tensors (SGD's momentum; AdamW's two moments and its step counters)."""
     estimate = estimators(model, precision)
     trainer = Trainer(config_of(model, precision), CPU)
@@ -235,7 +235,7 @@ def test_activations_grow_linearly_with_the_batch(estimators):
 
 
 def test_a_batch_that_wraps_the_pool_is_a_copy_in_the_step():
-    """A micro-batch larger than the pool is copied out of it (trainkit.engine.data): the copy shows in the
+    """A micro-batch larger than the pool is copied out of it (trainkit.engine.workloads.data): the copy shows in the
     step's terms, and only then."""
     estimator = Estimator(config_of("mlp", "fp32"), "cpu")
     pool = POOL

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from bench.matrix import Hardware, skip_reason
-from trainkit.engine import float8, flops
-from trainkit.engine.loop import Trainer, Unsupported
-from trainkit.engine.precision import POLICIES, Float8Precision
-from trainkit.engine.result import RankReport, RankTiming, merge_ranks
+from trainkit.engine.cell.record import RankReport, RankTiming, merge_ranks
+from trainkit.engine.measure import flops
+from trainkit.engine.train import float8
+from trainkit.engine.train.loop import Trainer, Unsupported
+from trainkit.engine.train.precision import POLICIES, Float8Precision
 
 from .conftest import CPU, small_config
 
@@ -134,7 +135,7 @@ def test_emulated_fp8_converts_the_gpt_and_trains_within_tolerance_of_amp_bf16(m
 
 def test_the_flop_share_counts_a_first_layer_without_its_input_gradient():
     """The MLP's fc1 reads the data, which needs no gradient: 4 FLOPs per weight and sample, not 6."""
-    from trainkit.engine.models import build_spec
+    from trainkit.engine.workloads.models import build_spec
 
     flops = float8.linear_flops(build_spec(small_config("mlp")))  # for a batch of 2
     assert flops == {"fc1": 2 * 4 * 784 * 128, "fc2": 2 * 6 * 128 * 64, "fc3": 2 * 6 * 64 * 10}

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from bench.matrix import AXIS_OPTIONS, Hardware, build_matrix, preset, skip_reason
-from trainkit.engine import allocator, compiled, recompute, worker
-from trainkit.engine.config import ConfigError, RunConfig
-from trainkit.engine.launch import run_cell
-from trainkit.engine.loop import Trainer, Unsupported
-from trainkit.engine.memory import SavedTensors
-from trainkit.engine.result import merge_ranks
-from trainkit.engine.worker import RankWorker, classify
+from trainkit.engine.cell import allocator, worker
+from trainkit.engine.cell.launch import run_cell
+from trainkit.engine.cell.record import merge_ranks
+from trainkit.engine.cell.worker import RankWorker, classify
+from trainkit.engine.measure.memory import SavedTensors
+from trainkit.engine.spec.config import ConfigError, RunConfig
+from trainkit.engine.train import checkpointing, compiled
+from trainkit.engine.train.loop import Trainer, Unsupported
 
 from .conftest import CPU, flat_params, small_config, train
 
@@ -109,7 +110,7 @@ def test_checkpointing_gives_the_same_gradients(model):
     assert ckpt.checkpointed == {"gpt": ["blocks.0"], "cnn": ["conv1", "conv2"]}.get(
         model, ["layer1", "layer2", "layer3", "layer4"])
     modules = dict(ckpt.raw_model.named_modules())
-    assert all(isinstance(modules[name], recompute.Checkpointed) for name in ckpt.checkpointed)
+    assert all(isinstance(modules[name], checkpointing.Checkpointed) for name in ckpt.checkpointed)
     torch.testing.assert_close(ckpt.loss_curve(), plain.loss_curve(), rtol=0, atol=0)
     torch.testing.assert_close(flat_params(ckpt), flat_params(plain), rtol=1e-6, atol=1e-7)
     # The parameters keep their names: checkpoints and state dicts work either way.
@@ -346,7 +347,7 @@ def test_records_from_before_these_axes_still_load_and_compare(compiled_mlp, tmp
 
 def test_the_report_draws_compile_speedups_and_the_memory_throughput_front(compiled_mlp, tmp_path):
     pytest.importorskip("plotly", reason="reports need the `reports` extra")
-    from trainkit.engine.result import append_jsonl
+    from trainkit.engine.cell.record import append_jsonl
     from trainkit.reports.build import build_report
     from trainkit.reports.frontier import cells, compile_pairs, pareto_front
     from trainkit.reports.load import to_frame

@@ -8,7 +8,14 @@ import pytest
 
 from bench.runner import TABLE_HEADER, table_row
 from trainkit.commands.cli import summary_line
-from trainkit.engine.schema import HEADLINE_MEMORY, MEMORY_KEYS, MEMORY_NAMES, SCHEMA, check_record, headline_memory
+from trainkit.engine.spec.schema import (
+    HEADLINE_MEMORY,
+    MEMORY_KEYS,
+    MEMORY_NAMES,
+    SCHEMA,
+    check_record,
+    headline_memory,
+)
 from trainkit.reports.verdict import compare_records
 
 MiB, GiB = 2**20, 2**30

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from trainkit.engine.launch import CellFailed, CellWorkers, run_cell
-from trainkit.engine.result import check_record
+from trainkit.engine.cell.launch import CellFailed, CellWorkers, run_cell
+from trainkit.engine.cell.record import check_record
 
 from .conftest import small_config
 
@@ -100,7 +100,7 @@ def test_the_same_cell_runs_under_torchrun_and_rank_0_writes_the_record(tmp_path
     import subprocess
     import sys
 
-    from trainkit.engine.launch import _free_port
+    from trainkit.engine.cell.launch import _free_port
 
     from .conftest import REPO
 
@@ -121,7 +121,7 @@ def test_the_same_cell_runs_under_torchrun_and_rank_0_writes_the_record(tmp_path
 # --- what a timed step holds, and what it never does ---------------------------------------------
 
 def _slow_checkpoints(monkeypatch, seconds=0.5):
-    from trainkit.engine.loop import Trainer
+    from trainkit.engine.train.loop import Trainer
 
     original = Trainer.save_checkpoint
 
@@ -135,7 +135,7 @@ def _slow_checkpoints(monkeypatch, seconds=0.5):
 def test_checkpoint_writes_are_never_step_time(tmp_path, monkeypatch):
     """A checkpoint written after every step, made 0.5 s slower: the timed steps, as one window and
     as bench rounds, stay the size of a step (the writes fall between them) and the files exist."""
-    from trainkit.engine.worker import RankWorker
+    from trainkit.engine.cell.worker import RankWorker
 
     _slow_checkpoints(monkeypatch)
     config = small_config(steps=4, warmup_steps=1, checkpoint_every=1, checkpoint_dir=str(tmp_path / "window"))
@@ -157,8 +157,8 @@ def test_a_memory_limit_is_refused_for_a_gpu_cell(monkeypatch):
 
     import torch
 
-    from trainkit.engine import worker
-    from trainkit.engine.protocol import Reply
+    from trainkit.engine.cell import worker
+    from trainkit.engine.cell.protocol import Reply
 
     monkeypatch.setattr(worker, "select_device", lambda config, local_rank: torch.device("cuda", 0))
     monkeypatch.setattr(worker, "limit_host_memory", lambda extra: pytest.fail("the cap was applied"))
@@ -172,8 +172,8 @@ def test_the_cell_peaks_are_the_timed_steps_with_warmups_beside_them(monkeypatch
     """The allocator's peaks are reset after the model and data are built and again when the timed
     steps begin: the record's peaks are the timed steps', the warmup's (which allocates the
     optimizer's state) stand beside them, and data generation counts in neither."""
-    from trainkit.engine import worker as worker_module
-    from trainkit.engine.result import merge_ranks
+    from trainkit.engine.cell import worker as worker_module
+    from trainkit.engine.cell.record import merge_ranks
 
     events = []
     monkeypatch.setattr(worker_module, "reset_peaks", lambda device: events.append(("reset", trainer_step())))
@@ -201,7 +201,7 @@ def test_the_nvml_context_baseline_is_read_before_nccl_starts(monkeypatch):
 
     import torch
 
-    from trainkit.engine import worker as worker_module
+    from trainkit.engine.cell import worker as worker_module
 
     order = []
 
@@ -270,8 +270,8 @@ def test_a_backend_that_cannot_take_effect_is_refused_in_one_line(monkeypatch):
     (unsupported) and says how to give the setting, instead of running on the wrong allocator."""
     import torch
 
-    from trainkit.engine import allocator
-    from trainkit.engine.precision import Unsupported
+    from trainkit.engine.cell import allocator
+    from trainkit.engine.train.precision import Unsupported
 
     if allocator.backend_in_effect() != "native":
         pytest.skip("needs a torch with CUDA, imported without a backend setting")

@@ -11,6 +11,16 @@
 
 A module may import its own layer and the layers below it, never one above. Imports inside
 functions and under `if TYPE_CHECKING:` count too: a deferred import is still a dependency.
+
+Inside the engine the same rule holds between its rooms, from the ground up:
+
+    cluster     cells as cluster jobs (SLURM, submitit)
+    cell        one cell run: launcher, worker, protocol, failure board, record, profile passes
+    estimate    what a run would cost before it runs; the checks of a workload
+    train       the loop, precision policies, main gradients, FP8, compile, checkpointing
+    measure     instruments: timing, memory, NVML, FLOPs, conditions, environment, CPUs
+    workloads   what is trained: the Workload type, built-in models, resolver, adapters, data
+    spec        what a run is: config, options, axes, choices, precision facts, schema (no torch)
 """
 
 from __future__ import annotations
@@ -35,6 +45,28 @@ LAYERS = {
     "nightly": 3,
     "bench": 3,
 }
+
+
+# The engine's rooms, from the ground up: a room may import its own modules and the rooms below it.
+ROOMS = ("spec", "workloads", "measure", "train", "estimate", "cell", "cluster")
+MAX_MODULES_PER_FOLDER = 15
+
+
+def room_of(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[:2] != ["trainkit", "engine"] or len(parts) < 3:
+        return None
+    return ROOMS.index(parts[2]) if parts[2] in ROOMS else None
+
+
+def rooms_crossed(graph: dict[str, set[str]]) -> list[str]:
+    """Every import from an engine room into a room above it, as 'module -> target'."""
+    crossed = []
+    for module, targets in graph.items():
+        own = room_of(module)
+        if own is not None:
+            crossed += [f"{module} -> {t}" for t in sorted(targets) if (room_of(t) or 0) > own]
+    return crossed
 
 
 def module_name(path: Path) -> str:
@@ -119,9 +151,55 @@ def test_no_import_cycle(graph):
 def test_the_check_sees_a_planted_upward_import(tmp_path, graph):
     # The rule above is only worth something if it can fail: an engine module importing the
     # reports is caught.
-    planted = {**graph, "trainkit.engine.loop": graph["trainkit.engine.loop"] | {"trainkit.reports.build"}}
-    own = layer_of("trainkit.engine.loop")
-    assert [t for t in planted["trainkit.engine.loop"] if (layer_of(t) or 0) > own] == ["trainkit.reports.build"]
-    cyclic = {**graph, "trainkit.engine.config": graph["trainkit.engine.config"] | {"trainkit.engine.loop"}}
+    loop = "trainkit.engine.train.loop"
+    planted = {**graph, loop: graph[loop] | {"trainkit.reports.build"}}
+    own = layer_of(loop)
+    assert [t for t in planted[loop] if (layer_of(t) or 0) > own] == ["trainkit.reports.build"]
+    config = "trainkit.engine.spec.config"
+    cyclic = {**graph, config: graph[config] | {loop}}
     with pytest.raises(graphlib.CycleError):
         graphlib.TopologicalSorter(cyclic).prepare()
+
+
+def test_every_engine_module_stands_in_a_room(graph):
+    loose = [m for m in graph if m.startswith("trainkit.engine.") and room_of(m) is None]
+    assert loose == []
+    assert {m.split(".")[2] for m in graph if room_of(m) is not None} == set(ROOMS)
+
+
+def test_no_room_imports_a_room_above_it(graph):
+    assert rooms_crossed(graph) == []
+
+
+def test_the_check_sees_a_planted_import_across_rooms(graph):
+    # Only worth something if it can fail: the config (spec, the ground floor) importing the
+    # training loop, and a measuring instrument importing the worker, are each caught.
+    config, timing = "trainkit.engine.spec.config", "trainkit.engine.measure.timing"
+    planted = {**graph, config: graph[config] | {"trainkit.engine.train.loop"},
+               timing: graph[timing] | {"trainkit.engine.cell.worker"}}
+    assert sorted(rooms_crossed(planted)) == ["trainkit.engine.measure.timing -> trainkit.engine.cell.worker",
+                                      "trainkit.engine.spec.config -> trainkit.engine.train.loop"]
+
+
+def test_the_spec_room_imports_no_torch():
+    # bench collects its matrix and the command lines parse their options from spec alone: torch
+    # there would cost every one of them seconds.
+    heavy = []
+    for path in sorted((ROOT / "trainkit/engine/spec").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            heavy += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("torch", "numpy")]
+    assert heavy == []
+
+
+def test_no_folder_holds_more_than_15_modules():
+    # A folder is a room a reader can take in at a glance; past 15 modules it wants rooms of its own.
+    crowded = {}
+    for package in PACKAGES:
+        for folder in [ROOT / package, *(p for p in (ROOT / package).rglob("*") if p.is_dir())]:
+            modules = [p for p in folder.glob("*.py") if p.name != "__init__.py"]
+            skipped = "examples" in folder.parts or "__pycache__" in folder.parts
+            if not skipped and len(modules) > MAX_MODULES_PER_FOLDER:
+                crowded[str(folder.relative_to(ROOT))] = len(modules)
+    assert crowded == {}

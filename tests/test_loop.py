@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainkit.engine.loop import Trainer
+from trainkit.engine.train.loop import Trainer
 
 from .conftest import CPU, small_config, train
 

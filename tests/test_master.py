@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from trainkit.engine.launch import run_cell
-from trainkit.engine.loop import Trainer
+from trainkit.engine.cell.launch import run_cell
+from trainkit.engine.train.loop import Trainer
 
 from .conftest import CPU, small_config, train
 from .test_equivalence import assert_same_training

@@ -9,13 +9,13 @@ import types
 import pytest
 import torch
 
-from trainkit.engine.conditions import HostSnapshot, condition_flags, host_window, noise_of, other_gpu_pids
-from trainkit.engine.config import RunConfig
-from trainkit.engine.flops import gpt_flops_per_token, mfu, peak_flops_per_s, training_flops_per_sample
-from trainkit.engine.models import build_spec
-from trainkit.engine.nvml import Nvml
-from trainkit.engine.result import LauncherReport, RankLoss, RankMemory, RankReport, RankTiming, merge_ranks
-from trainkit.engine.timing import Marks, summarize_s
+from trainkit.engine.cell.record import LauncherReport, RankLoss, RankMemory, RankReport, RankTiming, merge_ranks
+from trainkit.engine.measure.conditions import HostSnapshot, condition_flags, host_window, noise_of, other_gpu_pids
+from trainkit.engine.measure.flops import gpt_flops_per_token, mfu, peak_flops_per_s, training_flops_per_sample
+from trainkit.engine.measure.nvml import Nvml
+from trainkit.engine.measure.timing import Marks, summarize_s
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.workloads.models import build_spec
 
 from .conftest import CPU, small_config
 
@@ -130,7 +130,7 @@ def test_the_median_step_times_interval_is_a_seeded_bootstrap():
 
 
 def test_without_scipy_the_interval_is_null_with_the_reason(monkeypatch):
-    from trainkit.engine import conditions
+    from trainkit.engine.measure import conditions
 
     monkeypatch.setattr(conditions, "scipy_available", lambda: False)  # core trainkit does without it
     noise = conditions.noise_of([1.0, 1.1, 0.9, 1.0])
@@ -185,7 +185,7 @@ NOT_IN_THE_TABLE = [
 
 @pytest.mark.parametrize(("short", "long"), NEAR_COLLISIONS)
 def test_peaks_match_gpu_names_exactly(short, long):
-    from trainkit.engine.flops import PEAK_TFLOPS
+    from trainkit.engine.measure.flops import PEAK_TFLOPS
 
     assert short in PEAK_TFLOPS and long in PEAK_TFLOPS
     assert peak_flops_per_s(short, "amp-bf16") != peak_flops_per_s(long, "amp-bf16") \
@@ -195,7 +195,7 @@ def test_peaks_match_gpu_names_exactly(short, long):
 
 @pytest.mark.parametrize("name", NOT_IN_THE_TABLE)
 def test_a_gpu_without_a_sourced_peak_has_none(name):
-    from trainkit.engine.flops import peak_unknown_reason
+    from trainkit.engine.measure.flops import peak_unknown_reason
 
     assert peak_flops_per_s(name, "amp-bf16") is None and peak_flops_per_s(name, "fp32") is None
     assert name in peak_unknown_reason(name, "amp-bf16")
@@ -210,7 +210,7 @@ def test_the_l40s_and_h200_nvl_get_their_own_peaks():
 
 
 def test_a_cpu_record_has_no_mfu_and_no_gpu_memory():
-    from trainkit.engine.launch import run_cell
+    from trainkit.engine.cell.launch import run_cell
 
     record = run_cell(small_config(steps=2), timeout_s=120)
     assert record["mfu"] is None and record["peak_flops_per_s"] is None
@@ -226,7 +226,7 @@ def test_a_cpu_record_has_no_mfu_and_no_gpu_memory():
 
 
 def test_step_time_grows_with_the_work():
-    from trainkit.engine.launch import run_cell
+    from trainkit.engine.cell.launch import run_cell
 
     small = run_cell(small_config(batch_size=16, steps=8), timeout_s=120)
     large = run_cell(small_config(batch_size=16, grad_accum=16, steps=8), timeout_s=120)
@@ -333,7 +333,7 @@ def test_no_nvml_at_all_gives_none(monkeypatch):
 def test_the_launching_process_never_touches_cuda(monkeypatch):
     """Only workers touch CUDA: a launcher that initialised it would hand forked processes a broken
     context and hold GPU memory of its own. Every way into CUDA here is a recording stand-in."""
-    from trainkit.engine.launch import probe, run_cell
+    from trainkit.engine.cell.launch import probe, run_cell
 
     calls = []
     for name in ("_lazy_init", "init", "is_available", "device_count", "current_device", "get_device_properties",
@@ -347,7 +347,7 @@ def test_the_launching_process_never_touches_cuda(monkeypatch):
 @pytest.mark.parametrize(("precision", "optimizer", "state_per_param"), [
     ("fp32", "adam", 2 * 4), ("half-fp16", "adam", 2 * 2), ("fp32", "sgd", 4), ("amp-bf16", "sgd", 4)])
 def test_model_state_bytes_are_recorded(precision, optimizer, state_per_param):
-    from trainkit.engine.launch import run_cell
+    from trainkit.engine.cell.launch import run_cell
 
     record = run_cell(small_config(precision=precision, optimizer=optimizer, steps=1), timeout_s=120)
     config = record["config"]
@@ -363,8 +363,8 @@ def test_energy_counts_the_timed_windows_never_the_idle_time_between_rounds(monk
     idle gaps between them (the pipe, pytest), then a window of steps. Energy per sample is 100 W x
     the window's own seconds over its samples; the rounds are too short for the counter and the
     gaps are in no span."""
-    from trainkit.engine.result import merge_energy
-    from trainkit.engine.worker import RankWorker
+    from trainkit.engine.cell.record import merge_energy
+    from trainkit.engine.cell.worker import RankWorker
 
     monkeypatch.setattr(RankWorker, "_energy_mj", lambda self: int(time.monotonic() * 100 * 1e3))
     worker = RankWorker(small_config(batch_size=64, steps=10**6, warmup_steps=1))
@@ -385,7 +385,7 @@ def test_energy_counts_the_timed_windows_never_the_idle_time_between_rounds(monk
 
 
 def test_energy_of_rounds_too_short_for_the_counter_is_null_with_the_reason():
-    from trainkit.engine.result import TimedSpan, merge_energy
+    from trainkit.engine.cell.record import TimedSpan, merge_energy
 
     report = RankReport(rank=0, pid=1, timing=RankTiming(spans=[TimedSpan(1, 0.02, 32, 0.0)] * 20))
     per_sample, method, _ = merge_energy([report], LauncherReport(), on_gpu=True)
@@ -397,7 +397,7 @@ def test_energy_of_rounds_too_short_for_the_counter_is_null_with_the_reason():
 def test_the_nvml_process_peak_is_the_largest_sample_not_the_last(monkeypatch):
     """The launcher samples each rank's process memory through the timed windows; a process that
     grew and then released memory (e.g. after empty_cache) reports its maximum."""
-    from trainkit.engine.nvml import GpuSampler
+    from trainkit.engine.measure.nvml import GpuSampler
 
     procs = [_proc(4242, 1000)]
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(procs=procs))
@@ -413,7 +413,7 @@ def test_the_nvml_process_peak_is_the_largest_sample_not_the_last(monkeypatch):
 
 
 def test_the_nvml_method_says_why_there_is_no_process_peak(monkeypatch):
-    from trainkit.engine.nvml import GpuSampler
+    from trainkit.engine.measure.nvml import GpuSampler
 
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(procs=[_proc(1, 100)]))  # not the worker's PID
     gpu = Nvml.open(uuid="GPU-0")
@@ -431,8 +431,8 @@ def test_the_nvml_method_says_why_there_is_no_process_peak(monkeypatch):
 # --- activations: what autograd saves for backward ------------------------------------------------
 
 def _saved_bytes(config, batch):
-    from trainkit.engine.loop import Trainer
-    from trainkit.engine.memory import SavedTensors
+    from trainkit.engine.measure.memory import SavedTensors
+    from trainkit.engine.train.loop import Trainer
 
     trainer = Trainer(config.replace(batch_size=batch), CPU)
     inputs, targets = trainer.data.source.window(0).micro_batches[0]
@@ -464,7 +464,7 @@ def test_the_mlps_saved_activations_match_a_hand_count():
 def test_a_window_that_held_checkpoint_writes_has_no_counter_energy():
     """The counter runs through a checkpoint written between two timed steps; the steps' time does
     not. Such a window's energy would be charged to its samples, so it is left out, and said."""
-    from trainkit.engine.result import TimedSpan, merge_energy
+    from trainkit.engine.cell.record import TimedSpan, merge_energy
 
     clean = RankReport(rank=0, pid=1, timing=RankTiming(spans=[TimedSpan(100, 2.0, 3200, 600.0, counter_s=2.01)]))
     assert merge_energy([clean], LauncherReport(), on_gpu=True)[0] == pytest.approx(600.0 / 3200)

@@ -19,7 +19,7 @@ from nightly import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, 
 from nightly.baselines import MANIFEST, load_all, slug
 from nightly.cli import main
 from nightly.rundir import ROOT, RunDir
-from trainkit.engine.schema import fingerprint, headline_memory, read_jsonl
+from trainkit.engine.spec.schema import fingerprint, headline_memory, read_jsonl
 from trainkit.reports.verdict import Samples
 
 pytestmark = pytest.mark.slow

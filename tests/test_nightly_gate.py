@@ -14,7 +14,7 @@ from nightly.baselines import MANIFEST, slug
 from nightly.cli import main
 from nightly.gate import NIGHTLY_THRESHOLDS, cell_rows, run_compare
 from nightly.rundir import COMPARE, RunDir, Stage, overall
-from trainkit.engine.schema import SCHEMA, fingerprint
+from trainkit.engine.spec.schema import SCHEMA, fingerprint
 from trainkit.reports.verdict import Thresholds
 
 H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver": "575.51.03", "cuda": "12.8", "torch": "2.7.0",

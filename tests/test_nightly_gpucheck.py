@@ -22,8 +22,8 @@ from nightly.gpucheck.results import FAIL, OK, REPORT, RESULTS, SKIP, SUMMARY_JS
 from nightly.gpucheck.thresholds import HALF_SHARE_MIN, TIME_TOLERANCE
 from nightly.rundir import ROOT
 from tests.gpucheck_records import H200, gpt_config, gpu_record, resnet_config, step_count
-from trainkit.engine.config import RunConfig
-from trainkit.engine.schema import read_jsonl
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.schema import read_jsonl
 
 # --- time ------------------------------------------------------------------------------------------
 
@@ -216,7 +216,7 @@ def simulated_gpu(monkeypatch):
     """The command's GPU path with the device answered by hand: the probe, every cell (records from
     gpu_record) and the matmul probe; the rest (plans, skips, judging, files, report) is real."""
     pytest.importorskip("pandas", reason="the report needs the `reports` extra")
-    import trainkit.engine.launch
+    import trainkit.engine.cell.launch
 
     gpu = {"name": H200, "capability": (9, 0)}
     ran: list[RunConfig] = []
@@ -239,8 +239,8 @@ def simulated_gpu(monkeypatch):
         assert target is numerics.matmul_worker and device == "cuda" and size == cells.GPU_MATMUL_SIZE
         return probe_answer(size, 2.5e-7, 3.1e-4)
 
-    monkeypatch.setattr(trainkit.engine.launch, "probe", probe)
-    monkeypatch.setattr(trainkit.engine.launch, "call_in_fresh_process", fresh_process)
+    monkeypatch.setattr(trainkit.engine.cell.launch, "probe", probe)
+    monkeypatch.setattr(trainkit.engine.cell.launch, "call_in_fresh_process", fresh_process)
     monkeypatch.setattr(cells, "run_cell_with_clock", run_cell)
     return gpu, ran
 

@@ -24,7 +24,7 @@ from tests.gpucheck_records import (
     resnet_config,
     step_count,
 )
-from trainkit.engine.config import RunConfig
+from trainkit.engine.spec.config import RunConfig
 
 # --- memory ----------------------------------------------------------------------------------------
 
@@ -38,7 +38,7 @@ def test_the_analytic_floor_counts_bytes_from_the_precision_table_and_the_optimi
 
 
 def test_a_master_copy_of_the_weights_is_in_the_floor(monkeypatch):
-    from trainkit.engine import precision_facts
+    from trainkit.engine.spec import precision_facts
 
     master = dataclasses.replace(precision_facts.PRECISION_FACTS["half-bf16"], name="bf16-master",
                                  master_dtype="float32")

@@ -13,7 +13,7 @@ import pytest
 from nightly import BAD_INPUT, INFRASTRUCTURE, PASS
 from nightly import matrix as nm
 from nightly.rundir import BENCH_JSON, RESULTS, RunDir
-from trainkit.engine.schema import SCHEMA
+from trainkit.engine.spec.schema import SCHEMA
 
 
 def record(cell: str, status: str = "ok", skipped: bool = False, throttled: bool | None = None) -> dict:

@@ -14,7 +14,7 @@ import pytest
 
 from bench.matrix import NIGHTLY as NIGHTLY_PRESET
 from nightly.rundir import ROOT
-from trainkit.engine.precision_facts import precision_names
+from trainkit.engine.spec.precision_facts import precision_names
 
 WORKFLOWS = os.path.join(ROOT, ".github", "workflows")
 NIGHTLY = os.path.join(WORKFLOWS, "nightly-gpu.yml")

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from trainkit.analysis.parity import judge, judge_model, smooth, steps_to, window_of
-from trainkit.analysis.parity_stats import verdict
-from trainkit.analysis.parity_types import PARITY_SCHEMA, TARGET_FRACTION, TASK_SEED, VERDICTS, Interval, Margin
+from trainkit.analysis.parity.document import PARITY_SCHEMA, TARGET_FRACTION, TASK_SEED, VERDICTS, Interval, Margin
+from trainkit.analysis.parity.stats import verdict
+from trainkit.analysis.parity.verdicts import judge, judge_model, smooth, steps_to, window_of
 from trainkit.commands.parity import CPU_SETUPS, judge_records
-from trainkit.engine.config import ProfileConfig, RunConfig
-from trainkit.engine.result import merge_ranks
-from trainkit.engine.worker import RankWorker
+from trainkit.engine.cell.record import merge_ranks
+from trainkit.engine.cell.worker import RankWorker
+from trainkit.engine.spec.config import ProfileConfig, RunConfig
 
 from .conftest import REPO, trainkit_cmd
 
@@ -349,8 +349,8 @@ def test_the_report_names_the_diagnostic_next_to_each_verdict(verdicts):
     pytest.importorskip("plotly", reason="reports need the `reports` extra")
     import re
 
-    from trainkit.analysis.parity import document
-    from trainkit.analysis.parity_types import Flag
+    from trainkit.analysis.parity.document import Flag
+    from trainkit.analysis.parity.verdicts import document
     from trainkit.reports import parity as parity_report
 
     standing = Flag("updates rounded away", "updates rounded away: a step left 9% of the weights")

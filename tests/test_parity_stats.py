@@ -1,4 +1,4 @@
-"""The parity statistics alone (trainkit.analysis.parity_stats): the intervals against scipy's own,
+"""The parity statistics alone (trainkit.analysis.parity.stats): the intervals against scipy's own,
 the verdict's boundaries, the seeds that would decide, and a simulation of the case the old band missed."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from trainkit.analysis.parity_stats import (
+from trainkit.analysis.parity.document import Interval, Margin
+from trainkit.analysis.parity.stats import (
     geometric_interval,
     seeds_to_decide,
     t_interval,
     verdict,
     welch_interval,
 )
-from trainkit.analysis.parity_types import Interval, Margin
 
 
 def test_the_intervals_are_scipys():

@@ -16,8 +16,8 @@ import pytest
 from bench.matrix import AXIS_OPTIONS, BATCH_MAX, Hardware, build_matrix, preset
 from tests.conftest import REPO, trainkit_cmd
 from tests.test_reports import assert_every_chart_renders
-from trainkit.analysis.plan_file import SCHEMA, PlanError, planned_max_batch
-from trainkit.analysis.plan_search import (
+from trainkit.analysis.plan.file import SCHEMA, PlanError, planned_max_batch
+from trainkit.analysis.plan.search import (
     FAILED,
     OK,
     OOM,
@@ -32,8 +32,8 @@ from trainkit.analysis.plan_search import (
 from trainkit.commands.cli import main
 from trainkit.commands.plan import PROBE_GRAD_ACCUM, make_plan, probe_config
 from trainkit.commands.plan_options import PlanOptions
-from trainkit.engine.config import RunConfig
-from trainkit.engine.launch import run_cell
+from trainkit.engine.cell.launch import run_cell
+from trainkit.engine.spec.config import RunConfig
 
 CPU_HW = Hardware("cpu", cpu_count=2)
 
@@ -146,7 +146,7 @@ def fake_record(config: RunConfig, throughput: dict[tuple[str, int, int], float]
 
 
 def fake_estimates(requests):
-    """Estimates as trainkit.engine.estimate answers them, made up: 1 kB a sample over 10 kB of weights."""
+    """Estimates as trainkit.engine.estimate.estimate answers them, made up: 1 kB a sample over 10 kB of weights."""
     def estimate(batch, accum):
         return {"batch_size": batch, "grad_accum": accum, "total_bytes": 10_000 + 1000 * batch,
                 "terms": {"parameters": 10_000, "activations": 1000 * batch}}

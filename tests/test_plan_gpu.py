@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from bench.matrix import GPU_GPT, RECIPES
-from trainkit.engine.config import RunConfig
-from trainkit.engine.estimate import serve_estimates
-from trainkit.engine.launch import call_in_fresh_process, probe, run_cell
-from trainkit.engine.precision import policy_class
-from trainkit.engine.precision_facts import precision_names
+from trainkit.engine.cell.launch import call_in_fresh_process, probe, run_cell
+from trainkit.engine.cell.worker import serve_estimates
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.precision_facts import precision_names
+from trainkit.engine.train.precision import policy_class
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU: the estimate is checked against the CUDA caching "

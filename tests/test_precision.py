@@ -5,9 +5,9 @@ from unittest import mock
 import pytest
 import torch
 
-from trainkit.engine.loop import Trainer, Unsupported
-from trainkit.engine.precision import MixedPrecision, build_precision
-from trainkit.engine.precision_facts import facts_of, precision_names
+from trainkit.engine.spec.precision_facts import facts_of, precision_names
+from trainkit.engine.train.loop import Trainer, Unsupported
+from trainkit.engine.train.precision import MixedPrecision, build_precision
 
 from .conftest import CPU, flat_params, small_config, train
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from bench.matrix import Hardware, build_matrix, preset, skip_reason
-from trainkit.engine.config import RunConfig
-from trainkit.engine.precision import POLICIES, MixedBF16Precision
-from trainkit.engine.precision_facts import PRECISION_FACTS, PrecisionFacts, precision_names, unsupported_reason
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.precision_facts import PRECISION_FACTS, PrecisionFacts, precision_names, unsupported_reason
+from trainkit.engine.train.precision import POLICIES, MixedBF16Precision
 
 CPU_HW = Hardware("cpu", cpu_count=2)
 MADE_UP = "bf16-madeup"
@@ -70,8 +70,8 @@ def test_a_new_mode_reaches_the_record_and_the_reports_order_and_colours(made_up
     pytest.importorskip("plotly", reason="reports need the `reports` extra")
     import torch
 
-    from trainkit.engine.result import merge_ranks
-    from trainkit.engine.worker import RankWorker
+    from trainkit.engine.cell.record import merge_ranks
+    from trainkit.engine.cell.worker import RankWorker
     from trainkit.reports.figures import charts_for
     from trainkit.reports.load import to_frame
     from trainkit.reports.summary import summary

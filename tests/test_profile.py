@@ -9,12 +9,12 @@ import types
 import pytest
 import torch
 
-from trainkit.engine.config import ConfigError, ProfileConfig
-from trainkit.engine.launch import run_cell
-from trainkit.engine.loop import Trainer
-from trainkit.engine.nvml import GpuSampler, Nvml
-from trainkit.engine.profile import PHASES, memory_snapshot, phase_breakdown, torch_trace
-from trainkit.engine.timing import Marks
+from trainkit.engine.cell.launch import run_cell
+from trainkit.engine.cell.profile import PHASES, memory_snapshot, phase_breakdown, torch_trace
+from trainkit.engine.measure.nvml import GpuSampler, Nvml
+from trainkit.engine.measure.timing import Marks
+from trainkit.engine.spec.config import ConfigError, ProfileConfig
+from trainkit.engine.train.loop import Trainer
 
 from .conftest import CPU, small_config
 from .test_measure import fake_pynvml

@@ -20,10 +20,10 @@ import pytest
 pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, plotly)")
 pytest.importorskip("plotly", reason="reports need the `reports` extra (pandas, plotly)")
 
-from trainkit.engine.config import RunConfig  # noqa: E402
-from trainkit.engine.launch import run_cell  # noqa: E402
-from trainkit.engine.result import append_jsonl  # noqa: E402
-from trainkit.engine.schema import CutOffLineWarning  # noqa: E402
+from trainkit.engine.cell.launch import run_cell  # noqa: E402
+from trainkit.engine.cell.record import append_jsonl  # noqa: E402
+from trainkit.engine.spec.config import RunConfig  # noqa: E402
+from trainkit.engine.spec.schema import CutOffLineWarning  # noqa: E402
 from trainkit.reports.build import build_report  # noqa: E402
 from trainkit.reports.summary import FLAG_MARK  # noqa: E402
 

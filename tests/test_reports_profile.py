@@ -25,9 +25,9 @@ import pytest
 pytest.importorskip("pandas", reason="reports need the `reports` extra (pandas, plotly)")
 pytest.importorskip("plotly", reason="reports need the `reports` extra (pandas, plotly)")
 
-from trainkit.engine.config import ProfileConfig, RunConfig  # noqa: E402
-from trainkit.engine.flops import mfu, peak_flops_per_s  # noqa: E402
-from trainkit.engine.launch import run_cell  # noqa: E402
+from trainkit.engine.cell.launch import run_cell  # noqa: E402
+from trainkit.engine.measure.flops import mfu, peak_flops_per_s  # noqa: E402
+from trainkit.engine.spec.config import ProfileConfig, RunConfig  # noqa: E402
 from trainkit.reports.build import build_report  # noqa: E402
 from trainkit.reports.figures import MAX_BARS  # noqa: E402
 from trainkit.reports.profiles import NOT_PROFILED  # noqa: E402

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from trainkit.engine.schema import CutOffLineWarning, ResultsFileError, cut_off_lines_on_stderr, read_jsonl
+from trainkit.engine.spec.schema import CutOffLineWarning, ResultsFileError, cut_off_lines_on_stderr, read_jsonl
 from trainkit.reports import records as rec
 from trainkit.reports.verdict import (
     DRIFTED,

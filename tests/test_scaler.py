@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from trainkit.engine.launch import run_cell
-from trainkit.engine.loop import Trainer
+from trainkit.engine.cell.launch import run_cell
+from trainkit.engine.train.loop import Trainer
 
 from .conftest import CPU, small_config
 
@@ -47,7 +47,7 @@ def test_no_scaler_no_skips(precision):
 
 
 def test_the_scale_curve_replays_gradscalers_rule():
-    from trainkit.engine.result import scale_curve
+    from trainkit.engine.cell.record import scale_curve
 
     assert scale_curve([True, False, False, False, True, False], 8.0, growth_interval=2) == [
         4.0, 4.0, 8.0, 8.0, 4.0, 4.0]

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from trainkit.engine.worker import RankWorker
+from trainkit.engine.cell.worker import RankWorker
 
 from .conftest import small_config
 from .datasets import write_mnist
@@ -90,7 +90,7 @@ def test_real_data_epochs_hold_no_sync_of_trainkits(tmp_path):
 def test_the_counter_sees_a_sync_where_there_is_one(monkeypatch):
     """The counter itself: reading the loss curve after every step (as a progress line with the
     latest loss would) is caught, in trainkit's code where it happens."""
-    from trainkit.engine.loop import Trainer
+    from trainkit.engine.train.loop import Trainer
 
     original = Trainer.end_step
 

@@ -10,10 +10,10 @@ import textwrap
 import pytest
 import torch
 
-from trainkit.engine.config import ConfigError, RunConfig
-from trainkit.engine.models import BUILTINS
-from trainkit.engine.workload import Workload, WorkloadError
-from trainkit.engine.workload_resolve import build_workload, model_choice, plugins, resolve
+from trainkit.engine.spec.config import ConfigError, RunConfig
+from trainkit.engine.workloads.models import BUILTINS
+from trainkit.engine.workloads.resolve import build_workload, model_choice, plugins, resolve
+from trainkit.engine.workloads.workload import Workload, WorkloadError
 
 from .conftest import REPO, flat_params, train
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainkit.engine.workload import Workload
+from trainkit.engine.workloads import Workload
 
 
 def batch(n, generator, device):
@@ -108,7 +108,8 @@ def test_module_function_with_options_and_the_minimal_module_form(user_dir):
 @pytest.mark.parametrize("spec, message", [
     ("nosuchmodule:fn", "module 'nosuchmodule' does not import: ModuleNotFoundError"),
     ("usermodels:missing", "module 'usermodels' has no 'missing'"),
-    ("usermodels:not_a_workload", "usermodels:not_a_workload() returned a Linear, not a trainkit.engine.workload"),
+    ("usermodels:not_a_workload",
+     "usermodels:not_a_workload() returned a Linear, not a trainkit.engine.workloads.Workload"),
     ("usermodels:named_gpt", "named 'gpt', which is a built-in model's name"),
     ("usermodels:wrong_batch", "make_batch(2, ...) must return two tensors"),
     ("usermodels:tiny?depth=3", "usermodels:tiny(depth) failed"),

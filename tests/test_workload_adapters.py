@@ -10,13 +10,13 @@ import json
 import pytest
 import torch
 
-from trainkit.engine import float8
-from trainkit.engine.config import RunConfig
-from trainkit.engine.loop import Trainer
-from trainkit.engine.precision import Float8Precision, policy_class
-from trainkit.engine.precision_facts import precision_names
-from trainkit.engine.workload import WorkloadError
-from trainkit.engine.workload_resolve import model_choice, resolve
+from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.precision_facts import precision_names
+from trainkit.engine.train import float8
+from trainkit.engine.train.loop import Trainer
+from trainkit.engine.train.precision import Float8Precision, policy_class
+from trainkit.engine.workloads.resolve import model_choice, resolve
+from trainkit.engine.workloads.workload import WorkloadError
 
 from .conftest import CPU, flat_params, train
 

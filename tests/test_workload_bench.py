@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from bench.matrix import Hardware, build_matrix, preset
-from trainkit.engine.precision import policy_class
-from trainkit.engine.precision_facts import precision_names
-from trainkit.engine.result import RECORD_KEYS, check_record, read_jsonl
+from trainkit.engine.cell.record import RECORD_KEYS, check_record, read_jsonl
+from trainkit.engine.spec.precision_facts import precision_names
+from trainkit.engine.train.precision import policy_class
 
 from .conftest import REPO
 from .test_workload import write_user_module

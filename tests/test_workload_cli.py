@@ -99,7 +99,7 @@ def test_check_workload_says_batchnorm_makes_accumulation_inexact_by_design(user
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("usermodels:not_a_workload", "returned a Linear, not a trainkit.engine.workload.Workload"),
+    ("usermodels:not_a_workload", "returned a Linear, not a trainkit.engine.workloads.Workload"),
     ("nosuch:fn", "module 'nosuch' does not import: ModuleNotFoundError: No module named 'nosuch'"),
 ])
 @pytest.mark.parametrize("command", ["run", "check-workload"])

@@ -4,7 +4,7 @@ The engine (``trainkit.engine``) is the library; ``trainkit.commands`` holds ``p
 commands, which stand on the engine and on the reports (``reports``).
 """
 
-from .engine.config import RunConfig
+from .engine.spec.config import RunConfig
 
 __all__ = ["RunConfig"]
 __version__ = "0.1.0"

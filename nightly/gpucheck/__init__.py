@@ -3,7 +3,7 @@ produce it.
 
     python -m nightly gpu-check --out DIR [--device auto|cuda|cpu] [--only CHECK[,CHECK]]
 
-A handful of cells run in fresh worker processes (trainkit.engine.launch; this process never initialises
+A handful of cells run in fresh worker processes (trainkit.engine.cell.launch; this process never initialises
 CUDA), fresh processes time matmuls and count one real step of the floor's cells, and each check
 compares one figure with an independent measure (registry.CHECKS; the README's "GPU check" says
 what each proves and what it does not):

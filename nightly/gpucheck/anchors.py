@@ -52,7 +52,7 @@ def check_mfu(record: dict[str, Any]) -> Check:
     if not finite(utilisation):
         return Check(name=name, status=FAIL, expected=expected, measured="null",
                      reason=f"no sourced peak for {gpu}: {record.get('mfu_note') or 'MFU is null'} "
-                            "(add the GPU's datasheet figures to trainkit.engine.flops.PEAK_TFLOPS)")
+                            "(add the GPU's datasheet figures to trainkit.engine.measure.flops.PEAK_TFLOPS)")
     peak = record.get("peak_flops_per_s") or 0
     passed = low <= utilisation <= high
     reason = (f"{utilisation:.1%} of {gpu}'s dense {peak / 1e12:.0f} TFLOP/s "

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.matrix import CPU_GPT, GPU_GPT, RECIPES
-from trainkit.engine.config import ProfileConfig, RunConfig
-from trainkit.engine.precision_facts import unsupported_reason
+from trainkit.engine.spec.config import ProfileConfig, RunConfig
+from trainkit.engine.spec.precision_facts import unsupported_reason
 
 # --- sizes ------------------------------------------------------------------------------------
 # GPU: sized for about 3 minutes on one H100/H200, worker start-up included (an estimate: 6 cells of
@@ -111,13 +111,13 @@ def plan_cells(device: str, capability: Sequence[int] | None = None,
 
 def run_cell_with_clock(plan: CellPlan, profile_dir: str,
                         timeout_s: float = CELL_TIMEOUT_S) -> tuple[dict[str, Any], float | None]:
-    """Run a cell as trainkit.engine.launch.run_cell does (warmup, then every timed step as one window) and
+    """Run a cell as trainkit.engine.cell.launch.run_cell does (warmup, then every timed step as one window) and
     time that window from this process: the clock starts once the warmup, which ends synchronised,
     has answered, and stops when the worker, synchronised again, replies. Returns the record and the
     clock's seconds (None when the cell failed before the window ended)."""
-    # trainkit.engine.launch imports torch: kept out of `python -m nightly`'s import path (its
+    # trainkit.engine.cell.launch imports torch: kept out of `python -m nightly`'s import path (its
     # parser and --help never need it).
-    from trainkit.engine.launch import CellFailed, CellWorkers
+    from trainkit.engine.cell.launch import CellFailed, CellWorkers
 
     profile = (ProfileConfig(phase_steps=0, trace_steps=plan.trace_steps, output_dir=profile_dir)
                if plan.trace_steps else None)

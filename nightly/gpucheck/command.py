@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainkit.engine.schema import append_jsonl, write_json, write_text
+from trainkit.engine.spec.schema import append_jsonl, write_json, write_text
 
 from .. import INFRASTRUCTURE, PASS, REGRESSION
 from . import cells
@@ -114,8 +114,8 @@ def run_probes(plan: RunPlan, device: str, runs: Sequence[CellRun]) -> tuple[dic
     """The matmul probe's answer (None when no check reads it) and the step probe's answers by cell
     id (empty when none does), each from its own fresh process; a probe that fails is an answer
     saying why, so the checks that read it fail with that reason."""
-    # trainkit.engine.launch imports torch: kept out of `python -m nightly`'s import path.
-    from trainkit.engine.launch import call_in_fresh_process
+    # trainkit.engine.cell.launch imports torch: kept out of `python -m nightly`'s import path.
+    from trainkit.engine.cell.launch import call_in_fresh_process
 
     matmul: dict[str, Any] | None = None
     if plan.matmul:
@@ -184,7 +184,7 @@ def _device_unusable(out: str, device: str, exc: RuntimeError, started: float, s
 def run_gpu_check(out: str, device: str = "auto", only: Sequence[str] = ()) -> int:
     """The command: probe the device, run the cells and probes the chosen checks read, judge, write,
     print. Returns the exit status (nightly/__init__.py)."""
-    from trainkit.engine.launch import probe  # imports torch: kept out of `python -m nightly`'s import path
+    from trainkit.engine.cell.launch import probe  # imports torch: kept out of `python -m nightly`'s import path
 
     started, started_at = time.perf_counter(), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     _clean(out)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from trainkit.engine.precision_facts import DTYPE_BYTES, facts_of
+from trainkit.engine.spec.precision_facts import DTYPE_BYTES, facts_of
 
 from .results import FAIL, OK, Check, failed_cell, finite, on_gpu, size_text
 from .stepprobe import StepCount

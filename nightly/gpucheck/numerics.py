@@ -9,8 +9,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from trainkit.engine.config import RunConfig
-from trainkit.engine.protocol import Reply
+from trainkit.engine.cell.protocol import Reply
+from trainkit.engine.spec.config import RunConfig
 
 from .results import FAIL, OK, Check, failed_cell, finite
 from .thresholds import FP32_UNIT_ROUNDOFF, HALF_SHARE_MIN, TF32_BAND_FACTOR, TF32_UNIT_ROUNDOFF
@@ -132,9 +132,9 @@ def measure_matmuls(device: str, size: int, repeats: int) -> dict[str, Any]:
     # nightly` never imports torch, and its own process never initialises CUDA.
     import torch
 
-    from trainkit.engine.precision import policy_class
-    from trainkit.engine.timing import Marks
-    from trainkit.engine.worker import select_device
+    from trainkit.engine.cell.worker import select_device
+    from trainkit.engine.measure.timing import Marks
+    from trainkit.engine.train.precision import policy_class
 
     chosen = select_device(RunConfig(device=device), 0)
     on_gpu = chosen.type == "cuda"
@@ -169,7 +169,7 @@ def measure_matmuls(device: str, size: int, repeats: int) -> dict[str, Any]:
 
 
 def matmul_worker(conn: Any, device: str, size: int, repeats: int, environ: dict[str, str]) -> None:
-    """Entry point of the matmul probe's fresh process (trainkit.engine.launch.call_in_fresh_process)."""
+    """Entry point of the matmul probe's fresh process (trainkit.engine.cell.launch.call_in_fresh_process)."""
     os.environ.clear()
     os.environ.update(environ)
     try:

@@ -9,7 +9,7 @@ from .results import FAIL, OK, SKIP, Check, failed_cell, finite, size_text
 from .thresholds import ENERGY_TOLERANCE
 
 COUNTER_METHOD = "NVML energy counter"
-"""How trainkit.engine.result.merge_energy names energy read from the counter (the only method this check
+"""How trainkit.engine.cell.record.merge_energy names energy read from the counter (the only method this check
 can hold against power samples: its fallback integrates the same samples)."""
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainkit.engine.precision_facts import unsupported_reason
+from trainkit.engine.spec.precision_facts import unsupported_reason
 
 from .anchors import check_mfu, check_resnet50
 from .memory import check_accumulation, check_memory_floor, check_memory_state

@@ -2,7 +2,7 @@
 in a fresh process, counted for the memory floor (memory.check_memory_floor).
 
 It counts what the floor cannot derive from the configuration alone: the bytes autograd saves for
-backward (trainkit.engine.memory.SavedTensors over the real step: autocast's weight copies, SDPA's
+backward (trainkit.engine.measure.memory.SavedTensors over the real step: autocast's weight copies, SDPA's
 choice of what to keep, exactly as the cell's device runs them), the data the run keeps on the
 device, and the parameter count of the model it really built. On a CPU, where a cell's record has
 no allocator peak, it also measures the CPU allocator's peak over that step from torch.profiler's
@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from trainkit.engine.config import RunConfig
-from trainkit.engine.protocol import Reply
+from trainkit.engine.cell.protocol import Reply
+from trainkit.engine.spec.config import RunConfig
 
 COUNTED_STEP = "gpu-check: the counted step"
 """The torch.profiler range around the step whose peak is read (the build and the first step are not)."""
@@ -39,7 +39,7 @@ class StepCount:
     device: str
     """The device the probe's step ran on: cpu or cuda:N."""
     params: int
-    """Parameter elements of the model the trainer built (trainkit.engine.models, the cell's config)."""
+    """Parameter elements of the model the trainer built (trainkit.engine.workloads.models, the cell's config)."""
     data_bytes: int
     """The synthetic pool and the held-out evaluation set the run keeps on the device, as stored."""
     saved_activation_bytes: int
@@ -91,10 +91,10 @@ def count_step(config: RunConfig) -> StepCount:
     # torch and the engine's torch modules: in the probe's process, kept out of `python -m nightly`'s import path
     import torch
 
-    from trainkit.engine.data import SyntheticData
-    from trainkit.engine.loop import Trainer
-    from trainkit.engine.memory import SavedTensors
-    from trainkit.engine.worker import select_device
+    from trainkit.engine.cell.worker import select_device
+    from trainkit.engine.measure.memory import SavedTensors
+    from trainkit.engine.train.loop import Trainer
+    from trainkit.engine.workloads.data import SyntheticData
 
     device = select_device(config, 0)
     with _cpu_allocator_events(device.type == "cpu") as prof:
@@ -124,12 +124,12 @@ def count_step(config: RunConfig) -> StepCount:
 
 
 def step_probe_worker(conn: Any, configs: Sequence[dict[str, Any]], environ: dict[str, str]) -> None:
-    """Entry point of the step probe's fresh process (trainkit.engine.launch.call_in_fresh_process):
+    """Entry point of the step probe's fresh process (trainkit.engine.cell.launch.call_in_fresh_process):
     each config's count, or {"error": ...} for a config whose step failed."""
     # torch and the engine's torch modules: in the probe's process, kept out of `python -m nightly`'s import path
     import torch
 
-    from trainkit.engine.worker import classify
+    from trainkit.engine.cell.worker import classify
 
     os.environ.clear()
     os.environ.update(environ)

@@ -20,10 +20,10 @@ import sys
 import time
 from typing import Any
 
-from ..engine import config as cfg
-from ..engine.config import ConfigError, ProfileConfig, RunConfig
-from ..engine.options import CELL_TIMEOUT, MEMORY_LIMIT_GB, OUTPUT, QUIET, Parser, UsageError, integer, output_dir
-from ..engine.schema import MEMORY_NAMES, headline_memory, read_json, write_json
+from ..engine.spec import config as cfg
+from ..engine.spec.config import ConfigError, ProfileConfig, RunConfig
+from ..engine.spec.options import CELL_TIMEOUT, MEMORY_LIMIT_GB, OUTPUT, QUIET, Parser, UsageError, integer, output_dir
+from ..engine.spec.schema import MEMORY_NAMES, headline_memory, read_json, write_json
 from .config_options import MEMORY_LIMIT_ON_GPU, add_config_options, check_paths, config_from_args
 from .parity import add_arguments as add_parity_arguments
 from .parity import main as cmd_parity
@@ -113,7 +113,7 @@ def cmd_run(args: argparse.Namespace, base: RunConfig | None) -> int:
     if args.memory_limit_gb and config.device == "cuda":
         raise UsageError(f"--memory-limit-gb {MEMORY_LIMIT_ON_GPU}; use it with --device cpu")
     # torch is imported only now: bad input is refused in a fraction of a second.
-    from ..engine.launch import DEFAULT_CELL_TIMEOUT_S, launched_by_torchrun, run_cell, run_under_torchrun
+    from ..engine.cell.launch import DEFAULT_CELL_TIMEOUT_S, launched_by_torchrun, run_cell, run_under_torchrun
     if launched_by_torchrun():
         record = run_under_torchrun(config, profile_config(args))
         if record is None:
@@ -148,7 +148,7 @@ def cmd_env() -> int:
     # torch (and the engine's env module, which imports it): kept out of `python -m trainkit`'s import path
     import torch
 
-    from ..engine.env import collect_env
+    from ..engine.measure.env import collect_env
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     print(json.dumps(collect_env(device), indent=2))

@@ -8,10 +8,10 @@ import argparse
 import dataclasses
 import os
 
-from ..engine import config as cfg
-from ..engine.config import ConfigError, RunConfig, field_help
-from ..engine.options import UsageError, choice, integer, number, optional
-from ..engine.precision_facts import precision_names
+from ..engine.spec import config as cfg
+from ..engine.spec.config import ConfigError, RunConfig, field_help
+from ..engine.spec.options import UsageError, choice, integer, number, optional
+from ..engine.spec.precision_facts import precision_names
 
 CHOICES = {"precision": precision_names, "optimizer": cfg.OPTIMIZERS,
            "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES,
@@ -76,8 +76,8 @@ def model_fields(spec: str) -> dict[str, str | None]:
     A spec that is not built in is resolved here, so a bad one is one line before any process starts."""
     if spec in cfg.MODELS:
         return {"model": spec, "workload": None}
-    from ..engine.workload import WorkloadError  # torch, only for a spec that is not built in
-    from ..engine.workload_resolve import model_choice
+    from ..engine.workloads.resolve import model_choice
+    from ..engine.workloads.workload import WorkloadError  # torch, only for a spec that is not built in
 
     try:
         chosen = model_choice(spec)

@@ -1,5 +1,5 @@
 """`python -m trainkit parity`: run every (model, precision, seed) as a real cell in fresh workers, judge
-the records (trainkit.analysis.parity: paired eval-loss differences from fp32, an equivalence margin,
+the records (trainkit.analysis.parity.verdicts: paired eval-loss differences from fp32, an equivalence margin,
 time to target) and write the document, a table on stderr and, with --report, the page.
 
     python -m trainkit parity --model gpt,mlp --seeds 5 --output parity.json --report parity.html
@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..analysis.parity_types import (
+from ..analysis.parity.document import (
     CONFIDENCE,
     DEFAULT_MARGIN_RELATIVE,
     REFERENCE,
@@ -39,8 +39,8 @@ from ..analysis.parity_types import (
     ParityDocument,
     PrecisionParity,
 )
-from ..engine.config import MODELS, ProfileConfig, RunConfig
-from ..engine.options import (
+from ..engine.spec.config import MODELS, ProfileConfig, RunConfig
+from ..engine.spec.options import (
     CELL_TIMEOUT,
     DEVICE,
     LR,
@@ -57,8 +57,8 @@ from ..engine.options import (
     number,
     output_file,
 )
-from ..engine.precision_facts import precision_names
-from ..engine.schema import ResultsFileError, append_jsonl, read_jsonl, write_json
+from ..engine.spec.precision_facts import precision_names
+from ..engine.spec.schema import ResultsFileError, append_jsonl, read_jsonl, write_json
 from .config_options import model_fields
 
 DEFAULT_SEEDS = 5
@@ -122,7 +122,7 @@ def cell_configs(model: str, precisions: Sequence[str], seeds: Sequence[int], de
                  overrides: dict[str, Any] | None = None) -> list[RunConfig]:
     """Every cell of one model's parity run, seed-major: each seed runs every precision in turn, so a
     machine whose speed drifts slows every precision alike."""
-    from ..engine.workload_resolve import model_choice  # torch: see the module docstring
+    from ..engine.workloads.resolve import model_choice  # torch: see the module docstring
 
     chosen = model_choice(model)  # a built-in, or a workload's spec (then its name and the spec)
     setup = setups_for(device_type)[model] if chosen.workload is None else WORKLOAD_SETUP
@@ -142,7 +142,7 @@ def run_cells(plan: list[tuple[str, RunConfig]], *, jobs: int = 1, timeout_s: fl
               records_path: str | None = None, show: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run each (model, config) cell in fresh workers, `jobs` at a time, with the diagnostics pass;
     append each record to `records_path` as it ends (so an interrupted run keeps the cells it ran)."""
-    from ..engine.launch import DEFAULT_CELL_TIMEOUT_S, run_cell  # torch: see the module docstring
+    from ..engine.cell.launch import DEFAULT_CELL_TIMEOUT_S, run_cell  # torch: see the module docstring
 
     profile = ProfileConfig(phase_steps=0, diagnostics=True)
     lock = threading.Lock()
@@ -175,7 +175,7 @@ def judge_records(records: list[dict[str, Any]], models: Sequence[str], *, margi
                   unsupported: dict[str, str] | None = None) -> dict[str, ModelParity]:
     """Each model's parity from its cells' records, with the run options its cells share; a precision
     this device cannot run (`unsupported`: precision -> why) gets no verdict, with the reason."""
-    from ..analysis.parity import judge_model, no_verdict  # scipy: see the module docstring
+    from ..analysis.parity.verdicts import judge_model, no_verdict  # scipy: see the module docstring
 
     blocks = {}
     for model in models:
@@ -199,9 +199,9 @@ def run(models: Sequence[str], precisions: Sequence[str] | None, seeds: int, *, 
     """Run the cells of every model (fresh workers each; `jobs` at a time on a CPU, each with its
     share of the cores), write each record to `records_path` as it ends, and return the parity
     document. `hw` is the device probe's answer (asked here if None)."""
-    from ..analysis.parity import document  # scipy: see the module docstring
-    from ..engine.launch import probe  # torch: see the module docstring
-    from ..engine.precision import policy_class  # torch: see the module docstring
+    from ..analysis.parity.verdicts import document  # scipy: see the module docstring
+    from ..engine.cell.launch import probe  # torch: see the module docstring
+    from ..engine.train.precision import policy_class  # torch: see the module docstring
 
     started = time.monotonic()
     hw = hw or probe(device)
@@ -367,7 +367,7 @@ def _check(args: Any) -> None:
 
 def _rejudge(args: Any) -> ParityDocument:
     """`--from-records`: the document of an earlier run's records, no cell run."""
-    from ..analysis.parity import document  # scipy: see the module docstring
+    from ..analysis.parity.verdicts import document  # scipy: see the module docstring
 
     try:
         records = [r for r in read_jsonl(args.from_records) if isinstance(r, dict) and r.get("config")]
@@ -388,7 +388,7 @@ def _rejudge(args: Any) -> ParityDocument:
 
 def _run(args: Any) -> tuple[ParityDocument, str]:
     """The cells of the options' models, run, and their document; the records file they went to."""
-    from ..engine.launch import probe  # torch: see the module docstring
+    from ..engine.cell.launch import probe  # torch: see the module docstring
 
     # On a CPU the options are checked before anything starts; elsewhere the probe says which device.
     try:

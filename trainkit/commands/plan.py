@@ -5,17 +5,17 @@
 
 For each precision it answers three questions, in order:
 
-1. What will a step take? `trainkit.engine.estimate` predicts one rank's peak and its terms on fake
+1. What will a step take? `trainkit.engine.estimate.estimate` predicts one rank's peak and its terms on fake
    tensors, before any cell runs.
-2. What is the largest micro-batch that runs? trainkit.analysis.plan_search's search, over real
-   cells, each in fresh worker processes (trainkit.engine.launch.run_cell), where an out-of-memory
+2. What is the largest micro-batch that runs? trainkit.analysis.plan.search's search, over real
+   cells, each in fresh worker processes (trainkit.engine.cell.launch.run_cell), where an out-of-memory
    is a status, never the planner's crash. The first probe is the largest power of two whose
    estimate fits.
 3. How to reach the target batch fastest? The most promising candidates (plan_search) are measured
    as ordinary cells, and the fastest is recommended with its throughput, peak memory and headroom.
 
 This module runs the cells and the estimate and writes the document
-(trainkit.analysis.plan_document); the search, the candidates and the plan's types are pure and
+(trainkit.analysis.plan.document); the search, the candidates and the plan's types are pure and
 live in trainkit.analysis. Importing it costs no torch (the launcher and the estimate are imported
 when a plan runs); the planner's own process never initialises CUDA: the estimate runs in a fresh
 worker on the device.
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..analysis.plan_document import (
+from ..analysis.plan.document import (
     PEAK_MEASURE_NOTE,
     CandidateCells,
     EstimateSummary,
@@ -41,8 +41,8 @@ from ..analysis.plan_document import (
     fastest_of,
     precision_plan,
 )
-from ..analysis.plan_file import ADDRESS_SPACE, MEMORY_FIELDS, NOT_PLANNED, PEAK_NAMES, PLAN_AXES, SCHEMA
-from ..analysis.plan_search import (
+from ..analysis.plan.file import ADDRESS_SPACE, MEMORY_FIELDS, NOT_PLANNED, PEAK_NAMES, PLAN_AXES, SCHEMA
+from ..analysis.plan.search import (
     FAILED,
     Candidate,
     Probe,
@@ -52,10 +52,10 @@ from ..analysis.plan_search import (
     outcome_of,
     search_max_batch,
 )
-from ..engine.config import RunConfig
-from ..engine.options import UsageError
-from ..engine.precision_facts import precision_names
-from ..engine.schema import headline_memory, write_json
+from ..engine.spec.config import RunConfig
+from ..engine.spec.options import UsageError
+from ..engine.spec.precision_facts import precision_names
+from ..engine.spec.schema import headline_memory, write_json
 from .config_options import MEMORY_LIMIT_ON_GPU
 from .plan_options import PROBE_WARMUP_STEPS, PlanOptions, options_from_args
 
@@ -65,7 +65,7 @@ beside its own activations, the highest a micro-batch's memory gets at any accum
 accumulation the gradients are freed before the next forward)."""
 Say = Callable[[str], None]
 Predicted = dict[tuple[str, int, int, int], dict[str, Any]]
-"""Estimates by (precision, ranks, micro-batch, accumulation): trainkit.engine.estimate's Estimate as data."""
+"""Estimates by (precision, ranks, micro-batch, accumulation): trainkit.engine.estimate.estimate's Estimate as data."""
 
 
 def mib(nbytes: float | None) -> str:
@@ -89,7 +89,7 @@ def memory_limit(options: PlanOptions, hardware: dict[str, Any]) -> tuple[int, s
 
 def check_hardware(options: PlanOptions, hardware: dict[str, Any]) -> None:
     """Precisions the device cannot run and GPU counts it does not have are bad input."""
-    from ..engine.precision import policy_class  # torch: kept out of `python -m trainkit`'s import path
+    from ..engine.train.precision import policy_class  # torch: kept out of `python -m trainkit`'s import path
 
     device, capability = hardware["device"], hardware.get("capability")
     capability = tuple(capability) if capability else None
@@ -107,7 +107,7 @@ CellRunner = Callable[[RunConfig], dict[str, Any]]
 """Runs a cell and returns its record: launch.run_cell with the plan's limits, and without the
 held-out loss, which the plan does not use (at a small batch its passes cost more than the steps)."""
 EstimateService = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
-"""Answers estimate requests (trainkit.engine.estimate.estimate_request), in a worker on the device."""
+"""Answers estimate requests (trainkit.engine.estimate.estimate.estimate_request), in a worker on the device."""
 UNBOUNDED_FIRST_PROBE = 2**24
 """Highest first probe without a search limit: 16 M samples per micro-batch."""
 
@@ -269,7 +269,7 @@ def make_plan(options: PlanOptions, hardware: dict[str, Any], run: CellRunner, e
 def _plan_document(options: PlanOptions, hardware: dict[str, Any], limit_bytes: int, limit_source: str,
                    precisions: dict[str, PrecisionPlan], elapsed_s: float) -> Plan:
     # The formula's text lives with the estimate, which imports torch: imported when a plan is made.
-    from ..engine.estimate import PEAK_FORMULA
+    from ..engine.estimate.estimate import PEAK_FORMULA
 
     base = options.base
     return Plan(
@@ -295,8 +295,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for), 1 when one did not (the plan is written all the same), 2 for bad input."""
     options = options_from_args(args)
     # torch is imported only now: bad input is refused before it loads.
-    from ..engine.estimate import serve_estimates
-    from ..engine.launch import DEFAULT_CELL_TIMEOUT_S, call_in_fresh_process, probe, run_cell
+    from ..engine.cell.launch import DEFAULT_CELL_TIMEOUT_S, call_in_fresh_process, probe, run_cell
+    from ..engine.cell.worker import serve_estimates
 
     def say(line: str) -> None:
         if not options.quiet:

@@ -8,9 +8,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..analysis.plan_file import NOT_PLANNED, PLAN_AXES
-from ..engine.config import RunConfig
-from ..engine.options import (
+from ..analysis.plan.file import NOT_PLANNED, PLAN_AXES
+from ..engine.spec.config import RunConfig
+from ..engine.spec.options import (
     CELL_TIMEOUT,
     DEVICE,
     GPUS_LIST,

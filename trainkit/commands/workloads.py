@@ -19,9 +19,9 @@ import argparse
 import sys
 from typing import Any
 
-from ..engine.config import DEVICES
-from ..engine.options import UsageError, choice, comma_list, integer
-from ..engine.precision_facts import precision_names
+from ..engine.spec.config import DEVICES
+from ..engine.spec.options import UsageError, choice, comma_list, integer
+from ..engine.spec.precision_facts import precision_names
 
 
 def add_parsers(sub: Any) -> None:
@@ -46,11 +46,11 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_workloads(_: argparse.Namespace) -> int:
-    from ..engine.models import BUILTINS  # torch: see the module docstring
-    from ..engine.workload_adapters import ADAPTERS
-    from ..engine.workload_resolve import plugins
+    from ..engine.workloads.adapters import ADAPTERS
+    from ..engine.workloads.models import BUILTINS  # torch: see the module docstring
+    from ..engine.workloads.resolve import plugins
 
-    rows = [(name, "built-in", "trainkit.engine.models") for name in BUILTINS]
+    rows = [(name, "built-in", "trainkit.engine.workloads.models") for name in BUILTINS]
     for name, entry in sorted(plugins().items()):
         dist = entry.dist.name if entry.dist is not None else "?"
         clash = "  (error: a built-in's name)" if name in BUILTINS else ""
@@ -75,10 +75,10 @@ def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     import torch  # torch: see the module docstring
 
-    from ..engine.config import ConfigError, RunConfig
-    from ..engine.workload import WorkloadError
-    from ..engine.workload_check import run_checks
-    from ..engine.workload_resolve import build_workload, model_choice
+    from ..engine.estimate.check import run_checks
+    from ..engine.spec.config import ConfigError, RunConfig
+    from ..engine.workloads.resolve import build_workload, model_choice
+    from ..engine.workloads.workload import WorkloadError
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is visible")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from trainkit.engine.precision_facts import display_rank
+from trainkit.engine.spec.precision_facts import display_rank
 
 from . import figures, frontier, html, parity, profiles
 from .load import to_frame

@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainkit.engine.options import HTML_OUTPUT, Parser, UsageError, fraction, integer, number
-from trainkit.engine.schema import cut_off_lines_on_stderr
+from trainkit.engine.spec.options import HTML_OUTPUT, Parser, UsageError, fraction, integer, number
+from trainkit.engine.spec.schema import cut_off_lines_on_stderr
 
 from . import verdict
 from .compare import compare_files, headline, noisy_text, regressions_text

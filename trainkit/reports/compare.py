@@ -16,7 +16,7 @@ import csv
 import io
 import math
 
-from trainkit.engine.schema import MEMORY_NAMES
+from trainkit.engine.spec.schema import MEMORY_NAMES
 
 from . import html
 from .records import all_records, read_runs

@@ -19,8 +19,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from trainkit.engine.precision_facts import color_of, display_rank
-from trainkit.engine.schema import OPTIONAL_MEMORY_KEYS
+from trainkit.engine.spec.precision_facts import color_of, display_rank
+from trainkit.engine.spec.schema import OPTIONAL_MEMORY_KEYS
 
 from .flags import IMPLAUSIBLE_EFFICIENCY
 from .load import PHASES

@@ -8,13 +8,13 @@ it should not be believed as printed:
                   beyond what the device's peaks allow (speedup_bound); a peak memory that does
                   not grow with the batch, against the cell that differs only in a smaller batch
     conditions    the host loaded beyond its cores, CPU steal, more threads than cores, other
-                  processes on the GPUs (trainkit.engine.conditions.condition_flags), of the cell
+                  processes on the GPUs (trainkit.engine.measure.conditions.condition_flags), of the cell
                   or of the cell it is compared with
     within noise  a speedup or efficiency whose interval holds 1: the difference it states is
                   smaller than the noise of the two cells it compares
 
 Intervals: each cell's step times (all its ok repeats, pooled) give a bootstrap interval of their
-median (trainkit.engine.conditions.noise_of); a throughput ratio's interval takes the worst case of
+median (trainkit.engine.measure.conditions.noise_of); a throughput ratio's interval takes the worst case of
 its two cells' intervals (INTERVAL_NOTE). Older records without conditions are judged on what they
 have: an efficiency of 2445 % is implausible whatever the host did.
 """
@@ -28,9 +28,9 @@ from typing import Any
 
 import pandas as pd
 
-from trainkit.engine.conditions import condition_flags, median_intervals
-from trainkit.engine.flops import peak_flops_per_s
-from trainkit.engine.precision_facts import DTYPE_BYTES, PRECISION_FACTS
+from trainkit.engine.measure.conditions import condition_flags, median_intervals
+from trainkit.engine.measure.flops import peak_flops_per_s
+from trainkit.engine.spec.precision_facts import DTYPE_BYTES, PRECISION_FACTS
 
 IMPLAUSIBLE_EFFICIENCY = 1.05
 """Weak-scaling efficiency above this is implausible: a few per cent of measurement slack, no more."""
@@ -105,7 +105,7 @@ def ratio_interval(table: pd.DataFrame, value: str, suffix: str) -> tuple[pd.Ser
 
 def speedup_bound(hardware: object, precision: object, reference: str) -> float | None:
     """The largest speedup of `precision` over `reference` the device's physics allows: the ratio of
-    their dense peak FLOP/s (trainkit.engine.flops), or of the bytes their math reads where a
+    their dense peak FLOP/s (trainkit.engine.measure.flops), or of the bytes their math reads where a
     memory-bound reference gains more from halving them (roofline: t = max(FLOPs/peak, bytes/bandwidth)).
     None where a peak is unknown (a CPU, an unlisted GPU): nothing to judge against."""
     if not isinstance(precision, str) or precision not in PRECISION_FACTS:

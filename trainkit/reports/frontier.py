@@ -19,7 +19,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from trainkit.engine.precision_facts import color_of, display_rank
+from trainkit.engine.spec.precision_facts import color_of, display_rank
 
 from . import html
 from .figures import Chart, _figure

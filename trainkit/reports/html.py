@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from trainkit.engine.schema import write_text
+from trainkit.engine.spec.schema import write_text
 
 from .records import InputError
 

@@ -7,14 +7,14 @@ A few short columns are added so the tables and figures read plainly:
     variant           config fields besides the axes where a record departs from the usual value
                       among the records of its model ("lr=1e+06"), else ""; precision_variant: the
                       same for fields that only one precision reads (init_scale of amp-fp16). The
-                      axes after the first five (trainkit.engine.axes) lead it where they are not at
+                      axes after the first five (trainkit.engine.spec.axes) lead it where they are not at
                       their defaults ("compiled ac alloc=expandable_segments:True"), so charts and
                       comparisons keep compiled and eager, checkpointed and not, apart
     compiled, activation_checkpointing, alloc_conf   those axes, one column each (older records: the defaults)
     eager_variant     the variant without "compiled": a compiled cell's eager twin has it too
     cell              cell_id plus the variants: the key that repeats of one cell share
     peak_memory_bytes the record's headline memory measure, named in memory_measure
-                      (trainkit.engine.schema.headline_memory; the summary picks one per cell the same way)
+                      (trainkit.engine.spec.schema.headline_memory; the summary picks one per cell the same way)
     run, source       which input file the record came from
 
 The profile of a cell flattens the same way ("profile.phases_s.data", "profile.trace_file",
@@ -32,13 +32,14 @@ from typing import Any
 
 import pandas as pd
 
-from trainkit.engine import axes
-from trainkit.engine.precision_facts import loss_scaling_of
-from trainkit.engine.schema import HEADLINE_MEMORY, headline_memory
+from trainkit.engine.spec import axes
+from trainkit.engine.spec.precision_facts import loss_scaling_of
+from trainkit.engine.spec.schema import HEADLINE_MEMORY, headline_memory
 
 from .records import UNKNOWN_HARDWARE, Run, all_records, hardware
 
-# The phases of an optimizer step, in the order they run (trainkit.engine.profile.PHASES, without its torch import).
+# The phases of an optimizer step, in the order they run (trainkit.engine.cell.profile.PHASES, without its
+# torch import).
 PHASES = ("data", "forward", "backward", "optimizer")
 NUMERIC = ("throughput_samples_per_s", "effective_throughput_samples_per_s", "tokens_per_s",
            "step_time_s.median", "step_time_s.iqr", "loss.final", "loss.initial", "loss.eval",
@@ -165,7 +166,7 @@ def _config_values(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _axes(frame: pd.DataFrame) -> None:
-    """The axes after the id's fixed part (trainkit.engine.axes) as columns, and their words in the
+    """The axes after the id's fixed part (trainkit.engine.spec.axes) as columns, and their words in the
     variant; eager_variant leaves out the compile axis's, so a compiled cell and its eager twin share it."""
     rows = _config_values(frame)
     words, eager_words = [[] for _ in rows], [[] for _ in rows]

@@ -10,7 +10,7 @@ under a `better` or `worse` row.
 
 `python -m reports build parity.json` renders a page of this section alone; given result files
 too, it adds the section to their report. No torch and no statistics library here: the document's
-types are trainkit.analysis.parity_types.
+types are trainkit.analysis.parity.document.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from trainkit.analysis.parity_types import NO_VERDICT, OLD_SCHEMAS, PARITY_SCHEMA
-from trainkit.engine.precision_facts import color_of, display_rank
-from trainkit.engine.schema import MEMORY_NAMES, JsonFileError, read_json
+from trainkit.analysis.parity.document import NO_VERDICT, OLD_SCHEMAS, PARITY_SCHEMA
+from trainkit.engine.spec.precision_facts import color_of, display_rank
+from trainkit.engine.spec.schema import MEMORY_NAMES, JsonFileError, read_json
 
 from . import figures, html
 from .figures import Chart

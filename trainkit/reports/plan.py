@@ -18,9 +18,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from trainkit.analysis.plan_file import PEAK_NAMES, PlanError, read_plan
-from trainkit.engine.precision_facts import color_of, display_rank
-from trainkit.engine.schema import write_text
+from trainkit.analysis.plan.file import PEAK_NAMES, PlanError, read_plan
+from trainkit.engine.spec.precision_facts import color_of, display_rank
+from trainkit.engine.spec.schema import write_text
 
 from . import html
 from .figures import Chart, _figure

@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from trainkit.engine.precision_facts import display_rank
-from trainkit.engine.schema import DATA_BOUND_SHARE
+from trainkit.engine.spec.precision_facts import display_rank
+from trainkit.engine.spec.schema import DATA_BOUND_SHARE
 
 from . import figures, html
 from .load import PHASES

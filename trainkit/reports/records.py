@@ -6,8 +6,8 @@ Two kinds of file come out of bench, and a third out of `python -m trainkit run 
   entries carry the cell's result record in `extra_info`; only cells whose test passed are there.
 - a results file: JSON lines, one record per cell of any status, appended as each cell ends, so
   a run killed mid-write leaves a cut-off last line: the records before it are read, with a
-  `trainkit.engine.schema.CutOffLineWarning` naming the file and the line (the CLIs print it on stderr
-  once). The reader is `trainkit.engine.schema.parse_jsonl`, the one bench's results are read with.
+  `trainkit.engine.spec.schema.CutOffLineWarning` naming the file and the line (the CLIs print it on stderr
+  once). The reader is `trainkit.engine.spec.schema.parse_jsonl`, the one bench's results are read with.
 - one record as a JSON object.
 
 A directory stands for every `*.json` and `*.jsonl` file under it (pytest-benchmark autosaves to
@@ -15,7 +15,7 @@ A directory stands for every `*.json` and `*.jsonl` file under it (pytest-benchm
 writes under its report directory). Anything else is bad input: `InputError`, one line, which the
 CLI prints and turns into exit status 2.
 
-The schema and the fingerprint come from `trainkit.engine.schema`, which does not import torch: reading a
+The schema and the fingerprint come from `trainkit.engine.spec.schema`, which does not import torch: reading a
 report must not cost torch's 3 s import.
 """
 
@@ -26,11 +26,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainkit.engine.options import UsageError
-from trainkit.engine.schema import SCHEMA, ResultsFileError, fingerprint, parse_jsonl  # noqa: F401 - fingerprint: this module's interface
+from trainkit.engine.spec.options import UsageError
+from trainkit.engine.spec.schema import SCHEMA, ResultsFileError, fingerprint, parse_jsonl  # noqa: F401 - fingerprint: this module's interface
 
 OK = "ok"
-TRACE_SUFFIX = ".trace.json"  # trainkit.engine.profile's Chrome traces: JSON, never results
+TRACE_SUFFIX = ".trace.json"  # trainkit.engine.cell.profile's Chrome traces: JSON, never results
 UNKNOWN_HARDWARE = "unknown device"
 
 

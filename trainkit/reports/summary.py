@@ -15,7 +15,7 @@ Columns (CSV names; units in the names):
                               loss parity between precisions, against fp32's seed noise, is the job of
                               `python -m trainkit parity` (PARITY_POINTER)
     peak_memory_mib, memory_measure  the headline memory measure of the cell's ok records, the one the
-                              gate compares (trainkit.engine.schema.headline_memory); MiB = 2**20 B
+                              gate compares (trainkit.engine.spec.schema.headline_memory); MiB = 2**20 B
     skipped_steps             optimizer steps GradScaler skipped (modes with dynamic loss scaling only)
     weak_scaling_efficiency   thr_N / (N * thr_1) for the same per-GPU batch and accumulation (N > 1)
     speedup_vs_fp32_low, _high, weak_scaling_efficiency_low, _high   their 95 % intervals (trainkit.reports.flags)
@@ -44,8 +44,8 @@ import math
 
 import pandas as pd
 
-from trainkit.engine.precision_facts import display_rank
-from trainkit.engine.schema import HEADLINE_MEMORY, MEMORY_NAMES, headline_memory
+from trainkit.engine.spec.precision_facts import display_rank
+from trainkit.engine.spec.schema import HEADLINE_MEMORY, MEMORY_NAMES, headline_memory
 
 from . import flags as judged
 from .load import PHASES

@@ -44,14 +44,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainkit.engine.schema import headline_memory
+from trainkit.engine.spec.schema import headline_memory
 
 from .records import OK, fingerprint, get
 
 # Metrics: record key, and whether a larger value is better.
 METRICS = {
     "throughput": ("throughput_samples_per_s", True),
-    "memory": (None, False),  # the headline memory measure: trainkit.engine.schema.headline_memory
+    "memory": (None, False),  # the headline memory measure: trainkit.engine.spec.schema.headline_memory
     "loss": ("loss.final", False),
 }
 
@@ -244,7 +244,7 @@ class CellVerdict:
     note: str = ""
     failing_verdicts: tuple[str, ...] = GATE_FAILS
     memory_measure: str | None = None
-    """The memory key compared (see trainkit.engine.schema.HEADLINE_MEMORY)."""
+    """The memory key compared (see trainkit.engine.spec.schema.HEADLINE_MEMORY)."""
 
     @property
     def fails_gate(self) -> bool:

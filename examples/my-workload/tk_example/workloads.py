@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from trainkit.engine.workload import Workload
+from trainkit.engine.workloads import Workload
 
 FEATURES = 64
 CLASSES = 8

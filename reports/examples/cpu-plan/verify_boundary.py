@@ -7,10 +7,10 @@ import json
 import sys
 import time
 
-from trainkit.analysis.plan_search import outcome_of
+from trainkit.analysis.plan.search import outcome_of
 from trainkit.commands.plan import probe_config
-from trainkit.engine.config import RunConfig
-from trainkit.engine.launch import run_cell
+from trainkit.engine.cell.launch import run_cell
+from trainkit.engine.spec.config import RunConfig
 
 
 def main(path: str, out: str) -> int:

@@ -1,7 +1,7 @@
 """Cells as cluster jobs: one submitit job per cell, on SLURM or as local subprocesses.
 
     executor    where a cell's job runs
-    local       no job: the cell runs in worker processes of the calling process (trainkit.engine.launch)
+    local       no job: the cell runs in worker processes of the calling process (trainkit.engine.cell.launch)
     slurm       a SLURM job per cell, submitted with sbatch as one job array per resource shape
     submitit-local  the same jobs as subprocesses of this machine (submitit's LocalExecutor), one at a time
 

@@ -83,7 +83,9 @@ class Jobs:
 
     # --- records ---
     def _failure(self, cell: CellJob, status: str, detail: str) -> dict[str, Any]:
-        from ..result import merge_ranks  # torch: kept out of `python -m nightly`'s import path (it imports cluster)
+        from ..cell.record import (
+            merge_ranks,  # torch: kept out of `python -m nightly`'s import path (it imports cluster)
+        )
 
         return merge_ranks(cell.config, [], status, detail, extra={"repeat": cell.repeat})
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..options import choice, integer
+from ..spec.options import choice, integer
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 INSTALL = "pip install 'trainkit[cluster]'"

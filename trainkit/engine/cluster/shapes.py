@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import RunConfig
+from ..spec.config import RunConfig
 from .options import ExecutorOptions
 
 JOB_TIME_MARGIN_S = 300.0

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..config import RunConfig
+from ..spec.config import RunConfig
 from .jobs import SIGNAL_DELAY_S, Counts, Jobs, LocalJobs, _one_line, _Watched
 from .options import ExecutorOptions
 from .sacct import is_active, state_name, status_from_sacct

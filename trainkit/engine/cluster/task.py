@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ProfileConfig, RunConfig
+from ..spec.config import ProfileConfig, RunConfig
 
 ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
-"""trainkit.engine.allocator.ENV_VARS, named here without importing torch."""
+"""trainkit.engine.cell.allocator.ENV_VARS, named here without importing torch."""
 
 # --- what a job runs ------------------------------------------------------------------------------
 
@@ -30,7 +30,7 @@ class CellJob:
     config: RunConfig
     repeat: int = 0
     timeout_s: float = 900.0
-    """The cell's own deadline, as for the local executor (trainkit.engine.launch.Cell)."""
+    """The cell's own deadline, as for the local executor (trainkit.engine.cell.launch.CellWorkers)."""
     memory_limit_bytes: int | None = None
     profile: ProfileConfig | None = None
     single_steps: int = 0
@@ -75,7 +75,7 @@ def run_cell_job(job: CellJob) -> dict[str, Any] | None:
     # Only now, in the job: torch (merge_ranks) after the allocator setting above; submitit is the cluster extra.
     import submitit
 
-    from ..result import merge_ranks
+    from ..cell.record import merge_ranks
 
     env = submitit.JobEnvironment()
     started = time.monotonic()
@@ -87,15 +87,15 @@ def run_cell_job(job: CellJob) -> dict[str, Any] | None:
           f"(pid {os.getpid()})", flush=True)
     try:
         if env.num_tasks > 1:
-            from ..launch import run_under_torchrun  # torch: after the allocator setting above
-            from ..worker import limit_host_memory  # torch: likewise
+            from ..cell.launch import run_under_torchrun  # torch: after the allocator setting above
+            from ..cell.worker import limit_host_memory  # torch: likewise
 
             os.environ.update(torchrun_environment(env, os.environ.get("CUDA_VISIBLE_DEVICES")))
             if job.memory_limit_bytes is not None:
                 limit_host_memory(job.memory_limit_bytes)
             record = run_under_torchrun(job.config, job.profile)
         else:
-            from ..launch import run_cell  # torch: after the allocator setting above
+            from ..cell.launch import run_cell  # torch: after the allocator setting above
 
             record = run_cell(job.config, job.timeout_s, job.memory_limit_bytes, profile=job.profile,
                               single_steps=job.single_steps)
@@ -113,7 +113,7 @@ def run_cell_job(job: CellJob) -> dict[str, Any] | None:
 
 
 class _Reply:
-    """Stands for the pipe of trainkit.engine.worker.probe when the probe runs in this process."""
+    """Stands for the pipe of trainkit.engine.cell.worker.probe when the probe runs in this process."""
 
     message: tuple[str, Any] = ("failed", "no reply")
 
@@ -123,7 +123,7 @@ class _Reply:
 
 def probe_node(device: str) -> dict[str, Any]:
     """A job's entry point: what cells on `device` will run on there (device, GPUs, fingerprint)."""
-    from ..worker import probe  # torch: kept out of `python -m nightly`'s import path (it imports cluster)
+    from ..cell.worker import probe  # torch: kept out of `python -m nightly`'s import path (it imports cluster)
 
     reply = _Reply()
     probe(reply, device, dict(os.environ))

@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from trainkit.engine.options import HTML_OUTPUT, UsageError, choice, fraction, integer
+from trainkit.engine.spec.options import HTML_OUTPUT, UsageError, choice, fraction, integer
 
 from .ingest import RunMeta, ingest, iso_date
 from .params import DetectorParams

@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from trainkit.engine.options import UsageError
-from trainkit.engine.schema import fingerprint
+from trainkit.engine.spec.options import UsageError
+from trainkit.engine.spec.schema import fingerprint
 
 from ..records import Run, read_runs
 from .store import IngestResult, add_run, opened

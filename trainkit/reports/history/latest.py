@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainkit.engine.schema import fingerprint
+from trainkit.engine.spec.schema import fingerprint
 
 from .params import DetectorParams
 from .series import BAD_DIRECTION, EXACT, Series, build_series, noise

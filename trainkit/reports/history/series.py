@@ -4,7 +4,7 @@ A night's value is the median over its records of the series that ended ok (the 
 cell three times in fresh workers); a night where none did is left out of the series.
 
     throughput  samples/s over the timed steps; higher is better; judged statistically
-    memory      the series' headline measure (trainkit.engine.schema.headline_memory over all its
+    memory      the series' headline measure (trainkit.engine.spec.schema.headline_memory over all its
                 records, so every night is judged on one measure); lower is better. The caching
                 allocator's peaks (torch_max_reserved/allocated_bytes) are deterministic with a fixed
                 seed (byte-identical over 13 runs, research/history.md section 4): judged exactly.
@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from trainkit.engine.schema import MEMORY_NAMES, headline_memory
+from trainkit.engine.spec.schema import MEMORY_NAMES, headline_memory
 
 METRICS = ("throughput", "memory", "loss")
 DETERMINISTIC_MEMORY = ("torch_max_reserved_bytes", "torch_max_allocated_bytes")

@@ -7,7 +7,7 @@
     acks     acknowledged changes: a series, a metric, the run from which the change is intended,
              who and why (an acknowledgement starts a new segment)
 
-A series is a cell id x fingerprint (trainkit.engine.schema.fingerprint: GPU model, driver, CUDA and
+A series is a cell id x fingerprint (trainkit.engine.spec.schema.fingerprint: GPU model, driver, CUDA and
 torch; on a CPU the CPU model and torch): records from different machines never mix.
 
 Why SQLite in WAL mode (research/history.md, section 3): it is in the standard library, a reader
@@ -33,7 +33,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from trainkit.engine.options import UsageError
+from trainkit.engine.spec.options import UsageError
 
 from ..records import InputError
 from .series import RecordRow

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from trainkit.engine.schema import write_text
+from trainkit.engine.spec.schema import write_text
 
 from .. import html
 from .changes import History, change_rows
