@@ -5,13 +5,17 @@ process, in interleaved blocks (hand, trainkit, trainkit, hand, ...) so that dri
 machine's speed falls on both alike. The hand-written loop is the seeds' loop:
 zero_grad -> forward -> loss -> backward -> step.
 
-What trainkit's step adds at small steps (the mlp case, ~0.75 ms steps on one CPU thread,
-median of 60 blocks, 2026-12): the step as it is keeps 0.969-0.982 of the hand loop's throughput;
-the hand loop run as the "trainkit" side keeps 0.996-1.005 (the noise floor); trainkit's step
-without its two context managers and without keeping each micro-batch's loss keeps 0.991-0.997.
-Keeping the loss tensor (a device tensor, read after the timed steps: the loss curve without a
-host sync or an extra kernel) costs 0.5-1%, the DDP no_sync and autocast contexts ~0.3%; both
-stay, since the curve and those contexts are what the record and the DDP/AMP cells need.
+What trainkit's step adds at small steps (the mlp case, one CPU thread, median of the interleaved
+pairs, 2026-12, on the shared 2-core host at load average 16-24, where a step took 0.9-1.2 ms instead
+of 0.75): the step of 2026-11 (a list of micro-batch losses and shares per step, two context managers
+per micro-batch) kept 0.962-0.975 of the hand loop's throughput (process CPU time) and 0.944-0.965
+(wall clock); the step built for its configuration (no context or identity hook a mode lacks, one
+device tensor of loss per step) keeps 0.971-0.979 (CPU time) and 0.959-0.972 (wall). The hand loop
+run as the "trainkit" side keeps 0.996-1.004 (the noise floor), and a minimal trainkit step (the
+trainer's forward, backward, step and zero_grad, no bookkeeping) 0.987-0.988. The record's own figure
+of this cost (trainkit.engine.train.overhead, harness_overhead_per_step_us) says 2.2 µs per step,
+0.2 %: its null steps run with the harness's code warm in the caches, which a real step's is not
+after the model's kernels, so it is a lower bound of the 1-2 % this bench sees.
 """
 
 from __future__ import annotations
