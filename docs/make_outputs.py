@@ -42,7 +42,8 @@ MANIFEST = OUTPUTS / "manifest.json"
 MARK = re.compile(r"<!-- run: (?P<name>[\w-]+)(?P<options>(?: [\w-]+=[\w-]+)*) -->\n```bash\n(?P<body>.*?)\n```", re.S)
 
 # The report the "which precision" tutorial builds, and the parts of it the docs show.
-SCREENSHOTS = {"report-summary.png": ("tutorial-out/report.html", "1400,1100")}
+SCREENSHOTS = {"report-summary.png": ("tutorial-out/report.html", "1400,1100"),
+               "answer-card.png": ("tutorial-out/answer/answer.html", "1400,1000")}
 
 
 @dataclass(frozen=True)

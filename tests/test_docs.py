@@ -54,7 +54,7 @@ def test_the_site_builds_strict(tmp_path):
     for page in ("reference/commands", "reference/config", "tutorials/which-precision"):
         assert f"{page}/index.html" in built
     commands = (tmp_path / "site" / "reference" / "commands" / "index.html").read_text()
-    assert "--target-batch" in commands and "--max-noisy-share" in commands and "--preset" in commands
+    assert "--target-batch" in commands and "--min-repeats" in commands and "--preset" in commands
 
 
 def test_every_tutorial_block_was_run_as_written():

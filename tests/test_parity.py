@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from trainkit.analysis.parity.document import PARITY_SCHEMA, TARGET_FRACTION, TASK_SEED, VERDICTS, Interval, Margin
+from trainkit.analysis.parity.document import (
+    NO_VERDICT,
+    PARITY_SCHEMA,
+    TARGET_FRACTION,
+    TASK_SEED,
+    VERDICTS,
+    Interval,
+    Margin,
+)
 from trainkit.analysis.parity.stats import verdict
 from trainkit.analysis.parity.verdicts import judge, judge_model, smooth, steps_to, window_of
 from trainkit.commands.parity import CPU_SETUPS, judge_records
@@ -74,6 +82,9 @@ def verdicts():
         "half-fp16": cells("half-fp16"),
         "half-fp16-master": cells("half-fp16-master", THREE_SEEDS),
         "fp32, lr x10": cells("fp32", THREE_SEEDS, lr=LR * 10),
+        "fp32 accumulated, seed 3 far": [*cells("fp32", SEEDS[:3], batch_size=BATCH // 2, grad_accum=2),
+                                         *scaled_eval(cells("fp32", (3,), batch_size=BATCH // 2, grad_accum=2), 1.05),
+                                         *cells("fp32", (4,), batch_size=BATCH // 2, grad_accum=2)],
     })
 
 
@@ -89,6 +100,14 @@ def test_an_independent_fp32_set_is_equivalent(verdicts):
     assert entry.verdict == "equivalent", entry.loss
     assert entry.loss.test == "paired t" and any(entry.loss.differences)
     assert -entry.loss.margin_loss <= entry.loss.difference.low <= entry.loss.difference.high <= entry.loss.margin_loss
+
+
+def test_a_seed_standing_apart_gives_no_verdict_and_names_it(verdicts):
+    """Planted: the equivalent accumulated run with seed 3's eval loss 5 % higher (a test-only hook). A
+    t interval over it would cover neither the typical seed nor the mean; no verdict, seed 3 named."""
+    entry = verdicts.precisions["fp32 accumulated, seed 3 far"]
+    assert entry.verdict == NO_VERDICT and entry.reason.startswith("seed 3 stands apart: eval-loss difference")
+    assert "rerun it or add seeds" in entry.reason
 
 
 def test_fp32_on_seeds_fp32_did_not_run_is_an_independent_set(verdicts):

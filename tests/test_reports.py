@@ -358,6 +358,43 @@ def test_filters_in_the_url_hide_other_models_and_precisions(report, tmp_path):
     assert legend and set(legend) == {"fp32"}  # the other precisions' traces are hidden in every chart
 
 
+SCREEN = (1400, 1000)
+BOX_SCRIPT = ("<script>window.addEventListener('load', () => { const c = document.querySelector('.answer-card'); "
+              "const r = c ? c.getBoundingClientRect() : null; document.body.setAttribute('data-card', r ? "
+              "[r.top, r.bottom, r.left, r.right].join(',') : 'none'); });</script>")
+
+
+def card_box(page_path: str, tmp_path) -> tuple[float, float, float, float] | None:
+    """Where headless Chromium lays out the page's first answer card in a 1400x1000 window (top, bottom,
+    left, right in CSS pixels), or None without one: the page is copied with a script that measures it."""
+    with open(page_path, encoding="utf-8") as f:
+        text = f.read()
+    probe = tmp_path / "measured.html"
+    probe.write_text(text.replace("</body>", BOX_SCRIPT + "</body>"), encoding="utf-8")
+    done = headless(chromium(), str(tmp_path / "profile"), "file://" + str(probe), "--dump-dom",
+                    f"--window-size={SCREEN[0]},{SCREEN[1]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'data-card="([^"]*)"', done.stdout)
+    assert found, "the measuring script did not run"
+    if found.group(1) == "none":
+        return None
+    top, bottom, left, right = (float(v) for v in found.group(1).split(","))
+    return top, bottom, left, right
+
+
+def test_the_matrix_report_opens_on_the_answer_card_inside_the_first_screen(report, tmp_path):
+    page = report["html"]
+    body = page[page.index("<body>"):]
+    assert body.index('class="answer-card') < body.index('id="summary"')
+    # without parity records the card gives the speed and memory answer and says how to measure the loss
+    assert "fastest vs fp32" in body
+    assert "loss parity not measured: run python -m trainkit recommend --model mlp" in body
+    box = card_box(report["paths"]["html"], tmp_path)
+    assert box is not None
+    top, bottom, left, right = box
+    assert 0 <= top < bottom <= SCREEN[1] and 0 <= left < right <= SCREEN[0], box
+
+
 # --- size and speed ------------------------------------------------------------------------------
 
 def synthesize(records, n: int) -> list[dict]:

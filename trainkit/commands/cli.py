@@ -6,6 +6,7 @@
     python -m trainkit env                                    # the environment fingerprint
     python -m trainkit plan --model mlp --precision fp32,amp-bf16 --target-batch 4096 --device cpu \
         --memory-limit-gb 2 --output plan.json                # largest micro-batches, fastest split (commands.plan)
+    python -m trainkit recommend --model mlp --target-batch 256 --device cpu --output answer/   # the answer
 
 Every RunConfig field is an option (--batch-size for batch_size; --flag/--no-flag for booleans),
 with the field's docstring as its help. Exit status: 0 when the record's status is ok, 1 for any
@@ -29,6 +30,8 @@ from .parity import add_arguments as add_parity_arguments
 from .parity import main as cmd_parity
 from .plan import cmd_plan
 from .plan_options import add_parser as add_plan_parser
+from .recommend import add_parser as add_recommend_parser
+from .recommend import main as cmd_recommend
 from .workloads import add_parsers as add_workload_parsers
 from .workloads import cmd_check, cmd_workloads
 
@@ -36,7 +39,8 @@ from .workloads import cmd_check, cmd_workloads
 def build_parser() -> Parser:
     parser = Parser(prog="trainkit", description="Measure what precision and gradient accumulation do to "
                                                  "PyTorch training, one cell at a time.")
-    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env,parity,plan,workloads,check-workload}",
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{run,repro,env,recommend,parity,plan,workloads,check-workload}",
                                 parser_class=Parser)
     run = sub.add_parser("run", help="run one cell and write its result record")
     repro = sub.add_parser("repro", help="rerun the config of a result record (options override it)")
@@ -68,6 +72,7 @@ def build_parser() -> Parser:
     add_parity_arguments(sub.add_parser("parity", help="judge each precision's eval loss against fp32's, seed by "
                                                        "seed, with time to target and diagnostics (see --help)"))
     add_plan_parser(sub)
+    add_recommend_parser(sub)
     add_workload_parsers(sub)
     return parser
 
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("trainkit: choose a command: run, repro, env, parity, plan, workloads or "
+            raise UsageError("trainkit: choose a command: run, repro, env, recommend, parity, plan, workloads or "
                              "check-workload (see --help)")
         if args.command == "env":
             return cmd_env()
@@ -172,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check(args)
         if args.command == "plan":
             return cmd_plan(args)
+        if args.command == "recommend":
+            return cmd_recommend(args)
         base = _load_record_config(args.record) if args.command == "repro" else None
         return cmd_run(args, base)
     except UsageError as exc:

@@ -23,10 +23,12 @@ from typing import Any
 
 import pandas as pd
 
+from trainkit.analysis.answer_records import answers_from_records
 from trainkit.engine.spec.precision_facts import display_rank
 
 from . import figures, frontier, html, parity, profiles
-from .load import to_frame
+from .answer.card import card as answer_card
+from .load import pooling, to_frame
 from .plan import read_plans
 from .plan import section as plan_section
 from .records import Run, all_records, fingerprint, read_runs
@@ -71,6 +73,9 @@ def _header(runs: list[Run], frame: pd.DataFrame, sections: list[tuple[str, str]
                        html.select("precision", "precision", precisions)])
     nav = "".join(f'<a href="#{key}">{html.esc(title)}</a>' for key, title in sections)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    pooled = pooling(frame)
+    if pooled:
+        counts += f". Pooled: {pooled}"
     return (f'<p class="note">{html.esc(counts)}. Generated {generated}.</p>'
             f'<div class="filters">{filters}</div><nav>{nav}</nav>')
 
@@ -177,12 +182,23 @@ def _environment_section(runs: list[Run]) -> str:
     return "".join(parts)
 
 
+def answer_cards(runs: list[Run], parity_docs: list[dict[str, Any]] | None, sources: list[str]) -> str:
+    """The answer card of each model and device (trainkit.analysis.answer_records), the page's first thing:
+    its figures link to the summary, which lists the cells."""
+    cards = []
+    for doc in answers_from_records(all_records(runs), parity_docs or [], sources):
+        data = {**doc.to_dict(), "link_to": "#parity" if parity_docs else "#summary"}
+        cards.append(answer_card(data))
+    return "".join(cards)
+
+
 def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
            parity_docs: list[dict[str, Any]] | None = None,
-           plans: list[dict[str, Any]] | None = None) -> tuple[str, pd.DataFrame]:
+           plans: list[dict[str, Any]] | None = None, sources: list[str] | None = None) -> tuple[str, pd.DataFrame]:
     """The page and the summary table of some runs; links to profile files are made relative to
-    base_dir, the page's directory, where they lie under it. Parity documents add their section,
-    plans the memory planner's."""
+    base_dir, the page's directory, where they lie under it. The answer cards open it; parity
+    documents add their section, plans the memory planner's. `sources` are the input files (named in
+    the cards' commands)."""
     frame = to_frame(all_records(runs))
     table = summary(frame)
     charts = _chart_sections(table, frame)
@@ -198,7 +214,8 @@ def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
         bodies[PLANNER_SECTION[0]] = plan_section(plans)
         sections.insert(sections.index(("failures", "Cells that did not finish")), PLANNER_SECTION)
     body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in sections)
-    return html.page(title, _header(runs, frame, sections), body), table
+    cards = answer_cards(runs, parity_docs, sources or [])
+    return html.page(title, cards + _header(runs, frame, sections), body), table
 
 
 def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit report",
@@ -217,5 +234,5 @@ def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit 
     if plans:
         read = read_plans(plans)
     page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)), parity_docs=parity_docs,
-                         plans=read)
+                         plans=read, sources=list(inputs))
     return html.write_page(output_html, page, to_markdown(table), table.to_csv(index=False), "report")

@@ -130,12 +130,16 @@ def throughput_vs_batch(cells: pd.DataFrame) -> Chart:
 
 def memory_vs_batch(records: pd.DataFrame) -> Chart:
     """Each peak-memory measure against micro-batch size, a line per precision, on the fewest GPUs
-    at the smallest accumulation measured; says which measures the records lack."""
+    at the smallest accumulation measured on that many; says which measures the records lack."""
     title = "Peak memory vs batch size"
     ok = records[records["status"] == "ok"]
     if ok.empty:
         return Chart(title, None, "No cell finished, so there is no memory to plot.")
-    ok = ok[(ok["grad_accum"] == ok["grad_accum"].min()) & (ok["gpus"] == ok["gpus"].min())]
+    # The fewest GPUs, then the smallest accumulation measured on that many: the two minima taken
+    # apart may never have been measured together (a fixed effective batch run as 1 rank x 2 and
+    # 2 ranks x 1), which left no record to plot.
+    fewest = ok[ok["gpus"] == ok["gpus"].min()] if ok["gpus"].notna().any() else ok
+    ok = fewest[fewest["grad_accum"] == fewest["grad_accum"].min()] if fewest["grad_accum"].notna().any() else fewest
     present = [m for m in MEMORY_LABELS if ok[f"memory.{m}"].notna().any()]
     # A key older records lack is not news; say only what a record of today should have measured.
     missing = [MEMORY_LABELS[m] for m in MEMORY_LABELS if m not in present and m not in OPTIONAL_MEMORY_KEYS]

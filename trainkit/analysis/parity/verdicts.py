@@ -10,6 +10,9 @@ precision out (trainkit.analysis.parity.document). No torch; `python -m trainkit
   `equivalent`, entirely above it `worse`, entirely below it `better` (the numerics changed: never a
   win), else `inconclusive`, with the seeds that would decide it if the differences keep their mean
   and spread. A set of seeds with no fp32 twin is judged as an independent set (Welch's t).
+  The estimand is the typical seed's difference: where a seed stands apart from the others (the
+  generalized ESD test, trainkit.analysis.parity.stats.seeds_apart) no t interval can cover it, and
+  the precision gets no verdict, with a reason naming the seed (rerun it or add seeds).
   A diverged seed makes a precision `worse`; a crashed, out-of-memory or timed-out one leaves it
   without a verdict.
 - **Time to target.** Per seed, the target is its fp32 twin's smoothed training loss at
@@ -60,6 +63,7 @@ from .document import (
     TimeToTarget,
 )
 from .stats import (
+    apart_reason,
     geometric_interval,
     paired_test,
     seeds_to_decide,
@@ -188,6 +192,18 @@ def _loss_test(evals: dict[int, float], basis: _Basis) -> LossTest | None:
                     margin_loss=basis.margin_loss, verdict=judged, more_seeds_to_decide=more, more_seeds_note=why)
 
 
+def _seeds_apart(evals: dict[int, float], basis: _Basis) -> str | None:
+    """Why no interval fits when a seed stands apart (trainkit.analysis.parity.stats.seeds_apart): in
+    the paired differences, or, for independent sets, in either set's eval losses; else None."""
+    shared = sorted(s for s in evals if s in basis.evals)
+    if len(shared) >= 2:
+        return apart_reason({s: evals[s] - basis.evals[s] for s in shared}, "eval-loss difference from fp32")
+    if not shared:
+        return (apart_reason(evals, "eval loss")
+                or apart_reason(basis.evals, f"{REFERENCE}'s eval loss"))
+    return None
+
+
 def _timing(ok: list[dict[str, Any]], basis: _Basis) -> TimeToTarget:
     """Steps and time to target per seed, and over seeds with the speedups against fp32's twins."""
     mean_target = _finite_mean(list(basis.targets.values()))
@@ -270,6 +286,8 @@ def _entry(precision: str, records: list[dict[str, Any]], basis: _Basis) -> Prec
         reason = f"diverged in {len(diverged)} of {len(records)} seeds: {diverged[0]['status_detail']}"
     elif loss is None:
         return no_verdict(precision, f"{len(ok)} seed(s) to compare with fp32's; a test needs at least 2", records)
+    elif (apart := _seeds_apart(evals, basis)) is not None:
+        return no_verdict(precision, apart, records)
     elif precision == REFERENCE and loss.test == "paired t" and not any(loss.differences):
         judged, decided_by = REFERENCE_VERDICT, None
     else:
@@ -354,7 +372,9 @@ def rules(margin: Margin, confidence: float) -> dict[str, str]:
     return {
         "test": (f"per seed, this precision's eval loss minus fp32's on the same seed (same initial weights and "
                  f"samples); their mean with a {confidence:.0%} Student t interval (paired t). A set with no seed "
-                 "in common with fp32's is compared as an independent set (Welch t)"),
+                 "in common with fp32's is compared as an independent set (Welch t). The estimand is the typical "
+                 "seed's difference: a seed standing apart from the others (generalized ESD test) leaves no interval "
+                 "and no verdict, with the seed named"),
         "margin": f"equivalence margin: {margin.describe()}",
         "verdict": ("equivalent: the interval inside +- margin; worse / better: entirely beyond it (better means "
                     "the numerics changed, never a win); inconclusive: it straddles the margin, with the seeds "

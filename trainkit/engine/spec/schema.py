@@ -39,9 +39,11 @@ RECORD_KEYS = ("schema", "cell_id", "status", "status_detail", "config", "throug
 # not the model, sets its speed (trainkit.engine.cell.profile flags it; reports show it).
 DATA_BOUND_SHARE = 0.2
 
-# What a baseline must match: GPU model, driver, CUDA and torch (on the CPU: the CPU model and torch).
+# What a baseline must match: GPU model, driver, CUDA and torch (on the CPU: the CPU model, the
+# cores the process may use, and torch: a 2-core baseline says nothing about a 4-core runner).
+# Records from before usable_cpus was recorded fingerprint it as None, so they match only each other.
 FINGERPRINT_KEYS = ("gpu_name", "driver", "cuda", "torch")
-FINGERPRINT_KEYS_CPU = ("cpu", "torch")
+FINGERPRINT_KEYS_CPU = ("cpu", "usable_cpus", "torch")
 
 
 def fingerprint(env: dict[str, Any] | None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from trainkit.engine.spec.schema import fingerprint
@@ -65,6 +65,9 @@ class LatestVerdict:
     commit_before: str | None
     commit_after: str | None
     """The first violating night came in the commits (commit_before, commit_after]."""
+    noise: float | None = None
+    """Relative night-to-night spread of the nights before the last (series.noise), when there are
+    at least `min_history` of them: the reference noise the nightly gate judges tonight against."""
 
     def line(self) -> str:
         change = f"{self.change:+.1%}" if self.change is not None else "n/a"
@@ -148,6 +151,11 @@ def check_night(path: str, records: list[dict[str, Any]], metrics: tuple[str, ..
         acknowledged = acks(conn)
     by_id = {r.run_id: r for r in all_runs}
     order = {r.run_id: i for i, r in enumerate(all_runs)}
-    out = [verdict(s, by_id, _start(s, order, acknowledged), params, rules)
-           for s in build_series(rows, metrics) if gated(s.cell_id) and s.points[-1].run_id in found]
+    out = []
+    for s in build_series(rows, metrics):
+        if gated(s.cell_id) and s.points[-1].run_id in found:
+            start = _start(s, order, acknowledged)
+            before = s.values[max(start, len(s.values) - 1 - rules.reference_nights):-1]
+            spread = noise(list(before)) if len(before) >= rules.min_history else None
+            out.append(replace(verdict(s, by_id, start, params, rules), noise=spread))
     return HistoryCheck(tuple(out))
