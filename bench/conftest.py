@@ -86,9 +86,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="also measure trainkit's loop against a hand-written loop (bench/test_overhead.py)")
     group.addoption("--overhead-blocks", dest="tk_overhead_blocks", type=integer(1), default=None, metavar="N",
                     help="interleaved blocks of each loop per overhead case (default: each case's own)")
-    group.addoption("--overhead-min-ratio", dest="tk_overhead_min_ratio", type=number(0), default=0.98,
+    group.addoption("--overhead-min-ratio", dest="tk_overhead_min_ratio", type=number(0), default=0.99,
                     metavar="X", help="the overhead check fails below this share of the hand-written loop's "
-                                      "throughput (default 0.98)")
+                                      "throughput (default 0.99)")
     group.addoption("--phase-steps", dest="tk_phase_steps", type=integer(0), default=3, metavar="N",
                     help="after the timed steps, time N steps phase by phase: data, forward, backward, "
                          "optimizer (default 3; 0 turns it off)")

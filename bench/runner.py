@@ -180,13 +180,14 @@ def _interval_text(record: dict[str, Any]) -> str:
 def table_row(record: dict[str, Any]) -> str:
     """The record's line in the session's closing table (TABLE_HEADER): its peak memory is the
     headline measure the report and the gate use, named; then how precise its step time is and,
-    at the end, what its conditions put in doubt (a loaded host, other processes on its GPUs)."""
+    at the end, what its conditions put in doubt (a loaded host, other processes on its GPUs, a step
+    so short that trainkit's own overhead is more than 1 % of it)."""
     memory = record.get("memory") or {}
     measure = headline_memory([memory])
     peak = memory[measure] if measure else None
     median = (record.get("step_time_s") or {}).get("median")
     name = record["cell_id"] + (f"-rep{record['repeat']}" if record.get("repeat") else "")
-    flags = condition_flags(record.get("conditions"))
+    flags = condition_flags(record.get("conditions")) + [f for f in [record.get("harness_overhead_flag")] if f]
     return (f"{name:44} {record['status']:11} {_fmt(record.get('throughput_samples_per_s'), 1):>11} "
             f"{_fmt(median and median * 1e3, 2):>9} {_interval_text(record):>7} {_fmt(peak and peak / 2**20, 1):>9} "
             f"{_fmt((record.get('loss') or {}).get('final'), 4):>10}  {MEMORY_NAMES[measure] if measure else '-'}"

@@ -14,7 +14,8 @@ it should not be believed as printed:
                   (never the cell's own ranks, threads, launcher or fork server), the host loaded
                   beyond its cores and the cell's threads, CPU steal, more threads than cores,
                   other processes on the GPUs (trainkit.engine.measure.conditions.condition_flags), of the
-                  cell or of the cell it is compared with
+                  cell or of the cell it is compared with; a step so short that trainkit's own
+                  overhead is more than 1 % of it (the record's harness_overhead_flag)
     within noise  a speedup or efficiency whose interval holds 1: the difference it states is
                   smaller than the noise of the two cells it compares
 
@@ -69,13 +70,16 @@ def _missing(value: object) -> bool:
 
 
 def _record_flags(ok: pd.DataFrame) -> list[list[str]]:
-    """condition_flags of each record, from the tidy frame's flattened `conditions.` columns (an older
-    record without them has none)."""
+    """condition_flags of each record, from the tidy frame's flattened `conditions.` columns, and its
+    harness_overhead_flag (an older record without them has none)."""
+    harness = [[] if _missing(flag) or not flag else [str(flag)]
+               for flag in (ok["harness_overhead_flag"] if "harness_overhead_flag" in ok else [None] * len(ok))]
     columns = [c for c in ok.columns if c.startswith("conditions.")]
     if not columns:
-        return [[] for _ in range(len(ok))]
+        return harness
     rows = ok[columns].rename(columns=lambda c: c.split(".", 1)[1]).to_dict("records")
-    return [condition_flags({k: v for k, v in row.items() if not _missing(v)} or None) for row in rows]
+    return [condition_flags({k: v for k, v in row.items() if not _missing(v)} or None) + own
+            for row, own in zip(rows, harness)]
 
 
 def _pooled(runs: pd.Series) -> list[float]:

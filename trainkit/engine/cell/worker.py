@@ -41,6 +41,7 @@ from ..measure.what_ran import dtype_name, observe, stored_bytes
 from ..spec.config import ProfileConfig, RunConfig
 from ..train import compiled
 from ..train.loop import Trainer, Unsupported
+from ..train.overhead import harness_overhead_us
 from ..workloads.models import count_params
 from ..workloads.workload import WorkloadError, user_frame
 from . import allocator
@@ -274,9 +275,10 @@ class RankWorker:
                                                   f"min_loss_scale={self.config.min_loss_scale:g}")
 
     # --- results -----------------------------------------------------------------------------
-    def collect(self, evaluate: bool = True) -> RankReport:
+    def collect(self, evaluate: bool = True, overhead: bool = True) -> RankReport:
         """This rank's report. Memory is read before anything else allocates; the profiling passes
-        run last, on a report already complete (they append to the trainer's lists, not to it)."""
+        run last, on a report already complete (they append to the trainer's lists, not to it).
+        `overhead`: measure the harness's overhead per step (not for a rank that failed)."""
         self._sync()
         trainer, report, memory = self.trainer, self.report, self.report.memory
         allocated, reserved = torch_memory(self.device)
@@ -300,6 +302,8 @@ class RankWorker:
         loss.skipped = trainer.skipped()
         loss.final_scale = trainer.policy.scaler.get_scale() if trainer.policy.scaler is not None else None
         report.derived = self.derived()
+        if overhead:
+            self._harness_overhead()
         # Compared across ranks by merge_ranks: replicas that drifted apart mean a wrong no_sync.
         report.param_checksum = float(sum(p.detach().double().sum() for p in trainer.raw_model.parameters()))
         if self.rank == 0:
@@ -316,6 +320,18 @@ class RankWorker:
             report.what_ran = self._beside_the_figures(lambda: observe(self.trainer))
         report.cpu_time_s = time.process_time()  # this process's, all threads, from its fork on
         return report
+
+    def _harness_overhead(self) -> None:
+        """trainkit's own cost per step (trainkit.engine.train.overhead), on a null copy of the trainer
+        after the timed steps: it runs none of the cell's work and touches none of its figures."""
+        report = self.report
+        if not report.timing.step_times_s:
+            report.harness_overhead_note = "the cell has no timed steps"
+            return
+        try:
+            report.harness_overhead_us = harness_overhead_us(self.trainer)
+        except Exception as exc:  # a figure beside the others: its failure is reported, not raised
+            report.harness_overhead_note = f"the measurement failed: {classify(exc)[1]}"
 
     def _diagnose(self) -> dict[str, Any]:
         """Why the loss moved, from one more step after everything above was read (like the profiling
@@ -388,7 +404,7 @@ def failure_report(worker: RankWorker | None, rank: int) -> RankReport:
         report.memory.host_rss_peak_bytes = host_rss_peak_bytes()
         return report
     try:
-        return worker.collect(evaluate=False)
+        return worker.collect(evaluate=False, overhead=False)
     except BaseException:  # the failure may have left the device unusable; report what we have
         worker.report.memory.host_rss_peak_bytes = host_rss_peak_bytes()
         if worker.report.memory.host_vm_baseline_bytes is not None:

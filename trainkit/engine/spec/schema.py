@@ -26,12 +26,15 @@ OPTIONAL_MEMORY_KEYS = ("host_rss_growth_bytes",)
 """Memory keys newer records carry and older ones lack; check_record does not ask for them.
 host_rss_growth_bytes: a CPU cell's own growth of the resident set over its worker's baseline
 (most of a worker's RSS is torch, inherited from the fork server, the same for every cell)."""
-OPTIONAL_RECORD_KEYS = ("noise", "conditions", "what_ran")
+OPTIONAL_RECORD_KEYS = ("noise", "conditions", "what_ran", "harness_overhead_per_step_us", "harness_overhead_method",
+                        "harness_overhead_share", "harness_overhead_flag")
 """Record keys newer records carry and older ones lack; check_record does not ask for them, and
 readers judge an older record on what it has. noise: the spread of the step times and the interval
 of their median; conditions: the host, threads and GPU neighbours over the timed window
 (trainkit.engine.measure.conditions); what_ran: the dtypes one extra step observed against the
-declared ones (trainkit.engine.measure.what_ran)."""
+declared ones (trainkit.engine.measure.what_ran); harness_overhead_*: trainkit's own cost per step
+beyond a hand-written loop, its share of the median step and the flag where that is over 1 %
+(trainkit.engine.train.overhead)."""
 RECORD_KEYS = ("schema", "cell_id", "status", "status_detail", "config", "throughput_samples_per_s",
                "step_time_s", "memory", "loss", "scaler", "mfu", "flops_per_sample", "energy_j_per_sample", "env")
 

@@ -6,7 +6,9 @@ the optimizer updates: the parameters, or fp32 master copies of them), `forward_
 (autocast), `backward` (loss scaling), `after_backward` (where a micro-batch's gradient is
 accumulated), `unscale_` (before clipping) and `optimizer_step` (the step, with GradScaler's
 skip-on-overflow); `details` tells the record what the mode did to the
-model (FP8's converted layers). fp32 is the base class with no-op hooks. What a mode *is* (its
+model (FP8's converted layers). fp32 is the base class with no-op hooks; the loop builds its step
+once per policy and leaves out a context or an output cast the policy does not override
+(`Precision.overrides`), so a hook costs the step only where a mode has one. What a mode *is* (its
 dtypes, where it runs, its loss scaling) is read from precision_facts.py, never restated.
 """
 
@@ -56,6 +58,12 @@ class Precision:
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
         return None
+
+    @classmethod
+    def overrides(cls, hook: str) -> bool:
+        """Whether this mode replaces fp32's `hook` (a method name): the loop leaves fp32's identity
+        forward_context and convert_output out of the step instead of calling them every micro-batch."""
+        return getattr(cls, hook) is not getattr(Precision, hook)
 
     @property
     def input_dtype(self) -> torch.dtype:
