@@ -238,8 +238,11 @@ def observe(trainer: Any) -> dict[str, Any]:
     rows = [
         _compare("parameters", facts.param_dtype, {dtype_name(p) for p in floating}, f"{len(floating)} tensors"),
         _compare("gradients", facts.param_dtype, reader.seen, "as backward left them"),
+        # A step the loss scaler skipped (an overflow) never calls the optimizer: nothing to observe.
         _compare("optimizer's gradients", trained, optimizer_grads,
-                 "fp32 main gradients" if facts.master_dtype else "the parameters' own"),
+                 "fp32 main gradients" if facts.master_dtype else "the parameters' own") if optimizer_grads
+        else Row("optimizer's gradients", trained, NOT_OBSERVED,
+                 "the loss scaler skipped this step (an overflow): the optimizer never ran", None),
         _compare("master copy", facts.master_dtype or NONE, {dtype_name(p) for p in masters}),
         *state_rows(config, trainer.optimizer),
         Row("weight rounding", facts.weight_rounding, weight_rounding_of(trainer.optimizer),
