@@ -63,7 +63,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="how many of the timed steps pytest-benchmark records one by one (default: all); "
                          "the rest run as one window timed by the worker")
     REPEATS.add(group, dest="tk_repeats",
-                help="run every cell N times, each in fresh worker processes (ids end in -repK)")
+                help="run the matrix N times in rounds, every cell once a round in fresh worker processes (ids "
+                     "end in -repK); speedups are paired by round")
     LR.add(group, dest="tk_lr")
     DEVICE.add(group, dest="tk_device", help="run the cells on this device (default: a GPU if one is visible)")
     CELL_TIMEOUT.add(group, dest="tk_cell_timeout", default=DEFAULT_CELL_TIMEOUT_S,

@@ -279,15 +279,22 @@ def build_matrix(chosen: Preset, hw: Hardware, overrides: dict[str, tuple[Any, .
                  max_batch: MaxBatch | None = None) -> list[CellSpec]:
     """The cells of a preset with axis overrides applied, in a stable order, without duplicates. A
     batch size of max is resolved per cell by `max_batch` (a ValueError without one); a cell the
-    hardware cannot run and no plan covers is left out (it has no batch to name it by)."""
+    hardware cannot run and no plan covers is left out (it has no batch to name it by).
+
+    With `repeats` N >= 2 the matrix runs in rounds: every cell once (repeat 0), then every cell
+    again (repeat 1), and so on (ABAB, as Chromium's Pinpoint interleaves A and B), so round r holds
+    each comparison's reference and candidate close in time and a speedup is paired by round
+    (trainkit.analysis.paired). Back to back (AABB), a machine that slowed between two cells would
+    slow every repeat of one and none of the other."""
     cells: dict[str, CellSpec] = {}
     lengths = {"steps": steps, "warmup_steps": warmup_steps}
-    for chosen_block in chosen.blocks:
-        for values, config, reason in _block_cells(chosen, chosen_block, hw, overrides, lengths,
-                                                   dict(run_options or {}), max_batch):
-            for repeat in range(repeats):
-                spec = CellSpec(values, repeat, config, reason)
-                cells.setdefault(spec.id, spec)
+    once = [(values, config, reason) for chosen_block in chosen.blocks
+            for values, config, reason in _block_cells(chosen, chosen_block, hw, overrides, lengths,
+                                                       dict(run_options or {}), max_batch)]
+    for repeat in range(repeats):
+        for values, config, reason in once:
+            spec = CellSpec(values, repeat, config, reason)
+            cells.setdefault(spec.id, spec)
     return list(cells.values())
 
 

@@ -52,6 +52,15 @@ def test_quick_preset_covers_what_it_promises_on_a_cpu():
         "tf32 needs a CUDA GPU with compute capability >= 8.0"}
 
 
+def test_repeats_run_in_rounds_every_cell_once_then_every_cell_again():
+    cells = build_matrix(preset("tiny", on_gpu=False), CPU_HW, {"model": ("mlp",), "precision": ("fp32", "amp-bf16"),
+                                                               "grad_accum": (1,), "gpus": (1,)}, 2, 1, repeats=3)
+    ids = [c.id for c in cells]
+    once = [c.id for c in cells if c.repeat == 0]
+    assert len(once) >= 2 and ids == [*once, *(f"{i}-rep1" for i in once), *(f"{i}-rep2" for i in once)]
+    assert [c.repeat for c in cells] == sorted(c.repeat for c in cells)  # ABAB, never AABB
+
+
 def test_overrides_replace_axes_and_ids_are_readable():
     cells = build_matrix(preset("quick", on_gpu=False), CPU_HW,
                          {"model": ("resnet50",), "precision": ("amp-fp16", "fp32"), "batch_size": (256,),

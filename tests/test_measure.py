@@ -116,26 +116,22 @@ def test_host_window_shares_come_from_the_counters_deltas():
     assert host_window(before, blind)["cpu_busy_share"] is None and condition_flags(host_window(before, blind)) == []
 
 
-def test_the_median_step_times_interval_is_a_seeded_bootstrap():
+def test_the_median_step_times_interval_is_an_order_statistic_interval():
     times = [1.26, 2.105, 2.047, 2.056, 2.068, 1.942, 1.954, 1.711]
     noise = noise_of(times)
     assert noise["median_ci_low_s"] <= statistics.median(times) <= noise["median_ci_high_s"]
     assert min(times) <= noise["median_ci_low_s"] < noise["median_ci_high_s"] <= max(times)
-    assert noise_of(times) == noise and "bootstrap" in noise["method"]  # the same times, the same interval
+    assert "order-statistic" in noise["method"]
+    # At 8 values [X(1), X(8)] covers 99.2 % and [X(2), X(7)] 93.0 %: the interval lies between them.
+    x = sorted(times)
+    assert x[0] < noise["median_ci_low_s"] < x[1] and x[6] < noise["median_ci_high_s"] < x[7]
     assert noise["iqr_over_median"] == pytest.approx(summarize_s(times)["iqr"] / statistics.median(times))
-    short = noise_of([1.0, 2.0])
-    assert short["median_ci_low_s"] is None and "2 timed steps" in short["note"]
-    assert noise_of([0.5] * 5)["median_ci_low_s"] == noise_of([0.5] * 5)["median_ci_high_s"] == 0.5
-
-
-
-def test_without_scipy_the_interval_is_null_with_the_reason(monkeypatch):
-    from trainkit.engine.measure import conditions
-
-    monkeypatch.setattr(conditions, "scipy_available", lambda: False)  # core trainkit does without it
-    noise = conditions.noise_of([1.0, 1.1, 0.9, 1.0])
-    assert noise["median_ci_low_s"] is None and "scipy is not installed" in noise["note"]
-    assert noise["iqr_over_median"] is not None  # the spread needs no scipy
+    for n in (2, 3, 4, 5):  # min to max of 5 covers 93.75 %: no 95 % interval, and the note says so
+        short = noise_of([1.0, 2.0, 1.5, 1.2, 1.1][:n])
+        assert short["median_ci_low_s"] is None and f"{n} timed steps" in short["note"]
+        assert "at least 6" in short["note"]
+        assert short["iqr_over_median"] is not None  # the spread needs no interval
+    assert noise_of([0.5] * 6)["median_ci_low_s"] == noise_of([0.5] * 6)["median_ci_high_s"] == 0.5
 
 
 def test_ranks_that_end_apart_are_a_failed_cell():

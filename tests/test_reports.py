@@ -53,6 +53,11 @@ def real_records() -> tuple[dict, ...]:
     return tuple(records)
 
 
+def at_median(record: dict) -> float:
+    """A record's global samples per second at its median step time (the summary's throughput)."""
+    return record["config"]["effective_batch"] / record["step_time_s"]["median"]
+
+
 def by_cell(records) -> dict[str, dict]:
     """Records of the usual cells by cell id (the diverged lr=1e6 cell shares its id with an ok one)."""
     return {r["cell_id"]: r for r in records if r["config"]["lr"] == 0.01}
@@ -148,14 +153,15 @@ def test_summary_figures_are_the_records_numbers(report, records):
             assert row["throughput_samples_per_s"] == "" and row["repeats"] == "0"
             continue
         assert row["repeats"] == "1"  # the same cell in both input files counts once
-        assert float(row["throughput_samples_per_s"]) == pytest.approx(record["throughput_samples_per_s"])
+        # Samples per second at the median step time: the statistic the step time's interval is of.
+        assert float(row["throughput_samples_per_s"]) == pytest.approx(at_median(record))
         assert float(row["final_loss"]) == pytest.approx(record["loss"]["final"])
         # A CPU run has host memory only: the cell's own growth over its worker's inherited pages.
         assert float(row["peak_memory_mib"]) == pytest.approx(record["memory"]["host_rss_growth_bytes"] / 2**20)
         assert row["memory_measure"] == "host_rss_growth_bytes"
         fp32 = cells[cell_id.replace(record["config"]["precision"], "fp32", 1)]
         assert float(row["speedup_vs_fp32"]) == pytest.approx(
-            record["throughput_samples_per_s"] / fp32["throughput_samples_per_s"])
+            fp32["step_time_s"]["median"] / record["step_time_s"]["median"])
         # 5 steps, far fewer than MIN_LOSS_COMPARISON_STEPS: the loss is said to be after 5 steps and
         # is not compared with fp32's (test_a_loss_difference_needs_a_long_enough_run below).
         assert row["loss_steps"] == str(len(record["loss"]["curve"])) == "5" and row["loss_diff_vs_fp32"] == ""
@@ -192,7 +198,7 @@ def test_weak_scaling_efficiency_is_thr_n_over_n_thr_1(report, records):
     for precision in ("fp32", "amp-bf16"):
         one, two = cells[f"gpt-{precision}-bs4-ga1-gpus1"], cells[f"gpt-{precision}-bs4-ga1-gpus2"]
         row = row_of(report["rows"], f"gpt-{precision}-bs4-ga1-gpus2")
-        expected = two["throughput_samples_per_s"] / (2 * one["throughput_samples_per_s"])
+        expected = at_median(two) / (2 * at_median(one))
         assert float(row["weak_scaling_efficiency"]) == pytest.approx(expected)
         assert row_of(report["rows"], f"gpt-{precision}-bs4-ga1-gpus1")["weak_scaling_efficiency"] == ""
 
@@ -208,7 +214,7 @@ def test_markdown_has_a_table_per_model_and_rank_count(report, records):
     for title in ("## mlp · CPU", "## gpt · CPU"):
         assert title in markdown
     assert re.search(r"## gpt · CPU .* · 2 ranks", markdown)
-    throughput = by_cell(records)["mlp-fp32-bs64-ga1-gpus1"]["throughput_samples_per_s"]
+    throughput = at_median(by_cell(records)["mlp-fp32-bs64-ga1-gpus1"])
     shown = f"{throughput:,.0f}" if throughput >= 100 else f"{throughput:.3g}"
     # A figure from this shared machine may carry the mark of a loaded host.
     assert re.search(rf"\| {re.escape(shown)}( {FLAG_MARK})? \|", markdown)
@@ -283,6 +289,8 @@ def test_one_run_whose_cells_landed_on_two_gpu_models_is_grouped_by_each_records
                                      and r["config"]["grad_accum"] == 1]):
             record["env"].update(gpu_name=gpu, driver=driver, cuda="12.8", hostname=node)
             record["throughput_samples_per_s"] *= scale
+            record["step_time_s"].update(values=[v / scale for v in record["step_time_s"]["values"]],
+                                         median=record["step_time_s"]["median"] / scale)
             run.append(record)
     paths = build_report([write_results(run, str(tmp_path / "results.jsonl"))], str(tmp_path / "report.html"))
     built = read_built(paths)
@@ -290,7 +298,7 @@ def test_one_run_whose_cells_landed_on_two_gpu_models_is_grouped_by_each_records
     assert {r["hardware"] for r in rows} == {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"}
     fp32 = [r for r in rows if r["precision"] == "fp32" and r["batch_size"] == "16"]
     assert sorted(float(r["throughput_samples_per_s"]) for r in fp32) == pytest.approx(
-        sorted(r["throughput_samples_per_s"] * s for r in records for s in (1.0, 0.5)
+        sorted(at_median(r) * s for r in records for s in (1.0, 0.5)
                if r["cell_id"] == "mlp-fp32-bs16-ga1-gpus1" and r["config"]["lr"] == 0.01))
     assert {float(r["speedup_vs_fp32"]) for r in fp32} == {1.0}  # each model against its own fp32
     page = built["html"]
@@ -367,6 +375,9 @@ def synthesize(records, n: int) -> list[dict]:
         record["cell_id"] = f"{model}-{precision}-bs{batch}-ga{accum}-gpus{gpus}"
         scale = 1 + (i % 17) / 10
         record["throughput_samples_per_s"] *= scale
+        if record["step_time_s"]:
+            record["step_time_s"].update(values=[v / scale for v in record["step_time_s"]["values"]],
+                                         median=record["step_time_s"]["median"] / scale)
         for key in ("host_rss_peak_bytes", "host_rss_growth_bytes"):
             record["memory"][key] = int(record["memory"][key] * scale)
         record["loss"]["curve"] = [v * (1 + j / 400) for j in range(8) for v in record["loss"]["curve"]][:50]

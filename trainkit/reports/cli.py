@@ -4,11 +4,13 @@
     python -m reports compare baseline/ candidate/ -o reports/out/compare.html [--relative 0.07 --k 3]
     python -m reports plan plan.json -o reports/out/plan.html      # a plan (trainkit plan) as its own page
     python -m reports history ingest|changes|trend|show|ack ...     # the run store across nights (reports/history)
+    python -m reports calibration [--results results.jsonl]         # intervals' coverage and A/A rates
 
 Exit status:
 
     0  done (compare: pass, no gated cell regressed or failed and the gate could see the run)
-    1  compare: regression, a gated cell regressed, drifted or failed (whatever else was noisy)
+    1  compare: regression, a gated cell regressed, drifted or failed (whatever else was noisy);
+       calibration: an interval covered outside 93-97 %, or an A/A rate fell below 95 %
     2  bad input: an option, or a missing, malformed or empty result file, printed as one line
     3  compare: inconclusive, nothing regressed but more than --max-noisy-share (25 %) of the gated
        cells compared were noisy; the machine was too busy to tell, so it is not a pass either
@@ -87,6 +89,13 @@ def parser() -> Parser:
     compare.add_argument("--fail-on-removed", action="store_true",
                          help="a baseline cell missing from the candidate fails too (pytest-benchmark JSON "
                               "leaves out cells that did not finish)")
+    calibration = sub.add_parser("calibration", help="the coverage of every 95 %% interval and the A/A rates, "
+                                                      "simulated; and your machine's A/A from a results file")
+    calibration.add_argument("--results", action="append", default=[], metavar="RESULTS",
+                             help="a results file of a bench run with --repeats N (N >= 12): each cell against "
+                                  "itself in neighbouring rounds (repeatable)")
+    calibration.add_argument("--draws", type=integer(200), default=None,
+                             help="simulated data sets per coverage cell (default 4000)")
     history_cli.add_parser(sub)
     return top
 
@@ -132,11 +141,21 @@ def _compare(args: argparse.Namespace) -> int:
     return OUTCOME_EXIT[result.outcome]
 
 
+def _calibration(args: argparse.Namespace) -> int:
+    from . import calibration  # numpy/scipy: only when the simulations run
+
+    options = calibration.Options.reading(tuple(args.results), **({"draws": args.draws} if args.draws else {}))
+    lines, ok = calibration.report(options)
+    print("\n".join(lines).rstrip())
+    return PASS if ok else REGRESSION
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         with cut_off_lines_on_stderr():  # a results file a killed run left: said once, then read
-            return {"build": _build, "plan": _plan, "compare": _compare, "history": history_cli.run}[args.command](args)
+            return {"build": _build, "plan": _plan, "compare": _compare, "history": history_cli.run,
+                    "calibration": _calibration}[args.command](args)
     except UsageError as e:  # InputError (a file that cannot be read) is one too
         print(f"error: {e}", file=sys.stderr)
         return BAD_INPUT

@@ -13,10 +13,16 @@ it should not be believed as printed:
     within noise  a speedup or efficiency whose interval holds 1: the difference it states is
                   smaller than the noise of the two cells it compares
 
-Intervals: each cell's step times (all its ok repeats, pooled) give a bootstrap interval of their
-median (trainkit.engine.measure.conditions.noise_of); a throughput ratio's interval takes the worst case of
-its two cells' intervals (INTERVAL_NOTE). Older records without conditions are judged on what they
-have: an efficiency of 2445 % is implausible whatever the host did.
+Figures and intervals rest on one statistic, the median step time. A cell's throughput is its
+effective batch over the median of its step times (its ok repeats pooled), and its interval is that
+median's order-statistic interval (trainkit.engine.measure.conditions.median_interval), null below 6 steps.
+A ratio of two cells (a speedup, a weak-scaling efficiency, compiled over eager) is, where both ran
+in the same rounds (bench --repeats N: every cell once, then every cell again), the median of its
+per-round ratios with the interval of that median over rounds (trainkit.analysis.paired.paired_ratio;
+none below 6 rounds): a machine that slowed during a round slows both cells and cancels. Without
+rounds it is the ratio of the two medians with their intervals combined on the log scale
+(paired.unpaired_ratio). Older records without conditions are judged on what they have: an
+efficiency of 2445 % is implausible whatever the host did.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from trainkit.engine.measure.conditions import condition_flags, median_intervals
+from trainkit.analysis.paired import MIN_ROUNDS_FOR_INTERVAL, paired_ratio, unpaired_ratio
+from trainkit.engine.measure.conditions import MIN_STEPS_FOR_INTERVAL, condition_flags, median_intervals
 from trainkit.engine.measure.flops import peak_flops_per_s
 from trainkit.engine.spec.precision_facts import DTYPE_BYTES, PRECISION_FACTS
 
@@ -39,10 +47,14 @@ PEAK_TOLERANCE = 1.05
 IMPLAUSIBLE_NOTE = (f"Implausible: a weak-scaling efficiency above {IMPLAUSIBLE_EFFICIENCY:.0%} (N ranks cannot do "
                     "more than N times one rank's work: the 1-rank cell was slowed), a speedup beyond what the "
                     "device's peak FLOP/s and bytes allow, a peak memory that does not grow with the batch.")
-INTERVAL_NOTE = ("Intervals: 95 % bootstrap interval of each cell's median step time (its steps pooled over "
-                 "repeats); a ratio's interval combines the two cells' intervals worst case. They hold the "
-                 "step-to-step noise within a run, not a whole run slowed by a loaded host: the flags say that.")
-NOISE_COLUMNS = ["step_time_median_s", "step_time_ci_low_s", "step_time_ci_high_s", "cell_flags"]
+INTERVAL_NOTE = ("Throughput: the effective batch over the median step time; intervals: 95 %, of that median "
+                 f"(order statistics, from {MIN_STEPS_FOR_INTERVAL} steps). A ratio measured in rounds (--repeats N) "
+                 "is the median of its per-round ratios with that median's interval over rounds (from "
+                 f"{MIN_ROUNDS_FOR_INTERVAL} rounds), else the ratio of the two medians with their intervals "
+                 "combined. They hold the noise the steps and rounds show, not a whole run slowed by a loaded host: "
+                 "the flags say that.")
+NOISE_COLUMNS = ["step_time_median_s", "step_time_ci_low_s", "step_time_ci_high_s", "throughput_median",
+                 "throughput_low", "throughput_high", "round_throughputs", "cell_flags"]
 """Columns cell_noise adds to each cell, and that a comparison carries from its reference cell."""
 
 
@@ -64,43 +76,81 @@ def _pooled(runs: pd.Series) -> list[float]:
     return [float(v) for run in runs if isinstance(run, list) for v in run if v is not None]
 
 
+def _rounds(parts: pd.DataFrame, keys: list[str], index: pd.Index) -> pd.Series:
+    """Each cell's throughput per round: effective batch over the round record's median step time
+    (the median of them, should a round hold two records of the cell); None for a cell without rounds."""
+    out = pd.Series(None, index=index, dtype=object)
+    rounds = pd.to_numeric(parts["round"], errors="coerce")
+    figure = pd.to_numeric(parts["batch"], errors="coerce") / pd.to_numeric(parts["median"], errors="coerce")
+    usable = rounds.notna() & figure.gt(0) & np.isfinite(figure)
+    if not usable.any():  # records from before rounds, or a run without --repeats: nothing to pair
+        return out
+    for cell, positions in parts[usable].groupby(keys, dropna=False, sort=False).indices.items():
+        per_round: dict[int, list[float]] = {}
+        for r, value in zip(rounds[usable].iloc[positions], figure[usable].iloc[positions]):
+            per_round.setdefault(int(r), []).append(float(value))
+        out[cell] = {r: statistics.median(v) for r, v in sorted(per_round.items())}
+    return out
+
+
 def cell_noise(ok: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Per cell (`keys`) of ok records: the median of its step times, that median's interval, and the
-    condition flags any of its records carries (NOISE_COLUMNS), indexed by the keys. A cell of one
-    record that carries its interval keeps it; the others (older records, repeats pooled) are
-    bootstrapped here, all in one go (median_intervals)."""
+    """Per cell (`keys`) of ok records: the median of its step times (its records pooled) and that
+    median's interval, the throughput they give (effective batch over the median, and over the
+    interval's ends), its throughput per round where its records carry a round (bench --repeats N),
+    and the condition flags any of its records carries (NOISE_COLUMNS), indexed by the keys. The
+    intervals are made here from the step times, all cells alike (median_intervals)."""
     def column(name: str) -> Any:
         return ok[name] if name in ok else pd.Series(None, index=ok.index, dtype=object)
 
-    parts = ok[keys].assign(values=column("step_time_s.values"), low=column("noise.median_ci_low_s"),
-                            high=column("noise.median_ci_high_s"), flags=_record_flags(ok))
-    cells = parts.groupby(keys, dropna=False, sort=False).agg(
-        times=("values", _pooled), records=("values", "size"), low=("low", "first"), high=("high", "first"),
-        cell_flags=("flags", lambda s: list(dict.fromkeys(f for record in s for f in record))))
-    lows, highs = pd.to_numeric(cells["low"], errors="coerce"), pd.to_numeric(cells["high"], errors="coerce")
-    bounds = list(zip(lows, highs))
-    redo = [i for i, (n, low, high) in enumerate(zip(cells["records"], lows, highs))
-            if n != 1 or math.isnan(low) or math.isnan(high)]
-    for i, (low, high) in zip(redo, median_intervals([cells["times"].iloc[i] for i in redo])):
-        bounds[i] = (math.nan if low is None else low, math.nan if high is None else high)
-    return pd.DataFrame({"step_time_median_s": [statistics.median(t) if t else math.nan for t in cells["times"]],
-                         "step_time_ci_low_s": [low for low, _ in bounds],
-                         "step_time_ci_high_s": [high for _, high in bounds],
+    parts = ok[keys].assign(values=column("step_time_s.values"), flags=_record_flags(ok),
+                            round=column("round"), batch=column("config.effective_batch"),
+                            median=column("step_time_s.median"))
+    grouped = parts.groupby(keys, dropna=False, sort=False)
+    cells = grouped.agg(times=("values", _pooled), batch=("batch", "first"),
+                        cell_flags=("flags", lambda s: list(dict.fromkeys(f for record in s for f in record))))
+    bounds = median_intervals(list(cells["times"]))
+    median = pd.Series([statistics.median(t) if t else math.nan for t in cells["times"]], index=cells.index)
+    low = pd.Series([math.nan if b[0] is None else b[0] for b in bounds], index=cells.index)
+    high = pd.Series([math.nan if b[1] is None else b[1] for b in bounds], index=cells.index)
+    batch = pd.to_numeric(cells["batch"], errors="coerce")
+    rounds = _rounds(parts, keys, cells.index)
+    return pd.DataFrame({"step_time_median_s": median, "step_time_ci_low_s": low, "step_time_ci_high_s": high,
+                         "throughput_median": batch / median, "throughput_low": batch / high,
+                         "throughput_high": batch / low, "round_throughputs": rounds,
                          "cell_flags": cells["cell_flags"]}, index=cells.index)
 
 
-def ratio_interval(table: pd.DataFrame, value: str, suffix: str) -> tuple[pd.Series, pd.Series]:
-    """The interval of a throughput ratio (`value`: this cell over its reference, whose columns carry
-    `suffix`): throughput goes as 1 / step time, so the ratio moves by median/high .. median/low of
-    this cell and the inverse of the reference's. NaN where either cell has no interval."""
-    def factor(col_suffix: str, bound: str) -> pd.Series:
-        median = pd.to_numeric(table[f"step_time_median_s{col_suffix}"], errors="coerce")
-        return median / pd.to_numeric(table[f"step_time_ci_{bound}_s{col_suffix}"], errors="coerce")
-
-    low = table[value] * factor("", "high") / factor(suffix, "low")
-    high = table[value] * factor("", "low") / factor(suffix, "high")
+def compare(table: pd.DataFrame, suffix: str) -> pd.DataFrame:
+    """Each row's throughput over that of its reference (whose columns carry `suffix`), with the
+    ratio's interval: `ratio`, `low`, `high`, `rounds` (the rounds it is paired over, 0 unpaired) and
+    `interval_note` (why there is no interval). Paired by round where the two cells share two rounds
+    or more (paired.paired_ratio), else the ratio of their medians (paired.unpaired_ratio). NaN where
+    either cell has no figure; a row compared with itself (the reference) has none to judge."""
+    unpaired, low, high = unpaired_ratio(
+        pd.to_numeric(table[f"throughput_median{suffix}"], errors="coerce").to_numpy(dtype=float),
+        pd.to_numeric(table[f"throughput_low{suffix}"], errors="coerce").to_numpy(dtype=float),
+        pd.to_numeric(table[f"throughput_high{suffix}"], errors="coerce").to_numpy(dtype=float),
+        pd.to_numeric(table["throughput_median"], errors="coerce").to_numpy(dtype=float),
+        pd.to_numeric(table["throughput_low"], errors="coerce").to_numpy(dtype=float),
+        pd.to_numeric(table["throughput_high"], errors="coerce").to_numpy(dtype=float))
+    out = pd.DataFrame({"ratio": unpaired, "low": low, "high": high, "rounds": 0, "interval_note": None},
+                       index=table.index)
+    out["interval_note"] = out["interval_note"].astype(object)
+    for i, (own, reference) in enumerate(zip(table["round_throughputs"], table[f"round_throughputs{suffix}"])):
+        shared = sorted(set(own) & set(reference)) if isinstance(own, dict) and isinstance(reference, dict) else []
+        if len(shared) < 2:
+            if not np.isnan(unpaired[i]) and np.isnan(low[i]):
+                out.iloc[i, out.columns.get_loc("interval_note")] = (
+                    f"no interval: a cell has fewer than {MIN_STEPS_FOR_INTERVAL} timed steps")
+            continue
+        paired = paired_ratio([reference[r] for r in shared], [own[r] for r in shared])
+        out.iloc[i, :4] = [paired.ratio, np.nan if paired.low is None else paired.low,
+                           np.nan if paired.high is None else paired.high, paired.n_rounds]
+        out.iloc[i, 4] = paired.reason
     self_compared = table["cell"] == table[f"cell{suffix}"]  # the reference itself: no difference to judge
-    return low.where(~self_compared), high.where(~self_compared)
+    out.loc[self_compared, ["low", "high"]] = np.nan
+    out.loc[self_compared, "interval_note"] = None
+    return out
 
 
 def speedup_bound(hardware: object, precision: object, reference: str) -> float | None:

@@ -23,7 +23,7 @@ from trainkit.engine.spec.precision_facts import color_of, display_rank
 
 from . import html
 from .figures import Chart, _figure
-from .flags import NOISE_COLUMNS, cell_noise, ratio_interval
+from .flags import NOISE_COLUMNS, cell_noise, compare
 from .summary import MIB, ranks_label
 
 SECTIONS = (("compile", "torch.compile"), ("pareto", "Memory vs throughput"), ("fp8", "FP8"))
@@ -35,25 +35,22 @@ SYMBOLS = {"none": "circle", "full": "diamond"}
 
 
 def cells(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell over its ok records: medians of throughput, peak memory (the headline
-    measure), final loss and compile time; the most recompiles and graphs of any repeat; the loss
+    """One row per cell over its ok records: the throughput at the median step time with its interval
+    (flags.cell_noise: the figure and its interval rest on the same median), medians of peak memory
+    (the headline measure), final loss and compile time; the most recompiles and graphs of any repeat; the loss
     curves of its repeats (for a loss at a chosen step)."""
     ok = records[(records["status"] == "ok") & records["throughput_samples_per_s"].notna()]
     if ok.empty:
         return pd.DataFrame(columns=[*CELL, "repeats", "throughput", "peak_mib", "memory_measure", "final_loss",
-                                     "compile_s", "recompiles", "graphs", "curves", *NOISE_COLUMNS,
-                                     "throughput_low", "throughput_high"])
+                                     "compile_s", "recompiles", "graphs", "curves", *NOISE_COLUMNS])
     per_cell = ok.groupby(CELL, dropna=False, sort=False).agg(
-        repeats=("status", "size"), throughput=("throughput_samples_per_s", "median"),
+        repeats=("status", "size"),
         peak_mib=("peak_memory_bytes", lambda s: s.median() / MIB), memory_measure=("memory_measure", "first"),
         final_loss=("loss.final", "median"), compile_s=("compile.compile_time_s", "median"),
         recompiles=("compile.recompiles", "max"), graphs=("compile.graphs", "max"),
         curves=("loss.curve", lambda s: [c for c in s if isinstance(c, list)]),
     ).join(cell_noise(ok, CELL)).reset_index()
-    # Throughput goes as 1 / step time: its interval from the median step time's (trainkit.reports.flags).
-    median = pd.to_numeric(per_cell["step_time_median_s"], errors="coerce")
-    per_cell["throughput_low"] = per_cell["throughput"] * median / per_cell["step_time_ci_high_s"]
-    per_cell["throughput_high"] = per_cell["throughput"] * median / per_cell["step_time_ci_low_s"]
+    per_cell["throughput"] = per_cell["throughput_median"]
     return per_cell
 
 
@@ -77,8 +74,10 @@ def compile_pairs(per_cell: pd.DataFrame) -> pd.DataFrame:
     compiled = per_cell[per_cell["compiled"]]
     eager = per_cell[~per_cell["compiled"]][[*PAIR, "throughput", "final_loss", "curves", "cell", *NOISE_COLUMNS]]
     pairs = compiled.merge(eager.drop_duplicates(subset=PAIR), on=PAIR, how="left", suffixes=("", "_eager"))
-    pairs["speedup"] = pairs["throughput"] / pairs["throughput_eager"]
-    pairs["speedup_low"], pairs["speedup_high"] = ratio_interval(pairs, "speedup", "_eager")
+    # Paired by round where both ran in rounds (bench --repeats N), else the ratio of the medians.
+    ratio = compare(pairs, "_eager") if len(pairs) else pd.DataFrame(columns=["ratio", "low", "high", "rounds"])
+    pairs["speedup"], pairs["speedup_low"], pairs["speedup_high"] = ratio["ratio"], ratio["low"], ratio["high"]
+    pairs["speedup_rounds"] = ratio["rounds"]
     # A compiled run is longer than its twin by the warmup steps compilation took to settle, so its
     # final loss is a later step's: compare the loss at the twin's last step.
     pairs["eager_steps"] = [max((len(c) for c in curves), default=0) if isinstance(curves, list) else 0
@@ -108,8 +107,9 @@ def compile_chart(pairs: pd.DataFrame) -> Chart:
     fig.update_layout(barmode="group")
     fig.update_yaxes(rangemode="tozero")
     missing = int(pairs["speedup"].isna().sum())
-    note = ("Each compiled cell over its eager twin (same model, shape, precision and other axes), median over "
-            "repeats; above 1 compile is faster. Compile time: the warmup steps that compiled, less what they take "
+    note = ("Each compiled cell over its eager twin (same model, shape, precision and other axes): the median of "
+            "the per-round ratios where both ran in rounds (--repeats N), else the ratio of their median step "
+            "times; above 1 compile is faster. Compile time: the warmup steps that compiled, less what they take "
             "at the steady speed; it is never part of a timed step. A compiled run is longer by the warmup steps "
             "compilation took to settle, so the table sets its loss after as many steps as the eager twin took "
             "beside the twin's final loss. Whiskers: the speedup's 95 % interval (trainkit.reports.flags).")

@@ -5,8 +5,11 @@ Columns (CSV names; units in the names):
     model, hardware, gpus, batch_size, grad_accum, effective_batch, precision, variant
     status                    ok when any repeat finished, else the status of the last one
     repeats                   ok records combined (median) into the row
-    throughput_samples_per_s  global samples/s over the timed optimizer steps
-    speedup_vs_fp32           throughput / throughput of the fp32 cell of the same shape
+    throughput_samples_per_s  global samples per second at the median step time: the effective batch over
+                              the median of the cell's step times (its ok repeats pooled), the statistic
+                              its interval is of (a mean would let one slow step move it)
+    speedup_vs_fp32           throughput over that of the fp32 cell of the same shape; measured in rounds
+                              (bench --repeats N), the median of the per-round ratios (trainkit.reports.flags)
     loss_steps                optimizer steps the cell's loss curve holds (warmup included): the losses
                               below are "after N steps", and headers say so
     final_loss, loss_diff_vs_fp32   loss of the last step, and minus the fp32 cell's; the difference is
@@ -17,10 +20,13 @@ Columns (CSV names; units in the names):
     peak_memory_mib, memory_measure  the headline memory measure of the cell's ok records, the one the
                               gate compares (trainkit.engine.spec.schema.headline_memory); MiB = 2**20 B
     skipped_steps             optimizer steps GradScaler skipped (modes with dynamic loss scaling only)
-    weak_scaling_efficiency   thr_N / (N * thr_1) for the same per-GPU batch and accumulation (N > 1)
-    speedup_vs_fp32_low, _high, weak_scaling_efficiency_low, _high   their 95 % intervals (trainkit.reports.flags)
+    weak_scaling_efficiency   thr_N / (N * thr_1) for the same per-GPU batch and accumulation (N > 1), per
+                              round where both ran in rounds
+    speedup_vs_fp32_low, _high, weak_scaling_efficiency_low, _high   their 95 % intervals (trainkit.reports.flags);
+                              empty below 6 rounds (paired) or 6 steps a cell (unpaired)
+    speedup_vs_fp32_rounds    the rounds the speedup is paired over (0: the cells ran in no common rounds)
     step_time_median_s, step_time_ci_low_s, step_time_ci_high_s   the median of the cell's step times
-                              (its ok repeats pooled) and its bootstrap interval
+                              (its ok repeats pooled) and its order-statistic interval
     flags                     why a figure of the row should not be believed as printed: implausible,
                               measured on a loaded host, or within noise (trainkit.reports.flags), "; "-joined
     flagged_figures           the columns those flags put in doubt (marked ⚠ in the page and Markdown)
@@ -68,7 +74,7 @@ COLUMNS = ["model", "hardware", "gpus", "batch_size", "grad_accum", "effective_b
            "status", "repeats", "throughput_samples_per_s", "speedup_vs_fp32", "loss_steps", "final_loss",
            "loss_diff_vs_fp32",
            "peak_memory_mib", "memory_measure", "skipped_steps", "weak_scaling_efficiency",
-           "speedup_vs_fp32_low", "speedup_vs_fp32_high", "weak_scaling_efficiency_low",
+           "speedup_vs_fp32_low", "speedup_vs_fp32_high", "speedup_vs_fp32_rounds", "weak_scaling_efficiency_low",
            "weak_scaling_efficiency_high", "step_time_median_s", "step_time_ci_low_s", "step_time_ci_high_s",
            "flags", "flagged_figures"]
 PHASE_COLUMNS = [*(f"phase_{p}_s" for p in PHASES), "data_share"]
@@ -97,7 +103,6 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
     ok = frame[frame["status"] == "ok"]
     medians = ok.groupby(KEYS, dropna=False, sort=False).agg(
         repeats=("status", "size"),
-        throughput_samples_per_s=("throughput_samples_per_s", "median"),
         final_loss=("loss.final", "median"),
         loss_steps=("loss_steps", "max"),
         skipped_steps=("skipped", "median"),
@@ -109,6 +114,7 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
     memory = (ok.groupby(KEYS, dropna=False, sort=False)[[f"memory.{m}" for m in HEADLINE_MEMORY]].apply(_memory)
               .reindex(columns=["memory_measure", "peak_memory_bytes"]))  # the columns, also with no ok record
     table = table.join(medians).join(memory).join(judged.cell_noise(ok, KEYS)).reset_index()
+    table["throughput_samples_per_s"] = table["throughput_median"]  # the statistic its interval is of
     table["peak_memory_bytes"] = pd.to_numeric(table["peak_memory_bytes"], errors="coerce")
     table["status"] = table["last_status"].where(~table["any_ok"], "ok")
     table["repeats"] = table["repeats"].fillna(0).astype(int)
@@ -119,8 +125,7 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _versus(table: pd.DataFrame, on: list[str], where: pd.Series, suffix: str) -> pd.DataFrame:
     """Each row joined with the reference row (the row matching `where`) of the same `on` keys."""
-    reference = table.loc[where, on + ["throughput_samples_per_s", "final_loss", "loss_steps", "cell",
-                                       *judged.NOISE_COLUMNS]]
+    reference = table.loc[where, on + ["final_loss", "loss_steps", "cell", *judged.NOISE_COLUMNS]]
     reference = reference.drop_duplicates(subset=on)  # precision variants of the reference: first wins
     return table.merge(reference, on=on, how="left", suffixes=("", suffix))
 
@@ -130,7 +135,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     table = cells(frame)
     fp32 = (table["precision"] == "fp32") & (table["status"] == "ok")
     table = _versus(table, SHAPE, fp32, "_fp32")
-    table["speedup_vs_fp32"] = table["throughput_samples_per_s"] / table["throughput_samples_per_s_fp32"]
+    _ratio(table, "speedup_vs_fp32", "_fp32")
     shortest = table[["loss_steps", "loss_steps_fp32"]].astype(float).min(axis=1, skipna=False)
     long_enough = shortest >= MIN_LOSS_COMPARISON_STEPS  # NaN (a cell without a curve) is not
     table["loss_diff_vs_fp32"] = (table["final_loss"] - table["final_loss_fp32"]).where(long_enough)
@@ -138,15 +143,16 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     tf32 = (table["precision"] == "tf32") & (table["status"] == "ok")
     if tf32.any():
         table = _versus(table, SHAPE, tf32, "_tf32")
-        table["speedup_vs_tf32"] = table["throughput_samples_per_s"] / table["throughput_samples_per_s_tf32"]
+        _ratio(table, "speedup_vs_tf32", "_tf32")
         columns.insert(columns.index("speedup_vs_fp32") + 1, "speedup_vs_tf32")
         at = columns.index("speedup_vs_fp32_high") + 1
         columns[at:at] = ["speedup_vs_tf32_low", "speedup_vs_tf32_high"]
     one_gpu = (table["gpus"] == 1) & (table["status"] == "ok")
     per_gpu = ["model", "hardware", "variant", "batch_size", "grad_accum", "precision", "precision_variant"]
     table = _versus(table, per_gpu, one_gpu, "_1gpu")
-    ideal = table["gpus"].astype(float) * table["throughput_samples_per_s_1gpu"]
-    table["weak_scaling_efficiency"] = (table["throughput_samples_per_s"] / ideal).where(table["gpus"] > 1)
+    _ratio(table, "weak_scaling_efficiency", "_1gpu", per=table["gpus"].astype(float))
+    for column in ("weak_scaling_efficiency", "weak_scaling_efficiency_low", "weak_scaling_efficiency_high"):
+        table[column] = table[column].where(table["gpus"] > 1)
     table = _judge(table, columns)
     table["variant"] = (table["variant"] + " " + table["precision_variant"]).str.strip()
     # Present when any cell has them: a CPU run has neither MFU nor energy, a run with
@@ -160,13 +166,19 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     return table[columns].reset_index(drop=True)
 
 
+def _ratio(table: pd.DataFrame, column: str, suffix: str, per: pd.Series | None = None) -> None:
+    """`column` and its `_low`, `_high` and `_rounds`: the row's throughput over its reference's
+    (judged.compare: paired by round where both ran in rounds), divided by `per` (N ranks' ideal)."""
+    ratio = judged.compare(table, suffix)
+    scale = 1.0 if per is None else per
+    table[column], table[f"{column}_low"], table[f"{column}_high"] = (
+        ratio["ratio"] / scale, ratio["low"] / scale, ratio["high"] / scale)
+    compared = ratio["ratio"].notna() & (table["cell"] != table[f"cell{suffix}"])  # the reference's own row: none
+    table[f"{column}_rounds"] = ratio["rounds"].where(compared)
+
+
 def _judge(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """The intervals of the comparisons and each row's flags (trainkit.reports.flags)."""
-    comparisons = [("speedup_vs_fp32", "_fp32"), ("weak_scaling_efficiency", "_1gpu")]
-    if "speedup_vs_tf32" in columns:
-        comparisons.append(("speedup_vs_tf32", "_tf32"))
-    for column, suffix in comparisons:
-        table[f"{column}_low"], table[f"{column}_high"] = judged.ratio_interval(table, column, suffix)
+    """Each row's flags (trainkit.reports.flags)."""
     same_but_batch = ["model", "hardware", "variant", "gpus", "grad_accum", "precision", "precision_variant"]
     table["memory_flat"] = judged.memory_flat(table, same_but_batch)
     verdicts = [judged.judge(row) for row in table.to_dict("records")]
@@ -255,7 +267,7 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
                    "loss_diff_vs_fp32"):
         if column in table and table[column].isna().all():  # no dynamic scaler, one GPU count, no tf32, a CPU
             hidden.add(column)
-    hidden |= {c for c in table.columns if c.endswith(("_low", "_high")) or c.startswith("step_time_")}
+    hidden |= {c for c in table.columns if c.endswith(("_low", "_high", "_rounds")) or c.startswith("step_time_")}
     hidden.add("flagged_figures")
     if "flags" in table and not table["flags"].astype(bool).any():
         hidden.add("flags")
@@ -268,12 +280,22 @@ def _texts(table: pd.DataFrame, column: str) -> list[str]:
     texts = [_fmt(column, v) for v in table[column]]
     if column in INTERVAL_COLUMNS and f"{column}_low" in table:
         bound = "{:.0%}" if column == "weak_scaling_efficiency" else "{:.2f}"
-        texts = [text if _missing(low) or _missing(high) else f"{text} ({bound.format(low)}–{bound.format(high)})"
-                 for text, low, high in zip(texts, table[f"{column}_low"], table[f"{column}_high"])]
+        rounds = table[f"{column}_rounds"] if f"{column}_rounds" in table else [math.nan] * len(table)
+        texts = [_with_interval(text, bound, low, high, n)
+                 for text, low, high, n in zip(texts, table[f"{column}_low"], table[f"{column}_high"], rounds)]
     if "flagged_figures" in table and table["flagged_figures"].str.contains(column, regex=False).any():
         texts = [f"{text} {FLAG_MARK}" if column in str(doubted).split() else text
                  for text, doubted in zip(texts, table["flagged_figures"])]
     return texts
+
+
+def _with_interval(text: str, bound: str, low: object, high: object, rounds: object) -> str:
+    """A ratio's text with its interval and, when paired by round, the rounds: "1.25× (1.20–1.31, 8
+    rounds)", "0.65× (3 rounds, no interval)"."""
+    paired = not _missing(rounds) and rounds > 0
+    if not _missing(low) and not _missing(high):
+        return f"{text} ({bound.format(low)}–{bound.format(high)}{f', {int(rounds)} rounds' if paired else ''})"
+    return f"{text} ({int(rounds)} rounds, no interval)" if paired and text else text
 
 
 def groups(table: pd.DataFrame) -> list[tuple[dict[str, object], pd.DataFrame]]:
