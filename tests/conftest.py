@@ -24,6 +24,14 @@ SMALL = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The README runs the suite on pytest-xdist workers (`-n auto`). A file's tests stay on one worker
+    # (xdist's "loadfile"): a module-scoped fixture (a matrix run, a built report) is made once, not
+    # once per worker, and a file's tests keep the order they were written in.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadfile"
+
+
 def small_config(model: str = "mlp", **changes: object) -> RunConfig:
     values: dict[str, object] = {"model": model, "batch_size": 8, "steps": 3, "warmup_steps": 0, "device": "cpu"}
     values.update(SMALL[model])

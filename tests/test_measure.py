@@ -229,8 +229,9 @@ def test_step_time_grows_with_the_work():
 
     small = run_cell(small_config(batch_size=16, steps=8), timeout_s=120)
     large = run_cell(small_config(batch_size=16, grad_accum=16, steps=8), timeout_s=120)
-    # 16 times the work; a shared machine's speed swings up to 2-3x between runs, never 16x.
-    assert large["step_time_s"]["median"] > 4 * small["step_time_s"]["median"]
+    # 16 times the work. The fastest step of each: a busy neighbour only ever adds time to a step, so
+    # the minima are the least disturbed (a shared machine's medians swing 2-3x between runs).
+    assert large["step_time_s"]["min"] > 4 * small["step_time_s"]["min"]
 
 
 # --- NVML, exercised on the CPU through a stand-in module with NVML's interface ----------------

@@ -431,11 +431,11 @@ def test_a_thousand_cells_build_in_under_10_s_and_15_mb(records, tmp_path):
     many = synthesize(records, 1000)
     assert len({r["cell_id"] for r in many}) == 1000
     results = write_results(many, str(tmp_path / "results.jsonl"))
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: a busy neighbour cannot inflate it
     paths = build_report([results], str(tmp_path / "report.html"))
-    elapsed_s = time.perf_counter() - started
+    elapsed_s = time.process_time() - started
     size_mb = os.path.getsize(paths["html"]) / 1e6
-    print(f"1,000 cells: built in {elapsed_s:.2f} s, {size_mb:.1f} MB")
+    print(f"1,000 cells: built in {elapsed_s:.2f} s of CPU, {size_mb:.1f} MB")
     assert elapsed_s < 10
     assert size_mb < 15
     with open(paths["csv"]) as f:
