@@ -30,6 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # once per worker, and a file's tests keep the order they were written in.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadfile"
+    # On a worker, xdist leaves PYTEST_XDIST_* in the environment; a bench run a test starts in a
+    # subprocess would inherit them and pytest-benchmark would take itself for an xdist worker and
+    # refuse --benchmark-only. The worker itself reads them no more once started.
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        os.environ.pop(name, None)
 
 
 def small_config(model: str = "mlp", **changes: object) -> RunConfig:
