@@ -153,7 +153,9 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     frame["hardware"] = _hardware(frame, records)
     frame["config.timing_method"] = pd.Series([timing_method(r) if r.get("status") == "ok" else None
                                                for r in records], index=frame.index, dtype=object)
-    frame["variant"] = _variants(frame, SHARED_FIELDS)
+    # A field that is also a matrix axis (a plugin's) is labelled once, by its axis (_axes).
+    axis_fields = {axis.field for axis in axes.optional_axes()}
+    frame["variant"] = _variants(frame, {k: v for k, v in SHARED_FIELDS.items() if k not in axis_fields})
     frame["precision_variant"] = _variants(frame, PRECISION_FIELDS)
     label = (frame["variant"] + " " + frame["precision_variant"]).str.strip()
     frame["cell"] = frame["cell_id"].where(label == "", frame["cell_id"] + " " + label)

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from .compiled import quiet_cpp_extension
+
 ROUNDINGS = ("nearest", "stochastic", "kahan")
 """How an update is rounded into a weight (precision_facts.PrecisionFacts.weight_rounding)."""
 
@@ -230,6 +232,7 @@ def accumulation_check(rounding: str, compiled: bool = False, device: torch.devi
     `step` replaces the write (the tests plant a faulty one)."""
     step = step or _accumulate_step
     if compiled:
+        quiet_cpp_extension()
         step = torch.compile(step, fullgraph=True, dynamic=False)
     weights = torch.ones(ACCUMULATE_ELEMENTS, dtype=torch.bfloat16, device=device)
     compensation = torch.zeros_like(weights) if rounding == "kahan" else None
