@@ -360,7 +360,7 @@ def test_the_cpu_checks_hold_real_measured_values(cpu_run):
     out, _ = cpu_run
     checks = {c["name"]: c for c in json.loads((out / SUMMARY_JSON).read_text())["checks"]}
     figures = {name: checks[name]["figures"] for name in CPU_CHECKS}
-    # A fast CI machine runs the 24 steps in under 0.2 s: the window's length is machine-made.
+    # The window's length is machine-made (1.5 s here, less on a faster CPU): only its sign is asserted.
     assert figures["time"]["steps"] == cells.CPU_TIME_STEPS and figures["time"]["wall_s"] > 0
     assert figures["time"]["marks_s"] > 0
     assert abs(figures["time"]["relative_difference"]) <= TIME_TOLERANCE
