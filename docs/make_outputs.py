@@ -11,7 +11,8 @@ A tutorial marks each block of commands it wants run with a comment on the line 
 
 This script runs such a block's commands in order, in a shell at the repository's root, and writes
 what they printed (stdout and stderr, as a terminal shows them) to docs/outputs/TUTORIAL/NAME.txt,
-which the page includes right after the block (`--8<-- "TUTORIAL/NAME.txt"`). With tail=N only
+which the page includes right after the block, in a code block of its own (a `text` fence around
+`--8<-- "TUTORIAL/NAME.txt"`: logs and tables keep their lines and columns). With tail=N only
 the last N lines are kept, and the file says how many were left out. docs/outputs/manifest.json
 keeps each block's commands as they were run, so the test suite can check that every command line
 of a tutorial is one this script ran, word for word: the docs cannot drift from the code.
@@ -42,7 +43,8 @@ MANIFEST = OUTPUTS / "manifest.json"
 MARK = re.compile(r"<!-- run: (?P<name>[\w-]+)(?P<options>(?: [\w-]+=[\w-]+)*) -->\n```bash\n(?P<body>.*?)\n```", re.S)
 
 # The report the "which precision" tutorial builds, and the parts of it the docs show.
-SCREENSHOTS = {"report-summary.png": ("tutorial-out/report.html", "1400,1100")}
+SCREENSHOTS = {"report-summary.png": ("tutorial-out/report.html", "1400,1100"),
+               "answer-card.png": ("tutorial-out/answer/answer.html", "1400,1000")}
 
 
 @dataclass(frozen=True)

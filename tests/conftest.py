@@ -24,6 +24,19 @@ SMALL = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The README runs the suite on pytest-xdist workers (`-n auto`). A file's tests stay on one worker
+    # (xdist's "loadfile"): a module-scoped fixture (a matrix run, a built report) is made once, not
+    # once per worker, and a file's tests keep the order they were written in.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadfile"
+    # On a worker, xdist leaves PYTEST_XDIST_* in the environment; a bench run a test starts in a
+    # subprocess would inherit them and pytest-benchmark would take itself for an xdist worker and
+    # refuse --benchmark-only. The worker itself reads them no more once started.
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        os.environ.pop(name, None)
+
+
 def small_config(model: str = "mlp", **changes: object) -> RunConfig:
     values: dict[str, object] = {"model": model, "batch_size": 8, "steps": 3, "warmup_steps": 0, "device": "cpu"}
     values.update(SMALL[model])

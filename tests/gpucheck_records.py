@@ -42,7 +42,7 @@ def step_count(config: RunConfig) -> StepCount:
                      saved_activation_bytes=config.batch_size * 200 * MiB, loss_input_elements_per_sample=per_sample)
 
 
-def gpu_record(config: RunConfig, gpu_name: str = H200, mfu: float = 0.30, power_w: float = 500.0) -> dict:
+def gpu_record(config: RunConfig, gpu_name: str = H200, mfu: float = 0.18, power_w: float = 500.0) -> dict:
     """A plausible GPU record of a cell, merged by trainkit.engine.cell.record.merge_ranks from what a rank and the
     launcher would report: every figure consistent with every check, which the tests then break."""
     steps, samples = config.steps, config.effective_batch

@@ -40,11 +40,32 @@ def test_the_median_based_intervals_cover_93_to_97_percent_or_are_not_given(inte
 
 
 @pytest.mark.parametrize("interval", ("parity difference", "Welch"))
-def test_the_t_intervals_cover_for_normal_seed_noise(interval):
-    """Parity's paired t and Welch's interval at every n for normal differences. (Skewed and
-    slow-outlier seeds are in the command's table, where they fall short: docs/explanation/measurement.md.)"""
-    for row in sim.coverage_table(intervals=(interval,), distributions=("normal",)):
-        assert row.passes, row
+def test_the_t_intervals_cover_the_typical_seed_or_refuse(interval):
+    """Parity's paired t and Welch's interval at every n and law: 93-97 % over the data sets given an
+    interval, the rest refused because a seed stood apart (parity.stats.seeds_apart). Clean normal
+    seeds are refused at most 1 % (Welch: 2 %, two sets); the slow-outlier law at 20 seeds almost always.
+    One exception, on the safe side: Welch with a far-off seed among 3 or 4 covers up to 98 % (a far seed
+    among 3 cannot be told from the spread, and it widens the interval)."""
+    rows = sim.coverage_table(intervals=(interval,))
+    for row in rows:
+        assert row.refused is not None and (row.draws >= 1000 or row.refused > 0.99), row
+        # Welch's two sets of 20 with a far seed in eight are refused 99.5 %: its coverage is over ~250
+        # intervals, +-3 points (2 SE), and only held to that.
+        assert row.covered >= sim.TOLERANCE[0] - (0.03 if row.draws < 1000 else 0), row
+        if not (interval == "Welch" and row.distribution == "slow outlier" and row.n <= 4):
+            assert row.covered <= sim.TOLERANCE[1], row
+        if row.distribution == "normal":
+            assert row.refused <= (0.01 if interval == "parity difference" else 0.02), row
+    outliers = {r.n: r.refused for r in rows if r.distribution == "slow outlier"}
+    assert outliers[20] > 0.9 and outliers[8] > 0.5
+
+
+def test_without_the_refusal_a_far_seed_breaks_the_t_interval(monkeypatch):
+    """Planted fault: no seed ever stands apart. Then the slow-outlier law's far seeds (2-3 in 20) pull
+    the paired t interval off the typical seed's difference: it covers under 85 % at 20 seeds (77 %)."""
+    monkeypatch.setattr(sim, "seeds_apart", lambda values: np.zeros(np.shape(values), dtype=bool))
+    row = sim.coverage("parity difference", "slow outlier", 20, draws=2000)
+    assert row.refused == 0 and row.covered < 0.85
 
 
 def test_a_miscalibrated_interval_is_caught(monkeypatch):

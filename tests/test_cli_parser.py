@@ -5,9 +5,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
 
-WORK = ("trainkit.commands.run", "trainkit.commands.parity", "trainkit.commands.plan", "trainkit.commands.workloads")
+WORK = ("trainkit.commands.run", "trainkit.commands.parity", "trainkit.commands.plan", "trainkit.commands.recommend",
+        "trainkit.commands.recommend_run", "trainkit.commands.workloads")
 
 # Parses argv with the real entry point in a fresh interpreter, then prints what got imported.
 PROBE = """
@@ -28,8 +31,9 @@ def imported_after(*argv: str) -> tuple[int, set[str]]:
     return last["code"], set(last["modules"])
 
 
-def test_help_of_a_command_imports_no_commands_work_and_no_torch():
-    code, modules = imported_after("plan", "--help")
+@pytest.mark.parametrize("command", ["plan", "recommend"])
+def test_help_of_a_command_imports_no_commands_work_and_no_torch(command):
+    code, modules = imported_after(command, "--help")
     assert code == 0
     assert modules.isdisjoint(WORK) and "torch" not in modules, sorted(modules & {*WORK, "torch"})
 

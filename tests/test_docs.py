@@ -15,9 +15,11 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,7 +56,28 @@ def test_the_site_builds_strict(tmp_path):
     for page in ("reference/commands", "reference/config", "tutorials/which-precision"):
         assert f"{page}/index.html" in built
     commands = (tmp_path / "site" / "reference" / "commands" / "index.html").read_text()
-    assert "--target-batch" in commands and "--max-noisy-share" in commands and "--preset" in commands
+    assert "--target-batch" in commands and "--min-repeats" in commands and "--preset" in commands
+    tutorial_renders_with_code_blocks_and_a_full_outline(tmp_path / "site" / "tutorials" / "which-precision")
+
+
+def tutorial_renders_with_code_blocks_and_a_full_outline(built: Path) -> None:
+    """The start-here tutorial as a browser shows it (headless Chromium's DOM): every command and
+    every output in a code block, one H1, and a table of contents holding every section."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium is not installed: apt-get install -y chromium")
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--no-first-run", "--virtual-time-budget=3000", f"--user-data-dir={built}/profile",
+                           "--dump-dom", (built / "index.html").as_uri()], capture_output=True, text=True, timeout=120)
+    dom = done.stdout
+    source = (DOCS / "tutorials" / "which-precision.md").read_text()
+    sections = re.findall(r"^## (.+)$", FENCE.sub("", source), re.M)
+    assert dom.count("<pre") == source.count("```bash") + len(INCLUDE.findall(source))
+    assert dom.count("<h1") == 1
+    toc = re.search(r'<nav class="md-nav md-nav--secondary".*?</nav>', dom, re.S)
+    assert toc is not None
+    entries = [" ".join(e.split()) for e in re.findall(r'<span class="md-ellipsis">(.*?)</span>', toc.group(0), re.S)]
+    assert entries == sections
 
 
 def test_every_tutorial_block_was_run_as_written():
@@ -144,7 +167,7 @@ def test_the_quick_start_is_two_commands_and_ci_runs_the_second():
     (block,) = BLOCK.findall(quick_start)
     install_and_bench, install_and_test = block.splitlines()
     assert "pytest bench --benchmark-only" in install_and_bench and "pip install" in install_and_bench
-    assert install_and_test.endswith("-m pytest tests")
+    assert install_and_test.endswith("-m pytest tests -n auto")
     assert install_and_test in (ROOT / ".ci" / "run").read_text()
 
 
@@ -152,6 +175,152 @@ def text_between(text: str, start: str, end: str) -> str:
     begin = text.index(start)
     stop = text.find(end, begin + len(start))
     return text[begin:stop if stop != -1 else len(text)]
+
+
+# --- a tutorial's prose against the outputs it shows ---------------------------------------------------
+INCLUDE = re.compile(r'^--8<-- "([^"]+)"$', re.M)
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+# A figure of prose: a number with decimals, or one followed by × (a ratio); a sign or ± before it
+# is part of how it is written, not of what it says. Integers alone are words ("five seeds", "4096").
+FIGURE = re.compile(r"(?<![\w.])[+±-]?(\d+\.\d+|\d+(?=×))")
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def tutorials() -> list[Path]:
+    return sorted((DOCS / "tutorials").glob("*.md"))
+
+
+def prose_of(text: str) -> str:
+    """What a reader reads as the page's own words: no code blocks, inline code, HTML comments or
+    link targets."""
+    text = FENCE.sub("", text)
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    text = re.sub(r"Python\s*[≥>=]*\s*\d+\.\d+", "Python", text)  # a version is no figure
+    return re.sub(r"\]\([^)]*\)", "]", text)
+
+
+def outputs_of(text: str) -> dict[str, str]:
+    """The recorded outputs a page includes, by name (which-precision/parity.txt -> parity)."""
+    return {Path(name).stem: (DOCS / "outputs" / name).read_text() for name in INCLUDE.findall(text)}
+
+
+def unsupported_figures(prose: str, outputs: dict[str, str]) -> list[str]:
+    """The prose's figures that no number of the outputs gives, rounded as the prose writes it."""
+    numbers = [float(n) for n in NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3})", "", "\n".join(outputs.values())))]
+    missing = []
+    for match in FIGURE.finditer(prose):
+        figure = match.group(1)
+        decimals = len(figure.partition(".")[2])
+        if not any(round(n, decimals) == float(figure) for n in numbers):
+            missing.append(match.group(0))
+    return missing
+
+
+def verdicts(output: str) -> dict[str, str]:
+    """`precision verdict` rows of a parity summary."""
+    return dict(re.findall(r"^  (\S+)\s+(reference|equivalent|inconclusive|better|worse|not equivalent)\b",
+                           output, re.M))
+
+
+def seed_rows(output: str) -> dict[tuple[str, int], tuple[float, float]]:
+    """(precision, seed) -> (eval loss, ms per step) of a parity run's progress lines."""
+    return {(p, int(s)): (float(e), float(ms)) for p, s, e, ms in
+            re.findall(r"^\[parity\] \d+/\d+ \S+ (\S+) seed (\d+): eval ([\d.]+), ([\d.]+) ms/step", output, re.M)}
+
+
+def report_rows(output: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in output.splitlines()
+            if line.startswith("| ") and not line.startswith("| batch")]
+
+
+def _slower_every_seed(o: dict[str, str]) -> bool:
+    rows = seed_rows(o["parity"])
+    seeds = {s for _, s in rows}
+    return all(rows[(p, s)][1] > rows[("fp32", s)][1] for p, s in rows if p != "fp32" for s in [s] if s in seeds)
+
+
+def _intervals_hold_one(o: dict[str, str]) -> bool:
+    intervals = re.findall(r"\(([\d.]+)–([\d.]+)\)", o["report"])
+    return bool(intervals) and all(float(lo) <= 1 <= float(hi) for lo, hi in intervals)
+
+
+CLAIMS: dict[str, list[tuple[str, Any]]] = {
+    "which-precision": [
+        (r"Every precision is \*inconclusive\* at five seeds",
+         lambda o: set(verdicts(o["parity"]).values()) == {"reference", "inconclusive"}),
+        (r"amp-bf16 needs four more",
+         lambda o: re.search(r"^  amp-bf16 .*; 4 more seeds would decide", o["parity"], re.M)),
+        (r"Still inconclusive", lambda o: verdicts(o["parity-9"])["amp-bf16"] == "inconclusive"),
+        (r"amp-bf16 is equivalent within 2 %", lambda o: verdicts(o["rejudge"])["amp-bf16"] == "equivalent"),
+        (r"amp-bf16 and half-bf16-master train identically here,\s+seed for seed",
+         lambda o: all(v == seed_rows(o["parity"])[("half-bf16-master", s)][0]
+                       for (p, s), (v, _) in seed_rows(o["parity"]).items() if p == "amp-bf16")),
+        (r"every reduced precision took longer per step than fp32, seed for seed", _slower_every_seed),
+        (r"every speedup's interval holds 1×", _intervals_hold_one),
+        (r"every row flagged for a loaded host|are all flagged for a loaded host",
+         lambda o: all("host loaded" in row[-1] for row in report_rows(o["report"]))),
+        (r"Both fp32 and amp-bf16 run 4096 samples per micro-batch",
+         lambda o: len(re.findall(r"^\[plan\] mlp (?:fp32|amp-bf16): max micro-batch 4096\b", o["plan"], re.M)) == 2),
+    ],
+}
+"""Claims in words that a figure check cannot see: (the words, as a regular expression over the
+prose; what the outputs must show for them to be true). A claim is checked wherever its words are."""
+
+
+def claim_failures(page: str, prose: str, outputs: dict[str, str]) -> list[str]:
+    return [words for words, holds in CLAIMS.get(page, []) if re.search(words, prose) and not holds(outputs)]
+
+
+@pytest.mark.parametrize("page", tutorials(), ids=lambda p: p.stem)
+def test_every_output_is_a_code_block_and_the_prose_agrees_with_it(page):
+    """Outputs in code blocks (logs and tables keep their lines; an included report's headings
+    stay out of the page's outline), and every figure and claim of the prose is what they show."""
+    text = page.read_text()
+    for name in INCLUDE.findall(text):
+        assert re.search(rf'^```text\n--8<-- "{re.escape(name)}"\n```$', text, re.M), f"{name}: not in a code block"
+    prose, outputs = prose_of(text), outputs_of(text)
+    assert unsupported_figures(prose, outputs) == []
+    assert claim_failures(page.stem, prose, outputs) == []
+
+
+def test_a_figure_or_a_claim_the_outputs_contradict_fails():
+    """Planted faults: the tutorial as it was (a speedup interval said to hold 1×, bf16 said slower
+    per step everywhere), a figure changed, and an output whose verdict changed."""
+    page = DOCS / "tutorials" / "which-precision.md"
+    text = page.read_text()
+    prose, outputs = prose_of(text), outputs_of(text)
+    assert claim_failures("which-precision", prose + " every speedup's interval holds 1×", outputs) == [
+        "every speedup's interval holds 1×"]
+    assert unsupported_figures(prose.replace("1.56×", "1.66×", 1), outputs) == ["1.66"]
+    assert unsupported_figures(prose + " (+0.0031)", outputs) == ["+0.0031"]
+    changed = {**outputs, "parity-9": outputs["parity-9"].replace("inconclusive ", "equivalent ")}
+    assert claim_failures("which-precision", prose, changed) == ["Still inconclusive"]
+    slower = {**outputs, "parity": outputs["parity"].replace("seed 3: eval 0.5126, 1.1 ms",
+                                                             "seed 3: eval 0.5126, 0.1 ms")}
+    assert claim_failures("which-precision", prose, slower) == [
+        "every reduced precision took longer per step than fp32, seed for seed"]
+
+
+def test_the_pairing_figures_in_the_parity_statistics_are_the_committed_example_s():
+    """parity_stats' docstring: fp32's seed spread against the per-seed differences' spread."""
+    import statistics
+
+    from trainkit.analysis.parity import stats as parity_stats
+
+    doc = json.loads((ROOT / "reports" / "examples" / "cpu-parity" / "parity.json").read_text())
+    ratios = []
+    for model in doc["models"].values():
+        reference = model["precisions"]["fp32"]["eval_losses"]
+        for name, block in model["precisions"].items():
+            if name != "fp32":
+                diffs = [a - b for a, b in zip(block["eval_losses"], reference)]
+                ratios.append(statistics.stdev(reference) / statistics.stdev(diffs))
+    wide = sorted(r for r in ratios if r > 1)
+    text = " ".join(parity_stats.__doc__.split())
+    assert f"is {wide[0]:.0f}-{wide[-1]:.0f}x the differences' in" in text
+    assert f"{len(wide)} of {len(ratios)} modes, and {min(ratios):.2f}x in one" in text
+    assert "machine" not in doc["records_file"] and not os.path.isabs(doc["records_file"])
 
 
 def listed_engine_modules(text: str) -> set[str]:

@@ -71,14 +71,16 @@ def _conditions(load, threads, host="a", busy=0.5):
 
 def test_merge_keeps_the_worst_ranks_conditions_and_adds_up_the_threads_of_a_host():
     rank0, rank1 = _report(0, [0.1, 0.2], [1.0, 0.9], {}), _report(1, [0.1, 0.2], [1.0, 0.9], {})
-    rank0.conditions, rank1.conditions = _conditions(1.5, 2, busy=0.9), _conditions(5.0, 2, busy=0.4)
+    rank0.conditions, rank1.conditions = _conditions(1.5, 2, busy=0.9), _conditions(9.0, 2, busy=0.4)
     record = merge_ranks(RunConfig(world_size=2), [rank0, rank1])
     conditions = record["conditions"]
-    assert conditions["load_avg_1m_start"] == 5.0 and conditions["cpu_busy_share"] == 0.9  # a peak is a max
+    assert conditions["load_avg_1m_start"] == 9.0 and conditions["cpu_busy_share"] == 0.9  # a peak is a max
     assert conditions["threads_on_busiest_host"] == 4 and conditions["usable_cores"] == 2
     assert conditions["gpu_other_processes"] is None and "CPU" in conditions["gpu_other_processes_note"]
-    assert condition_flags(conditions) == ["host loaded: load average 5.0 on 4 cores",
+    # 9 runnable on 4 cores beyond the cell's own 4 threads: others'; 5.0 could be the cell's own.
+    assert condition_flags(conditions) == ["host loaded: load average 9.0 on 4 cores",
                                            "oversubscribed: 4 threads on 2 usable cores"]
+    assert condition_flags({**conditions, "load_avg_1m_start": 5.0}) == ["oversubscribed: 4 threads on 2 usable cores"]
     rank1.conditions["hostname"] = "b"  # ranks on two hosts share no cores
     assert merge_ranks(RunConfig(world_size=2), [rank0, rank1])["conditions"]["threads_on_busiest_host"] == 2
 
@@ -110,6 +112,7 @@ def test_host_window_shares_come_from_the_counters_deltas():
     assert window["window_s"] == 2.0 and window["load_avg_1m_end"] == 3.0
     assert window["cpu_busy_share"] == pytest.approx(0.5) and window["cpu_steal_share"] == pytest.approx(0.1)
     assert window["cpu_pressure_share"] == pytest.approx(0.25)
+    assert window["others_cpu_share"] is None  # no reading of the cell's own threads: not measured
     assert condition_flags({**window, "host_cores": 2}) == ["host loaded: load average 3.0 on 2 cores",
                                                             "CPU steal 10% of the timed window"]
     blind = HostSnapshot(monotonic_s=12.0, load_avg_1m=None, cpu_jiffies=None, cpu_pressure_some_us=None)
@@ -226,8 +229,9 @@ def test_step_time_grows_with_the_work():
 
     small = run_cell(small_config(batch_size=16, steps=8), timeout_s=120)
     large = run_cell(small_config(batch_size=16, grad_accum=16, steps=8), timeout_s=120)
-    # 16 times the work; a shared machine's speed swings up to 2-3x between runs, never 16x.
-    assert large["step_time_s"]["median"] > 4 * small["step_time_s"]["median"]
+    # 16 times the work. The fastest step of each: a busy neighbour only ever adds time to a step, so
+    # the minima are the least disturbed (a shared machine's medians swing 2-3x between runs).
+    assert large["step_time_s"]["min"] > 4 * small["step_time_s"]["min"]
 
 
 # --- NVML, exercised on the CPU through a stand-in module with NVML's interface ----------------

@@ -17,7 +17,7 @@ import pytest
 
 from trainkit.engine.spec.schema import fingerprint, headline_memory, read_jsonl
 from trainkit.nightly import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
-from trainkit.nightly.baselines import MANIFEST, load_all, slug
+from trainkit.nightly.baselines import MANIFEST, cannot_judge, load_all, slug
 from trainkit.nightly.cli import main
 from trainkit.nightly.rundir import RunDir
 from trainkit.reports.verdict import Samples
@@ -54,10 +54,11 @@ def tonight(tmp_path_factory):
 
 @pytest.fixture
 def baselines(tonight, tmp_path):
-    """Tonight's run promoted into a fresh baselines directory."""
+    """Tonight's run promoted into a fresh baselines directory (forced: a busy 2-core machine's repeats
+    may spread past the noise limit, and promotion refuses a baseline that cannot judge a cell)."""
     run, _ = tonight
     root = str(tmp_path / "baselines")
-    assert main(["promote", run.root, "--baselines", root]) == PASS
+    assert main(["promote", run.root, "--baselines", root, "--force"]) == PASS
     return root
 
 
@@ -103,7 +104,11 @@ def test_promote_keys_the_baseline_by_the_runs_fingerprint(tonight, baselines):
     assert baseline.fingerprint == fp and os.path.basename(baseline.path) == slug(fp)
     m = baseline.manifest
     assert (m["preset"], m["repeats"], m["cells"], m["records"], m["statuses"]) == ("tiny", 3, 4, 12, {"ok": 12})
-    assert m["branch"] == "main" and m["forced"] is False and "--preset" in m["command"]
+    # Promotion refuses a run holding cells it cannot judge (a busy 2-core machine's repeats may spread
+    # past 10 %); the fixture forces it, and the manifest names those cells.
+    unjudged = cannot_judge(read_jsonl(run.path("results.jsonl")))
+    assert m["branch"] == "main" and m["forced"] is bool(unjudged) and m["cannot_judge"] == unjudged
+    assert "--preset" in m["command"]
     with open(baseline.results) as f, open(run.path("results.jsonl")) as g:
         assert f.read() == g.read()
 
@@ -117,9 +122,9 @@ def test_the_run_against_its_own_baseline_passes(tonight, baselines, tmp_path, c
     out = capsys.readouterr().out
     assert "nightly comparison: PASS: 0 gated cell(s) regressed or failed of 4" in out
     assert RunDir(str(tmp_path / "again")).outcome().label == "pass"
-    # With it, cells whose repeats spread more than 10 % (a busy 2-core machine) could hide any change:
-    # past a quarter of them the gate cannot vouch even for the same numbers, and says so.
-    # The gate judges throughput and the headline memory: a cell is noisy when either spreads.
+    # With it, a cell whose repeats spread more than 10 % (a busy 2-core machine) could hide any change
+    # within its threshold: the gate cannot vouch even for the same numbers, and says so.
+    # The gate judges throughput and the headline memory: a cell is unseen when either spreads.
     records = read_jsonl(run.path("results.jsonl"))
     measure = headline_memory(r["memory"] for r in records)
 
@@ -128,8 +133,7 @@ def test_the_run_against_its_own_baseline_passes(tonight, baselines, tmp_path, c
 
     noisy = [c for c in CELLS if max(spread(c, lambda r: r["throughput_samples_per_s"]),
                                      spread(c, lambda r: r["memory"][measure])) > 0.10]
-    noisy_share = len(noisy) / len(CELLS)
-    assert main(again) == (INCONCLUSIVE if noisy_share > 0.25 else PASS)
+    assert main(again) == (INCONCLUSIVE if noisy else PASS)
 
 
 def test_a_cut_off_copy_of_the_results_is_gated_on_its_complete_records(tonight, baselines, tmp_path):
@@ -170,17 +174,16 @@ def test_a_doctored_slower_candidate_fails_and_names_its_cells(tonight, baseline
     for cell in CELLS:
         assert f"  {cell}: regressed: throughput -50.0% (threshold ±7.0%)" in out
     assert RunDir(str(tmp_path / "slow")).outcome().label == "regression"
-    # With the nightly's defaults a cell whose 3 repeats spread more than 10 % (a busy 2-core machine
-    # does that) is noisy, reported and not gated; a quieter one still fails. When no cell is quiet
-    # enough the run is inconclusive (4): it used to pass, at half the throughput.
+    # With the nightly's defaults halving is judged wherever it is beyond 3 x the cell's spread, however
+    # noisy; a cell whose repeats spread so wide that halving is within that is unknown, and a run
+    # with no regression but an unknown cell is inconclusive (4), never the pass it used to be.
     records = read_jsonl(run.path("results.jsonl"))
     expected = {}
     for cell in CELLS:
         spread = Samples(tuple(r["throughput_samples_per_s"] for r in records if r["cell_id"] == cell)).spread()
-        expected[cell] = "regressed" if spread <= 0.10 and 3 * spread < 0.5 else "noisy"
+        expected[cell] = "regressed" if 3 * spread < 0.5 else "unknown"
     status = main(gate)
-    noisy_share = sum(v == "noisy" for v in expected.values()) / len(expected)
-    assert status == (REGRESSION if "regressed" in expected.values() else INCONCLUSIVE if noisy_share > 0.25 else PASS)
+    assert status == (REGRESSION if "regressed" in expected.values() else INCONCLUSIVE)
     with open(tmp_path / "slow" / "compare.csv") as f:
         header, *rows = [line.split(",") for line in f.read().splitlines()]
     assert {row[0]: row[header.index("verdict")] for row in rows} == expected
@@ -188,8 +191,9 @@ def test_a_doctored_slower_candidate_fails_and_names_its_cells(tonight, baseline
 
 def test_half_the_throughput_on_a_runner_too_noisy_to_tell_is_inconclusive(tonight, baselines, tmp_path, capsys,
                                                                            monkeypatch):
-    """Tonight's run at half the speed, its repeats 30 % apart in every cell (a loaded runner): no
-    cell can be gated, so the run is inconclusive, exit 4, labelled the runner's problem."""
+    """Tonight's run at half the speed, its repeats 30 % apart in every cell (a loaded runner): halving
+    is within 3 x 30 %, so no cell can be seen and the run is inconclusive, exit 4, labelled the
+    runner's problem."""
     run, _ = tonight
     records = read_jsonl(run.path("results.jsonl"))
     medians = {c: Samples(tuple(r["throughput_samples_per_s"] for r in records if r["cell_id"] == c)).median()
@@ -202,18 +206,18 @@ def test_half_the_throughput_on_a_runner_too_noisy_to_tell_is_inconclusive(tonig
     out = RunDir(str(tmp_path / "noisy"))
     assert main(["compare", "--out", out.root, "--candidate", slow, "--baselines", baselines]) == INCONCLUSIVE
     printed = capsys.readouterr().out
-    assert printed.startswith("nightly comparison: inconclusive: INCONCLUSIVE: 4 of 4 gated cell(s) compared were "
-                              "too noisy to gate (100%, more than the 25% allowed)")
-    for cell in CELLS:  # the spread is the wider of the two sides': 30 %, or tonight's if wider still
-        assert re.search(rf"\n  {cell}: noisy: throughput -50\.0% \(spread \d+\.\d% above the noise limit of 10\.0%\)",
-                         printed), printed
+    assert printed.startswith("nightly comparison: inconclusive: INCONCLUSIVE: the gate could not see 4 gated cell(s)")
+    for cell in CELLS:  # the spread is the wider of the two sides': tonight's 30 %, or the baseline's if wider still
+        assert re.search(rf"\n  {cell}: unknown: throughput -50\.0% \((tonight's|the baseline's) spread \d+\.\d% above "
+                         r"the noise limit of 10\.0%", printed), printed
     output = tmp_path / "github_output"
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_OUTPUT", str(output))
     assert main(["status", "--out", out.root]) == INCONCLUSIVE
     printed = capsys.readouterr().out
-    assert printed.startswith("trainkit nightly: inconclusive (exit 4): comparison: INCONCLUSIVE: 4 of 4")
-    assert "::error title=Inconclusive: the runner was too noisy to gate (not a regression)::" in printed
+    assert printed.startswith("trainkit nightly: inconclusive (exit 4): comparison: INCONCLUSIVE: the gate could not "
+                              "see 4")
+    assert "::error title=Inconclusive: the gate could not see every cell (not a regression)::" in printed
     assert output.read_text() == "exit_status=4\nlabel=inconclusive\n"
     assert Path(out.path("summary.md")).read_text(encoding="utf-8").startswith(
         "# trainkit nightly: ❔ inconclusive (exit 4)")

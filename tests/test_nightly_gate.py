@@ -91,33 +91,35 @@ def test_a_quiet_cell_that_slows_by_a_tenth_regresses(gate, tmp_path):
 def test_the_threshold_widens_with_the_spread_over_repeats(gate, tmp_path):
     # Candidate IQR / median = 8 %: the threshold is 3 x 8 % = 24 %, so -8 % is noise and -30 % is not.
     wobbly = (850.0, 920.0, 997.0)
-    stage = gate(repeats(), repeats(throughputs=wobbly))  # the only cell noisy: the gate saw nothing
+    stage = gate(repeats(), repeats(throughputs=wobbly))  # the only cell unknown: the gate saw nothing
     assert stage.exit_status == INCONCLUSIVE and stage.details["outcome"] == "inconclusive"
-    assert verdicts(None, tmp_path) == {MLP: "noisy"}
+    assert verdicts(None, tmp_path) == {MLP: "unknown"}
     slow = tuple(t * 0.7 / 0.92 for t in wobbly)  # median 700: -30 %
     stage = gate(repeats(), repeats(throughputs=slow))
     assert stage.exit_status == REGRESSION and "threshold ±24.0%" in stage.details["regressions"][0]
 
 
-def test_a_cell_whose_own_runs_disagree_is_noisy_reported_and_not_gated(gate, tmp_path):
-    # 30 % spread in the baseline: even a halved throughput cannot be told from that.
-    # It used to pass; with no cell the gate could judge, the run is inconclusive.
-    stage = gate(repeats(throughputs=(1000, 700, 1300)), repeats(throughputs=(500, 350, 650)))
-    assert stage.exit_status == INCONCLUSIVE and stage.details["noisy"] == [MLP]
-    assert stage.line.startswith("INCONCLUSIVE: 1 of 1 gated cell(s) compared were too noisy to gate (100%, ")
-    assert stage.details["unjudged"] == [f"{MLP}: noisy: throughput -50.0% (spread 30.0% above the noise limit "
-                                         "of 10.0%)"]
+def test_a_cell_whose_own_runs_disagree_is_judged_beyond_its_threshold_and_unknown_within(gate, tmp_path):
+    # 30 % spread in the baseline: threshold 90 %, so halving cannot be told from that: unknown,
+    # and with a cell the gate could not see the run is inconclusive (it used to pass).
+    stage = gate(repeats(throughputs=(1000, 700, 1300)), repeats(throughputs=(500, 490, 510)))
+    assert stage.exit_status == INCONCLUSIVE and stage.details["unknown"] == [MLP]
+    assert stage.line.startswith("INCONCLUSIVE: the gate could not see 1 gated cell(s)")
+    assert stage.details["unjudged"] == [f"{MLP}: unknown: throughput -50.0% (the baseline's spread 30.0% above the "
+                                         "noise limit of 10.0%: the baseline cannot judge this cell)"]
     with open(tmp_path / "run" / "compare.md") as f:
         assert "spread 30.0% above the noise limit of 10.0%" in f.read()
-    # The same halving over quiet repeats fails the gate.
+    # A fall beyond even that threshold is judged; the same halving over quiet repeats fails the gate.
+    assert gate(repeats(throughputs=(1000, 700, 1300)), repeats(throughputs=(50, 49, 51))).exit_status == REGRESSION
     assert gate(repeats(), repeats(throughputs=(500, 500, 500))).exit_status == REGRESSION
 
 
-def test_fewer_than_three_repeats_are_reported_not_gated(gate):
-    stage = gate(repeats(), repeats(throughputs=(500.0,)))
-    assert stage.exit_status == INCONCLUSIVE and stage.details["noisy"] == [MLP]
+def test_fewer_than_three_repeats_are_unknown_within_the_threshold(gate):
+    stage = gate(repeats(), repeats(throughputs=(970.0,)))
+    assert stage.exit_status == INCONCLUSIVE and stage.details["unknown"] == [MLP]
+    assert gate(repeats(), repeats(throughputs=(500.0,))).exit_status == REGRESSION  # beyond it: judged
     asked_for_one = Thresholds(**{**vars(NIGHTLY_THRESHOLDS), "min_repeats": 1})
-    assert gate(repeats(), repeats(throughputs=(500.0,)), asked_for_one).exit_status == REGRESSION
+    assert gate(repeats(), repeats(throughputs=(970.0,)), asked_for_one).exit_status == PASS
 
 
 def test_peak_memory_is_gated(gate):
@@ -146,29 +148,23 @@ def noisy_run(quiet: int, noisy: int, slowed: int = 0) -> tuple[list[dict], list
     return base, cand
 
 
-@pytest.mark.parametrize("quiet, noisy, options, expected", [
-    (3, 1, [], PASS),                                       # 25 %: not more than the default
-    (2, 2, [], INCONCLUSIVE),                               # 50 %
-    (2, 2, ["--max-noisy-share", "50%"], PASS),
-    (2, 2, ["--max-noisy-share", "0.49"], INCONCLUSIVE),
-])
-def test_too_large_a_share_of_noisy_cells_is_inconclusive(tmp_path, capsys, quiet, noisy, options, expected):
+@pytest.mark.parametrize("quiet, noisy, expected", [(4, 0, PASS), (3, 1, INCONCLUSIVE), (9, 1, INCONCLUSIVE)])
+def test_any_unknown_gated_cell_makes_the_run_inconclusive(tmp_path, capsys, quiet, noisy, expected):
     root = str(tmp_path / "baselines")
     base, cand = noisy_run(quiet, noisy)
     baseline_dir(root, base)
     candidate = write_results(str(tmp_path / "c.jsonl"), cand)
-    assert main(["compare", "--out", str(tmp_path / "run"), "--candidate", candidate, "--baselines", root,
-                 *options]) == expected
+    assert main(["compare", "--out", str(tmp_path / "run"), "--candidate", candidate, "--baselines", root]) == expected
     out = capsys.readouterr().out
     if expected == INCONCLUSIVE:
-        assert out.startswith(f"nightly comparison: inconclusive: INCONCLUSIVE: {noisy} of {quiet + noisy} gated ")
-        assert "  mlp-fp32-bs3-ga1-gpus1: noisy: throughput -50.0% (spread 30.0% above the noise limit" in out
+        assert out.startswith(f"nightly comparison: inconclusive: INCONCLUSIVE: the gate could not see {noisy} gated ")
+        assert f"  mlp-fp32-bs{quiet + 1}-ga1-gpus1: unknown: throughput -50.0% (tonight's spread 30.0% above " in out
     assert RunDir(str(tmp_path / "run")).outcome().label == {PASS: "pass", INCONCLUSIVE: "inconclusive"}[expected]
 
 
-def test_a_regression_beside_noisy_cells_is_still_a_regression(gate):
+def test_a_regression_beside_unknown_cells_is_still_a_regression(gate):
     stage = gate(*noisy_run(quiet=0, noisy=3, slowed=1))
-    assert stage.exit_status == REGRESSION and stage.details["noisy_share"] == 0.75
+    assert stage.exit_status == REGRESSION and len(stage.details["unknown"]) == 3
     assert stage.details["regressions"] == ["mlp-fp32-bs4-ga1-gpus1: regressed: throughput -50.0% (threshold ±7.0%)"]
 
 
@@ -184,13 +180,14 @@ def test_an_inconclusive_run_is_labelled_the_runners_problem_and_cannot_be_promo
     monkeypatch.setenv("GITHUB_OUTPUT", str(output))
     assert main(["status", "--out", run.root]) == INCONCLUSIVE
     out = capsys.readouterr().out
-    assert out.startswith("trainkit nightly: inconclusive (exit 4): comparison: INCONCLUSIVE: 3 of 4 gated cell(s)")
-    assert ("::error title=Inconclusive: the runner was too noisy to gate (not a regression)::comparison: "
-            "INCONCLUSIVE: 3 of 4") in out
+    assert out.startswith("trainkit nightly: inconclusive (exit 4): comparison: INCONCLUSIVE: the gate could not "
+                          "see 3 gated cell(s)")
+    assert ("::error title=Inconclusive: the gate could not see every cell (not a regression)::comparison: "
+            "INCONCLUSIVE: the gate could not see 3") in out
     assert output.read_text() == "exit_status=4\nlabel=inconclusive\n"
     text = summary.read_text()
-    assert text.startswith("# trainkit nightly: ❔ inconclusive (exit 4)\n\ncomparison: INCONCLUSIVE: 3 of 4 ")
-    assert "The runner was too noisy to gate on" in text and "do not bisect the code" in text
+    assert text.startswith("# trainkit nightly: ❔ inconclusive (exit 4)\n\ncomparison: INCONCLUSIVE: the gate could ")
+    assert "When the runner was too noisy to gate on" in text and "do not bisect the code" in text
     monkeypatch.delenv("GITHUB_ACTIONS")
     assert main(["promote", run.root, "--baselines", str(tmp_path / "promoted")]) == BAD_INPUT
     assert "the run is not green (inconclusive: comparison: INCONCLUSIVE" in capsys.readouterr().err
@@ -202,7 +199,7 @@ def test_a_cell_that_used_to_pass_and_now_fails_is_a_regression(gate):
     for status in ("oom", "diverged", "crashed", "timeout"):
         stage = gate(repeats(), repeats(statuses=["ok", status, "ok"]))
         assert stage.exit_status == REGRESSION, status
-        assert stage.details["regressions"] == [f"{MLP}: failed (now {status}: {status}: boom)"]
+        assert stage.details["regressions"] == [f"{MLP}: failed (now 1 of 3 repeat(s) {status}: {status}: boom)"]
 
 
 def test_cells_that_keep_failing_or_get_fixed_do_not_fail_the_gate(gate):
@@ -210,11 +207,12 @@ def test_cells_that_keep_failing_or_get_fixed_do_not_fail_the_gate(gate):
     assert gate(repeats(statuses=["oom"] * 3), repeats()).exit_status == PASS
 
 
-def test_new_and_removed_cells_are_reported_and_removed_ones_gated_on_request(gate, tmp_path):
+def test_a_removed_cell_is_unknown_and_fails_on_request(gate, tmp_path):
     base = repeats(MLP) + repeats(GPT)
     cand = repeats(MLP) + repeats("resnet50-fp32-bs64-ga1-gpus1")
-    stage = gate(base, cand)
-    assert stage.exit_status == PASS and stage.details["counts"] == {"unchanged": 1, "new": 1, "removed": 1}
+    stage = gate(base, cand)  # no record tonight: the gate cannot see it, so the run does not pass
+    assert stage.exit_status == INCONCLUSIVE and stage.details["counts"] == {"removed": 1, "unchanged": 1, "new": 1}
+    assert stage.details["unjudged"] == [f"{GPT}: removed: no record in the candidate: the gate cannot see this cell"]
     strict = Thresholds(**{**vars(NIGHTLY_THRESHOLDS), "fail_on_removed": True})
     stage = gate(base, cand, strict)
     assert stage.exit_status == REGRESSION and verdicts(stage, tmp_path)[GPT] == "removed"
@@ -223,11 +221,12 @@ def test_new_and_removed_cells_are_reported_and_removed_ones_gated_on_request(ga
 def test_cells_this_runner_cannot_run_are_left_out_not_failed(gate):
     """An 8-GPU baseline, a runner that shows 4: bench records the 8-GPU cells as unsupported."""
     eight = "mlp-fp32-bs4096-ga1-gpus8"
-    skipped = [record(eight, status="unsupported", repeat=i, skipped_at_collection=True) for i in range(3)]
+    skipped = [dict(record(eight, status="unsupported", repeat=i, skipped_at_collection=True),
+                    status_detail="needs 8 GPUs, 4 visible") for i in range(3)]
     stage = gate(repeats(MLP) + repeats(eight), repeats(MLP) + skipped)
-    assert stage.exit_status == PASS and stage.details["counts"] == {"unchanged": 1, "removed": 1}
+    assert stage.exit_status == PASS and stage.details["counts"] == {"unchanged": 1}
     assert stage.details["warnings"] == [f"1 cell(s) of the baseline could not run on this runner "
-                                         f"(unsupported: boom): {eight}"]
+                                         f"(needs 8 GPUs, 4 visible): {eight}"]
     # A worker that now refuses a cell it used to run is a failure, not the runner's shape.
     refused = repeats(eight, statuses=["unsupported"] * 3)
     assert gate(repeats(MLP) + repeats(eight), repeats(MLP) + refused).exit_status == REGRESSION
@@ -370,8 +369,7 @@ def test_gate_options_from_the_command_line(tmp_path, capsys):
     assert f"  {MLP}: regressed: throughput -5.0% (threshold ±3.0%)" in capsys.readouterr().out
     assert main([*out, "--relative", "3%", "--gate-metrics", "memory,loss"]) == PASS
     assert main([*out, "--max-spread", "-1"]) == BAD_INPUT
-    assert main([*out, "--max-noisy-share", "2"]) == BAD_INPUT
-    assert "max_noisy_share=2.0 must be between 0 and 1" in capsys.readouterr().err
+    assert "--max-spread: must be >= 0" in capsys.readouterr().err
     assert main([*out, "--two-sided", "speed"]) == BAD_INPUT
     assert "metric 'speed' is not valid" in capsys.readouterr().err
 

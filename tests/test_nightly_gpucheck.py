@@ -148,11 +148,20 @@ def test_resnet50_is_sane_in_the_order_amp_tf32_fp32():
     assert check.status == FAIL and "TF32 is not faster than FP32" in check.reason
 
 
-@pytest.mark.parametrize("mfu, status", [(0.30, OK), (0.10, FAIL), (0.90, FAIL)])
-def test_mfu_outside_15_to_80_percent_fails(mfu, status):
+@pytest.mark.parametrize("mfu, compiled, status", [
+    (0.18, False, OK), (0.08, False, FAIL),   # eager: about 18 % expected; under half of it starves
+    (0.36, False, FAIL),                      # a doubled FLOP count (it passed the old 15-80 % band)
+    (0.18 * 989 / 312, False, FAIL),          # an A100's peak on an H100: 57 %, which passed too
+    (0.33, True, OK), (0.66, True, FAIL),     # compiled: about 33 %, doubled fails
+    (0.30, False, FAIL),                      # a compiled figure on an eager cell is not plausible
+])
+def test_the_mfu_band_is_the_checked_cells_eager_or_compiled(mfu, compiled, status):
     record = gpu_record(gpt_config(), mfu=mfu)
+    record["config"]["compile"] = compiled
     assert math.isclose(record["mfu"], mfu)
-    assert anchors.check_mfu(record).status == status
+    check = anchors.check_mfu(record)
+    assert check.status == status
+    assert ("compiled" if compiled else "eager") in check.expected and "nanoGPT#464" in check.expected
 
 
 def test_mfu_without_a_sourced_peak_fails_naming_the_gpu():
@@ -352,7 +361,7 @@ def test_the_cpu_checks_hold_real_measured_values(cpu_run):
     out, _ = cpu_run
     checks = {c["name"]: c for c in json.loads((out / SUMMARY_JSON).read_text())["checks"]}
     figures = {name: checks[name]["figures"] for name in CPU_CHECKS}
-    # A fast CI machine runs the 24 steps in under 0.2 s: the window's length is machine-made.
+    # The window's length is machine-made (1.5 s here, less on a faster CPU): only its sign is asserted.
     assert figures["time"]["steps"] == cells.CPU_TIME_STEPS and figures["time"]["wall_s"] > 0
     assert figures["time"]["marks_s"] > 0
     assert abs(figures["time"]["relative_difference"]) <= TIME_TOLERANCE

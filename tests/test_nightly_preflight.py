@@ -23,7 +23,7 @@ H100 = "NVIDIA H100 80GB HBM3"
 CUDA_PROBE = {"device": "cuda", "gpu_count": 1, "capability": [9, 0], "gpu_name": H100, "cpu_count": 16,
               "env": {"gpu_name": H100, "driver": "575.51.03", "cuda": "12.8", "torch": "2.7.0", "cpu": "x"}}
 CPU_PROBE = {"device": "cpu", "gpu_count": 0, "capability": None, "gpu_name": None, "cpu_count": 2,
-             "env": {"gpu_name": None, "cpu": "AMD EPYC", "torch": "2.7.0"}}
+             "env": {"gpu_name": None, "cpu": "AMD EPYC", "usable_cpus": 2, "torch": "2.7.0"}}
 IDLE = 0x1  # nvmlClocksEventReasonGpuIdle: a healthy idle GPU
 
 
@@ -145,7 +145,7 @@ def test_on_a_cpu_the_preflight_records_what_it_can_and_passes(machine, tmp_path
     status, facts = preflight(tmp_path)
     assert status == PASS and facts["gpus"] == [] and facts["host"]["cpu_count"] >= 1
     assert facts["warnings"] == ["no GPU: a CPU run, whose rows are correctness and smoke rows, not speed claims"]
-    assert facts["fingerprint"] == {"cpu": "AMD EPYC", "torch": "2.7.0"}
+    assert facts["fingerprint"] == {"cpu": "AMD EPYC", "usable_cpus": 2, "torch": "2.7.0"}
     assert capsys.readouterr().out.startswith("nightly pre-flight: pass: no GPU: CPU AMD EPYC")
 
 

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from trainkit.analysis.parity.document import PARITY_SCHEMA, TARGET_FRACTION, TASK_SEED, VERDICTS, Interval, Margin
+from trainkit.analysis.parity.document import (
+    NO_VERDICT,
+    PARITY_SCHEMA,
+    TARGET_FRACTION,
+    TASK_SEED,
+    VERDICTS,
+    Interval,
+    Margin,
+)
 from trainkit.analysis.parity.stats import verdict
 from trainkit.analysis.parity.verdicts import judge, judge_model, smooth, steps_to, window_of
 from trainkit.commands.parity import CPU_SETUPS, judge_records
@@ -74,6 +82,9 @@ def verdicts():
         "half-fp16": cells("half-fp16"),
         "half-fp16-master": cells("half-fp16-master", THREE_SEEDS),
         "fp32, lr x10": cells("fp32", THREE_SEEDS, lr=LR * 10),
+        "fp32 accumulated, seed 3 far": [*cells("fp32", SEEDS[:3], batch_size=BATCH // 2, grad_accum=2),
+                                         *scaled_eval(cells("fp32", (3,), batch_size=BATCH // 2, grad_accum=2), 1.05),
+                                         *cells("fp32", (4,), batch_size=BATCH // 2, grad_accum=2)],
     })
 
 
@@ -89,6 +100,14 @@ def test_an_independent_fp32_set_is_equivalent(verdicts):
     assert entry.verdict == "equivalent", entry.loss
     assert entry.loss.test == "paired t" and any(entry.loss.differences)
     assert -entry.loss.margin_loss <= entry.loss.difference.low <= entry.loss.difference.high <= entry.loss.margin_loss
+
+
+def test_a_seed_standing_apart_gives_no_verdict_and_names_it(verdicts):
+    """Planted: the equivalent accumulated run with seed 3's eval loss 5 % higher (a test-only hook). A
+    t interval over it would cover neither the typical seed nor the mean; no verdict, seed 3 named."""
+    entry = verdicts.precisions["fp32 accumulated, seed 3 far"]
+    assert entry.verdict == NO_VERDICT and entry.reason.startswith("seed 3 stands apart: eval-loss difference")
+    assert "rerun it or add seeds" in entry.reason
 
 
 def test_fp32_on_seeds_fp32_did_not_run_is_an_independent_set(verdicts):
@@ -167,7 +186,8 @@ def test_time_to_target_and_speedups_per_seed_from_the_records(verdicts):
         assert [(t.step_time_s, t.steps_to_target) for t in entry.timing.per_seed] == [mine[s] for s in seeds]
         ratios = [fp32[s][0] * fp32[s][1] / (mine[s][0] * mine[s][1]) for s in seeds]
         assert entry.timing.effective_speedup.mean == pytest.approx(math.exp(statistics.fmean(map(math.log, ratios))))
-        assert entry.timing.steps_to_target.mean == pytest.approx(statistics.fmean(mine[s][1] for s in seeds))
+        assert entry.timing.steps_to_target.mean == pytest.approx(  # a count: the geometric mean, positive
+            math.exp(statistics.fmean(math.log(mine[s][1]) for s in seeds)))
 
 
 def test_reaching_the_target_at_fp32s_step_makes_the_effective_speedup_the_throughput_speedup(verdicts):
@@ -258,7 +278,8 @@ def test_the_command_writes_a_document_with_one_entry_per_precision(parity_run):
         assert entry["loss"]["margin_loss"] == pytest.approx(0.005 * block["reference"]["eval_loss_mean"])
         assert [c["seed"] for c in entry["cells"]] == [0, 1]
     assert block["config"]["task_seed"] == TASK_SEED and block["steps"] == 14
-    with open(doc["records_file"]) as f:
+    assert doc["records_file"] == "parity.records.jsonl"  # beside the document: no machine's path in it
+    with open(parity_run["out"] / doc["records_file"]) as f:
         records = [json.loads(line) for line in f]
     assert len(records) == 6 and {r["status"] for r in records} == {"ok"}
     assert all(r["diagnostics"]["step"] == 14 for r in records)
@@ -275,7 +296,8 @@ def test_the_command_writes_a_document_with_one_entry_per_precision(parity_run):
 def test_the_records_can_be_judged_again_with_another_margin(parity_run, tmp_path):
     doc = parity_run["doc"]
     out = tmp_path / "again.json"
-    done = subprocess.run(trainkit_cmd("parity", "--from-records", doc["records_file"], "--margin", "50%", "-q",
+    done = subprocess.run(trainkit_cmd("parity", "--from-records", str(parity_run["out"] / doc["records_file"]),
+                                       "--margin", "50%", "-q",
                                        "-o", str(out)), capture_output=True, text=True, timeout=120, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": REPO})
     assert done.returncode == 0, done.stderr
@@ -335,7 +357,8 @@ def test_a_report_of_results_and_a_parity_document_has_both(parity_run, tmp_path
     from trainkit.reports.build import build_report
 
     doc = parity_run["doc"]
-    paths = build_report([doc["records_file"], str(parity_run["out"] / "parity.json")], str(tmp_path / "r.html"))
+    paths = build_report([str(parity_run["out"] / doc["records_file"]), str(parity_run["out"] / "parity.json")],
+                         str(tmp_path / "r.html"))
     with open(paths["html"]) as f:
         page = f.read()
     assert '<section id="summary">' in page and '<section id="parity">' in page

@@ -13,8 +13,9 @@ from .conftest import CPU, flat_params, small_config, train
 
 CPU_PRECISIONS = [p for p in precision_names() if not facts_of(p).cuda_only]  # FP8 on a CPU: test_float8.py
 EXPECTED_PARAM_DTYPE = {"fp32": torch.float32, "amp-fp16": torch.float32, "amp-bf16": torch.float32,
-                        "half-fp16": torch.float16, "half-bf16": torch.bfloat16,
-                        "half-fp16-master": torch.float16, "half-bf16-master": torch.bfloat16}
+                        "half-fp16": torch.float16, "half-bf16": torch.bfloat16, "half-bf16-sr": torch.bfloat16,
+                        "half-bf16-kahan": torch.bfloat16, "half-fp16-master": torch.float16,
+                        "half-bf16-master": torch.bfloat16}
 EXPECTED_STATE_DTYPE = {**EXPECTED_PARAM_DTYPE, "half-fp16-master": torch.float32, "half-bf16-master": torch.float32}
 MASTER_MODES = ("half-fp16-master", "half-bf16-master")
 
@@ -33,7 +34,8 @@ def test_policy_contract(precision, model):
     assert (trainer.policy.scaler is not None) == (precision in ("amp-fp16", "half-fp16-master"))
     # Optimizer state follows what the optimizer updates: the parameters (pure half keeps its Adam
     # moments in half too), or the fp32 master weights of the master modes.
-    state_dtypes = {v.dtype for s in trainer.optimizer.state.values() for v in s.values() if v.ndim > 0}
+    state_dtypes = {v.dtype for s in trainer.optimizer.state.values() for v in s.values()
+                    if isinstance(v, torch.Tensor) and v.ndim > 0}  # a step counter may be a host int
     assert state_dtypes == {EXPECTED_STATE_DTYPE[precision]}
     updated = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert updated == {id(p) for p in trainer.params}

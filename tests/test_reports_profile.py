@@ -389,11 +389,11 @@ def test_a_thousand_profiled_cells_build_in_under_10_s_and_15_mb(profiled, tmp_p
             record["profile"] = None  # a cell that ran out of memory never reached its profiling pass
     assert sum(bool(r["profile"] and r["profile"].get("top_ops")) for r in many) > 700
     results = write_results(many, str(tmp_path / "results.jsonl"))
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: a busy neighbour cannot inflate it
     paths = build_report([results], str(profiled["site"] / "many.html"))
-    elapsed_s = time.perf_counter() - started
+    elapsed_s = time.process_time() - started
     size_mb = os.path.getsize(paths["html"]) / 1e6
-    print(f"1,000 profiled cells: built in {elapsed_s:.2f} s, {size_mb:.1f} MB")
+    print(f"1,000 profiled cells: built in {elapsed_s:.2f} s of CPU, {size_mb:.1f} MB")
     assert elapsed_s < 10
     assert size_mb < 15
     page = read_report(paths)["section"]

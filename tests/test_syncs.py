@@ -92,13 +92,13 @@ def test_the_counter_sees_a_sync_where_there_is_one(monkeypatch):
     latest loss would) is caught, in trainkit's code where it happens."""
     from trainkit.engine.train.loop import Trainer
 
-    original = Trainer.keep_losses
+    original = Trainer.end_step
 
-    def reading(self, losses, shares, samples):
-        original(self, losses, shares, samples)
+    def reading(self, loss, samples):
+        original(self, loss, samples)
         self.loss_curve()
 
-    monkeypatch.setattr(Trainer, "keep_losses", reading)
+    monkeypatch.setattr(Trainer, "end_step", reading)
     calls = _timed(RankWorker(small_config(steps=5, warmup_steps=1)), "window")
     assert calls and all("(loop.py:" in name for name in calls)
     assert sum(n for name, n in calls.items() if name.startswith("to ")) >= 5  # a copy to the host per step

@@ -51,6 +51,22 @@ def not_a_workload():
     return nn.Linear(2, 2)
 
 
+class EncoderClassifier(nn.Linear):
+    pass
+
+
+def an_encoder():
+    return EncoderClassifier(2, 2)
+
+
+def raises():
+    raise RuntimeError("no GPU here")
+
+
+def builds_badly():
+    return Workload(name="badly", build=lambda: {}["width"], loss_fn=F.cross_entropy, make_batch=batch)
+
+
 def wrong_batch():
     return Workload(name="wrong", build=lambda: nn.Linear(32, 2), loss_fn=F.cross_entropy,
                     make_batch=lambda n, g, d: torch.zeros(n, 32))
@@ -106,19 +122,25 @@ def test_module_function_with_options_and_the_minimal_module_form(user_dir):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("nosuchmodule:fn", "module 'nosuchmodule' does not import: ModuleNotFoundError"),
+    ("nosuchmodule:fn", "no module named 'nosuchmodule' in the current directory"),
+    ("nosuchmodule:fn", "give the file's path instead (--model path/to/nosuchmodule.py:FUNCTION), which works "
+                        "from any directory"),
     ("usermodels:missing", "module 'usermodels' has no 'missing'"),
     ("usermodels:not_a_workload",
      "usermodels:not_a_workload() returned a Linear, not a trainkit.engine.workloads.Workload"),
+    ("usermodels:an_encoder", "usermodels:an_encoder() returned an EncoderClassifier, not a trainkit"),
     ("usermodels:named_gpt", "named 'gpt', which is a built-in model's name"),
     ("usermodels:wrong_batch", "make_batch(2, ...) must return two tensors"),
     ("usermodels:tiny?depth=3", "usermodels:tiny(depth) failed"),
-    ("usermodels", "is not a workload: it lacks build, loss (the minimal form defines build, loss, batch)"),
+    ("usermodels", "usermodels.py does not define build, loss, batch (the minimal form), so it is not run; name "
+                   "the function that returns your Workload: --model usermodels:FUNCTION"),
     ("gtp", "is not a built-in model (mlp, cnn, resnet18, resnet50, gpt), an installed plugin"),
-    ("broken:fn", "module 'broken' does not import: ZeroDivisionError: division by zero"),
+    ("broken:fn", "module 'broken' does not import: ZeroDivisionError: division by zero (at broken.py:2)"),
+    ("usermodels:raises", "usermodels:raises() failed: RuntimeError: no GPU here (at usermodels.py:"),
+    ("usermodels:builds_badly", "build() failed: KeyError: 'width' (at usermodels.py:"),
 ])
 def test_a_bad_spec_is_one_line_naming_what_is_wrong(user_dir, spec, message):
-    write_user_module(user_dir, "broken", "x = 1 / 0\n")
+    write_user_module(user_dir, "broken", "import os\nx = 1 / 0\n")
     with pytest.raises(WorkloadError) as caught:
         resolve(spec)
     assert message in str(caught.value) and "\n" not in str(caught.value)
@@ -214,3 +236,63 @@ def test_a_workload_s_own_data_set_is_read_in_epochs(monkeypatch):
     assert trainer.data.eval_set[0].shape == (204, 64) and trainer.evaluate() > 0
     with pytest.raises(WorkloadError, match="has no data set"):
         train(user_config("tk_example.minimal", data="workload", epochs=1))
+
+
+def test_a_bare_name_runs_only_a_module_of_the_minimal_form(user_dir):
+    """`--model setup` must not run setup.py (nor let its SystemExit out): a bare name is a module of
+    the minimal form, read before it is run; MODULE:FUNCTION and a .py path are what run user code."""
+    write_user_module(user_dir, "setup", "import pathlib\npathlib.Path('ran').touch()\nraise SystemExit('setup ran')\n")
+    with pytest.raises(WorkloadError, match=r"setup.py does not define build, loss, batch .*--model setup:FUNCTION"):
+        resolve("setup")
+    assert not (user_dir / "ran").exists() and "setup" not in sys.modules
+    # Named with a function, the module does run: its SystemExit is one line, never an exit.
+    with pytest.raises(WorkloadError, match=r"module 'setup' does not import: SystemExit: exit status setup ran "
+                                            r"\(at setup.py:3\)"):
+        resolve("setup:workload")
+    sys.modules.pop("setup", None)
+
+
+def test_a_user_file_never_replaces_a_module_of_the_standard_library(user_dir):
+    path = write_user_module(user_dir, "json", USER_MODULE)
+    import json
+
+    assert resolve(f"{path}:tiny").name == "tiny"
+    assert sys.modules["json"] is json and hasattr(sys.modules["json"], "dumps")
+
+
+CONSTANT_MODULE = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainkit.engine.workloads import Workload
+
+OFFSET = torch.linspace(-1, 1, 16)  # made outside build(): a meta-device build cannot combine it
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(OFFSET * 0.1 + torch.zeros(16))
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.head(x + self.bias + OFFSET)
+
+
+def batch(n, generator, device):
+    x = torch.randn(n, 16, generator=generator, device=device)
+    return x, (x[:, 0] > 0).long()
+
+
+def net():
+    return Workload(name="net", build=Net, loss_fn=F.cross_entropy, make_batch=batch)
+'''
+
+
+def test_a_build_that_cannot_run_on_the_meta_device_is_built_for_real(user_dir):
+    path = write_user_module(user_dir, "constants", CONSTANT_MODULE)
+    workload = resolve(f"{path}:net")
+    assert workload.has_batchnorm is False
+    trainer = train(user_config(f"{path}:net", steps=1))
+    assert torch.isfinite(trainer.loss_curve()).all()

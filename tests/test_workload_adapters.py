@@ -6,6 +6,7 @@ with the install command, where the extra is missing."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -119,3 +120,23 @@ def test_a_local_config_directory_is_read_offline(tmp_path):
     workload = resolve(f"hf:{tmp_path / 'my-llama'}?seq_len=16")
     assert workload.name.startswith("hf-my-llama-") and workload.input_shape == (16,)
     assert resolve(f"hf:{tmp_path / 'my-llama' / 'config.json'}?seq_len=16").name == workload.name
+
+
+def test_hf_is_offline_before_transformers_is_imported_and_its_layers_are_its_blocks(monkeypatch):
+    """huggingface_hub reads HF_HUB_OFFLINE once, when transformers first imports it: the adapter sets
+    it before its first import. A Llama's decoder layers are what activation checkpointing wraps."""
+    needs("transformers", "hf")
+    from trainkit.engine.train import checkpointing
+    from trainkit.engine.workloads import adapters as workload_adapters
+
+    seen = []
+    real = workload_adapters._require
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(workload_adapters, "_require",
+                        lambda *args: (seen.append(os.environ.get("HF_HUB_OFFLINE")), real(*args)))
+    workload = resolve(LLAMA)
+    assert seen == ["1"]
+    model = workload.build()
+    assert checkpointing.apply(model, workload, "full") == ["model.model.layers.0", "model.model.layers.1"]
+    classify = resolve(LLAMA.replace("name=tiny-llama", "name=tiny-cls&task=sequence-classification&num_labels=3"))
+    assert classify.tokens_per_sample == 32  # a classifier's samples are token sequences too

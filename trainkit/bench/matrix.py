@@ -6,6 +6,7 @@ engine's (trainkit.engine.train.hardware).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -64,6 +65,17 @@ def skip_reason(model: str, precision: str, gpus: int, hw: Hardware, compile: bo
     return axes.skip_reason(values, hw)
 
 
+@functools.lru_cache(maxsize=64)
+def _names_blocks(workload: str | None) -> bool | None:
+    """Whether a workload's spec names blocks to checkpoint (None for a built-in: spec knows them by
+    name). Resolved here, once per spec: spec itself never imports torch or a user's module."""
+    if workload is None:
+        return None
+    from trainkit.engine.workloads.resolve import resolve  # torch, only once cells are built
+
+    return resolve(workload).checkpoint_blocks is not None
+
+
 MaxBatch = Callable[[RunConfig], int]
 """The planned maximum micro-batch of a cell's config (its batch size ignored); raises
 trainkit.analysis.plan.file.PlanError (a ValueError) naming the plan to make when there is none."""
@@ -82,9 +94,10 @@ def _options(model: str, chosen_block: Block, hw: Hardware, run_options: dict[st
 
 
 def _block_cells(chosen: Preset, chosen_block: Block, hw: Hardware, overrides: dict[str, tuple[Any, ...]],
-                 lengths: dict[str, int], run_options: dict[str, Any],
-                 max_batch: MaxBatch | None) -> Iterator[tuple[dict[str, Any], RunConfig, str | None]]:
-    """(axis values, config, skip reason) of each cell of a block, in the cross product's order."""
+                 lengths: dict[str, int], run_options: dict[str, Any], max_batch: MaxBatch | None,
+                 left_out: dict[str, str]) -> Iterator[tuple[dict[str, Any], RunConfig, str | None]]:
+    """(axis values, config, skip reason) of each cell of a block, in the cross product's order;
+    the cells that do not apply to their model go into `left_out` (cell id: why) instead."""
     compile_mode = run_options.pop("compile_mode", None)  # for the compiled cells only
     values = {**chosen_block.axis_values(), **overrides}
     order: tuple[Axis, ...] = axes.AXES
@@ -103,6 +116,9 @@ def _block_cells(chosen: Preset, chosen_block: Block, hw: Hardware, overrides: d
         config = RunConfig(**fields, **lengths, device=hw.device,
                            compile_mode=compile_mode if cell["compile"] else None,
                            **_options(cell["model"], chosen_block, hw, run_options))
+        if why := axes.left_out_reason({**config.to_dict(), "names_blocks": _names_blocks(config.workload)}):
+            left_out[config.cell_id] = why
+            continue
         reason = axes.skip_reason(config.to_dict(), hw)
         if chosen is NIGHTLY and hw.device != "cuda":
             reason = "the nightly preset is the GPU matrix; on a CPU use --preset tiny, quick or full"
@@ -121,10 +137,12 @@ def _block_cells(chosen: Preset, chosen_block: Block, hw: Hardware, overrides: d
 
 def build_matrix(chosen: Preset, hw: Hardware, overrides: dict[str, tuple[Any, ...]], steps: int, warmup_steps: int,
                  repeats: int = 1, run_options: dict[str, Any] | None = None,
-                 max_batch: MaxBatch | None = None) -> list[CellSpec]:
+                 max_batch: MaxBatch | None = None, left_out: dict[str, str] | None = None) -> list[CellSpec]:
     """The cells of a preset with axis overrides applied, in a stable order, without duplicates. A
     batch size of max is resolved per cell by `max_batch` (a ValueError without one); a cell the
-    hardware cannot run and no plan covers is left out (it has no batch to name it by).
+    hardware cannot run and no plan covers is left out (it has no batch to name it by), and so is a
+    cell that does not apply to its model (activation checkpointing of a model without blocks:
+    `left_out` gets its id and why).
 
     With `repeats` N >= 2 the matrix runs in rounds: every cell once (repeat 0), then every cell
     again (repeat 1), and so on (ABAB, as Chromium's Pinpoint interleaves A and B), so round r holds
@@ -133,9 +151,10 @@ def build_matrix(chosen: Preset, hw: Hardware, overrides: dict[str, tuple[Any, .
     slow every repeat of one and none of the other."""
     cells: dict[str, CellSpec] = {}
     lengths = {"steps": steps, "warmup_steps": warmup_steps}
+    left_out = left_out if left_out is not None else {}
     once = [(values, config, reason) for chosen_block in chosen.blocks
             for values, config, reason in _block_cells(chosen, chosen_block, hw, overrides, lengths,
-                                                       dict(run_options or {}), max_batch)]
+                                                       dict(run_options or {}), max_batch, left_out)]
     for repeat in range(repeats):
         for values, config, reason in once:
             spec = CellSpec(values, repeat, config, reason)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from trainkit.engine.cell.launch import CellFailed, CellWorkers
+from trainkit.engine.cell.launch import CellFailed, CellWorkers, time_left
 from trainkit.engine.cell.record import append_jsonl, merge_ranks
 from trainkit.engine.measure.conditions import condition_flags
 from trainkit.engine.spec.config import ProfileConfig
@@ -44,6 +44,13 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def cell_kind(cell: CellSpec) -> tuple[Any, ...]:
+    """What sets a cell's wall time besides its size, most telling first: compiled (a compile's
+    seconds), activation checkpointing, ranks, precision (bf16 on a CPU is several times fp32)."""
+    config = cell.config
+    return (config.compile, config.activation_checkpointing != "none", config.world_size, config.precision)
+
+
 class BenchSession:
     def __init__(self, options: SessionOptions, write: Any) -> None:
         self.options = options
@@ -53,6 +60,10 @@ class BenchSession:
         self.setup_s = 0.0
         self.started = time.monotonic()
         self.cell_seconds: list[float] = []
+        self.timed: list[tuple[tuple[Any, ...], float]] = []
+        """(cell_kind, wall seconds) of each cell run so far."""
+        self.planned: list[CellSpec] = []
+        """The cells this session will run, in order (the progress line's time left)."""
         self.remote: Any = None
         """bench.executors.RemoteCells when the cells run as jobs (--executor slurm, submitit-local)."""
         os.makedirs(os.path.dirname(os.path.abspath(options.results_file)), exist_ok=True)
@@ -76,7 +87,11 @@ class BenchSession:
         elapsed = time.monotonic() - self.started
         left = ""
         if done:
-            left = f", ~{_clock(sum(self.cell_seconds) / done * (self.total - done))} left"
+            position = next((i for i, c in enumerate(self.planned) if c.id == cell.id), len(self.planned))
+            pending = [cell_kind(c) for c in self.planned[position:]] or [cell_kind(cell)]
+            seconds, unknown = time_left(self.timed, pending)
+            left = f", ~{_clock(seconds)} left" + (f" + {unknown} compiled cell{'s' if unknown > 1 else ''} not "
+                                                   "yet timed" if unknown else "")
         self.write(f"\n[cell {done + 1}/{self.total}] {cell.id} (elapsed {_clock(elapsed)}{left}) ")
 
     def complete(self, record: dict[str, Any], cell: CellSpec) -> dict[str, Any]:
@@ -109,6 +124,7 @@ class BenchSession:
                 record = workers.record_for(failure)
         self.complete(record, cell)
         self.cell_seconds.append(time.monotonic() - began)
+        self.timed.append((cell_kind(cell), self.cell_seconds[-1]))
         self.keep(record)
         return self._reported(record, benchmark)
 
@@ -164,13 +180,14 @@ def _interval_text(record: dict[str, Any]) -> str:
 def table_row(record: dict[str, Any]) -> str:
     """The record's line in the session's closing table (TABLE_HEADER): its peak memory is the
     headline measure the report and the gate use, named; then how precise its step time is and,
-    at the end, what its conditions put in doubt (a loaded host, other processes on its GPUs)."""
+    at the end, what its conditions put in doubt (a loaded host, other processes on its GPUs, a step
+    so short that trainkit's own overhead is more than 1 % of it)."""
     memory = record.get("memory") or {}
     measure = headline_memory([memory])
     peak = memory[measure] if measure else None
     median = (record.get("step_time_s") or {}).get("median")
     name = record["cell_id"] + (f"-rep{record['repeat']}" if record.get("repeat") else "")
-    flags = condition_flags(record.get("conditions"))
+    flags = condition_flags(record.get("conditions")) + [f for f in [record.get("harness_overhead_flag")] if f]
     return (f"{name:44} {record['status']:11} {_fmt(record.get('throughput_samples_per_s'), 1):>11} "
             f"{_fmt(median and median * 1e3, 2):>9} {_interval_text(record):>7} {_fmt(peak and peak / 2**20, 1):>9} "
             f"{_fmt((record.get('loss') or {}).get('final'), 4):>10}  {MEMORY_NAMES[measure] if measure else '-'}"

@@ -7,14 +7,16 @@ each command's work.
     python -m trainkit env                                    # the environment fingerprint
     python -m trainkit plan --model mlp --precision fp32,amp-bf16 --target-batch 4096 --device cpu \
         --memory-limit-gb 2 --output plan.json                # largest micro-batches, fastest split (commands.plan)
+    python -m trainkit recommend --model mlp --target-batch 256 --device cpu --output answer/   # the answer
 
 Every RunConfig field is an option (--batch-size for batch_size; --flag/--no-flag for booleans),
 with the field's docstring as its help. Exit status: 0 when the record's status is ok, 1 for any
 other status (the record is still written), 2 for bad input (one line, no traceback).
 
 The parser is built from the commands' option modules alone (config_options, parity_options,
-plan_options, workloads_options: the torch-free spec room and the analyses' documents); a command's
-work module (WORK), and torch with it, is imported only when that command runs.
+plan_options, recommend_options, workloads_options: the torch-free spec room and the analyses'
+documents); a command's work module (WORK), and torch with it, is imported only when that command
+runs.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from ..engine.spec.options import CELL_TIMEOUT, MEMORY_LIMIT_GB, OUTPUT, QUIET, 
 from .config_options import add_config_options
 from .parity_options import add_arguments as add_parity_arguments
 from .plan_options import add_parser as add_plan_parser
+from .recommend_options import add_parser as add_recommend_parser
 from .workloads_options import add_parsers as add_workload_parsers
 
 WORK = {"run": ("run", "main"), "repro": ("run", "main"), "env": ("run", "main"), "parity": ("parity", "main"),
-        "plan": ("plan", "cmd_plan"), "workloads": ("workloads", "cmd_workloads"),
+        "plan": ("plan", "cmd_plan"), "recommend": ("recommend", "main"), "workloads": ("workloads", "cmd_workloads"),
         "check-workload": ("workloads", "cmd_check")}
 """Each command's work: (module of trainkit.commands, function taking the parsed arguments)."""
 
@@ -39,7 +42,8 @@ WORK = {"run": ("run", "main"), "repro": ("run", "main"), "env": ("run", "main")
 def build_parser() -> Parser:
     parser = Parser(prog="trainkit", description="Measure what precision and gradient accumulation do to "
                                                  "PyTorch training, one cell at a time.")
-    sub = parser.add_subparsers(dest="command", metavar="{run,repro,env,parity,plan,workloads,check-workload}",
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{run,repro,env,recommend,parity,plan,workloads,check-workload}",
                                 parser_class=Parser)
     run = sub.add_parser("run", help="run one cell and write its result record")
     repro = sub.add_parser("repro", help="rerun the config of a result record (options override it)")
@@ -71,15 +75,17 @@ def build_parser() -> Parser:
     add_parity_arguments(sub.add_parser("parity", help="judge each precision's eval loss against fp32's, seed by "
                                                        "seed, with time to target and diagnostics (see --help)"))
     add_plan_parser(sub)
+    add_recommend_parser(sub)
     add_workload_parsers(sub)
     return parser
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("trainkit: choose a command: run, repro, env, parity, plan, workloads or "
+            raise UsageError("trainkit: choose a command: run, repro, env, recommend, parity, plan, workloads or "
                              "check-workload (see --help)")
         module, function = WORK[args.command]
         work = getattr(importlib.import_module(f"{__package__}.{module}"), function)

@@ -11,11 +11,12 @@ import os
 from ..engine.spec import config as cfg
 from ..engine.spec.config import ConfigError, RunConfig, field_help
 from ..engine.spec.options import UsageError, choice, integer, number, optional
-from ..engine.spec.precision_facts import precision_names
+from ..engine.spec.precision_facts import OPTIMIZER_STATES, precision_names
 
 CHOICES = {"precision": precision_names, "optimizer": cfg.OPTIMIZERS,
            "schedule": cfg.SCHEDULES, "data": cfg.DATASETS, "device": cfg.DEVICES,
-           "compile_mode": cfg.COMPILE_MODES, "activation_checkpointing": cfg.ACTIVATION_CHECKPOINTING}
+           "compile_mode": cfg.COMPILE_MODES, "activation_checkpointing": cfg.ACTIVATION_CHECKPOINTING,
+           "optimizer_state": tuple(OPTIMIZER_STATES)}
 """Fields with a fixed set of values (precision's is the table's, read when parsing)."""
 
 
@@ -86,8 +87,9 @@ def model_fields(spec: str) -> dict[str, str | None]:
     return {"model": chosen.model, "workload": chosen.workload}
 
 
-def check_paths(config: RunConfig, output: str | None) -> None:
-    """Input files and the output directory, checked before any process starts."""
+def check_paths(config: RunConfig, output: str | None, option: str = "--output") -> None:
+    """Input files and the output directory (of the file `option` names), checked before any
+    process starts."""
     if config.data in cfg.LOCAL_DATA and not os.path.isdir(config.data_root or ""):
         raise UsageError(f"--data-root {config.data_root!r} is not a directory")
     if config.resume_from and not os.path.isfile(config.resume_from):
@@ -95,4 +97,4 @@ def check_paths(config: RunConfig, output: str | None) -> None:
     if output:
         parent = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(parent):
-            raise UsageError(f"--output {output!r}: directory {parent!r} does not exist")
+            raise UsageError(f"{option} {output!r}: directory {parent!r} does not exist")

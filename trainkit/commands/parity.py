@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ from ..analysis.parity.document import (
     ParityDocument,
     PrecisionParity,
 )
-from ..engine.cell.launch import DEFAULT_CELL_TIMEOUT_S, probe, run_cell
+from ..engine.cell.launch import DEFAULT_CELL_TIMEOUT_S, probe, run_cell, time_left
 from ..engine.spec.config import MODELS, ProfileConfig, RunConfig
 from ..engine.spec.options import (
     UsageError,
@@ -87,18 +88,26 @@ def run_cells(plan: list[tuple[str, RunConfig]], *, jobs: int = 1, timeout_s: fl
     profile = ProfileConfig(phase_steps=0, diagnostics=True)
     lock = threading.Lock()
     started, done = time.monotonic(), 0
+    timed: list[tuple[tuple[str, ...], float]] = []
+    pending = [(model, config.precision) for model, config in plan]
 
     def one(item: tuple[str, RunConfig]) -> dict[str, Any]:
         nonlocal done
         model, config = item
+        began = time.monotonic()
         record = run_cell(config, timeout_s=timeout_s or DEFAULT_CELL_TIMEOUT_S, profile=profile)
         with lock:  # one writer of the records file and of the progress lines
             if records_path:
                 append_jsonl(record, records_path)
             done += 1
+            # Learned from the cells run so far, by model and precision (a median: the first cells,
+            # which start the fork server and load their kernels, do not stand for the rest).
+            timed.append(((model, config.precision), time.monotonic() - began))
+            pending.remove((model, config.precision))
             if show is not None:
                 elapsed = time.monotonic() - started
-                left = elapsed / done * (len(plan) - done)
+                seconds, unknown = time_left(timed, pending)  # a model not yet run: any cell's median
+                left = (seconds + unknown * statistics.median(t for _, t in timed)) / jobs
                 what = (f"eval {record['loss']['eval']:.4f}, {record['step_time_s']['median'] * 1e3:.1f} ms/step"
                         if record["status"] == "ok" else f"{record['status']}: {record['status_detail']}")
                 show(f"[parity] {done}/{len(plan)} {model} {config.precision} seed {config.seed}: {what} "
@@ -194,9 +203,15 @@ def _row(e: PrecisionParity) -> str:
     timing = e.timing
     effective = (_interval(timing.effective_speedup, ".2f", "x") if timing else "-")
     steps = (_interval(timing.steps_to_target, ".0f") if timing else "-")
+    unpaired = ""
+    if test.unpaired_seeds:
+        seeds = ", ".join(map(str, test.unpaired_seeds))
+        unpaired = (f"; seed{'s' if len(test.unpaired_seeds) > 1 else ''} {seeds} fp32 did not run: "
+                    + (f"diff {_interval(test.unpaired.difference, '+.5f')} (Welch t) {test.unpaired.verdict}"
+                       if test.unpaired else "one seed, no test: no equivalence claimed over it"))
     return (f"  {e.precision:18} {e.verdict:12} diff {_interval(test.difference, '+.5f')} "
-            f"({test.test}), margin +-{test.margin_loss:.5f}{more}; steps to target {steps}; effective {effective}"
-            + (f"  [{e.named}]" if e.named else ""))
+            f"({test.test}), margin +-{test.margin_loss:.5f}{more}{unpaired}; steps to target {steps}; "
+            f"effective {effective}" + (f"  [{e.named}]" if e.named else ""))
 
 
 def summary_lines(doc: ParityDocument) -> list[str]:
@@ -284,6 +299,9 @@ def _run(args: Any) -> tuple[ParityDocument, str]:
                          f"{', '.join(setups_for(device_type))}, or a workload's spec")
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     records = args.records or os.path.splitext(args.output)[0] + ".records.jsonl"
+    kept = keep_earlier(records)
+    if kept and not args.quiet:
+        print(f"[parity] {records} held an earlier run's records: kept as {kept}", file=sys.stderr, flush=True)
     open(records, "w").close()  # this run's records, appended as each cell ends
     show = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     doc = run(models, args.precision, args.seeds, device=args.device, steps=args.steps,
@@ -293,11 +311,27 @@ def _run(args: Any) -> tuple[ParityDocument, str]:
     return doc, records
 
 
+def keep_earlier(path: str) -> str | None:
+    """Move an earlier run's records at `path` aside (PATH.1.jsonl, .2, ... the first free name) so
+    this run starts its own file and never loses them; the name it got, or None (nothing there)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return None
+    stem, ext = os.path.splitext(path)
+    n = 1
+    while os.path.exists(f"{stem}.{n}{ext}"):
+        n += 1
+    os.replace(path, f"{stem}.{n}{ext}")
+    return f"{stem}.{n}{ext}"
+
+
 def main(args: Any) -> int:
     """`python -m trainkit parity`: exit 0 when every precision got a verdict, 1 when one did not
     (the document is still written), 2 for bad input."""
     _check(args)
     doc, records = (_rejudge(args), args.from_records) if args.from_records else _run(args)
+    if doc.records_file:  # beside the document, as the document finds it: no machine's own path in a shared file
+        doc = dataclasses.replace(doc, records_file=os.path.relpath(
+            doc.records_file, os.path.dirname(os.path.abspath(args.output))))
     write_json(args.output, doc.to_dict())
     written = [args.output] + ([] if args.from_records else [records])
     if args.report:

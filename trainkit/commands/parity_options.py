@@ -67,7 +67,8 @@ WORKLOAD_SETUP = ParitySetup({"optimizer": "adamw", "lr": 1e-3, "batch_size": 16
                                  "--steps, --batch-size and --lr of your own recipe")
 """The recipe of a workload that is not built in, on any device (the options override it)."""
 DEFAULT_MODELS = {"cpu": ("gpt", "mlp"), "cuda": ("gpt", "resnet50")}
-CPU_PRECISIONS = ("fp32", "amp-bf16", "half-fp16", "half-bf16", "half-fp16-master", "half-bf16-master")
+CPU_PRECISIONS = ("fp32", "amp-bf16", "half-fp16", "half-bf16", "half-bf16-sr", "half-bf16-kahan", "half-fp16-master",
+                  "half-bf16-master")
 """The CPU default: amp-fp16's autocast is slow and adds nothing a CPU can say that these do not."""
 
 

@@ -55,6 +55,7 @@ from ..analysis.plan.search import (
 from ..engine.cell.launch import DEFAULT_CELL_TIMEOUT_S, call_in_fresh_process, probe, run_cell
 from ..engine.cell.worker import serve_estimates
 from ..engine.estimate.estimate import PEAK_FORMULA
+from ..engine.measure.conditions import condition_flags
 from ..engine.spec.config import RunConfig
 from ..engine.spec.options import MEMORY_LIMIT_ON_GPU, UsageError
 from ..engine.spec.precision_facts import precision_names
@@ -203,6 +204,16 @@ def _predict(options: PlanOptions, hardware: dict[str, Any], estimate: EstimateS
     return predicted
 
 
+def _throughput_interval(record: dict[str, Any]) -> tuple[float | None, float | None]:
+    """A cell's throughput interval from its median step time's (throughput goes as 1 / step time)."""
+    noise, median = record.get("noise") or {}, (record.get("step_time_s") or {}).get("median")
+    low_s, high_s, throughput = noise.get("median_ci_low_s"), noise.get("median_ci_high_s"), \
+        record.get("throughput_samples_per_s")
+    if not (low_s and high_s and median and throughput):
+        return None, None
+    return throughput * median / high_s, throughput * median / low_s
+
+
 def _measure(options: PlanOptions, hardware: dict[str, Any], run: CellRunner, precision: str, c: Candidate,
              limit_bytes: int, estimate_bytes: int, say: Say) -> Candidate:
     """A candidate measured as an ordinary cell: its throughput, peak and headroom."""
@@ -217,8 +228,11 @@ def _measure(options: PlanOptions, hardware: dict[str, Any], run: CellRunner, pr
         # On a GPU the CUDA context takes its share of the device's memory too.
         context = (record.get("memory") or {}).get("nvml_context_baseline_bytes") or 0
         headroom = limit_bytes - peak - (context if hardware["device"] == "cuda" else 0)
+    low, high = _throughput_interval(record)
     done = dataclasses.replace(
         c, measured=True, cell_id=config.cell_id, status=record.get("status"),
+        throughput_low_samples_per_s=low, throughput_high_samples_per_s=high,
+        flags=tuple(condition_flags(record.get("conditions"))),
         status_detail=str(record.get("status_detail") or ""),
         throughput_samples_per_s=record.get("throughput_samples_per_s"), peak_bytes=peak, peak_measure=measure,
         step_time_s=(record.get("step_time_s") or {}).get("median"), estimate_bytes=estimate_bytes,
@@ -230,9 +244,11 @@ def _measure(options: PlanOptions, hardware: dict[str, Any], run: CellRunner, pr
 
 
 def make_plan(options: PlanOptions, hardware: dict[str, Any], run: CellRunner, estimate: EstimateService,
-              say: Say = lambda line: None) -> dict[str, Any]:
+              say: Say = lambda line: None, measure_run: CellRunner | None = None) -> dict[str, Any]:
     """The plan as the file holds it: estimates, searches and candidates for every precision (see
-    the module's docstring). `run` runs a cell, `estimate` answers estimate requests."""
+    the module's docstring). `run` runs a probe cell (under the memory cap), `measure_run` a
+    candidate (uncapped, as speeds are measured everywhere; `run` where not given), `estimate`
+    answers estimate requests."""
     started = time.monotonic()
     ranks = options.gpus[-1]
     limit_bytes, limit_source = memory_limit(options, hardware)
@@ -254,7 +270,7 @@ def make_plan(options: PlanOptions, hardware: dict[str, Any], run: CellRunner, e
         probe_estimates = {p.batch: predicted[(precision, ranks, p.batch, PROBE_GRAD_ACCUM)] for p in search.probes}
         search = dataclasses.replace(search, probes=tuple(
             dataclasses.replace(p, estimate_bytes=probe_estimates[p.batch]["total_bytes"]) for p in search.probes))
-        measured = {id(c): _measure(options, hardware, run, precision, c, limit_bytes,
+        measured = {id(c): _measure(options, hardware, measure_run or run, precision, c, limit_bytes,
                                     predicted[(precision, c.gpus, c.micro_batch, c.grad_accum)]["total_bytes"], say)
                     for c in chosen[precision]}
         answer = before[precision]
@@ -265,11 +281,11 @@ def make_plan(options: PlanOptions, hardware: dict[str, Any], run: CellRunner, e
         precisions[precision] = precision_plan(summary, search, [measured.get(id(c), c) for c in found[precision]],
                                                probe_estimates, options.safety, options.target_batch)
     return _plan_document(options, hardware, limit_bytes, limit_source, precisions,
-                          time.monotonic() - started).to_dict()
+                          time.monotonic() - started, capped=measure_run is None).to_dict()
 
 
 def _plan_document(options: PlanOptions, hardware: dict[str, Any], limit_bytes: int, limit_source: str,
-                   precisions: dict[str, PrecisionPlan], elapsed_s: float) -> Plan:
+                   precisions: dict[str, PrecisionPlan], elapsed_s: float, capped: bool = True) -> Plan:
     base = options.base
     return Plan(
         schema=SCHEMA, model=base.model,
@@ -283,7 +299,9 @@ def _plan_document(options: PlanOptions, hardware: dict[str, Any], limit_bytes: 
         probe=ProbeCells(grad_accum=PROBE_GRAD_ACCUM, world_size=options.gpus[-1], warmup_steps=PROBE_WARMUP_STEPS,
                          steps=options.probe_steps),
         candidate_cells=CandidateCells(steps=base.steps, warmup_steps=base.warmup_steps,
-                                       measured_per_gpu_count=options.measure),
+                                       measured_per_gpu_count=options.measure,
+                                       memory_capped=capped and hardware["device"] == "cpu"
+                                       and bool(options.memory_limit_bytes)),
         estimate_method=PEAK_FORMULA, peak_measure_note=PEAK_MEASURE_NOTE, precisions=precisions,
         fastest=fastest_of(precisions), env=hardware.get("env"),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), elapsed_s=round(elapsed_s, 1))
@@ -310,10 +328,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         limit = options.memory_limit_bytes if hardware["device"] == "cpu" else None
         return run_cell(config, timeout_s=timeout_s, memory_limit_bytes=limit, evaluate=False)
 
+    def run_uncapped(config: RunConfig) -> dict[str, Any]:
+        # A candidate fits below the probes' boundary by the safety factor; its speed is measured without
+        # the cap, which roughly halves a CPU cell's throughput (issue 24).
+        return run_cell(config, timeout_s=timeout_s, memory_limit_bytes=None, evaluate=False)
+
     def estimate(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return call_in_fresh_process(serve_estimates, requests, timeout_s=timeout_s, what="the estimate")
 
-    plan = make_plan(options, hardware, run, estimate, say)
+    plan = make_plan(options, hardware, run, estimate, say, measure_run=run_uncapped)
     write_json(options.output, plan)
     say(f"wrote {options.output}")
     for precision, entry in plan["precisions"].items():

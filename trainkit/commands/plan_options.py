@@ -120,7 +120,7 @@ def options_from_args(args: argparse.Namespace) -> PlanOptions:
     base = config_from_args(args)
     check_paths(base, args.output)
     if args.report:
-        check_paths(base, args.report)
+        check_paths(base, args.report, "--report")
     target = args.target_batch
     if target is not None:
         bad = [g for g in gpus if target % g]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import torch
 
@@ -52,6 +53,17 @@ def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def what_ran_table(tables: dict[str, dict[str, Any]]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """One row per mode, one column per observed tensor kind (trainkit.engine.measure.what_ran's rows)."""
+    kinds = list(dict.fromkeys(row["tensor"] for table in tables.values() for row in table["rows"]))
+    rows = []
+    for mode, table in tables.items():
+        cells = {r["tensor"]: r["observed"] + (f" [{r['declared']}]" if r["matches"] is False else "")
+                 for r in table["rows"]}
+        rows.append((mode, *(cells.get(kind, "") for kind in kinds)))
+    return ("precision", *kinds), rows
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is visible")
@@ -72,4 +84,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = run_checks(args.model, workload, config, device, args.precision, progress)
     print(f"workload {report.name} ({report.source}) from --model {report.spec!r} on {report.device}")
     print(format_table(("check", "verdict", "detail"), [(c.check, c.verdict, c.detail) for c in report.checks]))
+    if report.what_ran:
+        print("\nwhat ran: the dtypes of one observed step (a mismatch shows the declared dtype in brackets)")
+        print(format_table(*what_ran_table(report.what_ran)))
     return 1 if report.failed else 0

@@ -24,8 +24,9 @@ Exit status, the same for every command:
     2  bad input: an option, a file or a preset that cannot be used here
     3  infrastructure failure: the pre-flight failed or the matrix could not run; not a regression
        (gpu-check: the device cannot be used, e.g. --device cuda without a GPU)
-    4  inconclusive: nothing regressed, but more than --max-noisy-share (25 %) of the gated cells
-       compared were too noisy to gate; the runner's problem (quiet it, re-run), not the code's,
+    4  inconclusive: nothing regressed, but the gate could not see a gated cell (too noisy at its
+       size, a baseline that cannot judge it, no record tonight, refused by the code), named with
+       its reason; the runner's or the baseline's problem (quiet it, re-run; re-promote), not the code's,
        and never a pass. (`python -m reports compare` says 3 for this; 3 is taken here.)
 """
 

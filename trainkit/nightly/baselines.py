@@ -23,10 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainkit.engine.spec.schema import ResultsFileError, fingerprint, parse_jsonl, read_json, replacing, write_json
-from trainkit.reports.records import InputError
+from trainkit.reports.records import OK, InputError
+from trainkit.reports.verdict import RSS_MEASURES, Thresholds, cell_data
 
 from .rundir import RESULTS, ROOT, RunDir, now
 
+NIGHTLY_THRESHOLDS = Thresholds(per_metric={"loss": 0.02}, two_sided=("loss",), max_spread=0.10, min_repeats=3)
+"""The nightly's defaults; every field is a `python -m nightly compare` option."""
+STABLE_FAILURES = ("oom", "diverged", "unsupported")
+"""Statuses a baseline cell may end with in every repeat and still judge the cell (a batch that
+does not fit, fp16 that diverges, a precision the GPU lacks are facts of the cell); a timeout or a
+crash is the runner's accident, and a cell whose repeats disagree on their status is flaky."""
 SCHEMA = "trainkit.baseline/1"
 MANIFEST = "baseline.json"
 DEFAULT_ROOT = os.path.join(ROOT, "reports", "baselines")
@@ -43,7 +50,8 @@ def slug(fp: dict[str, Any]) -> str:
     if fp.get("gpu_name"):
         parts = [fp["gpu_name"], f"driver-{fp.get('driver')}", f"cuda-{fp.get('cuda')}", f"torch-{fp.get('torch')}"]
     else:
-        parts = ["cpu", str(fp.get("cpu")), f"torch-{fp.get('torch')}"]
+        cores = [f"{fp['usable_cpus']}cores"] if fp.get("usable_cpus") else []
+        parts = ["cpu", str(fp.get("cpu")), *cores, f"torch-{fp.get('torch')}"]
     return re.sub(r"[^a-z0-9.]+", "-", "-".join(parts).lower()).strip("-.")
 
 
@@ -120,10 +128,42 @@ def split_by_fingerprint(records: list[dict[str, Any]], source: str) -> list[tup
     return [(fp, sorted(idx)) for fp, idx in groups.values()]
 
 
-def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> list[Baseline]:
+def cannot_judge(records: list[dict[str, Any]], thresholds: Thresholds = NIGHTLY_THRESHOLDS) -> dict[str, str]:
+    """The cells these records, as a baseline, cannot judge, each with why: a repeat that failed
+    (or a timeout or crash in every one), fewer ok repeats than the gate needs, a gated metric
+    whose spread over the repeats is above the noise limit, or records that are not one cell."""
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if not record.get("skipped_at_collection"):
+            by_cell.setdefault(record["cell_id"], []).append(record)
+    out = {}
+    for cell, group in sorted(by_cell.items()):
+        data = cell_data(group)
+        statuses = set(data.statuses)
+        if data.unpoolable:
+            out[cell] = f"its records are not one cell: {data.unpoolable}"
+        elif len(statuses) > 1 or not statuses <= {OK, *STABLE_FAILURES}:
+            out[cell] = f"{data.failures()}: {data.status_detail or data.status}"
+        elif data.ok and len(group) < thresholds.min_repeats:
+            out[cell] = f"{len(group)} repeat(s), {thresholds.min_repeats} needed to gate"
+        elif data.ok and thresholds.max_spread is not None:
+            for metric in thresholds.gate_metrics:
+                samples = data.metrics[metric]
+                if metric == "memory" and data.memory_measure in RSS_MEASURES and data.compiled:
+                    continue  # not gated (trainkit.reports.verdict): its spread cannot make it unjudgeable
+                if len(samples.values) >= 2 and samples.spread(thresholds.spread) > thresholds.max_spread:
+                    out[cell] = (f"{metric} spread {samples.spread(thresholds.spread):.1%} over its repeats, above "
+                                 f"the noise limit of {thresholds.max_spread:.0%}")
+                    break
+    return out
+
+
+def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False,
+            thresholds: Thresholds = NIGHTLY_THRESHOLDS) -> list[Baseline]:
     """Copy a green run's results into root/<slug>/ with its manifest, one baseline per environment
     its cells were measured in. Refuses (InputError) a run that is not green, not from main, or
-    measured uncommitted code, unless forced."""
+    measured uncommitted code, or holds cells it cannot judge (cannot_judge: failed repeats, noise),
+    unless forced; a forced baseline's manifest names those cells under `cannot_judge`."""
     if not run.exists(RESULTS):
         raise InputError(f"{run.root}: no {RESULTS}; promote the directory of a nightly run")
     with open(run.path(RESULTS), encoding="utf-8") as f:
@@ -145,6 +185,11 @@ def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> list[
         refusals.append(f"it measured branch {state['branch']!r}, not main")
     if any((r.get("env") or {}).get("git_dirty") for r in records):
         refusals.append("it measured uncommitted changes (git_dirty)")
+    unjudged = cannot_judge(records, thresholds)
+    if unjudged:
+        listed = "; ".join(f"{cell}: {why}" for cell, why in list(unjudged.items())[:5])
+        more = f" (and {len(unjudged) - 5} more)" if len(unjudged) > 5 else ""
+        refusals.append(f"it cannot judge {len(unjudged)} cell(s): {listed}{more}")
     if refusals and not force:
         raise InputError(f"refusing to promote {run.root}: " + "; ".join(refusals) + " (--force promotes anyway)")
     promoted = []
@@ -159,7 +204,8 @@ def promote(run: RunDir, root: str = DEFAULT_ROOT, force: bool = False) -> list[
                     "branch": state.get("branch"), "run_started_at": state.get("started_at"), "promoted_at": now(),
                     "forced": bool(refusals), "preset": matrix.get("preset"), "repeats": matrix.get("repeats"),
                     "command": matrix.get("command"), "cells": len({r["cell_id"] for r in mine}),
-                    "records": len(mine), "statuses": dict(Counter(r.get("status") for r in mine))}
+                    "records": len(mine), "statuses": dict(Counter(r.get("status") for r in mine)),
+                    "cannot_judge": {c: why for c, why in unjudged.items() if c in {r["cell_id"] for r in mine}}}
         write_json(os.path.join(dest, MANIFEST), manifest)
         promoted.append(Baseline(dest, manifest))
     return promoted

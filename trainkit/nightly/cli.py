@@ -22,7 +22,7 @@ store's trend page, into the run directory beside report.html.
 other commands add to the run they find.
 
 Exit status: 0 pass or no comparable baseline, 1 regression, 2 bad input, 3 infrastructure failure,
-4 inconclusive (the runner was too noisy to gate; see trainkit/nightly/__init__.py).
+4 inconclusive (the gate could not see a gated cell; see trainkit/nightly/__init__.py).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ DEFAULT_OUT = os.path.join("reports", "out", "nightly")
 TREND = "trend.html"  # the run store's trend page, written into the run directory by `history`
 ANNOTATIONS = {REGRESSION: "Performance regression", BAD_INPUT: "Bad input",
                INFRASTRUCTURE: "Infrastructure failure (not a regression)",
-               INCONCLUSIVE: "Inconclusive: the runner was too noisy to gate (not a regression)"}
+               INCONCLUSIVE: "Inconclusive: the gate could not see every cell (not a regression)"}
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -124,18 +124,16 @@ def _add_gate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--two-sided", type=_names, default=T.two_sided, metavar="METRICS",
                    help="metrics gated in both directions, as drift (default loss; none for none)")
     p.add_argument("--max-spread", type=optional(fraction), default=T.max_spread, metavar="F",
-                   help="noise limit: a cell metric spread wider than this is noisy, not gated (default 10%%)")
+                   help="noise limit: a cell metric spread wider than this cannot be seen; a change within its "
+                        "threshold is unknown, one beyond it is judged (default 10%%)")
     p.add_argument("--min-repeats", type=integer(1), default=T.min_repeats, metavar="N",
-                   help="repeats a side needs for a metric to be gated (default 3)")
+                   help="repeats a side needs for the gate to see a metric (default 3)")
     p.add_argument("--gate-metrics", type=_names, default=T.gate_metrics, metavar="METRICS",
                    help="metrics whose regression fails the run (default throughput,memory,loss)")
     p.add_argument("--gate-cells", nargs="+", default=list(T.gate_cells), metavar="GLOB",
                    help="cell ids the gate covers, as glob patterns (default all)")
-    p.add_argument("--max-noisy-share", type=fraction, default=T.max_noisy_share, metavar="F",
-                   help="with no regression, more than this share of the gated cells compared being noisy makes "
-                        "the run inconclusive, exit 4 (default 25%%; 1 never does)")
     p.add_argument("--fail-on-removed", action="store_true",
-                   help="a baseline cell missing from the run fails it too (default: reported)")
+                   help="a baseline cell missing from the run fails it (default: unknown, the run inconclusive)")
     p.add_argument("--history", type=output_file, default=None, metavar="FILE",
                    help="a run store (python -m reports history): 2+ bad nights running are a regression, one "
                         "bad night is unknown (re-run, do not bisect)")
@@ -206,8 +204,7 @@ def _thresholds(args: argparse.Namespace):
                       per_metric={**NIGHTLY_THRESHOLDS.per_metric, **dict(args.threshold)},
                       gate_metrics=args.gate_metrics, gate_cells=tuple(args.gate_cells),
                       fail_on_removed=args.fail_on_removed, max_spread=args.max_spread,
-                      min_repeats=args.min_repeats, two_sided=args.two_sided,
-                      max_noisy_share=args.max_noisy_share)
+                      min_repeats=args.min_repeats, two_sided=args.two_sided)
 
 
 def _finish(run: RunDir, stage: Stage) -> int:
@@ -320,6 +317,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_gpu_check(args.out, args.device, args.only)
     if args.command == "promote":
         promoted = promote(RunDir(args.run_dir), args.baselines or DEFAULT_ROOT, force=args.force)
+        for baseline in promoted:
+            for cell, why in baseline.manifest.get("cannot_judge", {}).items():
+                print(f"warning: forced: {baseline.describe()} cannot judge {cell}: {why}", file=sys.stderr)
         for baseline in promoted:  # one per environment the run's cells were measured in
             print(f"promoted {args.run_dir} to {baseline.describe()}")
         print(f"commit it: git add {' '.join(shown(b.path) for b in promoted)} && git commit")

@@ -41,11 +41,13 @@ def _next_step(run: RunDir, status: int, label: str) -> str:
         return ("An infrastructure failure is not a regression: the runner was unfit or the matrix could not run. "
                 "Fix or drain the runner and re-run the job; do not bisect the code.")
     if status == INCONCLUSIVE:
-        return ("Inconclusive is neither a pass nor a regression: nothing failed the gate, but too many of the "
-                "gated cells were noisy to tell whether the code got slower, bigger or changed its numerics. "
-                "The runner was too noisy to gate on: look at the cells' spreads and throttling below and at the "
-                "pre-flight's load, quiet the runner (nothing else running, persistence mode and locked clocks) "
-                "and re-run the job; do not bisect the code. An inconclusive run cannot be promoted.")
+        return ("Inconclusive is neither a pass nor a regression: nothing failed the gate, but it could not see "
+                "every gated cell (each is named below with its reason: too noisy at its size, a baseline that "
+                "cannot judge it, no record tonight, refused by the code), so it cannot say whether the code got "
+                "slower, bigger or changed its numerics. When the runner was too noisy to gate on, look at the "
+                "cells' spreads and throttling below and at the pre-flight's load, quiet the runner (nothing else "
+                "running, persistence mode and locked clocks) and re-run the job; when a baseline cannot judge a "
+                "cell, promote a clean one; do not bisect the code. An inconclusive run cannot be promoted.")
     if status == REGRESSION:
         return ("Open compare.html in the artifact. If the change is intended, review it and make this run the "
                 f"baseline: `python -m nightly promote {run.root} --force`, then commit reports/baselines/.")
@@ -76,7 +78,8 @@ def _cells_section(run: RunDir, max_spread: float | None, candidate: str | None)
     if len(measures) == 1:  # one measure for every cell: name it once, in the header
         (name,) = measures
         measure = f" ({MEMORY_NAMES.get(name, name)})"
-    limit = f"; noisy: a spread above {max_spread:.0%}, reported and not gated" if max_spread is not None else ""
+    limit = (f"; noisy: a spread above {max_spread:.0%}, where the gate judges only a change beyond its threshold"
+             if max_spread is not None else "")
     steps = {len(r["loss"]["curve"]) for r in records if r.get("status") == "ok" and (r.get("loss") or {}).get("curve")}
     loss = f"final loss after {steps.pop()} steps" if len(steps) == 1 else "final loss (after each cell's steps)"
     table = [[r["cell"], r["status"], f"{r['ok']}/{r['repeats']}", _num(r["throughput_median"], ",.1f"),
@@ -91,6 +94,34 @@ def _cells_section(run: RunDir, max_spread: float | None, candidate: str | None)
             "fp32's loss is not judged here: see `python -m trainkit parity` (README, \"Loss parity\").", "",
             *_table(["cell", "status", "ok/runs", "samples/s", "spread", f"peak MiB{measure}", "spread",
                      loss, "spread", "flags"], table), ""]
+
+
+def _gated_section(compare: dict[str, Any]) -> list[str]:
+    """Every gated cell's outcome and, per metric judged, the smallest regression the gate could
+    have caught (its threshold: a change beyond it is judged whatever the noise)."""
+    cells = compare.get("gated") or []
+    if not cells:
+        return []
+    metrics = ("throughput", "memory", "loss")
+    worse = {"throughput": "−", "memory": "+", "loss": "±"}
+    rows = []
+    for cell in sorted(cells, key=lambda c: c["cell"]):
+        per_metric = []
+        for metric in metrics:
+            judged = (cell.get("metrics") or {}).get(metric)
+            catches = (cell.get("catches") or {}).get(metric)
+            if judged is None:
+                per_metric.append("not gated")
+                continue
+            change = "–" if judged["change"] is None else f"{judged['change']:+.1%}"
+            bound = f", catches {worse[metric]}{catches:.1%}" if catches is not None else ""
+            per_metric.append(f"{judged['verdict']} ({change}{bound})")
+        rows.append([cell["cell"], cell["verdict"], *per_metric, cell.get("note") or ""])
+    return ["## Every gated cell", "",
+            "Each cell's outcome, and per metric its change and the smallest regression the gate could have caught "
+            "(its threshold, max(relative, k × spread)): a change beyond it is judged, however noisy; one within it "
+            "but past the relative floor is unknown. The only silent outcome is seen and unchanged.", "",
+            *_table(["cell", "outcome", *metrics, "note"], rows), ""]
 
 
 def _preflight_section(run: RunDir) -> list[str]:
@@ -129,9 +160,15 @@ def render(run: RunDir) -> str:
     compare = stages.get("compare", {})
     for warning in compare.get("warnings", []):
         lines += [f"> ⚠ {warning}", ""]
+    unjudged = compare.get("unjudged", [])
+    for line in unjudged[:10]:
+        lines += [f"> ❔ {line}", ""]
+    if len(unjudged) > 10:
+        lines += [f"> ❔ ... and {len(unjudged) - 10} more: see every gated cell below", ""]
     if compare.get("outcome") not in (None, NO_BASELINE) and run.exists("compare.md"):
         with open(run.path("compare.md"), encoding="utf-8") as f:
             lines += ["## Gate", "", f.read().strip(), ""]
+        lines += _gated_section(compare)
     thresholds: dict[str, Any] = compare.get("thresholds") or {"max_spread": NIGHTLY_THRESHOLDS.max_spread}
     lines += _cells_section(run, thresholds.get("max_spread"), compare.get("candidate"))
     lines += _preflight_section(run)

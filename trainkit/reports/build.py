@@ -23,10 +23,13 @@ from typing import Any
 
 import pandas as pd
 
+from trainkit.analysis.answer_records import answers_from_records
 from trainkit.engine.spec.precision_facts import display_rank
 
 from . import figures, frontier, html, parity, profiles
-from .load import to_frame
+from .answer.card import card as answer_card
+from .flags import flag_share_sentence
+from .load import pooling, to_frame
 from .plan import read_plans
 from .plan import section as plan_section
 from .records import Run, all_records, fingerprint, read_runs
@@ -71,6 +74,9 @@ def _header(runs: list[Run], frame: pd.DataFrame, sections: list[tuple[str, str]
                        html.select("precision", "precision", precisions)])
     nav = "".join(f'<a href="#{key}">{html.esc(title)}</a>' for key, title in sections)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    pooled = pooling(frame)
+    if pooled:
+        counts += f". Pooled: {pooled}"
     return (f'<p class="note">{html.esc(counts)}. Generated {generated}.</p>'
             f'<div class="filters">{filters}</div><nav>{nav}</nav>')
 
@@ -78,14 +84,13 @@ def _header(runs: list[Run], frame: pd.DataFrame, sections: list[tuple[str, str]
 def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
     parts = []
     if frame["hardware"].astype(str).str.startswith("CPU").any():
-        parts.append('<p class="warn">CPU rows are correctness and smoke rows, not speed claims: half '
-                     "precision on a CPU is emulated or slow, so its speedups say nothing about GPUs.</p>")
+        parts.append(f'<p class="warn">{html.esc(cpu_banner(table, frame))}</p>')
     parts.append(_flag_summary(table))
     parts.append(f'<p class="note">{html.esc(PARITY_POINTER)}</p><p class="note">{html.esc(FLAG_LEGEND)}</p>')
     state = " open" if len(table) <= OPEN_ROWS else ""
     for group, rows in groups(table):
         shown = formatted(rows)
-        classes = ["status-failed" if s != "ok" else "" for s in rows["status"]]
+        classes = [status_class(s) for s in rows["status"]]
         doubted = {h: ["suspect" if v.endswith(FLAG_MARK) else "" for v in shown[h]] for h in shown.columns}
         parts.append(f'<div{html.attrs({"model": group["model"], "hardware": group["hardware"]})}>'
                      f"<details{state}><summary><h3>{html.esc(group_title(group))} "
@@ -97,18 +102,54 @@ def _summary_section(table: pd.DataFrame, frame: pd.DataFrame) -> str:
     return "".join(parts)
 
 
+HALF_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_fp16")
+"""CPU instructions that run bf16 or fp16 math natively (oneDNN uses them); without them it is emulated."""
+
+
+def cpu_banner(table: pd.DataFrame, frame: pd.DataFrame) -> str:
+    """The CPU rows' banner, each clause from the data it speaks of: per CPU, whether it has native
+    half-precision instructions (the records' env.cpu_flags) and which precision was fastest in how
+    many of its shapes (the summary's throughput), so it never says "emulated or slow" above a table
+    where bf16 is the fastest row on a CPU with avx512_bf16."""
+    text = ("CPU rows are correctness and smoke rows, not speed claims: a CPU's speedups say nothing about a "
+            "GPU's.")
+    cpu = frame[frame["hardware"].astype(str).str.startswith("CPU")]
+    ok = table[(table["status"] == "ok") & table["hardware"].astype(str).str.startswith("CPU")
+               & table["throughput_samples_per_s"].notna()]
+    for hardware, records in cpu.groupby("hardware", sort=False):
+        flags = sorted({f for value in records.get("env.cpu_flags", pd.Series(dtype=object))
+                        if isinstance(value, list) for f in value if f in HALF_CPU_FLAGS})
+        known = records.get("env.cpu_flags", pd.Series(dtype=object)).map(lambda v: isinstance(v, list)).any()
+        if flags:
+            native = f"{hardware} has {', '.join(flags)}: its half-precision math runs natively"
+        elif known:
+            native = (f"{hardware} has none of {', '.join(HALF_CPU_FLAGS)}: its half-precision math is emulated "
+                      "in fp32 instructions")
+        else:
+            native = f"{hardware}: its records do not say which instructions it has"
+        mine = ok[ok["hardware"] == hardware]
+        shapes = mine.groupby(["model", "gpus", "batch_size", "grad_accum", "variant"], dropna=False, sort=False)
+        fastest = [str(g.loc[g["throughput_samples_per_s"].idxmax(), "precision"]) for _, g in shapes if len(g) > 1]
+        if fastest:
+            counts = pd.Series(fastest).value_counts()
+            native += "; fastest per shape: " + ", ".join(f"{p} in {n} of {len(fastest)}" for p, n in counts.items())
+        text += f" {native}."
+    return text
+
+
 def _flag_summary(table: pd.DataFrame) -> str:
     """A box above the tables counting the rows whose figures cannot be right or were measured on a
-    loaded host: they must not be read plainly."""
+    loaded host (they must not be read plainly), and the share of rows carrying each flag."""
     flags = table["flags"].fillna("").astype(str)
     implausible = int(flags.str.contains("implausible").sum())
     doubted = int(table["flagged_figures"].fillna("").astype(bool).sum())
+    shares = f'<p class="note">{html.esc(flag_share_sentence(table))}</p>'
     if not doubted:
-        return ""
+        return shares
     what = f"{doubted} row{'s' if doubted != 1 else ''} hold figures in doubt ({FLAG_MARK})"
     if implausible:
         what += f", {implausible} of them physically implausible"
-    return f'<p class="bad">{html.esc(what)}: read their flags before their numbers.</p>'
+    return f'<p class="bad">{html.esc(what)}: read their flags before their numbers.</p>' + shares
 
 
 def _chart_sections(table: pd.DataFrame, frame: pd.DataFrame) -> dict[str, str]:
@@ -124,6 +165,15 @@ def _chart_sections(table: pd.DataFrame, frame: pd.DataFrame) -> dict[str, str]:
     return {k: "".join(v) for k, v in out.items()}
 
 
+MISMATCH = "precision-mismatch"
+
+
+def status_class(status: object) -> str:
+    """A row's colour by its cell's status: amber for a cell that ran another precision than it
+    declares (its figures are of another configuration), red for one that did not finish."""
+    return "" if status == "ok" else "status-mismatch" if status == MISMATCH else "status-failed"
+
+
 def _failures_section(frame: pd.DataFrame) -> str:
     failed = frame[frame["status"] != "ok"].sort_values(["model", "cell"])
     if failed.empty:
@@ -133,7 +183,27 @@ def _failures_section(frame: pd.DataFrame) -> str:
                           "run": failed["run"], "finished": failed["finished_at"].fillna("")})
     rows = [{"model": m, "hardware": h, "precision": p}
             for m, h, p in zip(failed["model"], failed["hardware"], failed["precision"])]
-    return html.frame_table(shown, text_columns=shown.columns, wrap_columns=("reason",), row_attrs=rows)
+    parts = [html.frame_table(shown, text_columns=shown.columns, wrap_columns=("reason",), row_attrs=rows,
+                              row_classes=[status_class(s) for s in failed["status"]])]
+    for (_, record), attrs in zip(failed.iterrows(), rows):
+        observed = record.get("what_ran.rows")
+        if record["status"] == MISMATCH and isinstance(observed, list) and observed:
+            parts.append(_what_ran_table(str(record["cell"]), observed, attrs))
+    return "".join(parts)
+
+
+def _what_ran_table(cell: str, observed: list[dict[str, Any]], attrs: dict[str, Any]) -> str:
+    """The dtypes a precision-mismatch cell's observed step used, against the declared ones."""
+    verdicts = {True: "ok", False: "MISMATCH", None: "not observed"}
+    table = pd.DataFrame({"tensor": [r.get("tensor") for r in observed],
+                          "declared": [r.get("declared") for r in observed],
+                          "observed": [r.get("observed") for r in observed],
+                          "verdict": [verdicts.get(r.get("matches"), "") for r in observed],
+                          "detail": [r.get("detail") or "" for r in observed]})
+    classes = ["status-mismatch" if r.get("matches") is False else "" for r in observed]
+    return (f'<div{html.attrs(attrs)}><h3>What ran in {html.esc(cell)}</h3>'
+            + html.frame_table(table, text_columns=table.columns, wrap_columns=("detail",), row_classes=classes)
+            + "</div>")
 
 
 ENV_KEYS = ("gpu_name", "gpu_count", "driver", "cuda", "cudnn", "torch", "cpu", "cpu_count", "python",
@@ -177,12 +247,23 @@ def _environment_section(runs: list[Run]) -> str:
     return "".join(parts)
 
 
+def answer_cards(runs: list[Run], parity_docs: list[dict[str, Any]] | None, sources: list[str]) -> str:
+    """The answer card of each model and device (trainkit.analysis.answer_records), the page's first thing:
+    its figures link to the summary, which lists the cells."""
+    cards = []
+    for doc in answers_from_records(all_records(runs), parity_docs or [], sources):
+        data = {**doc.to_dict(), "link_to": "#parity" if parity_docs else "#summary"}
+        cards.append(answer_card(data))
+    return "".join(cards)
+
+
 def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
            parity_docs: list[dict[str, Any]] | None = None,
-           plans: list[dict[str, Any]] | None = None) -> tuple[str, pd.DataFrame]:
+           plans: list[dict[str, Any]] | None = None, sources: list[str] | None = None) -> tuple[str, pd.DataFrame]:
     """The page and the summary table of some runs; links to profile files are made relative to
-    base_dir, the page's directory, where they lie under it. Parity documents add their section,
-    plans the memory planner's."""
+    base_dir, the page's directory, where they lie under it. The answer cards open it; parity
+    documents add their section, plans the memory planner's. `sources` are the input files (named in
+    the cards' commands)."""
     frame = to_frame(all_records(runs))
     table = summary(frame)
     charts = _chart_sections(table, frame)
@@ -198,7 +279,8 @@ def render(runs: list[Run], title: str = "trainkit report", base_dir: str = ".",
         bodies[PLANNER_SECTION[0]] = plan_section(plans)
         sections.insert(sections.index(("failures", "Cells that did not finish")), PLANNER_SECTION)
     body = "".join(f'<section id="{key}"><h2>{html.esc(name)}</h2>{bodies[key]}</section>' for key, name in sections)
-    return html.page(title, _header(runs, frame, sections), body), table
+    cards = answer_cards(runs, parity_docs, sources or [])
+    return html.page(title, cards + _header(runs, frame, sections), body), table
 
 
 def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit report",
@@ -217,5 +299,5 @@ def build_report(inputs: list[str], output_html: str, *, title: str = "trainkit 
     if plans:
         read = read_plans(plans)
     page, table = render(runs, title, base_dir=os.path.dirname(os.path.abspath(output_html)), parity_docs=parity_docs,
-                         plans=read)
+                         plans=read, sources=list(inputs))
     return html.write_page(output_html, page, to_markdown(table), table.to_csv(index=False), "report")

@@ -8,12 +8,13 @@
 
 Exit status:
 
-    0  done (compare: pass, no gated cell regressed or failed and the gate could see the run)
-    1  compare: regression, a gated cell regressed, drifted or failed (whatever else was noisy);
-       calibration: an interval covered outside 93-97 %, or an A/A rate fell below 95 %
+    0  done (compare: pass, every gated cell seen, none regressed or failed)
+    1  compare: regression, a gated cell regressed, drifted or failed (whatever else was unknown);
+       calibration: an interval covered outside 93-97 %, an A/A rate fell below 95 %, or the
+       nightly gate's simulated false-alarm or unseen rate past its bound
     2  bad input: an option, or a missing, malformed or empty result file, printed as one line
-    3  compare: inconclusive, nothing regressed but more than --max-noisy-share (25 %) of the gated
-       cells compared were noisy; the machine was too busy to tell, so it is not a pass either
+    3  compare: inconclusive, nothing regressed but the gate could not see a gated cell (unknown:
+       too noisy at its size, a baseline that cannot judge it, no record); named, and not a pass
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from trainkit.engine.spec.options import HTML_OUTPUT, Parser, UsageError, fracti
 from trainkit.engine.spec.schema import cut_off_lines_on_stderr
 
 from . import verdict
-from .compare import compare_files, headline, noisy_text, regressions_text
+from .compare import compare_files, headline, regressions_text, unknown_text
 from .history import cli as history_cli
 from .records import InputError
 from .verdict import Thresholds
@@ -76,16 +77,14 @@ def parser() -> Parser:
     compare.add_argument("--gate-cells", nargs="+", default=["*"], metavar="GLOB",
                          help="cell ids the gate covers, as glob patterns (default all)")
     compare.add_argument("--max-spread", type=fraction, default=None,
-                         help="a metric whose relative spread over a cell's repeats exceeds this is noisy: "
-                              "reported, not gated (default: no limit)")
+                         help="a metric whose relative spread exceeds this cannot be seen: a change within its "
+                              "threshold is unknown, one beyond it is judged (default: no limit)")
     compare.add_argument("--min-repeats", type=integer(1), default=1,
-                         help="a metric with fewer repeated records on either side is noisy (default 1)")
+                         help="a metric with fewer repeated records on either side cannot be seen: a change within its "
+                              "threshold is unknown (default 1)")
     compare.add_argument("--two-sided", default="", metavar="METRICS",
                          help="comma-separated metrics that fail the gate when they move either way beyond "
                               "the threshold (verdict 'drifted'), e.g. loss for a fixed-seed nightly")
-    compare.add_argument("--max-noisy-share", type=fraction, default=0.25, metavar="F",
-                         help="with no regression, more than this share of the gated cells compared being noisy "
-                              "makes the comparison inconclusive, exit 3 (default 25%%; 1 never does)")
     compare.add_argument("--fail-on-removed", action="store_true",
                          help="a baseline cell missing from the candidate fails too (pytest-benchmark JSON "
                               "leaves out cells that did not finish)")
@@ -127,15 +126,14 @@ def _compare(args: argparse.Namespace) -> int:
                                 gate_metrics=tuple(m for m in args.gate_metrics.split(",") if m),
                                 gate_cells=tuple(args.gate_cells), fail_on_removed=args.fail_on_removed,
                                 max_spread=args.max_spread, min_repeats=args.min_repeats,
-                                two_sided=tuple(m for m in args.two_sided.split(",") if m),
-                                max_noisy_share=args.max_noisy_share)
+                                two_sided=tuple(m for m in args.two_sided.split(",") if m))
     except ValueError as e:
         raise InputError(f"python -m reports compare: {e}") from None
     result, paths = compare_files(args.baseline, args.candidate, args.output, thresholds)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(headline(result))
-    for line in regressions_text(result) + (noisy_text(result) if result.inconclusive else []):
+    for line in regressions_text(result) + (unknown_text(result) if result.inconclusive else []):
         print(line)
     print("wrote " + ", ".join(paths.values()))
     return OUTCOME_EXIT[result.outcome]

@@ -7,7 +7,7 @@ for a regression gate to reuse:
     from trainkit.reports.records import read_runs, all_records
     from trainkit.reports.verdict import Thresholds, compare_records
     result = compare_records(all_records(read_runs([base])), all_records(read_runs([cand])), Thresholds())
-    result.outcome, result.regressions, result.noisy_share, result.env_difference()
+    result.outcome, result.regressions, result.unknown, result.env_difference()
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from .verdict import (
     FAILED,
     INCONCLUSIVE,
     METRICS,
-    NOISY,
     NOT_MEASURED,
     REGRESSED,
     REGRESSION,
     REMOVED,
     SEVERITY,
     UNCHANGED,
+    UNKNOWN,
     CellVerdict,
     Comparison,
     MetricVerdict,
@@ -85,6 +85,7 @@ def rows(result: Comparison) -> list[dict[str, object]]:
             row[f"{metric}_spread"] = v.spread if v else None
             row[f"{metric}_threshold"] = v.threshold if v else None
             row[f"{metric}_verdict"] = v.verdict if v else None
+            row[f"{metric}_gated"] = bool(v and metric in cell.gate_metrics)
         row["memory_measure"] = cell.memory_measure
         row["note"] = cell.note
         out.append(row)
@@ -96,9 +97,9 @@ def _metric_text(metric: str, v: MetricVerdict | None) -> str:
     if v is None:
         return "–"
     if v.baseline is None or v.candidate is None:
-        return v.verdict
+        return f"{v.verdict} ({v.note})" if v.note else v.verdict
     change = f"{_change(v)}, ±{v.threshold:.1%}" if v.threshold is not None else _change(v)
-    if v.verdict == NOISY and v.note:  # why it is not gated: too few repeats, or too wide a spread
+    if v.note:  # why it is unknown (too few repeats, too wide a spread) or not gated
         change += f"; {v.note}"
     return f"{_value(metric, v.baseline)} → {_value(metric, v.candidate)} ({change})"
 
@@ -126,9 +127,9 @@ def headline(result: Comparison) -> str:
     """One line: FAIL, INCONCLUSIVE or PASS, why, and the verdict counts."""
     counts = ", ".join(f"{n} {v}" for v, n in result.counts().items())
     if result.outcome == INCONCLUSIVE:
-        return (f"INCONCLUSIVE: {len(result.noisy_compared)} of {len(result.compared)} gated cell(s) compared were "
-                f"too noisy to gate ({result.noisy_share:.0%}, more than the {result.thresholds.max_noisy_share:.0%} "
-                f"allowed); none regressed or failed, but this is not a pass ({counts})")
+        return (f"INCONCLUSIVE: the gate could not see {len(result.unknown)} gated cell(s) (unknown: too noisy at "
+                f"this size, a baseline that cannot judge them, or no record); none regressed or failed, but this "
+                f"is not a pass ({counts})")
     state = "FAIL" if result.outcome == REGRESSION else "PASS"
     return f"{state}: {len(result.regressions)} gated cell(s) regressed or failed of {len(result.cells)} ({counts})"
 
@@ -139,12 +140,11 @@ def thresholds_line(t: Thresholds) -> str:
             f"gated metrics: {', '.join(t.gate_metrics) or 'none'}; gated cells: {' '.join(t.gate_cells)}")
     if t.two_sided:
         line += f"; drifted = {', '.join(t.two_sided)} moved either way beyond the threshold"
-    if t.min_repeats > 1 or t.max_spread is not None:
-        limits = [f"fewer than {t.min_repeats} repeats"] if t.min_repeats > 1 else []
-        limits += [f"a spread above {t.max_spread:.0%}"] if t.max_spread is not None else []
-        line += f"; noisy (not gated): {' or '.join(limits)}"
-    if t.max_noisy_share < 1:
-        line += f"; inconclusive: more than {t.max_noisy_share:.0%} of the gated cells compared noisy"
+    limits = ["worse beyond the relative threshold but within k × spread"]
+    limits += [f"fewer than {t.min_repeats} repeats"] if t.min_repeats > 1 else []
+    limits += [f"a spread above {t.max_spread:.0%}"] if t.max_spread is not None else []
+    line += (f"; unknown (within the threshold, but the gate could not see): {' or '.join(limits)}; "
+             "any unknown gated cell makes the run inconclusive")
     return line
 
 
@@ -214,21 +214,23 @@ def compare_files(baseline: str, candidate: str, output_html: str,
     return result, paths
 
 
-def noisy_text(result: Comparison, most: int = 10) -> list[str]:
-    """A line per gated cell compared that was too noisy to gate (the first `most`), naming the
-    metric, its change and why it could not be judged: what made a run inconclusive."""
+def unknown_text(result: Comparison, most: int = 10) -> list[str]:
+    """A line per gated cell the gate could not see (the first `most`), naming the metric, its
+    change and why: what made a run inconclusive."""
     lines = []
-    for cell in result.noisy_compared[:most]:
-        noisy = [(f"{m} {_change(v)}", v.note or f"within ±{v.threshold:.1%}, {result.thresholds.k:g} × its spread")
-                 for m, v in cell.metrics.items() if v.verdict == NOISY and m in result.thresholds.gate_metrics]
-        whys = {why for _, why in noisy}
-        if len(whys) == 1:  # one reason for all (too few repeats, say): said once
-            text = f"{', '.join(change for change, _ in noisy)} ({whys.pop()})"
+    for cell in result.unknown[:most]:
+        unseen = [(f"{m} {_change(v)}", v.note) for m, v in cell.metrics.items()
+                  if v.verdict == UNKNOWN and m in cell.gate_metrics]
+        whys = {why for _, why in unseen}
+        if not unseen:
+            text = cell.note or cell.verdict
+        elif len(whys) == 1:  # one reason for all (too few repeats, say): said once
+            text = f"{', '.join(change for change, _ in unseen)} ({whys.pop()})"
         else:
-            text = ", ".join(f"{change} ({why})" for change, why in noisy)
-        lines.append(f"  {cell.cell}: noisy: {text}")
-    left = len(result.noisy_compared) - most
-    return lines + ([f"  ... and {left} more noisy cell(s): see the comparison's table"] if left > 0 else [])
+            text = ", ".join(f"{change} ({why})" for change, why in unseen)
+        lines.append(f"  {cell.cell}: {cell.verdict}: {text}")
+    left = len(result.unknown) - most
+    return lines + ([f"  ... and {left} more unknown cell(s): see the comparison's table"] if left > 0 else [])
 
 
 def regressions_text(result: Comparison) -> list[str]:

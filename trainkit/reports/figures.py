@@ -130,12 +130,16 @@ def throughput_vs_batch(cells: pd.DataFrame) -> Chart:
 
 def memory_vs_batch(records: pd.DataFrame) -> Chart:
     """Each peak-memory measure against micro-batch size, a line per precision, on the fewest GPUs
-    at the smallest accumulation measured; says which measures the records lack."""
+    at the smallest accumulation measured on that many; says which measures the records lack."""
     title = "Peak memory vs batch size"
     ok = records[records["status"] == "ok"]
     if ok.empty:
         return Chart(title, None, "No cell finished, so there is no memory to plot.")
-    ok = ok[(ok["grad_accum"] == ok["grad_accum"].min()) & (ok["gpus"] == ok["gpus"].min())]
+    # The fewest GPUs, then the smallest accumulation measured on that many: the two minima taken
+    # apart may never have been measured together (a fixed effective batch run as 1 rank x 2 and
+    # 2 ranks x 1), which left no record to plot.
+    fewest = ok[ok["gpus"] == ok["gpus"].min()] if ok["gpus"].notna().any() else ok
+    ok = fewest[fewest["grad_accum"] == fewest["grad_accum"].min()] if fewest["grad_accum"].notna().any() else fewest
     present = [m for m in MEMORY_LABELS if ok[f"memory.{m}"].notna().any()]
     # A key older records lack is not news; say only what a record of today should have measured.
     missing = [MEMORY_LABELS[m] for m in MEMORY_LABELS if m not in present and m not in OPTIONAL_MEMORY_KEYS]
@@ -161,6 +165,24 @@ def memory_vs_batch(records: pd.DataFrame) -> Chart:
     return Chart(title, fig, note)
 
 
+def no_accumulation_comparison(ok: pd.DataFrame) -> str:
+    """Why the accumulation chart is empty, from the cells that ran: none accumulated, or those that did
+    share no effective batch with a cell of another accumulation count (nothing to hold constant)."""
+    accumulated = ok[ok["grad_accum"] >= 2]
+    if accumulated.empty:
+        return "No cell ran with two or more accumulation steps."
+
+    def listed(rows: pd.DataFrame) -> str:
+        return "; ".join(f"accumulation {int(a)}: effective batch "
+                         + ", ".join(str(int(e)) for e in sorted(group["effective_batch"].unique()))
+                         for a, group in rows.groupby("grad_accum"))
+
+    counts = ", ".join(str(int(a)) for a in sorted(accumulated["grad_accum"].unique()))
+    return (f"{len(accumulated)} cell(s) ran with accumulation {counts}, but no effective batch (with its variant "
+            "and rank count) ran at two accumulation counts, so none compares accumulation at a fixed effective "
+            f"batch ({listed(ok)}). Run a smaller micro-batch with more accumulation steps beside it to compare.")
+
+
 def accumulation(cells: pd.DataFrame) -> Chart:
     """Throughput (top) and peak memory (bottom) against accumulation steps at a fixed effective batch."""
     title = "Gradient accumulation at a fixed effective batch"
@@ -169,7 +191,7 @@ def accumulation(cells: pd.DataFrame) -> Chart:
     spans = ok.groupby(keys, dropna=False)["grad_accum"].nunique()
     spans = spans[spans >= 2].sort_values(ascending=False, kind="stable")
     if spans.empty:
-        return Chart(title, None, "No effective batch was measured with two or more accumulation steps.")
+        return Chart(title, None, no_accumulation_comparison(ok))
     shown = list(spans.index[:MAX_PANELS])
     note = "Micro-batch × accumulation × ranks held constant; each point is one cell (median over repeats)."
     if len(spans) > MAX_PANELS:

@@ -5,11 +5,17 @@ it should not be believed as printed:
 
     implausible   a weak-scaling efficiency above IMPLAUSIBLE_EFFICIENCY (N ranks cannot do more
                   than N times one rank's work; more means the 1-rank cell was slowed); a speedup
-                  beyond what the device's peaks allow (speedup_bound); a peak memory that does
-                  not grow with the batch, against the cell that differs only in a smaller batch
-    conditions    the host loaded beyond its cores, CPU steal, more threads than cores, other
-                  processes on the GPUs (trainkit.engine.measure.conditions.condition_flags), of the cell
-                  or of the cell it is compared with
+                  beyond what the device's peaks allow (speedup_bound); a peak memory that falls
+                  (beyond MEMORY_FALL_TOLERANCE) below the cell that differs only in a smaller
+                  batch. A flat peak is no fault: the optimizer phase or the weights hold the peak
+                  of a small model at every batch (the estimator gives the MLP under amp-bf16 the
+                  same peak at batch 16, 32 and 64), so only a fall says the figure is wrong
+    conditions    other processes taking CPU time from the cell's cores while its threads waited
+                  (never the cell's own ranks, threads, launcher or fork server), the host loaded
+                  beyond its cores and the cell's threads, CPU steal, more threads than cores,
+                  other processes on the GPUs (trainkit.engine.measure.conditions.condition_flags), of the
+                  cell or of the cell it is compared with; a step so short that trainkit's own
+                  overhead is more than 1 % of it (the record's harness_overhead_flag)
     within noise  a speedup or efficiency whose interval holds 1: the difference it states is
                   smaller than the noise of the two cells it compares
 
@@ -22,7 +28,8 @@ per-round ratios with the interval of that median over rounds (trainkit.analysis
 none below 6 rounds): a machine that slowed during a round slows both cells and cancels. Without
 rounds it is the ratio of the two medians with their intervals combined on the log scale
 (paired.unpaired_ratio). Older records without conditions are judged on what they have: an
-efficiency of 2445 % is implausible whatever the host did.
+efficiency of 2445 % is implausible whatever the host did. The page says what share of
+rows carries each kind of flag (flag_shares): a flag on every row is the machine's, not the row's.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ PEAK_TOLERANCE = 1.05
 """A speedup may exceed speedup_bound by this factor (clock boost, measurement slack) before it is flagged."""
 IMPLAUSIBLE_NOTE = (f"Implausible: a weak-scaling efficiency above {IMPLAUSIBLE_EFFICIENCY:.0%} (N ranks cannot do "
                     "more than N times one rank's work: the 1-rank cell was slowed), a speedup beyond what the "
-                    "device's peak FLOP/s and bytes allow, a peak memory that does not grow with the batch.")
+                    "device's peak FLOP/s and bytes allow, a peak memory that falls as the batch grows.")
 INTERVAL_NOTE = ("Throughput: the effective batch over the median step time; intervals: 95 %, of that median "
                  f"(order statistics, from {MIN_STEPS_FOR_INTERVAL} steps). A ratio measured in rounds (--repeats N) "
                  "is the median of its per-round ratios with that median's interval over rounds (from "
@@ -63,13 +70,16 @@ def _missing(value: object) -> bool:
 
 
 def _record_flags(ok: pd.DataFrame) -> list[list[str]]:
-    """condition_flags of each record, from the tidy frame's flattened `conditions.` columns (an older
-    record without them has none)."""
+    """condition_flags of each record, from the tidy frame's flattened `conditions.` columns, and its
+    harness_overhead_flag (an older record without them has none)."""
+    harness = [[] if _missing(flag) or not flag else [str(flag)]
+               for flag in (ok["harness_overhead_flag"] if "harness_overhead_flag" in ok else [None] * len(ok))]
     columns = [c for c in ok.columns if c.startswith("conditions.")]
     if not columns:
-        return [[] for _ in range(len(ok))]
+        return harness
     rows = ok[columns].rename(columns=lambda c: c.split(".", 1)[1]).to_dict("records")
-    return [condition_flags({k: v for k, v in row.items() if not _missing(v)} or None) for row in rows]
+    return [condition_flags({k: v for k, v in row.items() if not _missing(v)} or None) + own
+            for row, own in zip(rows, harness)]
 
 
 def _pooled(runs: pd.Series) -> list[float]:
@@ -168,20 +178,63 @@ def speedup_bound(hardware: object, precision: object, reference: str) -> float 
     return max(peak / ref_peak, bytes_ratio)
 
 
+MEMORY_FALL_TOLERANCE = 0.05
+"""A larger batch's peak may read this share below a smaller one's before it is flagged: host RSS and
+the allocator's block rounding move by a few per cent between processes."""
+MEMORY_FALL_FLOOR_MIB = 1.0
+"""...and by at least this much: a fall of less than a MiB is the reading's rounding, not a fault."""
+
+
 def memory_flat(table: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """Per row, a flag when its peak memory does not grow over the cell that differs from it only in
-    the next smaller batch size (activations grow with the batch); else ""."""
+    """Per row, a flag when its peak memory falls beyond the tolerance (MEMORY_FALL_TOLERANCE,
+    MEMORY_FALL_FLOOR_MIB) below the cell that differs from it only in the next smaller batch size: a
+    larger batch holds at least the smaller one's tensors; else "". A peak that stays flat is not
+    flagged (module docstring)."""
     out = pd.Series("", index=table.index, dtype=object)
     measured = table[table["peak_memory_mib"].notna()].sort_values([*keys, "batch_size"])
     smaller = measured.groupby(keys, dropna=False, sort=False)[["batch_size", "peak_memory_mib"]].shift(1)
-    grew = measured["peak_memory_mib"] > smaller["peak_memory_mib"]
-    flat = (measured["batch_size"] > smaller["batch_size"]).fillna(False).astype(bool) & ~grew
+    fall = smaller["peak_memory_mib"] - measured["peak_memory_mib"]
+    allowed = (smaller["peak_memory_mib"] * MEMORY_FALL_TOLERANCE).clip(lower=MEMORY_FALL_FLOOR_MIB)
+    fell = (measured["batch_size"] > smaller["batch_size"]).fillna(False).astype(bool) & (fall > allowed).fillna(False)
     for index, batch, mib, smaller_batch, smaller_mib in zip(
-            measured.index[flat], measured.loc[flat, "batch_size"], measured.loc[flat, "peak_memory_mib"],
-            smaller.loc[flat, "batch_size"], smaller.loc[flat, "peak_memory_mib"]):
-        out[index] = (f"implausible: peak memory does not grow with the batch (batch {int(smaller_batch)}: "
+            measured.index[fell], measured.loc[fell, "batch_size"], measured.loc[fell, "peak_memory_mib"],
+            smaller.loc[fell, "batch_size"], smaller.loc[fell, "peak_memory_mib"]):
+        out[index] = (f"implausible: peak memory falls as the batch grows (batch {int(smaller_batch)}: "
                       f"{smaller_mib:,.1f} MiB, batch {int(batch)}: {mib:,.1f} MiB)")
     return out
+
+
+FLAG_SEPARATOR = "; "
+"""Joins a row's flags in its `flags` column (no flag text holds it)."""
+
+
+def flag_kind(flag: str) -> str:
+    """The kind of one flag text, as the page counts them: its words before the first colon, the
+    GPU-process flag by what it says, a reference's flag as the reference's."""
+    if flag.startswith("its ") and " reference: " in flag:
+        return "reference measured under load"
+    if "on its GPUs" in flag:
+        return "other processes on its GPUs"
+    return flag.split(":", 1)[0] if ":" in flag else flag.split(" ", 2)[0] + " " + flag.split(" ", 2)[1]
+
+
+def flag_shares(table: pd.DataFrame) -> list[tuple[str, int, int]]:
+    """(kind, rows carrying it, rows) for each flag kind some row carries, most frequent first: the
+    page says how common each flag is, so a flag on every row reads as the machine's, not the row's."""
+    counts: dict[str, int] = {}
+    for joined in table["flags"].fillna("").astype(str) if "flags" in table else []:
+        for kind in dict.fromkeys(flag_kind(f) for f in joined.split(FLAG_SEPARATOR) if f):
+            counts[kind] = counts.get(kind, 0) + 1
+    return sorted(((kind, n, len(table)) for kind, n in counts.items()), key=lambda k: (-k[1], k[0]))
+
+
+def flag_share_sentence(table: pd.DataFrame) -> str:
+    """One sentence: the share of rows carrying each flag kind (flag_shares), or that none carries one."""
+    shares = flag_shares(table)
+    if not shares:
+        return f"Rows with each flag: none of the {len(table)} rows carries a flag."
+    return "Rows with each flag: " + "; ".join(f"{kind} {n} of {total} ({n / total:.0%})".replace("%)", " %)")
+                                               for kind, n, total in shares) + "."
 
 
 TIMING_COLUMNS = ("throughput_samples_per_s", "speedup_vs_fp32", "speedup_vs_tf32", "weak_scaling_efficiency")

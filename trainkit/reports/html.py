@@ -1,7 +1,10 @@
 """HTML assembly: one self-contained page, plotly.js inlined once, no network at view time.
 
 Figures are written with `plotly.io.to_html(include_plotlyjs=False)` after plotly.js itself has
-been inlined in <head>, so a report of many charts carries the 4.8 MB library once. Blocks carry
+been inlined in <head>, so a report of many charts carries the library once: plotly.js's basic
+bundle (scatter, bar and pie: every trace the reports draw; 1.2 MB, vendored from npm's
+plotly.js-basic-dist-min at the version plotly.py ships), or the whole 4.8 MB library when a chart
+draws another trace or plotly.py's own plotly.js is of another version. Blocks carry
 `data-model`, `data-hardware` and (rows) `data-precision` attributes; a few lines of script hide
 what the filters exclude, and read/write the filters in the URL fragment (#model=gpt&precision=fp32)
 so a link can point at a filtered view.
@@ -44,6 +47,7 @@ th { background: #f6f6f6; position: sticky; top: 0; }
 td.text, th.text { text-align: left; }
 td.wrap { white-space: normal; min-width: 240px; max-width: 520px; }
 tr.status-failed td, td.v-regressed, td.v-failed { background: #fdecea; }
+tr.status-mismatch td { background: #fff3cd; }
 td.v-improved, td.v-fixed { background: #e9f5ec; }
 td.v-noisy, td.suspect { background: #fff4e5; }
 .chart { min-height: 200px; }
@@ -145,7 +149,8 @@ def chart(c: Chart, div_id: str) -> str:
         return note
     figure = pio.to_html(c.figure, full_html=False, include_plotlyjs=False, div_id=div_id,
                          config={"displaylogo": False, "responsive": True})
-    return f'{note}<div class="chart">{figure}</div>'
+    full = "" if {trace.type for trace in c.figure.data} <= BASIC_TRACES else NEEDS_FULL_PLOTLY
+    return f'{note}<div class="chart">{full}{figure}</div>'
 
 
 def select(name: str, label: str, values: list[str]) -> str:
@@ -155,13 +160,29 @@ def select(name: str, label: str, values: list[str]) -> str:
     return f'<label>{esc(label)} <select id="f-{name}">{options}</select></label>'
 
 
-def page(title: str, header: str, body: str, with_plotly: bool = True) -> str:
-    """The whole document; plotly.js (4.8 MB) inlined once in <head> when the page has charts."""
-    plotly_js = ""
-    if with_plotly:
-        import plotly.offline  # plotly: only for a page that draws charts (the comparison page draws none)
+BASIC_BUNDLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vendor", "plotly-basic.min.js")
+BASIC_TRACES = frozenset({"scatter", "bar", "pie"})
+"""The traces plotly.js's basic bundle draws."""
+NEEDS_FULL_PLOTLY = "<!-- needs the whole plotly.js -->"
 
-        plotly_js = f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>'
+
+def plotly_script(body: str) -> str:
+    """plotly.js for a page: the basic bundle when every chart of `body` draws only its traces and
+    it is the version plotly.py writes figures for, else the whole library."""
+    import plotly.offline  # plotly: only for a page that draws charts (the comparison page draws none)
+
+    version = plotly.offline.get_plotlyjs_version()
+    if NEEDS_FULL_PLOTLY not in body and os.path.isfile(BASIC_BUNDLE):
+        with open(BASIC_BUNDLE, encoding="utf-8") as f:
+            basic = f.read()
+        if f"(basic - minified) v{version}\n" in basic[:200]:
+            return f'<script type="text/javascript">{basic}</script>'
+    return f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>'
+
+
+def page(title: str, header: str, body: str, with_plotly: bool = True) -> str:
+    """The whole document; plotly.js (plotly_script) inlined once in <head> when the page has charts."""
+    plotly_js = plotly_script(body) if with_plotly else ""
 
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -5,7 +5,10 @@ A few short columns are added so the tables and figures read plainly:
     model, precision, batch_size, grad_accum, gpus, effective_batch   the matrix axes (from config)
     hardware          GPU model or "CPU <model>" (see records.hardware)
     variant           config fields besides the axes where a record departs from the usual value
-                      among the records of its model ("lr=1e+06"), else ""; precision_variant: the
+                      among the records of its model ("lr=1e+06", "steps=10", "timing_method=window":
+                      every field that changes a figure, and how the steps were timed, so a 10-step run
+                      is never averaged with a 300-step one, nor `trainkit run`'s windows with bench's
+                      rounds), else ""; precision_variant: the
                       same for fields that only one precision reads (init_scale of amp-fp16). The
                       axes after the first five (trainkit.engine.spec.axes) lead it where they are not at
                       their defaults ("compiled ac alloc=expandable_segments:True"), so charts and
@@ -37,6 +40,7 @@ from trainkit.engine.spec.precision_facts import loss_scaling_of
 from trainkit.engine.spec.schema import HEADLINE_MEMORY, headline_memory
 
 from .records import UNKNOWN_HARDWARE, Run, all_records, hardware
+from .verdict import timing_method
 
 # The phases of an optimizer step, in the order they run (trainkit.engine.cell.profile.PHASES, without its
 # torch import).
@@ -57,7 +61,7 @@ OTHER = ("cell_id", "status", "status_detail", "finished_at", "run", "source", "
          "profile.phase_method", "profile.data_bound", "profile.top_ops", "profile.time_basis", "profile.trace_file",
          "profile.memory_snapshot_file", "profile.memory_snapshot_note", "compile.mode", "compile.compile_time_method",
          "precision_details.recipe", "precision_details.converted_layers", "precision_details.skipped_layers",
-         "memory.allocator.settings_in_effect", "memory.allocator.method")
+         "memory.allocator.settings_in_effect", "memory.allocator.method", "what_ran.rows")
 
 
 # Config fields that change the work besides the five axes, with the records they matter to: a
@@ -68,6 +72,12 @@ SHARED_FIELDS = {
     "resolved_image_size": lambda r: r.get("model") != "gpt",
     **{k: (lambda r: r.get("model") == "gpt") for k in ("seq_len", "vocab_size", "gpt_layers", "gpt_heads",
                                                          "gpt_width")},
+    # Fields that move a figure as much as the work does (trainkit.reports.verdict.FIGURE_FIELDS):
+    # the steps and seed the final loss, main gradients memory and speed, cuDNN's autotuning the
+    # kernels, the threads a CPU cell's speed; and how the steps were timed (bench's rounds or
+    # trainkit run's windows), which is the record's, not the config's.
+    **{k: None for k in ("steps", "warmup_steps", "seed", "fp32_main_grads", "cudnn_benchmark", "cpu_threads")},
+    "timing_method": lambda r: isinstance(r.get("config.timing_method"), str),  # a cell that ran was timed
 }
 # Fields that only one precision reads: they split cells of that precision, but its comparison
 # with fp32 still pairs it with the fp32 cell of the same shared variant.
@@ -141,7 +151,11 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     for short in ("batch_size", "grad_accum", "gpus", "effective_batch"):
         frame[short] = pd.to_numeric(frame[short], errors="coerce").astype("Int64")
     frame["hardware"] = _hardware(frame, records)
-    frame["variant"] = _variants(frame, SHARED_FIELDS)
+    frame["config.timing_method"] = pd.Series([timing_method(r) if r.get("status") == "ok" else None
+                                               for r in records], index=frame.index, dtype=object)
+    # A field that is also a matrix axis (a plugin's) is labelled once, by its axis (_axes).
+    axis_fields = {axis.field for axis in axes.optional_axes()}
+    frame["variant"] = _variants(frame, {k: v for k, v in SHARED_FIELDS.items() if k not in axis_fields})
     frame["precision_variant"] = _variants(frame, PRECISION_FIELDS)
     label = (frame["variant"] + " " + frame["precision_variant"]).str.strip()
     frame["cell"] = frame["cell_id"].where(label == "", frame["cell_id"] + " " + label)
@@ -184,6 +198,25 @@ def _axes(frame: pd.DataFrame) -> None:
                                        index=frame.index, dtype=object)
     frame["variant"] = pd.Series([" ".join(filter(None, [*w, v])) for w, v in zip(words, frame["variant"])],
                                  index=frame.index, dtype=object)
+
+
+def pooling(frame: pd.DataFrame) -> str:
+    """What a report pooled: the cells whose repeats come from more than one input file, and the
+    cell ids kept apart because their records differ in a field that changes a figure; "" when
+    every cell's records come from one file and no id was split."""
+    parts = []
+    files = frame.groupby("cell")["source"].nunique()
+    pooled = sorted(files[files > 1].index)
+    if pooled:
+        parts.append(f"{len(pooled)} cell(s) pool repeats from several files (same config and timing), "
+                     f"e.g. {pooled[0]} from {files[pooled[0]]} files")
+    split = frame.groupby("cell_id")["cell"].nunique()
+    apart = sorted(split[split > 1].index)
+    if apart:
+        first = sorted(frame.loc[frame["cell_id"] == apart[0], "cell"].unique())
+        parts.append(f"{len(apart)} cell id(s) kept apart as different cells, their records differing in a field "
+                     f"that changes a figure, e.g. {' | '.join(first)}")
+    return "; ".join(parts)
 
 
 def load(runs: list[Run]) -> pd.DataFrame:

@@ -34,7 +34,8 @@ MIB = 2**20
 VERDICT_CLASS = {"equivalent": "v-fixed", "reference": "", "better": "v-noisy", "inconclusive": "v-noisy",
                  "worse": "v-regressed", NO_VERDICT: "v-failed"}
 NOTE = ("Each precision trained every seed fp32 did (same initial weights, same samples), on one synthetic task, "
-        "until fp32's loss flattened. The verdict is on the per-seed differences of eval loss from fp32: their mean "
+        "for its model's recipe of optimizer steps (whether fp32's loss had flattened by then is said per model). "
+        "The verdict is on the per-seed differences of eval loss from fp32: their mean "
         "and confidence interval against ± the equivalence margin. Equivalent: the interval inside the margin; "
         "worse or better: entirely beyond it; inconclusive: it straddles the margin. `better` means the numerics "
         "changed (the optimizer no longer computes what fp32's does), never a win: the diagnostic that stands out is "
@@ -109,9 +110,23 @@ def _row(model: str, block: dict[str, Any], e: dict[str, Any]) -> dict[str, Any]
         "optimizer_state_bytes": memory.get("optimizer_state_bytes"), "peak_bytes": memory.get("peak_bytes"),
         "peak_measure": memory.get("peak_measure"),
         **{k: diag.get(k) for k in DIAGNOSTIC_COLUMNS},
+        "unpaired": _unpaired_text(loss),
         "named": e.get("named") or e.get("reason") or "",
         "flags": [f["text"] for f in e.get("flags") or []],
     }
+
+
+def _unpaired_text(loss: dict[str, Any]) -> str:
+    """The seeds fp32 did not run and how they were judged (an independent set, Welch t), or ""."""
+    seeds = loss.get("unpaired_seeds") or []
+    if not seeds:
+        return ""
+    test = loss.get("unpaired") or {}
+    iv = test.get("difference") or {}
+    if not test or iv.get("mean") is None:
+        return f"{', '.join(map(str, seeds))}: one seed, no test (no equivalence claimed over it)"
+    return (f"{', '.join(map(str, seeds))}: {iv['mean']:+.5f} [{_num(iv.get('low'), '+.5f')}, "
+            f"{_num(iv.get('high'), '+.5f')}] (Welch t) {test.get('verdict')}")
 
 
 def rows(doc: dict[str, Any]) -> pd.DataFrame:
@@ -152,7 +167,7 @@ def _more_text(row: pd.Series) -> str:
     return f"+{int(more)}" if _num(more, "g") != "–" else str(row["more_seeds_note"] or "–")
 
 
-TABLE_TEXT = ("precision", "verdict", "test")
+TABLE_TEXT = ("precision", "verdict", "test", "seeds fp32 did not run")
 
 
 def table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -168,6 +183,7 @@ def table(frame: pd.DataFrame) -> pd.DataFrame:
         # A shift can be detectable (p small) and still inside the margin: the verdict is the margin's.
         "p (no difference)": [_num(v, ".2g") for v in frame["p_value"]],
         "seeds to decide": [_more_text(r) for _, r in frame.iterrows()],
+        "seeds fp32 did not run": [u or "–" for u in frame["unpaired"]],
         "eval loss ± sd": [f"{_num(m, '.4f')} ± {_num(s, '.4f')}" if _num(m, ".4f") != "–" else "–"
                            for m, s in zip(frame["eval_loss"], frame["eval_loss_sd"])],
         "steps to target": [_interval_text(r, "steps_to_target", ".0f") for _, r in frame.iterrows()],
@@ -284,12 +300,27 @@ def _head(block: dict[str, Any]) -> str:
     ref = block["reference"]
     if ref.get("error"):
         return f"No verdicts: {ref['error']}."
-    share = (ref.get("flatness") or {}).get("last_quarter_share")
     margin = block.get("margin") or {}
     return (f"fp32 eval loss {ref['eval_loss_mean']:.4f} ± {ref['eval_loss_sd']:.4f} (sd over {ref['seeds']} seeds); "
-            f"margin ±{_num(margin.get('loss'), '.5f')} ({margin.get('described')}); {block['steps']} optimizer steps "
-            "per cell" + (f"; fp32's loss fell {share:.1%} of its total drop in the last quarter of the run"
-                          if share is not None else "") + ".")
+            f"margin ±{_num(margin.get('loss'), '.5f')} ({margin.get('described')}); {run_length_sentence(block)}.")
+
+
+FLAT_SHARE = 0.05
+"""fp32's loss has flattened when its last quarter holds at most this share of its total drop."""
+
+
+def run_length_sentence(block: dict[str, Any]) -> str:
+    """How long the cells trained and whether fp32's loss had flattened by then, from its seed-mean
+    curve (the last quarter's share of the total drop): a fixed recipe may stop while it still falls."""
+    share = ((block.get("reference") or {}).get("flatness") or {}).get("last_quarter_share")
+    steps = f"{block['steps']} optimizer steps per cell"
+    if share is None:
+        return steps
+    drop = f"{share * 100:.1f} % of its total drop in the last quarter of the run"
+    if share <= FLAT_SHARE:
+        return f"{steps}, by when fp32's loss had flattened ({drop})"
+    return (f"{steps}, a fixed recipe: fp32's loss was still falling ({drop}), so the verdicts are on a model "
+            "still learning")
 
 
 def _model_block(doc: dict[str, Any], model: str, n: int) -> str:

@@ -225,7 +225,10 @@ def section(plans: Sequence[dict[str, Any]], start: int = 0) -> str:
                   f"{html.esc(plan.get('estimate_method', ''))}.</p>",
                   _summary_table(plan)]
         fastest = plan.get("fastest")
-        if fastest:
+        if fastest and fastest.get("ranked") is False:
+            blocks.append(f'<p class="note">Fastest: {html.esc(fastest["note"])}. No precision is named '
+                          "fastest.</p>")
+        elif fastest:
             blocks.append(f'<p class="note">Fastest: {html.esc(fastest["precision"])}, micro-batch '
                           f'{fastest["micro_batch"]} x accumulation {fastest["grad_accum"]} x {fastest["gpus"]}, '
                           f'{fastest["throughput_samples_per_s"]:,.1f} samples/s. {html.esc(fastest["note"])}.</p>')

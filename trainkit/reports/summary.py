@@ -182,7 +182,7 @@ def _judge(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     same_but_batch = ["model", "hardware", "variant", "gpus", "grad_accum", "precision", "precision_variant"]
     table["memory_flat"] = judged.memory_flat(table, same_but_batch)
     verdicts = [judged.judge(row) for row in table.to_dict("records")]
-    table["flags"] = ["; ".join(flags) for flags, _ in verdicts]
+    table["flags"] = [judged.FLAG_SEPARATOR.join(flags) for flags, _ in verdicts]
     table["flagged_figures"] = [" ".join(sorted(c for c in suspect if c in columns)) for _, suspect in verdicts]
     return table
 
@@ -318,7 +318,7 @@ def group_title(group: dict[str, object]) -> str:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """The summary as Markdown: a heading and a table per group (for READMEs and issue comments)."""
-    parts = ["# trainkit summary", "", PARITY_POINTER, "", FLAG_LEGEND, ""]
+    parts = ["# trainkit summary", "", PARITY_POINTER, "", FLAG_LEGEND, "", judged.flag_share_sentence(table), ""]
     for group, rows in groups(table):
         shown = formatted(rows)
         parts += [f"## {group_title(group)}", "",

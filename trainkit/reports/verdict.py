@@ -1,39 +1,58 @@
-"""Noise-aware verdicts: did a cell get better, worse, or is the difference within its noise?
+"""Noise-aware verdicts: did a cell get better, worse, or stay the same, and could the gate see it?
 
 Pure Python (no pandas, no torch) so a regression gate can import it cheaply and feed it any
 per-cell numbers. The rule, per cell and metric:
 
     change    = (candidate - baseline) / |baseline|           medians over repeats
-    spread    = the larger relative spread of the two sides   (see `Samples.spread`)
+    spread    = the noise the change is judged against: the larger relative spread of tonight's
+                repeats and of the reference, the reference being the history's night-to-night
+                spread of this (cell, metric) when a run store knows it, else the baseline's repeats
     threshold = max(relative, k * spread)                     defaults 7 % and k = 3
 
-    worse by more than threshold       -> regressed
-    better by more than threshold      -> improved
-    within relative                    -> unchanged
-    beyond relative but within k*spread -> noisy (a real change cannot be told from the noise)
+    worse by more than threshold        -> regressed  (however noisy either side was)
+    better by more than threshold       -> improved
+    within relative                     -> unchanged  (when the gate could see: see below)
+    worse beyond relative, within k*spread -> unknown: too noisy to tell at this size
+    better beyond relative, within k*spread -> unchanged (better, within its noise: no regression hides there)
 
-A metric is also noisy, whatever its change, when a side has fewer than `min_repeats` values or its
-spread exceeds `max_spread` (the cell's own runs disagree too much to gate on): it is reported, not
-gated. A metric named in `two_sided` (the final loss, for a nightly gate) fails the gate when it
-moves beyond the threshold in either direction: `drifted`. With a fixed seed and the same
-environment, a lower loss is as much a sign of changed numerics as a higher one.
+A change exactly at its threshold is not beyond it (a tolerance of 1e-9 keeps a float's last bit
+from deciding). The gate can see a metric only when each side has `min_repeats` values and the
+spread is within `max_spread`; otherwise a change within the threshold is `unknown` with the reason
+(too few repeats, the spread above the noise limit, and whose spread it was). `threshold` is then
+also the smallest regression the gate could have caught: anything beyond it is judged.
+
+A metric named in `two_sided` (the final loss, for a nightly gate) fails the gate when it moves
+beyond the threshold in either direction: `drifted`; either way within k*spread but beyond
+relative is unknown. With a fixed seed and the same environment, a lower loss is as much a sign
+of changed numerics as a higher one.
 
 7 % is TorchBench's DEFAULT_REGRESSION_DELTA_THRESHOLD (pytorch/benchmark regression_detector.py);
-k = 3 spreads keeps a cell whose steps vary by 10 % from flagging a 20 % wobble.
+k = 3 spreads keeps a cell whose steps vary by 10 % from flagging a 20 % wobble. The false-alarm
+rate and the detection power this gives are simulated by the gate section of trainkit.reports.calibration.
 
 A cell's spread: across repeated records (several runs of one cell), the IQR (or MAD) of the
 metric relative to its median; with a single record, the record's own step-time IQR relative to
-its median for throughput, and zero for memory and loss (a single value carries no spread).
+its median for throughput, and none for memory and loss (a single value carries no spread).
 
-Cells: `new` (only in the candidate), `removed` (only in the baseline; fails the gate only with
-`fail_on_removed`), `failed` (ok in the baseline, a non-ok status in the candidate: oom, diverged,
-crashed, timeout, unsupported; this counts as a regression), `fixed` (the reverse), `still failing`
-(non-ok on both sides). A metric missing on one side is `n/a`.
+Metrics a cell gates: the thresholds' gate metrics, less those its figures cannot support. A CPU
+cell's memory is its host RSS growth, which moves between identical runs (allocator and page
+reuse): it is gated only over repeats on both sides, whose spread sets its tolerance; a compiled
+cell's host RSS growth depends on the state of inductor's caches and is not gated (a GPU's
+allocator peaks are reset after warm-up, compilation included, and are gated).
 
-The run: a `regression` when a gated cell regressed, drifted or failed (however noisy the others);
-else `inconclusive` when more than `max_noisy_share` (25 %) of the gated cells compared (ok on
-both sides) are noisy: the gate could not see enough of the run to pass it, and a machine too
-busy to measure must not pass a candidate at half the speed; else a `pass`.
+Cells: `new` (only in the candidate), `removed` (only in the baseline: no record tonight, so the
+gate cannot see it: unknown, or a failure with `fail_on_removed`), `failed` (ok in the baseline, a
+non-ok status in any repeat of the candidate: oom, diverged, crashed, timeout; a regression),
+`fixed` (the reverse), `still failing` (failing in every repeat on both sides), `unsupported`
+(unsupported by design on both sides: neither failing nor gated), and `unknown` when a baseline
+cannot judge the cell (some of its repeats failed, or its records are not one cell) and nothing is
+beyond a threshold. A cell's records that differ in a config field that changes a figure (steps,
+seed, fp32_main_grads, ...; FIGURE_FIELDS) or in how they were timed are never pooled: the cell is
+unknown, naming the field.
+
+The run: a `regression` when a gated cell regressed, drifted or failed; else `inconclusive` when
+any gated cell is unknown (named, with its reason): the gate passes only what it saw unchanged;
+else a `pass`.
 """
 
 from __future__ import annotations
@@ -41,7 +60,7 @@ from __future__ import annotations
 import fnmatch
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trainkit.engine.spec.schema import headline_memory
@@ -57,11 +76,17 @@ METRICS = {
 
 # Outcomes of a comparison as a whole (see the module docstring).
 PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
-IMPROVED, UNCHANGED, REGRESSED, DRIFTED, NOISY = "improved", "unchanged", "regressed", "drifted", "noisy"
+IMPROVED, UNCHANGED, REGRESSED, DRIFTED, UNKNOWN = "improved", "unchanged", "regressed", "drifted", "unknown"
 NEW, REMOVED, FAILED, FIXED, STILL_FAILING, NOT_MEASURED = "new", "removed", "failed", "fixed", "still failing", "n/a"
+UNSUPPORTED = "unsupported"
 # Worst first: a cell's verdict is the worst of its gated metrics.
-SEVERITY = (FAILED, REGRESSED, DRIFTED, NOISY, STILL_FAILING, IMPROVED, FIXED, UNCHANGED, NOT_MEASURED, NEW, REMOVED)
+SEVERITY = (FAILED, REGRESSED, DRIFTED, UNKNOWN, REMOVED, STILL_FAILING, IMPROVED, FIXED, UNCHANGED, UNSUPPORTED,
+            NOT_MEASURED, NEW)
 GATE_FAILS = (FAILED, REGRESSED, DRIFTED)
+TIE = 1e-9
+"""Relative tolerance of "beyond the threshold": a change equal to its threshold is not beyond it,
+whichever way the last bit of a float falls."""
+RSS_MEASURES = ("host_rss_growth_bytes", "host_rss_peak_bytes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,20 +107,18 @@ class Thresholds:
     gate_cells: tuple[str, ...] = ("*",)
     """Glob patterns of the cell ids the gate covers."""
     fail_on_removed: bool = False
-    """A cell of the baseline missing from the candidate fails the gate too. pytest-benchmark JSON
-    leaves out cells that did not finish, so there a cell that starts to fail looks removed;
-    results files keep every status and need no such rule."""
+    """A cell of the baseline missing from the candidate fails the gate (a regression) rather than
+    leaving it unknown (inconclusive). pytest-benchmark JSON leaves out cells that did not finish,
+    so there a cell that starts to fail looks removed; results files keep every status."""
     max_spread: float | None = None
-    """Noise limit: a metric whose relative spread (either side) exceeds it is noisy, reported and
-    not gated, whatever its change. None: no limit."""
+    """Noise limit: a metric whose relative spread exceeds it cannot be seen unless its change is
+    beyond the threshold (then it is judged): unknown. None: no limit."""
     min_repeats: int = 1
-    """Fewest values (repeated records) each side needs for a metric to be gated; with fewer it is
-    noisy. A nightly gate asks for 3: one run of a cell cannot tell a change from its noise."""
+    """Fewest values (repeated records) each side needs for the gate to see a metric; with fewer, a
+    change within the threshold is unknown. A nightly gate asks for 3: one run of a cell cannot tell
+    a change from its noise."""
     two_sided: tuple[str, ...] = ()
     """Metrics that fail the gate when they move beyond the threshold either way (`drifted`)."""
-    max_noisy_share: float = 0.25
-    """Largest share of the gated cells compared (ok on both sides) that may be noisy in a run that
-    passes; past it, and with no regression, the run is inconclusive. 1 never calls a run so."""
 
     def __post_init__(self) -> None:
         if not self.relative >= 0 or not self.k >= 0:
@@ -106,8 +129,6 @@ class Thresholds:
             raise ValueError(f"max_spread={self.max_spread} must be >= 0")
         if self.min_repeats < 1:
             raise ValueError(f"min_repeats={self.min_repeats} must be >= 1")
-        if not 0 <= self.max_noisy_share <= 1:
-            raise ValueError(f"max_noisy_share={self.max_noisy_share} must be between 0 and 1 (a share, e.g. 25%)")
         for name in (*self.per_metric, *self.gate_metrics, *self.two_sided):
             if name not in METRICS:
                 raise ValueError(f"metric {name!r} is not valid; choose from {', '.join(METRICS)}")
@@ -136,6 +157,12 @@ def _mad(values: list[float]) -> float:
     return statistics.median(abs(v - center) for v in values)
 
 
+def beyond(change: float, threshold: float) -> bool:
+    """Whether a change is beyond its threshold; equal is not, to within TIE of the threshold (or of
+    0.1 % when the threshold is smaller, so a zero threshold ignores a float's rounding too)."""
+    return change > threshold + TIE * max(threshold, 1e-3)
+
+
 @dataclass(frozen=True)
 class Samples:
     """One metric of one cell on one side: its values over repeated records, and for a single
@@ -158,6 +185,8 @@ class Samples:
 
 @dataclass(frozen=True)
 class MetricVerdict:
+    """One metric of one cell: its verdict and the figures it was judged on."""
+
     metric: str
     verdict: str
     baseline: float | None = None
@@ -165,24 +194,39 @@ class MetricVerdict:
     change: float | None = None
     """Relative change, (candidate - baseline) / |baseline|; positive means larger."""
     threshold: float | None = None
-    """The relative change this metric had to exceed: max(relative, k * spread)."""
+    """The relative change this metric had to exceed: max(relative, k * spread); also the smallest
+    regression the gate could have caught here."""
     spread: float | None = None
-    """The larger relative spread of the two sides."""
+    """The relative spread the change was judged against (see spread_source)."""
     note: str = ""
     baseline_n: int = 0
     """How many values (repeated records) each side's median is over."""
     candidate_n: int = 0
+    spread_source: str = ""
+    """Whose spread set the threshold: tonight's (the candidate's repeats), the baseline's or the
+    history's (night to night)."""
+    gated: bool = True
+    """False when the cell's figures cannot support gating this metric (the note says why)."""
 
 
 def decide_metric(metric: str, baseline: Samples | None, candidate: Samples | None,
-                  thresholds: Thresholds = Thresholds()) -> MetricVerdict:
-    """Verdict for one metric of one cell; `metric` names the direction (see METRICS)."""
-    if baseline is None or candidate is None or not baseline.values or not candidate.values:
-        missing = "baseline" if baseline is None or not baseline.values else "candidate"
-        return MetricVerdict(metric, NOT_MEASURED, note=f"not measured in the {missing}")
+                  thresholds: Thresholds = Thresholds(), history_spread: float | None = None) -> MetricVerdict:
+    """Verdict for one metric of one cell; `metric` names the direction (see METRICS).
+    history_spread: the run store's night-to-night relative spread of this (cell, metric), which
+    replaces the baseline's repeats as the reference noise when given."""
+    b_values = baseline.values if baseline is not None else ()
+    c_values = candidate.values if candidate is not None else ()
+    if not b_values and not c_values:
+        return MetricVerdict(metric, NOT_MEASURED, note="not measured on either side")
+    if not b_values or not c_values:
+        missing = "baseline" if not b_values else "candidate"
+        return MetricVerdict(metric, UNKNOWN, note=f"not measured in the {missing}")
+    assert baseline is not None and candidate is not None
     higher_is_better = METRICS[metric][1]
     b, c = baseline.median(), candidate.median()
-    spread = max(baseline.spread(thresholds.spread), candidate.spread(thresholds.spread))
+    reference = ((history_spread, "the history's") if history_spread is not None
+                 else (baseline.spread(thresholds.spread), "the baseline's"))
+    spread, whose = max((candidate.spread(thresholds.spread), "tonight's"), reference, key=lambda s: s[0])
     relative = thresholds.relative_for(metric)
     threshold = max(relative, thresholds.k * spread)
     if b == c:
@@ -193,24 +237,30 @@ def decide_metric(metric: str, baseline: Samples | None, candidate: Samples | No
         change = (c - b) / abs(b)
 
     def verdict(name: str, note: str = "") -> MetricVerdict:
-        return MetricVerdict(metric, name, b, c, change, threshold, spread, note, len(baseline.values),
-                             len(candidate.values))
+        return MetricVerdict(metric, name, b, c, change, threshold, spread, note, len(b_values), len(c_values),
+                             whose)
 
-    fewest = min(len(baseline.values), len(candidate.values))
-    if fewest < thresholds.min_repeats:
-        return verdict(NOISY, f"{fewest} repeat(s), {thresholds.min_repeats} needed to gate")
-    if thresholds.max_spread is not None and spread > thresholds.max_spread:
-        return verdict(NOISY, f"spread {spread:.1%} above the noise limit of {thresholds.max_spread:.1%}")
-    if metric in thresholds.two_sided:
-        if abs(change) > threshold:
-            return verdict(DRIFTED, "moved either way beyond the threshold")
-        return verdict(UNCHANGED if abs(change) <= relative else NOISY)
-    worse = -change if higher_is_better else change
-    if worse > threshold:
-        return verdict(REGRESSED)
-    if -worse > threshold:
+    # A change beyond its threshold is judged, however noisy either side was.
+    two_sided = metric in thresholds.two_sided
+    worse = abs(change) if two_sided else -change if higher_is_better else change
+    if beyond(worse, threshold):
+        return verdict(DRIFTED, "moved either way beyond the threshold") if two_sided else verdict(REGRESSED)
+    if not two_sided and beyond(-worse, threshold):
         return verdict(IMPROVED)
-    return verdict(UNCHANGED if abs(change) <= relative else NOISY)
+    # Within it: could the gate have seen a regression of this size?
+    fewest = min(len(b_values), len(c_values))
+    if fewest < thresholds.min_repeats:
+        return verdict(UNKNOWN, f"{fewest} repeat(s), {thresholds.min_repeats} needed to gate")
+    if thresholds.max_spread is not None and beyond(spread, thresholds.max_spread):
+        cannot = ": the baseline cannot judge this cell" if whose == "the baseline's" else ""
+        return verdict(UNKNOWN, f"{whose} spread {spread:.1%} above the noise limit of "
+                                f"{thresholds.max_spread:.1%}{cannot}")
+    if not beyond(abs(change), relative):
+        return verdict(UNCHANGED)
+    if worse > 0:
+        return verdict(UNKNOWN, f"within ±{threshold:.1%}, {thresholds.k:g} × {whose} spread: too noisy to tell "
+                                "at this size")
+    return verdict(UNCHANGED, f"better by {abs(change):.1%}, within its noise")
 
 
 @dataclass(frozen=True)
@@ -222,15 +272,32 @@ class CellData:
     memory_measure: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     status_detail: str = ""
+    compiled: bool = False
+    """Ran under torch.compile (its host RSS growth depends on inductor's caches)."""
+    unpoolable: str = ""
+    """Why these records are not repeats of one cell (they differ in a field that changes a
+    figure), or "" when they are."""
+    refused_at_collection: bool = False
+    """Every record is a refusal at collection (bench's skip), not a run."""
 
     @property
     def ok(self) -> bool:
         return OK in self.statuses and all(s == OK for s in self.statuses)
 
     @property
+    def all_failed(self) -> bool:
+        return OK not in self.statuses
+
+    @property
     def status(self) -> str:
         """ok when every record is ok, else the first status that is not."""
         return next((s for s in self.statuses if s != OK), OK)
+
+    def failures(self) -> str:
+        """"1 of 3 repeats timeout" for the repeats that did not end ok."""
+        bad = [s for s in self.statuses if s != OK]
+        kinds = ", ".join(sorted(set(bad)))
+        return f"{len(bad)} of {len(self.statuses)} repeat(s) {kinds}"
 
 
 @dataclass(frozen=True)
@@ -245,43 +312,95 @@ class CellVerdict:
     failing_verdicts: tuple[str, ...] = GATE_FAILS
     memory_measure: str | None = None
     """The memory key compared (see trainkit.engine.spec.schema.HEADLINE_MEMORY)."""
+    gate_metrics: tuple[str, ...] = ()
+    """The metrics of this cell the gate judged (its thresholds' less those its figures cannot support)."""
 
     @property
     def fails_gate(self) -> bool:
         return self.gated and self.verdict in self.failing_verdicts
 
+    @property
+    def unknown(self) -> bool:
+        """A gated cell the gate could not see (and that did not fail it)."""
+        return self.gated and not self.fails_gate and self.verdict in (UNKNOWN, REMOVED)
+
+    def catches(self) -> dict[str, float]:
+        """The smallest relative regression the gate would have caught, per gated metric judged."""
+        return {m: v.threshold for m, v in self.metrics.items()
+                if m in self.gate_metrics and v.threshold is not None}
+
+
+def _memory_ungated(measure: str | None, baseline: CellData, candidate: CellData) -> str:
+    """Why this cell's memory cannot be gated, or ""."""
+    if measure not in RSS_MEASURES:
+        return ""
+    if baseline.compiled or candidate.compiled:
+        return "not gated: a compiled cell's host RSS growth depends on the state of inductor's caches"
+    fewest = min(len(baseline.metrics.get("memory", Samples(())).values),
+                 len(candidate.metrics.get("memory", Samples(())).values))
+    if fewest < 2:
+        return ("not gated: host RSS moves between identical runs, and one run per side has no A/A spread to set "
+                "its tolerance (repeat the cells)")
+    return ""
+
 
 def decide_cell(cell: str, baseline: CellData | None, candidate: CellData | None,
-                thresholds: Thresholds = Thresholds()) -> CellVerdict:
-    """Verdict for one cell: new, removed, failed, fixed, still failing, or the worst verdict of
-    its gated metrics (all metrics are reported either way)."""
+                thresholds: Thresholds = Thresholds(), history_spreads: Mapping[str, float] | None = None
+                ) -> CellVerdict:
+    """Verdict for one cell: new, removed, failed, fixed, still failing, unsupported, unknown, or
+    the worst verdict of its gated metrics (all metrics are reported either way). history_spreads:
+    the run store's night-to-night spread of this cell's metrics, by metric."""
     gated, failing = thresholds.gated(cell), thresholds.failing_verdicts
     b_status = baseline.status if baseline else None
     c_status = candidate.status if candidate else None
-    if baseline is None or candidate is None:
-        return CellVerdict(cell, NEW if baseline is None else REMOVED, gated, b_status, c_status, {},
-                           failing_verdicts=failing)
-    if not candidate.ok and baseline.ok:
-        detail = candidate.status_detail or candidate.status
-        return CellVerdict(cell, FAILED, gated, b_status, c_status, {}, f"now {c_status}: {detail}", failing)
-    if not candidate.ok and not baseline.ok:
-        return CellVerdict(cell, STILL_FAILING, gated, b_status, c_status, {},
-                           candidate.status_detail or c_status or "", failing)
-    metrics = {m: decide_metric(m, baseline.metrics.get(m), candidate.metrics.get(m), thresholds) for m in METRICS}
+
+    def out(verdict: str, note: str = "", metrics: dict[str, MetricVerdict] | None = None,
+            measure: str | None = None, judged: tuple[str, ...] = ()) -> CellVerdict:
+        return CellVerdict(cell, verdict, gated, b_status, c_status, metrics or {}, note, failing, measure, judged)
+
+    if baseline is None:
+        return out(NEW)
+    if candidate is None:
+        return out(REMOVED, "no record in the candidate: the gate cannot see this cell")
+    for side, data in (("baseline", baseline), ("candidate", candidate)):
+        if data.unpoolable:
+            return out(UNKNOWN, f"the {side}'s records are not one cell: {data.unpoolable}")
+    if all(s == UNSUPPORTED for s in baseline.statuses + candidate.statuses):
+        return out(UNSUPPORTED, candidate.status_detail or "unsupported on both sides")
+    if candidate.refused_at_collection and not baseline.all_failed:
+        return out(UNKNOWN, f"refused at collection: {candidate.status_detail or c_status}")
+    if not candidate.ok:
+        detail = candidate.status_detail or c_status or ""
+        if baseline.all_failed and candidate.all_failed:
+            return out(STILL_FAILING, detail)
+        if baseline.ok or candidate.all_failed:
+            now = c_status if candidate.all_failed and len(set(candidate.statuses)) == 1 else candidate.failures()
+            was = "" if baseline.ok else f"; the baseline: {baseline.failures()}"
+            return out(FAILED, f"now {now}: {detail}{was}")
+        return out(UNKNOWN, f"{candidate.failures()}, and the baseline {baseline.failures()}: flaky on both sides")
+    spreads = history_spreads or {}
+    metrics = {m: decide_metric(m, baseline.metrics.get(m), candidate.metrics.get(m), thresholds, spreads.get(m))
+               for m in METRICS}
+    measure = candidate.memory_measure or baseline.memory_measure
     notes = []
-    if not baseline.ok:
+    if baseline.all_failed:
         verdict = FIXED
         notes.append(f"was {b_status}")
+        judged: tuple[str, ...] = ()
     else:
-        judged = [metrics[m].verdict for m in thresholds.gate_metrics] or [UNCHANGED]
-        verdict = min(judged, key=SEVERITY.index)
+        ungated = _memory_ungated(measure, baseline, candidate)
+        if ungated and "memory" in metrics:
+            metrics["memory"] = replace(metrics["memory"], gated=False, note=ungated)
+        judged = tuple(m for m in thresholds.gate_metrics if metrics[m].gated and metrics[m].verdict != NOT_MEASURED)
+        verdict = min((metrics[m].verdict for m in judged), key=SEVERITY.index, default=UNCHANGED)
+        if not baseline.ok:
+            notes.append(f"the baseline failed {baseline.failures()}: it judges over its ok repeats only")
     if baseline.memory_measure and candidate.memory_measure and baseline.memory_measure != candidate.memory_measure:
         notes.append(f"memory measured as {baseline.memory_measure} vs {candidate.memory_measure}")
     changed = {k: (v, candidate.config.get(k)) for k, v in baseline.config.items() if candidate.config.get(k) != v}
     if changed:
         notes.append("config changed: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
-    return CellVerdict(cell, verdict, gated, b_status, c_status, metrics, "; ".join(notes), failing,
-                       candidate.memory_measure or baseline.memory_measure)
+    return out(verdict, "; ".join(notes), metrics, measure, judged)
 
 
 # --- from records --------------------------------------------------------------------------
@@ -291,6 +410,32 @@ def decide_cell(cell: str, baseline: CellData | None, candidate: CellData | None
 WORK_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "adam_eps", "schedule", "clip_grad_norm",
                "init_scale", "static_loss_scale", "data", "resolved_image_size", "seq_len", "vocab_size",
                "gpt_layers", "gpt_heads", "gpt_width")
+# Config fields that change a figure besides the id's axes and the work: records of one cell that
+# differ in one of these (or in WORK_FIELDS) are not repeats of it and are never pooled. steps moves
+# the final loss, seed the loss and data, fp32_main_grads memory and speed, cudnn_benchmark the
+# kernels, cpu_threads a CPU cell's speed, warmup_steps what the timed steps find settled.
+FIGURE_FIELDS = (*WORK_FIELDS, "steps", "warmup_steps", "seed", "task_seed", "fp32_main_grads", "cudnn_benchmark",
+                 "cpu_threads", "compile_mode", "epochs", "dataset_size", "num_workers", "workload")
+
+
+def timing_method(record: dict[str, Any]) -> str:
+    """How a record's steps were timed: bench's rounds (one optimizer step per command, the
+    launcher's round trip recorded beside each) or `trainkit run`'s windows of back-to-back steps."""
+    return "rounds" if record.get("step_round_trip_s") else "window"
+
+
+def unpoolable(records: list[dict[str, Any]]) -> str:
+    """Why these records (of one cell id) are not repeats of one cell: the first field that changes
+    a figure whose values differ among them, with the values; "" when they agree."""
+    ran = [r for r in records if not r.get("skipped_at_collection")]
+    for name in FIGURE_FIELDS:
+        values = {repr((r.get("config") or {}).get(name)) for r in ran}
+        if len(values) > 1:
+            return f"they differ in {name} ({', '.join(sorted(values))})"
+    methods = {timing_method(r) for r in ran if r.get("status") == OK}
+    if len(methods) > 1:
+        return "they were timed differently (bench rounds and trainkit run windows)"
+    return ""
 
 
 def _number(value: Any) -> float | None:
@@ -319,8 +464,11 @@ def cell_data(records: list[dict[str, Any]], memory_measure: str | None = "auto"
         metrics={"throughput": throughput, "memory": samples(f"memory.{measure}" if measure else None),
                  "loss": samples("loss.final")},
         memory_measure=measure,
-        config={k: config.get(k) for k in WORK_FIELDS if k in config},
+        config={k: config.get(k) for k in FIGURE_FIELDS if k in config},
         status_detail=(failed or {}).get("status_detail") or "",
+        compiled=any(bool((r.get("config") or {}).get("compile")) for r in records),
+        unpoolable=unpoolable(records),
+        refused_at_collection=all(r.get("skipped_at_collection") for r in records),
     )
 
 
@@ -355,31 +503,20 @@ class Comparison:
         return [c for c in self.cells if c.fails_gate]
 
     @property
-    def noisy(self) -> list[CellVerdict]:
-        """Cells whose worst gated metric could not be told from the noise: reported, not gated."""
-        return [c for c in self.cells if c.verdict == NOISY]
+    def unknown(self) -> list[CellVerdict]:
+        """Gated cells the gate could not see (too noisy at this size, a baseline that cannot judge
+        them, no record tonight, refused): each makes a run without a regression inconclusive."""
+        return [c for c in self.cells if c.unknown]
 
     @property
     def compared(self) -> list[CellVerdict]:
-        """Gated cells ok on both sides: those whose measurements the gate compares (new, removed and
-        failing cells are judged by their presence and status, which noise cannot hide)."""
+        """Gated cells ok on both sides: those whose measurements the gate compares."""
         return [c for c in self.cells if c.gated and c.baseline_status == OK and c.candidate_status == OK]
 
     @property
-    def noisy_compared(self) -> list[CellVerdict]:
-        return [c for c in self.compared if c.verdict == NOISY]
-
-    @property
-    def noisy_share(self) -> float | None:
-        """The share of the compared cells that are noisy; None when no cell was compared."""
-        compared = self.compared
-        return len(self.noisy_compared) / len(compared) if compared else None
-
-    @property
     def inconclusive(self) -> bool:
-        """Nothing failed, but too much of the run was noise to pass it (Thresholds.max_noisy_share)."""
-        share = self.noisy_share
-        return not self.regressions and share is not None and share > self.thresholds.max_noisy_share
+        """Nothing failed, but the gate could not see every gated cell: not a pass."""
+        return not self.regressions and bool(self.unknown)
 
     @property
     def outcome(self) -> str:
@@ -388,7 +525,7 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
-        """No gated cell regressed or failed, and the gate saw enough of the run to say so."""
+        """No gated cell regressed or failed, and the gate saw every one of them."""
         return self.outcome == PASS
 
     def counts(self) -> dict[str, int]:
@@ -401,7 +538,7 @@ class Comparison:
 def _fingerprints(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     unique: list[dict[str, Any]] = []
     for record in records:
-        if not record.get("env"):
+        if not record.get("env") or record.get("skipped_at_collection"):
             continue  # a cell refused before its worker reported an environment
         fp = fingerprint(record.get("env"))
         if fp not in unique:
@@ -410,8 +547,10 @@ def _fingerprints(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def compare_records(baseline: list[dict[str, Any]], candidate: list[dict[str, Any]],
-                    thresholds: Thresholds = Thresholds()) -> Comparison:
-    """Verdicts for every cell in either list of records (repeats of a cell are combined)."""
+                    thresholds: Thresholds = Thresholds(),
+                    history_spreads: Mapping[tuple[str, str], float] | None = None) -> Comparison:
+    """Verdicts for every cell in either list of records (repeats of a cell are combined).
+    history_spreads: the run store's night-to-night relative spread by (cell id, metric)."""
     def by_cell(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         cells: dict[str, list[dict[str, Any]]] = {}
         for record in records:
@@ -419,6 +558,7 @@ def compare_records(baseline: list[dict[str, Any]], candidate: list[dict[str, An
         return cells
 
     base, cand = by_cell(baseline), by_cell(candidate)
+    spreads = history_spreads or {}
     verdicts = []
     for cell in sorted(set(base) | set(cand)):
         b_ok = [r for r in base.get(cell, []) if r.get("status") == OK]
@@ -426,7 +566,8 @@ def compare_records(baseline: list[dict[str, Any]], candidate: list[dict[str, An
         measure = headline_memory(r.get("memory") for r in b_ok + c_ok)  # the same measure on both sides, or none
         b = cell_data(base[cell], measure) if cell in base else None
         c = cell_data(cand[cell], measure) if cell in cand else None
-        verdicts.append(decide_cell(cell, b, c, thresholds))
+        mine = {metric: spread for (name, metric), spread in spreads.items() if name == cell}
+        verdicts.append(decide_cell(cell, b, c, thresholds, mine))
     result = Comparison(verdicts, _fingerprints(baseline), _fingerprints(candidate), thresholds)
     if result.env_differs:
         result.warnings.append(result.env_difference())

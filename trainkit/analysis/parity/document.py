@@ -99,6 +99,11 @@ class LossTest:
     """For `inconclusive`: seeds to add (to this precision and fp32 alike) for the interval to decide,
     if the differences keep their mean and sd; null with `more_seeds_note` when it cannot be said."""
     more_seeds_note: str | None = None
+    unpaired_seeds: tuple[int, ...] = ()
+    """Seeds of this precision that fp32 did not run: no twin to pair with."""
+    unpaired: LossTest | None = None
+    """Those seeds judged as an independent set against fp32's (Welch t), beside the paired test; the
+    verdict is the more cautious of the two (a precision is equivalent only where both say so)."""
 
 
 @dataclass(frozen=True)

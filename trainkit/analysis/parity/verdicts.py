@@ -9,14 +9,20 @@ precision out (trainkit.analysis.parity.document). No torch; `python -m trainkit
   equivalence margin (default 0.5% of fp32's seed-mean eval loss): the interval inside +- margin is
   `equivalent`, entirely above it `worse`, entirely below it `better` (the numerics changed: never a
   win), else `inconclusive`, with the seeds that would decide it if the differences keep their mean
-  and spread. A set of seeds with no fp32 twin is judged as an independent set (Welch's t).
+  and spread. A set of seeds with fewer than two fp32 twins is judged as an independent set
+  (Welch's t); seeds fp32 did not run beside paired ones are judged as an independent set too, and
+  the verdict is the more cautious of the two. An ok cell without an eval loss leaves the precision
+  without a verdict, with the reason; a non-finite one is a divergence.
+  The estimand is the typical seed's difference: where a seed stands apart from the others (the
+  generalized ESD test, trainkit.analysis.parity.stats.seeds_apart) no t interval can cover it, and
+  the precision gets no verdict, with a reason naming the seed (rerun it or add seeds).
   A diverged seed makes a precision `worse`; a crashed, out-of-memory or timed-out one leaves it
   without a verdict.
 - **Time to target.** Per seed, the target is its fp32 twin's smoothed training loss at
   TARGET_FRACTION of the run (or one loss, given); steps to target is the first step at which the
   seed's smoothed curve reaches it, time to target those steps x the cell's median step time. Over
-  seeds: mean steps with a t interval, the geometric mean of the times with the t interval of their
-  logarithms, and the geometric mean of fp32's over this
+  seeds: the geometric means of the steps and of the times with the t interval of their logarithms
+  (an arithmetic interval of steps 4, 5 and 36 went to -29), and the geometric mean of fp32's over this
   precision's (effective speedup) and of fp32's step time over this one's (throughput speedup), each
   with its interval. A seed that never reaches the target leaves those null, saying how many did.
 - **Diagnostics.** trainkit.analysis.parity.diagnostics names what stands out under a `better` or
@@ -25,6 +31,7 @@ precision out (trainkit.analysis.parity.document). No torch; `python -m trainkit
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import statistics
@@ -60,6 +67,7 @@ from .document import (
     TimeToTarget,
 )
 from .stats import (
+    apart_reason,
     geometric_interval,
     paired_test,
     seeds_to_decide,
@@ -152,6 +160,12 @@ def _seed(record: dict[str, Any]) -> int:
     return int(record["config"]["seed"])
 
 
+def _eval(record: dict[str, Any]) -> float | None:
+    """The record's eval loss; None where it wrote none (or wrote a non-number)."""
+    value = (record.get("loss") or {}).get("eval")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _seed_timing(record: dict[str, Any], target: float | None, window: int) -> SeedTiming:
     steps = steps_to(smooth(record["loss"]["curve"], window), target) if target is not None else None
     step_s = (record.get("step_time_s") or {}).get("median")
@@ -163,20 +177,44 @@ def _null(n: int, confidence: float, note: str) -> Interval:
     return Interval(None, None, None, n, confidence, "none", note)
 
 
+CAUTION = ("worse", "inconclusive", "better", "equivalent")
+"""Verdicts from the most cautious: two tests of one precision give the first of theirs in this order."""
+
+
 def _loss_test(evals: dict[int, float], basis: _Basis) -> LossTest | None:
-    """The eval-loss test against fp32: paired over the seeds both ran, Welch's when none is shared;
-    None with fewer than 2 values to compare."""
+    """The eval-loss test against fp32: paired over the seeds both ran (two or more), Welch's over all
+    of this precision's seeds when fewer are shared (one shared seed is no pair test: the sets are
+    judged as independent); seeds fp32 did not run are judged too, as an independent set beside the
+    pairs (LossTest.unpaired). None with fewer than 2 values to compare."""
     shared = sorted(s for s in evals if s in basis.evals)
-    ref_mean = statistics.fmean(basis.evals.values())
+    unshared = sorted(s for s in evals if s not in basis.evals)
     if len(shared) >= 2:
-        diffs = [evals[s] - basis.evals[s] for s in shared]
+        test = _one_test(evals, basis, shared, paired=True)
+        if len(unshared) >= 2:
+            unpaired = _one_test(evals, basis, unshared, paired=False)
+            judged = min(test.verdict, unpaired.verdict, key=CAUTION.index)
+            return dataclasses.replace(test, unpaired_seeds=tuple(unshared), unpaired=unpaired, verdict=judged)
+        if unshared:  # one lone seed: no set to test, so no claim of equivalence over it
+            lone = evals[unshared[0]] - statistics.fmean(basis.evals.values())
+            judged = test.verdict if test.verdict != "equivalent" or abs(lone) <= basis.margin_loss else "inconclusive"
+            return dataclasses.replace(test, unpaired_seeds=tuple(unshared), verdict=judged)
+        return test
+    if len(evals) >= 2:
+        return _one_test(evals, basis, sorted(evals), paired=False)
+    return None
+
+
+def _one_test(evals: dict[int, float], basis: _Basis, seeds: list[int], *, paired: bool) -> LossTest:
+    """The paired t test over `seeds` (each has an fp32 twin), or Welch's over them against every
+    fp32 seed."""
+    ref_mean = statistics.fmean(basis.evals.values())
+    if paired:
+        diffs = [evals[s] - basis.evals[s] for s in seeds]
         interval, sd = t_interval(diffs, basis.confidence), statistics.stdev(diffs)
-        (t, p), test, seeds = paired_test(diffs), "paired t", shared
-    elif not shared and len(evals) >= 2:
-        diffs, sd, test, seeds = [], None, "Welch t", sorted(evals)
-        interval, t, p = welch_interval([evals[s] for s in seeds], list(basis.evals.values()), basis.confidence)
+        (t, p), test = paired_test(diffs), "paired t"
     else:
-        return None
+        diffs, sd, test = [], None, "Welch t"
+        interval, t, p = welch_interval([evals[s] for s in seeds], list(basis.evals.values()), basis.confidence)
     judged = verdict(interval, basis.margin_loss)
     more, why = None, None
     if judged == "inconclusive" and sd is not None:
@@ -188,6 +226,18 @@ def _loss_test(evals: dict[int, float], basis: _Basis) -> LossTest | None:
                     margin_loss=basis.margin_loss, verdict=judged, more_seeds_to_decide=more, more_seeds_note=why)
 
 
+def _seeds_apart(evals: dict[int, float], basis: _Basis) -> str | None:
+    """Why no interval fits when a seed stands apart (trainkit.analysis.parity.stats.seeds_apart): in
+    the paired differences, or, for independent sets, in either set's eval losses; else None."""
+    shared = sorted(s for s in evals if s in basis.evals)
+    if len(shared) >= 2:
+        return apart_reason({s: evals[s] - basis.evals[s] for s in shared}, "eval-loss difference from fp32")
+    if not shared:
+        return (apart_reason(evals, "eval loss")
+                or apart_reason(basis.evals, f"{REFERENCE}'s eval loss"))
+    return None
+
+
 def _timing(ok: list[dict[str, Any]], basis: _Basis) -> TimeToTarget:
     """Steps and time to target per seed, and over seeds with the speedups against fp32's twins."""
     mean_target = _finite_mean(list(basis.targets.values()))
@@ -195,7 +245,9 @@ def _timing(ok: list[dict[str, Any]], basis: _Basis) -> TimeToTarget:
     n, c = len(per_seed), basis.confidence
     reached = [t for t in per_seed if t.steps_to_target is not None]
     missing = f"not reached in {n - len(reached)} of {n} seeds" if len(reached) < n else None
-    steps = t_interval([t.steps_to_target for t in reached], c) if not missing else _null(n, c, missing)
+    # Counts are positive and skewed (one slow seed takes many times the others' steps): the geometric
+    # mean with the t interval of the logarithms never gives a negative count, as the arithmetic one did.
+    steps = geometric_interval([t.steps_to_target for t in reached], c) if not missing else _null(n, c, missing)
     times = [t.time_to_target_s for t in reached if t.time_to_target_s is not None]
     # Times are positive and a loaded machine stretches them by factors: a geometric mean keeps their
     # interval positive (an arithmetic t interval of 5 CPU timings went below 0 s).
@@ -262,20 +314,36 @@ def _entry(precision: str, records: list[dict[str, Any]], basis: _Basis) -> Prec
         first = next(r for r in failed if r["status"] != "diverged")
         return no_verdict(precision, f"{len(failed) - len(diverged)} of {len(records)} seeds ended "
                                      f"{first['status']}: {first['status_detail']}", records)
-    evals = {_seed(r): r["loss"]["eval"] for r in ok}
+    unmeasured = [r for r in ok if _eval(r) is None]
+    if unmeasured:  # an ok cell that wrote no eval loss: nothing to compare, and no sign of divergence
+        return no_verdict(precision, f"seed {', '.join(str(_seed(r)) for r in unmeasured)} finished without an eval "
+                                     "loss (null in its record): nothing to compare with fp32's", records)
+    blown = [r for r in ok if not math.isfinite(_eval(r))]  # type: ignore[arg-type]
+    ok = [r for r in ok if r not in blown]
+    evals = {_seed(r): float(r["loss"]["eval"]) for r in ok}
     loss = _loss_test(evals, basis) if ok else None
     reason = None
-    if diverged:
+    if diverged or blown:
         judged, decided_by = "worse", "divergence"
-        reason = f"diverged in {len(diverged)} of {len(records)} seeds: {diverged[0]['status_detail']}"
+        reason = (f"diverged in {len(diverged)} of {len(records)} seeds: {diverged[0]['status_detail']}" if diverged
+                  else f"seed {', '.join(str(_seed(r)) for r in blown)}: the eval loss is not finite "
+                       f"({_eval(blown[0])})")
     elif loss is None:
         return no_verdict(precision, f"{len(ok)} seed(s) to compare with fp32's; a test needs at least 2", records)
+    elif (apart := _seeds_apart(evals, basis)) is not None:
+        return no_verdict(precision, apart, records)
     elif precision == REFERENCE and loss.test == "paired t" and not any(loss.differences):
         judged, decided_by = REFERENCE_VERDICT, None
     else:
         judged = loss.verdict
         decided_by = "paired eval-loss differences" if loss.test == "paired t" else \
             "eval-loss difference of independent sets"
+        shared = sum(1 for s in evals if s in basis.evals)
+        if loss.test == "Welch t" and shared == 1:
+            decided_by += " (1 seed shared with fp32: no pairs to test)"
+        if loss.unpaired_seeds:
+            decided_by += (f", with seed{'s' if len(loss.unpaired_seeds) > 1 else ''} "
+                           f"{', '.join(map(str, loss.unpaired_seeds))} that fp32 did not run")
     diag = mean_diagnostics(ok) if ok else {}
     standing_out = flags(diag, basis.diagnostics) if precision != REFERENCE else ()
     named = None
@@ -308,11 +376,17 @@ def judge(reference_records: list[dict[str, Any]], candidates: dict[str, list[di
     """fp32's seeds from `reference_records`, and a verdict for each named set of candidate records
     (a precision's seeds, or any variant judged against the same reference)."""
     margin = margin or Margin()
-    refs = sorted((r for r in reference_records if r["status"] == "ok"), key=_seed)
+    finished = [r for r in reference_records if r["status"] == "ok"]
+    # fp32's seeds are the yardstick: one without a finite eval loss measures nothing, and is said.
+    refs = sorted((r for r in finished if _eval(r) is not None and math.isfinite(_eval(r))),  # type: ignore[arg-type]
+                  key=_seed)
     asked = dict(relative=margin.relative if margin.absolute_loss is None else None,
                  absolute_loss=margin.absolute_loss, described=margin.describe())
     if len(refs) < 2:
-        reason = f"{len(refs)} {REFERENCE} seed(s) finished; a comparison needs at least 2"
+        unmeasured = len(finished) - len(refs)
+        reason = (f"{len(refs)} {REFERENCE} seed(s) finished" + (f" with a finite eval loss ({unmeasured} without)"
+                                                                   if unmeasured else "")
+                  + "; a comparison needs at least 2")
         reference = Reference(REFERENCE, len(refs), None, None, None, None, {}, error=reason)
         return ModelParity(steps=None, smoothing_steps=None, margin=MarginUsed(**asked, loss=None),
                            confidence=confidence, reference=reference, target=None,
@@ -322,7 +396,7 @@ def judge(reference_records: list[dict[str, Any]], candidates: dict[str, list[di
     curves = {_seed(r): smooth(r["loss"]["curve"], window) for r in refs}
     at = min(steps, max(1, math.ceil(target_fraction * steps))) - 1
     targets = {s: target_loss if target_loss is not None else c[at] for s, c in curves.items()}
-    evals = {_seed(r): r["loss"]["eval"] for r in refs}
+    evals = {_seed(r): float(r["loss"]["eval"]) for r in refs}
     ref_mean = statistics.fmean(evals.values())
     basis = _Basis(window=window, evals=evals, targets=targets, margin_loss=margin.loss(ref_mean),
                    timings={_seed(r): _seed_timing(r, targets[_seed(r)], window) for r in refs},
@@ -354,7 +428,9 @@ def rules(margin: Margin, confidence: float) -> dict[str, str]:
     return {
         "test": (f"per seed, this precision's eval loss minus fp32's on the same seed (same initial weights and "
                  f"samples); their mean with a {confidence:.0%} Student t interval (paired t). A set with no seed "
-                 "in common with fp32's is compared as an independent set (Welch t)"),
+                 "in common with fp32's is compared as an independent set (Welch t). The estimand is the typical "
+                 "seed's difference: a seed standing apart from the others (generalized ESD test) leaves no interval "
+                 "and no verdict, with the seed named"),
         "margin": f"equivalence margin: {margin.describe()}",
         "verdict": ("equivalent: the interval inside +- margin; worse / better: entirely beyond it (better means "
                     "the numerics changed, never a win); inconclusive: it straddles the margin, with the seeds "
@@ -362,8 +438,9 @@ def rules(margin: Margin, confidence: float) -> dict[str, str]:
                     "worse; a seed that crashed, ran out of memory or timed out leaves it without a verdict"),
         "target": ("per seed, its fp32 twin's smoothed training loss at target.fraction of the run (trailing "
                    f"mean over {SMOOTH_FRACTION:.0%} of the steps), unless one loss is given"),
-        "time_to_target": ("per seed, steps to target x the cell's median step time; over seeds, the mean steps "
-                           "with a t interval, the geometric mean time with the t interval of the logarithms"),
+        "time_to_target": ("per seed, steps to target x the cell's median step time; over seeds, the geometric "
+                           "means of the steps and the times with the t interval of their logarithms (a count "
+                           "and a time are positive: their interval is too)"),
         "speedups": ("geometric mean over seed pairs of fp32's step time (throughput) or time to target "
                      "(effective) over this precision's, with the t interval of the logarithms; null, with how "
                      "many seeds reached the target, when one did not"),

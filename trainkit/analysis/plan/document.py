@@ -94,6 +94,10 @@ class CandidateCells(_Document):
     steps: int
     warmup_steps: int
     measured_per_gpu_count: int
+    memory_capped: bool = False
+    """Whether the candidates ran under the probes' memory cap: they do not (an address-space cap
+    roughly halves a CPU cell's throughput: fp32 at 256 x 2, 2,382 samples/s uncapped, 1,245 capped),
+    so their speeds are the speeds every other command measures."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,10 +106,13 @@ class Fastest:
 
     precision: str
     candidate: Candidate
+    ranked: bool = True
+    """False where the speeds do not separate it from the runner-up (their intervals overlap, one has
+    none, or a flag speaks against one): the plan then names no fastest precision, and `note` says why."""
     note: str = FASTEST_NOTE
 
     def to_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, **self.candidate.to_dict(), "note": self.note}
+        return {"precision": self.precision, **self.candidate.to_dict(), "ranked": self.ranked, "note": self.note}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,5 +172,31 @@ def fastest_of(precisions: Mapping[str, PrecisionPlan]) -> Fastest | None:
     ranked = [(name, entry.recommendation) for name, entry in precisions.items() if entry.recommendation]
     if not ranked:
         return None
-    name, best = max(ranked, key=lambda pair: pair[1].throughput_samples_per_s or 0.0)
+    ranked.sort(key=lambda pair: pair[1].throughput_samples_per_s or 0.0, reverse=True)
+    name, best = ranked[0]
+    why = _unranked(ranked[:2])
+    if why:
+        return Fastest(precision=name, candidate=best, ranked=False, note=f"not ranked: {why}")
     return Fastest(precision=name, candidate=best)
+
+
+def _speed(name: str, c: Candidate) -> str:
+    interval = (f" ({c.throughput_low_samples_per_s:,.1f}–{c.throughput_high_samples_per_s:,.1f})"
+                if c.throughput_low_samples_per_s is not None and c.throughput_high_samples_per_s is not None else "")
+    return f"{name} {c.throughput_samples_per_s or 0.0:,.1f}{interval} samples/s"
+
+
+def _unranked(top: list[tuple[str, Candidate]]) -> str | None:
+    """Why the fastest and the runner-up are not told apart (None when they are): a flag on either, an
+    interval missing, or intervals that overlap."""
+    for name, c in top:
+        if c.flags:
+            return f"{name}'s speed is flagged: {c.flags[0]}"
+    if len(top) < 2:
+        return None
+    (first, a), (second, b) = top
+    if None in (a.throughput_low_samples_per_s, b.throughput_high_samples_per_s):
+        return f"{_speed(first, a)} and {_speed(second, b)}: no interval to tell them apart"
+    if a.throughput_low_samples_per_s <= b.throughput_high_samples_per_s:  # type: ignore[operator]
+        return f"the intervals of {_speed(first, a)} and {_speed(second, b)} overlap"
+    return None

@@ -183,9 +183,15 @@ class Candidate:
     step_time_s: float | None = None
     """Median time of a timed optimizer step."""
     cell_id: str = ""
+    throughput_low_samples_per_s: float | None = None
+    throughput_high_samples_per_s: float | None = None
+    """The throughput's 95 % interval, from the cell's interval of its median step time
+    (trainkit.engine.measure.conditions.noise_of); None where the cell has none."""
+    flags: tuple[str, ...] = ()
+    """What its conditions say against its speed (trainkit.engine.measure.conditions.condition_flags)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "flags": list(self.flags)}  # JSON data: a list, as it reads back
 
 
 def divisors(n: int) -> list[int]:

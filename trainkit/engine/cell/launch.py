@@ -17,6 +17,7 @@ import multiprocessing.connection as mpc
 import os
 import signal
 import socket
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from ..measure.conditions import CELL_ROOT_ENV
 from ..measure.nvml import GpuSampler, Nvml
 from ..spec.config import ProfileConfig, RunConfig
 from . import allocator
@@ -143,6 +145,8 @@ class CellWorkers:
         base_env = dict(os.environ, **start_env)
         base_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
                         LOCAL_WORLD_SIZE=str(world))
+        # This process, the fork server below it and the ranks are the cell's own load, not contention.
+        base_env[CELL_ROOT_ENV] = str(os.getpid())
         for rank in range(world):
             parent_end, child_end = ctx.Pipe()
             env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank))
@@ -405,3 +409,23 @@ def _failed_rank(config: RunConfig, rank: int, worker: Any, board: FailureBoard 
     elif config.world_size > 1:
         detail = f"rank 0: {own.detail}"
     return merge_ranks(config, reports, first.status, detail, launcher=_TORCHRUN_LAUNCHER)
+
+
+def time_left(done: list[tuple[tuple[Any, ...], float]], pending: list[tuple[Any, ...]]) -> tuple[float, int]:
+    """(seconds the pending cells should take, how many of them no finished cell can stand for).
+    A kind is a tuple, most telling part first (trainkit.bench.runner.cell_kind: compiled, checkpointed,
+    ranks, precision). Each pending cell takes the median wall time of the finished cells of its
+    kind; failing that, of those that share the longest leading part of its kind, down to the first
+    part alone (a median, not a mean: a first cell that started the fork server does not stand for
+    the rest once others ran). A cell whose first part no finished cell shares (a compiled cell
+    before any compiled one finished) cannot be guessed: it is counted, not timed."""
+    seconds, unknown = 0.0, 0
+    for kind in pending:
+        for length in range(len(kind), 0, -1):
+            like = [s for k, s in done if k[:length] == kind[:length]]
+            if like:
+                seconds += statistics.median(like)
+                break
+        else:
+            unknown += 1
+    return seconds, unknown

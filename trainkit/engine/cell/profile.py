@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from ..measure.memory import quiet_profiler
 from ..measure.timing import Marks
 from ..spec.config import ProfileConfig
 from ..spec.schema import DATA_BOUND_SHARE
@@ -54,8 +55,8 @@ def torch_trace(trainer: Trainer, steps: int, path: str, top: int = 15) -> dict[
     chrome://tracing), the top operators by self time, and the share of operator time whose
     floating-point inputs were fp16/bf16: what autocast or half precision really changed."""
     on_gpu = trainer.device.type == "cuda"
-    if not on_gpu:  # a CUDA build of torch on a CPU machine: Kineto would log a spurious device error
-        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    if not on_gpu:
+        quiet_profiler()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(steps):

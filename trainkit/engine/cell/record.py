@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ from ..spec.schema import (  # noqa: F401
     read_jsonl,
     write_json,
 )
+from ..train.overhead import METHOD as OVERHEAD_METHOD
 
 ENERGY_MIN_WINDOW_S = 1.0
 """Shortest run of timed steps whose energy is read from NVML's counter: the counter moves in
@@ -138,7 +140,13 @@ class RankReport:
     profile: dict[str, Any] | None = None
     diagnostics: dict[str, Any] | None = None
     """Why the loss moved, read from one extra step after the figures (trainkit.engine.cell.diagnostics)."""
+    what_ran: dict[str, Any] | None = None
+    """The dtypes one extra step used against what the precision declares (trainkit.engine.measure.what_ran)."""
     cpu_time_s: float | None = None
+    harness_overhead_us: float | None = None
+    """Microseconds per step this rank's trainkit step spent beyond a hand-written loop's
+    (trainkit.engine.train.overhead); None where it was not measured (harness_overhead_note says why)."""
+    harness_overhead_note: str | None = None
     """CPU seconds this rank's process used, all its threads, from its start to its report."""
     compile: dict[str, Any] | None = None
     """torch.compile's warmup: compile time, graphs, recompiles (trainkit/compiled.py); None when eager."""
@@ -352,6 +360,39 @@ def merge_energy(ranks: list[RankReport], launcher: LauncherReport,
     return None, "not measured: NVML's energy counter and power readings are unavailable", None
 
 
+HARNESS_SHARE_LIMIT = 0.01
+"""A step whose harness overhead is more than this share of its median time is flagged: its figure
+measures trainkit's loop as well as the model (the overhead bench holds trainkit within 1 % of a
+hand-written loop at 0.75 ms CPU steps)."""
+
+
+def harness_flag(overhead_us: float | None, step_median_s: float | None) -> tuple[float | None, str | None]:
+    """The harness overhead's share of the median step, and the flag where it exceeds HARNESS_SHARE_LIMIT."""
+    if overhead_us is None or not step_median_s:
+        return None, None
+    share = overhead_us / (step_median_s * 1e6)
+    if share <= HARNESS_SHARE_LIMIT:
+        return share, None
+    return share, (f"short step: trainkit's own {overhead_us:.1f} µs per step is {share:.1%} of its "
+                   f"{step_median_s * 1e6:,.0f} µs step (over {HARNESS_SHARE_LIMIT:.0%}): the figure measures "
+                   "the harness as well as the model")
+
+
+def merge_harness(ranks: list[RankReport], timed: TimedSteps) -> dict[str, Any]:
+    """The harness's overhead per step: the largest of the ranks' (a step ends with its slowest rank),
+    its share of the median step time, and the flag (harness_flag); null with the reason where a
+    rank did not measure it."""
+    missing = [r for r in ranks if r.harness_overhead_us is None]
+    if not ranks or missing:
+        note = missing[0].harness_overhead_note if missing else None
+        return {"harness_overhead_per_step_us": None, "harness_overhead_share": None, "harness_overhead_flag": None,
+                "harness_overhead_method": f"not measured: {note or 'the cell ended before its timed steps did'}"}
+    overhead_us = max(r.harness_overhead_us for r in ranks)  # type: ignore[type-var]
+    share, flag = harness_flag(overhead_us, statistics.median(timed.step_times_s) if timed.step_times_s else None)
+    return {"harness_overhead_per_step_us": overhead_us, "harness_overhead_share": share,
+            "harness_overhead_flag": flag, "harness_overhead_method": OVERHEAD_METHOD}
+
+
 def check_replicas(ranks: list[RankReport], status: str, status_detail: str) -> tuple[str, str]:
     """The status of a cell whose ranks ended with different parameters: DDP keeps replicas identical
     only if every rank synced the same gradients; a wrong no_sync ends with ranks apart
@@ -359,6 +400,16 @@ def check_replicas(ranks: list[RankReport], status: str, status_detail: str) -> 
     checksums = {r.param_checksum for r in ranks if r.param_checksum is not None}
     if status == "ok" and len(checksums) > 1:
         return "crashed", f"ranks ended with different parameters (checksums {sorted(checksums)})"
+    return status, status_detail
+
+
+def check_what_ran(ranks: list[RankReport], status: str, status_detail: str) -> tuple[str, str]:
+    """The status of a cell whose step used other dtypes than its precision declares: its figures
+    measure another configuration (TensorAuto/OpenTau#177), whatever they are."""
+    mismatches = [(r.rank, r.what_ran["mismatch"]) for r in ranks if r.what_ran and r.what_ran.get("mismatch")]
+    if status == "ok" and mismatches:
+        rank, line = mismatches[0]
+        return "precision-mismatch", line + (f" (rank {rank})" if len(ranks) > 1 else "")
     return status, status_detail
 
 
@@ -382,6 +433,7 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
     ranks = sorted(ranks, key=lambda r: r.rank)
     lead = ranks[0] if ranks else RankReport(rank=0, pid=0)
     status, status_detail = check_replicas(ranks, status, status_detail)
+    status, status_detail = check_what_ran(ranks, status, status_detail)
     timed = merge_timing(ranks)
     throughput, effective = throughputs(timed, lead.loss.skipped)
     env = lead.env or {}
@@ -389,7 +441,8 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
     energy, energy_method, energy_window_s = merge_energy(ranks, launcher, on_gpu)
     peak, mfu_method = mfu_peak(env.get("gpu_name") if on_gpu else None, config.precision, lead.flops_per_sample,
                                 lead.precision_details)
-    tokens = config.tokens_per_sample
+    # The worker's workload knows its tokens (a user's model, hf:); a cell no rank reported, its config.
+    tokens = lead.derived.get("tokens_per_sample", config.tokens_per_sample)
     utilisation = mfu(lead.flops_per_sample, throughput, peak, config.world_size)
     cpu_times = [r.cpu_time_s for r in ranks]
     record = {
@@ -407,6 +460,7 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
         # What the cell cost the machine: its ranks' CPU time, added up (a loaded machine stretches
         # the wall clock, not this).
         "cpu_time_s": sum(cpu_times) if ranks and None not in cpu_times else None,  # type: ignore[arg-type]
+        **merge_harness(ranks, timed),
         "fixed_cost_s": {**launcher.fixed_cost_s, **lead.fixed_cost_s},
         "memory": merge_memory(ranks, launcher), "loss": merge_loss(config, ranks),
         "scaler": merge_scaler(config, lead.loss, timed),
@@ -417,6 +471,7 @@ def merge_ranks(config: RunConfig, ranks: list[RankReport], status: str = "ok", 
         "energy_j_per_sample": energy, "energy_method": energy_method, "energy_window_s": energy_window_s,
         "timed_samples": sum(timed.samples), "compile": merge_compile(ranks),
         "precision_details": lead.precision_details, "profile": lead.profile, "diagnostics": lead.diagnostics,
+        "what_ran": lead.what_ran,
         "gpu_samples": launcher.gpu_samples,
         "throttled": launcher.gpu_samples["throttled"] if launcher.gpu_samples else None,
         "env": env, "ranks_reported": len(ranks), "worker_pids": launcher.worker_pids, "finished_at": now_iso(),

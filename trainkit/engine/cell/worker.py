@@ -37,10 +37,13 @@ from ..measure.memory import (
 )
 from ..measure.nvml import Nvml
 from ..measure.timing import Marks
+from ..measure.what_ran import dtype_name, observe, stored_bytes
 from ..spec.config import ProfileConfig, RunConfig
 from ..train import compiled
 from ..train.loop import Trainer, Unsupported
+from ..train.overhead import harness_overhead_us
 from ..workloads.models import count_params
+from ..workloads.workload import WorkloadError, user_frame
 from . import allocator
 from .diagnostics import diagnose
 from .profile import profile_cell
@@ -68,8 +71,14 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "oom", f"out of memory: {message[:300]}" if message else "out of memory"
     if compiled.is_compile_error(exc):  # its message goes on with pages of generated code
         return "crashed", f"torch.compile: {type(exc).__name__}: {compiled.first_line(exc)[:300]}"
-    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    at = f" ({os.path.basename(where.filename)}:{where.lineno})" if where else ""
+    if isinstance(exc, WorkloadError):  # already one line naming what is wrong with the workload
+        return "crashed", message[:400]
+    # Where the user's code raised it or called what did; else where it was raised.
+    where = user_frame(exc)
+    if where is None and exc.__traceback__ is not None:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{os.path.basename(frame.filename)}:{frame.lineno}"
+    at = f" ({where})" if where else ""
     return "crashed", f"{type(exc).__name__}: {message[:300]}{at}"
 
 
@@ -266,9 +275,10 @@ class RankWorker:
                                                   f"min_loss_scale={self.config.min_loss_scale:g}")
 
     # --- results -----------------------------------------------------------------------------
-    def collect(self, evaluate: bool = True) -> RankReport:
+    def collect(self, evaluate: bool = True, overhead: bool = True) -> RankReport:
         """This rank's report. Memory is read before anything else allocates; the profiling passes
-        run last, on a report already complete (they append to the trainer's lists, not to it)."""
+        run last, on a report already complete (they append to the trainer's lists, not to it).
+        `overhead`: measure the harness's overhead per step (not for a rank that failed)."""
         self._sync()
         trainer, report, memory = self.trainer, self.report, self.report.memory
         allocated, reserved = torch_memory(self.device)
@@ -292,6 +302,8 @@ class RankWorker:
         loss.skipped = trainer.skipped()
         loss.final_scale = trainer.policy.scaler.get_scale() if trainer.policy.scaler is not None else None
         report.derived = self.derived()
+        if overhead:
+            self._harness_overhead()
         # Compared across ranks by merge_ranks: replicas that drifted apart mean a wrong no_sync.
         report.param_checksum = float(sum(p.detach().double().sum() for p in trainer.raw_model.parameters()))
         if self.rank == 0:
@@ -304,8 +316,22 @@ class RankWorker:
             report.diagnostics = self._diagnose()
         if evaluate and self.profile is not None:
             report.profile = self._profile()
+        if evaluate:  # last, so the passes above keep their steps; every rank: its all-reduce needs them all
+            report.what_ran = self._beside_the_figures(lambda: observe(self.trainer))
         report.cpu_time_s = time.process_time()  # this process's, all threads, from its fork on
         return report
+
+    def _harness_overhead(self) -> None:
+        """trainkit's own cost per step (trainkit.engine.train.overhead), on a null copy of the trainer
+        after the timed steps: it runs none of the cell's work and touches none of its figures."""
+        report = self.report
+        if not report.timing.step_times_s:
+            report.harness_overhead_note = "the cell has no timed steps"
+            return
+        try:
+            report.harness_overhead_us = harness_overhead_us(self.trainer)
+        except Exception as exc:  # a figure beside the others: its failure is reported, not raised
+            report.harness_overhead_note = f"the measurement failed: {classify(exc)[1]}"
 
     def _diagnose(self) -> dict[str, Any]:
         """Why the loss moved, from one more step after everything above was read (like the profiling
@@ -332,7 +358,8 @@ class RankWorker:
         param = next(trainer.raw_model.parameters())
         state = [v for s in trainer.optimizer.state.values() for v in s.values()
                  if isinstance(v, torch.Tensor) and v.ndim > 0]
-        state_dtypes = {str(v.dtype) for v in state}
+        # torchao's quantized states by their kind (8bit, fp8): their dtype is the apparent one
+        state_dtypes = {str(v.dtype) if type(v) is torch.Tensor else dtype_name(v) for v in state}
         param_bytes = sum(p.numel() * p.element_size() for p in trainer.raw_model.parameters())
         return {
             "resolved_device": str(self.device),
@@ -350,10 +377,12 @@ class RankWorker:
             "distributed_backend": dist.get_backend() if dist.is_initialized() else None,
             "has_batchnorm": trainer.workload.has_batchnorm,
             "num_classes": trainer.workload.num_classes,
+            # The workload's own (a user's sequence model, hf:), which the config alone does not know.
+            "tokens_per_sample": trainer.workload.tokens_per_sample,
             "params": count_params(trainer.raw_model),
             # The floor of any peak: weights, their gradients (same dtype) and optimizer state.
             "param_bytes": param_bytes,
-            "optimizer_state_bytes": sum(v.numel() * v.element_size() for v in state),
+            "optimizer_state_bytes": sum(stored_bytes(v) for v in state),
             # The price of master weights: an fp32 copy of every parameter (0 without one).
             "master_dtype": str(trainer.params[0].dtype) if trainer.policy.master_bytes else None,
             "master_bytes": trainer.policy.master_bytes,
@@ -375,7 +404,7 @@ def failure_report(worker: RankWorker | None, rank: int) -> RankReport:
         report.memory.host_rss_peak_bytes = host_rss_peak_bytes()
         return report
     try:
-        return worker.collect(evaluate=False)
+        return worker.collect(evaluate=False, overhead=False)
     except BaseException:  # the failure may have left the device unusable; report what we have
         worker.report.memory.host_rss_peak_bytes = host_rss_peak_bytes()
         if worker.report.memory.host_vm_baseline_bytes is not None:

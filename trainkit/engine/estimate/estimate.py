@@ -78,10 +78,11 @@ from torch import nn
 
 from ..measure.memory import SavedTensors
 from ..spec.config import RunConfig
-from ..spec.precision_facts import DTYPE_BYTES, facts_of
+from ..spec.precision_facts import DTYPE_BYTES, facts_of, optimizer_state_of
 from ..train import checkpointing
 from ..train.loop import build_optimizer
 from ..train.precision import Precision, build_precision
+from ..train.rounding import RoundingOptimizer
 from ..workloads.data import EVAL_SAMPLES, pool_size
 from ..workloads.resolve import build_workload
 from ..workloads.workload import Workload
@@ -189,7 +190,8 @@ class Estimator:
         self.block = CUDA_BLOCK_BYTES if self.device.type == "cuda" else 1
         self.capability = capability
         self.environ = environ
-        self.mode = FakeTensorMode()
+        # A real tensor the model combines (a module-level constant) becomes a fake one where it is used.
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
         # Built for the configuration as given: FP8's conversion checks its micro-batch's rows.
         self.policy: Precision = policy if policy is not None else build_precision(config, self.device)
         self.workload: Workload = build_workload(self.config)
@@ -197,7 +199,7 @@ class Estimator:
         self.model: nn.Module = converted_on_fake(self.workload.build, self.policy.convert_module, [self.policy],
                                                   self.mode, self.device)
         # Checkpointed blocks save only their inputs for backward, as in Trainer.
-        checkpointing.apply(self.model, self.config.model, self.config.activation_checkpointing)
+        checkpointing.apply(self.model, self.workload, self.config.activation_checkpointing)
         self.params = self.policy.trained_parameters(self.model)
         """What the optimizer updates and clipping reads: the parameters, or their master copies."""
         with self.mode:
@@ -236,16 +238,31 @@ class Estimator:
         return sum(self._tensor_bytes(p.numel(), _bytes(self.facts.param_dtype)) for p in self.params)
 
     def optimizer_state_bytes(self) -> int:
-        config, state_bytes = self.config, _bytes(self.facts.optimizer_state_dtype)
+        """The optimizer's state: its buffers in the cell's state precision (the mode's own, or the
+        optimizer_state axis's: torchao's blockwise 8-bit and FP8 states hold codes, an fp32 scale per
+        block and an 8-bit code table, and keep small tensors in the parameters' dtype), Kahan's
+        compensation buffer, and torch.optim Adam's step counters."""
+        config, facts = self.config, self.facts
+        state = optimizer_state_of(config.precision, config.optimizer_state)
+        trained = facts.master_dtype or facts.param_dtype
         if config.optimizer == "sgd":
             per_param = 1 if config.momentum else 0  # SGD keeps no buffer without momentum
             step_counter = 0
         else:
             per_param = 2  # exp_avg and exp_avg_sq
             # A float32 scalar per parameter: on the CPU unless fused or capturable (neither is set),
-            # so it is device memory only on a CPU.
-            step_counter = 4 if self.device.type == "cpu" else 0
-        return sum(per_param * self._tensor_bytes(p.numel(), state_bytes) + step_counter for p in self.params)
+            # so it is device memory only on a CPU. trainkit's rounding optimizer counts on the host.
+            step_counter = 4 if self.device.type == "cpu" and not isinstance(self.optimizer, RoundingOptimizer) else 0
+        total = 0
+        for p in self.params:
+            if state is None:  # a state dtype with no row of its own (fp16)
+                buffer = self._tensor_bytes(p.numel(), _bytes(facts.optimizer_state_dtype))
+            else:
+                buffer = _round(state.tensor_bytes(p.numel(), trained), self.block)
+            compensation = self._tensor_bytes(p.numel(), _bytes(facts.compensation_dtype)) \
+                if facts.compensation_dtype else 0
+            total += per_param * buffer + compensation + step_counter
+        return total
 
     def data_bytes(self) -> int:
         """The synthetic pool and the held-out evaluation set (trainkit.engine.workloads.data), as stored."""

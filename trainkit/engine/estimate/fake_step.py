@@ -70,9 +70,16 @@ def converted_on_fake(build: Callable[[], nn.Module], convert: Callable[[nn.Modu
     meta parameter and buffer of the module, and each tensor (or list of tensors) an object of
     `holders` keeps as an attribute (the policy's master copies and its own list of the
     parameters), is replaced by one fake tensor of its shape, dtype and strides, the same fake
-    tensor wherever the same meta tensor was held (tied weights stay tied)."""
-    with torch.device("meta"):
+    tensor wherever the same meta tensor was held (tied weights stay tied). A build that cannot run
+    on the meta device (one that combines a tensor made outside it, a module-level constant) is
+    built for real on the CPU instead, and its tensors replaced the same way."""
+    try:
+        with torch.device("meta"):
+            module = convert(build())
+        built_on = torch.device("meta")
+    except Exception:  # noqa: BLE001 - any failure on the meta device: the real build says what is wrong
         module = convert(build())
+        built_on = torch.device("cpu")
     fakes: dict[int, torch.Tensor] = {}
 
     def fake(tensor: torch.Tensor) -> torch.Tensor:
@@ -90,9 +97,10 @@ def converted_on_fake(build: Callable[[], nn.Module], convert: Callable[[nn.Modu
                     table[name] = fake(tensor)
     for holder in holders:
         for name, value in vars(holder).items():
-            if isinstance(value, torch.Tensor) and value.is_meta:
+            if isinstance(value, torch.Tensor) and value.device == built_on:
                 setattr(holder, name, fake(value))
-            elif isinstance(value, list) and value and all(isinstance(v, torch.Tensor) and v.is_meta for v in value):
+            elif isinstance(value, list) and value and all(isinstance(v, torch.Tensor) and v.device == built_on
+                                                           for v in value):
                 setattr(holder, name, [fake(v) for v in value])
     return module
 

@@ -9,13 +9,23 @@ precise its step time is:
                  the 1-minute load average at both ends, the share of all cores' time that was
                  busy and that the hypervisor stole (/proc/stat deltas), the share of the window
                  in which some runnable task waited for a CPU (/proc/pressure/cpu, PSI); the
-                 threads each rank ran and the cores it may run on; other processes on its GPU
-                 (NVML). merge_conditions keeps the worst rank of each (a peak is a max).
+                 share of the cell's cores' time that processes other than the cell's own ran
+                 (the cores' busy time, /proc/stat per core, less the CPU time of the cell's own
+                 threads, /proc/<pid>/task/*/schedstat) and how long the cell's threads waited
+                 for a CPU; the threads each rank ran and the cores it may run on; other
+                 processes on its GPU (NVML). merge_conditions keeps the worst rank of each (a
+                 peak is a max).
     noise        the step times' spread (IQR and coefficient of variation over the median and
                  mean) and the order-statistic interval of the median step time (median_interval).
 
 `condition_flags` turns the conditions into readable warnings; bench's table, the summary and the
-report print them. No torch and no scipy here (reports and bench's table read it).
+report print them. The load a cell makes itself is never contention: its ranks, their threads, the
+launcher that started them and the fork server are "the cell's own" (the process tree under the
+launcher, CELL_ROOT_ENV), and only the CPU time others took from its cores is flagged. The PSI share
+and the load average count the cell's own runnable threads (two ranks on two cores wait for each
+other's helper threads in a third of the window on a quiet host), so they are recorded, and the load
+average is flagged only beyond what the cell's own threads could add. No torch and no scipy here
+(reports and bench's table read it).
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .cpus import usable_cpus
+from .cpus import affinity_core_ids, usable_cpus
 
 CONFIDENCE = 0.95
 MIN_STEPS_FOR_INTERVAL = 6
@@ -44,16 +54,42 @@ INTERVAL_METHOD = (f"order-statistic interval of the median step time, {CONFIDEN
                    f"{CONFIDENCE + INTERPOLATION_MARGIN:.0%}; none below {MIN_STEPS_FOR_INTERVAL} steps); "
                    "step-to-step noise within the cell's process, not run-to-run")
 LOAD_PER_CORE_LIMIT = 1.0
-"""A 1-minute load average above this many runnable tasks per core means tasks waited for a CPU
-while the cell ran: the host was loaded beyond its cores."""
+"""A 1-minute load average above this many runnable tasks per core, plus the cell's own threads,
+means tasks besides the cell's waited for a CPU: the host was loaded beyond its cores."""
 STEAL_SHARE_LIMIT = 0.05
 """CPU time a hypervisor took from this VM above this share of the window slows every step."""
-PRESSURE_SHARE_LIMIT = 0.25
-"""A runnable task waited for a CPU during more than this share of the timed window (PSI): the
-cores were contended while the steps ran, whatever the 1-minute load average says."""
+OTHERS_SHARE_LIMIT = 0.10
+"""Processes other than the cell's own ran for more than this share of its cores' time in the timed
+window: a tenth of the cores, well above the kernel's own threads on a quiet host (under 2 %)."""
+OWN_WAIT_SHARE_LIMIT = 0.05
+"""...and the cell's threads spent more than this share of their runnable time waiting for a CPU:
+others' load on cores the cell left idle (one rank on two cores) takes nothing from it."""
+CELL_ROOT_ENV = "TRAINKIT_CELL_ROOT_PID"
+"""The launcher's PID, in every rank's environment: the process tree under it (the fork server, the
+ranks, their threads, the launcher itself) is the cell's own load. Without it (torchrun) the rank's
+parent is the root: the agent that started the node's ranks."""
+BUSY_FIELDS = (0, 1, 2, 5, 6)  # user nice system irq softirq; guest is inside user, steal is not this VM's
 HOST_METHOD = ("per rank over its timed window: /proc/loadavg (1-minute load average) at its start and end, "
                "/proc/stat deltas of all cores (busy and steal shares), /proc/pressure/cpu 'some' total delta "
-               "(share of the window with a runnable task waiting for a CPU); the worst rank")
+               "(share of the window with a runnable task waiting for a CPU, the cell's own included); "
+               "others' share: the busy time of the cores in the rank's affinity (/proc/stat cpuN user+nice+"
+               "system+irq+softirq, clock ticks) less the on-CPU time of every thread of the cell's own "
+               "processes (/proc/<pid>/task/<tid>/schedstat, ns; the process tree under the launcher), over "
+               "the window times those cores (flagged only beyond its resolution, a clock tick per core); the "
+               "cell's wait share: its threads' run-queue wait over their "
+               "on-CPU plus wait time (schedstat); the worst rank")
+
+
+@dataclass(frozen=True)
+class CellSnapshot:
+    """The CPU time of the cell's own threads at one instant (/proc/<pid>/task/<tid>/schedstat)."""
+
+    pids: tuple[int, ...]
+    """The cell's own processes: the tree under its root (CELL_ROOT_ENV)."""
+    threads: tuple[tuple[int, int, int | None], ...]
+    """(thread id, nanoseconds on a CPU, nanoseconds runnable but waiting for one) of each thread of
+    `pids`; the wait is None where the kernel has no schedstat (on-CPU time then from the thread's
+    utime + stime, in clock ticks)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +102,12 @@ class HostSnapshot:
     """The fields of /proc/stat's aggregate `cpu` line: user nice system idle iowait irq softirq steal ..."""
     cpu_pressure_some_us: int | None
     """/proc/pressure/cpu `some total=`: microseconds in which some runnable task waited for a CPU."""
+    core_busy_ticks: int | None = None
+    """Busy clock ticks (BUSY_FIELDS) of the cores this process may run on, summed (/proc/stat cpuN)."""
+    cores: int | None = None
+    """How many cores `core_busy_ticks` adds up."""
+    cell: CellSnapshot | None = None
+    """The cell's own threads' CPU time; None where it could not be read."""
 
 
 def _read(path: str) -> str | None:
@@ -76,9 +118,94 @@ def _read(path: str) -> str | None:
         return None
 
 
-def host_snapshot() -> HostSnapshot:
-    """The host's load, CPU time counters and CPU pressure now."""
-    loadavg, stat, pressure = _read("/proc/loadavg"), _read("/proc/stat"), _read("/proc/pressure/cpu")
+def _stat_fields(text: str) -> list[str]:
+    """The fields of a /proc/<pid>/stat after the command name (which may hold spaces and parentheses):
+    [0] is the state, [1] the parent's PID, [11] and [12] utime and stime in clock ticks."""
+    return text[text.rindex(")") + 2:].split()
+
+
+def cell_processes(root_pid: int, proc: str = "/proc") -> tuple[int, ...]:
+    """`root_pid` and every process below it, from each thread's `children` file, or where the kernel
+    has none (CONFIG_PROC_CHILDREN) from every process's parent in its stat."""
+    found, queue = [root_pid], [root_pid]
+    if not os.path.exists(os.path.join(proc, str(root_pid), "task", str(root_pid), "children")):
+        parents: dict[int, list[int]] = {}
+        for name in os.listdir(proc):
+            text = _read(os.path.join(proc, name, "stat")) if name.isdigit() else None
+            if text:
+                parents.setdefault(int(_stat_fields(text)[1]), []).append(int(name))
+        while queue:
+            children = parents.get(queue.pop(), [])
+            found += children
+            queue += children
+        return tuple(found)
+    while queue:
+        pid = queue.pop()
+        try:
+            tids = os.listdir(os.path.join(proc, str(pid), "task"))
+        except OSError:
+            continue  # ended meanwhile
+        for tid in tids:
+            children = [int(c) for c in (_read(os.path.join(proc, str(pid), "task", tid, "children")) or "").split()]
+            found += children
+            queue += children
+    return tuple(found)
+
+
+def _clock_ticks_per_s() -> int:
+    return os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cell_snapshot(pids: tuple[int, ...], proc: str = "/proc") -> CellSnapshot:
+    """The on-CPU and run-queue wait time of every thread of `pids` now (threads that ended are gone:
+    their time in the window is counted as others', a rare and small overstatement)."""
+    threads = []
+    tick_ns = 1e9 / _clock_ticks_per_s()
+    for pid in pids:
+        task = os.path.join(proc, str(pid), "task")
+        try:
+            tids = os.listdir(task)
+        except OSError:
+            continue
+        for tid in tids:
+            schedstat = _read(os.path.join(task, tid, "schedstat"))
+            if schedstat:
+                on_cpu, wait = schedstat.split()[:2]
+                threads.append((int(tid), int(on_cpu), int(wait)))
+                continue
+            stat = _read(os.path.join(task, tid, "stat"))
+            if stat:
+                fields = _stat_fields(stat)
+                threads.append((int(tid), int((int(fields[11]) + int(fields[12])) * tick_ns), None))
+    return CellSnapshot(pids=pids, threads=tuple(threads))
+
+
+def _core_busy_ticks(stat: str | None, cores: frozenset[int] | None) -> tuple[int | None, int | None]:
+    """Busy ticks summed over `cores` (all of /proc/stat's cpuN lines where None), and how many."""
+    busy = counted = 0
+    for line in (stat or "").splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu" or not name[3:].isdigit():
+            continue
+        if cores is None or int(name[3:]) in cores:
+            values = [int(v) for v in rest.split()]
+            busy += sum(values[i] for i in BUSY_FIELDS if i < len(values))
+            counted += 1
+    return (busy, counted) if counted else (None, None)
+
+
+def cell_root_pid() -> int:
+    """The root of the cell's own process tree (CELL_ROOT_ENV), else this process's parent."""
+    value = os.environ.get(CELL_ROOT_ENV, "")
+    return int(value) if value.isdigit() else os.getppid()
+
+
+def host_snapshot(cell_pids: tuple[int, ...] | None = None, proc: str = "/proc") -> HostSnapshot:
+    """The host's load, CPU time counters and CPU pressure now, and the CPU time of the cell's own
+    threads: of `cell_pids` (an earlier snapshot's, so both ends count the same processes), else of
+    the tree under cell_root_pid(). `proc` stands in for /proc (tests give a tree of stand-in files)."""
+    loadavg, stat = _read(os.path.join(proc, "loadavg")), _read(os.path.join(proc, "stat"))
+    pressure = _read(os.path.join(proc, "pressure", "cpu"))
     jiffies = None
     if stat and stat.startswith("cpu "):
         jiffies = tuple(int(v) for v in stat.split("\n", 1)[0].split()[1:])
@@ -86,8 +213,34 @@ def host_snapshot() -> HostSnapshot:
     for line in (pressure or "").splitlines():
         if line.startswith("some "):
             some_us = int(dict(part.split("=") for part in line.split()[1:])["total"])
+    cell = None
+    try:
+        if cell_pids is None:
+            cell_pids = cell_processes(cell_root_pid(), proc)
+            if proc == "/proc" and os.getpid() not in cell_pids:  # a stale root: this rank is its own still
+                cell_pids = (*cell_pids, os.getpid())
+        cell = cell_snapshot(cell_pids, proc)
+    except (OSError, ValueError, IndexError):
+        pass  # no /proc of the processes (not Linux): others' share is not measured
+    busy, cores = _core_busy_ticks(stat, affinity_core_ids())
     return HostSnapshot(monotonic_s=time.monotonic(), load_avg_1m=float(loadavg.split()[0]) if loadavg else None,
-                        cpu_jiffies=jiffies, cpu_pressure_some_us=some_us)
+                        cpu_jiffies=jiffies, cpu_pressure_some_us=some_us, core_busy_ticks=busy, cores=cores,
+                        cell=cell)
+
+
+def _own_time_s(before: CellSnapshot, after: CellSnapshot) -> tuple[float, float | None]:
+    """The cell's threads' on-CPU and run-queue wait seconds between two snapshots; a thread born in
+    between counts from zero. The wait is None where any thread had no schedstat."""
+    earlier = {tid: (on_cpu, wait) for tid, on_cpu, wait in before.threads}
+    on_cpu_ns, wait_ns, waits_known = 0, 0, True
+    for tid, on_cpu, wait in after.threads:
+        on_cpu_then, wait_then = earlier.get(tid, (0, 0))
+        on_cpu_ns += max(0, on_cpu - on_cpu_then)
+        if wait is None or wait_then is None:
+            waits_known = False
+        else:
+            wait_ns += max(0, wait - wait_then)
+    return on_cpu_ns / 1e9, wait_ns / 1e9 if waits_known else None
 
 
 IDLE_FIELDS = (3, 4)  # idle, iowait
@@ -108,15 +261,30 @@ def host_window(before: HostSnapshot, after: HostSnapshot) -> dict[str, Any]:
     pressure = None
     if before.cpu_pressure_some_us is not None and after.cpu_pressure_some_us is not None and window_s > 0:
         pressure = min(1.0, (after.cpu_pressure_some_us - before.cpu_pressure_some_us) / 1e6 / window_s)
+    others = resolution = own_cores = own_wait = None
+    if before.cell is not None and after.cell is not None and window_s > 0:
+        own_on_cpu_s, own_wait_s = _own_time_s(before.cell, after.cell)
+        own_cores = own_on_cpu_s / window_s
+        if own_wait_s is not None and own_on_cpu_s + own_wait_s > 0:
+            own_wait = own_wait_s / (own_on_cpu_s + own_wait_s)
+        if before.core_busy_ticks is not None and after.core_busy_ticks is not None and after.cores:
+            busy_s = (after.core_busy_ticks - before.core_busy_ticks) / _clock_ticks_per_s()
+            # Ticks are sampled, schedstat is exact: a quiet window can read a little below zero.
+            others = min(1.0, max(0.0, busy_s - own_on_cpu_s) / (window_s * after.cores))
+            # Each core's count is sampled at each tick: a window reads up to a tick per core off.
+            resolution = 1.0 / (_clock_ticks_per_s() * window_s)
     return {"window_s": window_s, "load_avg_1m_start": before.load_avg_1m, "load_avg_1m_end": after.load_avg_1m,
-            "cpu_busy_share": busy, "cpu_steal_share": steal, "cpu_pressure_share": pressure}
+            "cpu_busy_share": busy, "cpu_steal_share": steal, "cpu_pressure_share": pressure,
+            "others_cpu_share": others, "others_cpu_share_resolution": resolution, "cell_cores": after.cores,
+            "cell_cpu_cores": own_cores,
+            "cell_wait_share": own_wait, "cell_processes": len(after.cell.pids) if after.cell else None}
 
 
 def rank_conditions(before: HostSnapshot | None, torch_threads: int, interop_threads: int) -> dict[str, Any]:
     """One rank's conditions: the host from `before` (its first timed step) to now, the threads it
     runs its math on and the CPUs it may keep busy (its affinity and cgroup quota, trainkit.engine.measure.cpus)."""
     budget = usable_cpus()
-    window = host_window(before, host_snapshot()) if before is not None else {}
+    window = host_window(before, host_snapshot(before.cell.pids if before.cell else None)) if before else {}
     return {**window, "torch_threads": torch_threads, "interop_threads": interop_threads,
             "usable_cores": budget.cpus, "usable_cores_method": budget.method, "host_cores": os.cpu_count(),
             "hostname": platform.node()}
@@ -150,7 +318,9 @@ def merge_conditions(per_rank: list[dict[str, Any] | None], gpu_processes: list[
     busiest = max(hosts, key=hosts.get)  # type: ignore[arg-type]
     on_busiest = [c for c in ranks if (c.get("hostname") or "") == busiest]
     merged: dict[str, Any] = {key: _max([c.get(key) for c in ranks]) for key in (
-        "window_s", "load_avg_1m_start", "load_avg_1m_end", "cpu_busy_share", "cpu_steal_share", "cpu_pressure_share")}
+        "window_s", "load_avg_1m_start", "load_avg_1m_end", "cpu_busy_share", "cpu_steal_share", "cpu_pressure_share",
+        "others_cpu_share", "others_cpu_share_resolution", "cell_cores", "cell_cpu_cores", "cell_wait_share",
+        "cell_processes")}
     merged.update(host_cores=_max([c.get("host_cores") for c in on_busiest]),
                   usable_cores=_max([c.get("usable_cores") for c in on_busiest]),
                   usable_cores_method=on_busiest[0].get("usable_cores_method"),
@@ -241,17 +411,25 @@ def median_intervals(samples: list[list[float]]) -> list[tuple[float | None, flo
 
 def condition_flags(conditions: dict[str, Any] | None) -> list[str]:
     """Readable warnings of a record's conditions (empty when they were fine or not recorded): the host
-    loaded beyond its cores, CPU steal, more threads than cores, other processes on its GPUs."""
+    loaded beyond its cores and the cell's own threads, others' processes taking CPU time from the
+    cell's cores while its threads waited, CPU steal, more threads than cores, other processes on its
+    GPUs. Nothing the cell's own processes did is contention (module docstring)."""
     if not conditions:
         return []
     flags = []
-    cores = conditions.get("host_cores")
+    cores, own_threads = conditions.get("host_cores"), conditions.get("threads_on_busiest_host") or 0
     load = _max([conditions.get("load_avg_1m_start"), conditions.get("load_avg_1m_end")])
-    if load is not None and cores and load > LOAD_PER_CORE_LIMIT * cores:
+    if load is not None and cores and load > LOAD_PER_CORE_LIMIT * cores + own_threads:
         flags.append(f"host loaded: load average {load:.1f} on {int(cores)} cores")
-    pressure = conditions.get("cpu_pressure_share")
-    if pressure is not None and pressure > PRESSURE_SHARE_LIMIT:
-        flags.append(f"CPU contention: a task waited for a CPU in {pressure:.0%} of the timed window")
+    others, wait = conditions.get("others_cpu_share"), conditions.get("cell_wait_share")
+    resolution = conditions.get("others_cpu_share_resolution") or 0.0
+    if (others is not None and others - resolution > OTHERS_SHARE_LIMIT
+            and (wait is None or wait > OWN_WAIT_SHARE_LIMIT)):
+        cell_cores = conditions.get("cell_cores")
+        flags.append(f"CPU contention: other processes ran {others:.0%} of its "
+                     f"{f'{int(cell_cores)} ' if cell_cores else ''}cores' time in the timed window"
+                     + (f", its threads waited for a CPU {wait:.0%} of their runnable time" if wait is not None
+                        else ""))
     steal = conditions.get("cpu_steal_share")
     if steal is not None and steal > STEAL_SHARE_LIMIT:
         flags.append(f"CPU steal {steal:.0%} of the timed window")

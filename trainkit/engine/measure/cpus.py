@@ -118,6 +118,13 @@ def affinity_cpus() -> int:
     return len(getaffinity(0)) if getaffinity is not None else (os.cpu_count() or 1)
 
 
+def affinity_core_ids() -> frozenset[int] | None:
+    """The ids of the cores this process may run on (the `cpuN` of /proc/stat); None where the
+    platform has no affinity: the cores whose time another process can take from this one."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return frozenset(getaffinity(0)) if getaffinity is not None else None
+
+
 def usable_cpus(root: str = "/") -> CpuBudget:
     """This process's CPU budget; `root` stands in for / (tests give a tree of stand-in files)."""
     affinity = affinity_cpus()

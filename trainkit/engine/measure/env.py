@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..spec.schema import FINGERPRINT_KEYS, fingerprint  # noqa: F401 - part of this module's interface
+from .cpus import usable_cpus
 from .memory import alloc_conf
 from .nvml import Nvml
 
@@ -71,6 +72,9 @@ def collect_env(device: torch.device) -> dict[str, Any]:
         "gpu_power_limit_w": None, "gpu_max_sm_clock_mhz": None, "gpu_ecc": None, "gpu_mig": None,
         "pytorch_cuda_alloc_conf": alloc_conf(),
         "torch_num_threads": torch.get_num_threads(),
+        # The cores this process may run on (affinity and cgroup quota; os.cpu_count() counts the
+        # machine's): part of a CPU cell's fingerprint.
+        "usable_cpus": usable_cpus().cpus,
         **cpu_info(),
         **git_commit(),
     }

@@ -145,7 +145,8 @@ def mfu(flops_per_sample: float | None, throughput_samples_per_s: float | None, 
 def flop_counts(workload: Workload) -> tuple[Any, Any, int]:
     """(A FlopCounterMode that counted one forward + backward of the workload's model, that model,
     the batch it ran.) On the meta device (no memory, no compute) where the model's forward runs
-    there, else on a real CPU batch of one (data-dependent code, as in transformers' masks)."""
+    there, else on a real CPU batch of two (data-dependent code, as in transformers' masks, or a
+    module-level constant; two, since BatchNorm refuses one sample in training mode)."""
     # torch: this module is torch-free at import (the reports' flags and nightly's gpu-check read its peak table)
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -158,7 +159,6 @@ def flop_counts(workload: Workload) -> tuple[Any, Any, int]:
         with FlopCounterMode(display=False) as counter:
             workload.loss_fn(model(x), target).backward()
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
-        batch = 1
         model = workload.build()
         x, target = workload.make_batch(batch, torch.Generator().manual_seed(0), torch.device("cpu"))
         with FlopCounterMode(display=False) as counter:

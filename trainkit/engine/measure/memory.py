@@ -91,3 +91,11 @@ class SavedTensors:
 
     def hooks(self) -> Any:
         return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+
+def quiet_profiler() -> None:
+    """Keep Kineto (torch.profiler's engine) off stderr on a CPU: it logs its stages, its USDT probes
+    and, in a CUDA build of torch on a machine without a GPU, a spurious "gpuGetDeviceCount failed
+    with code 35" error. Level 6 is above all of them (5 still prints the probes); Kineto reads it
+    when a profile starts."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")

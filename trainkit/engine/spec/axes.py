@@ -3,7 +3,8 @@
 A row names the axis (bench's test parameter, the key of an override and of a preset block), the
 RunConfig field it sets, its command-line option (a list of values, validated as it is parsed),
 the value a block that leaves it out takes, its fragment of the cell id, its words in a report's
-variant, and the rule that skips a cell the hardware cannot run. Every reader goes through AXES at
+variant, the rule that skips a cell the hardware cannot run, and the rule that leaves out a cell
+that does not apply to its model. Every reader goes through AXES at
 the time it reads (bench's options, matrix, ids and test parameters; RunConfig.cell_id; the
 reports' columns and grouping), so an axis added here, as one row, is everywhere at once.
 
@@ -25,9 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .choices import ACTIVATION_CHECKPOINTING, ALLOC_CONF_PATTERN, checkpointing_unsupported_reason
+from .choices import ACTIVATION_CHECKPOINTING, ALLOC_CONF_PATTERN, CHECKPOINTED_MODULES
 from .options import GPUS_LIST, MODELS_LIST, PRECISIONS_LIST, Option, choice, comma_list, integer, optional
-from .precision_facts import SHORT_DTYPE, facts_of
+from .precision_facts import OPTIMIZER_STATES, SHORT_DTYPE, facts_of, library_missing_reason, optimizer_state_problem
 
 CONV_MODELS = ("cnn", "resnet18", "resnet50")
 
@@ -75,6 +76,9 @@ class Axis:
     which the report has as columns of its own)."""
     skip: SkipRule | None = None
     """Why the hardware cannot run a cell with this value (the cell's values, the hardware), or None."""
+    left_out: Callable[[Values], str | None] | None = None
+    """Why a cell with this value does not apply to its model at all (activation checkpointing of a
+    model without blocks), or None: such a cell is left out of a matrix, never run or recorded."""
     column: str | None = None
     """The report's column for the axis (None: `name`)."""
 
@@ -140,8 +144,31 @@ def _compile_skip(values: Values, hw: Hardware) -> str | None:
     return hw.compile_unsupported if values["compile"] else None
 
 
-def _checkpointing_skip(values: Values, hw: Hardware) -> str | None:
-    return checkpointing_unsupported_reason(values["model"], values["activation_checkpointing"])
+def _checkpointing_left_out(values: Values) -> str | None:
+    """A model that names no blocks has nothing to checkpoint: its cells with checkpointing are not
+    a result of the hardware, they do not exist. A built-in is known by name; whether a workload
+    names blocks is known once it is resolved, which spec cannot do (no torch here): the matrix
+    resolves it and passes `names_blocks` with the cell's values."""
+    if (values.get("activation_checkpointing") or "none") == "none":
+        return None
+    names = values.get("names_blocks")
+    if names is None:
+        names = values.get("workload") is None and values["model"] in CHECKPOINTED_MODULES
+    return None if names else f"{values['model']} names no blocks to checkpoint (Workload.checkpoint_blocks)"
+
+
+def _optimizer_state_skip(values: Values, hw: Hardware) -> str | None:
+    """A state the mode and optimizer cannot keep; torchao's low-bit states compile their step, so
+    they need what torch.compile needs here."""
+    state = values.get("optimizer_state")
+    if state is None:
+        return None
+    problem = optimizer_state_problem(values["precision"], state, values.get("optimizer", "sgd"))
+    if problem is None and OPTIMIZER_STATES[state].library == "torchao":
+        problem = library_missing_reason(state)
+        if problem is None and hw.compile_unsupported:
+            problem = f"optimizer_state={state}: torchao compiles its optimizer step; {hw.compile_unsupported}"
+    return problem
 
 
 # --- the axes' words in ids and reports -------------------------------------------------------------------
@@ -176,6 +203,16 @@ def _alloc_label(values: Values) -> str:
     return f"alloc={setting}" if isinstance(setting, str) and setting else ""
 
 
+def _state_tag(values: Values) -> str:
+    state = values.get("optimizer_state")
+    return f"-os{state}" if state else ""
+
+
+def _state_label(values: Values) -> str:
+    state = values.get("optimizer_state")
+    return f"state={state}" if state else ""
+
+
 AXES: tuple[Axis, ...] = (
     Axis("model", "model", MODELS_LIST, "mlp", lambda v: f"{v['model']}"),
     Axis("precision", "precision", PRECISIONS_LIST, "fp32", lambda v: f"-{v['precision']}", skip=_precision_skip),
@@ -191,12 +228,16 @@ AXES: tuple[Axis, ...] = (
     Axis("activation_checkpointing", "activation_checkpointing",
          Option("--activation-checkpointing", comma_list(choice(ACTIVATION_CHECKPOINTING)), "A,B",
                 ", ".join(ACTIVATION_CHECKPOINTING)),
-         "none", _checkpointing_tag, _checkpointing_label, _checkpointing_skip),
+         "none", _checkpointing_tag, _checkpointing_label, left_out=_checkpointing_left_out),
     Axis("alloc_conf", "alloc_conf",
          Option("--alloc-conf", comma_list(optional(alloc_setting), separator=";"), "A;B",
                 "PYTORCH_CUDA_ALLOC_CONF settings separated by ';' (each may hold commas), none for the "
                 "environment's own"),
          None, _alloc_tag, _alloc_label),
+    Axis("optimizer_state", "optimizer_state",
+         Option("--optimizer-state", comma_list(optional(choice(tuple(OPTIMIZER_STATES)))), "A,B",
+                f"{', '.join(OPTIMIZER_STATES)} (8bit, fp8: torchao's Adam states), none for the precision's own"),
+         None, _state_tag, _state_label, _optimizer_state_skip),
 )
 """The matrix's axes in the order of the cell id, of the test's parameters and of the cross product."""
 FIXED_PART = 5
@@ -220,6 +261,16 @@ def cell_id(values: Values) -> str:
     """The readable id of a cell, e.g. resnet50-amp-fp16-bs256-ga4-gpus2 or
     gpt-fp8-rowwise-bs16-ga4-gpus1-compiled-ac: every axis's fragment, in order."""
     return "".join(axis.tag(values) for axis in AXES)
+
+
+def left_out_reason(values: Values) -> str | None:
+    """Why the cell does not apply to its model (it is left out of a matrix), or None: the first
+    axis, in order, whose rule says so."""
+    for axis in AXES:
+        reason = axis.left_out(values) if axis.left_out else None
+        if reason:
+            return reason
+    return None
 
 
 def skip_reason(values: Values, hw: Hardware) -> str | None:

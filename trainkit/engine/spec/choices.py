@@ -23,8 +23,9 @@ CHECKPOINTED_MODULES = {
     "resnet50": "the four stages layer1..layer4",
     "cnn": "the two conv stages",
 }
-"""What `activation_checkpointing=full` wraps in each model that has blocks or stages
-(trainkit.engine.train.checkpointing)."""
+"""What `activation_checkpointing=full` wraps in each built-in model that has blocks or stages
+(their workloads' checkpoint_blocks, trainkit.engine.workloads.models), known by name without
+building one: the matrix's left-out rule reads it at collection, without torch."""
 ALLOC_CONF_PATTERN = re.compile(r"[A-Za-z_]+:[^,:\s]+(,[A-Za-z_]+:[^,:\s]+)*")
 """PYTORCH_CUDA_ALLOC_CONF's form: option:value pairs joined by commas (PyTorch checks the options)."""
 WORKLOAD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*(-[A-Za-z0-9_.]+)*")
@@ -44,11 +45,3 @@ def workload_problem(model: object, workload: object, data: object) -> str | Non
         return (f"data={data!r} is for the built-in models; workload {model!r} reads synthetic data (its make_batch) "
                 "or its own data set (data=workload)")
     return None
-
-
-def checkpointing_unsupported_reason(model: str, mode: str) -> str | None:
-    """Why a model cannot run with this activation checkpointing, or None."""
-    if mode == "none" or model in CHECKPOINTED_MODULES:
-        return None
-    return (f"activation checkpointing wraps blocks or stages ({', '.join(CHECKPOINTED_MODULES)}); "
-            f"{model} has none")

@@ -27,7 +27,7 @@ from .choices import (  # defined in a leaf that the option types and the axes r
     SCHEDULES,
     workload_problem,
 )
-from .precision_facts import facts_of, precision_names
+from .precision_facts import OPTIMIZER_STATES, facts_of, precision_names
 
 FP16_MAX = 65504.0
 
@@ -125,6 +125,9 @@ class RunConfig:
     clip_grad_norm: float | None = None
     """Clip the global gradient norm to this value (after unscaling); None disables clipping."""
 
+    optimizer_state: str | None = None
+    """Optimizer state precision: fp32, bf16, 8bit or fp8 (torchao's blockwise Adam states); None: the
+    mode's own (precision_facts.OPTIMIZER_STATES; a combination they cannot run is unsupported)."""
     fp32_main_grads: bool = True
     """Master-weight modes (half-*-master) only: accumulate the micro-batches' gradients, and average
     them over ranks, in fp32 main gradients beside the fp32 masters, as Megatron-LM (accumulate_allreduce_grads_in_fp32,
@@ -248,7 +251,10 @@ class RunConfig:
 
     @property
     def tokens_per_sample(self) -> int | None:
-        return self.seq_len if self.model == "gpt" else None
+        """Tokens per sample as the config alone knows them: the built-in GPT's seq_len. A
+        workload's own (Workload.tokens_per_sample: a user's model, hf:) is known once it is
+        resolved; the worker records it in the record's config."""
+        return self.seq_len if self.model == "gpt" and self.workload is None else None
 
     @property
     def cell_id(self) -> str:
@@ -344,6 +350,8 @@ def _check_precision(c: RunConfig) -> None:
     if c.fp16_optimizer_state and c.lr > FP16_MAX:
         raise ConfigError(f"lr={c.lr!r} cannot be represented in fp16 (max {FP16_MAX:g}), which "
                           f"{c.precision}'s optimizer steps use")
+    if c.optimizer_state is not None:
+        _choices("optimizer_state", c.optimizer_state, tuple(OPTIMIZER_STATES))
     if not isinstance(c.fp32_main_grads, bool):
         raise ConfigError(f"fp32_main_grads={c.fp32_main_grads!r} must be true or false")
 

@@ -12,11 +12,14 @@ No torch here: reports and the nightly gate read this without paying torch's imp
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 LOSS_SCALING = ("none", "dynamic", "static")
+WEIGHT_ROUNDING = ("nearest", "stochastic", "kahan")
+"""How an update is rounded into a half-precision weight (trainkit.engine.train.rounding)."""
 PEAK_KINDS = ("fp32", "tf32", "bf16", "fp16", "fp8")
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1, "uint8": 1}
 SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8"}
 
 
@@ -39,6 +42,12 @@ class PrecisionFacts:
     """dtype of a master copy of the weights that the optimizer updates and the parameters are
     copied from, where the mode keeps one apart from the parameters; None: the optimizer updates
     the parameters themselves."""
+    weight_rounding: str = "nearest"
+    """How the optimizer writes an update into the weights it updates: nearest (the dtype's own
+    rounding), stochastic (rounded up or down at random, exact in expectation) or kahan (a
+    compensation buffer keeps what each rounding lost and adds it to the next update)."""
+    compensation_dtype: str | None = None
+    """dtype of Kahan's compensation buffer, one element per parameter; None without one."""
     loss_scaling: str = "none"
     """none, dynamic (torch.amp.GradScaler: skips steps with inf/NaN gradients) or static (a fixed
     factor, for parameters GradScaler refuses)."""
@@ -57,9 +66,15 @@ class PrecisionFacts:
     def __post_init__(self) -> None:
         if self.loss_scaling not in LOSS_SCALING:
             raise ValueError(f"{self.name}: loss_scaling={self.loss_scaling!r}; choose from {', '.join(LOSS_SCALING)}")
+        if self.weight_rounding not in WEIGHT_ROUNDING:
+            raise ValueError(f"{self.name}: weight_rounding={self.weight_rounding!r}; choose from "
+                             f"{', '.join(WEIGHT_ROUNDING)}")
+        if (self.weight_rounding == "kahan") != (self.compensation_dtype is not None):
+            raise ValueError(f"{self.name}: a compensation buffer is Kahan's, and Kahan needs one")
         if self.peak_kind not in PEAK_KINDS:
             raise ValueError(f"{self.name}: peak_kind={self.peak_kind!r}; choose from {', '.join(PEAK_KINDS)}")
-        for dtype in (self.compute_dtype, self.param_dtype, self.optimizer_state_dtype, self.master_dtype or "float32"):
+        for dtype in (self.compute_dtype, self.param_dtype, self.optimizer_state_dtype, self.master_dtype or "float32",
+                      self.compensation_dtype or "float32"):
             if dtype not in DTYPE_BYTES:
                 raise ValueError(f"{self.name}: dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
 
@@ -84,6 +99,18 @@ PRECISION_FACTS: dict[str, PrecisionFacts] = {facts.name: facts for facts in (
     PrecisionFacts(name="half-bf16", summary="bf16 weights, gradients and optimizer state",
                    compute_dtype="bfloat16", param_dtype="bfloat16", optimizer_state_dtype="bfloat16",
                    min_capability=(8, 0), peak_kind="bf16", color="#937860"),
+    # The fixes of pure bf16's stagnation (Zamirai et al., "Revisiting BFloat16 Training"): the same
+    # 10 (SR) or 12 (Kahan) bytes per parameter with Adam, the updates no longer rounded away
+    # (trainkit/engine/rounding.py).
+    PrecisionFacts(name="half-bf16-sr", summary="bf16 weights, gradients and optimizer state; each update "
+                                                "rounded stochastically into the weights",
+                   compute_dtype="bfloat16", param_dtype="bfloat16", optimizer_state_dtype="bfloat16",
+                   weight_rounding="stochastic", min_capability=(8, 0), peak_kind="bf16", color="#b07aa1"),
+    PrecisionFacts(name="half-bf16-kahan", summary="bf16 weights, gradients and optimizer state; a bf16 Kahan "
+                                                   "compensation buffer keeps what each update's rounding lost",
+                   compute_dtype="bfloat16", param_dtype="bfloat16", optimizer_state_dtype="bfloat16",
+                   weight_rounding="kahan", compensation_dtype="bfloat16", min_capability=(8, 0),
+                   peak_kind="bf16", color="#9c755f"),
     # Master weights (Micikevicius et al. 2018; Megatron-LM's Float16OptimizerWithFloat16Params,
     # DeepSpeed's fp16/bf16 optimizers): the half-precision weights only run forward and backward.
     PrecisionFacts(name="half-fp16-master", summary="fp16 weights for forward and backward; an fp32 master copy and "
@@ -107,6 +134,92 @@ PRECISION_FACTS: dict[str, PrecisionFacts] = {facts.name: facts for facts in (
                    compute_dtype="float8_e4m3fn", param_dtype="float32", optimizer_state_dtype="float32",
                    min_capability=(8, 9), cuda_only=True, peak_kind="fp8", color="#64b5cd"),
 )}
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerStateFacts:
+    """One precision of the optimizer's state (the matrix's optimizer_state axis), apart from the
+    precision mode's own."""
+
+    name: str
+    """The value on the command line, in records and in cell ids (-os8bit)."""
+    summary: str
+    storage_dtype: str
+    """dtype of the stored elements (the quantized codes of a blockwise state)."""
+    block_size: int | None = None
+    """Elements sharing one fp32 scale (torchao's blockwise states); None: stored plainly."""
+    min_numel: int = 0
+    """Smallest tensor stored this way: torchao, as bitsandbytes, keeps a tensor below 4096 elements
+    (or not a multiple of the block) in the parameter's dtype."""
+    map_bytes: int = 0
+    """Bytes of the code table each state tensor keeps (torchao's 8-bit dynamic map: 256 fp32)."""
+    optimizers: tuple[str, ...] = ("sgd", "adam", "adamw")
+    """The optimizers that can keep their state this way."""
+    library: str | None = None
+    """Who implements it ("torchao": its low-bit AdamW, which compiles its step); None: trainkit
+    (trainkit.engine.train.rounding.RoundingOptimizer, for a state dtype the parameters lack)."""
+
+    def stored_here(self, numel: int) -> bool:
+        """Whether a state tensor of `numel` elements is stored this way (else in its parameter's dtype)."""
+        return self.block_size is None or (numel >= self.min_numel and numel % self.block_size == 0)
+
+    def tensor_bytes(self, numel: int, param_dtype: str) -> int:
+        """Bytes of one state tensor of a parameter of `numel` elements in `param_dtype`."""
+        if not self.stored_here(numel):
+            return numel * DTYPE_BYTES[param_dtype]
+        scales = numel // self.block_size * 4 if self.block_size else 0
+        return numel * DTYPE_BYTES[self.storage_dtype] + scales + self.map_bytes
+
+
+OPTIMIZER_STATES: dict[str, OptimizerStateFacts] = {facts.name: facts for facts in (
+    OptimizerStateFacts(name="fp32", summary="fp32 optimizer state", storage_dtype="float32"),
+    OptimizerStateFacts(name="bf16", summary="bf16 optimizer state, computed in fp32 and stored rounded to nearest",
+                        storage_dtype="bfloat16"),
+    # torchao's low-bit AdamW (torchao/optim/README.md): blockwise quantized moments, 256 per scale.
+    OptimizerStateFacts(name="8bit", summary="8-bit blockwise Adam moments (torchao AdamW8bit, dynamic-tree codes)",
+                        storage_dtype="uint8", block_size=256, min_numel=4096, map_bytes=256 * 4,
+                        optimizers=("adam", "adamw"), library="torchao"),
+    OptimizerStateFacts(name="fp8", summary="float8 e4m3 blockwise Adam moments (torchao AdamWFp8)",
+                        storage_dtype="float8_e4m3fn", block_size=256, min_numel=4096,
+                        optimizers=("adam", "adamw"), library="torchao"),
+)}
+"""The optimizer_state axis's values: fp32, bf16, 8bit, fp8 (None there: the precision mode's own)."""
+STATE_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16"}
+
+
+def optimizer_state_of(precision: str, override: str | None) -> OptimizerStateFacts | None:
+    """The state a cell keeps: the axis's value, else the mode's own dtype as a row of OPTIMIZER_STATES
+    (None for a mode whose state dtype has no row: fp16)."""
+    if override is not None:
+        return OPTIMIZER_STATES[override]
+    name = STATE_OF_DTYPE.get(facts_of(precision).optimizer_state_dtype)
+    return OPTIMIZER_STATES[name] if name else None
+
+
+def optimizer_state_problem(precision: str, override: str | None, optimizer: str) -> str | None:
+    """Why a mode, optimizer and state precision do not go together, or None (a cell that asks is
+    unsupported, with this reason)."""
+    if override is None:
+        return None
+    state, facts = OPTIMIZER_STATES[override], facts_of(precision)
+    if optimizer not in state.optimizers:
+        return (f"optimizer_state={override} needs optimizer {' or '.join(state.optimizers)} "
+                f"({state.library or 'trainkit'} implements no other), not {optimizer}")
+    if state.library and facts.weight_rounding == "kahan":
+        return f"optimizer_state={override}: {state.library}'s optimizer has no Kahan compensation ({precision})"
+    if state.library and facts.param_dtype == "float16":
+        return (f"optimizer_state={override}: {state.library}'s low-bit optimizers compute from fp32 or bf16 "
+                "weights, not fp16")
+    return None
+
+
+def library_missing_reason(state: str) -> str | None:
+    """Why the library of an optimizer state is not installed, or None; torch-free (the matrix asks at
+    collection): whether the package is there, not whether it imports (the cell itself finds out)."""
+    library = OPTIMIZER_STATES[state].library
+    if library is None or importlib.util.find_spec(library) is not None:
+        return None
+    return f"optimizer_state={state} needs {library}'s low-bit optimizers (pip install 'trainkit[fp8]')"
 
 
 def precision_names() -> tuple[str, ...]:

@@ -17,18 +17,24 @@ from typing import Any, TextIO
 from .options import UsageError
 
 SCHEMA = "trainkit.result/1"
-STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "unsupported")
+STATUSES = ("ok", "oom", "diverged", "timeout", "crashed", "unsupported", "precision-mismatch")
+"""precision-mismatch: the cell ran, but one step's dtypes differ from what its precision declares
+(trainkit.engine.measure.what_ran); its figures are of another configuration."""
 MEMORY_KEYS = ("torch_max_allocated_bytes", "torch_max_reserved_bytes", "nvml_process_peak_bytes",
                "nvml_context_baseline_bytes", "host_rss_peak_bytes")
 OPTIONAL_MEMORY_KEYS = ("host_rss_growth_bytes",)
 """Memory keys newer records carry and older ones lack; check_record does not ask for them.
 host_rss_growth_bytes: a CPU cell's own growth of the resident set over its worker's baseline
 (most of a worker's RSS is torch, inherited from the fork server, the same for every cell)."""
-OPTIONAL_RECORD_KEYS = ("noise", "conditions")
+OPTIONAL_RECORD_KEYS = ("noise", "conditions", "what_ran", "harness_overhead_per_step_us", "harness_overhead_method",
+                        "harness_overhead_share", "harness_overhead_flag")
 """Record keys newer records carry and older ones lack; check_record does not ask for them, and
 readers judge an older record on what it has. noise: the spread of the step times and the interval
 of their median; conditions: the host, threads and GPU neighbours over the timed window
-(trainkit.engine.measure.conditions)."""
+(trainkit.engine.measure.conditions); what_ran: the dtypes one extra step observed against the
+declared ones (trainkit.engine.measure.what_ran); harness_overhead_*: trainkit's own cost per step
+beyond a hand-written loop, its share of the median step and the flag where that is over 1 %
+(trainkit.engine.train.overhead)."""
 RECORD_KEYS = ("schema", "cell_id", "status", "status_detail", "config", "throughput_samples_per_s",
                "step_time_s", "memory", "loss", "scaler", "mfu", "flops_per_sample", "energy_j_per_sample", "env")
 
@@ -36,9 +42,11 @@ RECORD_KEYS = ("schema", "cell_id", "status", "status_detail", "config", "throug
 # not the model, sets its speed (trainkit.engine.cell.profile flags it; reports show it).
 DATA_BOUND_SHARE = 0.2
 
-# What a baseline must match: GPU model, driver, CUDA and torch (on the CPU: the CPU model and torch).
+# What a baseline must match: GPU model, driver, CUDA and torch (on the CPU: the CPU model, the
+# cores the process may use, and torch: a 2-core baseline says nothing about a 4-core runner).
+# Records from before usable_cpus was recorded fingerprint it as None, so they match only each other.
 FINGERPRINT_KEYS = ("gpu_name", "driver", "cuda", "torch")
-FINGERPRINT_KEYS_CPU = ("cpu", "torch")
+FINGERPRINT_KEYS_CPU = ("cpu", "usable_cpus", "torch")
 
 
 def fingerprint(env: dict[str, Any] | None) -> dict[str, Any]:

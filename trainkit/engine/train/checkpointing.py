@@ -1,11 +1,14 @@
 """Activation checkpointing: chosen blocks keep only their inputs and recompute the rest in backward.
 
-`activation_checkpointing=full` wraps every GPT block, every ResNet stage (layer1..layer4) and the
-seed CNN's two conv stages in `Checkpointed`, which runs its module under
+`activation_checkpointing=full` wraps the blocks a workload names (`Workload.checkpoint_blocks`:
+every GPT block, every ResNet stage layer1..layer4, the seed CNN's two conv stages, or a user's
+module classes) in `Checkpointed`, which runs its module under
 `torch.utils.checkpoint.checkpoint(..., use_reentrant=False)` (the variant PyTorch recommends: it
 works with autocast, DDP, torch.compile and inputs that need no gradient). The parameters' names
 do not change: the wrapper's state-dict hooks leave its own name out, so checkpoints and
-state dicts are interchangeable with and without it.
+state dicts are interchangeable with and without it, and its module's attributes read through it
+(nn.TransformerEncoder reads its first layer's `self_attn`). A workload that names no blocks cannot
+be checkpointed: a matrix leaves such cells out.
 
 Cost and caveat: each wrapped block runs its forward twice, about a third more compute for a
 transformer. The recomputed forward of a ResNet stage updates BatchNorm's running statistics a
@@ -20,9 +23,17 @@ from typing import Any
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..spec.choices import checkpointing_unsupported_reason
+from ..workloads.workload import Workload, block_names
 
 WRAPPED = "module"
+
+
+def unsupported_reason(workload: Workload, mode: str) -> str | None:
+    """Why a workload cannot run with this activation checkpointing, or None."""
+    if mode == "none" or workload.checkpoint_blocks is not None:
+        return None
+    return (f"activation checkpointing wraps the blocks a workload names (Workload.checkpoint_blocks); "
+            f"{workload.name} names none")
 
 
 def _strip_wrapper_name(module: nn.Module, state_dict: dict[str, Any], prefix: str, metadata: Any) -> None:
@@ -58,20 +69,25 @@ class Checkpointed(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return checkpoint(self.module, *args, use_reentrant=False, **kwargs)
 
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == WRAPPED:
+                raise
+            return getattr(self._modules[WRAPPED], name)
 
-def apply(model: nn.Module, name: str, mode: str) -> list[str]:
-    """Wrap the blocks or stages of model `name` for `mode` in place; the wrapped modules' names."""
+
+def apply(model: nn.Module, workload: Workload, mode: str) -> list[str]:
+    """Wrap the blocks `workload` names for `mode` in place; the wrapped modules' names."""
     if mode == "none":
         return []
-    reason = checkpointing_unsupported_reason(name, mode)
+    reason = unsupported_reason(workload, mode)
     if reason:
         raise ValueError(reason)
-    if name == "gpt":
-        blocks = model.blocks  # type: ignore[union-attr]
-        for i, block in enumerate(blocks):
-            blocks[i] = Checkpointed(block)
-        return [f"blocks.{i}" for i in range(len(blocks))]
-    stages = ("conv1", "conv2") if name == "cnn" else ("layer1", "layer2", "layer3", "layer4")
-    for stage in stages:
-        setattr(model, stage, Checkpointed(getattr(model, stage)))
-    return list(stages)
+    names = block_names(workload, model)
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        setattr(owner, attr, Checkpointed(owner.get_submodule(attr)))
+    return names

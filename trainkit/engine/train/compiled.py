@@ -20,6 +20,7 @@ one, compiled cells are unsupported with that reason (bench skips them at collec
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,16 @@ def unsupported_reason(device_type: str) -> str | None:
     return None
 
 
+def quiet_cpp_extension() -> None:
+    """inductor's C++ build imports torch.utils.cpp_extension, which warns "No CUDA runtime is found,
+    using CUDA_HOME=..." when a CUDA build of torch runs without a GPU: true, expected on a CPU, and a
+    stray line among a matrix's progress lines or check-workload's rows."""
+    if not torch.cuda.is_available():
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def compile_model(model: nn.Module, mode: str | None) -> nn.Module:
+    quiet_cpp_extension()
     return torch.compile(model, mode=mode)  # type: ignore[return-value]
 
 

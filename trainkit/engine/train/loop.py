@@ -4,11 +4,17 @@
 weighting and DDP's no_sync, then unscale, clip, step, zero and schedule. Everything else here
 builds what it needs or reads results out after the fact, so the loop adds no host sync to a step:
 the only one a step holds is GradScaler's own (amp-fp16 reads whether any gradient overflowed).
+
+The step is built for its configuration once (`build_forward`, `Trainer.__init__`): a mode without
+autocast or an output cast enters no context and calls no identity hook, a cell without
+accumulation over ranks never touches DDP's sync flag, and a step keeps one device tensor of its
+loss (with one rank and one micro-batch, the loss itself: no kernel) and no Python object per
+micro-batch. At the bench's 0.75 ms CPU steps every microsecond is 0.13 % of the hand-written
+loop's throughput (trainkit/bench/overhead.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -21,13 +27,14 @@ import torch
 from torch import nn
 
 from ..measure.timing import Marks
-from ..spec.choices import checkpointing_unsupported_reason
 from ..spec.config import RunConfig
 from ..spec.schema import replacing
 from ..workloads.data import AccumulationWindow, build_data, build_real_dataset, num_classes_of
 from ..workloads.resolve import build_workload, workload_dataset
-from . import checkpointing, compiled
-from .precision import NO_CONTEXT, Precision, Unsupported, build_precision
+from ..workloads.workload import WorkloadError, non_scalar_loss
+from . import checkpointing, compiled, optimizers
+from .optimizers import build_optimizer
+from .precision import Precision, Unsupported, build_precision
 
 
 def _mark(marks: Marks | None, phase: str) -> None:
@@ -36,20 +43,28 @@ def _mark(marks: Marks | None, phase: str) -> None:
 
 
 CURVE_CHUNK_STEPS = 64
+"""Steps of loss curve one preallocated device tensor holds (a new one every so many steps)."""
+
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A micro-batch's loss from its inputs and targets."""
 
 
-def build_optimizer(config: RunConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    """SGD with momentum, Adam or AdamW over `params`; weight decay only on matrices and kernels,
-    never on norms and biases (a parameter group each; one group when there is no decay at all,
-    which keeps the optimizer's fused update to a single call)."""
-    groups: list[dict[str, Any]] = [{"params": params}]
-    if config.weight_decay:
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return optimizer_class(groups, lr=config.lr, eps=config.resolved_adam_eps, weight_decay=0.0)
+def build_forward(model: Callable[[torch.Tensor], torch.Tensor],
+                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], policy: Precision) -> Forward:
+    """The loss of a micro-batch, built once for the policy: under its forward context (autocast) and
+    through its output cast only where the policy has them, so fp32's step enters no context and calls
+    no identity hook. The loss is computed inside the context: autocast runs cross-entropy in fp32
+    on the low-precision logits."""
+    convert = policy.convert_output if policy.overrides("convert_output") else None
+    if policy.overrides("forward_context"):
+        def in_context(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            with policy.forward_context():
+                output = model(inputs)
+                return loss_fn(convert(output) if convert is not None else output, targets)
+        return in_context
+    if convert is not None:
+        return lambda inputs, targets: loss_fn(convert(model(inputs)), targets)
+    return lambda inputs, targets: loss_fn(model(inputs), targets)
 
 
 def lr_factor(config: RunConfig, total_steps: int):  # noqa: ANN201 - returns a LambdaLR lambda
@@ -93,30 +108,41 @@ class Trainer:
         self.world_size = config.world_size
         self.policy = policy if policy is not None else build_precision(config, device)
         reason = (self.policy.unsupported_reason()
-                  or checkpointing_unsupported_reason(config.model, config.activation_checkpointing)
-                  or (compiled.unsupported_reason(device.type) if config.compile else None))
+                  or (compiled.unsupported_reason(device.type) if config.compile else None)
+                  or optimizers.unsupported_reason(config, device.type))
+        if reason:
+            raise Unsupported(reason)
+        dataset = build_real_dataset(config) if config.data not in ("synthetic", "workload") else None
+        self.workload = build_workload(config, num_classes_of(dataset) if dataset is not None else 10)
+        reason = checkpointing.unsupported_reason(self.workload, config.activation_checkpointing)
         if reason:
             raise Unsupported(reason)
         self.policy.configure_backends()
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
 
-        dataset = build_real_dataset(config) if config.data not in ("synthetic", "workload") else None
-        self.workload = build_workload(config, num_classes_of(dataset) if dataset is not None else 10)
         if config.data == "workload":
             dataset = workload_dataset(self.workload)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
         # The order matters: precision conversion (float8 layers), activation checkpointing around
         # the converted blocks, DDP, and torch.compile last, so that it traces all of them.
         model = self.policy.convert_module(self.workload.build().to(device))
-        self.checkpointed = checkpointing.apply(model, config.model, config.activation_checkpointing)
+        self.checkpointed = checkpointing.apply(model, self.workload, config.activation_checkpointing)
         """Modules that recompute their forward in backward (activation_checkpointing)."""
         self.raw_model = model
+        self.accumulating_ddp: nn.parallel.DistributedDataParallel | None = None
+        """The DDP module where its all-reduce waits for a window's last micro-batch (several ranks and
+        micro-batches, DDP reducing); None where the step never changes DDP's sync flag."""
         if self.world_size > 1:
             device_ids = [device.index] if device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+            if self.policy.reduces_gradients:  # it averages over ranks itself (fp32 main gradients)
+                model.require_backward_grad_sync = False  # what no_sync sets, for every micro-batch
+            elif config.grad_accum > 1:
+                self.accumulating_ddp = model
         if config.compile:
             model = compiled.compile_model(model, config.compile_mode)
         self.model = model
+        self.forward = build_forward(self.model, self.workload.loss_fn, self.policy)
         self.params = self.policy.trained_parameters(self.raw_model)
         """What the optimizer updates and clipping reads: the parameters, or their fp32 master copies."""
 
@@ -130,13 +156,12 @@ class Trainer:
         self.scheduler = build_scheduler(config, self.optimizer, self.total_steps)
 
         self.step = 0
-        self.step_losses: list[tuple[list[torch.Tensor], list[float]]] = []
-        """Recent steps: the micro-batches' loss tensors and their shares of the effective batch,
-        kept as they are (a step adds no kernel for them) and stacked into `loss_chunks` every
-        CURVE_CHUNK_STEPS steps, so that thousands of small tensors never pile up."""
-        self.loss_chunks: list[tuple[torch.Tensor, list[list[float]]]] = []
-        """Stacked micro-batch losses (one device tensor per chunk of steps, made by one kernel
-        and no host transfer) with each step's shares, weighted into the curve when it is read."""
+        self.recent_losses: list[torch.Tensor] = []
+        """This rank's share of each recent step's mean loss, a 0-d device tensor per step as the step
+        left it (with one rank and one micro-batch, the very loss backward took: no kernel, no sync),
+        stacked into `loss_chunks` every CURVE_CHUNK_STEPS steps so thousands never pile up."""
+        self.loss_chunks: list[torch.Tensor] = []
+        """The stacked steps (one float32 device tensor per chunk, made by one kernel, no host transfer)."""
         self.step_skips: dict[int, torch.Tensor] = {}
         """GradScaler's skip flag of each step, as a device tensor (modes with a scaler only)."""
         self.step_samples: list[int] = []
@@ -152,28 +177,32 @@ class Trainer:
         `marks`, when given, marks the end of each phase (the profiler's phase breakdown)."""
         window = next(self.windows)
         _mark(marks, "data")
-        losses, shares = [], []
-        last_micro = len(window.micro_batches) - 1
+        step_loss = None
+        last = len(window.micro_batches) - 1
         for i, (inputs, targets) in enumerate(window.micro_batches):
+            if self.accumulating_ddp is not None:
+                # DDP decides during forward whether backward will all-reduce, so the flag no_sync
+                # sets must hold over forward and backward (baidu-baige/LoongForge#163): set here, as
+                # nanoGPT does, without a context per micro-batch. Only the last micro-batch syncs.
+                self.accumulating_ddp.require_backward_grad_sync = i == last
+            loss = self.forward(inputs, targets)
+            _mark(marks, "forward")
+            # DDP averages gradients over ranks, hence world_size: the gradient is the mean over
+            # the effective batch however it is split, a short last window included. (A weight
+            # of exactly 1 is skipped: on small models each extra kernel shows in the timing.)
             share = inputs.shape[0] / window.global_samples  # of the effective batch, all ranks
-            # DDP decides during forward whether backward will all-reduce, so no_sync must cover
-            # forward and backward (baidu-baige/LoongForge#163); only the last micro-batch syncs.
-            # A policy that averages over ranks itself (fp32 main gradients) has DDP sync none.
-            with self.sync_gradients(i == last_micro and not self.policy.reduces_gradients):
-                with self.policy.forward_context():
-                    loss = self.workload.loss_fn(self.policy.convert_output(self.model(inputs)), targets)
-                _mark(marks, "forward")
-                # DDP averages gradients over ranks, hence world_size: the gradient is the mean over
-                # the effective batch however it is split, a short last window included. (A weight
-                # of exactly 1 is skipped: on small models each extra kernel shows in the timing.)
-                weight = share * self.world_size
-                self.policy.backward(loss * weight if weight != 1.0 else loss)
+            if loss.ndim:  # a shape: known without a sync
+                raise WorkloadError(non_scalar_loss(self.workload.name, loss))
+            weight = share * self.world_size
+            scaled = loss * weight if weight != 1.0 else loss
+            self.policy.backward(scaled)
             _mark(marks, "backward")
             # Where the policy keeps the gradient (fp32 main gradients); after the mark, so that
             # diagnostics read the gradient as backward left it.
             self.policy.after_backward()
-            losses.append(loss.detach())
-            shares.append(share)
+            # This rank's share of the step's mean loss: with one rank, the loss backward took.
+            part = (scaled if self.world_size == 1 else loss * share).detach()
+            step_loss = part if step_loss is None else step_loss + part
         self.policy.unscale_(self.optimizer)  # once per step, before clipping (pytorch#36601)
         if self.config.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad_norm)
@@ -182,21 +211,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step_schedule()
         _mark(marks, "optimizer")
-        self.keep_losses(losses, shares, window.global_samples)
+        self.end_step(step_loss, window.global_samples)
+
+    def end_step(self, loss: torch.Tensor | None, samples: int) -> None:
+        """Count the step: its loss kept on the device (no sync), its samples (known on the host)."""
+        self.recent_losses.append(loss)  # type: ignore[arg-type]  # a window holds a micro-batch at least
+        if len(self.recent_losses) == CURVE_CHUNK_STEPS:
+            self.loss_chunks.append(self._stack(self.recent_losses))
+            self.recent_losses = []
+        self.step_samples.append(samples)
         self.step += 1
 
-    def keep_losses(self, losses: list[torch.Tensor], shares: list[float], samples: int) -> None:
-        """Keep a step's losses (device tensors: no sync) and sample count for the loss curve."""
-        self.step_losses.append((losses, shares))
-        if len(self.step_losses) == CURVE_CHUNK_STEPS:
-            self.loss_chunks.append(self._stack(self.step_losses))
-            self.step_losses = []
-        self.step_samples.append(samples)
-
-    def sync_gradients(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
-        if sync or self.world_size == 1:
-            return NO_CONTEXT
-        return self.model.no_sync()  # type: ignore[operator]
+    @staticmethod
+    def _stack(losses: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([loss.float() for loss in losses])
 
     def step_schedule(self) -> None:
         if self.scheduler is None:
@@ -220,6 +248,7 @@ class Trainer:
         if timer is not None:
             timer.mark()
         next_report = time.monotonic() + report_every_s
+        checkpoints = self.config.checkpoint_every is not None
 
         def between_steps(work: Callable[[], Any]) -> None:
             if timer is not None:
@@ -232,35 +261,25 @@ class Trainer:
             self.train_step()
             if timer is not None:
                 timer.mark()
-            if self.checkpoint_due():
+            if checkpoints and self.checkpoint_due():
                 between_steps(self.save_checkpoint)
             if report is not None and time.monotonic() >= next_report:
                 between_steps(lambda: report(self.step, self.total_steps))
                 next_report = time.monotonic() + report_every_s
+        checkpoints = self.config.checkpoint_every is not None
 
     @property
     def finished(self) -> bool:
         return self.step >= self.total_steps
 
-    @staticmethod
-    def _stack(steps: list[tuple[list[torch.Tensor], list[float]]]) -> tuple[torch.Tensor, list[list[float]]]:
-        """The micro-batch losses of `steps` as one device tensor, and each step's shares."""
-        return torch.stack([loss.float() for losses, _ in steps for loss in losses]), [s for _, s in steps]
-
     def loss_curve(self) -> torch.Tensor:
         """This rank's share of every step's mean loss, float64 on the CPU (the ranks' shares add up
         to the step's mean over the effective batch): each step's micro-batch losses weighted by
         their shares. Reading it is a host sync."""
-        chunks = list(self.loss_chunks)
-        if self.step_losses:
-            chunks.append(self._stack(self.step_losses))
-        curve: list[torch.Tensor] = []
-        for flat, shares in chunks:
-            losses = flat.detach().to("cpu", torch.float64)
-            weights = torch.tensor([s for step in shares for s in step], dtype=torch.float64)
-            index = torch.tensor([i for i, step in enumerate(shares) for _ in step])
-            curve.append(torch.zeros(len(shares), dtype=torch.float64).index_add_(0, index, losses * weights))
-        return torch.cat(curve) if curve else torch.zeros(0, dtype=torch.float64)
+        chunks = [*self.loss_chunks, self._stack(self.recent_losses)] if self.recent_losses else self.loss_chunks
+        if not chunks:
+            return torch.zeros(0, dtype=torch.float64)
+        return torch.cat([chunk.to("cpu", torch.float64) for chunk in chunks])
 
     def skipped(self) -> list[bool]:
         """Whether GradScaler skipped each step (a host sync)."""
@@ -335,7 +354,8 @@ class Trainer:
         self.step = state["step"]
         # The saved curve is the sum over ranks: rank 0 carries it, so the merged curve is whole.
         curve = state["loss_curve"].to(torch.float64)
-        self.loss_chunks = [(curve if self.rank == 0 else torch.zeros_like(curve), [[1.0]] * len(curve))]
+        self.loss_chunks = [curve if self.rank == 0 else torch.zeros_like(curve)]
+        self.recent_losses = []
         self.step_skips = {step: torch.tensor(flag) for step, flag in enumerate(state["skipped"]) if flag}
         torch.set_rng_state(state["rng"]["torch"].cpu())
         random.setstate(state["rng"]["python"])

@@ -6,7 +6,9 @@ the optimizer updates: the parameters, or fp32 master copies of them), `forward_
 (autocast), `backward` (loss scaling), `after_backward` (where a micro-batch's gradient is
 accumulated), `unscale_` (before clipping) and `optimizer_step` (the step, with GradScaler's
 skip-on-overflow); `details` tells the record what the mode did to the
-model (FP8's converted layers). fp32 is the base class with no-op hooks. What a mode *is* (its
+model (FP8's converted layers). fp32 is the base class with no-op hooks; the loop builds its step
+once per policy and leaves out a context or an output cast the policy does not override
+(`Precision.overrides`), so a hook costs the step only where a mode has one. What a mode *is* (its
 dtypes, where it runs, its loss scaling) is read from precision_facts.py, never restated.
 """
 
@@ -56,6 +58,12 @@ class Precision:
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
         return None
+
+    @classmethod
+    def overrides(cls, hook: str) -> bool:
+        """Whether this mode replaces fp32's `hook` (a method name): the loop leaves fp32's identity
+        forward_context and convert_output out of the step instead of calling them every micro-batch."""
+        return getattr(cls, hook) is not getattr(Precision, hook)
 
     @property
     def input_dtype(self) -> torch.dtype:
@@ -256,6 +264,23 @@ class HalfBF16Precision(HalfPrecision):
     name = "half-bf16"
 
 
+class StochasticRoundingBF16Precision(HalfBF16Precision):
+    """Pure bf16 whose optimizer rounds each update into the weights stochastically, so an update
+    below half a bf16 ulp moves its weight in expectation instead of rounding away (torchao's
+    `_AdamW(bf16_stochastic_round=True)`, pytorch/ao#1124). The optimizer is trainkit.engine.train.rounding's
+    (trainkit.engine.train.optimizers reads `weight_rounding` from the facts); the step is half-bf16's."""
+
+    name = "half-bf16-sr"
+
+
+class KahanBF16Precision(HalfBF16Precision):
+    """Pure bf16 with a bf16 Kahan compensation buffer per weight: what each update's rounding lost
+    is added to the next (torch-optimi's kahan_sum). 2 bytes per parameter more than half-bf16, 8
+    less than a master copy with its fp32 gradients."""
+
+    name = "half-bf16-kahan"
+
+
 class MasterWeightPrecision(HalfPrecision):
     """fp16 parameters run forward and backward; an fp32 master copy of them takes the update.
 
@@ -426,7 +451,8 @@ class Float8RowwisePrecision(Float8Precision):
 POLICIES: dict[str, type[Precision]] = {
     cls.name: cls
     for cls in (Precision, TF32Precision, MixedPrecision, MixedBF16Precision, HalfPrecision, HalfBF16Precision,
-                MasterWeightPrecision, MasterBF16Precision, Float8Precision, Float8RowwisePrecision)
+                StochasticRoundingBF16Precision, KahanBF16Precision, MasterWeightPrecision, MasterBF16Precision,
+                Float8Precision, Float8RowwisePrecision)
 }
 """The policy class of every mode in precision_facts.PRECISION_FACTS (a test holds them equal)."""
 

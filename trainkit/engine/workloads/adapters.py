@@ -80,7 +80,6 @@ class Logits(nn.Module):
 
 
 def _hf_config(spec: str, target: str, overrides: dict[str, Any]) -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded, ever
     from transformers import CONFIG_MAPPING, AutoConfig  # the hf extra: see the note under the imports
 
     try:
@@ -99,6 +98,8 @@ def _hf_config(spec: str, target: str, overrides: dict[str, Any]) -> Any:
 
 def hf_workload(spec: str, config: RunConfig) -> Workload:
     """A transformers causal LM or sequence classifier from a config, with random weights."""
+    # Nothing is downloaded, ever: huggingface_hub reads this once, when transformers first imports it.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _require("transformers", "hf", spec)
     target, params = split_query(spec.partition(":")[2])
     name = _name("hf", target, params)
@@ -130,8 +131,20 @@ def hf_workload(spec: str, config: RunConfig) -> Workload:
     def build() -> nn.Module:
         return Logits(auto.from_config(hf_config, attn_implementation="sdpa"))
 
-    return Workload(name, build, _cross_entropy, batches, num_classes=classes,
-                    tokens_per_sample=seq_len if task == "causal-lm" else None, source="hf")
+    return Workload(name, build, _cross_entropy, batches, num_classes=classes, tokens_per_sample=seq_len,
+                    checkpoint_blocks=_hf_blocks, source="hf")
+
+
+def _hf_blocks(model: nn.Module) -> list[str]:
+    """A transformers model's repeated layers: the classes it names as never split across devices
+    (`_no_split_modules`: its decoder or encoder layers), the outermost of each."""
+    inner = model.model if isinstance(model, Logits) else model
+    classes = set(getattr(inner, "_no_split_modules", None) or ())
+    names: list[str] = []
+    for name, sub in model.named_modules():
+        if type(sub).__name__ in classes and not any(name.startswith(f"{outer}.") for outer in names):
+            names.append(name)
+    return names
 
 
 def _check_supported(spec: str, auto: Any, hf_config: Any) -> None:

@@ -109,7 +109,8 @@ def _mlp(config: RunConfig, num_classes: int) -> Workload:
 def _cnn(config: RunConfig, num_classes: int) -> Workload:
     return Workload("cnn", lambda: TwoConvNet(num_classes), cross_entropy,
                     image_batches((1, 28, 28), num_classes, _task_seed(config)),
-                    has_batchnorm=False, num_classes=num_classes, source="built-in")
+                    has_batchnorm=False, num_classes=num_classes, checkpoint_blocks=_named("conv1", "conv2"),
+                    source="built-in")
 
 
 def _resnet(config: RunConfig, num_classes: int) -> Workload:
@@ -119,7 +120,8 @@ def _resnet(config: RunConfig, num_classes: int) -> Workload:
     side = config.resolved_image_size
     return Workload(config.model, lambda: factory(weights=None, num_classes=num_classes), cross_entropy,
                     image_batches((3, side, side), num_classes, _task_seed(config)),
-                    has_batchnorm=True, num_classes=num_classes, source="built-in")
+                    has_batchnorm=True, num_classes=num_classes,
+                    checkpoint_blocks=_named("layer1", "layer2", "layer3", "layer4"), source="built-in")
 
 
 def _gpt(config: RunConfig, num_classes: int) -> Workload:
@@ -128,7 +130,15 @@ def _gpt(config: RunConfig, num_classes: int) -> Workload:
 
     return Workload("gpt", build, cross_entropy, token_batches(config.vocab_size, config.seq_len, _task_seed(config)),
                     has_batchnorm=False, num_classes=config.vocab_size, tokens_per_sample=config.seq_len,
-                    source="built-in")
+                    checkpoint_blocks=_gpt_blocks, source="built-in")
+
+
+def _gpt_blocks(model: nn.Module) -> list[str]:
+    return [f"blocks.{i}" for i in range(len(model.blocks))]  # type: ignore[arg-type]
+
+
+def _named(*names: str) -> Callable[[nn.Module], tuple[str, ...]]:
+    return lambda _: names
 
 
 def _task_seed(config: RunConfig) -> int:

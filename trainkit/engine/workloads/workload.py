@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Callable
+import os
+import sysconfig
+import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,6 +37,11 @@ NAME_PATTERN = WORKLOAD_NAME
 which must stay a pytest id and a file name)."""
 PROBE_SAMPLES = 2
 """Samples of the probe batch that tells a workload's shapes and dtypes (any size would do)."""
+
+
+CheckpointBlocks = tuple[type[nn.Module], ...] | Callable[[nn.Module], Iterable[str]]
+"""The blocks activation checkpointing wraps: module classes (every instance that is not inside
+another is wrapped), or a function of the built module returning the dotted names of its blocks."""
 
 
 class WorkloadError(ValueError):
@@ -62,7 +70,11 @@ class Workload:
     num_classes: int | None = None
     """Classes of a classifier, or the vocabulary of a language model; None where it is neither."""
     tokens_per_sample: int | None = None
-    """Tokens in one sample of a sequence model (tokens_per_s in the record); None otherwise."""
+    """Tokens in one sample of a sequence model (tokens_per_s and MFU per token in the record);
+    None otherwise."""
+    checkpoint_blocks: CheckpointBlocks | None = None
+    """What activation checkpointing wraps (e.g. `(nn.TransformerEncoderLayer,)`); None: the model
+    has no blocks, and cells with activation checkpointing are left out of a matrix."""
     source: str = "module"
     """Where it came from: built-in, module, plugin, hf or timm (`trainkit workloads` says)."""
 
@@ -73,6 +85,12 @@ class Workload:
         for field in ("build", "loss_fn", "make_batch"):
             if not callable(getattr(self, field)):
                 raise WorkloadError(f"workload {self.name!r}: {field} must be callable, got {getattr(self, field)!r}")
+        blocks = self.checkpoint_blocks
+        if blocks is not None and not callable(blocks) and not (
+                isinstance(blocks, tuple) and blocks and all(isinstance(c, type) and issubclass(c, nn.Module)
+                                                             for c in blocks)):
+            raise WorkloadError(f"workload {self.name!r}: checkpoint_blocks must be a tuple of nn.Module classes or "
+                                f"a function of the module returning its blocks' names, got {blocks!r}")
 
     # --- what a probe batch tells (built once, on the CPU) -----------------------------------------
     @functools.cached_property
@@ -117,6 +135,71 @@ class Workload:
         if self.has_batchnorm is not None:
             return self.has_batchnorm
         return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def non_scalar_loss(name: str, loss: torch.Tensor) -> str:
+    """The one line that says a loss is not a scalar, with its shape."""
+    return (f"workload {name!r}: loss_fn returned a tensor of shape {tuple(loss.shape)}, not a scalar: it must "
+            "return the mean loss of the micro-batch (e.g. F.cross_entropy's default reduction='mean', or .mean())")
+
+
+def block_names(workload: Workload, module: nn.Module) -> list[str]:
+    """The dotted names of the blocks `workload.checkpoint_blocks` picks in `module` (outermost
+    first; a block inside a picked one is not picked again); WorkloadError when it picks none."""
+    blocks = workload.checkpoint_blocks
+    if blocks is None:
+        return []
+    if isinstance(blocks, tuple):
+        names: list[str] = []
+        for name, sub in module.named_modules():
+            if name and isinstance(sub, blocks) and not any(name.startswith(f"{outer}.") for outer in names):
+                names.append(name)
+    else:
+        names = [str(name) for name in blocks(module)]
+    for name in names:
+        try:
+            module.get_submodule(name)
+        except AttributeError:
+            raise WorkloadError(f"workload {workload.name!r}: checkpoint_blocks names {name!r}, which is not a "
+                                "submodule of the built model") from None
+    if not names:
+        raise WorkloadError(f"workload {workload.name!r}: checkpoint_blocks {blocks!r} picks no module of the built "
+                            "model")
+    return names
+
+
+def _package_root() -> str:
+    root = os.path.abspath(__file__)
+    for _ in range(__name__.count(".")):  # trainkit.engine.workloads.workload: three folders up is trainkit's
+        root = os.path.dirname(root)
+    return root
+
+
+_LIBRARY_ROOTS = tuple(os.path.realpath(p) + os.sep for p in {
+    sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+    _package_root()})
+"""Frames under these are the standard library's, an installed library's or trainkit's own; the
+others are the user's code."""
+
+
+def user_frame(exc: BaseException) -> str | None:
+    """`file.py:LINE` of the innermost frame of `exc`'s traceback in the user's own code (not the
+    standard library, an installed package or trainkit), or None when none is."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = os.path.realpath(frame.filename)
+        if not frame.filename.startswith("<") and not path.startswith(_LIBRARY_ROOTS):
+            return f"{os.path.basename(frame.filename)}:{frame.lineno}"
+    return None
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an exception raised by a user's code: its type, its message's first line and,
+    where the user's code raised it or called what did, that file and line."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, SystemExit):
+        text = f"exit status {exc.code}"
+    where = user_frame(exc)
+    return f"{type(exc).__name__}: {text[:200]}" + (f" (at {where})" if where else "")
 
 
 def split_query(spec: str) -> tuple[str, dict[str, Any]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .results import FAIL, OK, Check, failed_cell, finite
-from .thresholds import DLE_RESNET50, MFU_BAND, MFU_REFERENCE
+from .thresholds import DLE_RESNET50, mfu_band
 
 
 def check_resnet50(fp32: dict[str, Any], tf32: dict[str, Any], amp: dict[str, Any]) -> Check:
@@ -41,10 +41,12 @@ def check_resnet50(fp32: dict[str, Any], tf32: dict[str, Any], amp: dict[str, An
 
 def check_mfu(record: dict[str, Any]) -> Check:
     """GPT-2 124M amp-bf16 MFU (FLOPs counted by torch, the sourced dense peak of the GPU) falls in
-    the plausible band; a GPU without a sourced peak fails: MFU is then unknown, not plausible."""
+    the plausible band of the cell as it ran, eager or compiled (thresholds.mfu_band); a GPU without
+    a sourced peak fails: MFU is then unknown, not plausible."""
     name = "anchor.mfu"
-    low, high = MFU_BAND
-    expected = f"{low:.0%}..{high:.0%} ({MFU_REFERENCE})"
+    compiled = bool((record.get("config") or {}).get("compile"))
+    low, high, source = mfu_band(compiled)
+    expected = f"{low:.1%}..{high:.1%}, {'compiled' if compiled else 'eager'} ({source})"
     if failed := failed_cell(name, expected, [record]):
         return failed
     utilisation = record.get("mfu")

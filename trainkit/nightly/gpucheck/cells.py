@@ -37,8 +37,10 @@ GPU_MATMUL_REPEATS = 20
 # CPU: tiny sizes, about a minute on 2 cores, fork server start-up included. bf16 and fp16 are slow
 # on a CPU, so the time cell is fp32 and the half-precision cells run one step.
 CPU_GPT_BATCH = 16
-CPU_TIME_STEPS = 24
-"""About 2 s of timed steps: the launcher's clock adds a few ms of pipe and wake-up, far inside 3 %."""
+CPU_TIME_STEPS = 240
+"""About 1.5 s of timed steps (6 ms each on a 2-core Xeon): the launcher's clock also holds a few ms of
+pipe, wake-up and the host snapshots at the window's ends, which at 24 steps (0.15 s) were 2-4 % of
+the window, at this length under 0.5 %."""
 CPU_ACCUM_BATCH = 128
 """4B x 1 against 32 x 4: a GPT's activations at this size set the cell's RSS growth (~100 vs
 ~60 MiB), well apart from the allocator's noise."""

@@ -57,13 +57,15 @@ class StepCount:
 @contextlib.contextmanager
 def _cpu_allocator_events(on_cpu: bool) -> Iterator[Any]:
     """torch.profiler recording every allocation and free of the CPU allocator (None on a GPU)."""
-    import torch  # torch: runs in the probe's process, kept out of `python -m nightly`'s import path
+    # torch: runs in the probe's process, kept out of `python -m nightly`'s import path
+    import torch
+
+    from trainkit.engine.measure.memory import quiet_profiler
 
     if not on_cpu:
         yield None
         return
-    # A CUDA build of torch on a CPU machine: Kineto would log a spurious device error.
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    quiet_profiler()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         yield prof
 

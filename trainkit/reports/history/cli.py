@@ -22,7 +22,7 @@ from trainkit.engine.spec.options import HTML_OUTPUT, UsageError, choice, fracti
 
 from .ingest import RunMeta, ingest, iso_date
 from .params import DetectorParams
-from .series import METRICS
+from .series import METRICS, noise_text
 from .store import Ack, add_ack, opened, record_rows, resolve, runs
 
 
@@ -178,7 +178,7 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     for block in out:
         print(f"{block['series']}  {block['metric']} ({block['measure']}, {block['method']}, "
-              f"noise {block['noise']:.1%})")
+              f"noise {noise_text(block['noise'])})")
         for n in block["nights"]:
             mark = "  <- change" if n["night"] in block["change_nights"] else ""
             print(f"  night {n['night']:>3}  {n['date']}  {(n['commit'] or '?')[:12]:<12}  {n['value']:.6g}  "
@@ -187,7 +187,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _ack(args: argparse.Namespace) -> int:
-    with opened(args.db) as conn:
+    with opened(args.db, existing=True) as conn:  # it names a cell the store holds: never a new store
         all_runs = runs(conn)
         run = resolve(args.run, all_runs) if args.run else (all_runs[-1] if all_runs else resolve("", all_runs))
         fps = {json.dumps(r.fingerprint, sort_keys=True): r.fingerprint for r in record_rows(conn, args.cell)
@@ -213,7 +213,8 @@ def _quality(args: argparse.Namespace) -> int:
     print("|---|---|---|---|---|---|---|")
     for noise, size in LEVELS:
         s = score(noise, size, repeats=args.repeats, seed=args.seed, params=params)
-        print(f"| {noise:.0%} | {size:.0%} | {s.precision:.2f} | {s.recall:.2f} | {s.true_positives} / "
+        precision, recall = ("n/a" if v is None else f"{v:.2f}" for v in (s.precision, s.recall))
+        print(f"| {noise:.0%} | {size:.0%} | {precision} | {recall} | {s.true_positives} / "
               f"{s.false_positives} / {s.false_negatives} | {s.drifts_found}/{s.drifts} | "
               f"{s.false_drifts}/{2 * s.drifts} |")
     return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from trainkit.engine.spec.schema import fingerprint
@@ -65,6 +65,9 @@ class LatestVerdict:
     commit_before: str | None
     commit_after: str | None
     """The first violating night came in the commits (commit_before, commit_after]."""
+    noise: float | None = None
+    """Relative night-to-night spread of the nights before the last (series.noise), when there are
+    at least `min_history` of them: the reference noise the nightly gate judges tonight against."""
 
     def line(self) -> str:
         change = f"{self.change:+.1%}" if self.change is not None else "n/a"
@@ -83,7 +86,7 @@ def _violates(series: Series, value: float, reference: list[float], params: Dete
     if series.method == EXACT:
         threshold = params.tolerance(series.metric)
         return bad > threshold, change, threshold
-    threshold = max(params.min_magnitude, rules.k * noise(reference))
+    threshold = max(params.min_magnitude, rules.k * (noise(reference) or 0.0))  # unmeasured: the floor
     return bad >= threshold, change, threshold
 
 
@@ -129,7 +132,8 @@ class HistoryCheck:
 
     verdicts: tuple[LatestVerdict, ...]
     warning: str | None = None
-    """Why there are no verdicts (the night is not in the store), else None."""
+    """Why there are no verdicts (the night is not in the store, or no series has the nights a verdict
+    needs), else None."""
 
 
 def check_night(path: str, records: list[dict[str, Any]], metrics: tuple[str, ...],
@@ -148,6 +152,17 @@ def check_night(path: str, records: list[dict[str, Any]], metrics: tuple[str, ..
         acknowledged = acks(conn)
     by_id = {r.run_id: r for r in all_runs}
     order = {r.run_id: i for i, r in enumerate(all_runs)}
-    out = [verdict(s, by_id, _start(s, order, acknowledged), params, rules)
-           for s in build_series(rows, metrics) if gated(s.cell_id) and s.points[-1].run_id in found]
+    out = []
+    for s in build_series(rows, metrics):
+        if gated(s.cell_id) and s.points[-1].run_id in found:
+            start = _start(s, order, acknowledged)
+            before = s.values[max(start, len(s.values) - 1 - rules.reference_nights):-1]
+            spread = noise(list(before)) if len(before) >= rules.min_history else None
+            out.append(replace(verdict(s, by_id, start, params, rules), noise=spread))
+    if all(v.verdict == INSUFFICIENT for v in out):
+        earlier = max((len(s.points) - 1 for s in build_series(rows, metrics)), default=0)
+        return HistoryCheck(tuple(out), f"{path}: no history to judge tonight by: {len(out)} series, the longest "
+                                        f"with {earlier} earlier night{'' if earlier == 1 else 's'}, fewer than the "
+                                        f"{rules.min_history} a verdict needs; tonight is judged against the "
+                                        "baseline alone")
     return HistoryCheck(tuple(out))

@@ -141,15 +141,21 @@ def _value(row: RecordRow, metric: str, measure: str) -> Any:
     return (row.memory or {}).get(measure)
 
 
-def noise(values: list[float]) -> float:
+def noise(values: list[float]) -> float | None:
     """Relative noise of nightly values: 1.4826 x the median absolute deviation of the night-to-night
     changes of their logs, / sqrt 2 (a difference holds two nights' noise); a step moves one
-    difference only, so it barely moves this. 0 with fewer than 3 nights or a value <= 0."""
+    difference only, so it barely moves this. None, not measured, with fewer than 3 nights or a value
+    <= 0 (no log): a noise of 0 would say the series is perfectly steady."""
     if len(values) < 3 or min(values) <= 0:
-        return 0.0
+        return None
     diffs = [math.log(b) - math.log(a) for a, b in zip(values, values[1:])]
     center = statistics.median(diffs)
     return 1.4826 * statistics.median(abs(d - center) for d in diffs) / math.sqrt(2)
+
+
+def noise_text(value: float | None) -> str:
+    """A series' noise as 2.1%, or n/a where it was not measured (fewer than 3 nights, a value <= 0)."""
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def percent(change: float | None) -> str:

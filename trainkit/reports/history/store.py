@@ -19,6 +19,11 @@ the file on a local disk, not NFS.
 Append-only: triggers refuse UPDATE and DELETE on runs and records, so no tool edits history.
 The schema version is SQLite's `PRAGMA user_version`; MIGRATIONS[i] takes a store from version i to
 i + 1, and a store of a newer version than this code knows is refused with a message.
+
+Non-finite numbers (a diverged step's NaN loss, an infinite throughput) are stored as JSON null:
+Python's json writes them as the tokens NaN and Infinity, which are not JSON, and one such record
+made every `json_extract` over the table fail. Stores written before version 3 are repaired by its
+migration (the one change history allows: the triggers are lifted for it and put back).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +49,43 @@ _APPEND_ONLY = "".join(
     f"BEGIN SELECT RAISE(ABORT, 'the run store is append-only: {table} rows are never changed'); END;\n"
     for table in ("runs", "records") for verb in ("UPDATE", "DELETE"))
 
-MIGRATIONS: tuple[str, ...] = (
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, +-inf) inside it replaced by None: JSON has no token
+    for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def to_json(value: Any) -> str:
+    """Strict JSON text of `value`, non-finite numbers as null (finite)."""
+    return json.dumps(finite(value), allow_nan=False)
+
+
+JSON_COLUMNS = ("record", "memory", "step_times_s")
+
+
+def _repair_non_finite(conn: sqlite3.Connection) -> None:
+    """2 -> 3: the records an earlier version kept with NaN or Infinity tokens, rewritten as strict
+    JSON with null in their place (the reading json.loads accepts the tokens)."""
+    conn.execute("DROP TRIGGER records_no_update")
+    invalid = " OR ".join(f"({c} IS NOT NULL AND json_valid({c}) = 0)" for c in JSON_COLUMNS)
+    rows = conn.execute(f"SELECT id, {', '.join(JSON_COLUMNS)} FROM records WHERE {invalid}").fetchall()
+    conn.executemany(f"UPDATE records SET {', '.join(f'{c} = ?' for c in JSON_COLUMNS)}, "
+                     "throughput_samples_per_s = json_extract(?, '$.throughput_samples_per_s'), "
+                     "loss_final = json_extract(?, '$.loss.final') WHERE id = ?",
+                     [(*(None if v is None else to_json(json.loads(v)) for v in values),
+                       to_json(json.loads(values[0])), to_json(json.loads(values[0])), row_id)
+                      for row_id, *values in rows])
+    conn.execute("CREATE TRIGGER records_no_update BEFORE UPDATE ON records BEGIN SELECT RAISE(ABORT, "
+                 "'the run store is append-only: records rows are never changed'); END")
+
+
+MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     # 0 -> 1: runs and records.
     """
     CREATE TABLE runs (id INTEGER PRIMARY KEY, run_key TEXT NOT NULL UNIQUE, commit_sha TEXT, branch TEXT,
@@ -61,6 +103,8 @@ MIGRATIONS: tuple[str, ...] = (
                        metric TEXT NOT NULL, run_id INTEGER NOT NULL REFERENCES runs(id), who TEXT NOT NULL,
                        why TEXT NOT NULL, created_at TEXT NOT NULL);
     """,
+    # 2 -> 3: records an earlier version stored with NaN tokens, as strict JSON (module docstring).
+    _repair_non_finite,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 30_000  # a reader or a second writer waits this long for the writer's lock
@@ -131,9 +175,15 @@ def migrate(conn: sqlite3.Connection, path: str, target: int = SCHEMA_VERSION) -
     """Bring the store to `target`, one migration per transaction; returns the version found."""
     found = _version(conn, path)
     for version in range(found, target):
+        step = MIGRATIONS[version]
         try:  # one transaction per step: a failed migration leaves the previous version
-            conn.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[version]}\nPRAGMA user_version = {version + 1};\n"
-                               "COMMIT;")
+            if callable(step):
+                conn.execute("BEGIN IMMEDIATE")
+                step(conn)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+                conn.execute("COMMIT")
+            else:
+                conn.executescript(f"BEGIN IMMEDIATE;\n{step}\nPRAGMA user_version = {version + 1};\nCOMMIT;")
         except sqlite3.DatabaseError as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -141,12 +191,19 @@ def migrate(conn: sqlite3.Connection, path: str, target: int = SCHEMA_VERSION) -
     return found
 
 
-def connect(path: str, *, readonly: bool = False, target: int = SCHEMA_VERSION) -> sqlite3.Connection:
-    """An open store: a writer creates and migrates it; a reader opens it read-only and refuses a
-    missing store or one of another version."""
+def _must_exist(path: str) -> None:
+    if not os.path.isfile(path):
+        raise StoreError(f"{path}: no such run store (create it with `python -m reports history ingest`)")
+
+
+def connect(path: str, *, readonly: bool = False, target: int = SCHEMA_VERSION,
+            existing: bool = False) -> sqlite3.Connection:
+    """An open store: a writer creates and migrates it (only an `existing` one where it reads what is
+    there, as `ack`); a reader opens it read-only and refuses a missing store or one of another
+    version."""
+    if readonly or existing:
+        _must_exist(path)
     if readonly:
-        if not os.path.isfile(path):
-            raise StoreError(f"{path}: no such run store (create it with `python -m reports history ingest`)")
         conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         version = _version(conn, path)
         if version != SCHEMA_VERSION:
@@ -167,16 +224,16 @@ def connect(path: str, *, readonly: bool = False, target: int = SCHEMA_VERSION) 
 
 
 @contextmanager
-def opened(path: str, *, readonly: bool = False) -> Iterator[sqlite3.Connection]:
-    with closing(connect(path, readonly=readonly)) as conn:
+def opened(path: str, *, readonly: bool = False, existing: bool = False) -> Iterator[sqlite3.Connection]:
+    with closing(connect(path, readonly=readonly, existing=existing)) as conn:
         yield conn
 
 
 def _columns(record: dict[str, Any]) -> tuple[Any, ...]:
     loss = record.get("loss") or {}
     steps = record.get("step_time_s") or {}
-    return (record.get("cell_id"), record.get("status"), record.get("throughput_samples_per_s"), loss.get("final"),
-            json.dumps(record.get("memory")), json.dumps(steps.get("values")))
+    return (record.get("cell_id"), record.get("status"), finite(record.get("throughput_samples_per_s")),
+            finite(loss.get("final")), to_json(record.get("memory")), to_json(steps.get("values")))
 
 
 def add_run(conn: sqlite3.Connection, info: dict[str, Any], records: list[dict[str, Any]],
@@ -202,7 +259,7 @@ def add_run(conn: sqlite3.Connection, info: dict[str, Any], records: list[dict[s
         conn.executemany(
             "INSERT INTO records (run_id, record_key, fingerprint, cell_id, status, throughput_samples_per_s, "
             "loss_final, memory, step_times_s, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(run_id, k, fingerprint_key(fp), *_columns(r), json.dumps(r)) for k, r, fp in new])
+            [(run_id, k, fingerprint_key(fp), *_columns(r), to_json(r)) for k, r, fp in new])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -20,7 +20,7 @@ from trainkit.engine.spec.schema import write_text
 from .. import html
 from .changes import History, change_rows
 from .detect import Analysis
-from .series import EXACT, UNITS, Series, percent
+from .series import EXACT, UNITS, Series, noise_text, percent
 
 COLORS = {"throughput": "#4c72b0", "memory": "#55a868", "loss": "#8172b2"}
 CHANGE_COLORS = {"regression": "#c44e52", "improvement": "#2a9d4b", "change": "#dd8452"}
@@ -61,7 +61,7 @@ CLICK_JS = ("document.getElementById('{plot_id}').on('plotly_click', d => { cons
 def _metric_title(analysis: Analysis) -> str:
     s = analysis.series
     unit = f" ({UNITS[s.metric]})" if UNITS[s.metric] else ""
-    noise = "" if s.method == EXACT else f", noise {analysis.noise:.1%}"
+    noise = "" if s.method == EXACT else f", noise {noise_text(analysis.noise)}"
     return (f"<b>{s.metric}</b>{unit}: {s.measure_name}{noise}<br><span style='font-size:10px'>"
             f"{analysis.params.describe(s.method, s.metric)}</span>")
 
@@ -79,7 +79,7 @@ def _values(fig: go.Figure, analysis: Analysis, history: History, row: int) -> N
                   row=row, col=1)
     for seg in analysis.segments:
         x = [nights[seg.start], nights[seg.stop - 1]]
-        if s.method != EXACT:
+        if s.method != EXACT and analysis.noise is not None:
             low, high = (seg.mean * (1 - BAND_SIGMAS * analysis.noise), seg.mean * (1 + BAND_SIGMAS * analysis.noise))
             fig.add_trace(go.Scatter(x=[x[0], x[1], x[1], x[0]], y=[low, low, high, high], fill="toself", mode="lines",
                                      fillcolor="rgba(120,120,120,0.12)", line={"width": 0}, hoverinfo="skip",
@@ -121,13 +121,14 @@ def _block(series: Series, analyses: list[Analysis], history: History, pos: int)
     anchor = f"s{pos}"
     changes = [c for a in analyses for c in a.change_points if not c.acknowledged]
     biggest = max((abs(c.magnitude) for c in changes if c.magnitude is not None), default=0.0)
-    noise = max((a.noise for a in analyses if a.series.method != EXACT), default=0.0)
+    measured = [a.noise for a in analyses if a.series.method != EXACT and a.noise is not None]
+    noise = max(measured, default=None)
     figure_html = pio.to_html(figure(analyses, history), full_html=False, include_plotlyjs=False, div_id=f"plot-{pos}",
                               post_script=CLICK_JS, config={"displaylogo": False, "responsive": True})
     attributes = html.attrs({"model": series.model, "precision": series.precision, "hardware": series.hardware,
-                             "changed": int(bool(changes)), "noise": f"{noise:.6f}", "change": f"{biggest:.6f}",
+                             "changed": int(bool(changes)), "noise": f"{noise or 0.0:.6f}", "change": f"{biggest:.6f}",
                              "pos": pos})
-    summary = (f"{len(changes)} change point(s)" if changes else "no change point") + f"; noise {noise:.1%}"
+    summary = (f"{len(changes)} change point(s)" if changes else "no change point") + f"; noise {noise_text(noise)}"
     return (f'<section id="{anchor}"{attributes}><h3>{html.esc(series.label)}</h3>'
             f'<p class="note">{html.esc(summary)}</p><div class="chart">{figure_html}</div></section>')
 
