@@ -121,7 +121,13 @@ def test_the_trainkit_command(env):
          "--output", "parity.json"),
         (env, "trainkit", "plan", "--model", "mlp", "--precision", "fp32", "--device", "cpu", "--target-batch", "8",
          "--memory-limit-gb", "4", "--search-limit", "8", "--probe-steps", "1", "--measure", "1", "--quiet",
-         "--output", "plan.json"))
+         "--output", "plan.json"),
+        (env, "trainkit", "recommend", "--model", "mlp", "--target-batch", "16", "--device", "cpu", "--precision",
+         "amp-bf16", "--rounds", "1", "--seeds", "2", "--steps", "12", "--budget", "30", "--quiet",
+         "--output", "answer"))
+    *done, recommended = done
+    # 0 with an answer, 1 when one round and two seeds cannot tell yet: both write the answer
+    assert recommended.returncode in (0, 1), recommended.stdout[-3000:] + recommended.stderr[-3000:]
     outputs = [ok(proc) for proc in done]
     assert "mlp" in outputs[0]
     record = json.loads((env["work"] / "run.json").read_text())
@@ -129,6 +135,10 @@ def test_the_trainkit_command(env):
     assert outputs[2].startswith("workload mlp (built-in)")
     assert json.loads((env["work"] / "parity.json").read_text())["models"]["mlp"]
     assert json.loads((env["work"] / "plan.json").read_text())["precisions"]["fp32"]
+    answer = json.loads((env["work"] / "answer" / "answer.json").read_text())
+    assert answer["schema"] == "trainkit.answer/1" and answer["candidates"][0]["precision"] == "amp-bf16"
+    assert (recommended.returncode == 1) == (answer["decision"]["kind"] == "can't tell yet")
+    assert (env["work"] / "answer" / "answer.html").is_file()
 
 
 def test_the_bench_matrix_is_the_registered_pytest_plugin(env):
