@@ -263,7 +263,7 @@ def _compare(args: argparse.Namespace, run: RunDir, thresholds: Thresholds, cand
 
 
 def _history(run: RunDir, store: str, report_url: str | None = None, preset: str | None = None) -> int:
-    """The run's results into the store (its commit and branch from nightly.json), then the store's
+    """The run's results into the store (its commit and branch as nightly.json records them), then the store's
     trend page into the run directory."""
     # numpy/scipy/ruptures (the detector) and plotly: kept out of `python -m nightly`'s import path
     from trainkit.reports.history.changes import load
