@@ -50,7 +50,9 @@ from .profile import profile_cell
 from .protocol import Command, Reply
 from .record import RankReport, TimedSpan
 
-PROGRESS_INTERVAL_S = 0.5
+PROGRESS_INTERVAL_S = float(os.environ.get("TRAINKIT_PROGRESS_INTERVAL_S", "0.5"))
+"""Seconds between a worker's progress reports (between steps, outside their time); the environment
+variable sets it (0: after every step), read when the worker starts."""
 
 
 class Diverged(Exception):
