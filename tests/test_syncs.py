@@ -18,6 +18,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from trainkit.engine.cell.worker import RankWorker
+from trainkit.engine.train import loop
 
 from .conftest import small_config
 from .datasets import write_mnist
@@ -70,10 +71,14 @@ def _timed(worker: RankWorker, how: str) -> Counter[str]:
 
 @pytest.mark.parametrize("how", ["window", "rounds"])
 @pytest.mark.parametrize("precision", ["fp32", "amp-bf16", "amp-fp16", "half-fp16", "half-fp16-master"])
-def test_the_timed_steps_hold_no_sync_of_trainkits(precision, how):
-    # 130 steps: the losses are stacked every 64 steps, inside the window, twice.
-    config = small_config("gpt", precision=precision, steps=130, warmup_steps=1, batch_size=4, grad_accum=2)
-    assert _timed(RankWorker(config), how) == {}
+def test_the_timed_steps_hold_no_sync_of_trainkits(precision, how, monkeypatch):
+    # The losses are stacked every CURVE_CHUNK_STEPS steps; made 4 here, so 1 warmup step and 9 timed
+    # ones stack them twice inside the window (at steps 4 and 8), as 130 steps would at 64 and 128.
+    monkeypatch.setattr(loop, "CURVE_CHUNK_STEPS", 4)
+    config = small_config("gpt", precision=precision, steps=9, warmup_steps=1, batch_size=4, grad_accum=2)
+    worker = RankWorker(config)
+    assert _timed(worker, how) == {}
+    assert len(worker.trainer.loss_chunks) == 2 and len(worker.trainer.loss_curve()) == 10  # stacked twice
 
 
 def test_synthetic_epochs_hold_no_sync_of_trainkits():
