@@ -117,8 +117,13 @@ def test_a_bad_spec_is_one_line_and_exit_2(user_dir, command, spec, message):
 
 @pytest.mark.slow
 def test_plan_plans_a_user_workload(user_dir):
+    # What is tested is that plan finds and plans a user's workload by name, not the search: it probes
+    # up to micro-batch 128 (not until out of memory, a minute of probes), to 10 %, with 1-step probes,
+    # measures 2 candidates and runs each on one thread.
     proc = run(trainkit_cmd("plan", "--model", "usermodels:tiny", "--precision", "fp32", "--target-batch", "64",
-                            "--device", "cpu", "--memory-limit-gb", "2", "--output", "plan.json", "--quiet"), user_dir)
+                            "--device", "cpu", "--memory-limit-gb", "2", "--search-limit", "128", "--resolution",
+                            "0.1", "--probe-steps", "1", "--measure", "2", "--steps", "3", "--warmup-steps", "1",
+                            "--cpu-threads", "1", "--output", "plan.json", "--quiet"), user_dir)
     assert proc.returncode == 0, proc.stderr
     with open(user_dir / "plan.json") as f:
         plan = json.load(f)
