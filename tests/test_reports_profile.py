@@ -30,7 +30,7 @@ from trainkit.engine.measure.flops import mfu, peak_flops_per_s  # noqa: E402
 from trainkit.engine.spec.config import ProfileConfig, RunConfig  # noqa: E402
 from trainkit.reports.build import build_report  # noqa: E402
 from trainkit.reports.figures import MAX_BARS  # noqa: E402
-from trainkit.reports.profiles import NOT_PROFILED  # noqa: E402
+from trainkit.reports.sections.profiles import NOT_PROFILED  # noqa: E402
 from trainkit.reports.summary import mfu_text  # noqa: E402
 
 from .conftest import REPO, SMALL, trainkit_cmd  # noqa: E402
