@@ -15,9 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.matrix import AXIS_OPTIONS, NIGHTLY, Hardware, build_matrix, preset, skip_reason
+from trainkit.bench.matrix import AXIS_OPTIONS, build_matrix, skip_reason
 from trainkit.engine.cell.record import RECORD_KEYS, check_record, read_jsonl
+from trainkit.engine.spec.presets import NIGHTLY, preset
 from trainkit.engine.spec.schema import CutOffLineWarning
+from trainkit.engine.train.hardware import Hardware
 
 from .conftest import REPO
 
