@@ -64,7 +64,7 @@ def _fork_server() -> Any:
         # ~5 s) are preloaded too, or each cell would import them again.
         adapters = [name for name in ("transformers", "timm") if name in sys.modules]
         _context.set_forkserver_preload(["trainkit.engine.cell.worker", "torch._dynamo", "torchvision", *adapters])
-        # MKL reads its setting once, when torch loads it: so the fork server starts with it.
+        # MKL and glibc read these once, when they start: so the fork server starts with them.
         with _environment(RANK_LIBRARY_ENV):
             multiprocessing.forkserver.ensure_running()
     return _context
