@@ -190,6 +190,13 @@ def test_benchmarks_time_the_steps_the_worker_timed_never_the_warmup(tiny_run):
         assert all(rt >= st for rt, st in zip(record["step_round_trip_s"], bench["stats"]["data"]))
 
 
+def test_progress_counts_only_the_cells_k_selected(tmp_path):
+    proc = run_bench(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--gpus", "1",
+                     "--steps", "2", "--warmup-steps", "1", "-k", "ga1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[cell 1/1] mlp-fp32-bs16-ga1-gpus1 (elapsed" in proc.stdout and "[cell 2/" not in proc.stdout
+
+
 def test_each_cell_and_each_repeat_runs_in_its_own_processes(tiny_run):
     _, _, data = tiny_run
     pids = [tuple(b["extra_info"]["worker_pids"]) for b in data["benchmarks"]]

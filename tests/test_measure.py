@@ -227,8 +227,10 @@ def test_a_cpu_record_has_no_mfu_and_no_gpu_memory():
 def test_step_time_grows_with_the_work():
     from trainkit.engine.cell.launch import run_cell
 
-    small = run_cell(small_config(batch_size=16, steps=8), timeout_s=120)
-    large = run_cell(small_config(batch_size=16, grad_accum=16, steps=8), timeout_s=120)
+    # One intra-op thread: with two, a busy neighbour on one core stalls every op on its straggler
+    # thread, and a loaded host made 1-micro-batch steps slower than 16-micro-batch ones.
+    small = run_cell(small_config(batch_size=16, steps=16, cpu_threads=1), timeout_s=120)
+    large = run_cell(small_config(batch_size=16, grad_accum=16, steps=8, cpu_threads=1), timeout_s=120)
     # 16 times the work. The fastest step of each: a busy neighbour only ever adds time to a step, so
     # the minima are the least disturbed (a shared machine's medians swing 2-3x between runs).
     assert large["step_time_s"]["min"] > 4 * small["step_time_s"]["min"]

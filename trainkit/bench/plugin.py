@@ -223,6 +223,7 @@ def pytest_report_collectionfinish(config: pytest.Config, start_path: Any, items
     return [f"left out {n} cell{'s' if n > 1 else ''}: {why}" for why, n in by_reason.items()]
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected: progress counts the cells that run
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
     if CELLS not in config.stash:
         return
