@@ -1,36 +1,4 @@
-"""The library's cost: trainkit's loop against the seeds' hand-written loop, side by side."""
+"""trainkit's loop against a hand-written loop (--overhead): the package's test (trainkit.bench.cells),
+collected here so that `pytest bench --benchmark-only --overhead` runs it in the checkout."""
 
-import pytest
-
-from trainkit.engine.spec.config import RunConfig
-
-from .clock import advance, worker_clock
-from .overhead import run_in_worker
-
-CASES = {
-    # The seed MLP at the seed's batch of 64, and a CPU-sized ResNet-18.
-    # Many short interleaved blocks: a shared CPU's speed drifts by tens of percent within seconds.
-    "mlp": (RunConfig(model="mlp", batch_size=64, momentum=0.9), 60, 50),
-    "resnet18": (RunConfig(model="resnet18", batch_size=32, image_size=32, lr=0.05), 20, 2),
-}
-
-
-@pytest.mark.bench
-@pytest.mark.benchmark(timer=worker_clock, group="overhead")
-# A measurement that fails has already failed the test; pytest-benchmark's "fixture was not used"
-# warning would only add a teardown error (an error under filterwarnings=error) hiding the cause.
-@pytest.mark.filterwarnings("ignore:Benchmark fixture was not used")
-@pytest.mark.parametrize("model", list(CASES))
-def test_overhead(benchmark, model, request):
-    if not request.config.getoption("tk_overhead"):
-        pytest.skip("pass --overhead to measure trainkit against a hand-written loop")
-    config, blocks, steps_per_block = CASES[model]
-    blocks = request.config.getoption("tk_overhead_blocks") or blocks
-    min_ratio = request.config.getoption("tk_overhead_min_ratio")
-    device = request.config.getoption("tk_device")
-    result = run_in_worker(config.replace(device=device), blocks, steps_per_block)
-    times = iter(result["trainkit_step_s"])  # measured in the worker; replayed to the benchmark
-    benchmark.pedantic(lambda: advance(next(times)), rounds=blocks, iterations=1, warmup_rounds=0)
-    benchmark.extra_info.update(result)
-    assert result["throughput_ratio"] >= min_ratio, (
-        f"trainkit reached {result['throughput_ratio']:.3f} of the hand-written loop's throughput (< {min_ratio})")
+from trainkit.bench.cells import test_overhead  # noqa: F401

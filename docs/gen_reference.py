@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["COLUMNS"] = "100"  # argparse wraps its help at the terminal's width: fix it for the page
 
-from nightly.cli import parser as nightly_parser  # noqa: E402
 from trainkit.commands.cli import build_parser as trainkit_parser  # noqa: E402
 from trainkit.engine.spec import precision_facts  # noqa: E402
 from trainkit.engine.spec.config import RunConfig, field_help  # noqa: E402
+from trainkit.nightly.cli import parser as nightly_parser  # noqa: E402
 from trainkit.reports.cli import parser as reports_parser  # noqa: E402
 
 

@@ -4,13 +4,13 @@ one figure at a time. Shared by test_nightly_gpucheck.py and test_nightly_gpuche
 
 from __future__ import annotations
 
-from bench.matrix import GPU_GPT
-from nightly.gpucheck import cells, memory
-from nightly.gpucheck.stepprobe import StepCount
 from trainkit.engine.cell.record import LauncherReport, RankReport, TimedSpan, merge_ranks
 from trainkit.engine.measure.flops import peak_flops_per_s
 from trainkit.engine.spec.config import RunConfig
 from trainkit.engine.spec.precision_facts import DTYPE_BYTES, facts_of
+from trainkit.engine.spec.presets import GPU_GPT
+from trainkit.nightly.gpucheck import cells, memory
+from trainkit.nightly.gpucheck.stepprobe import StepCount
 
 MiB, GiB = 2**20, 2**30
 H200 = "NVIDIA H200"

@@ -1,6 +1,6 @@
 """A made-up axis of the benchmark matrix, as one row (tests/test_bench.py): the seed, with a skip
 rule no hardware has. Loaded by pytest as a plugin (-p tests.made_up_axis), it registers the row
-before bench's conftest reads the registry; imported, it only defines it."""
+before the bench plugin (trainkit.bench) reads the registry; imported, it only defines it."""
 
 from trainkit.engine.spec import axes
 from trainkit.engine.spec.axes import Axis
@@ -13,5 +13,5 @@ SEED_AXIS = Axis("seed", "seed", Option("--seed", comma_list(integer(0)), "A,B",
 
 
 def pytest_addoption(parser) -> None:
-    """Called as pytest registers this plugin, before the conftest files that read the axes."""
+    """Called as pytest registers this plugin, before the bench plugin's own options, which read the axes."""
     axes.AXES = (*axes.AXES, SEED_AXIS)

@@ -15,9 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.matrix import AXIS_OPTIONS, NIGHTLY, Hardware, build_matrix, preset, skip_reason
+from trainkit.bench.matrix import AXIS_OPTIONS, build_matrix, skip_reason
 from trainkit.engine.cell.record import RECORD_KEYS, check_record, read_jsonl
+from trainkit.engine.spec.presets import NIGHTLY, preset
 from trainkit.engine.spec.schema import CutOffLineWarning
+from trainkit.engine.train.hardware import Hardware
 
 from .conftest import REPO
 
@@ -186,6 +188,13 @@ def test_benchmarks_time_the_steps_the_worker_timed_never_the_warmup(tiny_run):
         measured, own = bench["stats"]["median"], sorted(record["step_time_s"]["values"][:4])
         assert abs(measured - (own[1] + own[2]) / 2) <= 0.05 * measured  # within 5% (here: equal)
         assert all(rt >= st for rt, st in zip(record["step_round_trip_s"], bench["stats"]["data"]))
+
+
+def test_progress_counts_only_the_cells_k_selected(tmp_path):
+    proc = run_bench(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--gpus", "1",
+                     "--steps", "2", "--warmup-steps", "1", "-k", "ga1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[cell 1/1] mlp-fp32-bs16-ga1-gpus1 (elapsed" in proc.stdout and "[cell 2/" not in proc.stdout
 
 
 def test_each_cell_and_each_repeat_runs_in_its_own_processes(tiny_run):

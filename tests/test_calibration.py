@@ -9,10 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.matrix import Hardware, build_matrix, preset
 from trainkit.analysis import calibration as sim
 from trainkit.analysis import paired
+from trainkit.analysis.parity.stats import WELCH_MIN_SEEDS
+from trainkit.bench.matrix import build_matrix
 from trainkit.engine.measure import conditions
+from trainkit.engine.spec.presets import preset
+from trainkit.engine.train.hardware import Hardware
 from trainkit.reports import calibration
 from trainkit.reports.cli import main
 from trainkit.reports.load import to_frame
@@ -42,20 +45,30 @@ def test_the_t_intervals_cover_the_typical_seed_or_refuse(interval):
     """Parity's paired t and Welch's interval at every n and law: 93-97 % over the data sets given an
     interval, the rest refused because a seed stood apart (parity.stats.seeds_apart). Clean normal
     seeds are refused at most 1 % (Welch: 2 %, two sets); the slow-outlier law at 20 seeds almost always.
-    One exception, on the safe side: Welch with a far-off seed among 3 or 4 covers up to 98 % (a far seed
-    among 3 cannot be told from the spread, and it widens the interval)."""
+    Welch gives none below WELCH_MIN_SEEDS a set: there a far-off seed among 3 or 4 cannot be told from
+    the spread, widens the interval, and it covered 97.5-97.7 % (test_welch_below_its_floor_over_covers)."""
     rows = sim.coverage_table(intervals=(interval,))
     for row in rows:
+        if interval == "Welch" and row.n < WELCH_MIN_SEEDS:
+            assert row.covered is None and "too few" in row.note, row
+            continue
         assert row.refused is not None and (row.draws >= 1000 or row.refused > 0.99), row
         # Welch's two sets of 20 with a far seed in eight are refused 99.5 %: its coverage is over ~250
         # intervals, +-3 points (2 SE), and only held to that.
         assert row.covered >= sim.TOLERANCE[0] - (0.03 if row.draws < 1000 else 0), row
-        if not (interval == "Welch" and row.distribution == "slow outlier" and row.n <= 4):
-            assert row.covered <= sim.TOLERANCE[1], row
+        assert row.covered <= sim.TOLERANCE[1], row
         if row.distribution == "normal":
             assert row.refused <= (0.01 if interval == "parity difference" else 0.02), row
     outliers = {r.n: r.refused for r in rows if r.distribution == "slow outlier"}
     assert outliers[20] > 0.9 and outliers[8] > 0.5
+
+
+def test_welch_below_its_floor_over_covers(monkeypatch):
+    """Why the floor: without it, Welch's interval of 3 seeds a set with one seed in eight twice as
+    slow covers more than the 97 % the table allows (97.5 % when measured): wider than its claim."""
+    monkeypatch.setattr(sim, "WELCH_MIN_SEEDS", 2)
+    row = sim.coverage("Welch", "slow outlier", 3)
+    assert row.covered is not None and row.covered > sim.TOLERANCE[1]
 
 
 def test_without_the_refusal_a_far_seed_breaks_the_t_interval(monkeypatch):

@@ -124,7 +124,7 @@ def test_progress_is_shown_on_stderr(tmp_path):
 def test_a_broken_nightly_state_is_named_in_one_line_not_a_traceback(tmp_path, capsys):
     """nightly.json cut off (a disk that filled up while it was written by hand, say) was a
     JSONDecodeError traceback out of every nightly command that reads the run."""
-    from nightly.cli import main as nightly_main
+    from trainkit.nightly.cli import main as nightly_main
 
     (tmp_path / "nightly.json").write_text('{"schema": "trainkit.nightly/1", "stages": {')
     assert nightly_main(["status", "--out", str(tmp_path)]) == 2
@@ -141,7 +141,7 @@ def _command_main(command: str):
 
         return reports_main
     if command == "nightly":
-        from nightly.cli import main as nightly_main
+        from trainkit.nightly.cli import main as nightly_main
 
         return nightly_main
     return main

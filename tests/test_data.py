@@ -7,14 +7,14 @@ import torch
 
 from trainkit.engine.cell.launch import run_cell
 from trainkit.engine.workloads.data import EVAL_SAMPLES, SyntheticData, pool_size
-from trainkit.engine.workloads.models import build_spec
+from trainkit.engine.workloads.models import build_builtin
 
 from .conftest import CPU, small_config, train
 from .datasets import write_cifar10, write_image_folder, write_mnist
 
 
 def test_a_step_covers_the_same_samples_however_it_is_split():
-    spec = build_spec(small_config())
+    spec = build_builtin(small_config())
 
     def samples(batch_size, grad_accum, world_size, step):
         config = small_config(batch_size=batch_size, grad_accum=grad_accum, world_size=world_size)
@@ -32,7 +32,7 @@ def test_a_step_covers_the_same_samples_however_it_is_split():
 
 def test_the_pool_wraps_around_without_changing_the_sample_numbering():
     config = small_config(batch_size=48)
-    spec = build_spec(config)
+    spec = build_builtin(config)
     data = SyntheticData(config, spec, CPU, torch.float32, 0)
     size = pool_size(spec)
     x, _ = data._take(size - 16, 48)  # crosses the end of the pool
@@ -50,7 +50,7 @@ def test_synthetic_data_is_learnable(model):
 
 @pytest.mark.parametrize("model", ["mlp", "gpt"])
 def test_a_task_seed_fixes_the_task_and_the_held_out_set_while_seed_draws_the_samples(model):
-    spec = build_spec(small_config(model))
+    spec = build_builtin(small_config(model))
 
     def data(**changes):
         return SyntheticData(small_config(model, **changes), spec, CPU, torch.float32, 0)
@@ -87,7 +87,7 @@ def test_cifar10_from_local_pickles(tmp_path):
     root = write_cifar10(tmp_path, samples_per_batch=20)
     trainer = train(small_config("resnet18", data="cifar10", data_root=str(root), epochs=1, batch_size=16,
                                  drop_last=True))
-    assert trainer.spec.num_classes == 10
+    assert trainer.workload.num_classes == 10
     assert trainer.step_samples and set(trainer.step_samples) == {16}  # drop_last: no short batch
     assert trainer.data.eval_set[0].shape[1:] == (3, 32, 32)
 
@@ -118,19 +118,19 @@ def test_real_data_is_never_downloaded(tmp_path):
 GENERATION_PROBE = """
 import resource, sys
 import torch
-from bench.matrix import GPU_GPT
+from trainkit.engine.spec.presets import GPU_GPT
 from trainkit.engine.spec.config import RunConfig
 from trainkit.engine.workloads.data import SyntheticData
 from trainkit.engine.measure.memory import host_rss_now_bytes
-from trainkit.engine.workloads.models import build_spec
+from trainkit.engine.workloads.models import build_builtin
 
 config = RunConfig(model="gpt", device="cpu", **GPU_GPT)
-spec = build_spec(config)
+spec = build_builtin(config)
 # Cap the address space well below what a vocab x vocab teacher needs (10 GB a matrix at GPT-2's
 # vocabulary), so generating like that fails here instead of taking the machine's memory.
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), resource.RLIM_INFINITY))
 # Code that runs for the first time loads its pages: do it once on a small vocabulary first.
-SyntheticData(RunConfig(model="gpt", device="cpu"), build_spec(RunConfig(model="gpt")), torch.device("cpu"),
+SyntheticData(RunConfig(model="gpt", device="cpu"), build_builtin(RunConfig(model="gpt")), torch.device("cpu"),
               torch.float32, 0)
 before = max(host_rss_now_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 data = SyntheticData(config, spec, torch.device("cpu"), torch.float32, 0)

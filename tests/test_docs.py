@@ -115,7 +115,7 @@ def parser_of(program: str):
     if program == "reports":
         from trainkit.reports.cli import parser
         return parser()
-    from nightly.cli import parser
+    from trainkit.nightly.cli import parser
     return parser()
 
 

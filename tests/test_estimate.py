@@ -52,7 +52,7 @@ def test_weights_gradients_optimizer_state_and_data_are_the_tensors_of_a_real_ru
     estimate = estimators(model, precision)
     trainer = Trainer(config_of(model, precision), CPU)
     inputs, targets = trainer.data.source.window(0).micro_batches[0]
-    loss = trainer.spec.loss_fn(trainer.policy.convert_output(trainer.raw_model(inputs)), targets)
+    loss = trainer.workload.loss_fn(trainer.policy.convert_output(trainer.raw_model(inputs)), targets)
     loss.backward()
     model_ = trainer.raw_model
     assert estimate.gradients_bytes() == nbytes(p.grad for p in model_.parameters())
@@ -84,7 +84,7 @@ def real_saved_bytes(config: RunConfig) -> int:
     inputs, targets = trainer.data.source.window(0).micro_batches[0]
     counter = SavedTensors(trainer.raw_model, exclude=(trainer.data.source.inputs, trainer.data.source.targets))
     with counter.hooks(), trainer.policy.forward_context():
-        trainer.spec.loss_fn(trainer.policy.convert_output(trainer.raw_model(inputs)), targets)
+        trainer.workload.loss_fn(trainer.policy.convert_output(trainer.raw_model(inputs)), targets)
     return counter.bytes
 
 

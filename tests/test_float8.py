@@ -11,10 +11,11 @@ import sys
 import pytest
 import torch
 
-from bench.matrix import Hardware, skip_reason
+from trainkit.bench.matrix import skip_reason
 from trainkit.engine.cell.record import RankReport, RankTiming, merge_ranks
 from trainkit.engine.measure import flops
 from trainkit.engine.train import float8
+from trainkit.engine.train.hardware import Hardware
 from trainkit.engine.train.loop import Trainer, Unsupported
 from trainkit.engine.train.precision import POLICIES, Float8Precision
 
@@ -116,7 +117,7 @@ def test_emulated_fp8_converts_the_gpt_and_trains_within_tolerance_of_amp_bf16(m
     assert [n for n, m in trainer.raw_model.named_modules() if isinstance(m, float8_linear)] == converted
     assert type(trainer.raw_model.head) is torch.nn.Linear
 
-    details = trainer.policy.details(trainer.spec)
+    details = trainer.policy.details(trainer.workload)
     assert details["recipe"] == mode.removeprefix("fp8-") and details["emulate"] is True
     assert details["converted_layers"] == converted
     assert details["skipped_layers"] == [{"layer": "head", "reason": "32->72 features, not multiples of 16"}]
@@ -135,9 +136,9 @@ def test_emulated_fp8_converts_the_gpt_and_trains_within_tolerance_of_amp_bf16(m
 
 def test_the_flop_share_counts_a_first_layer_without_its_input_gradient():
     """The MLP's fc1 reads the data, which needs no gradient: 4 FLOPs per weight and sample, not 6."""
-    from trainkit.engine.workloads.models import build_spec
+    from trainkit.engine.workloads.models import build_builtin
 
-    flops = float8.linear_flops(build_spec(small_config("mlp")))  # for a batch of 2
+    flops = float8.linear_flops(build_builtin(small_config("mlp")))  # for a batch of 2
     assert flops == {"fc1": 2 * 4 * 784 * 128, "fc2": 2 * 6 * 128 * 64, "fc3": 2 * 6 * 64 * 10}
 
 

@@ -14,14 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.matrix import AXIS_OPTIONS, Hardware, build_matrix, preset, skip_reason
+from trainkit.bench.matrix import AXIS_OPTIONS, build_matrix, skip_reason
 from trainkit.engine.cell import allocator, worker
 from trainkit.engine.cell.launch import run_cell
 from trainkit.engine.cell.record import merge_ranks
 from trainkit.engine.cell.worker import RankWorker, classify
 from trainkit.engine.measure.memory import SavedTensors
 from trainkit.engine.spec.config import ConfigError, RunConfig
+from trainkit.engine.spec.presets import preset
 from trainkit.engine.train import checkpointing, compiled
+from trainkit.engine.train.hardware import Hardware
 from trainkit.engine.train.loop import Trainer, Unsupported
 
 from .conftest import CPU, flat_params, small_config, train
@@ -130,7 +132,7 @@ def test_checkpointing_keeps_far_fewer_tensors_for_backward():
         inputs, targets = next(trainer.windows).micro_batches[0]
         counter = SavedTensors(trainer.raw_model, exclude=(inputs, targets))
         with counter.hooks():
-            trainer.spec.loss_fn(trainer.model(inputs), targets)
+            trainer.workload.loss_fn(trainer.model(inputs), targets)
         return counter.bytes
 
     plain, ckpt = saved_bytes("none"), saved_bytes("full")

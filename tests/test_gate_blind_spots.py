@@ -9,13 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from nightly import INCONCLUSIVE, PASS, REGRESSION
-from nightly.cli import main as nightly_main
-from nightly.rundir import RunDir, Stage
 from tests.history_nights import STEP_CELL
 from tests.test_history_gate import GOOD_NIGHTS, night
 from tests.test_history_gate import gate as history_gate
 from tests.test_nightly_gate import GPT, MLP, baseline_dir, record, repeats, write_results
+from trainkit.nightly import INCONCLUSIVE, PASS, REGRESSION
+from trainkit.nightly.cli import main as nightly_main
+from trainkit.nightly.rundir import RunDir, Stage
 from trainkit.reports.cli import main as reports_main
 from trainkit.reports.verdict import Thresholds, compare_records
 
@@ -191,8 +191,8 @@ def test_a_loss_regression_is_not_excused_by_the_same_cells_throughput_outlier(t
 
 
 def test_the_summary_lists_every_gated_cell_with_the_smallest_regression_it_could_catch(tmp_path):
-    from nightly import summary
-    from nightly.gate import run_compare
+    from trainkit.nightly import summary
+    from trainkit.nightly.gate import run_compare
 
     root = str(tmp_path / "baselines")
     wobbly = repeats(GPT, throughputs=(920.0, 1000.0, 1080.0))  # spread 8 %: catches beyond 24 %

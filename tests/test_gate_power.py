@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from nightly.baselines import NIGHTLY_THRESHOLDS
+from trainkit.nightly.baselines import NIGHTLY_THRESHOLDS
 from trainkit.reports import calibration as gate_power  # the gate section of the calibration command
 from trainkit.reports.verdict import Thresholds
 

@@ -15,7 +15,6 @@ import sys
 import pytest
 import torch
 
-from bench.matrix import Hardware
 from trainkit.analysis.parity.verdicts import judge
 from trainkit.engine.cell.record import STATUSES, append_jsonl, check_record, merge_ranks, read_jsonl
 from trainkit.engine.cell.worker import RankWorker
@@ -25,6 +24,7 @@ from trainkit.engine.spec import axes
 from trainkit.engine.spec.config import ProfileConfig, RunConfig
 from trainkit.engine.spec.precision_facts import OPTIMIZER_STATES, PRECISION_FACTS, facts_of, precision_names
 from trainkit.engine.train import rounding
+from trainkit.engine.train.hardware import Hardware
 from trainkit.engine.train.loop import Trainer
 from trainkit.engine.train.precision import Float8Precision, Unsupported, policy_class
 from trainkit.engine.train.rounding import RoundingOptimizer, accumulation_check

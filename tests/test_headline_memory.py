@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.runner import TABLE_HEADER, table_row
-from trainkit.commands.cli import summary_line
+from trainkit.bench.runner import TABLE_HEADER, table_row
+from trainkit.commands.run import summary_line
 from trainkit.engine.spec.schema import (
     HEADLINE_MEMORY,
     MEMORY_KEYS,

@@ -11,10 +11,10 @@ import shutil
 import numpy as np
 import pytest
 
-from nightly import INCONCLUSIVE, NO_BASELINE, PASS, REGRESSION
-from nightly.cli import main as nightly_main
 from tests.history_nights import STEP_CELL, commit, night_records
 from tests.test_nightly_gate import baseline_dir
+from trainkit.nightly import INCONCLUSIVE, NO_BASELINE, PASS, REGRESSION
+from trainkit.nightly.cli import main as nightly_main
 from trainkit.reports.cli import main as reports_main
 
 GOOD_NIGHTS = 10
@@ -106,7 +106,7 @@ def test_a_missing_store_is_bad_input(nights, capsys):
 
 
 def test_the_history_stage_ingests_the_run_with_its_commit_and_writes_the_trend_page(nights):
-    from nightly.rundir import RESULTS, RunDir, Stage
+    from trainkit.nightly.rundir import RESULTS, RunDir, Stage
     from trainkit.reports.history import store
 
     out = nights["tmp"] / "run"

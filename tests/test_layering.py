@@ -1,7 +1,8 @@
 """The layers the folders show, held against every import the code makes.
 
-    applications   trainkit/commands (python -m trainkit), reports/ (python -m reports), nightly/,
-         |         bench/ (nightly reads bench's presets)
+    applications   trainkit/commands (trainkit), trainkit/nightly (trainkit-nightly), trainkit/bench
+         |         (the matrix's pytest plugin); the checkout's reports/, nightly/ and bench/ call them.
+         |         No application imports another: what two share is the library's.
          |
     trainkit/reports    tables, pages, verdicts and history from records and documents
          |
@@ -40,6 +41,8 @@ LAYERS = {
     "trainkit.analysis": 1,
     "trainkit.reports": 2,
     "trainkit.commands": 3,
+    "trainkit.nightly": 3,
+    "trainkit.bench": 3,
     "reports": 3,
     "trainkit.__main__": 3,
     "nightly": 3,
@@ -141,6 +144,40 @@ def test_the_engine_imports_no_report_and_no_application(graph):
     assert len(engine) > 10
     above = {m: sorted(t for t in targets if not t.startswith("trainkit.engine")) for m, targets in engine.items()}
     assert {m: t for m, t in above.items() if t} == {}
+
+
+APPLICATIONS = ("trainkit.commands", "trainkit.nightly", "trainkit.bench", "reports", "nightly", "bench")
+
+
+def application_of(module: str) -> str | None:
+    return next((app for app in APPLICATIONS if module == app or module.startswith(app + ".")), None)
+
+
+def apps_crossed(graph: dict[str, set[str]]) -> list[str]:
+    """Every import from one application into another, as 'module -> target'. The checkout's thin
+    folders (reports/, nightly/, bench/) may call the package's application they stand for."""
+    stands_for = {"reports": "trainkit.reports", "nightly": "trainkit.nightly", "bench": "trainkit.bench"}
+    crossed = []
+    for module, targets in graph.items():
+        own = application_of(module)
+        if own is None:
+            continue
+        for target in sorted(targets):
+            app = application_of(target)
+            if app not in (None, own, stands_for.get(own)):
+                crossed.append(f"{module} -> {target}")
+    return crossed
+
+
+def test_no_application_imports_another(graph):
+    assert apps_crossed(graph) == []
+
+
+def test_the_check_sees_an_application_importing_another(graph):
+    # nightly once read bench's presets: that import is caught.
+    cli = "trainkit.nightly.cli"
+    planted = {**graph, cli: graph[cli] | {"trainkit.bench.matrix"}}
+    assert apps_crossed(planted) == ["trainkit.nightly.cli -> trainkit.bench.matrix"]
 
 
 def test_no_import_cycle(graph):

@@ -26,7 +26,7 @@ from trainkit.engine.measure.flops import gpt_flops_per_token, mfu, peak_flops_p
 from trainkit.engine.measure.nvml import Nvml
 from trainkit.engine.measure.timing import Marks, summarize_s
 from trainkit.engine.spec.config import RunConfig
-from trainkit.engine.workloads.models import build_spec
+from trainkit.engine.workloads.models import build_builtin
 
 from .conftest import CPU, small_config
 
@@ -178,13 +178,13 @@ def test_mlp_flops_match_a_hand_count():
     """Forward 2 FLOPs per weight, backward 4, except the first layer's input gradient, which is
     never computed (the input needs no gradient): 6N - 2 * 784 * 128."""
     weights = [784 * 128, 128 * 64, 64 * 10]
-    assert training_flops_per_sample(build_spec(RunConfig(model="mlp"))) == 6 * sum(weights) - 2 * weights[0]
+    assert training_flops_per_sample(build_builtin(RunConfig(model="mlp"))) == 6 * sum(weights) - 2 * weights[0]
 
 
 @pytest.mark.parametrize("sizes", [{}, {"gpt_layers": 3, "gpt_width": 96, "gpt_heads": 3, "seq_len": 32}])
 def test_gpt_flops_match_palms_formula(sizes):
     config = RunConfig(model="gpt", **sizes)
-    counted = training_flops_per_sample(build_spec(config))
+    counted = training_flops_per_sample(build_builtin(config))
     assert counted == gpt_flops_per_token(config) * config.seq_len
 
 
@@ -242,7 +242,7 @@ def test_a_cpu_record_has_no_mfu_and_no_gpu_memory():
 
     record = run_cell(small_config(steps=2), timeout_s=120)
     assert record["mfu"] is None and record["peak_flops_per_s"] is None
-    assert record["flops_per_sample"] == training_flops_per_sample(build_spec(RunConfig(model="mlp")))
+    assert record["flops_per_sample"] == training_flops_per_sample(build_builtin(RunConfig(model="mlp")))
     memory = record["memory"]
     assert memory["torch_max_allocated_bytes"] is None and memory["nvml_process_peak_bytes"] is None
     assert memory["nvml_method"] == "unavailable: no GPU" and memory["host_rss_peak_bytes"] > 0
@@ -256,8 +256,10 @@ def test_a_cpu_record_has_no_mfu_and_no_gpu_memory():
 def test_step_time_grows_with_the_work():
     from trainkit.engine.cell.launch import run_cell
 
-    small = run_cell(small_config(batch_size=16, steps=8), timeout_s=120)
-    large = run_cell(small_config(batch_size=16, grad_accum=16, steps=8), timeout_s=120)
+    # One intra-op thread: with two, a busy neighbour on one core stalls every op on its straggler
+    # thread, and a loaded host made 1-micro-batch steps slower than 16-micro-batch ones.
+    small = run_cell(small_config(batch_size=16, steps=16, cpu_threads=1), timeout_s=120)
+    large = run_cell(small_config(batch_size=16, grad_accum=16, steps=8, cpu_threads=1), timeout_s=120)
     # 16 times the work. The fastest step of each: a busy neighbour only ever adds time to a step, so
     # the minima are the least disturbed (a shared machine's medians swing 2-3x between runs).
     assert large["step_time_s"]["min"] > 4 * small["step_time_s"]["min"]
@@ -467,7 +469,7 @@ def _saved_bytes(config, batch):
     inputs, targets = trainer.data.source.window(0).micro_batches[0]
     counter = SavedTensors(trainer.raw_model, exclude=(inputs, targets))
     with counter.hooks(), trainer.policy.forward_context():
-        loss = trainer.spec.loss_fn(trainer.policy.convert_output(trainer.raw_model(inputs)), targets)
+        loss = trainer.workload.loss_fn(trainer.policy.convert_output(trainer.raw_model(inputs)), targets)
     loss.backward()
     return counter.bytes
 

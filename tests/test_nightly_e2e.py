@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from nightly import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
-from nightly.baselines import MANIFEST, cannot_judge, load_all, slug
-from nightly.cli import main
-from nightly.rundir import ROOT, RunDir
 from trainkit.engine.spec.schema import fingerprint, headline_memory, read_jsonl
+from trainkit.nightly import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION
+from trainkit.nightly.baselines import MANIFEST, cannot_judge, load_all, slug
+from trainkit.nightly.cli import main
+from trainkit.nightly.rundir import RunDir
 from trainkit.reports.verdict import Samples
+
+from .conftest import REPO as ROOT
 
 pytestmark = pytest.mark.slow
 CELLS = ("mlp-fp32-bs16-ga1-gpus1", "mlp-fp32-bs16-ga2-gpus1", "mlp-amp-bf16-bs16-ga1-gpus1",

@@ -1,4 +1,4 @@
-"""The nightly gate's decisions (nightly.gate, nightly.rundir), on small hand-made records: noise-aware
+"""The nightly gate's decisions (trainkit.nightly: gate, rundir), on small hand-made records: noise-aware
 thresholds over repeats, like-with-like baselines, new, removed and failing cells, loss drift, and the
 exit status and label a run ends with. Pure Python: no worker runs here (test_nightly_e2e runs them)."""
 
@@ -9,12 +9,12 @@ import os
 
 import pytest
 
-from nightly import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION, summary
-from nightly.baselines import MANIFEST, slug
-from nightly.cli import main
-from nightly.gate import NIGHTLY_THRESHOLDS, cell_rows, run_compare
-from nightly.rundir import COMPARE, RunDir, Stage, overall
 from trainkit.engine.spec.schema import SCHEMA, fingerprint
+from trainkit.nightly import BAD_INPUT, INCONCLUSIVE, INFRASTRUCTURE, NO_BASELINE, PASS, REGRESSION, summary
+from trainkit.nightly.baselines import MANIFEST, slug
+from trainkit.nightly.cli import main
+from trainkit.nightly.gate import NIGHTLY_THRESHOLDS, cell_rows, run_compare
+from trainkit.nightly.rundir import COMPARE, RunDir, Stage, overall
 from trainkit.reports.verdict import Thresholds
 
 H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver": "575.51.03", "cuda": "12.8", "torch": "2.7.0",

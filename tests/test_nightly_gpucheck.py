@@ -15,15 +15,16 @@ import sys
 import pytest
 import torch
 
-from nightly import BAD_INPUT, INFRASTRUCTURE, PASS, REGRESSION
-from nightly.cli import main
-from nightly.gpucheck import anchors, cells, command, numerics, nvml, registry, stepprobe, timing
-from nightly.gpucheck.results import FAIL, OK, REPORT, RESULTS, SKIP, SUMMARY_JSON, SUMMARY_MD
-from nightly.gpucheck.thresholds import HALF_SHARE_MIN, TIME_TOLERANCE
-from nightly.rundir import ROOT
 from tests.gpucheck_records import H200, gpt_config, gpu_record, resnet_config, step_count
 from trainkit.engine.spec.config import RunConfig
 from trainkit.engine.spec.schema import read_jsonl
+from trainkit.nightly import BAD_INPUT, INFRASTRUCTURE, PASS, REGRESSION
+from trainkit.nightly.cli import main
+from trainkit.nightly.gpucheck import anchors, cells, command, numerics, nvml, registry, stepprobe, timing
+from trainkit.nightly.gpucheck.results import FAIL, OK, REPORT, RESULTS, SKIP, SUMMARY_JSON, SUMMARY_MD
+from trainkit.nightly.gpucheck.thresholds import HALF_SHARE_MIN, TIME_TOLERANCE
+
+from .conftest import REPO as ROOT
 
 # --- time ------------------------------------------------------------------------------------------
 

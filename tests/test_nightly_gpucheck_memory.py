@@ -9,10 +9,6 @@ import dataclasses
 import pytest
 import torch
 
-from bench.matrix import CPU_GPT
-from nightly.gpucheck import cells, memory, nvml, stepprobe
-from nightly.gpucheck.results import FAIL, OK, SKIP
-from nightly.gpucheck.stepprobe import StepCount
 from tests.gpucheck_records import (
     SLACK,
     GiB,
@@ -25,6 +21,10 @@ from tests.gpucheck_records import (
     step_count,
 )
 from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.presets import CPU_GPT
+from trainkit.nightly.gpucheck import cells, memory, nvml, stepprobe
+from trainkit.nightly.gpucheck.results import FAIL, OK, SKIP
+from trainkit.nightly.gpucheck.stepprobe import StepCount
 
 # --- memory ----------------------------------------------------------------------------------------
 

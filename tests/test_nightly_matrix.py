@@ -10,10 +10,10 @@ import types
 
 import pytest
 
-from nightly import BAD_INPUT, INFRASTRUCTURE, PASS
-from nightly import matrix as nm
-from nightly.rundir import BENCH_JSON, RESULTS, RunDir
 from trainkit.engine.spec.schema import SCHEMA
+from trainkit.nightly import BAD_INPUT, INFRASTRUCTURE, PASS
+from trainkit.nightly import matrix as nm
+from trainkit.nightly.rundir import BENCH_JSON, RESULTS, RunDir
 
 
 def record(cell: str, status: str = "ok", skipped: bool = False, throttled: bool | None = None) -> dict:
@@ -46,7 +46,8 @@ def bench(monkeypatch, tmp_path):
 def test_the_bench_command_is_the_documented_one(bench, tmp_path):
     options = nm.MatrixOptions(preset="nightly", repeats=3, device="cuda", bench_args=("--model", "gpt"))
     stage, command = bench(0, [record("a"), record("a")], options)
-    assert command[1:6] == ["-m", "pytest", "bench/test_train.py", "--benchmark-only", "-p"]
+    # The plugin's own matrix test, as a person would run it outside a checkout too.
+    assert command[1:8] == ["-m", "pytest", "-p", "trainkit.bench", "--benchmark-only", "-k", "test_train"]
     assert command[command.index("--preset") + 1] == "nightly" and command[command.index("--repeats") + 1] == "3"
     assert command[command.index("--device") + 1] == "cuda" and "--no-report" in command
     assert command[command.index("--results-file") + 1] == str(tmp_path / "run" / RESULTS)
@@ -91,9 +92,7 @@ def test_an_earlier_runs_results_are_never_judged(bench, tmp_path):
 
 
 def test_a_gpu_lost_during_the_matrix_is_the_runners_fault(bench, monkeypatch):
-    import nightly.preflight
-
-    monkeypatch.setattr(nightly.preflight, "postflight", lambda run: "GPU(s) 3 no longer answer NVML after the matrix")
+    monkeypatch.setattr(nm.preflight, "postflight", lambda run: "GPU(s) 3 no longer answer NVML after the matrix")
     stage, _ = bench(0, [record("a", "crashed")])
     assert (stage.exit_status, stage.line) == (INFRASTRUCTURE, "GPU(s) 3 no longer answer NVML after the matrix")
 

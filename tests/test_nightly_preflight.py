@@ -11,10 +11,10 @@ import types
 
 import pytest
 
-from nightly import INFRASTRUCTURE, PASS
-from nightly import preflight as pf
-from nightly.cli import main
-from nightly.rundir import RunDir
+from trainkit.nightly import INFRASTRUCTURE, PASS
+from trainkit.nightly import preflight as pf
+from trainkit.nightly.cli import main
+from trainkit.nightly.rundir import RunDir
 
 from .test_measure import _proc, fake_pynvml
 

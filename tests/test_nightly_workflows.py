@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from bench.matrix import NIGHTLY as NIGHTLY_PRESET
-from nightly.rundir import ROOT
 from trainkit.engine.spec.precision_facts import precision_names
+from trainkit.engine.spec.presets import NIGHTLY as NIGHTLY_PRESET
+
+from .conftest import REPO as ROOT
 
 WORKFLOWS = os.path.join(ROOT, ".github", "workflows")
 NIGHTLY = os.path.join(WORKFLOWS, "nightly-gpu.yml")

@@ -62,21 +62,31 @@ def test_a_non_finite_eval_loss_in_an_ok_cell_is_diverged():
 
 
 def test_seeds_fp32_did_not_run_are_judged_and_shown():
-    # Five paired seeds equal to fp32's; three more, that fp32 never ran, three times the loss.
+    # Five paired seeds equal to fp32's; five more, that fp32 never ran, three times the loss.
     candidates = [record("half-fp16", s, eval_loss=1.0 + 0.01 * s) for s in range(5)]
-    candidates += [record("half-fp16", s, eval_loss=3.4 + 0.01 * s) for s in (5, 6, 7)]
+    candidates += [record("half-fp16", s, eval_loss=3.4 + 0.01 * s) for s in (5, 6, 7, 8, 9)]
     entry = judge(fp32(), {"half-fp16": candidates}).precisions["half-fp16"]
     assert entry.verdict != "equivalent"
-    assert entry.loss.unpaired_seeds == (5, 6, 7) and entry.loss.unpaired is not None
+    assert entry.loss.unpaired_seeds == (5, 6, 7, 8, 9) and entry.loss.unpaired is not None
     assert entry.loss.unpaired.verdict == "worse" and entry.verdict == "worse"
     line = command._row(entry)
-    assert "seeds 5, 6, 7 fp32 did not run" in line and "worse" in line
+    assert "seeds 5, 6, 7, 8, 9 fp32 did not run" in line and "worse" in line
     from trainkit.reports.parity import rows, table
 
     doc = {"models": {"mlp": dataclasses.asdict(judge(fp32(), {"half-fp16": candidates}))}}
     shown = table(rows(doc))
     (cell,) = [c for c in shown["seeds fp32 did not run"] if c != "–"]
-    assert cell.startswith("5, 6, 7: +2.4") and cell.endswith("(Welch t) worse")
+    assert cell.startswith("5, 6, 7, 8, 9: +2.4") and cell.endswith("(Welch t) worse")
+
+
+def test_too_few_seeds_fp32_did_not_run_are_no_welch_test_but_keep_equivalence_from_being_claimed():
+    # Three unpaired seeds, below WELCH_MIN_SEEDS: no interval over them, and, lying far beyond the
+    # margin, they keep the pairs' "equivalent" from standing.
+    candidates = [record("half-fp16", s, eval_loss=1.0 + 0.01 * s) for s in range(5)]
+    candidates += [record("half-fp16", s, eval_loss=3.4 + 0.01 * s) for s in (5, 6, 7)]
+    entry = judge(fp32(), {"half-fp16": candidates}).precisions["half-fp16"]
+    assert entry.loss.unpaired_seeds == (5, 6, 7) and entry.loss.unpaired is None
+    assert entry.verdict == "inconclusive"
 
 
 def test_exactly_one_shared_seed_gives_a_coherent_answer():

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.matrix import AXIS_OPTIONS, BATCH_MAX, Hardware, build_matrix, preset
 from tests.conftest import REPO, trainkit_cmd
 from tests.test_reports import assert_every_chart_renders
 from trainkit.analysis.plan.file import SCHEMA, PlanError, planned_max_batch
@@ -29,11 +28,14 @@ from trainkit.analysis.plan.search import (
     recommend,
     search_max_batch,
 )
+from trainkit.bench.matrix import AXIS_OPTIONS, BATCH_MAX, build_matrix
 from trainkit.commands.cli import main
 from trainkit.commands.plan import PROBE_GRAD_ACCUM, make_plan, probe_config
 from trainkit.commands.plan_options import PlanOptions
 from trainkit.engine.cell.launch import run_cell
 from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.presets import preset
+from trainkit.engine.train.hardware import Hardware
 
 CPU_HW = Hardware("cpu", cpu_count=2)
 

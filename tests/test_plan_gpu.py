@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.matrix import GPU_GPT, RECIPES
 from trainkit.engine.cell.launch import call_in_fresh_process, probe, run_cell
 from trainkit.engine.cell.worker import serve_estimates
 from trainkit.engine.spec.config import RunConfig
 from trainkit.engine.spec.precision_facts import precision_names
+from trainkit.engine.spec.presets import GPU_GPT, RECIPES
 from trainkit.engine.train.precision import policy_class
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from bench.matrix import Hardware, build_matrix, preset, skip_reason
+from trainkit.bench.matrix import build_matrix, skip_reason
 from trainkit.engine.spec.config import RunConfig
 from trainkit.engine.spec.precision_facts import PRECISION_FACTS, PrecisionFacts, precision_names, unsupported_reason
+from trainkit.engine.spec.presets import preset
+from trainkit.engine.train.hardware import Hardware
 from trainkit.engine.train.precision import POLICIES, MixedBF16Precision
 
 CPU_HW = Hardware("cpu", cpu_count=2)

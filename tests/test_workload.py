@@ -223,7 +223,7 @@ def test_a_user_workload_passes_the_built_ins_invariants(user_dir):
 def test_batchnorm_makes_accumulation_inexact_and_the_workload_says_so(user_dir):
     accumulated = train(user_config("usermodels:tiny_bn", batch_size=8, grad_accum=4, steps=3))
     whole = train(user_config("usermodels:tiny_bn", batch_size=32, grad_accum=1, steps=3))
-    assert accumulated.spec.has_batchnorm
+    assert accumulated.workload.has_batchnorm
     assert not torch.allclose(flat_params(accumulated), flat_params(whole), rtol=1e-5, atol=1e-7)
 
 

@@ -84,7 +84,7 @@ def test_fp8_emulated_converts_the_llama_linear_layers():
     assert {f"model.model.layers.{i}.{kind}.{p}" for i in range(2)
             for kind, names in (("self_attn", projections[:4]), ("mlp", projections[4:])) for p in names} \
         | {"model.lm_head"} == set(converted)
-    details = trainer.policy.details(trainer.spec)
+    details = trainer.policy.details(trainer.workload)
     assert details["converted_linear_flop_share"] == 1.0
     json.dumps(details)  # the record's
 

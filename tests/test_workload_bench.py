@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
-from bench.matrix import Hardware, build_matrix, preset
+from trainkit.bench.matrix import build_matrix
 from trainkit.engine.cell.record import RECORD_KEYS, check_record, read_jsonl
 from trainkit.engine.spec.precision_facts import precision_names
+from trainkit.engine.spec.presets import preset
+from trainkit.engine.train.hardware import Hardware
 from trainkit.engine.train.precision import policy_class
 
 from .conftest import REPO

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from bench.matrix import Hardware, build_matrix, preset
+from trainkit.bench.matrix import build_matrix
 from trainkit.engine.cell.launch import run_cell
 from trainkit.engine.estimate.check import (
     check_accumulation,
@@ -21,6 +21,8 @@ from trainkit.engine.estimate.check import (
     run_checks,
 )
 from trainkit.engine.spec.config import RunConfig
+from trainkit.engine.spec.presets import preset
+from trainkit.engine.train.hardware import Hardware
 from trainkit.engine.workloads.resolve import build_workload, model_choice
 
 from .conftest import REPO

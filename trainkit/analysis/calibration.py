@@ -45,7 +45,7 @@ from scipy import optimize, stats
 from trainkit.engine.measure.conditions import CONFIDENCE, median_order_weights
 
 from .paired import paired_ratio, unpaired_ratio
-from .parity.stats import seeds_apart
+from .parity.stats import WELCH_MIN_SEEDS, seeds_apart
 
 SIZES = (3, 4, 5, 8, 20)
 """Steps, rounds or seeds per simulated data set."""
@@ -166,6 +166,8 @@ def _parity(distribution: str, n: int, rng: np.random.Generator, draws: int):
 
 def _welch(distribution: str, n: int, rng: np.random.Generator, draws: int):
     a, b = _draw(distribution, rng, (draws, n)), 2.0 * _draw(distribution, rng, (draws, n))
+    if n < WELCH_MIN_SEEDS:
+        return None, -_typical_mean(distribution)
     given = ~(seeds_apart(a).any(axis=-1) | seeds_apart(b).any(axis=-1))
     low, high = _welch_bounds(a[given], b[given], CONFIDENCE)
     return (low, high), -_typical_mean(distribution), given
@@ -179,7 +181,8 @@ INTERVALS: dict[str, tuple[str, Callable[..., Any]]] = {
                               _speedup_unpaired),
     "parity difference": ("paired t interval of the mean eval-loss difference over n seeds; none where a seed "
                           "stands apart", _parity),
-    "Welch": ("Welch t interval of two independent sets of n seeds; none where a seed stands apart",
+    "Welch": ("Welch t interval of two independent sets of n seeds; none where a seed stands apart, or "
+              f"below {WELCH_MIN_SEEDS} seeds a set",
               _welch),
 }
 """Each interval the suite prints: what it is of, and its simulation (bounds or None, and the truth)."""

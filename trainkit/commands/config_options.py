@@ -98,7 +98,3 @@ def check_paths(config: RunConfig, output: str | None, option: str = "--output")
         parent = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(parent):
             raise UsageError(f"{option} {output!r}: directory {parent!r} does not exist")
-
-
-MEMORY_LIMIT_ON_GPU = ("caps a CPU worker's address space (RLIMIT_AS); CUDA reserves far more address space "
-                       "than memory, so on a GPU it would fail every cell (the GPU's memory is the limit there)")

@@ -16,9 +16,9 @@ For each precision it answers three questions, in order:
 
 This module runs the cells and the estimate and writes the document
 (trainkit.analysis.plan.document); the search, the candidates and the plan's types are pure and
-live in trainkit.analysis. Importing it costs no torch (the launcher and the estimate are imported
-when a plan runs); the planner's own process never initialises CUDA: the estimate runs in a fresh
-worker on the device.
+live in trainkit.analysis. Its options are plan_options.py: `python -m trainkit` imports this module
+(and torch with it) only when a plan runs. The planner's own process never initialises CUDA: the
+estimate runs in a fresh worker on the device.
 """
 
 from __future__ import annotations
@@ -52,12 +52,15 @@ from ..analysis.plan.search import (
     outcome_of,
     search_max_batch,
 )
+from ..engine.cell.launch import DEFAULT_CELL_TIMEOUT_S, call_in_fresh_process, probe, run_cell
+from ..engine.cell.worker import serve_estimates
+from ..engine.estimate.estimate import PEAK_FORMULA
 from ..engine.measure.conditions import condition_flags
 from ..engine.spec.config import RunConfig
-from ..engine.spec.options import UsageError
+from ..engine.spec.options import MEMORY_LIMIT_ON_GPU, UsageError
 from ..engine.spec.precision_facts import precision_names
 from ..engine.spec.schema import headline_memory, write_json
-from .config_options import MEMORY_LIMIT_ON_GPU
+from ..engine.train.precision import policy_class
 from .plan_options import PROBE_WARMUP_STEPS, PlanOptions, options_from_args
 
 PROBE_GRAD_ACCUM = 2
@@ -90,7 +93,6 @@ def memory_limit(options: PlanOptions, hardware: dict[str, Any]) -> tuple[int, s
 
 def check_hardware(options: PlanOptions, hardware: dict[str, Any]) -> None:
     """Precisions the device cannot run and GPU counts it does not have are bad input."""
-    from ..engine.train.precision import policy_class  # torch: kept out of `python -m trainkit`'s import path
 
     device, capability = hardware["device"], hardware.get("capability")
     capability = tuple(capability) if capability else None
@@ -284,9 +286,6 @@ def make_plan(options: PlanOptions, hardware: dict[str, Any], run: CellRunner, e
 
 def _plan_document(options: PlanOptions, hardware: dict[str, Any], limit_bytes: int, limit_source: str,
                    precisions: dict[str, PrecisionPlan], elapsed_s: float, capped: bool = True) -> Plan:
-    # The formula's text lives with the estimate, which imports torch: imported when a plan is made.
-    from ..engine.estimate.estimate import PEAK_FORMULA
-
     base = options.base
     return Plan(
         schema=SCHEMA, model=base.model,
@@ -313,8 +312,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for), 1 when one did not (the plan is written all the same), 2 for bad input."""
     options = options_from_args(args)
     # torch is imported only now: bad input is refused before it loads.
-    from ..engine.cell.launch import DEFAULT_CELL_TIMEOUT_S, call_in_fresh_process, probe, run_cell
-    from ..engine.cell.worker import serve_estimates
 
     def say(line: str) -> None:
         if not options.quiet:

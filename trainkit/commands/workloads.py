@@ -9,8 +9,8 @@ would convert, the planner's estimate against a real step, and what each precisi
 Exit status: 0 when nothing failed, 1 when a check failed (an invariant broken, a mode that
 errors), 2 for bad input (a spec that cannot be resolved: one line).
 
-torch is imported inside the command functions, not at the top: `python -m trainkit --help` and
-bad options stay fast (the CLI's rule).
+Their options are workloads_options.py: `python -m trainkit` imports this module (and torch with
+it) only when one of these two commands runs.
 """
 
 from __future__ import annotations
@@ -19,37 +19,18 @@ import argparse
 import sys
 from typing import Any
 
-from ..engine.spec.config import DEVICES
-from ..engine.spec.options import UsageError, choice, comma_list, integer
-from ..engine.spec.precision_facts import precision_names
+import torch
 
-
-def add_parsers(sub: Any) -> None:
-    """The `workloads` and `check-workload` subcommands."""
-    sub.add_parser("workloads", help="list the models --model takes: built-ins, installed plugins, adapters")
-    check = sub.add_parser("check-workload", help="build a workload, train it a few steps here and report "
-                                                  "whether trainkit's invariants hold (see --help)")
-    check.add_argument("--model", required=True, metavar="SPEC",
-                       help="a built-in model, MODULE:FUNCTION, MODULE, a plugin's name, hf:... or timm:...")
-    check.add_argument("--device", type=choice(DEVICES), default="auto",
-                       help="where to train: auto (a GPU if one is visible), cpu or cuda (default: auto)")
-    check.add_argument("--batch-size", type=integer(1), default=4, metavar="N",
-                       help="micro-batch of the checks (accumulation compares N x 2 with 2N x 1; default: 4)")
-    check.add_argument("--steps", type=integer(1), default=3, metavar="N",
-                       help="optimizer steps of the equivalence and determinism checks (default: 3)")
-    check.add_argument("--precision", type=comma_list(choice(precision_names)), default=None, metavar="A,B",
-                       help="the precision modes to try (default: every mode of trainkit's table)")
-    check.add_argument("--seq-len", type=integer(1), default=None, metavar="N",
-                       help="tokens per sample of gpt and hf: models (default: the run's default, 64)")
-    check.add_argument("--image-size", type=integer(8), default=None, metavar="N",
-                       help="image side of timm: models and the ResNets (default: the model's own)")
+from ..engine.estimate.check import run_checks
+from ..engine.spec.config import ConfigError, RunConfig
+from ..engine.spec.options import UsageError
+from ..engine.workloads.adapters import ADAPTERS
+from ..engine.workloads.models import BUILTINS
+from ..engine.workloads.resolve import build_workload, model_choice, plugins
+from ..engine.workloads.workload import WorkloadError
 
 
 def cmd_workloads(_: argparse.Namespace) -> int:
-    from ..engine.workloads.adapters import ADAPTERS
-    from ..engine.workloads.models import BUILTINS  # torch: see the module docstring
-    from ..engine.workloads.resolve import plugins
-
     rows = [(name, "built-in", "trainkit.engine.workloads.models") for name in BUILTINS]
     for name, entry in sorted(plugins().items()):
         dist = entry.dist.name if entry.dist is not None else "?"
@@ -84,13 +65,6 @@ def what_ran_table(tables: dict[str, dict[str, Any]]) -> tuple[tuple[str, ...], 
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    import torch  # torch: see the module docstring
-
-    from ..engine.estimate.check import run_checks
-    from ..engine.spec.config import ConfigError, RunConfig
-    from ..engine.workloads.resolve import build_workload, model_choice
-    from ..engine.workloads.workload import WorkloadError
-
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is visible")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())

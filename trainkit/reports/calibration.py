@@ -171,7 +171,7 @@ def aa_file_section(options: Options) -> Printed:
 #
 
 GATE_THRESHOLDS = Thresholds(per_metric={"loss": 0.02}, two_sided=("loss",), max_spread=0.10, min_repeats=3)
-"""The nightly gate's defaults (nightly.baselines.NIGHTLY_THRESHOLDS, which the applications floor
+"""The nightly gate's defaults (trainkit.nightly.baselines.NIGHTLY_THRESHOLDS, which the applications floor
 owns; the same values, held equal by tests/test_gate_power.py)."""
 IQR_OF_UNIT_NORMAL = 1.349
 """The interquartile range of N(0, 1): 2 x 0.6745."""

@@ -21,7 +21,7 @@ CONFIDENCE = 0.95
 DEFAULT_MARGIN_RELATIVE = 0.005
 """Default equivalence margin (`--margin`): 0.5% of fp32's seed-mean eval loss. Peers gate loss parity at about
 this size: an FP8 run within 0.01 of bf16's loss (marin#7298), "expect loss diff < 1e-2"
-(Megatron-LM#1152), at losses of 2-3 nats (0.3-0.5%); see research/history.md."""
+(Megatron-LM#1152), at losses of 2-3 nats (0.3-0.5%)."""
 TARGET_FRACTION = 0.8
 """Default target: each seed's fp32 smoothed training loss this far into the run (`--target-fraction`)."""
 TASK_SEED = 0

@@ -67,6 +67,7 @@ from .document import (
     TimeToTarget,
 )
 from .stats import (
+    WELCH_MIN_SEEDS,
     apart_reason,
     geometric_interval,
     paired_test,
@@ -190,13 +191,14 @@ def _loss_test(evals: dict[int, float], basis: _Basis) -> LossTest | None:
     unshared = sorted(s for s in evals if s not in basis.evals)
     if len(shared) >= 2:
         test = _one_test(evals, basis, shared, paired=True)
-        if len(unshared) >= 2:
+        if len(unshared) >= WELCH_MIN_SEEDS:
             unpaired = _one_test(evals, basis, unshared, paired=False)
             judged = min(test.verdict, unpaired.verdict, key=CAUTION.index)
             return dataclasses.replace(test, unpaired_seeds=tuple(unshared), unpaired=unpaired, verdict=judged)
-        if unshared:  # one lone seed: no set to test, so no claim of equivalence over it
-            lone = evals[unshared[0]] - statistics.fmean(basis.evals.values())
-            judged = test.verdict if test.verdict != "equivalent" or abs(lone) <= basis.margin_loss else "inconclusive"
+        if unshared:  # too few lone seeds for a test (WELCH_MIN_SEEDS): no claim of equivalence over them
+            reference = statistics.fmean(basis.evals.values())
+            inside = all(abs(evals[s] - reference) <= basis.margin_loss for s in unshared)
+            judged = test.verdict if test.verdict != "equivalent" or inside else "inconclusive"
             return dataclasses.replace(test, unpaired_seeds=tuple(unshared), verdict=judged)
         return test
     if len(evals) >= 2:
@@ -224,6 +226,19 @@ def _one_test(evals: dict[int, float], basis: _Basis, seeds: list[int], *, paire
     return LossTest(test=test, seeds=tuple(seeds), differences=tuple(diffs), difference=interval, difference_sd=sd,
                     relative_difference=interval.mean / ref_mean if ref_mean else None, t_statistic=t, p_value=p,
                     margin_loss=basis.margin_loss, verdict=judged, more_seeds_to_decide=more, more_seeds_note=why)
+
+
+def _too_few_independent(evals: dict[int, float], basis: _Basis) -> str | None:
+    """Why Welch's test of independent sets gives no interval (fewer than WELCH_MIN_SEEDS a set),
+    where the sets share fewer than 2 seeds; else None."""
+    if sum(1 for s in evals if s in basis.evals) >= 2:
+        return None
+    fewest = min(len(evals), len(basis.evals))
+    if fewest >= WELCH_MIN_SEEDS:
+        return None
+    return (f"independent sets of {len(evals)} and {len(basis.evals)} seeds: Welch's interval needs "
+            f"{WELCH_MIN_SEEDS} a set (in fewer a far-off seed cannot be told apart and widens it past its "
+            "95 % claim); run the seeds fp32 ran, whose pairs need no such floor")
 
 
 def _seeds_apart(evals: dict[int, float], basis: _Basis) -> str | None:
@@ -332,6 +347,8 @@ def _entry(precision: str, records: list[dict[str, Any]], basis: _Basis) -> Prec
         return no_verdict(precision, f"{len(ok)} seed(s) to compare with fp32's; a test needs at least 2", records)
     elif (apart := _seeds_apart(evals, basis)) is not None:
         return no_verdict(precision, apart, records)
+    elif (few := _too_few_independent(evals, basis)) is not None:
+        return no_verdict(precision, few, records)
     elif precision == REFERENCE and loss.test == "paired t" and not any(loss.differences):
         judged, decided_by = REFERENCE_VERDICT, None
     else:

@@ -413,7 +413,7 @@ def _failed_rank(config: RunConfig, rank: int, worker: Any, board: FailureBoard 
 
 def time_left(done: list[tuple[tuple[Any, ...], float]], pending: list[tuple[Any, ...]]) -> tuple[float, int]:
     """(seconds the pending cells should take, how many of them no finished cell can stand for).
-    A kind is a tuple, most telling part first (bench.runner.cell_kind: compiled, checkpointed,
+    A kind is a tuple, most telling part first (trainkit.bench.runner.cell_kind: compiled, checkpointed,
     ranks, precision). Each pending cell takes the median wall time of the finished cells of its
     kind; failing that, of those that share the longest leading part of its kind, down to the first
     part alone (a median, not a mean: a first cell that started the fork server does not stand for

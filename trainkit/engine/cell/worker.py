@@ -312,8 +312,8 @@ class RankWorker:
         report.param_checksum = float(sum(p.detach().double().sum() for p in trainer.raw_model.parameters()))
         if self.rank == 0:
             report.env = collect_env(self.device)
-            report.flops_per_sample = training_flops_per_sample(trainer.spec)
-            report.precision_details = trainer.policy.details(trainer.spec)
+            report.flops_per_sample = training_flops_per_sample(trainer.workload)
+            report.precision_details = trainer.policy.details(trainer.workload)
             if evaluate:
                 loss.eval_loss = trainer.evaluate()
         if evaluate and self.profile is not None and self.profile.diagnostics:
@@ -379,10 +379,10 @@ class RankWorker:
             "cudnn_benchmark_enabled": torch.backends.cudnn.benchmark,
             "cudnn_deterministic": torch.backends.cudnn.deterministic,
             "distributed_backend": dist.get_backend() if dist.is_initialized() else None,
-            "has_batchnorm": trainer.spec.has_batchnorm,
-            "num_classes": trainer.spec.num_classes,
+            "has_batchnorm": trainer.workload.has_batchnorm,
+            "num_classes": trainer.workload.num_classes,
             # The workload's own (a user's sequence model, hf:), which the config alone does not know.
-            "tokens_per_sample": trainer.spec.tokens_per_sample,
+            "tokens_per_sample": trainer.workload.tokens_per_sample,
             "params": count_params(trainer.raw_model),
             # The floor of any peak: weights, their gradients (same dtype) and optimizer state.
             "param_bytes": param_bytes,

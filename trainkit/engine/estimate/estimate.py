@@ -194,12 +194,12 @@ class Estimator:
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
         # Built for the configuration as given: FP8's conversion checks its micro-batch's rows.
         self.policy: Precision = policy if policy is not None else build_precision(config, self.device)
-        self.spec: Workload = build_workload(self.config)
-        self.spec.probe  # noqa: B018 - its real CPU batch is made now, never under the fake mode
-        self.model: nn.Module = converted_on_fake(self.spec.build, self.policy.convert_module, [self.policy],
+        self.workload: Workload = build_workload(self.config)
+        self.workload.probe  # noqa: B018 - its real CPU batch is made now, never under the fake mode
+        self.model: nn.Module = converted_on_fake(self.workload.build, self.policy.convert_module, [self.policy],
                                                   self.mode, self.device)
         # Checkpointed blocks save only their inputs for backward, as in Trainer.
-        checkpointing.apply(self.model, self.spec, self.config.activation_checkpointing)
+        checkpointing.apply(self.model, self.workload, self.config.activation_checkpointing)
         self.params = self.policy.trained_parameters(self.model)
         """What the optimizer updates and clipping reads: the parameters, or their master copies."""
         with self.mode:
@@ -266,25 +266,25 @@ class Estimator:
 
     def data_bytes(self) -> int:
         """The synthetic pool and the held-out evaluation set (trainkit.engine.workloads.data), as stored."""
-        spec, config = self.spec, self.config
-        inputs, targets = spec.probe  # make_batch's dtypes; floating inputs take the policy's
-        input_bytes = inputs.element_size() if spec.tokens else _dtype_size(self.policy.input_dtype)
+        workload, config = self.workload, self.config
+        inputs, targets = workload.probe  # make_batch's dtypes; floating inputs take the policy's
+        input_bytes = inputs.element_size() if workload.tokens else _dtype_size(self.policy.input_dtype)
         total = 0
-        for samples in (config.dataset_size or pool_size(spec), EVAL_SAMPLES):
-            total += self._tensor_bytes(samples * math.prod(spec.input_shape), input_bytes)
-            total += self._tensor_bytes(samples * math.prod(spec.target_shape), targets.element_size())
+        for samples in (config.dataset_size or pool_size(workload), EVAL_SAMPLES):
+            total += self._tensor_bytes(samples * math.prod(workload.input_shape), input_bytes)
+            total += self._tensor_bytes(samples * math.prod(workload.target_shape), targets.element_size())
         return total
 
     # --- the step --------------------------------------------------------------------------------
     def _pool(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A pool of the real one's shapes and dtypes (trainkit.engine.workloads.data): a micro-batch is a
         view of it."""
-        spec = self.spec
-        size = self.config.dataset_size or pool_size(spec)
-        input_dtype = spec.probe[0].dtype if spec.tokens else self.policy.input_dtype
+        workload = self.workload
+        size = self.config.dataset_size or pool_size(workload)
+        input_dtype = workload.probe[0].dtype if workload.tokens else self.policy.input_dtype
         with self.mode, self.device:
-            inputs = torch.empty((size, *spec.input_shape), dtype=input_dtype)
-            targets = torch.empty((size, *spec.target_shape), dtype=spec.probe[1].dtype)
+            inputs = torch.empty((size, *workload.input_shape), dtype=input_dtype)
+            targets = torch.empty((size, *workload.target_shape), dtype=workload.probe[1].dtype)
         return inputs, targets
 
     @staticmethod
@@ -301,7 +301,7 @@ class Estimator:
         """Micro-batches of a step copied out of the pool (trainkit.engine.workloads.data's `_take`), at worst: every
         one when the batch is larger than the pool; one when the pool is not a multiple of the batch
         (micro-batches start at multiples of it, so now and then one wraps the end); else none."""
-        size = self.config.dataset_size or pool_size(self.spec)
+        size = self.config.dataset_size or pool_size(self.workload)
         if batch > size:
             return grad_accum
         return 1 if size % batch else 0
@@ -310,13 +310,13 @@ class Estimator:
               counter: SavedTensors | None, saved: list[int]) -> None:
         """One optimizer step as Trainer.train_step takes it, through the policy's hooks, minus
         the schedule (it allocates nothing)."""
-        policy, spec, kept = self.policy, self.spec, []
+        policy, workload, kept = self.policy, self.workload, []
         for inputs, targets in micro:
             if tracker is not None:
                 tracker.phase = "forward"
             before = counter.bytes if counter is not None else 0
             with policy.forward_context():
-                loss = spec.loss_fn(policy.convert_output(self.model(inputs)), targets)
+                loss = workload.loss_fn(policy.convert_output(self.model(inputs)), targets)
             saved.append((counter.bytes if counter is not None else 0) - before)
             if tracker is not None:
                 tracker.phase = "backward"

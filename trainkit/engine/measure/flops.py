@@ -142,7 +142,7 @@ def mfu(flops_per_sample: float | None, throughput_samples_per_s: float | None, 
     return flops_per_sample * throughput_samples_per_s / (peak_per_gpu * gpus)
 
 
-def flop_counts(spec: Workload) -> tuple[Any, Any, int]:
+def flop_counts(workload: Workload) -> tuple[Any, Any, int]:
     """(A FlopCounterMode that counted one forward + backward of the workload's model, that model,
     the batch it ran.) On the meta device (no memory, no compute) where the model's forward runs
     there, else on a real CPU batch of two (data-dependent code, as in transformers' masks, or a
@@ -154,25 +154,25 @@ def flop_counts(spec: Workload) -> tuple[Any, Any, int]:
     batch = 2  # any size works: the count is linear in the batch
     try:
         with torch.device("meta"):
-            model = spec.build()
-        x, target = spec.example_batch(batch, "meta")
+            model = workload.build()
+        x, target = workload.example_batch(batch, "meta")
         with FlopCounterMode(display=False) as counter:
-            spec.loss_fn(model(x), target).backward()
+            workload.loss_fn(model(x), target).backward()
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
-        model = spec.build()
-        x, target = spec.make_batch(batch, torch.Generator().manual_seed(0), torch.device("cpu"))
+        model = workload.build()
+        x, target = workload.make_batch(batch, torch.Generator().manual_seed(0), torch.device("cpu"))
         with FlopCounterMode(display=False) as counter:
-            spec.loss_fn(model(x), target).backward()
+            workload.loss_fn(model(x), target).backward()
     return counter, model, batch
 
 
-def training_flops_per_sample(spec: Workload) -> float:
+def training_flops_per_sample(workload: Workload) -> float:
     """FLOPs of one forward + backward pass per sample: the workload's own figure if it gives one,
     else counted by torch's FlopCounterMode (flop_counts). Counts matmuls, convolutions and
     attention; elementwise ops are ignored, as in every MFU convention (PaLM appendix B)."""
-    if spec.flops_per_sample is not None:
-        return float(spec.flops_per_sample)
-    counter, _, batch = flop_counts(spec)
+    if workload.flops_per_sample is not None:
+        return float(workload.flops_per_sample)
+    counter, _, batch = flop_counts(workload)
     return counter.get_total_flops() / batch
 
 

@@ -15,7 +15,7 @@ without them (and baselines keyed by them) stay what they were.
 No torch (the whole of spec is torch-free: bench reads it at collection), and nothing that
 reads RunConfig: RunConfig.cell_id reads this module. Whether a device can run a precision mode is
 its policy's answer (trainkit.engine.train.precision, which reads RunConfig), so a skip rule asks the
-hardware it is given (bench.matrix.Hardware asks the policy).
+hardware it is given (trainkit.engine.train.hardware.Hardware asks the policy).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ CONV_MODELS = ("cnn", "resnet18", "resnet50")
 
 
 class Hardware(Protocol):
-    """What a skip rule may ask of the hardware the cells will run on (bench.matrix.Hardware)."""
+    """What a skip rule may ask of the hardware the cells will run on (trainkit.engine.train.hardware.Hardware)."""
 
     device: str
     """"cpu" or "cuda"."""

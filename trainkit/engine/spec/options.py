@@ -197,6 +197,9 @@ DEVICE = Option("--device", choice(DEVICES), None, "where the cells run: auto (a
                 "(default: auto)", default="auto")
 CELL_TIMEOUT = Option("--cell-timeout", number(0, above=True), "SECONDS",
                       "end a cell as 'timeout' after this many seconds (default: 900)")
+# Why a memory cap is refused on a GPU: the commands and the bench say it in the same words.
+MEMORY_LIMIT_ON_GPU = ("caps a CPU worker's address space (RLIMIT_AS); CUDA reserves far more address space "
+                       "than memory, so on a GPU it would fail every cell (the GPU's memory is the limit there)")
 MEMORY_LIMIT_GB = Option("--memory-limit-gb", number(0, above=True), "GB",
                          "cap each CPU worker's extra address space: an allocation past it ends the cell as 'oom' "
                          "instead of exhausting the machine (CPU cells only)")

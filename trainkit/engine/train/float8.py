@@ -144,23 +144,23 @@ LINEAR_FLOPS_BATCH = 2
 """Samples linear_flops counts for (any size works: the count is linear in the batch)."""
 
 
-def linear_flops(spec: Workload) -> dict[str, int]:
+def linear_flops(workload: Workload) -> dict[str, int]:
     """Training FLOPs (forward and backward) of each nn.Linear of the model for a batch of
     LINEAR_FLOPS_BATCH, keyed by module name, counted by FlopCounterMode (flops.flop_counts: on the
     meta device where the model runs there, else a real CPU batch scaled to LINEAR_FLOPS_BATCH), as
     flops.training_flops_per_sample counts the whole model."""
-    counter, model, batch = flop_counts(spec)
+    counter, model, batch = flop_counts(workload)
     counts = counter.get_flop_counts()
     root = type(model).__name__
     return {name: int(sum(counts.get(f"{root}.{name}", {}).values())) * LINEAR_FLOPS_BATCH // batch
             for name, module in model.named_modules() if isinstance(module, nn.Linear)}
 
 
-def details(conversion: Conversion, spec: Workload) -> dict[str, Any]:
+def details(conversion: Conversion, workload: Workload) -> dict[str, Any]:
     """The record's account of an FP8 cell: recipe, torchao, converted and skipped layers, the
     converted layers' share of all linear layers' training FLOPs, and their training FLOPs per
     sample (the part of flops_per_sample that runs in float8: MFU divides it by the fp8 peak)."""
-    flops = linear_flops(spec)
+    flops = linear_flops(workload)
     total = sum(flops.values())
     converted = sum(flops.get(name, 0) for name in conversion.converted)
     return {

@@ -10,7 +10,7 @@ autocast or an output cast enters no context and calls no identity hook, a cell 
 accumulation over ranks never touches DDP's sync flag, and a step keeps one device tensor of its
 loss (with one rank and one micro-batch, the loss itself: no kernel) and no Python object per
 micro-batch. At the bench's 0.75 ms CPU steps every microsecond is 0.13 % of the hand-written
-loop's throughput (bench/overhead.py).
+loop's throughput (trainkit/bench/overhead.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import nn
 from ..measure.timing import Marks
 from ..spec.config import RunConfig
 from ..spec.schema import replacing
-from ..workloads.data import Window, build_data, build_real_dataset, num_classes_of
+from ..workloads.data import AccumulationWindow, build_data, build_real_dataset, num_classes_of
 from ..workloads.resolve import build_workload, workload_dataset
 from ..workloads.workload import WorkloadError, non_scalar_loss
 from . import checkpointing, compiled, optimizers
@@ -113,20 +113,20 @@ class Trainer:
         if reason:
             raise Unsupported(reason)
         dataset = build_real_dataset(config) if config.data not in ("synthetic", "workload") else None
-        self.spec = build_workload(config, num_classes_of(dataset) if dataset is not None else 10)
-        reason = checkpointing.unsupported_reason(self.spec, config.activation_checkpointing)
+        self.workload = build_workload(config, num_classes_of(dataset) if dataset is not None else 10)
+        reason = checkpointing.unsupported_reason(self.workload, config.activation_checkpointing)
         if reason:
             raise Unsupported(reason)
         self.policy.configure_backends()
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
 
         if config.data == "workload":
-            dataset = workload_dataset(self.spec)
+            dataset = workload_dataset(self.workload)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
         # The order matters: precision conversion (float8 layers), activation checkpointing around
         # the converted blocks, DDP, and torch.compile last, so that it traces all of them.
-        model = self.policy.convert_module(self.spec.build().to(device))
-        self.checkpointed = checkpointing.apply(model, self.spec, config.activation_checkpointing)
+        model = self.policy.convert_module(self.workload.build().to(device))
+        self.checkpointed = checkpointing.apply(model, self.workload, config.activation_checkpointing)
         """Modules that recompute their forward in backward (activation_checkpointing)."""
         self.raw_model = model
         self.accumulating_ddp: nn.parallel.DistributedDataParallel | None = None
@@ -142,11 +142,11 @@ class Trainer:
         if config.compile:
             model = compiled.compile_model(model, config.compile_mode)
         self.model = model
-        self.forward = build_forward(self.model, self.spec.loss_fn, self.policy)
+        self.forward = build_forward(self.model, self.workload.loss_fn, self.policy)
         self.params = self.policy.trained_parameters(self.raw_model)
         """What the optimizer updates and clipping reads: the parameters, or their fp32 master copies."""
 
-        self.data = build_data(config, self.spec, device, self.policy.input_dtype, rank, dataset)
+        self.data = build_data(config, self.workload, device, self.policy.input_dtype, rank, dataset)
         if config.epochs is not None:
             assert self.data.steps_per_epoch is not None
             self.total_steps = config.epochs * self.data.steps_per_epoch
@@ -169,7 +169,7 @@ class Trainer:
         self.resumed_from_step: int | None = None
         if config.resume_from:
             self.load_checkpoint(config.resume_from)
-        self.windows: Iterator[Window] = self.data.source.windows(self.step)
+        self.windows: Iterator[AccumulationWindow] = self.data.source.windows(self.step)
 
     # --- the step ------------------------------------------------------------------------------
     def train_step(self, marks: Marks | None = None) -> None:
@@ -192,7 +192,7 @@ class Trainer:
             # of exactly 1 is skipped: on small models each extra kernel shows in the timing.)
             share = inputs.shape[0] / window.global_samples  # of the effective batch, all ranks
             if loss.ndim:  # a shape: known without a sync
-                raise WorkloadError(non_scalar_loss(self.spec.name, loss))
+                raise WorkloadError(non_scalar_loss(self.workload.name, loss))
             weight = share * self.world_size
             scaled = loss * weight if weight != 1.0 else loss
             self.policy.backward(scaled)
@@ -303,7 +303,7 @@ class Trainer:
         for start in range(0, inputs.shape[0], self.config.batch_size):
             x, y = inputs[start:start + self.config.batch_size], targets[start:start + self.config.batch_size]
             with self.policy.forward_context():
-                loss = self.spec.loss_fn(self.policy.convert_output(self.raw_model(x)), y)
+                loss = self.workload.loss_fn(self.policy.convert_output(self.raw_model(x)), y)
             total += loss.float() * x.shape[0]
         self.raw_model.train()
         return float(total) / inputs.shape[0]

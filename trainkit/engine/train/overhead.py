@@ -3,7 +3,7 @@
 trainkit's step does what the seeds' loop does (forward, loss, backward, optimizer step, zero_grad)
 plus its own bookkeeping: the window, the loss weights, the kept loss, the precision hooks, the
 accumulation flags. At short steps that bookkeeping is a share of the figure (the overhead bench,
-bench/overhead.py, measures it against a hand-written loop at 0.75 ms CPU steps), so every cell
+trainkit/bench/overhead.py, measures it against a hand-written loop at 0.75 ms CPU steps), so every cell
 measures it in its own process after its timed steps, and the record flags a cell whose step is so
 short that it exceeds 1 % of the step (trainkit.engine.cell.record.harness_overhead).
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..workloads.data import Window
+from ..workloads.data import AccumulationWindow
 from .loop import Trainer, build_forward
 from .precision import NO_CONTEXT
 
@@ -94,7 +94,7 @@ def _null_copy(trainer: Trainer) -> tuple[Trainer, Callable[[int], None]]:
     config, device = trainer.config, trainer.device
     loss = torch.zeros((), device=device)
     rows = torch.empty((config.batch_size, 0), device=device)  # the step reads a micro-batch's rows
-    window = Window([(rows, rows)] * config.grad_accum, config.effective_batch)
+    window = AccumulationWindow([(rows, rows)] * config.grad_accum, config.effective_batch)
     policy = _NullPolicy(trainer.policy)
 
     def model(inputs: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,7 @@ def _null_copy(trainer: Trainer) -> tuple[Trainer, Callable[[int], None]]:
     null.step, null.total_steps = 0, 2**62
     null.recent_losses, null.loss_chunks, null.step_samples, null.step_skips = [], [], [], {}
     optimizer, scheduler, clip, accum = null.optimizer, null.scheduler, config.clip_grad_norm, config.grad_accum
-    windows: Iterator[Window] = itertools.repeat(window)
+    windows: Iterator[AccumulationWindow] = itertools.repeat(window)
 
     def hand(steps: int) -> None:
         """The seeds' loop, with the calls a hand-written loop of this configuration adds (a schedule,

@@ -145,10 +145,10 @@ class Precision:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
 
-    def details(self, spec: Workload) -> dict[str, Any] | None:
+    def details(self, workload: Workload) -> dict[str, Any] | None:
         """What the mode did to this model that its config does not say (the record's
         `precision_details`), or None."""
-        del spec
+        del workload
         return None
 
 
@@ -436,8 +436,8 @@ class Float8Precision(MixedBF16Precision):
                               f"(skipped: {skipped})")
         return module
 
-    def details(self, spec: Workload) -> dict[str, Any] | None:
-        return float8.details(self.conversion, spec) if self.conversion is not None else None
+    def details(self, workload: Workload) -> dict[str, Any] | None:
+        return float8.details(self.conversion, workload) if self.conversion is not None else None
 
 
 class Float8RowwisePrecision(Float8Precision):

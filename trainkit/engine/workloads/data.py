@@ -38,35 +38,35 @@ EVAL_SAMPLES = 256
 
 
 @dataclass
-class Window:
-    """One optimizer step's data for this rank."""
+class AccumulationWindow:
+    """One accumulation window: the micro-batches of one optimizer step on this rank."""
 
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]]
     global_samples: int
     """Samples in this optimizer step over all ranks and micro-batches."""
 
 
-def sample_bytes(spec: Workload) -> int:
+def sample_bytes(workload: Workload) -> int:
     """Bytes of one generated sample's input as generated (int64 tokens, fp32 images)."""
-    return spec.sample_bytes()
+    return workload.sample_bytes()
 
 
-def pool_size(spec: Workload) -> int:
+def pool_size(workload: Workload) -> int:
     """Samples in the synthetic pool: depends on the sample's shape only, never on the batch
     split, so configs that must be equivalent read the same samples."""
-    return max(1, min(POOL_MAX_SAMPLES, POOL_MAX_BYTES // sample_bytes(spec)))
+    return max(1, min(POOL_MAX_SAMPLES, POOL_MAX_BYTES // sample_bytes(workload)))
 
 
-def generate(spec: Workload, count: int, gen: torch.Generator, device: torch.device,
+def generate(workload: Workload, count: int, gen: torch.Generator, device: torch.device,
              input_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` samples of the workload's make_batch, made in chunks whose temporaries (about four
     times the chunk's samples, for the built-in teachers) take at most a quarter of
     GENERATION_MAX_BYTES beyond the result. The chunks depend on the sample's shape only, so the
     same seed gives the same samples whatever the batch split."""
-    chunk = max(1, GENERATION_MAX_BYTES // (16 * sample_bytes(spec)))
+    chunk = max(1, GENERATION_MAX_BYTES // (16 * sample_bytes(workload)))
     inputs = targets = None
     for start in range(0, count, chunk):
-        x, y = spec.make_batch(min(chunk, count - start), gen, device)
+        x, y = workload.make_batch(min(chunk, count - start), gen, device)
         x = x.to(input_dtype) if x.is_floating_point() else x
         if inputs is None:
             inputs = torch.empty((count, *x.shape[1:]), dtype=x.dtype, device=x.device)
@@ -81,15 +81,16 @@ def generate(spec: Workload, count: int, gen: torch.Generator, device: torch.dev
 class SyntheticData:
     """Step mode: an endless stream of global sample numbers mapped onto a pool on the device."""
 
-    def __init__(self, config: RunConfig, spec: Workload, device: torch.device, input_dtype: torch.dtype,
+    def __init__(self, config: RunConfig, workload: Workload, device: torch.device, input_dtype: torch.dtype,
                  rank: int) -> None:
         self.config = config
         self.rank = rank
         task_seed = config.seed if config.task_seed is None else config.task_seed
         gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-        self.inputs, self.targets = generate(spec, config.dataset_size or pool_size(spec), gen, device, input_dtype)
+        pool = config.dataset_size or pool_size(workload)
+        self.inputs, self.targets = generate(workload, pool, gen, device, input_dtype)
         eval_gen = torch.Generator(device=device).manual_seed(task_seed + 2)
-        self.eval_set = generate(spec, EVAL_SAMPLES, eval_gen, device, input_dtype)
+        self.eval_set = generate(workload, EVAL_SAMPLES, eval_gen, device, input_dtype)
         self.pool_bytes = self.inputs.nbytes + self.targets.nbytes
         if device.type == "cuda":
             # Generation's temporaries stay in the caching allocator unless given back: they would
@@ -104,19 +105,19 @@ class SyntheticData:
         index = (torch.arange(count, device=self.inputs.device) + first) % size
         return self.inputs.index_select(0, index), self.targets.index_select(0, index)
 
-    def windows(self, start_step: int) -> Iterator[Window]:
+    def windows(self, start_step: int) -> Iterator[AccumulationWindow]:
         """Windows from optimizer step start_step on, forever (the loop decides when to stop)."""
         step = start_step
         while True:
             yield self.window(step)
             step += 1
 
-    def window(self, step: int) -> Window:
+    def window(self, step: int) -> AccumulationWindow:
         cfg = self.config
         base = step * cfg.effective_batch
         micro = [self._take(base + (m * cfg.world_size + self.rank) * cfg.batch_size, cfg.batch_size)
                  for m in range(cfg.grad_accum)]
-        return Window(micro, cfg.effective_batch)
+        return AccumulationWindow(micro, cfg.effective_batch)
 
 
 class _SkipSampler(Sampler[int]):
@@ -218,7 +219,7 @@ class EpochData:
             inputs = inputs.to(self.input_dtype)
         return inputs, targets.to(self.device, non_blocking=True)
 
-    def windows(self, start_step: int) -> Iterator[Window]:
+    def windows(self, start_step: int) -> Iterator[AccumulationWindow]:
         """Windows from optimizer step start_step on, forever (the loop decides when to stop)."""
         k = self.config.grad_accum
         epoch, step_in_epoch = divmod(start_step, self.steps_per_epoch)
@@ -235,11 +236,11 @@ class EpochData:
                 yield self._close(window)
             epoch, step_in_epoch = epoch + 1, 0
 
-    def _close(self, window: list[tuple[torch.Tensor, torch.Tensor]]) -> Window:
+    def _close(self, window: list[tuple[torch.Tensor, torch.Tensor]]) -> AccumulationWindow:
         # DistributedSampler gives every rank the same number of samples, so the step's total is
         # world_size times this rank's.
         local = sum(inputs.shape[0] for inputs, _ in window)
-        return Window(window, local * self.config.world_size)
+        return AccumulationWindow(window, local * self.config.world_size)
 
 
 def build_real_dataset(config: RunConfig) -> Dataset:
@@ -317,11 +318,11 @@ class DataBundle:
     """Samples (all ranks) that dropping it leaves out of every epoch."""
 
 
-def build_data(config: RunConfig, spec: Workload, device: torch.device, input_dtype: torch.dtype,
+def build_data(config: RunConfig, workload: Workload, device: torch.device, input_dtype: torch.dtype,
                rank: int, dataset: Dataset | None = None) -> DataBundle:
     """The data of a run; `dataset` is the real data set (built first: it decides num_classes)."""
     if config.data == "synthetic":
-        synthetic = SyntheticData(config, spec, device, input_dtype, rank)
+        synthetic = SyntheticData(config, workload, device, input_dtype, rank)
         if config.epochs is None:
             return DataBundle(synthetic, synthetic.eval_set, None, synthetic.pool_bytes)
         epochs = EpochData(config, _IndexDataset(synthetic), device, input_dtype, rank, on_device=True)

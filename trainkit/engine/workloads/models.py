@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..spec.choices import MODELS
 from ..spec.config import RunConfig
 from .teachers import image_batches, token_batches
 from .workload import Workload
@@ -144,14 +145,15 @@ def _task_seed(config: RunConfig) -> int:
     return config.seed if config.task_seed is None else config.task_seed
 
 
-BUILTINS: dict[str, Callable[[RunConfig, int], Workload]] = {
-    "mlp": _mlp, "cnn": _cnn, "resnet18": _resnet, "resnet50": _resnet, "gpt": _gpt,
-}
-"""The built-in models as workloads: each factory takes the run's config (shapes, task seed) and
-the classes of its data (10 for the synthetic teacher)."""
+BUILTINS: dict[str, Callable[[RunConfig, int], Workload]] = dict(
+    zip(MODELS, (_mlp, _cnn, _resnet, _resnet, _gpt), strict=True))
+"""The built-in models as workloads, by the names of the one list of them (spec.choices.MODELS, which
+the torch-free options read): each factory takes the run's config (shapes, task seed) and the classes
+of its data (10 for the synthetic teacher). A name added there without its factory here fails at import;
+tests/test_workload.py holds each factory to its name."""
 
 
-def build_spec(config: RunConfig, num_classes: int = 10) -> Workload:
+def build_builtin(config: RunConfig, num_classes: int = 10) -> Workload:
     """The workload of a built-in config.model; num_classes comes from the data (10 for the
     synthetic teacher). Other workloads: trainkit.engine.workloads.resolve.build_workload."""
     if config.model not in BUILTINS:

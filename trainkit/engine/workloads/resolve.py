@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from ..spec.config import RunConfig
 from . import adapters
-from .models import BUILTINS, build_spec
+from .models import BUILTINS, build_builtin
 from .workload import PROBE_SAMPLES, Workload, WorkloadError, describe_error, split_query
 
 ENTRY_POINT_GROUP = "trainkit.workloads"
@@ -272,7 +272,7 @@ def resolve(spec: str, config: RunConfig | None = None) -> Workload:
     adapters and built-ins their run's shapes (sequence length, image size, task seed)."""
     config = config if config is not None else RunConfig()
     if spec in BUILTINS:
-        return build_spec(config.replace(model=spec, workload=None))
+        return build_builtin(config.replace(model=spec, workload=None))
     adapter = adapters.ADAPTERS.get(spec.partition(":")[0])
     workload = adapter.build(spec, config) if adapter is not None else _user(spec)
     return _finish(workload, spec)
@@ -310,7 +310,7 @@ def workload_dataset(workload: Workload) -> Dataset:
 def build_workload(config: RunConfig, num_classes: int = 10) -> Workload:
     """The workload of a run: its built-in model, or its spec resolved (in the worker, too)."""
     if config.workload is None:
-        return build_spec(config, num_classes)
+        return build_builtin(config, num_classes)
     workload = resolve(config.workload, config)
     if workload.name != config.model:
         raise WorkloadError(f"workload {config.workload!r} is now named {workload.name!r}, not {config.model!r} "

@@ -1,7 +1,7 @@
 """Change points over a series, and the drift since a pinned reference.
 
 Statistical series (throughput; memory measured by NVML or the host's RSS) take the scheme of
-Apache Otava (a divisive search proposes, a Student t-test confirms; research/history.md), with
+Apache Otava (a divisive search proposes, a Student t-test confirms), with
 ruptures (a maintained implementation) doing the search:
 
 1. The best single split of the log of the nightly values (so a change is relative): ruptures'

@@ -1,6 +1,6 @@
 """The latest nights of each series, as the nightly gate reads them.
 
-PyTorch HUD's rule (research/history.md): a regression is at least two consecutive violations at the
+PyTorch HUD's rule: a regression is at least two consecutive violations at the
 end of the series; one violating night is `unknown`, and asks for a re-run, not a bisect (Chromium
 Pinpoint's UNKNOWN). A violation is a night beyond the threshold in the bad direction (throughput
 down, memory up, the loss either way) against the nights before the violating run:

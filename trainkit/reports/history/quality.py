@@ -1,7 +1,7 @@
 """The detector's own precision and recall, on generated series of known truth.
 
 Each series is forty nights of throughput around 100 samples/s with log-normal noise of a given
-relative sigma (2-10 %: the night-to-night spread GPU nights show, research/history.md section 4),
+relative sigma (2-10 %: the night-to-night spread GPU nights show),
 and, by scenario:
 
     step     one step of a given relative size (down or up) at a random night in [8, 32)

@@ -7,7 +7,7 @@ cell three times in fresh workers); a night where none did is left out of the se
     memory      the series' headline measure (trainkit.engine.spec.schema.headline_memory over all its
                 records, so every night is judged on one measure); lower is better. The caching
                 allocator's peaks (torch_max_reserved/allocated_bytes) are deterministic with a fixed
-                seed (byte-identical over 13 runs, research/history.md section 4): judged exactly.
+                seed (byte-identical over 13 runs): judged exactly.
                 NVML and host RSS move with the machine: judged statistically
     loss        the final loss; with the fixed seed the nightly uses it is deterministic on one
                 fingerprint up to kernel non-associativity: judged near-exactly, in either direction

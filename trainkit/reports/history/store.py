@@ -10,7 +10,7 @@
 A series is a cell id x fingerprint (trainkit.engine.spec.schema.fingerprint: GPU model, driver, CUDA and
 torch; on a CPU the CPU model and torch): records from different machines never mix.
 
-Why SQLite in WAL mode (research/history.md, section 3): it is in the standard library, a reader
+Why SQLite in WAL mode: it is in the standard library, a reader
 does not block the nightly's writer nor the writer a reader, and its file format has been stable
 since 2004; DuckDB refuses a read-only open while a writer holds the file. DuckDB can still
 `ATTACH 'history.db' (TYPE sqlite)` for heavy analysis. WAL needs every process on one host: keep

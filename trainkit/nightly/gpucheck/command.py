@@ -183,7 +183,7 @@ def _device_unusable(out: str, device: str, exc: RuntimeError, started: float, s
 
 def run_gpu_check(out: str, device: str = "auto", only: Sequence[str] = ()) -> int:
     """The command: probe the device, run the cells and probes the chosen checks read, judge, write,
-    print. Returns the exit status (nightly/__init__.py)."""
+    print. Returns the exit status (trainkit/nightly/__init__.py)."""
     from trainkit.engine.cell.launch import probe  # imports torch: kept out of `python -m nightly`'s import path
 
     started, started_at = time.perf_counter(), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -48,7 +48,7 @@ class HandWrittenLoop:
     """
 
     def __init__(self, trainer: Trainer) -> None:
-        self.model, self.loss_fn, self.data = trainer.raw_model, trainer.spec.loss_fn, trainer.data.source
+        self.model, self.loss_fn, self.data = trainer.raw_model, trainer.workload.loss_fn, trainer.data.source
         self.optimizer = trainer.optimizer  # a plain torch.optim.SGD(lr, momentum): what the seeds build
 
     def run(self, steps: int, first_step: int) -> None:

@@ -15,7 +15,7 @@ MFU_EXPECTED = {
     "eager": (0.18, "GPT-2 124M bf16 eager on one H100: about 18 %, nanoGPT's compiled 33 % (nanoGPT#464) over the "
                     "1.85x torch.compile gives it (nanoGPT README: 250 -> 135 ms/iter)"),
 }
-"""The MFU a healthy GPU shows for the checked cell, by how it runs (research/frontier.md §3), with
+"""The MFU a healthy GPU shows for the checked cell, by how it runs, with
 the source. gpu-check's GPT cell runs eager."""
 MFU_BAND_FACTORS = (0.5, 1.6)
 """The plausible band around the expected MFU: below half of it the GPU starves (input, launch

@@ -19,8 +19,9 @@ from trainkit.engine.spec.schema import read_json, write_json
 from . import INFRASTRUCTURE, LABELS, NO_BASELINE, PASS
 
 SCHEMA = "trainkit.nightly/1"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-"""The checkout the nightly runs from: bench/ and reports/baselines/ live there."""
+ROOT = os.getcwd()
+"""The directory the nightly was started in (in CI, the checkout): the default baselines
+(reports/baselines/) and the git commit are looked up there, and bench runs there."""
 STAGES = ("preflight", "matrix", "report", "compare")
 TITLES = {"preflight": "pre-flight", "matrix": "matrix", "report": "report", "compare": "comparison"}
 
@@ -33,7 +34,7 @@ ARTIFACTS = (SUMMARY, PREFLIGHT, RESULTS, BENCH_JSON, REPORT, "report.csv", "rep
 
 @dataclass(frozen=True)
 class Stage:
-    """What one stage decided: an exit status (see nightly/__init__.py), one readable line, and
+    """What one stage decided: an exit status (see trainkit/nightly/__init__.py), one readable line, and
     whatever the later stages, the summary or `promote` need to know."""
 
     name: str

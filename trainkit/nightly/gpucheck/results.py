@@ -79,7 +79,7 @@ class GpuCheckDocument:
     verdict: str
     """pass, fail or infrastructure failure."""
     exit_status: int
-    """The command's exit status (nightly/__init__.py)."""
+    """The command's exit status (trainkit/nightly/__init__.py)."""
     device: str | None = None
     """cuda or cpu, as the device probe answered."""
     gpu_name: str | None = None

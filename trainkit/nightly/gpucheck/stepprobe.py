@@ -113,8 +113,8 @@ def count_step(config: RunConfig) -> StepCount:
             trainer.train_step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    spec = trainer.spec
-    per_sample = spec.num_classes * (spec.input_shape[0] if spec.tokens else 1)
+    workload = trainer.workload
+    per_sample = workload.num_classes * (workload.input_shape[0] if workload.tokens else 1)
     return StepCount(cell_id=config.cell_id, device=str(device),
                      params=sum(p.numel() for p in trainer.raw_model.parameters()),
                      data_bytes=trainer.data.device_bytes + sum(t.nbytes for t in trainer.data.eval_set

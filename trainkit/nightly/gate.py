@@ -83,7 +83,7 @@ RUNNER_SHAPE = re.compile(r"^needs \d+ (GPUs, \d+ visible|CPU ranks, \d+ cores)$
 """bench's reason for a cell that needs more ranks than the runner has (trainkit.engine.spec.axes): the
 runner's shape, not the code's doing. Any other refusal at collection is the code's."""
 EXIT_STATUS = {verdict.PASS: PASS, verdict.REGRESSION: REGRESSION, verdict.INCONCLUSIVE: INCONCLUSIVE}
-"""The gate's outcome as the nightly's exit status (nightly/__init__.py)."""
+"""The gate's outcome as the nightly's exit status (trainkit/nightly/__init__.py)."""
 
 
 def measured(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ The package, one module per family of checks and one per part of the command:
 
 DIR receives gpu-check.md (the table and every reason), gpu-check.json (the same, for scripts),
 results.jsonl (the cells' records) and report.html (trainkit.reports.build, with report.csv and report.md).
-Exit status (nightly/__init__.py): 0 no check failed (skips allowed), 1 a check failed, 2 bad
+Exit status (trainkit/nightly/__init__.py): 0 no check failed (skips allowed), 1 a check failed, 2 bad
 input, 3 the device cannot be used (--device cuda without a GPU) or the report could not be built.
 """
 

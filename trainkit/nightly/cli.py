@@ -17,12 +17,12 @@ with --history it ingests the night into that run store before the gate reads it
 `history` appends the run's results to a run store (reports/history) and writes trend.html, the
 store's trend page, into the run directory beside report.html.
 `gpu-check` stands apart: a few cells whose every figure is checked against an independent measure
-(nightly/gpucheck/); it exits 1 when a check fails.
+(trainkit/nightly/gpucheck/); it exits 1 when a check fails.
 `run` and `preflight` begin a new run in --out (an earlier run's artifacts there are removed); the
 other commands add to the run they find.
 
 Exit status: 0 pass or no comparable baseline, 1 regression, 2 bad input, 3 infrastructure failure,
-4 inconclusive (the gate could not see a gated cell; see nightly/__init__.py).
+4 inconclusive (the gate could not see a gated cell; see trainkit/nightly/__init__.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import argparse
 import os
 import sys
 
-from bench.matrix import PRESET_NAMES
 from trainkit.engine import cluster
 from trainkit.engine.cluster import from_namespace
 from trainkit.engine.spec.options import (
@@ -47,6 +46,7 @@ from trainkit.engine.spec.options import (
     output_dir,
     output_file,
 )
+from trainkit.engine.spec.presets import PRESET_NAMES
 from trainkit.engine.spec.schema import ResultsFileError, cut_off_lines_on_stderr
 from trainkit.reports.cli import metric_threshold
 from trainkit.reports.history.ingest import RunMeta, ingest
@@ -263,7 +263,7 @@ def _compare(args: argparse.Namespace, run: RunDir, thresholds: Thresholds, cand
 
 
 def _history(run: RunDir, store: str, report_url: str | None = None, preset: str | None = None) -> int:
-    """The run's results into the store (its commit and branch from nightly.json), then the store's
+    """The run's results into the store (its commit and branch as nightly.json records them), then the store's
     trend page into the run directory."""
     # numpy/scipy/ruptures (the detector) and plotly: kept out of `python -m nightly`'s import path
     from trainkit.reports.history.changes import load

@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.matrix import CPU_GPT, GPU_GPT, RECIPES
 from trainkit.engine.spec.config import ProfileConfig, RunConfig
 from trainkit.engine.spec.precision_facts import unsupported_reason
+from trainkit.engine.spec.presets import CPU_GPT, GPU_GPT, RECIPES
 
 # --- sizes ------------------------------------------------------------------------------------
 # GPU: sized for about 3 minutes on one H100/H200, worker start-up included (an estimate: 6 cells of

@@ -97,7 +97,7 @@ class BenchSession:
     def complete(self, record: dict[str, Any], cell: CellSpec) -> dict[str, Any]:
         """What bench adds to a cell's record, wherever the cell ran."""
         record["repeat"] = cell.repeat
-        record["round"] = cell.repeat  # the matrix runs in rounds (bench.matrix.build_matrix): repeat r is round r
+        record["round"] = cell.repeat  # the matrix runs in rounds (matrix.build_matrix): repeat r is round r
         record["bench_rounds"] = min(self.options.rounds, cell.config.steps)
         return record
 
