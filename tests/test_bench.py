@@ -362,7 +362,7 @@ class _Benchmark:
 
 
 def test_a_cell_whose_record_trainkit_fails_to_make_still_leaves_one_and_fails_its_test(tmp_path, monkeypatch):
-    from bench import runner
+    from trainkit.bench import runner
 
     monkeypatch.setattr(runner, "CellWorkers", _RanButItsRecordFails)
     results = tmp_path / "results.jsonl"
