@@ -380,8 +380,8 @@ def test_the_report_draws_compile_speedups_and_the_memory_throughput_front(compi
     pytest.importorskip("plotly", reason="reports need the `reports` extra")
     from trainkit.engine.cell.record import append_jsonl
     from trainkit.reports.build import build_report
-    from trainkit.reports.frontier import cells, compile_pairs, pareto_front
     from trainkit.reports.load import to_frame
+    from trainkit.reports.sections.frontier import cells, compile_pairs, pareto_front
 
     from .test_reports import assert_every_chart_renders
 

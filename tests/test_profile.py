@@ -30,10 +30,13 @@ def _cpu_time_clock(monkeypatch):
 
 def test_phases_add_up_to_the_step_they_split():
     """Timed from outside, the same steps take what their phases add up to (within 10%): the marks'
-    own clock, read around the step (process CPU time would count torch's idle worker threads)."""
+    own clock, read around the step (process CPU time would count torch's idle worker threads). The
+    phases never exceed the clock around them; a neighbour that preempts this thread between the
+    outer clock and the first mark only ever widens the gap, so the closest of 5 steps is judged."""
     clock = time.perf_counter
     trainer = Trainer(small_config("gpt", grad_accum=3, batch_size=16, steps=20), CPU)
     trainer.run(2)
+    gaps = []
     for _ in range(5):
         marks = Marks(CPU)
         started = clock()
@@ -42,8 +45,10 @@ def test_phases_add_up_to_the_step_they_split():
         outside = clock() - started
         phases = marks.totals_s(PHASES)
         assert set(phases) == set(PHASES) and all(v >= 0 for v in phases.values())
-        assert sum(phases.values()) == pytest.approx(outside, rel=0.10)
+        assert sum(phases.values()) <= outside
         assert phases["forward"] > 0 and phases["backward"] > 0 and phases["optimizer"] > 0
+        gaps.append((outside - sum(phases.values())) / outside)
+    assert min(gaps) <= 0.10, gaps
 
 
 def test_the_phase_breakdown_of_a_cell_matches_its_timed_steps(monkeypatch):

@@ -30,7 +30,7 @@ from trainkit.engine.measure.flops import mfu, peak_flops_per_s  # noqa: E402
 from trainkit.engine.spec.config import ProfileConfig, RunConfig  # noqa: E402
 from trainkit.reports.build import build_report  # noqa: E402
 from trainkit.reports.figures import MAX_BARS  # noqa: E402
-from trainkit.reports.profiles import NOT_PROFILED  # noqa: E402
+from trainkit.reports.sections.profiles import NOT_PROFILED  # noqa: E402
 from trainkit.reports.summary import mfu_text  # noqa: E402
 
 from .conftest import REPO, SMALL, trainkit_cmd  # noqa: E402
@@ -44,7 +44,9 @@ from .test_reports import (  # noqa: E402
 )
 
 PHASES = ("data", "forward", "backward", "optimizer")
-FAST = dict(steps=3, warmup_steps=1, device="cpu")
+# One intra-op thread per rank: with two, a busy neighbour stalls each op on its straggler thread, and
+# the shares this module reads (data-bound, bf16 operator time) moved with the host's load.
+FAST = dict(steps=3, warmup_steps=1, device="cpu", cpu_threads=1)
 
 
 @pytest.fixture(scope="module")

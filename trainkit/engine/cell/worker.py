@@ -50,7 +50,9 @@ from .profile import profile_cell
 from .protocol import Command, Reply
 from .record import RankReport, TimedSpan
 
-PROGRESS_INTERVAL_S = 0.5
+PROGRESS_INTERVAL_S = float(os.environ.get("TRAINKIT_PROGRESS_INTERVAL_S", "0.5"))
+"""Seconds between a worker's progress reports (between steps, outside their time); the environment
+variable sets it (0: after every step), read when the worker starts."""
 
 
 class Diverged(Exception):
@@ -99,15 +101,38 @@ GLIBC_M_MMAP_THRESHOLD, GLIBC_M_ARENA_MAX = -3, -8  # mallopt's parameters (mall
 CAPPED_MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
+PARALLEL_ELEMENTS = 1 << 17
+"""Elements of an operation at::parallel_for splits over every thread (its grain is 32,768)."""
+
+
+def start_cpu_threads(config: RunConfig, local_world_size: int) -> tuple[int, str]:
+    """Set this CPU rank's thread count and start its thread pool now; (threads, where the count
+    came from). Ranks share the cores this process may use (its affinity and cgroup quota, not the
+    node's count): without this, 2 ranks x all-cores threads thrash.
+
+    The pool's threads start at the first parallel operation, each with a stack (8 MiB of address
+    space by default); started here, before the baseline and the cap, they count as the worker's,
+    not as the model's first step's."""
+    threads, method = threads_per_rank(local_world_size)
+    if config.cpu_threads:
+        threads, method = config.cpu_threads, f"cpu_threads={config.cpu_threads} (the config)"
+    torch.set_num_threads(threads)
+    torch.zeros(PARALLEL_ELEMENTS).add_(1)
+    return threads, method
+
+
 def limit_host_memory(extra_bytes: int) -> None:
     """Cap this process's address space at its current size plus extra_bytes, so a runaway CPU
     cell fails with an allocation error (status oom) instead of taking the machine down.
 
     The cap counts address space, so glibc's malloc is first made to keep none it does not use:
-    one arena (each thread's arena reserves 64 MiB up front, whenever the thread first allocates)
-    and a fixed mmap threshold (the adaptive one keeps freed large blocks in the heap, fragmented
-    in an order the threads decide). Without this, the same cell near the cap runs or fails by
-    chance; with it, the cap bounds the memory in use and a cell fails the same way every time."""
+    one arena (each thread's arena reserves 64 MiB up front, whenever the thread first allocates;
+    glibc fixes the limit once per process, so a rank from the fork server has it from its
+    environment, trainkit.engine.cell.launch.RANK_LIBRARY_ENV, and this call sets it for a process
+    that has not needed a second arena yet) and a fixed mmap threshold (the adaptive one keeps freed
+    large blocks in the heap, fragmented in an order the threads decide). Without this, the same cell
+    near the cap runs or fails by chance; with it, the cap bounds the memory in use and a cell fails
+    the same way every time."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(GLIBC_M_ARENA_MAX, 1)
@@ -137,13 +162,9 @@ class RankWorker:
         self.device = device if device is not None else select_device(config, local_rank)
         if self.device.type == "cpu":
             # CUDA reserves far more address space than memory: no such measure there.
+            _, self.threads_method = start_cpu_threads(config, local_world_size)
+            # After the threads: their stacks are the worker's address space, not the model's.
             memory.host_vm_baseline_bytes = host_vm_now_bytes()
-            # Ranks share the cores this process may use (its affinity and cgroup quota, not the
-            # node's count): without this, 2 ranks x all-cores threads thrash.
-            threads, self.threads_method = threads_per_rank(local_world_size)
-            if config.cpu_threads:
-                threads, self.threads_method = config.cpu_threads, f"cpu_threads={config.cpu_threads} (the config)"
-            torch.set_num_threads(threads)
         self.nvml = Nvml.open(self.device) if self.device.type == "cuda" else None
         self.gpu_uuid = str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
@@ -429,6 +450,8 @@ def serve(config: RunConfig, rank: int, local_rank: int, local_world_size: int, 
             if device.type != "cpu":
                 raise Unsupported("a memory limit caps a CPU worker's address space (RLIMIT_AS); CUDA reserves "
                                   "far more address space than memory, so on a GPU it would fail every cell")
+            # The cap is relative to what the worker holds before the model: its threads included.
+            start_cpu_threads(config, local_world_size)
             limit_host_memory(memory_limit_bytes)
         worker = RankWorker(config, rank, local_rank, local_world_size, profile, device)
         conn.send((Reply.READY, {"fixed_cost_s": worker.report.fixed_cost_s, "gpu_uuid": worker.gpu_uuid}))
