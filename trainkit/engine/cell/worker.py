@@ -146,9 +146,13 @@ class RankWorker:
     """Builds one rank's Trainer and measures it into a RankReport."""
 
     def __init__(self, config: RunConfig, rank: int = 0, local_rank: int = 0, local_world_size: int = 1,
-                 profile: ProfileConfig | None = None, device: torch.device | None = None) -> None:
+                 profile: ProfileConfig | None = None, device: torch.device | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         started = time.perf_counter()
         self.config, self.rank, self.profile = config, rank, profile
+        self.clock = clock
+        """What the warmup and the CPU's step times are read on (seconds): perf_counter; a test injects
+        a clock a loaded host cannot move (tests/test_frontier.py charges each compile a fixed time)."""
         self.threads_method: str | None = None
         """Where a CPU rank's thread count came from (None on a GPU: torch's default)."""
         self.report = RankReport(rank=rank, pid=os.getpid())
@@ -177,7 +181,7 @@ class RankWorker:
         self.report.fixed_cost_s = {"init_s": initialised - started, "build_s": built - initialised}
         self.report.loss.resumed_from_step = self.trainer.resumed_from_step
         memory.data_device_bytes = self.trainer.data.device_bytes if self.device.type == "cuda" else None
-        self.timer = Marks(self.device)
+        self.timer = Marks(self.device, self.clock)
         self.compile_warmup: dict[str, Any] | None = None
         """What the warmup of a compiled cell saw (see _compile_warmup)."""
         self.allocator_before: dict[str, int] | None = None
@@ -194,7 +198,7 @@ class RankWorker:
 
     # --- commands ----------------------------------------------------------------------------
     def warmup(self) -> float:
-        started = time.perf_counter()
+        started = self.clock()
         reset_peaks(self.device)  # from here on: the model and the data pool are in, generation is not
         if self.config.compile:
             self._compile_warmup()
@@ -204,7 +208,7 @@ class RankWorker:
         self.check_divergence()
         memory = self.report.memory
         memory.torch_warmup_max_allocated_bytes, memory.torch_warmup_max_reserved_bytes = torch_memory(self.device)
-        self.report.timing.warmup_time_s = time.perf_counter() - started
+        self.report.timing.warmup_time_s = self.clock() - started
         return self.report.timing.warmup_time_s
 
     def _compile_warmup(self) -> None:
@@ -228,10 +232,10 @@ class RankWorker:
                     trainer.total_steps += 1
             if trainer.finished:
                 break
-            before, began = compiled.Counters.now(), time.perf_counter()
+            before, began = compiled.Counters.now(), self.clock()
             trainer.run(1)
             self._sync()
-            seconds, compiled_now = time.perf_counter() - began, compiled.Counters.now().minus(before).any
+            seconds, compiled_now = self.clock() - began, compiled.Counters.now().minus(before).any
             if config.world_size > 1 and dist.is_initialized():  # any rank that compiled keeps all warming up
                 flag = torch.tensor(float(compiled_now), device=self.device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
