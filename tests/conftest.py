@@ -38,7 +38,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def small_config(model: str = "mlp", **changes: object) -> RunConfig:
-    values: dict[str, object] = {"model": model, "batch_size": 8, "steps": 3, "warmup_steps": 0, "device": "cpu"}
+    """A tiny CPU cell. One intra-op thread per rank unless a test says otherwise: the suite runs on
+    two xdist workers, and two-thread ranks on two shared cores stall each op on its straggler
+    thread, which moved timings and shares by factors with the neighbours' load."""
+    values: dict[str, object] = {"model": model, "batch_size": 8, "steps": 3, "warmup_steps": 0, "device": "cpu",
+                                 "cpu_threads": 1}
     values.update(SMALL[model])
     values.update(changes)
     return RunConfig(**values)  # type: ignore[arg-type]

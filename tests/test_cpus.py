@@ -86,7 +86,7 @@ def test_a_cpu_rank_takes_as_many_threads_as_its_affinity_allows():
     before_affinity, before_threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, {min(before_affinity)})
     try:
-        rank = RankWorker(small_config(steps=1))
+        rank = RankWorker(small_config(steps=1, cpu_threads=None))  # the threads derived, not given
         threads = torch.get_num_threads()
         derived = rank.derived()
     finally:

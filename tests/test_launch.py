@@ -95,8 +95,13 @@ def test_cells_are_isolated_processes():
 
 def test_the_fixed_cost_of_a_cell_is_small_once_the_fork_server_runs():
     run_cell(small_config(steps=1), timeout_s=120)  # starts the fork server if needed
-    record = run_cell(small_config(steps=1), timeout_s=120)
-    assert record["fixed_cost_s"]["spawn_to_ready_s"] < 1.0
+    # One intra-op thread: waiting threads spin, and on a loaded host two threads' spinning doubled
+    # the worker's CPU time.
+    record = run_cell(small_config(steps=1, cpu_threads=1), timeout_s=120)
+    # On the worker's own CPU clock (from its fork; a busy neighbour cannot inflate it): all its work,
+    # the one step included, costs less than a fresh interpreter spends importing torch (1.6 s here).
+    assert 0 < record["cpu_time_s"] < 1.0
+    assert record["fixed_cost_s"]["spawn_to_ready_s"] > 0
 
 
 def test_the_same_cell_runs_under_torchrun_and_rank_0_writes_the_record(tmp_path):
@@ -291,3 +296,55 @@ def test_a_backend_that_cannot_take_effect_is_refused_in_one_line(monkeypatch):
     assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
     allocator.set_alloc_conf("backend:native,expandable_segments:True")  # the backend it has: accepted
     assert torch.cuda.get_allocator_backend() == "native"
+
+
+# --- a CPU cell's address-space cap is relative to what the worker holds before the model ----------
+
+def _runtime_growth(queue, start_first: bool) -> None:  # runs in a fork server's process
+    """Address space a first parallel operation and a first sgemm add, after the pool is started
+    (start_cpu_threads) or only sized (set_num_threads, the planted fault); and MKL's cache setting."""
+    import ctypes
+
+    import torch
+
+    from trainkit.engine.cell.worker import PARALLEL_ELEMENTS, start_cpu_threads
+    from trainkit.engine.measure.memory import host_vm_now_bytes
+
+    config = small_config(cpu_threads=2)
+    if start_first:
+        start_cpu_threads(config, 1)
+    else:
+        torch.set_num_threads(2)
+    before = host_vm_now_bytes()
+    torch.zeros(4 * PARALLEL_ELEMENTS).add_(1)
+    pool_bytes = host_vm_now_bytes() - before
+    try:
+        mkl = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        mkl_cache_off = mkl.mkl_serv_get_fast_mm_status() == 1
+    except (OSError, AttributeError):
+        mkl_cache_off = None  # torch without MKL
+    queue.put((pool_bytes, mkl_cache_off, os.environ.get("MALLOC_ARENA_MAX")))
+
+
+def _in_a_rank_process(start_first: bool):
+    from trainkit.engine.cell.launch import _fork_server
+
+    ctx = _fork_server()
+    queue = ctx.Queue()
+    process = ctx.Process(target=_runtime_growth, args=(queue, start_first))
+    process.start()
+    try:
+        return queue.get(timeout=120)
+    finally:
+        process.join(timeout=30)
+
+
+def test_a_rank_starts_its_thread_pool_and_libraries_before_the_cap():
+    """The pool's thread stacks (8 MiB of address space each) exist before the baseline and the cap,
+    so a first parallel operation adds none; the planted fault (the count set, the pool not started)
+    adds a stack. Ranks start with MKL's buffer cache off and one malloc arena (RANK_LIBRARY_ENV)."""
+    started_growth, mkl_cache_off, arenas = _in_a_rank_process(start_first=True)
+    assert started_growth < 2**20
+    assert mkl_cache_off in (True, None) and arenas == "1"
+    planted_growth, _, _ = _in_a_rank_process(start_first=False)
+    assert planted_growth >= 4 * 2**20, planted_growth

@@ -1,16 +1,27 @@
 """Measurement pieces: timers, statistics, the merge of ranks, MFU and the optional NVML."""
 
+import math
 import os
 import statistics
 import sys
 import time
 import types
+from fractions import Fraction
 
 import pytest
 import torch
 
 from trainkit.engine.cell.record import LauncherReport, RankLoss, RankMemory, RankReport, RankTiming, merge_ranks
-from trainkit.engine.measure.conditions import HostSnapshot, condition_flags, host_window, noise_of, other_gpu_pids
+from trainkit.engine.measure.conditions import (
+    CONFIDENCE,
+    INTERPOLATION_MARGIN,
+    HostSnapshot,
+    condition_flags,
+    host_window,
+    median_order_weights,
+    noise_of,
+    other_gpu_pids,
+)
 from trainkit.engine.measure.flops import gpt_flops_per_token, mfu, peak_flops_per_s, training_flops_per_sample
 from trainkit.engine.measure.nvml import Nvml
 from trainkit.engine.measure.timing import Marks, summarize_s
@@ -135,6 +146,24 @@ def test_the_median_step_times_interval_is_an_order_statistic_interval():
         assert "at least 6" in short["note"]
         assert short["iqr_over_median"] is not None  # the spread needs no interval
     assert noise_of([0.5] * 6)["median_ci_low_s"] == noise_of([0.5] * 6)["median_ci_high_s"] == 0.5
+
+
+def test_a_cell_of_thousands_of_timed_steps_has_its_interval():
+    """2.0**n is past a float's range from n = 1024: a window of 2,500 timed steps (a short CPU cell)
+    gets its interval all the same, from the pair of order statistics the exact binomial coverage picks."""
+    times = [1.0 + (i * 7919 % 2500) / 2500 for i in range(2500)]  # 1.0 .. 1.9996, each once, shuffled
+    noise = noise_of(times)
+    assert noise["n"] == 2500 and noise["note"] is None
+    d, share = median_order_weights(2500)
+    x = sorted(times)
+    assert noise["median_ci_low_s"] == pytest.approx((1 - share) * x[d - 1] + share * x[d])
+    assert noise["median_ci_low_s"] <= statistics.median(times) <= noise["median_ci_high_s"]
+
+    def coverage(pair: int) -> Fraction:  # of [X(pair), X(n - pair + 1)], in exact rationals
+        return 1 - Fraction(2 * sum(math.comb(2500, j) for j in range(pair)), 2**2500)
+
+    aim = Fraction(CONFIDENCE + INTERPOLATION_MARGIN)
+    assert coverage(d) >= aim > coverage(d + 1) and 0 < share < 1
 
 
 def test_ranks_that_end_apart_are_a_failed_cell():

@@ -219,8 +219,6 @@ def cpu_plan(tmp_path_factory):
     return {"status": status, "plan": plan, "dir": out}
 
 
-@pytest.mark.xfail(reason="open defect: the address-space-capped CPU probes end ENOMEM even at batch 1 "
-                          "when the suite runs on xdist workers", strict=False)
 def test_a_real_cpu_plan_finds_the_largest_batch_a_brute_force_scan_finds(cpu_plan):
     """The search's answer against every batch size from 1 up, each a real probe cell under the same
     cap: all of them run up to the search's largest, and the next one runs out of memory. So the
@@ -239,8 +237,6 @@ def test_a_real_cpu_plan_finds_the_largest_batch_a_brute_force_scan_finds(cpu_pl
     assert fp32["max_batch"] == fp32["largest_ran_batch"]  # --safety 1
 
 
-@pytest.mark.xfail(reason="open defect: the address-space-capped CPU probes end ENOMEM even at batch 1 "
-                          "when the suite runs on xdist workers", strict=False)
 def test_a_real_cpu_plan_writes_what_the_issue_asks_for(cpu_plan):
     plan = cpu_plan["plan"]
     assert cpu_plan["status"] == 0 and plan["device"] == "cpu" and plan["memory_limit_bytes"] == BRUTE_CAP_MIB * 2**20
@@ -266,8 +262,6 @@ def test_a_real_cpu_plan_writes_what_the_issue_asks_for(cpu_plan):
     assert planned_max_batch([plan], cell, "cpu", BRUTE_CAP_MIB * 2**20) == plan["precisions"]["fp32"]["max_batch"]
 
 
-@pytest.mark.xfail(reason="open defect: the address-space-capped CPU probes end ENOMEM even at batch 1 "
-                          "when the suite runs on xdist workers", strict=False)
 def test_the_plan_page_and_the_report_section_render(cpu_plan, tmp_path):
     from trainkit.reports.build import build_report
 

@@ -148,7 +148,7 @@ def test_old_records_without_conditions_or_noise_get_intervals_from_their_step_t
 def test_the_pareto_front_keeps_a_cell_whose_speed_difference_is_within_noise():
     import pandas as pd
 
-    from trainkit.reports.frontier import pareto_front
+    from trainkit.reports.sections.frontier import pareto_front
 
     points = pd.DataFrame({"cell": ["lean", "fast", "slow"], "peak_mib": [100.0, 90.0, 80.0],
                            "throughput": [100.0, 110.0, 50.0], "throughput_low": [80.0, 105.0, 45.0],

@@ -30,7 +30,7 @@ from trainkit.engine.measure.flops import mfu, peak_flops_per_s  # noqa: E402
 from trainkit.engine.spec.config import ProfileConfig, RunConfig  # noqa: E402
 from trainkit.reports.build import build_report  # noqa: E402
 from trainkit.reports.figures import MAX_BARS  # noqa: E402
-from trainkit.reports.profiles import NOT_PROFILED  # noqa: E402
+from trainkit.reports.sections.profiles import NOT_PROFILED  # noqa: E402
 from trainkit.reports.summary import mfu_text  # noqa: E402
 
 from .conftest import REPO, SMALL, trainkit_cmd  # noqa: E402
@@ -44,7 +44,9 @@ from .test_reports import (  # noqa: E402
 )
 
 PHASES = ("data", "forward", "backward", "optimizer")
-FAST = dict(steps=3, warmup_steps=1, device="cpu")
+# One intra-op thread per rank: with two, a busy neighbour stalls each op on its straggler thread, and
+# the shares this module reads (data-bound, bf16 operator time) moved with the host's load.
+FAST = dict(steps=3, warmup_steps=1, device="cpu", cpu_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +69,7 @@ def profiled(tmp_path_factory):
         "bf16": (dict(model="mlp", precision="amp-bf16", batch_size=16), inside),
         "ddp": (dict(model="mlp", precision="fp32", batch_size=16, world_size=2), inside),
         "gpt": (dict(model="gpt", precision="amp-bf16", batch_size=4, **SMALL["gpt"]), outside),
-        # One intra-op thread: with two, a busy neighbour stalls each op on its straggler thread,
-        # and compute slowed so much more than loading that the cell stopped being data-bound.
-        "mnist": (dict(model="mlp", precision="fp32", batch_size=64, data="mnist", num_workers=0, cpu_threads=1,
+        "mnist": (dict(model="mlp", precision="fp32", batch_size=64, data="mnist", num_workers=0,
                        data_root=str(write_mnist(out / "data", 512))), ProfileConfig(phase_steps=3)),
         "failed": (dict(model="mlp", precision="half-bf16", batch_size=16),
                    ProfileConfig(phase_steps=2, trace_steps=1, output_dir=str(out / "a-file" / "profiles"))),

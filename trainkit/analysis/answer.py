@@ -124,9 +124,9 @@ class Candidate:
     """Why this device cannot run the precision (it was not run)."""
     route_note: str | None = None
     speed_cells: tuple[str, ...] = ()
+    """Cell ids of the speed rounds, the candidate's and fp32's."""
     skipped: str | None = None
     """Why nothing of it ran (the budget did not afford its plan): it is undecided, not rejected."""
-    """Cell ids of the speed rounds, the candidate's and fp32's."""
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,7 @@ class BenchSession:
         began = time.monotonic()
         config = cell.config
         rounds = min(self.options.rounds, config.steps)
+        fault: Exception | None = None
         with CellWorkers(config, self.options.cell_timeout_s, self.options.memory_limit_bytes,
                   profile=self.options.profile) as workers:
             try:
@@ -122,10 +123,14 @@ class BenchSession:
                 record = workers.finish()
             except CellFailed as failure:
                 record = workers.record_for(failure)
+            except Exception as exc:  # trainkit's own fault, not the cell's (see harness_fault_record)
+                record, fault = harness_fault_record(config, exc), exc
         self.complete(record, cell)
         self.cell_seconds.append(time.monotonic() - began)
         self.timed.append((cell_kind(cell), self.cell_seconds[-1]))
         self.keep(record)
+        if fault is not None:
+            raise fault  # the record is kept; the test fails with the traceback, and the matrix goes on
         return self._reported(record, benchmark)
 
     def _reported(self, record: dict[str, Any], benchmark: Any) -> dict[str, Any]:
@@ -151,6 +156,15 @@ class BenchSession:
 
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["status"] != "ok" and not r.get("skipped_at_collection")]
+
+
+def harness_fault_record(config: Any, exc: Exception) -> dict[str, Any]:
+    """The record of a cell whose record trainkit itself failed to make, or whose driving raised
+    something other than the cell's own end (CellFailed): status crashed, the error in its detail.
+    Every cell run leaves a record, so a results file never silently lacks one (a merge that raised
+    once left a matrix without its third cell); bench still fails the cell's test with the traceback."""
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return merge_ranks(config, [], "crashed", f"trainkit failed, not the cell: {detail}")
 
 
 def outcome(record: dict[str, Any]) -> str:

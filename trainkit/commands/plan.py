@@ -215,14 +215,21 @@ def _throughput_interval(record: dict[str, Any]) -> tuple[float | None, float | 
 
 
 def _measure(options: PlanOptions, hardware: dict[str, Any], run: CellRunner, precision: str, c: Candidate,
-             limit_bytes: int, estimate_bytes: int, say: Say) -> Candidate:
-    """A candidate measured as an ordinary cell: its throughput, peak and headroom."""
+             limit_bytes: int, estimate_bytes: int, say: Say, memory_run: CellRunner | None = None) -> Candidate:
+    """A candidate measured as an ordinary cell: its throughput, peak and headroom. With
+    `memory_run` (a CPU plan whose candidates run uncapped), the peak is a short run's under the cap."""
     base = options.base
     config = base.replace(precision=precision, batch_size=c.micro_batch, grad_accum=c.grad_accum, world_size=c.gpus)
     say(f"{base.model} {precision}: measuring micro-batch {c.micro_batch} x accumulation {c.grad_accum} x "
         f"{c.gpus} rank{'s' if c.gpus > 1 else ''} ({config.warmup_steps} + {config.steps} steps)")
     record = run(config)
     peak, measure = _peak(record, hardware["device"])
+    if memory_run is not None and record.get("status") == "ok":
+        # Uncapped, glibc's adaptive malloc keeps freed blocks in the heap (a small GPT's 4 x 2 cell:
+        # 100 MiB of address-space growth uncapped, 43 MiB capped): not what the cap bounds. The peak
+        # that the headroom is taken from is the same cell's under the cap, as long as a probe's run.
+        capped = memory_run(config.replace(steps=options.probe_steps, warmup_steps=PROBE_WARMUP_STEPS))
+        peak, measure = _peak(capped, hardware["device"]) if capped.get("status") == "ok" else (None, None)
     headroom = None
     if peak is not None:
         # On a GPU the CUDA context takes its share of the device's memory too.
@@ -247,11 +254,14 @@ def make_plan(options: PlanOptions, hardware: dict[str, Any], run: CellRunner, e
               say: Say = lambda line: None, measure_run: CellRunner | None = None) -> dict[str, Any]:
     """The plan as the file holds it: estimates, searches and candidates for every precision (see
     the module's docstring). `run` runs a probe cell (under the memory cap), `measure_run` a
-    candidate (uncapped, as speeds are measured everywhere; `run` where not given), `estimate`
-    answers estimate requests."""
+    candidate (uncapped, as speeds are measured everywhere; `run` where not given; on a CPU its peak
+    is then a short run's under the cap, with `run`), `estimate` answers estimate requests."""
     started = time.monotonic()
     ranks = options.gpus[-1]
     limit_bytes, limit_source = memory_limit(options, hardware)
+    # A CPU's cap bounds address space, which an uncapped run's malloc spends differently.
+    memory_run = run if measure_run is not None and hardware["device"] == "cpu" and options.memory_limit_bytes \
+        else None
     check_hardware(options, hardware)
     before = _first_estimates(options, hardware, estimate, limit_bytes, limit_source)
     say(f"device: {hardware.get('gpu_name') or 'cpu'} ({hardware.get('gpu_count') or hardware.get('cpu_count')} "
@@ -271,7 +281,8 @@ def make_plan(options: PlanOptions, hardware: dict[str, Any], run: CellRunner, e
         search = dataclasses.replace(search, probes=tuple(
             dataclasses.replace(p, estimate_bytes=probe_estimates[p.batch]["total_bytes"]) for p in search.probes))
         measured = {id(c): _measure(options, hardware, measure_run or run, precision, c, limit_bytes,
-                                    predicted[(precision, c.gpus, c.micro_batch, c.grad_accum)]["total_bytes"], say)
+                                    predicted[(precision, c.gpus, c.micro_batch, c.grad_accum)]["total_bytes"], say,
+                                    memory_run=memory_run)
                     for c in chosen[precision]}
         answer = before[precision]
         summary = EstimateSummary(terms_before_the_step=answer["state"], weights_bytes=answer["weights_bytes"],

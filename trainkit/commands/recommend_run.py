@@ -154,6 +154,18 @@ class Store:
                 out.write(json.dumps(record, default=str) + "\n")
         return record
 
+    def obtain(self, config: RunConfig, purpose: str, run: CellRunner,
+               clock: Clock, **tags: Any) -> dict[str, Any]:
+        """A given record of this config when one is left, else a run of it timed on `clock`; kept
+        either way, tagged with its purpose and `tags`."""
+        record = self.take(config, purpose)
+        if record is not None:
+            return self.keep(record, purpose, None, reused=True, **tags)
+        began = clock.now()
+        record = run(config, purpose)
+        self.ran += 1
+        return self.keep(record, purpose, clock.now() - began, **tags)
+
     def cost(self, purpose: str, fallback: float) -> float:
         """Seconds one cell of this purpose has taken (the median so far), else `fallback`."""
         seen = self.seconds.get(purpose)
@@ -268,14 +280,7 @@ def speed_rounds(request: Request, hardware: dict[str, Any], routes: dict[str, R
             break
         for precision in order:
             config = configs[precision]
-            record = store.take(config, "speed")
-            if record is not None:
-                record = store.keep(record, "speed", None, round=index, reused=True)
-            else:
-                began = clock.now()
-                record = run(config, "speed")
-                store.ran += 1
-                record = store.keep(record, "speed", clock.now() - began, round=index)
+            record = store.obtain(config, "speed", run, clock, round=index)
             figures[precision].append(record.get("throughput_samples_per_s") if record.get("status") == "ok" else None)
             cells[precision].append(f"{record.get('cell_id', config.cell_id)}@round{index}")
         if index + 1 >= MIN_ROUNDS_FOR_INTERVAL:
@@ -382,14 +387,7 @@ def parity(request: Request, routes: dict[str, Route], speeds: dict[str, Ratio],
                 break
             for precision in arms:
                 config = _parity_config(request, routes[precision], seed)
-                record = store.take(config, "parity")
-                if record is not None:
-                    record = store.keep(record, "parity", None, seed=seed, reused=True)
-                else:
-                    began = clock.now()
-                    record = run(config, "parity")
-                    store.ran += 1
-                    record = store.keep(record, "parity", clock.now() - began, seed=seed)
+                record = store.obtain(config, "parity", run, clock, seed=seed)
                 records[precision].append(record)
                 cells[precision].append(f"{record.get('cell_id', config.cell_id)}@seed{seed}")
             seeds_done += 1

@@ -26,13 +26,14 @@ import pandas as pd
 from trainkit.analysis.answer_records import answers_from_records
 from trainkit.engine.spec.precision_facts import display_rank
 
-from . import figures, frontier, html, parity, profiles
+from . import figures, html, parity
 from .answer.card import card as answer_card
 from .flags import flag_share_sentence
 from .load import pooling, to_frame
 from .plan import read_plans
 from .plan import section as plan_section
 from .records import Run, all_records, fingerprint, read_runs
+from .sections import frontier, profiles
 from .summary import (
     FLAG_LEGEND,
     FLAG_MARK,

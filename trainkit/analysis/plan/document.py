@@ -97,7 +97,8 @@ class CandidateCells(_Document):
     memory_capped: bool = False
     """Whether the candidates ran under the probes' memory cap: they do not (an address-space cap
     roughly halves a CPU cell's throughput: fp32 at 256 x 2, 2,382 samples/s uncapped, 1,245 capped),
-    so their speeds are the speeds every other command measures."""
+    so their speeds are the speeds every other command measures. On a CPU their peaks and headroom
+    are a short run's of the same cell under the cap (the probes' steps): what the cap bounds."""
 
 
 @dataclass(frozen=True, kw_only=True)

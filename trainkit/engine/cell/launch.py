@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import multiprocessing.connection as mpc
+import multiprocessing.forkserver
 import os
 import signal
 import socket
@@ -36,6 +37,19 @@ from .record import ENERGY_MIN_WINDOW_S, LauncherReport, RankReport, merge_ranks
 DEFAULT_CELL_TIMEOUT_S = 900.0
 
 _context: Any = None
+RANK_LIBRARY_ENV = {"MKL_DISABLE_FAST_MM": "1", "MALLOC_ARENA_MAX": "1"}
+"""What every rank's libraries start with, for a CPU cell's address-space cap (RLIMIT_AS) to charge
+the model with what its steps hold and nothing else. Both are read once per process, when the
+library starts, so the fork server starts with them (a rank's own settings come too late):
+
+- MKL's memory manager keeps each sgemm packing buffer it ever allocated, per thread and per size
+  (4-6 MiB each, mostly untouched: 37 MiB of address space after a small GPT's first step on 2
+  threads); without it MKL allocates them for the call and frees them after (oneMKL Developer
+  Reference: mkl_disable_fast_mm);
+- glibc gives each thread that first allocates an arena of its own, 64 MiB of address space
+  reserved at once (the pool thread's, in the first step); its limit is fixed when a process first
+  needs a second arena, which the fork server has done, so mallopt(M_ARENA_MAX) in a rank is too
+  late (glibc malloc/arena.c: narenas_limit)."""
 
 
 def _fork_server() -> Any:
@@ -50,6 +64,9 @@ def _fork_server() -> Any:
         # ~5 s) are preloaded too, or each cell would import them again.
         adapters = [name for name in ("transformers", "timm") if name in sys.modules]
         _context.set_forkserver_preload(["trainkit.engine.cell.worker", "torch._dynamo", "torchvision", *adapters])
+        # MKL and glibc read these once, when they start: so the fork server starts with them.
+        with _environment(RANK_LIBRARY_ENV):
+            multiprocessing.forkserver.ensure_running()
     return _context
 
 
@@ -60,7 +77,8 @@ def _context_for(config: RunConfig) -> tuple[Any, dict[str, str]]:
     fresh interpreters (multiprocessing's spawn) started with the setting, at a fresh import's cost."""
     if allocator.requested_backend(config.alloc_conf) is None:
         return _fork_server(), {}
-    return mp.get_context("spawn"), {name: str(config.alloc_conf) for name in allocator.ENV_VARS}
+    setting = {name: str(config.alloc_conf) for name in allocator.ENV_VARS}
+    return mp.get_context("spawn"), {**RANK_LIBRARY_ENV, **setting}
 
 
 @contextlib.contextmanager

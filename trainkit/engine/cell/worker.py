@@ -101,15 +101,38 @@ GLIBC_M_MMAP_THRESHOLD, GLIBC_M_ARENA_MAX = -3, -8  # mallopt's parameters (mall
 CAPPED_MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
+PARALLEL_ELEMENTS = 1 << 17
+"""Elements of an operation at::parallel_for splits over every thread (its grain is 32,768)."""
+
+
+def start_cpu_threads(config: RunConfig, local_world_size: int) -> tuple[int, str]:
+    """Set this CPU rank's thread count and start its thread pool now; (threads, where the count
+    came from). Ranks share the cores this process may use (its affinity and cgroup quota, not the
+    node's count): without this, 2 ranks x all-cores threads thrash.
+
+    The pool's threads start at the first parallel operation, each with a stack (8 MiB of address
+    space by default); started here, before the baseline and the cap, they count as the worker's,
+    not as the model's first step's."""
+    threads, method = threads_per_rank(local_world_size)
+    if config.cpu_threads:
+        threads, method = config.cpu_threads, f"cpu_threads={config.cpu_threads} (the config)"
+    torch.set_num_threads(threads)
+    torch.zeros(PARALLEL_ELEMENTS).add_(1)
+    return threads, method
+
+
 def limit_host_memory(extra_bytes: int) -> None:
     """Cap this process's address space at its current size plus extra_bytes, so a runaway CPU
     cell fails with an allocation error (status oom) instead of taking the machine down.
 
     The cap counts address space, so glibc's malloc is first made to keep none it does not use:
-    one arena (each thread's arena reserves 64 MiB up front, whenever the thread first allocates)
-    and a fixed mmap threshold (the adaptive one keeps freed large blocks in the heap, fragmented
-    in an order the threads decide). Without this, the same cell near the cap runs or fails by
-    chance; with it, the cap bounds the memory in use and a cell fails the same way every time."""
+    one arena (each thread's arena reserves 64 MiB up front, whenever the thread first allocates;
+    glibc fixes the limit once per process, so a rank from the fork server has it from its
+    environment, trainkit.engine.cell.launch.RANK_LIBRARY_ENV, and this call sets it for a process
+    that has not needed a second arena yet) and a fixed mmap threshold (the adaptive one keeps freed
+    large blocks in the heap, fragmented in an order the threads decide). Without this, the same cell
+    near the cap runs or fails by chance; with it, the cap bounds the memory in use and a cell fails
+    the same way every time."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(GLIBC_M_ARENA_MAX, 1)
@@ -123,9 +146,13 @@ class RankWorker:
     """Builds one rank's Trainer and measures it into a RankReport."""
 
     def __init__(self, config: RunConfig, rank: int = 0, local_rank: int = 0, local_world_size: int = 1,
-                 profile: ProfileConfig | None = None, device: torch.device | None = None) -> None:
+                 profile: ProfileConfig | None = None, device: torch.device | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         started = time.perf_counter()
         self.config, self.rank, self.profile = config, rank, profile
+        self.clock = clock
+        """What the warmup and the CPU's step times are read on (seconds): perf_counter; a test injects
+        a clock a loaded host cannot move (tests/test_frontier.py charges each compile a fixed time)."""
         self.threads_method: str | None = None
         """Where a CPU rank's thread count came from (None on a GPU: torch's default)."""
         self.report = RankReport(rank=rank, pid=os.getpid())
@@ -135,13 +162,9 @@ class RankWorker:
         self.device = device if device is not None else select_device(config, local_rank)
         if self.device.type == "cpu":
             # CUDA reserves far more address space than memory: no such measure there.
+            _, self.threads_method = start_cpu_threads(config, local_world_size)
+            # After the threads: their stacks are the worker's address space, not the model's.
             memory.host_vm_baseline_bytes = host_vm_now_bytes()
-            # Ranks share the cores this process may use (its affinity and cgroup quota, not the
-            # node's count): without this, 2 ranks x all-cores threads thrash.
-            threads, self.threads_method = threads_per_rank(local_world_size)
-            if config.cpu_threads:
-                threads, self.threads_method = config.cpu_threads, f"cpu_threads={config.cpu_threads} (the config)"
-            torch.set_num_threads(threads)
         self.nvml = Nvml.open(self.device) if self.device.type == "cuda" else None
         self.gpu_uuid = str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else None
         if self.device.type == "cuda":
@@ -158,7 +181,7 @@ class RankWorker:
         self.report.fixed_cost_s = {"init_s": initialised - started, "build_s": built - initialised}
         self.report.loss.resumed_from_step = self.trainer.resumed_from_step
         memory.data_device_bytes = self.trainer.data.device_bytes if self.device.type == "cuda" else None
-        self.timer = Marks(self.device)
+        self.timer = Marks(self.device, self.clock)
         self.compile_warmup: dict[str, Any] | None = None
         """What the warmup of a compiled cell saw (see _compile_warmup)."""
         self.allocator_before: dict[str, int] | None = None
@@ -175,7 +198,7 @@ class RankWorker:
 
     # --- commands ----------------------------------------------------------------------------
     def warmup(self) -> float:
-        started = time.perf_counter()
+        started = self.clock()
         reset_peaks(self.device)  # from here on: the model and the data pool are in, generation is not
         if self.config.compile:
             self._compile_warmup()
@@ -185,7 +208,7 @@ class RankWorker:
         self.check_divergence()
         memory = self.report.memory
         memory.torch_warmup_max_allocated_bytes, memory.torch_warmup_max_reserved_bytes = torch_memory(self.device)
-        self.report.timing.warmup_time_s = time.perf_counter() - started
+        self.report.timing.warmup_time_s = self.clock() - started
         return self.report.timing.warmup_time_s
 
     def _compile_warmup(self) -> None:
@@ -209,10 +232,10 @@ class RankWorker:
                     trainer.total_steps += 1
             if trainer.finished:
                 break
-            before, began = compiled.Counters.now(), time.perf_counter()
+            before, began = compiled.Counters.now(), self.clock()
             trainer.run(1)
             self._sync()
-            seconds, compiled_now = time.perf_counter() - began, compiled.Counters.now().minus(before).any
+            seconds, compiled_now = self.clock() - began, compiled.Counters.now().minus(before).any
             if config.world_size > 1 and dist.is_initialized():  # any rank that compiled keeps all warming up
                 flag = torch.tensor(float(compiled_now), device=self.device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -427,6 +450,8 @@ def serve(config: RunConfig, rank: int, local_rank: int, local_world_size: int, 
             if device.type != "cpu":
                 raise Unsupported("a memory limit caps a CPU worker's address space (RLIMIT_AS); CUDA reserves "
                                   "far more address space than memory, so on a GPU it would fail every cell")
+            # The cap is relative to what the worker holds before the model: its threads included.
+            start_cpu_threads(config, local_world_size)
             limit_host_memory(memory_limit_bytes)
         worker = RankWorker(config, rank, local_rank, local_world_size, profile, device)
         conn.send((Reply.READY, {"fixed_cost_s": worker.report.fixed_cost_s, "gpu_uuid": worker.gpu_uuid}))

@@ -40,8 +40,10 @@ arithmetic copies the operand of the other dtype into the common one while it ru
 gradients: each half-precision gradient `_foreach_add_` adds in is copied to fp32 first, so with
 accumulation a master mode's step peaks there, the fp32 copy of the largest gradient beside the main
 and the half-precision gradients; fake_step.cpu_promotion_bytes). Otherwise what no dispatch sees is
-not in it: oneDNN's convolutions and bf16 matmuls allocate scratch buffers of their own (a CNN's
-real CPU peak is higher; half-bf16's MLP by 50,688 B), AdamW's step-counter arithmetic holds two
+not in it: oneDNN's convolutions and its bf16 and fp16 matmuls (fp16 on a CPU with AVX512-FP16 or
+AMX-FP16) allocate scratch buffers of their own (a CNN's real CPU peak is higher; half-bf16's MLP by
+50,688 B; half-fp16's by 83,044 B at batch 8, where its first layer's forward matmul packs 301,824 B
+beside the step's peak of 220,828 B), AdamW's step-counter arithmetic holds two
 scalars fake tensors compute as constants (12 B), and torchao's float8 tensors make copies inside
 their own dispatch (FP8 emulated on a CPU: the MLP's step peak 10 % short).
 
@@ -310,7 +312,8 @@ class Estimator:
               counter: SavedTensors | None, saved: list[int]) -> None:
         """One optimizer step as Trainer.train_step takes it, through the policy's hooks, minus
         the schedule (it allocates nothing)."""
-        policy, workload, kept = self.policy, self.workload, []
+        policy, workload, ranks = self.policy, self.workload, self.config.world_size
+        step_loss = None
         for inputs, targets in micro:
             if tracker is not None:
                 tracker.phase = "forward"
@@ -320,10 +323,15 @@ class Estimator:
             saved.append((counter.bytes if counter is not None else 0) - before)
             if tracker is not None:
                 tracker.phase = "backward"
-            weight = 1.0 / len(micro)  # the micro-batch's share of the step's samples (Trainer: share * ranks)
-            policy.backward(loss * weight if weight != 1.0 else loss)
+            share = 1.0 / (len(micro) * ranks)  # the micro-batch's share of the step's samples, all ranks
+            weight = share * ranks
+            # Held as Trainer holds it: the scaled loss stays alive through after_backward, where a
+            # master mode's step peaks with accumulation (4 B of fp32 scalar beside the main gradients).
+            scaled = loss * weight if weight != 1.0 else loss
+            policy.backward(scaled)
             policy.after_backward()  # the master modes' fp32 main gradients take this micro-batch's here
-            kept.append(loss.detach())
+            part = (scaled if ranks == 1 else loss * share).detach()
+            step_loss = part if step_loss is None else step_loss + part
         if tracker is not None:
             tracker.phase = "optimizer"
         policy.unscale_(self.optimizer)  # a master mode's fp32 gradients are made here

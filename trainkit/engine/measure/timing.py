@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,8 +33,10 @@ class Marks:
         marks.read_s()                    # [seconds of each interval], one sync, then empty
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter) -> None:
         self.cuda = device.type == "cuda"
+        self.clock = clock
+        """The CPU's clock (seconds); tests inject one that a loaded host cannot move."""
         self.marks: list[tuple[str, Any] | None] = []
 
     def mark(self, label: str = "") -> None:
@@ -42,7 +45,7 @@ class Marks:
             event.record()
             self.marks.append((label, event))
         else:
-            self.marks.append((label, time.perf_counter()))
+            self.marks.append((label, self.clock()))
 
     def pause(self) -> None:
         self.marks.append(PAUSE)

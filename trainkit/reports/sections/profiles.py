@@ -26,9 +26,9 @@ import pandas as pd
 from trainkit.engine.spec.precision_facts import display_rank
 from trainkit.engine.spec.schema import DATA_BOUND_SHARE
 
-from . import figures, html
-from .load import PHASES
-from .summary import TEXT_HEADERS, mfu_text
+from .. import figures, html
+from ..load import PHASES
+from ..summary import TEXT_HEADERS, mfu_text
 
 TOP_OPS = 10  # operators listed per record (the record keeps up to 15)
 INLINE_OPS = 3  # of them in view before a click

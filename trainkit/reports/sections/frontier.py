@@ -21,10 +21,10 @@ import plotly.graph_objects as go
 
 from trainkit.engine.spec.precision_facts import color_of, display_rank
 
-from . import html
-from .figures import Chart, _figure
-from .flags import NOISE_COLUMNS, cell_noise, compare
-from .summary import MIB, ranks_label
+from .. import html
+from ..figures import Chart, _figure
+from ..flags import NOISE_COLUMNS, cell_noise, compare
+from ..summary import MIB, ranks_label
 
 SECTIONS = (("compile", "torch.compile"), ("pareto", "Memory vs throughput"), ("fp8", "FP8"))
 PAIR = ["model", "hardware", "gpus", "batch_size", "grad_accum", "precision", "precision_variant", "eager_variant"]
