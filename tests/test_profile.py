@@ -15,7 +15,6 @@ from trainkit.engine.cell.launch import run_cell
 from trainkit.engine.cell.profile import PHASES, memory_snapshot, phase_breakdown, torch_trace
 from trainkit.engine.cell.record import merge_ranks
 from trainkit.engine.cell.worker import RankWorker
-from trainkit.engine.measure import timing
 from trainkit.engine.measure.nvml import GpuSampler, Nvml
 from trainkit.engine.measure.timing import Marks
 from trainkit.engine.spec.config import ConfigError, ProfileConfig
@@ -119,8 +118,7 @@ def test_profiling_never_changes_the_figures_beside_it(tmp_path, monkeypatch):
     break by adding reads (the host's speed is never compared: a wall-time assertion would be). In
     epoch mode, whose last window of an epoch is short, so the epoch means' sample weights matter."""
     # 112 samples, batch 8 x accumulation 4: windows of 32, 32, 32 and 16 samples per epoch.
-    config = small_config("gpt", epochs=4, dataset_size=112, batch_size=8, grad_accum=4, warmup_steps=4,
-                          cpu_threads=1)
+    config = small_config("gpt", epochs=4, dataset_size=112, batch_size=8, grad_accum=4, warmup_steps=4)
     original, seen = worker_module.profile_cell, []
 
     def watched(trainer, profile, rank):
@@ -133,9 +131,8 @@ def test_profiling_never_changes_the_figures_beside_it(tmp_path, monkeypatch):
     records = {}
     for name, profile in (("plain", ProfileConfig(phase_steps=0)),
                           ("profiled", ProfileConfig(phase_steps=3, trace_steps=2, output_dir=str(tmp_path)))):
-        ticks = itertools.count()
-        monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda ticks=ticks: next(ticks) / 1000))
         worker = RankWorker(config, profile=profile)
+        worker.timer.clock = lambda ticks=itertools.count(): next(ticks) / 1000  # the step timer's clock
         seen.append({"name": name, "worker": worker})
         worker.warmup()
         worker.run_timed()
