@@ -37,6 +37,12 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop(name, None)
 
 
+# Every cell the suite starts, in this process or a command's, runs one intra-op thread per rank
+# unless it says otherwise: the suite runs two xdist workers on two cores, and two-thread ranks beside
+# them stalled every op on a straggler thread (timings moved by factors, runs took minutes).
+os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def small_config(model: str = "mlp", **changes: object) -> RunConfig:
     """A tiny CPU cell. One intra-op thread per rank unless a test says otherwise: the suite runs on
     two xdist workers, and two-thread ranks on two shared cores stall each op on its straggler

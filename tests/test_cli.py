@@ -16,7 +16,9 @@ from trainkit.engine.spec.precision_facts import precision_names
 
 from .conftest import REPO, trainkit_cmd
 
-SMALL = ["--batch-size", "8", "--steps", "3", "--warmup-steps", "1", "--device", "cpu", "--quiet"]
+# One intra-op thread: the suite runs two xdist workers on two cores, and two-thread ranks beside them
+# stall every op on a straggler thread (timings moved by factors, runs took minutes).
+SMALL = ["--batch-size", "8", "--steps", "3", "--warmup-steps", "1", "--device", "cpu", "--quiet", "--cpu-threads", "1"]
 
 
 def _bad_values(field: dataclasses.Field) -> list[str]:

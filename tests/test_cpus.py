@@ -94,3 +94,25 @@ def test_a_cpu_rank_takes_as_many_threads_as_its_affinity_allows():
         torch.set_num_threads(before_threads)
     assert threads == 1 and derived["torch_num_threads"] == 1
     assert derived["torch_num_threads_method"].startswith("1 usable: 1 CPUs in the process's affinity")
+
+
+def test_omp_num_threads_bounds_a_rank_s_threads_and_the_config_overrides_it(monkeypatch):
+    import torch
+
+    from trainkit.engine.cell.worker import start_cpu_threads
+    from trainkit.engine.measure.cpus import threads_per_rank
+
+    derived, _ = threads_per_rank(1)
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        threads, method = start_cpu_threads(small_config(cpu_threads=None), 1)
+        assert threads == torch.get_num_threads() == 1
+        assert method.startswith("OMP_NUM_THREADS=1 (the environment)") if derived > 1 else "OMP" not in method
+        assert start_cpu_threads(small_config(cpu_threads=2), 1) == (2, "cpu_threads=2 (the config)")
+        monkeypatch.setenv("OMP_NUM_THREADS", "64")  # a bound above the cores changes nothing
+        assert start_cpu_threads(small_config(cpu_threads=None), 1)[0] == derived
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert start_cpu_threads(small_config(cpu_threads=None), 1)[0] == derived
+    finally:
+        torch.set_num_threads(before)

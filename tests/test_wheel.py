@@ -60,8 +60,12 @@ def env(wheel, tmp_path_factory) -> dict[str, Path]:
                              capture_output=True, text=True, check=True).stdout.strip()
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
     Path(purelib, "trainkit_test_dependencies.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
+    # Without PYTHONPATH: a checkout on it (with a trainkit.egg-info from an editable install) would
+    # make pip take trainkit for installed already and skip the wheel.
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                           "--no-index", "--quiet", str(wheel)], capture_output=True, text=True, timeout=300)
+                           "--no-index", "--quiet", str(wheel)], capture_output=True, text=True, timeout=300,
+                          env=environ)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     work = root / "work"
     work.mkdir()

@@ -114,8 +114,11 @@ def start_cpu_threads(config: RunConfig, local_world_size: int) -> tuple[int, st
     space by default); started here, before the baseline and the cap, they count as the worker's,
     not as the model's first step's."""
     threads, method = threads_per_rank(local_world_size)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
     if config.cpu_threads:
         threads, method = config.cpu_threads, f"cpu_threads={config.cpu_threads} (the config)"
+    elif omp.isdigit() and 1 <= int(omp) < threads:  # the environment's bound, as torch itself reads it
+        threads, method = int(omp), f"OMP_NUM_THREADS={omp} (the environment) under {threads}: {method}"
     torch.set_num_threads(threads)
     torch.zeros(PARALLEL_ELEMENTS).add_(1)
     return threads, method

@@ -190,8 +190,9 @@ class RunConfig:
     and are evaluated on the same samples, so their seeds differ only in the initial weights and
     the training samples drawn (`trainkit parity` holds it fixed to measure that noise)."""
     cpu_threads: int | None = None
-    """torch's intra-op threads per rank on a CPU; None: the machine's cores divided among the ranks.
-    Cells that run side by side (`trainkit parity --jobs 2`) take a share each."""
+    """torch's intra-op threads per rank on a CPU; None: the machine's cores divided among the ranks,
+    at most OMP_NUM_THREADS where the environment sets it. Cells that run side by side (`trainkit
+    parity --jobs 2`) take a share each."""
     cudnn_benchmark: bool = True
     """Let cuDNN autotune convolution algorithms (during warmup; shapes are fixed)."""
 
