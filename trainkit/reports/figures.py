@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 from trainkit.engine.spec.precision_facts import color_of, display_rank
 from trainkit.engine.spec.schema import OPTIONAL_MEMORY_KEYS
 
-from .flags import IMPLAUSIBLE_EFFICIENCY
+from .flags import IMPLAUSIBLE_EFFICIENCY, SPLIT_THREADS_EFFICIENCY
 from .load import PHASES
 from .summary import MIB, ranks_label
 
@@ -309,12 +309,20 @@ def scaling(cells: pd.DataFrame) -> Chart:
     fig.update_yaxes(tickformat=".0%", row=1, col=2)
     note = ("Weak scaling: the per-GPU batch and accumulation are fixed, so N GPUs do N times the work; 100 % "
             "efficiency is N times the 1-GPU throughput. One line per batch and accumulation.")
-    implausible = ok[ok["weak_scaling_efficiency"] > IMPLAUSIBLE_EFFICIENCY]
+    # The summary's own judgement (trainkit.reports.flags.judge), so the chart and the table agree.
+    flags = ok["flags"].fillna("").astype(str) if "flags" in ok else pd.Series("", index=ok.index)
+    implausible = ok[flags.str.contains("implausible: weak scaling", regex=False)]
+    split = int(flags.str.contains("not N copies of the 1-rank cell", regex=False).sum())
+    if split:
+        note += (f" {split} point{'s' if split > 1 else ''} above 100 %: there the ranks split the 1-rank cell's "
+                 "CPU threads (N single-thread ranks against one rank of N threads), so N ranks are not N copies "
+                 "of it and 100 % is no bound.")
     if not implausible.empty:
         worst = implausible["weak_scaling_efficiency"].max()
         note += (f" {len(implausible)} point{'s are' if len(implausible) > 1 else ' is'} implausible, above "
-                 f"{IMPLAUSIBLE_EFFICIENCY:.0%} (up to {worst:.0%}): N ranks cannot do more than N times one rank's "
-                 "work, so their 1-rank cells were slowed (a loaded host?); see the summary's flags.")
+                 f"{IMPLAUSIBLE_EFFICIENCY:.0%} ({SPLIT_THREADS_EFFICIENCY:.0%} where the ranks split the threads; up "
+                 f"to {worst:.0%}): N ranks cannot do more than N times one rank's work, so their 1-rank cells were "
+                 "slowed (a loaded host?); see the summary's flags.")
     return Chart(title, fig, note)
 
 

@@ -109,6 +109,7 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
         mfu=("mfu", "median"),
         energy_j_per_sample=("energy_j_per_sample", "median"),
         data_share=("profile.data_share", "median"),
+        threads_per_rank=("config.torch_num_threads", "median"),
         **{f"phase_{p}_s": (f"profile.phases_s.{p}", "median") for p in PHASES},
     )
     memory = (ok.groupby(KEYS, dropna=False, sort=False)[[f"memory.{m}" for m in HEADLINE_MEMORY]].apply(_memory)
@@ -125,7 +126,7 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _versus(table: pd.DataFrame, on: list[str], where: pd.Series, suffix: str) -> pd.DataFrame:
     """Each row joined with the reference row (the row matching `where`) of the same `on` keys."""
-    reference = table.loc[where, on + ["final_loss", "loss_steps", "cell", *judged.NOISE_COLUMNS]]
+    reference = table.loc[where, on + ["final_loss", "loss_steps", "cell", "threads_per_rank", *judged.NOISE_COLUMNS]]
     reference = reference.drop_duplicates(subset=on)  # precision variants of the reference: first wins
     return table.merge(reference, on=on, how="left", suffixes=("", suffix))
 
