@@ -423,3 +423,36 @@ def test_only_gated_cells_count_as_unknown():
     new = [record(cell=f"gpt-fp32-bs{i}-ga1-gpus1") for i in range(1, 6)]
     result = compare_records([still_failing], new + [still_failing])
     assert result.outcome == PASS and not result.unknown  # new cells and a cell failing as before are seen
+
+
+def _drifting_runs(planted: dict[str, float] | None = None, cells: int = 40, drift: float = 0.15, seed: int = 3):
+    """Two runs of `cells` single-record cells whose step-to-step spread is 1 % but whose throughput
+    moves by a log-normal `drift` between the runs (a CPU's run-to-run noise); `planted`: cell -> factor."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    names = [f"m{i}-fp32-bs8-ga1-gpus1" for i in range(cells)]
+    base = [record(cell=n, throughput=1000.0) for n in names]
+    factors = np.exp(drift * rng.standard_normal(cells))
+    cand = [record(cell=n, throughput=1000.0 * f * (planted or {}).get(n, 1.0)) for n, f in zip(names, factors)]
+    return base, cand
+
+
+def test_the_run_to_run_spread_of_single_records_keeps_drift_from_reading_as_regressions(monkeypatch):
+    """Planted fault fixed: two identical single-record runs that drift 15 % between them. On the
+    records' own 1 % step spread alone the 7 % threshold called drifting cells regressed (as 3 of 81
+    quick-matrix cells on a quiet host were); the spread across cells (1.4826 MAD of the log ratios)
+    sets a floor, so no cell regresses, and a cell that lost 70 % still does."""
+    import trainkit.reports.verdict as verdict
+
+    base, cand = _drifting_runs()
+    assert verdict.run_to_run_spread(*({r["cell_id"]: [r] for r in side} for side in (base, cand))) == (
+        pytest.approx(0.15, rel=0.4))
+    judged = compare_records(base, cand)
+    assert judged.regressions == [] and judged.outcome != REGRESSION
+    assert {c.metrics["throughput"].spread_source for c in judged.unknown} <= {"the run-to-run"}
+    planted = compare_records(*_drifting_runs({"m5-fp32-bs8-ga1-gpus1": 0.3}))
+    assert [c.cell for c in planted.regressions] == ["m5-fp32-bs8-ga1-gpus1"]
+    # Without the floor (fewer cells than it needs), the same drift reads as regressions.
+    monkeypatch.setattr(verdict, "RUN_SPREAD_MIN_CELLS", 10**6)
+    assert compare_records(base, cand).regressions

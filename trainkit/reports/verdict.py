@@ -58,6 +58,7 @@ else a `pass`.
 from __future__ import annotations
 
 import fnmatch
+import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -210,10 +211,13 @@ class MetricVerdict:
 
 
 def decide_metric(metric: str, baseline: Samples | None, candidate: Samples | None,
-                  thresholds: Thresholds = Thresholds(), history_spread: float | None = None) -> MetricVerdict:
+                  thresholds: Thresholds = Thresholds(), history_spread: float | None = None,
+                  run_spread: float | None = None) -> MetricVerdict:
     """Verdict for one metric of one cell; `metric` names the direction (see METRICS).
     history_spread: the run store's night-to-night relative spread of this (cell, metric), which
-    replaces the baseline's repeats as the reference noise when given."""
+    replaces the baseline's repeats as the reference noise when given. run_spread: the two runs'
+    run-to-run spread across their single-record cells (run_to_run_spread), a floor under a
+    single record's step-to-step spread, which holds none of the drift between runs."""
     b_values = baseline.values if baseline is not None else ()
     c_values = candidate.values if candidate is not None else ()
     if not b_values and not c_values:
@@ -226,7 +230,10 @@ def decide_metric(metric: str, baseline: Samples | None, candidate: Samples | No
     b, c = baseline.median(), candidate.median()
     reference = ((history_spread, "the history's") if history_spread is not None
                  else (baseline.spread(thresholds.spread), "the baseline's"))
-    spread, whose = max((candidate.spread(thresholds.spread), "tonight's"), reference, key=lambda s: s[0])
+    spreads = [(candidate.spread(thresholds.spread), "tonight's"), reference]
+    if run_spread is not None and history_spread is None and min(len(b_values), len(c_values)) == 1:
+        spreads.append((run_spread, "the run-to-run"))
+    spread, whose = max(spreads, key=lambda s: s[0])
     relative = thresholds.relative_for(metric)
     threshold = max(relative, thresholds.k * spread)
     if b == c:
@@ -345,8 +352,8 @@ def _memory_ungated(measure: str | None, baseline: CellData, candidate: CellData
 
 
 def decide_cell(cell: str, baseline: CellData | None, candidate: CellData | None,
-                thresholds: Thresholds = Thresholds(), history_spreads: Mapping[str, float] | None = None
-                ) -> CellVerdict:
+                thresholds: Thresholds = Thresholds(), history_spreads: Mapping[str, float] | None = None,
+                run_spreads: Mapping[str, float] | None = None) -> CellVerdict:
     """Verdict for one cell: new, removed, failed, fixed, still failing, unsupported, unknown, or
     the worst verdict of its gated metrics (all metrics are reported either way). history_spreads:
     the run store's night-to-night spread of this cell's metrics, by metric."""
@@ -379,7 +386,9 @@ def decide_cell(cell: str, baseline: CellData | None, candidate: CellData | None
             return out(FAILED, f"now {now}: {detail}{was}")
         return out(UNKNOWN, f"{candidate.failures()}, and the baseline {baseline.failures()}: flaky on both sides")
     spreads = history_spreads or {}
-    metrics = {m: decide_metric(m, baseline.metrics.get(m), candidate.metrics.get(m), thresholds, spreads.get(m))
+    floors = run_spreads or {}
+    metrics = {m: decide_metric(m, baseline.metrics.get(m), candidate.metrics.get(m), thresholds, spreads.get(m),
+                                floors.get(m))
                for m in METRICS}
     measure = candidate.memory_measure or baseline.memory_measure
     notes = []
@@ -546,6 +555,30 @@ def _fingerprints(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(unique, key=lambda fp: sorted((k, str(v)) for k, v in fp.items()))
 
 
+RUN_SPREAD_MIN_CELLS = 8
+"""Single-record cells on both sides needed to measure the run-to-run spread across them."""
+
+
+def run_to_run_spread(base: Mapping[str, list[dict[str, Any]]], cand: Mapping[str, list[dict[str, Any]]]
+                      ) -> float | None:
+    """The relative run-to-run spread of throughput between two runs, from the cells each holds one ok
+    record of: 1.4826 x the median absolute deviation of their log ratios (a normal's sd, robust to
+    the few cells that really changed). A single record's own spread is step to step within one
+    process; two identical quick matrices on a quiet 2-core host differed by 15 % of this kind (and
+    a step-to-step threshold of 7 % called 3 of 81 cells regressed). None with fewer than
+    RUN_SPREAD_MIN_CELLS such cells, or no run-wide spread to measure."""
+    logs = []
+    for cell in base.keys() & cand.keys():
+        pair = [[_number(r.get("throughput_samples_per_s")) for r in side[cell] if r.get("status") == OK]
+                for side in (base, cand)]
+        if all(len(values) == 1 and values[0] and values[0] > 0 for values in pair):
+            logs.append(math.log(pair[1][0] / pair[0][0]))  # type: ignore[operator]
+    if len(logs) < RUN_SPREAD_MIN_CELLS:
+        return None
+    center = statistics.median(logs)
+    return 1.4826 * statistics.median(abs(v - center) for v in logs)
+
+
 def compare_records(baseline: list[dict[str, Any]], candidate: list[dict[str, Any]],
                     thresholds: Thresholds = Thresholds(),
                     history_spreads: Mapping[tuple[str, str], float] | None = None) -> Comparison:
@@ -559,6 +592,8 @@ def compare_records(baseline: list[dict[str, Any]], candidate: list[dict[str, An
 
     base, cand = by_cell(baseline), by_cell(candidate)
     spreads = history_spreads or {}
+    floor = run_to_run_spread(base, cand)
+    floors = {"throughput": floor} if floor is not None else {}
     verdicts = []
     for cell in sorted(set(base) | set(cand)):
         b_ok = [r for r in base.get(cell, []) if r.get("status") == OK]
@@ -567,7 +602,7 @@ def compare_records(baseline: list[dict[str, Any]], candidate: list[dict[str, An
         b = cell_data(base[cell], measure) if cell in base else None
         c = cell_data(cand[cell], measure) if cell in cand else None
         mine = {metric: spread for (name, metric), spread in spreads.items() if name == cell}
-        verdicts.append(decide_cell(cell, b, c, thresholds, mine))
+        verdicts.append(decide_cell(cell, b, c, thresholds, mine, floors))
     result = Comparison(verdicts, _fingerprints(baseline), _fingerprints(candidate), thresholds)
     if result.env_differs:
         result.warnings.append(result.env_difference())
