@@ -447,3 +447,21 @@ def test_a_compiled_model_on_a_cpu_writes_nothing_to_the_terminal():
                                "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == done.stderr == ""
+
+
+@pytest.mark.slow
+def test_a_compiled_bench_cell_ends_the_run_without_a_leaked_semaphore(tmp_path):
+    """inductor waits on its compile workers behind a tqdm bar whose multiprocessing lock the rank
+    registered with the launcher's resource tracker: the bench's last line was "There appear to be 1
+    leaked semaphore objects" (compiled.thread_lock_for_progress_bars gives tqdm a thread lock)."""
+    from .conftest import REPO
+    from .test_bench import bench_cmd
+
+    # Without the suite's OMP_NUM_THREADS=1: with one thread inductor compiles in-process, no bar waits.
+    environ = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run(bench_cmd(tmp_path, "--preset", "quick", "--model", "mlp", "-k", "compiled", "--steps", "3",
+                                    "--warmup-steps", "1"), cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=environ)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[cell 1/1] mlp-fp32-bs32-ga1-gpus1-compiled" in proc.stdout
+    assert "leaked semaphore" not in proc.stdout + proc.stderr

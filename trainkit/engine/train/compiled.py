@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,21 @@ def quiet_cpp_extension() -> None:
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
+def thread_lock_for_progress_bars() -> None:
+    """inductor waits on its compile workers behind a tqdm bar, and tqdm's first bar makes a
+    multiprocessing lock: a semaphore registered with the resource tracker this process shares with
+    the process that started it, which warns of it as leaked when it exits (the bench's last line
+    after a compiled cell). A thread lock serves a bar in one process as well."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    tqdm.set_lock(threading.RLock())
+
+
 def compile_model(model: nn.Module, mode: str | None) -> nn.Module:
     quiet_cpp_extension()
+    thread_lock_for_progress_bars()
     return torch.compile(model, mode=mode)  # type: ignore[return-value]
 
 
