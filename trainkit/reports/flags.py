@@ -59,7 +59,9 @@ scaling 231 %); beyond 400 % the 1-rank cell was slowed (a loaded host gave 2,51
 PEAK_TOLERANCE = 1.05
 """A speedup may exceed speedup_bound by this factor (clock boost, measurement slack) before it is flagged."""
 IMPLAUSIBLE_NOTE = (f"Implausible: a weak-scaling efficiency above {IMPLAUSIBLE_EFFICIENCY:.0%} (N ranks cannot do "
-                    "more than N times one rank's work: the 1-rank cell was slowed), a speedup beyond what the "
+                    "more than N times one rank's work: the 1-rank cell was slowed; "
+                    f"{SPLIT_THREADS_EFFICIENCY:.0%} where N ranks split one rank's CPU threads), a speedup beyond "
+                    "what the "
                     "device's peak FLOP/s and bytes allow, a peak memory that falls as the batch grows.")
 INTERVAL_NOTE = ("Throughput: the effective batch over the median step time; intervals: 95 %, of that median "
                  f"(order statistics, from {MIN_STEPS_FOR_INTERVAL} steps). A ratio measured in rounds (--repeats N) "
