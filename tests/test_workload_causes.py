@@ -95,6 +95,18 @@ def rows(report) -> dict[str, tuple[str, str]]:
     return {c.check: (c.verdict, c.detail) for c in report.checks}
 
 
+def test_the_dropout_encoder_s_accumulation_is_exact_with_its_dropout_off_and_fails_with_it_on(encoder_path):
+    """The newcomer's case, the accumulation row alone: dropout 0.1 in 4 layers, turned off for the
+    check and said so; left on (the planted fault: the probe blind to training-mode randomness), the
+    same check fails."""
+    config, workload = setup(encoder_path)
+    found = probe(workload, config.batch_size)
+    row = check_accumulation(config, torch.device("cpu"), workload, found, [])
+    assert row.verdict == "ok" and "4 dropout layers off for this check" in row.detail, row
+    blind = dataclasses.replace(found, random_in_training=False)
+    assert check_accumulation(config, torch.device("cpu"), workload, blind, []).verdict == "fails"
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason=(
     "open defect: one row of the merged check-workload fails for the encoder on the parallel suite"))

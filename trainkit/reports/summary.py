@@ -98,6 +98,8 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
     # Only dynamic loss scaling can skip a step; elsewhere "0 skipped" would suggest a scaler exists.
     frame = frame.assign(skipped=frame["scaler.skipped_steps_total"].where(frame["scaler.enabled"].eq(True)),
                          loss_steps=frame["loss.curve"].map(lambda c: len(c) if isinstance(c, list) else math.nan))
+    if "config.torch_num_threads" not in frame:  # records that do not say (a GPU stand-in, older files)
+        frame = frame.assign(**{"config.torch_num_threads": math.nan})
     latest = frame.sort_values("finished_at", na_position="first").groupby(KEYS, dropna=False, sort=False)
     table = latest.agg(last_status=("status", "last"), any_ok=("status", lambda s: bool((s == "ok").any())))
     ok = frame[frame["status"] == "ok"]
