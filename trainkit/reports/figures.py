@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 from trainkit.engine.spec.precision_facts import color_of, display_rank
 from trainkit.engine.spec.schema import OPTIONAL_MEMORY_KEYS
 
-from .flags import IMPLAUSIBLE_EFFICIENCY, SPLIT_THREADS_EFFICIENCY
+from .flags import IMPLAUSIBLE_EFFICIENCY, IMPLAUSIBLE_SCALING, NOT_COPIES, SPLIT_THREADS_EFFICIENCY
 from .load import PHASES
 from .summary import MIB, ranks_label
 
@@ -311,8 +311,8 @@ def scaling(cells: pd.DataFrame) -> Chart:
             "efficiency is N times the 1-GPU throughput. One line per batch and accumulation.")
     # The summary's own judgement (trainkit.reports.flags.judge), so the chart and the table agree.
     flags = ok["flags"].fillna("").astype(str) if "flags" in ok else pd.Series("", index=ok.index)
-    implausible = ok[flags.str.contains("implausible: weak scaling", regex=False)]
-    split = int(flags.str.contains("not N copies of the 1-rank cell", regex=False).sum())
+    implausible = ok[flags.str.contains(IMPLAUSIBLE_SCALING, regex=False)]
+    split = int(flags.str.contains(NOT_COPIES, regex=False).sum())
     if split:
         note += (f" {split} point{'s' if split > 1 else ''} above 100 %: there the ranks split the 1-rank cell's "
                  "CPU threads (N single-thread ranks against one rank of N threads), so N ranks are not N copies "

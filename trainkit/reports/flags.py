@@ -56,6 +56,10 @@ SPLIT_THREADS_EFFICIENCY = 4.0
 """The bound where N ranks split the 1-rank cell's CPU threads: on a quiet 2-core host, one rank of 2
 threads ran tiny half-precision GPT steps up to 2.3x slower per sample than a rank of 1 thread (weak
 scaling 231 %); beyond 400 % the 1-rank cell was slowed (a loaded host gave 2,517 %)."""
+IMPLAUSIBLE_SCALING = "implausible: weak scaling"
+"""How a weak-scaling flag begins (the scaling chart counts rows by it)."""
+NOT_COPIES = "not N copies of the 1-rank cell"
+"""How the note of ranks that split the 1-rank cell's threads begins."""
 PEAK_TOLERANCE = 1.05
 """A speedup may exceed speedup_bound by this factor (clock boost, measurement slack) before it is flagged."""
 IMPLAUSIBLE_NOTE = (f"Implausible: a weak-scaling efficiency above {IMPLAUSIBLE_EFFICIENCY:.0%} (N ranks cannot do "
@@ -281,13 +285,13 @@ def judge(row: Mapping[str, Any]) -> tuple[list[str], set[str]]:
     if not _missing(efficiency) and efficiency > IMPLAUSIBLE_EFFICIENCY:
         split = _threads_split(row)
         if split and efficiency <= SPLIT_THREADS_EFFICIENCY:  # a cause the row shows, no figure in doubt
-            flags.append((f"not N copies of the 1-rank cell: {split}, so weak scaling {efficiency:.0%} has no "
+            flags.append((f"{NOT_COPIES}: {split}, so weak scaling {efficiency:.0%} has no "
                           "100 % bound", set()))
         elif split:
-            flags.append((f"implausible: weak scaling {efficiency:.0%} > {SPLIT_THREADS_EFFICIENCY:.0%} even with "
+            flags.append((f"{IMPLAUSIBLE_SCALING} {efficiency:.0%} > {SPLIT_THREADS_EFFICIENCY:.0%} even with "
                           f"{split}", {"weak_scaling_efficiency"}))
         else:
-            flags.append((f"implausible: weak scaling {efficiency:.0%} > {IMPLAUSIBLE_EFFICIENCY:.0%}",
+            flags.append((f"{IMPLAUSIBLE_SCALING} {efficiency:.0%} > {IMPLAUSIBLE_EFFICIENCY:.0%}",
                           {"weak_scaling_efficiency"}))
     flags += _ratio_flags(row, "speedup_vs_fp32", "fp32")
     flags += _ratio_flags(row, "speedup_vs_tf32", "tf32")
