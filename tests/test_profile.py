@@ -24,15 +24,6 @@ from .conftest import CPU, small_config
 from .test_measure import fake_pynvml
 
 
-def _cpu_time_clock(monkeypatch):
-    """The marks' clock made this process's CPU time: the work of a step is what it measures, so a
-    neighbour's load (which steals wall time, not this process's CPU time) cannot move it."""
-    from trainkit.engine.measure import timing
-    # Marks takes its clock as an argument defaulting to perf_counter: the default is what is swapped.
-    monkeypatch.setattr(timing.Marks.__init__, "__defaults__", (time.process_time,))
-    return time.process_time
-
-
 def test_phases_add_up_to_the_step_they_split():
     """Timed from outside, the same steps take what their phases add up to (within 10%): the marks'
     own clock, read around the step (process CPU time would count torch's idle worker threads). The
@@ -56,7 +47,7 @@ def test_phases_add_up_to_the_step_they_split():
     assert min(gaps) <= 0.10, gaps
 
 
-def test_the_phase_breakdown_of_a_cell_matches_its_timed_steps(monkeypatch):
+def test_the_phase_breakdown_of_a_cell_matches_its_timed_steps():
     # The cell's own pass, as the record carries it: its method and its arithmetic.
     record = run_cell(small_config("gpt", batch_size=32, steps=6, warmup_steps=1),
                       timeout_s=120, profile=ProfileConfig(phase_steps=3))
@@ -67,13 +58,13 @@ def test_the_phase_breakdown_of_a_cell_matches_its_timed_steps(monkeypatch):
     # The phases of a step add up to a whole step taken right beside it (within 10%): the same pass
     # over the same clock, run here on this process's CPU time so a busy neighbour cannot move it.
     # One intra-op thread: a waiting thread spins, and its spinning on a loaded host is CPU time too.
-    _cpu_time_clock(monkeypatch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         trainer = Trainer(small_config("gpt", batch_size=32, steps=40), CPU)
         trainer.run(2)
-        breakdown = phase_breakdown(trainer, 15)
+        # This process's CPU time: a neighbour's load steals wall time, not this process's CPU time.
+        breakdown = phase_breakdown(trainer, 15, clock=time.process_time)
     finally:
         torch.set_num_threads(threads)
     assert breakdown["phase_total_s"] == pytest.approx(breakdown["step_s"], rel=0.10)

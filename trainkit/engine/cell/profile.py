@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,16 +26,17 @@ PHASES = ("data", "forward", "backward", "optimizer")
 REDUCED_DTYPES = ("c10::Half", "c10::BFloat16")
 
 
-def phase_breakdown(trainer: Trainer, steps: int) -> dict[str, Any]:
+def phase_breakdown(trainer: Trainer, steps: int, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """Median seconds per phase of an optimizer step over `steps` extra steps, each followed by an
     unmarked step timed whole: adjacent in time, the two show whether the phases add up to the
-    step (a shared machine's speed drifts too much for a comparison with steps seconds earlier)."""
+    step (a shared machine's speed drifts too much for a comparison with steps seconds earlier).
+    `clock`: what the marks read on a CPU."""
     per_step: list[dict[str, float]] = []
-    whole = Marks(trainer.device)
+    whole = Marks(trainer.device, clock)
     for _ in range(steps):
         # On a GPU the marks are events on the GPU's own timeline, so time it spends waiting for
         # the host's data lands in `data`.
-        marks = Marks(trainer.device)
+        marks = Marks(trainer.device, clock)
         marks.mark("start")
         trainer.train_step(marks)
         per_step.append(marks.totals_s(PHASES))
