@@ -278,9 +278,10 @@ class CellWorkers:
         self.step_round_trip_s.append(time.perf_counter() - started)
         return duration
 
-    def run_timed(self) -> None:
-        """The remaining steps as one timed window (rank 0 reports progress if it is shown)."""
-        self._timed("timed steps", Command.RUN, self.progress is not None)
+    def run_timed(self) -> list[float | None]:
+        """The remaining steps as one timed window (rank 0 reports progress if it is shown); each
+        rank's host clock around its window, from its first step's start to the sync after its last."""
+        return self._timed("timed steps", Command.RUN, self.progress is not None)
 
     def finish(self, evaluate: bool = True) -> dict[str, Any]:
         """The cell's record; evaluate=False leaves out the held-out loss (a memory probe needs none,

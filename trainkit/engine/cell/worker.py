@@ -469,7 +469,10 @@ def serve(config: RunConfig, rank: int, local_rank: int, local_world_size: int, 
                     conn.send((Reply.PROGRESS, (step, total)))
 
                 wanted = argument and rank == 0  # only when the launcher shows progress
-                conn.send((Reply.OK, worker.run_timed(progress if wanted else None)))
+                worker.run_timed(progress if wanted else None)
+                # The rank's own host clock around the window (TimedSpan.counter_s): the launcher's
+                # clock would add two process hand-offs, which a CPU quota can stretch to a period each.
+                conn.send((Reply.OK, worker.report.timing.spans[-1].counter_s))
             elif command is Command.FINISH:
                 conn.send((Reply.RESULT, worker.collect(evaluate=argument is not False)))
                 return

@@ -8,7 +8,7 @@ CUDA), fresh processes time matmuls and count one real step of the floor's cells
 compares one figure with an independent measure (registry.CHECKS; the README's "GPU check" says
 what each proves and what it does not):
 
-    time                  the worker's step times against the launcher's wall clock around the same
+    time                  the worker's step times against its own wall clock around the same
                           synchronised window of steps, within 3 %
     memory.floor          PyTorch's allocated peak >= what the step must hold at once: weights, master
                           copy, optimizer state and data, plus the saved activations (counted in a

@@ -1,5 +1,5 @@
 """The cells gpu-check runs: their sizes, which cell serves which role on a device, and running one
-in fresh worker processes with the launcher's own clock around its timed window."""
+in fresh worker processes with two clocks around its timed window."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 from trainkit.engine.spec.config import ProfileConfig, RunConfig
 from trainkit.engine.spec.precision_facts import unsupported_reason
 from trainkit.engine.spec.presets import CPU_GPT, GPU_GPT, RECIPES
+
+from .results import WindowClocks
 
 # --- sizes ------------------------------------------------------------------------------------
 # GPU: sized for about 3 minutes on one H100/H200, worker start-up included (an estimate: 6 cells of
@@ -38,9 +40,8 @@ GPU_MATMUL_REPEATS = 20
 # on a CPU, so the time cell is fp32 and the half-precision cells run one step.
 CPU_GPT_BATCH = 16
 CPU_TIME_STEPS = 240
-"""About 1.5 s of timed steps (6 ms each on a 2-core Xeon): the launcher's clock also holds a few ms of
-pipe, wake-up and the host snapshots at the window's ends, which at 24 steps (0.15 s) were 2-4 % of
-the window, at this length under 0.5 %."""
+"""About 1.5 s of timed steps (6 ms each on a 2-core Xeon): long enough that the window's clock reads
+and the host snapshots beside them are well under 1 % of it."""
 CPU_ACCUM_BATCH = 128
 """4B x 1 against 32 x 4: a GPT's activations at this size set the cell's RSS growth (~100 vs
 ~60 MiB), well apart from the allocator's noise."""
@@ -112,11 +113,10 @@ def plan_cells(device: str, capability: Sequence[int] | None = None,
 
 
 def run_cell_with_clock(plan: CellPlan, profile_dir: str,
-                        timeout_s: float = CELL_TIMEOUT_S) -> tuple[dict[str, Any], float | None]:
+                        timeout_s: float = CELL_TIMEOUT_S) -> tuple[dict[str, Any], WindowClocks]:
     """Run a cell as trainkit.engine.cell.launch.run_cell does (warmup, then every timed step as one window) and
-    time that window from this process: the clock starts once the warmup, which ends synchronised,
-    has answered, and stops when the worker, synchronised again, replies. Returns the record and the
-    clock's seconds (None when the cell failed before the window ended)."""
+    time that window twice: by the worker's own clock from its first step's start to the sync after its
+    last, and by this process's clock from the command to the reply. Returns the record and both."""
     # trainkit.engine.cell.launch imports torch: kept out of `python -m nightly`'s import path (its
     # parser and --help never need it).
     from trainkit.engine.cell.launch import CellFailed, CellWorkers
@@ -128,8 +128,8 @@ def run_cell_with_clock(plan: CellPlan, profile_dir: str,
             workers.start()
             workers.warmup()
             started = time.perf_counter()
-            workers.run_timed()
-            wall_s = time.perf_counter() - started
-            return workers.finish(), wall_s
+            worker_s = workers.run_timed()[0]
+            launcher_s = time.perf_counter() - started
+            return workers.finish(), WindowClocks(worker_s=worker_s, launcher_s=launcher_s)
         except CellFailed as failure:
-            return workers.record_for(failure), None
+            return workers.record_for(failure), WindowClocks()

@@ -33,6 +33,7 @@ from .results import (
     Check,
     GpuCheckDocument,
     Observed,
+    WindowClocks,
 )
 from .stepprobe import read_answers, step_probe_worker
 
@@ -87,26 +88,27 @@ def plan_run(hw: Mapping[str, Any], only: Sequence[str]) -> RunPlan:
                    matmul=any(spec.matmul for spec in runnable), step_cells=tuple(counted))
 
 
-def run_cells(plan: RunPlan, out: str) -> tuple[dict[str, dict[str, Any]], dict[str, float | None], list[CellRun]]:
+def run_cells(plan: RunPlan, out: str) -> tuple[dict[str, dict[str, Any]], dict[str, WindowClocks],
+                                                list[CellRun]]:
     """Run every planned cell in fresh workers, appending its record to results.jsonl: the records
     and clocks by role, and each cell as it went."""
     records: dict[str, dict[str, Any]] = {}
-    walls: dict[str, float | None] = {}
+    walls: dict[str, WindowClocks] = {}
     runs: list[CellRun] = []
     for n, (cell, roles) in enumerate(plan.roles.items(), 1):
         steps = cell.config.steps
         progress(f"cell {n}/{len(plan.roles)} {cell.config.cell_id} ({steps} timed step{'s' if steps > 1 else ''}) "
                  f"for {', '.join(roles)}")
         started = time.perf_counter()
-        record, wall_s = cells.run_cell_with_clock(cell, os.path.join(out, PROFILES))
+        record, clocks = cells.run_cell_with_clock(cell, os.path.join(out, PROFILES))
         append_jsonl(record, os.path.join(out, RESULTS))
         for role in roles:
-            records[role], walls[role] = record, wall_s
-        window = f", timed window {wall_s:.2f} s" if wall_s is not None else ""
+            records[role], walls[role] = record, clocks
+        window = f", timed window {clocks.worker_s:.2f} s" if clocks.worker_s is not None else ""
         detail = f": {record['status_detail']}" if record["status"] != "ok" else ""
         progress(f"  {record['status']}{detail} in {time.perf_counter() - started:.1f} s{window}")
         runs.append(CellRun(cell_id=record["cell_id"], roles=roles, status=record["status"],
-                            status_detail=record["status_detail"], wall_s=wall_s))
+                            status_detail=record["status_detail"], wall_s=clocks.worker_s))
     return records, walls, runs
 
 
@@ -200,7 +202,7 @@ def run_gpu_check(out: str, device: str = "auto", only: Sequence[str] = ()) -> i
     records, walls, runs = run_cells(plan, out)
     matmul, answers = run_probes(plan, hw["device"], runs)
     steps, step_errors = read_answers(answers)
-    checks = judge(plan, Observed(records=records, wall_s=walls, matmul=matmul, steps=steps, step_errors=step_errors))
+    checks = judge(plan, Observed(records=records, clocks=walls, matmul=matmul, steps=steps, step_errors=step_errors))
     report, no_report = _build_report(out)
     failed = any(c.status == FAIL for c in checks)
     exit_status = FAILED if failed else (INFRASTRUCTURE if no_report and records else PASS)

@@ -58,7 +58,7 @@ TF32_GPU_ONLY = NEEDS_GPU + "TF32 is a tensor-core math mode (compute capability
 CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(name="time", roles=("time",),
               proves="the step times trainkit reports are the wall-clock time of the steps",
-              judge=lambda o: check_time(o.records["time"], o.wall_s["time"])),
+              judge=lambda o: check_time(o.records["time"], o.clocks["time"].worker_s, o.clocks["time"].launcher_s)),
     CheckSpec(name="memory.floor", roles=FLOOR_ROLES, step_probe=True,
               proves="the allocator's peak holds what the step must hold at once: weights, optimizer state, data, "
                      "and the saved activations and logits' gradients at the start of backward",

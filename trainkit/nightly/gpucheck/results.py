@@ -40,14 +40,27 @@ class Check:
             raise ValueError(f"status={self.status!r}; choose from {OK}, {FAIL}, {SKIP}")
 
 
+@dataclass(frozen=True)
+class WindowClocks:
+    """Two clocks around one cell's window of timed steps (None: the cell failed before it ended)."""
+
+    worker_s: float | None = None
+    """The worker's host clock (perf_counter) from before its first timed step to the sync after its
+    last: the time check's reference."""
+    launcher_s: float | None = None
+    """This process's clock from sending the command to the reply: worker_s plus two process
+    hand-offs, which a CPU quota (a container's CFS period) can stretch to ~100 ms each. Reported,
+    not judged."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Observed:
     """What the run measured: the input of every check's decision."""
 
     records: Mapping[str, dict[str, Any]]
     """Each role's cell record (roles: cells.plan_cells)."""
-    wall_s: Mapping[str, float | None]
-    """Each role's launcher clock around its window of timed steps (None: the cell failed first)."""
+    clocks: Mapping[str, WindowClocks]
+    """Each role's clocks around its window of timed steps (cells.WindowClocks)."""
     matmul: Mapping[str, Any] | None = None
     """The matmul probe's answer (numerics.measure_matmuls), or {"error": ...}."""
     steps: Mapping[str, StepCount] = field(default_factory=dict)
@@ -67,7 +80,7 @@ class CellRun:
     """The record's status: ok, oom, diverged, timeout, crashed, unsupported."""
     status_detail: str | None
     wall_s: float | None
-    """The launcher's clock around its timed window; None when the cell failed before it ended."""
+    """The worker's clock around its timed window; None when the cell failed before it ended."""
 
 
 @dataclass(frozen=True, kw_only=True)

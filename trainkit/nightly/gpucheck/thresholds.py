@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 TIME_TOLERANCE = 0.03
-"""A cell's summed step times within 3 % of the wall clock around the same steps: the launcher's
-clock adds only a few ms of pipe and wake-up to a window of seconds."""
+"""A cell's summed step times within 3 % of the worker's clock around the same steps: that clock
+adds only the window's two syncs and counter reads, a few ms, to a window of seconds."""
 ENERGY_TOLERANCE = 0.10
 """Energy from NVML's counter within 10 % of NVML's mean power x the window."""
 MFU_EXPECTED = {
