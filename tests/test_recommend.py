@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -98,6 +99,23 @@ def test_a_user_workload_from_outside_the_repository(tmp_path):
     proc, doc = _tiny(tmp_path, "usermodels:tiny", user, env_with(str(user)))
     assert doc["model"] == "tiny" and doc["config"]["workload"] == "usermodels:tiny"
     assert doc["candidates"][0]["speed"]["n"] >= 1
+
+
+def test_the_fork_server_preloads_the_transformers_models_this_process_resolved(monkeypatch):
+    """What keeps an hf: cell cheap: transformers imports a model's module lazily (Llama's ~1.7 s, once
+    per cell unless the fork server has it), so the modules the command imported while resolving the
+    spec are preloaded with transformers; others of the model's package are not needed."""
+    from types import ModuleType
+
+    from trainkit.engine.cell.launch import preloaded_modules
+
+    for name in ("transformers", "transformers.models.made_up", "transformers.models.made_up.modeling_made_up",
+                 "transformers.models.made_up.configuration_made_up"):
+        monkeypatch.setitem(sys.modules, name, sys.modules.get(name) or ModuleType(name))
+    preloaded = preloaded_modules()
+    assert "transformers" in preloaded and "transformers.models.made_up.modeling_made_up" in preloaded
+    assert "transformers.models.made_up.configuration_made_up" not in preloaded
+    assert preloaded[0] == "trainkit.engine.cell.worker"
 
 
 @pytest.mark.slow

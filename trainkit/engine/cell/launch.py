@@ -52,18 +52,26 @@ library starts, so the fork server starts with them (a rank's own settings come 
   late (glibc malloc/arena.c: narenas_limit)."""
 
 
+def preloaded_modules() -> list[str]:
+    """What the fork server imports once, so that no cell imports it again: torch (via
+    trainkit.engine.cell.worker), the optimizers' lazy import of torch._dynamo (~2 s), torchvision
+    (~2 s, ResNets and real data), and the adapters' libraries this process has already imported for
+    a workload (transformers, timm: seconds) with the transformers models' modules it has imported:
+    transformers imports a model's module on the model's first use (Llama's ~1.7 s and ~150 MiB of
+    address space, which every hf: cell paid again, and a capped CPU probe charged to the model). A
+    module that fails to import is skipped by the fork server."""
+    adapters = [name for name in ("transformers", "timm") if name in sys.modules]
+    models = sorted(name for name in sys.modules
+                    if name.startswith("transformers.models.") and name.rpartition(".")[2].startswith("modeling_"))
+    return ["trainkit.engine.cell.worker", "torch._dynamo", "torchvision", *adapters, *models]
+
+
 def _fork_server() -> Any:
     """The multiprocessing context all cells are started from (created once per process)."""
     global _context
     if _context is None:
         _context = mp.get_context("forkserver")
-        # Paid once per session instead of once per cell: torch (via trainkit.engine.cell.worker), the
-        # optimizers' lazy import of torch._dynamo (~2 s) and torchvision (~2 s, ResNets and
-        # real data). A module that fails to import is skipped by the fork server.
-        # Adapters' libraries this process has already imported for a workload (transformers takes
-        # ~5 s) are preloaded too, or each cell would import them again.
-        adapters = [name for name in ("transformers", "timm") if name in sys.modules]
-        _context.set_forkserver_preload(["trainkit.engine.cell.worker", "torch._dynamo", "torchvision", *adapters])
+        _context.set_forkserver_preload(preloaded_modules())
         # MKL and glibc read these once, when they start: so the fork server starts with them.
         with _environment(RANK_LIBRARY_ENV):
             multiprocessing.forkserver.ensure_running()
