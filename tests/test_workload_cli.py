@@ -1,14 +1,20 @@
 """A user's workload through the commands, as a user runs them: from a directory outside the
 repository, `--model MODULE:FUNCTION` in run (the worker resolves it in its own processes),
-`workloads`, `check-workload`, plan, parity and the bench matrix."""
+`workloads`, `check-workload`, plan, parity and the nightly job. Where a fresh interpreter (~5 s
+here) adds nothing to what a test checks, the command's own function runs in this process, from
+the user's directory (in_user_dir)."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import sys
 
 import pytest
+
+from trainkit.commands.cli import main as trainkit_main
+from trainkit.nightly.cli import main as nightly_main
 
 from .conftest import REPO, trainkit_cmd
 from .test_workload import EXAMPLE, example_entry_points, write_dist_info, write_user_module
@@ -32,18 +38,29 @@ def user_dir(tmp_path):
     return tmp_path
 
 
-def test_run_trains_a_user_workload_in_its_workers_and_ranks_agree_with_one(user_dir):
+@pytest.fixture
+def in_user_dir(user_dir, monkeypatch):
+    """This process in the user's directory, as a command started there: the workload resolves from
+    the current directory (not a path the test adds), and a process the command starts finds the
+    repository. Afterwards sys.path and the user's module are as they were."""
+    monkeypatch.chdir(user_dir)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # resolving appends the current directory
+    monkeypatch.setenv("PYTHONPATH", env_with()["PYTHONPATH"])
+    yield user_dir
+    sys.modules.pop("usermodels", None)
+
+
+def test_run_trains_a_user_workload_in_its_workers_and_ranks_agree_with_one(in_user_dir):
     """world size 2 x batch 4 x accum 2 == one rank x batch 16, through the real launcher: the
-    workers (forked from the fork server) import the user's module from the command's directory."""
-    records = {}
-    for name, shape in (("two", ["--world-size", "2", "--batch-size", "4", "--grad-accum", "2"]),
-                        ("one", ["--batch-size", "16"])):
-        proc = run(trainkit_cmd("run", "--model", "usermodels:tiny", "--device", "cpu", "--steps", "4",
-                                "--warmup-steps", "1", "--lr", "0.1", *shape, "-o", f"{name}.json", "-q"), user_dir)
-        assert proc.returncode == 0, proc.stderr
-        with open(user_dir / f"{name}.json") as f:
-            records[name] = json.load(f)
-    two, one = records["two"], records["one"]
+    workers (forked from the fork server) import the user's module from the command's directory,
+    the command's (a fresh `python -m trainkit run`) and this process's (the one-rank reference)."""
+    common = ["--model", "usermodels:tiny", "--device", "cpu", "--steps", "4", "--warmup-steps", "1", "--lr", "0.1",
+              "-q"]
+    proc = run(trainkit_cmd("run", *common, "--world-size", "2", "--batch-size", "4", "--grad-accum", "2",
+                            "-o", "two.json"), in_user_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert trainkit_main(["run", *common, "--batch-size", "16", "-o", "one.json"]) == 0
+    two, one = (json.loads((in_user_dir / f"{name}.json").read_text()) for name in ("two", "one"))
     assert two["cell_id"] == "tiny-fp32-bs4-ga2-gpus2" and two["ranks_reported"] == 2
     assert two["config"]["workload"] == "usermodels:tiny" and two["config"]["has_batchnorm"] is False
     assert two["flops_per_sample"] == 6 * (32 * 64 + 64 * 2) - 2 * 32 * 64  # no input gradient for the first layer
@@ -116,16 +133,15 @@ def test_a_bad_spec_is_one_line_and_exit_2(user_dir, command, spec, message):
 
 
 @pytest.mark.slow
-def test_plan_plans_a_user_workload(user_dir):
+def test_plan_plans_a_user_workload(in_user_dir):
     # What is tested is that plan finds and plans a user's workload by name, not the search: it probes
     # up to micro-batch 128 (not until out of memory, a minute of probes), to 10 %, with 1-step probes,
     # measures 2 candidates and runs each on one thread.
-    proc = run(trainkit_cmd("plan", "--model", "usermodels:tiny", "--precision", "fp32", "--target-batch", "64",
-                            "--device", "cpu", "--memory-limit-gb", "2", "--search-limit", "128", "--resolution",
-                            "0.1", "--probe-steps", "1", "--measure", "2", "--steps", "3", "--warmup-steps", "1",
-                            "--cpu-threads", "1", "--output", "plan.json", "--quiet"), user_dir)
-    assert proc.returncode == 0, proc.stderr
-    with open(user_dir / "plan.json") as f:
+    assert trainkit_main(["plan", "--model", "usermodels:tiny", "--precision", "fp32", "--target-batch", "64",
+                          "--device", "cpu", "--memory-limit-gb", "2", "--search-limit", "128", "--resolution", "0.1",
+                          "--probe-steps", "1", "--measure", "2", "--steps", "3", "--warmup-steps", "1",
+                          "--cpu-threads", "1", "--output", "plan.json", "--quiet"]) == 0
+    with open(in_user_dir / "plan.json") as f:
         plan = json.load(f)
     assert plan["model"] == "tiny" and plan["config"]["workload"] == "usermodels:tiny"
     assert plan["precisions"]["fp32"]["max_batch"] > 64
@@ -134,11 +150,10 @@ def test_plan_plans_a_user_workload(user_dir):
 
 
 @pytest.mark.slow
-def test_parity_judges_a_user_workload_by_its_name(user_dir):
-    proc = run(trainkit_cmd("parity", "--model", "usermodels:tiny", "--precision", "amp-bf16", "--seeds", "2",
-                            "--steps", "10", "--device", "cpu", "--output", "parity.json", "--quiet"), user_dir)
-    assert proc.returncode == 0, proc.stderr
-    with open(user_dir / "parity.json") as f:
+def test_parity_judges_a_user_workload_by_its_name(in_user_dir):
+    assert trainkit_main(["parity", "--model", "usermodels:tiny", "--precision", "amp-bf16", "--seeds", "2",
+                          "--steps", "10", "--device", "cpu", "--output", "parity.json", "--quiet"]) == 0
+    with open(in_user_dir / "parity.json") as f:
         doc = json.load(f)
     block = doc["models"]["tiny"]
     assert block["config"]["workload"] == "usermodels:tiny" and block["config"]["optimizer"] == "adamw"
@@ -147,12 +162,12 @@ def test_parity_judges_a_user_workload_by_its_name(user_dir):
 
 
 @pytest.mark.slow
-def test_nightly_runs_a_user_workload_from_the_directory_it_was_started_in(user_dir):
-    proc = run([*trainkit_cmd("x")[:2], "nightly", "run", "--out", "night", "--preset", "tiny", "--device", "cpu",
-                "--", "--model", "usermodels:tiny", "--precision", "fp32", "--grad-accum", "1", "--steps", "2",
-                "--warmup-steps", "1", "--rounds", "2"], user_dir)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    with open(user_dir / "night" / "results.jsonl") as f:
+def test_nightly_runs_a_user_workload_from_the_directory_it_was_started_in(in_user_dir):
+    # nightly's matrix is bench in a subprocess, which must find the module where nightly was started
+    assert nightly_main(["run", "--out", "night", "--preset", "tiny", "--device", "cpu", "--", "--model",
+                         "usermodels:tiny", "--precision", "fp32", "--grad-accum", "1", "--steps", "2",
+                         "--warmup-steps", "1", "--rounds", "2"]) == 0
+    with open(in_user_dir / "night" / "results.jsonl") as f:
         cells = [json.loads(line) for line in f]
     assert {c["cell_id"] for c in cells} == {"tiny-fp32-bs16-ga1-gpus1"}  # each of nightly's repeats
     assert all(c["status"] == "ok" and c["config"]["workload"] == "usermodels:tiny" for c in cells)
