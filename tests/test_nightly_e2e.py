@@ -1,10 +1,15 @@
 """The whole nightly job on the CPU, as CI runs it: `python -m nightly run` with the tiny preset (the mlp
 cells, 3 repeats in fresh workers): pre-flight, matrix, report, comparison; then promote the run, gate it
 against its own baseline (passes), a doctored slower copy (fails, naming the cells), and a baseline of
-another environment (no comparable baseline). One real run per module; everything else reads it."""
+another environment (no comparable baseline). One real run per module; everything else reads it. The
+run is the command's function in this process (a fresh interpreter and its fork server cost ~5 s
+here and check nothing more: `python -m nightly` only exits with what main returns); the fresh
+`python -m nightly` processes are the torn comparison's and the refused runs' below."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -44,11 +49,21 @@ def nightly(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tonight(tmp_path_factory):
-    """One real nightly run on the CPU: 4 mlp cells of the tiny preset x 3 repeats."""
+    """One real nightly run on the CPU: 4 mlp cells of the tiny preset x 3 repeats, in the job's
+    environment, started in the checkout; `done.stdout` is what nightly printed (bench's own output,
+    its subprocess's, goes to this process's)."""
     out = tmp_path_factory.mktemp("nightly") / "run"
-    done = nightly("run", "--out", str(out), "--preset", "tiny", "--repeats", "3",
-                   "--baselines", str(out.parent / "no-baselines"), "--", "--model", "mlp", "--phase-steps", "0")
-    assert done.returncode == PASS, done.stdout[-4000:] + done.stderr[-4000:]
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        for name in [n for n in os.environ if n.startswith("GITHUB_")]:
+            mp.delenv(name)
+        for name, value in nightly_env().items():
+            mp.setenv(name, value)
+        mp.chdir(ROOT)
+        status = main(["run", "--out", str(out), "--preset", "tiny", "--repeats", "3",
+                       "--baselines", str(out.parent / "no-baselines"), "--", "--model", "mlp", "--phase-steps", "0"])
+    done = subprocess.CompletedProcess(["python", "-m", "nightly", "run"], status, printed.getvalue(), "")
+    assert done.returncode == PASS, done.stdout[-4000:]
     return RunDir(str(out)), done
 
 
