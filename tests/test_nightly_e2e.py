@@ -2,7 +2,7 @@
 cells, 3 repeats in fresh workers): pre-flight, matrix, report, comparison; then promote the run, gate it
 against its own baseline (passes), a doctored slower copy (fails, naming the cells), and a baseline of
 another environment (no comparable baseline). One real run per module; everything else reads it. The
-run is the command's function in this process (a fresh interpreter and its fork server cost ~5 s
+run is the command's function in this process (a fresh interpreter and its fork server cost ~4 s
 here and check nothing more: `python -m nightly` only exits with what main returns); the fresh
 `python -m nightly` processes are the torn comparison's and the refused runs' below."""
 
