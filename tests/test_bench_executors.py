@@ -36,7 +36,7 @@ def run(out: Path, *args: str) -> subprocess.CompletedProcess:
     """A whole bench run, in this process (conftest.inprocess_pytest: the jobs and the local executor's
     workers are processes of their own either way; a fresh driver would only add its import of torch)."""
     proc = inprocess_pytest(bench_cmd(out, "--results-file", str(out / "results.jsonl"),
-                                 "--benchmark-json", str(out / "bench.json"), *args)[3:])
+                                      "--benchmark-json", str(out / "bench.json"), *args)[3:])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -143,7 +143,8 @@ def test_faults_in_jobs_a_killed_driver_and_resume(tmp_path):
     assert "ended without a record" in crash["status_detail"]
     assert limit["status_detail"].startswith("the job's time limit came before the cell ended")
 
-    resumed = inprocess_pytest(bench_cmd(out, *cells, "--resume", str(results))[3:])  # the driver, here this time
+    # The resumed driver runs in this process: nothing signals it (its jobs are processes of their own).
+    resumed = inprocess_pytest(bench_cmd(out, *cells, "--resume", str(results))[3:])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"--resume: {results} line 3 is cut off" in resumed.stdout and "that line was removed" in resumed.stdout
     final = read_jsonl(str(results))
