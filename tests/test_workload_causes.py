@@ -108,8 +108,6 @@ def test_the_dropout_encoder_s_accumulation_is_exact_with_its_dropout_off_and_fa
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "open defect: one row of the merged check-workload fails for the encoder on the parallel suite"))
 def test_the_newcomer_s_dropout_encoder_passes_with_dropout_off_for_the_accumulation_check(encoder_path):
     config, workload = setup(encoder_path)
     report = run_checks("encoder:encoder", workload, config, torch.device("cpu"), ("fp32",))
