@@ -299,9 +299,10 @@ def _wait_for_new_worker(bench: psutil.Process, seen: set[int], deadline: float)
     raise AssertionError("no new worker appeared")
 
 
-def _kill_then_hang(bench: psutil.Process, results: Path, done: list, ended: threading.Event) -> None:
+def _kill_then_hang(bench: psutil.Process, seen: set[int], results: Path, done: list, ended: threading.Event) -> None:
     """SIGKILL the first cell's worker, then SIGSTOP the second's (a crash, then a real hang), each once
-    it has reached its timed steps; `done` gets the signalled pids, or the error that stopped this.
+    it has reached its timed steps (`seen`: the fork server's children before the run, none of its
+    cells); `done` gets the signalled pids, or the error that stopped this.
     Should the run not end (a hang the cell timeout missed), the hung worker is killed after 120 s:
     the test then fails on that cell's status instead of hanging the suite."""
     try:
@@ -309,7 +310,6 @@ def _kill_then_hang(bench: psutil.Process, results: Path, done: list, ended: thr
         while not results.exists():  # created after the device probe has ended
             assert time.monotonic() < deadline, "the run made no results file"
             time.sleep(0.05)
-        seen: set[int] = set()
         for signum in (signal.SIGKILL, signal.SIGSTOP):
             while True:
                 worker = _wait_for_new_worker(bench, seen, deadline)
@@ -333,8 +333,9 @@ def test_a_killed_worker_and_a_hung_worker_end_their_cells_and_the_matrix_goes_o
     # workers), signalled from a thread; no report, none is read here.
     done: list = []
     ended = threading.Event()
+    here = psutil.Process()
     signaller = threading.Thread(target=_kill_then_hang, daemon=True,
-                                 args=(psutil.Process(), tmp_path / "results.jsonl", done, ended))
+                                 args=(here, {w.pid for w in _workers(here)}, tmp_path / "results.jsonl", done, ended))
     signaller.start()
     try:
         proc = run_bench_here(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--grad-accum",
