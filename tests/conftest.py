@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 import sys
 
 import pytest
@@ -67,6 +70,30 @@ def flat_params(trainer: Trainer) -> torch.Tensor:
 
 def trainkit_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "trainkit", *args]
+
+
+ALREADY_IMPORTED = "Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning"
+
+
+def inprocess_pytest(args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m pytest ARGS` from the checkout, run in this process (pytest.main): the same
+    configuration (pyproject.toml, bench/conftest.py), exit code, terminal output (stdout) and usage
+    errors (stderr), without a fresh interpreter's import of torch (~4 s on 2 shared cores). A bench
+    run's cells still run in worker processes of their own, from this process's fork server (its ~3 s
+    start paid once per process, not once per run). The matrix's options and hooks live in the run's
+    own config, so runs here share nothing else; a run that changes module state (a plugin that adds
+    an axis) or that a test signals or kills belongs in a subprocess."""
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            # The plugin's modules are this process's already, so pytest cannot rewrite their asserts
+            # and says so: an error here, under filterwarnings=error; in a fresh interpreter, no warning.
+            code = pytest.main([*args, "-W", f"ignore:{ALREADY_IMPORTED}"])
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(["pytest", *args], int(code), out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""The benchmark matrix: `pytest bench --benchmark-only`, run for real in subprocesses."""
+"""The benchmark matrix: `pytest bench --benchmark-only`, run for real, in this process (pytest.main)
+or, where a test signals the run or changes the registry of axes, in a subprocess."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -21,7 +23,7 @@ from trainkit.engine.spec.presets import NIGHTLY, preset
 from trainkit.engine.spec.schema import CutOffLineWarning
 from trainkit.engine.train.hardware import Hardware
 
-from .conftest import REPO
+from .conftest import REPO, inprocess_pytest
 
 CPU_HW = Hardware("cpu", cpu_count=2)
 
@@ -32,7 +34,14 @@ def bench_cmd(tmp_path: Path, *args: str) -> list[str]:
 
 
 def run_bench(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m pytest bench/test_train.py --benchmark-only ...` in a fresh interpreter."""
     return subprocess.run(bench_cmd(tmp_path, *args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def run_bench_here(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """The same run as run_bench, in this process (conftest.inprocess_pytest): its cells still run in
+    worker processes of their own, and it saves a fresh interpreter's import of torch."""
+    return inprocess_pytest(bench_cmd(tmp_path, *args)[3:])  # the arguments after `python -m pytest`
 
 
 def records(tmp_path: Path) -> dict[str, dict]:
@@ -130,19 +139,20 @@ def test_axis_lists_keep_their_order_without_repeats():
 def test_usage_errors_are_pytests_own(tmp_path, args, message):
     """Options are validated where they are parsed: pytest reports a bad value as its usage error
     (exit 4), naming the value and what is valid, before any cell runs and without a traceback."""
-    proc = run_bench(tmp_path, *args, timeout=120)
+    proc = run_bench_here(tmp_path, *args)
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
     assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout and not (tmp_path / "results.jsonl").exists()
 
 
 def test_collection_lists_cells_with_readable_ids_and_skip_reasons(tmp_path):
-    proc = run_bench(tmp_path, "--collect-only", "-q", "--preset", "quick", "--model", "gpt", "--gpus", "1",
-                     "--grad-accum", "4", timeout=120)
+    proc = run_bench_here(tmp_path, "--collect-only", "-q", "--preset", "quick", "--model", "gpt", "--gpus", "1",
+                          "--grad-accum", "4")
     assert proc.returncode == 0, proc.stderr
     assert "bench/test_train.py::test_train[gpt-amp-bf16-bs32-ga4-gpus1]" in proc.stdout
     assert "bench/test_train.py::test_train[gpt-tf32-bs32-ga4-gpus1]" in proc.stdout  # collected, then skipped
-    proc = run_bench(tmp_path, "-rs", "--preset", "quick", "--model", "cnn", "--precision", "amp-fp16,tf32")
+    proc = run_bench_here(tmp_path, "-rs", "--preset", "quick", "--model", "cnn", "--precision", "amp-fp16,tf32",
+                          "--no-report")
     assert "fp16 convolutions on the CPU are ~100x slower" in proc.stdout
     assert "tf32 needs a CUDA GPU" in proc.stdout
     assert all(r["status"] == "unsupported" for r in records(tmp_path).values())
@@ -150,12 +160,14 @@ def test_collection_lists_cells_with_readable_ids_and_skip_reasons(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One real run of the tiny preset with 2 ranks and 2 repeats, JSON saved with the raw data."""
+    """One real run of the tiny preset with 1 and 2 ranks, 2 precisions and 2 repeats (8 cells, at
+    accumulation 1 only: the tests below read ranks, precisions and repeats, never accumulation), JSON
+    saved with the raw data. No report: none is read here (tests/test_reports_bench.py reads one)."""
     tmp_path = tmp_path_factory.mktemp("tiny")
-    proc = run_bench(tmp_path, "--preset", "tiny", "--gpus", "1,2", "--precision", "fp32,amp-bf16", "--model", "mlp",
-                     "--steps", "6", "--rounds", "4", "--warmup-steps", "2", "--repeats", "2",
-                     "--benchmark-json", str(tmp_path / "bench.json"), "--benchmark-save-data",
-                     "--benchmark-group-by", "param:precision")
+    proc = run_bench_here(tmp_path, "--preset", "tiny", "--gpus", "1,2", "--precision", "fp32,amp-bf16",
+                          "--model", "mlp", "--grad-accum", "1", "--steps", "6", "--rounds", "4", "--warmup-steps", "2",
+                          "--repeats", "2", "--no-report", "--benchmark-json", str(tmp_path / "bench.json"),
+                          "--benchmark-save-data", "--benchmark-group-by", "param:precision")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp_path, proc, json.loads((tmp_path / "bench.json").read_text())
 
@@ -163,8 +175,8 @@ def tiny_run(tmp_path_factory):
 def test_the_json_holds_a_record_for_every_timed_cell(tiny_run):
     tmp_path, _, data = tiny_run
     names = {b["name"] for b in data["benchmarks"]}
-    expected = {f"test_train[mlp-{p}-bs16-ga{ga}-gpus{g}{rep}]" for p in ("fp32", "amp-bf16") for ga in (1, 2)
-                for g in (1, 2) for rep in ("", "-rep1")}
+    expected = {f"test_train[mlp-{p}-bs16-ga1-gpus{g}{rep}]" for p in ("fp32", "amp-bf16") for g in (1, 2)
+                for rep in ("", "-rep1")}
     assert names == expected
     for bench in data["benchmarks"]:
         record = bench["extra_info"]
@@ -191,8 +203,8 @@ def test_benchmarks_time_the_steps_the_worker_timed_never_the_warmup(tiny_run):
 
 
 def test_progress_counts_only_the_cells_k_selected(tmp_path):
-    proc = run_bench(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--gpus", "1",
-                     "--steps", "2", "--warmup-steps", "1", "-k", "ga1")
+    proc = run_bench_here(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--gpus", "1",
+                          "--steps", "2", "--warmup-steps", "1", "--no-report", "-k", "ga1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[cell 1/1] mlp-fp32-bs16-ga1-gpus1 (elapsed" in proc.stdout and "[cell 2/" not in proc.stdout
 
@@ -206,10 +218,10 @@ def test_each_cell_and_each_repeat_runs_in_its_own_processes(tiny_run):
 
 def test_progress_and_the_summary_table_are_shown(tiny_run):
     _, proc, _ = tiny_run
-    assert "[cell 1/16] mlp-fp32-bs16-ga1-gpus1 (elapsed" in proc.stdout
-    assert "[cell 16/16]" in proc.stdout and "left)" in proc.stdout
+    assert "[cell 1/8] mlp-fp32-bs16-ga1-gpus1 (elapsed" in proc.stdout
+    assert "[cell 8/8]" in proc.stdout and "left)" in proc.stdout
     assert "trainkit cells" in proc.stdout and "samples/s" in proc.stdout
-    assert "benchmark 'precision=fp32': 8 tests" in proc.stdout  # --benchmark-group-by param:precision
+    assert "benchmark 'precision=fp32': 4 tests" in proc.stdout  # --benchmark-group-by param:precision
 
 
 def test_pytest_benchmark_compare_reads_the_json(tiny_run):
@@ -223,10 +235,10 @@ def test_pytest_benchmark_compare_reads_the_json(tiny_run):
 
 def test_autosave_and_compare_keep_working(tmp_path):
     storage = f"file://{tmp_path / 'storage'}"
-    common = ("--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--grad-accum", "1",
-              "--benchmark-storage", storage)
-    assert run_bench(tmp_path, *common, "--benchmark-autosave").returncode == 0
-    proc = run_bench(tmp_path, *common, "--benchmark-compare")
+    common = ("--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--grad-accum", "1", "--steps", "2",
+              "--warmup-steps", "1", "--no-report", "--benchmark-storage", storage)
+    assert run_bench_here(tmp_path, *common, "--benchmark-autosave").returncode == 0
+    proc = run_bench_here(tmp_path, *common, "--benchmark-compare")
     assert proc.returncode == 0, proc.stderr
     assert "0001" in proc.stdout  # compared with the first saved run
 
@@ -235,9 +247,9 @@ def test_oom_and_divergence_end_their_cells_and_the_matrix_goes_on(tmp_path):
     """Real faults: a batch past the workers' address-space cap (its fp16 input alone is 1.5 GiB; a
     capped worker's malloc holds no spare address space, so 200000 samples fit in 0.5 GiB), and a
     learning rate fp16 cannot hold (fp32 stays finite at it)."""
-    proc = run_bench(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "half-fp16,fp32",
-                     "--batch-size", "1000000,16", "--grad-accum", "1", "--lr", "30", "--steps", "3",
-                     "--warmup-steps", "1", "--cell-memory-limit-gb", "0.5", "-rx")
+    proc = run_bench_here(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "half-fp16,fp32",
+                          "--batch-size", "1000000,16", "--grad-accum", "1", "--lr", "30", "--steps", "3",
+                          "--warmup-steps", "1", "--cell-memory-limit-gb", "0.5", "--no-report", "-rx")
     assert proc.returncode == 0, proc.stdout[-3000:]
     got = records(tmp_path)
     assert got["mlp-half-fp16-bs1000000-ga1-gpus1"]["status"] == "oom"
@@ -251,14 +263,15 @@ def test_oom_and_divergence_end_their_cells_and_the_matrix_goes_on(tmp_path):
 
 
 def test_strict_cells_turns_a_failed_cell_into_a_failure(tmp_path):
-    proc = run_bench(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "half-fp16",
-                     "--grad-accum", "1", "--lr", "30", "--steps", "3", "--strict-cells")
+    proc = run_bench_here(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "half-fp16",
+                          "--grad-accum", "1", "--lr", "30", "--steps", "3", "--warmup-steps", "1", "--no-report",
+                          "--strict-cells")
     assert proc.returncode == 1
     assert "cell mlp-half-fp16-bs16-ga1-gpus1 ended diverged" in proc.stdout
 
 
 def _workers(bench: psutil.Process) -> list[psutil.Process]:
-    """Cell workers: the children of the fork server, itself a child of the bench process."""
+    """Cell workers: the children of the fork server, itself a child of the process running the matrix."""
     found = []
     for child in bench.children():
         try:
@@ -286,38 +299,59 @@ def _wait_for_new_worker(bench: psutil.Process, seen: set[int], deadline: float)
     raise AssertionError("no new worker appeared")
 
 
-def test_a_killed_worker_and_a_hung_worker_end_their_cells_and_the_matrix_goes_on(tmp_path):
-    # 300 steps: a cell outlives the signals (its worker's start alone takes about a second), and the
-    # last one ends well inside the timeout even at the ~0.1 s an MLP step takes on a 2-core machine
-    # loaded 4x over (2,500 steps there ran past 60 s).
-    cmd = bench_cmd(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--grad-accum", "1",
-                    "--batch-size", "16,17,18", "--steps", "300", "--rounds", "5", "--warmup-steps", "1",
-                    "--cell-timeout", "60")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _kill_then_hang(bench: psutil.Process, seen: set[int], results: Path, done: list, ended: threading.Event) -> None:
+    """SIGKILL the first cell's worker, then SIGSTOP the second's (a crash, then a real hang), each once
+    it has reached its timed steps (`seen`: the fork server's children before the run, none of its
+    cells); `done` gets the signalled pids, or the error that stopped this.
+    Should the run not end (a hang the cell timeout missed), the hung worker is killed after 120 s:
+    the test then fails on that cell's status instead of hanging the suite."""
     try:
-        bench = psutil.Process(proc.pid)
         deadline = time.monotonic() + 120
-        while not (tmp_path / "results.jsonl").exists():  # created after the device probe has ended
-            assert time.monotonic() < deadline and proc.poll() is None
+        while not results.exists():  # created after the device probe has ended
+            assert time.monotonic() < deadline, "the run made no results file"
             time.sleep(0.05)
-        seen: set[int] = set()
-        for signum in (signal.SIGKILL, signal.SIGSTOP):  # a crash, then a real hang
+        for signum in (signal.SIGKILL, signal.SIGSTOP):
             while True:
                 worker = _wait_for_new_worker(bench, seen, deadline)
                 seen.add(worker.pid)
-                time.sleep(0.3)  # let it reach its timed steps (the cell runs for seconds)
+                time.sleep(0.6)  # let it reach its timed steps (start ~0.3 s, a warmup step, then seconds of steps)
                 if _signal(worker, signum):
+                    done.append(worker.pid)
                     break
-        out, _ = proc.communicate(timeout=240)
+        if not ended.wait(120):
+            _signal(worker, signal.SIGKILL)
+    except BaseException as exc:  # said by the test, after the run
+        done.append(exc)
+
+
+def test_a_killed_worker_and_a_hung_worker_end_their_cells_and_the_matrix_goes_on(tmp_path):
+    # The two cells signalled take a batch of 16,384 and 8,192 (60 and 30 ms a step here: 100 steps
+    # outlive the signals by seconds, so each signal lands on its own cell's worker, in its timed
+    # steps), the last one a batch of 16 (under 0.1 s of steps). The cell timeout is what the hung
+    # cell waits out: 10 s, 20 times what the last cell takes on a quiet machine, so that cell still
+    # ends ok well inside it under load. The run is this process's (its fork server's children are the
+    # workers), signalled from a thread; no report, none is read here.
+    done: list = []
+    ended = threading.Event()
+    here = psutil.Process()
+    signaller = threading.Thread(target=_kill_then_hang, daemon=True,
+                                 args=(here, {w.pid for w in _workers(here)}, tmp_path / "results.jsonl", done, ended))
+    signaller.start()
+    try:
+        proc = run_bench_here(tmp_path, "--preset", "tiny", "--model", "mlp", "--precision", "fp32", "--grad-accum",
+                              "1", "--batch-size", "16384,8192,16", "--steps", "100", "--rounds", "5",
+                              "--warmup-steps", "1", "--cell-timeout", "10", "--no-report")
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        ended.set()
+        signaller.join(timeout=10)
+    assert len(done) == 2 and all(isinstance(pid, int) for pid in done), done
     got = records(tmp_path)
-    assert got["mlp-fp32-bs16-ga1-gpus1"]["status"] == "crashed", out[-2000:]
-    assert "killed by SIGKILL" in got["mlp-fp32-bs16-ga1-gpus1"]["status_detail"]
-    assert got["mlp-fp32-bs17-ga1-gpus1"]["status"] == "timeout"
-    assert got["mlp-fp32-bs18-ga1-gpus1"]["status"] == "ok", got["mlp-fp32-bs18-ga1-gpus1"]["status_detail"]
-    assert proc.returncode == 0
+    assert got["mlp-fp32-bs16384-ga1-gpus1"]["status"] == "crashed", proc.stdout[-2000:]
+    assert "killed by SIGKILL" in got["mlp-fp32-bs16384-ga1-gpus1"]["status_detail"]
+    assert got["mlp-fp32-bs8192-ga1-gpus1"]["status"] == "timeout"
+    assert got["mlp-fp32-bs8192-ga1-gpus1"]["status_detail"].startswith("no reply within the cell timeout of 10 s")
+    assert got["mlp-fp32-bs16-ga1-gpus1"]["status"] == "ok", got["mlp-fp32-bs16-ga1-gpus1"]["status_detail"]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 class _RanButItsRecordFails:

@@ -18,7 +18,7 @@ import pytest
 
 from trainkit.engine.cell.record import check_record, read_jsonl
 
-from .conftest import REPO
+from .conftest import REPO, inprocess_pytest
 
 pytest.importorskip("submitit", reason="the cluster executors need the `cluster` extra (submitit)")
 
@@ -33,9 +33,10 @@ def bench_cmd(out: Path, *args: str) -> list[str]:
 
 
 def run(out: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(bench_cmd(out, "--results-file", str(out / "results.jsonl"),
-                                    "--benchmark-json", str(out / "bench.json"), *args),
-                          cwd=REPO, capture_output=True, text=True, timeout=400)
+    """A whole bench run, in this process (conftest.inprocess_pytest: the jobs and the local executor's
+    workers are processes of their own either way; a fresh driver would only add its import of torch)."""
+    proc = inprocess_pytest(bench_cmd(out, "--results-file", str(out / "results.jsonl"),
+                                      "--benchmark-json", str(out / "bench.json"), *args)[3:])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -142,8 +143,8 @@ def test_faults_in_jobs_a_killed_driver_and_resume(tmp_path):
     assert "ended without a record" in crash["status_detail"]
     assert limit["status_detail"].startswith("the job's time limit came before the cell ended")
 
-    resumed = subprocess.run(bench_cmd(out, *cells, "--resume", str(results)), cwd=REPO, capture_output=True,
-                             text=True, timeout=300)
+    # The resumed driver runs in this process: nothing signals it (its jobs are processes of their own).
+    resumed = inprocess_pytest(bench_cmd(out, *cells, "--resume", str(results))[3:])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"--resume: {results} line 3 is cut off" in resumed.stdout and "that line was removed" in resumed.stdout
     final = read_jsonl(str(results))

@@ -36,7 +36,8 @@ def test_time_passes_when_the_marks_sum_to_the_wall_clock_within_3_percent():
     assert math.isclose(check.figures["relative_difference"], 1 / 1.004 - 1)
 
 
-@pytest.mark.parametrize("wall_factor, words", [(1.05, "miss part of each step"), (0.95, "MORE than the clock around them")])
+@pytest.mark.parametrize("wall_factor, words", [(1.05, "miss part of each step"),
+                                                (0.95, "MORE than the clock around them")])
 def test_time_fails_when_the_marks_miss_time_or_count_too_much(wall_factor, words):
     record = gpu_record(gpt_config())
     check = timing.check_time(record, sum(record["step_time_s"]["values"]) * wall_factor)
