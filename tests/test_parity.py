@@ -309,7 +309,22 @@ def test_the_records_can_be_judged_again_with_another_margin(parity_run, tmp_pat
         Interval(**after["difference"]), after["margin_loss"])
 
 
-def test_the_command_refuses_bad_input_in_one_line(tmp_path):
+def test_the_command_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from trainkit.commands.cli import main
+
+    def refused(*args: str) -> tuple[int, str]:
+        """The command's function in this process (a fresh interpreter per case cost ~1 s each);
+        the first case below runs as a process, to show what a shell sees."""
+        try:
+            code = main(["parity", "-o", str(tmp_path / "p.json"), *args])
+        except SystemExit as exc:  # argparse's own refusals
+            code = exc.code
+        return code, capsys.readouterr().err
+
+    done = subprocess.run(trainkit_cmd("parity", "-o", str(tmp_path / "p.json"), "--target-fraction", "2"),
+                          capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--target-fraction 2 must be in (0, 1]" in done.stderr
     for args, message in ((["--target-fraction", "2"], "--target-fraction 2 must be in (0, 1]"),
                           (["--seeds", "1"], "argument --seeds: '1' must be >= 2"),
                           (["--model", "cnn", "--device", "cpu"], "--model: no parity recipe for cnn on cpu; "
@@ -320,9 +335,8 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path):
                           (["--confidence", "1"], "--confidence 1 must be in (0, 1)"),
                           (["--from-records", str(tmp_path / "none.jsonl")], "--from-records"),
                           (["--from-records", __file__, "--steps", "3"], "--from-records runs no cell: --steps")):
-        done = subprocess.run(trainkit_cmd("parity", "-o", str(tmp_path / "p.json"), *args), capture_output=True,
-                              text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
-        assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+        code, stderr = refused(*args)
+        assert code == 2 and message in stderr and stderr.count("\n") == 1, (args, stderr)
         assert not (tmp_path / "p.json").exists()
 
 
