@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -32,7 +31,7 @@ from trainkit.engine.workloads.resolve import build_workload
 from trainkit.reports.build import render, status_class
 from trainkit.reports.records import read_runs
 
-from .conftest import REPO, small_config, trainkit_cmd
+from .conftest import REPO, inprocess_pytest, small_config
 from .test_estimate import TF32OnCPU
 
 CPU = torch.device("cpu")
@@ -299,24 +298,24 @@ def test_check_workload_runs_what_ran_and_the_roundings_beside_its_other_checks(
 
 
 @pytest.mark.slow
-def test_trainkit_run_and_the_matrix_end_the_planted_cell_precision_mismatch(tmp_path):
-    """End to end, in fresh workers: the command's record and a bench matrix cell."""
+def test_trainkit_run_and_the_matrix_end_the_planted_cell_precision_mismatch(tmp_path, capsys):
+    """End to end, in fresh workers: the command's record and a bench matrix cell (both front ends
+    in this process, their cells in worker processes: a fresh interpreter each added ~5 s, and what
+    a shell sees of a refusal is other tests')."""
+    from trainkit.commands.cli import main
+
     output = tmp_path / "run.json"
-    done = subprocess.run(trainkit_cmd("run", "--model", PLANTED, "--precision", "fp32", "--optimizer", "adam",
-                                       "--steps", "2", "--warmup-steps", "1", "--device", "cpu", "--output",
-                                       str(output)),
-                          capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
-    assert "precision-mismatch: parameters: declared float32, observed bfloat16" in done.stderr, done.stderr[-2000:]
+    main(["run", "--model", PLANTED, "--precision", "fp32", "--optimizer", "adam", "--steps", "2",
+          "--warmup-steps", "1", "--device", "cpu", "--output", str(output)])
+    stderr = capsys.readouterr().err
+    assert "precision-mismatch: parameters: declared float32, observed bfloat16" in stderr, stderr[-2000:]
     assert json.loads(output.read_text())["status"] == "precision-mismatch"
     results = tmp_path / "matrix.jsonl"
-    bench = subprocess.run([sys.executable, "-m", "pytest", os.path.join(REPO, "bench", "test_train.py"),
-                            "--benchmark-only", "-p", "no:randomly", "--report-dir", str(tmp_path / "out"),
-                            "--results-file", str(results), "--model", PLANTED, "--precision", "fp32",
-                            "--batch-size", "8", "--grad-accum", "1", "--gpus", "1", "--compile", "off",
-                            "--activation-checkpointing", "none", "--steps", "2", "--warmup-steps", "1",
-                            "--rounds", "2"],
-                           capture_output=True, text=True, timeout=600, cwd=REPO,
-                           env={**os.environ, "PYTHONPATH": REPO})
+    bench = inprocess_pytest(["bench/test_train.py", "--benchmark-only", "-p", "no:randomly", "--no-report",
+                              "--report-dir", str(tmp_path / "out"), "--results-file", str(results), "--model", PLANTED,
+                              "--precision", "fp32", "--batch-size", "8", "--grad-accum", "1", "--gpus", "1",
+                              "--compile", "off", "--activation-checkpointing", "none", "--steps", "2",
+                              "--warmup-steps", "1", "--rounds", "2"])
     records = list(read_jsonl(str(results)))
     assert [r["status"] for r in records] == ["precision-mismatch"], bench.stdout[-3000:] + bench.stderr[-3000:]
     assert "observed bfloat16" in records[0]["status_detail"]
