@@ -39,9 +39,9 @@ GPU_MATMUL_REPEATS = 20
 # CPU: tiny sizes, about a minute on 2 cores, fork server start-up included. bf16 and fp16 are slow
 # on a CPU, so the time cell is fp32 and the half-precision cells run one step.
 CPU_GPT_BATCH = 16
-CPU_TIME_STEPS = 240
-"""About 1.5 s of timed steps (6 ms each on a 2-core Xeon): long enough that the window's clock reads
-and the host snapshots beside them are well under 1 % of it."""
+CPU_TIME_STEPS = 60
+"""About 0.4 s of timed steps (6 ms each on a 2-core Xeon): the worker's clock around them adds only
+its own reads and the window's last clock read, tens of microseconds."""
 CPU_ACCUM_BATCH = 128
 """4B x 1 against 32 x 4: a GPT's activations at this size set the cell's RSS growth (~100 vs
 ~60 MiB), well apart from the allocator's noise."""
