@@ -253,15 +253,18 @@ def test_a_compile_failure_is_a_crashed_cell_with_the_errors_first_line(monkeypa
     import torch._functorch.config
     import torch._inductor.config
 
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/nonexistent/g++"))
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # a cached kernel needs no compiler
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
-    compiler, why = compiled.cpp_compiler.__wrapped__()
-    assert compiler is None and "No working C++ compiler found" in why
-    monkeypatch.setattr(compiled, "unsupported_reason", lambda device_type: None)
-    trainer = Trainer(small_config("mlp", batch_size=5, compile=True), CPU)  # 5: a shape no other test compiles
-    with pytest.raises(RuntimeError) as failure:
-        trainer.run(1)
+    # torch's config modules are patched with their own patch(): monkeypatch's undo deletes an
+    # attribute it found through the module's __getattr__, which hides that setting from every later
+    # compile in this process ("torch._functorch.config.enable_autograd_cache does not exist").
+    with torch._inductor.config.patch({"cpp.cxx": (None, "/nonexistent/g++"),
+                                       "fx_graph_cache": False}), \
+            torch._functorch.config.patch(enable_autograd_cache=False):  # a cached kernel needs no compiler
+        compiler, why = compiled.cpp_compiler.__wrapped__()
+        assert compiler is None and "No working C++ compiler found" in why
+        monkeypatch.setattr(compiled, "unsupported_reason", lambda device_type: None)
+        trainer = Trainer(small_config("mlp", batch_size=5, compile=True), CPU)  # 5: a shape no other test compiles
+        with pytest.raises(RuntimeError) as failure:
+            trainer.run(1)
     status, detail = classify(failure.value)
     assert status == "crashed" and "\n" not in detail
     assert detail.startswith("torch.compile: InductorError: InvalidCxxCompiler: No working C++ compiler found"), detail
