@@ -167,7 +167,7 @@ def test_the_quick_start_is_two_commands_and_ci_runs_the_second():
     (block,) = BLOCK.findall(quick_start)
     install_and_bench, install_and_test = block.splitlines()
     assert "pytest bench --benchmark-only" in install_and_bench and "pip install" in install_and_bench
-    assert install_and_test.endswith("-m pytest tests -n auto")
+    assert install_and_test.endswith("-m pytest tests -n auto --dist worksteal")
     assert install_and_test in (ROOT / ".ci" / "run").read_text()
 
 
