@@ -99,7 +99,13 @@ def test_the_trace_loads_and_holds_the_models_operators(tmp_path, precision, red
     assert any("scaled_dot_product" in name for name in names if name)
     assert result["top_ops"] and result["top_ops"][0]["self_time_s"] >= result["top_ops"][-1]["self_time_s"]
     share = result["reduced_precision_share"]
-    assert (share > 0.3) if reduced else share == 0.0
+    assert (share > 0) if reduced else share == 0.0
+    # The share's size is judged by operator count, which a busy host cannot move: the time share
+    # is wall time on a CPU, and one preempted fp32 operator of a 2-step trace of a tiny model can
+    # outweigh the rest (0.93 for half-bf16 quiet, under 0.3 once with a core kept busy).
+    aten = [e for e in trace["traceEvents"] if str(e.get("name", "")).startswith("aten::")]
+    halves = [e for e in aten if {"c10::BFloat16", "c10::Half"} & set((e.get("args") or {}).get("Input type", []))]
+    assert (len(halves) / len(aten) > 0.3) if reduced else halves == []
 
 
 def test_profiling_never_changes_the_figures_beside_it(tmp_path, monkeypatch):
