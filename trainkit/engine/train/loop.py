@@ -266,7 +266,6 @@ class Trainer:
             if report is not None and time.monotonic() >= next_report:
                 between_steps(lambda: report(self.step, self.total_steps))
                 next_report = time.monotonic() + report_every_s
-        checkpoints = self.config.checkpoint_every is not None
 
     @property
     def finished(self) -> bool:
